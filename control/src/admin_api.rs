@@ -1,0 +1,217 @@
+//! The operator's JSON API (axum), behind a bearer token. A thin adapter over [`Control`]:
+//! parse, call, map the error kind to an HTTP status.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use hemvist_proto::{ErrorKind, HemvistError};
+use serde::Serialize;
+
+use crate::metrics::Gauges;
+use crate::orgs::CreateOrg;
+use crate::Control;
+
+pub fn router(control: Arc<Control>) -> Router {
+    let api = Router::new()
+        .route("/regions", get(regions))
+        .route("/nodes", get(nodes))
+        .route("/orgs", get(list_orgs).post(create_org))
+        .route("/orgs/{id}", get(show_org))
+        .route("/audit/verify", get(verify_audit))
+        .fallback(|| async { ApiError(HemvistError::not_found("no such API route")) })
+        .layer(middleware::from_fn_with_state(
+            control.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .nest("/api/v1", api)
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .with_state(control)
+}
+
+pub struct ApiError(pub HemvistError);
+
+impl From<HemvistError> for ApiError {
+    fn from(e: HemvistError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.kind.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if self.0.kind == ErrorKind::Internal {
+            tracing::error!(error = %self.0, "admin API internal error");
+        }
+        let body = serde_json::json!({
+            "error": {
+                "kind": self.0.kind,
+                "message": self.0.message,
+                "retryable": self.0.kind.retryable(),
+            }
+        });
+        (status, Json(body)).into_response()
+    }
+}
+
+async fn require_token(State(control): State<Arc<Control>>, req: Request, next: Next) -> Response {
+    control.metrics.api_requests.inc();
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !crate::tokens_equal(presented, &control.config.admin_token) {
+        control.metrics.api_unauthorized.inc();
+        let mut resp = ApiError(HemvistError::new(
+            ErrorKind::Unauthenticated,
+            "missing or wrong admin token (Authorization: Bearer ...)",
+        ))
+        .into_response();
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return resp;
+    }
+    let resp = next.run(req).await;
+    if resp.status().is_client_error() || resp.status().is_server_error() {
+        control.metrics.api_errors.inc();
+    }
+    resp
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    control: &Arc<Control>,
+    f: impl FnOnce(&Control) -> Result<T, HemvistError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let c = control.clone();
+    tokio::task::spawn_blocking(move || f(&c))
+        .await
+        .map_err(|e| ApiError(HemvistError::internal(e.to_string())))?
+        .map_err(ApiError)
+}
+
+#[derive(Serialize)]
+struct RegionView {
+    id: String,
+    name: String,
+    jurisdiction: String,
+    countries: Vec<String>,
+    object_store: String,
+    nodes: usize,
+    healthy_nodes: usize,
+    default: bool,
+}
+
+async fn regions(State(control): State<Arc<Control>>) -> Result<Json<Vec<RegionView>>, ApiError> {
+    let out = blocking(&control, |c| {
+        let nodes = c.node_loads()?;
+        Ok(c.config
+            .regions
+            .iter()
+            .map(|r| RegionView {
+                id: r.id.to_string(),
+                name: r.name.clone(),
+                jurisdiction: r.jurisdiction.clone(),
+                countries: r.countries.clone(),
+                object_store: r.object_store.clone(),
+                nodes: nodes.iter().filter(|n| n.region == r.id).count(),
+                healthy_nodes: nodes
+                    .iter()
+                    .filter(|n| n.region == r.id && n.healthy)
+                    .count(),
+                default: r.id == c.config.default_region,
+            })
+            .collect())
+    })
+    .await?;
+    Ok(Json(out))
+}
+
+#[derive(Serialize)]
+struct NodeView {
+    #[serde(flatten)]
+    record: crate::persistence::NodeRecord,
+    #[serde(flatten)]
+    session: crate::hub::SessionInfo,
+    tenants: u64,
+}
+
+async fn nodes(State(control): State<Arc<Control>>) -> Result<Json<Vec<NodeView>>, ApiError> {
+    let out = blocking(&control, |c| {
+        let counts: std::collections::HashMap<_, _> =
+            c.store.tenants_per_node()?.into_iter().collect();
+        Ok(c.store
+            .nodes()?
+            .into_iter()
+            .map(|n| NodeView {
+                session: c.hub.info(&n.id),
+                tenants: counts.get(&n.id).copied().unwrap_or(0),
+                record: n,
+            })
+            .collect())
+    })
+    .await?;
+    Ok(Json(out))
+}
+
+async fn list_orgs(State(control): State<Arc<Control>>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(blocking(&control, |c| c.list_orgs()).await?))
+}
+
+async fn create_org(
+    State(control): State<Arc<Control>>,
+    body: Result<Json<CreateOrg>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
+    let created = blocking(&control, move |c| c.create_org(req)).await?;
+    let status = if created.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(created)).into_response())
+}
+
+async fn show_org(
+    State(control): State<Arc<Control>>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
+    Ok(Json(blocking(&control, move |c| c.show_org(&id)).await?))
+}
+
+async fn verify_audit(State(control): State<Arc<Control>>) -> Result<impl IntoResponse, ApiError> {
+    let result = blocking(&control, |c| c.store.verify_audit()).await?;
+    Ok(Json(match result {
+        Ok(records) => serde_json::json!({"ok": true, "records": records}),
+        Err(seq) => serde_json::json!({"ok": false, "broken_at": seq}),
+    }))
+}
+
+async fn metrics(State(control): State<Arc<Control>>) -> Result<Response, ApiError> {
+    let text = blocking(&control, |c| {
+        let nodes = c.node_loads()?;
+        Ok(c.metrics.render(&Gauges {
+            orgs: c.store.orgs()?.len() as u64,
+            nodes_known: nodes.len() as u64,
+            nodes_healthy: nodes.iter().filter(|n| n.healthy).count() as u64,
+            commands_open: c.store.count_open_commands()?,
+        }))
+    })
+    .await?;
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+        .body(Body::from(text))
+        .unwrap_or_default())
+}

@@ -1,0 +1,111 @@
+//! The control plane's configuration file (TOML). Regions are declared here, not discovered.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use hemvist_proto::RegionId;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Where the admin JSON API (and `/healthz`, `/metrics`) listens.
+    #[serde(default = "default_api_listen")]
+    pub api_listen: SocketAddr,
+    /// Where nodes dial in over gRPC.
+    #[serde(default = "default_grpc_listen")]
+    pub grpc_listen: SocketAddr,
+    /// Folder of the control plane's own SQLite store.
+    pub data_dir: PathBuf,
+    /// Bearer token of the admin API.
+    pub admin_token: String,
+    /// The token a node must present to join.
+    pub join_token: String,
+    /// Where a new org goes when neither a region nor a usable IP says otherwise.
+    pub default_region: RegionId,
+    /// A MaxMind-format IP→country database (GeoIP2/GeoLite2 Country or City, or compatible).
+    #[serde(default)]
+    pub geoip: Option<PathBuf>,
+    #[serde(default = "default_lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_interval_ms: u64,
+    pub regions: Vec<RegionConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    pub id: RegionId,
+    /// For people: `Stockholm`.
+    pub name: String,
+    /// The legal area whose rules apply: `EU`, `US`, ...
+    pub jurisdiction: String,
+    /// ISO 3166-1 alpha-2 codes of the countries whose users this region serves.
+    #[serde(default)]
+    pub countries: Vec<String>,
+    /// The region's own bucket, e.g. `s3://hemvist-eu-north` or `file:///var/lib/hemvist/objects`.
+    pub object_store: String,
+}
+
+fn default_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7700))
+}
+fn default_grpc_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7701))
+}
+fn default_lease_ttl_ms() -> u64 {
+    10_000
+}
+fn default_heartbeat_ms() -> u64 {
+    1_000
+}
+
+impl ControlConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let config: ControlConfig =
+            toml::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.regions.is_empty() {
+            bail!("no regions configured: declare at least one [[regions]]");
+        }
+        let mut seen = HashSet::new();
+        for r in &self.regions {
+            if !seen.insert(&r.id) {
+                bail!("region {} is declared twice", r.id);
+            }
+            if r.jurisdiction.trim().is_empty() {
+                bail!("region {} has no jurisdiction", r.id);
+            }
+            for c in &r.countries {
+                if c.len() != 2 || !c.chars().all(|ch| ch.is_ascii_uppercase()) {
+                    bail!(
+                        "region {}: {c:?} is not an ISO 3166-1 alpha-2 code like \"SE\"",
+                        r.id
+                    );
+                }
+            }
+        }
+        if !self.regions.iter().any(|r| r.id == self.default_region) {
+            bail!(
+                "default_region {} is not one of the regions",
+                self.default_region
+            );
+        }
+        if self.admin_token.len() < 16 || self.join_token.len() < 16 {
+            bail!("admin_token and join_token must be at least 16 characters");
+        }
+        if self.heartbeat_interval_ms == 0 || self.lease_ttl_ms < 2 * self.heartbeat_interval_ms {
+            bail!("lease_ttl_ms must be at least twice heartbeat_interval_ms");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,279 @@
+//! The gRPC service nodes dial: a thin adapter from the wire to the hub, the store and the
+//! reconciler. One bidirectional stream per node; the join token is checked before anything else.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hemvist_proto::pb::{
+    self, control_message::Body as Out, node_control_server::NodeControl, node_message::Body as In,
+};
+use hemvist_proto::{ErrorKind, Generation, HemvistError, NodeId, OrgId, RegionId};
+use tokio::sync::mpsc;
+use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::persistence::{CommandKind, NodeRecord};
+use crate::Control;
+
+pub struct NodeApi {
+    pub control: Arc<Control>,
+}
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
+
+/// Placements are pushed in chunks so a fleet of 100k orgs never makes one oversized message.
+const PLACEMENT_CHUNK: usize = 2_000;
+
+#[tonic::async_trait]
+impl NodeControl for NodeApi {
+    type SessionStream = OutStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::NodeMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let control = self.control.clone();
+        let presented = request
+            .metadata()
+            .get(hemvist_proto::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !crate::tokens_equal(presented, &control.config.join_token) {
+            control.metrics.refused_joins.inc();
+            tracing::warn!("refused a node with a wrong join token");
+            return Err(Status::unauthenticated("wrong or missing join token"));
+        }
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), inbound.next())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no register message within 10 s"))?;
+        let register = match first {
+            Some(Ok(pb::NodeMessage {
+                body: Some(In::Register(r)),
+            })) => r,
+            Some(Err(e)) => return Err(e),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be register",
+                ))
+            }
+        };
+        let record = check_register(&control, register).map_err(Status::from)?;
+        let store = control.clone();
+        let rec = record.clone();
+        tokio::task::spawn_blocking(move || store.store.upsert_node(&rec))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+
+        let (tx, rx) = mpsc::channel(4_096);
+        let lease = control.lease();
+        let epoch = control
+            .hub
+            .attach(record.id.clone(), record.region.clone(), tx.clone(), lease);
+        tracing::info!(node = %record.id, region = %record.region, url = %record.public_url, epoch, "node registered");
+        let _ = tx
+            .send(Ok(msg(Out::Registered(pb::Registered {
+                lease_ttl_ms: control.config.lease_ttl_ms,
+                heartbeat_interval_ms: control.config.heartbeat_interval_ms,
+            }))))
+            .await;
+        send_all_placements(&control, &tx).await?;
+        drop(tx);
+
+        let node = record.id.clone();
+        tokio::spawn(async move {
+            let shutdown = control.shutdown.clone();
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    next = inbound.next() => next,
+                };
+                match next {
+                    Some(Ok(m)) => {
+                        if let Err(e) = handle(&control, &node, epoch, m).await {
+                            tracing::warn!(%node, error = %e, "bad message from node");
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::info!(%node, error = %e, "node stream broke");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            control.hub.detach(&node, epoch);
+            tracing::info!(%node, epoch, "node session ended");
+        });
+
+        let out = ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(out) as OutStream))
+    }
+}
+
+fn msg(body: Out) -> pb::ControlMessage {
+    pb::ControlMessage { body: Some(body) }
+}
+
+fn check_register(control: &Control, r: pb::Register) -> Result<NodeRecord, HemvistError> {
+    let id = NodeId::try_from(r.node_id)?;
+    let region = RegionId::try_from(r.region)?;
+    if !control.config.regions.iter().any(|c| c.id == region) {
+        return Err(HemvistError::invalid(format!(
+            "node {id} says it is in region {region}, which is not configured"
+        )));
+    }
+    let url = r.public_url.trim_end_matches('/').to_string();
+    if !(url.starts_with("http://") || url.starts_with("https://"))
+        || url.len() > 512
+        || url.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(HemvistError::invalid(format!(
+            "node {id}: public URL must be an http(s) URL"
+        )));
+    }
+    Ok(NodeRecord {
+        id,
+        region,
+        public_url: url,
+        capacity: r.capacity.max(1),
+        version: r.version.chars().take(64).collect(),
+        last_seen_ms: 0,
+    })
+}
+
+async fn send_all_placements(
+    control: &Arc<Control>,
+    tx: &mpsc::Sender<Result<pb::ControlMessage, Status>>,
+) -> Result<(), Status> {
+    let c = control.clone();
+    let all = tokio::task::spawn_blocking(move || c.placements())
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+    let mut first = true;
+    let mut chunks = all.chunks(PLACEMENT_CHUNK).peekable();
+    if chunks.peek().is_none() {
+        let _ = tx
+            .send(Ok(msg(Out::Placements(pb::PlacementUpdate {
+                full: true,
+                placements: vec![],
+                removed: vec![],
+            }))))
+            .await;
+    }
+    for chunk in chunks {
+        let _ = tx
+            .send(Ok(msg(Out::Placements(pb::PlacementUpdate {
+                full: first,
+                placements: chunk.to_vec(),
+                removed: vec![],
+            }))))
+            .await;
+        first = false;
+    }
+    Ok(())
+}
+
+async fn handle(
+    control: &Arc<Control>,
+    node: &NodeId,
+    epoch: u64,
+    m: pb::NodeMessage,
+) -> Result<(), HemvistError> {
+    if !control.hub.is_current(node, epoch) {
+        return Err(HemvistError::conflict(
+            "a newer session of this node exists",
+        ));
+    }
+    match m.body {
+        Some(In::Heartbeat(h)) => {
+            control.hub.renew(node, epoch, control.lease());
+            control.hub.send(
+                node,
+                Out::HeartbeatAck(pb::HeartbeatAck {
+                    seq: h.seq,
+                    lease_ttl_ms: control.config.lease_ttl_ms,
+                }),
+            );
+            if h.seq % 10 == 0 {
+                let (c, n) = (control.clone(), node.clone());
+                tokio::task::spawn_blocking(move || c.store.touch_node(&n))
+                    .await
+                    .map_err(|e| HemvistError::internal(e.to_string()))??;
+            }
+        }
+        Some(In::State(report)) => {
+            let mut tenants = Vec::with_capacity(report.tenants.len());
+            for t in report.tenants {
+                tenants.push((
+                    OrgId::try_from(t.org)?,
+                    Generation::new(t.generation)?,
+                    t.schema_version,
+                ));
+            }
+            tracing::info!(%node, tenants = tenants.len(), "state report");
+            let (c, n) = (control.clone(), node.clone());
+            tokio::task::spawn_blocking(move || c.store.replace_observed(&n, &tenants))
+                .await
+                .map_err(|e| HemvistError::internal(e.to_string()))??;
+            control.wake_reconciler.notify_one();
+        }
+        Some(In::Ack(ack)) => {
+            let (c, n) = (control.clone(), node.clone());
+            tokio::task::spawn_blocking(move || apply_ack(&c, &n, ack))
+                .await
+                .map_err(|e| HemvistError::internal(e.to_string()))??;
+            control.wake_reconciler.notify_one();
+        }
+        Some(In::Register(_)) => return Err(HemvistError::invalid("register sent twice")),
+        None => return Err(HemvistError::invalid("empty message")),
+    }
+    Ok(())
+}
+
+fn apply_ack(control: &Control, node: &NodeId, ack: pb::CommandAck) -> Result<(), HemvistError> {
+    control.forget_sent(&ack.id);
+    let error = (!ack.ok).then(|| {
+        let kind = ErrorKind::from_wire(ack.code());
+        format!(
+            "{kind:?}: {}",
+            ack.message.chars().take(500).collect::<String>()
+        )
+    });
+    let Some(cmd) = control.store.ack_command(node, &ack.id, error.as_deref())? else {
+        return Err(HemvistError::not_found(format!(
+            "ack for unknown command {}",
+            ack.id
+        )));
+    };
+    if let Some(e) = &error {
+        tracing::warn!(%node, command = %cmd.id, error = %e, "node refused command");
+        return Ok(());
+    }
+    tracing::info!(%node, command = %cmd.id, "command done");
+    match cmd.kind {
+        CommandKind::Host => {
+            let schema = ack.tenant.map(|t| t.schema_version).unwrap_or(0);
+            control
+                .store
+                .set_observed(node, &cmd.org, cmd.generation, schema)?;
+            control.store.audit(
+                node.as_str(),
+                "tenant.hosted",
+                Some(&cmd.org),
+                &serde_json::json!({"node": node, "generation": cmd.generation.get(), "schema_version": schema}),
+            )?;
+        }
+        CommandKind::Drop => {
+            control.store.remove_observed(node, &cmd.org)?;
+            control.store.audit(
+                node.as_str(),
+                "tenant.dropped",
+                Some(&cmd.org),
+                &serde_json::json!({"node": node, "generation": cmd.generation.get()}),
+            )?;
+        }
+    }
+    Ok(())
+}

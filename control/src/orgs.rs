@@ -1,0 +1,287 @@
+//! Operator-facing operations on orgs: create (placement + persistence + notifying nodes), read.
+
+use std::net::IpAddr;
+
+use hemvist_proto::pb::{self, control_message::Body};
+use hemvist_proto::{Generation, HemvistError, NodeId, OrgId, RegionId};
+use serde::{Deserialize, Serialize};
+
+use crate::persistence::{CommandRecord, Created, NewOrg, ObservedRecord, OrgRecord};
+use crate::placement::{self, Hint, NodeLoad};
+use crate::residency::ResidencyPolicy;
+use crate::Control;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrg {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// `EU`, `EU,US`, `eu-north`...; absent means anywhere.
+    #[serde(default)]
+    pub residency: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CreatedOrg {
+    pub created: bool,
+    pub org: OrgView,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OrgView {
+    pub id: OrgId,
+    pub name: String,
+    pub home_region: RegionId,
+    pub residency: String,
+    pub allowed_regions: Vec<RegionId>,
+    pub node: NodeId,
+    pub node_url: Option<String>,
+    pub generation: Generation,
+    pub placement_reason: String,
+    pub created_ms: i64,
+    /// Desired placement is held by the node at the current generation.
+    pub ready: bool,
+    pub schema_version: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OrgDetail {
+    #[serde(flatten)]
+    pub org: OrgView,
+    pub observed: Vec<ObservedRecord>,
+    pub commands: Vec<CommandRecord>,
+    pub audit: Vec<serde_json::Value>,
+}
+
+fn check_name(name: &str) -> Result<String, HemvistError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(HemvistError::invalid("org name is empty"));
+    }
+    if name.chars().count() > 200 {
+        return Err(HemvistError::invalid(
+            "org name is longer than 200 characters",
+        ));
+    }
+    if name
+        .chars()
+        .any(|c| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+    {
+        return Err(HemvistError::invalid(
+            "org name contains control or bidirectional-override characters",
+        ));
+    }
+    Ok(name.to_string())
+}
+
+impl Control {
+    pub fn create_org(&self, req: CreateOrg) -> Result<CreatedOrg, HemvistError> {
+        let id = OrgId::parse(&req.id)?;
+        let name = check_name(&req.name)?;
+        let residency = match &req.residency {
+            Some(spec) => ResidencyPolicy::parse(spec, &self.config.regions)?,
+            None => ResidencyPolicy::default(),
+        };
+        let hint = match (&req.region, &req.ip) {
+            (Some(_), Some(_)) => {
+                return Err(HemvistError::invalid("give a region or an IP, not both"))
+            }
+            (Some(r), None) => Hint::Region(RegionId::parse(r)?),
+            (None, Some(ip)) => {
+                let addr: IpAddr = ip.trim().parse().map_err(|_| {
+                    let shown: String =
+                        ip.chars().take(60).flat_map(char::escape_default).collect();
+                    HemvistError::invalid(format!("\"{shown}\" is not an IP address"))
+                })?;
+                match &self.geoip {
+                    None => Hint::NoGeoIp {
+                        ip: addr.to_string(),
+                    },
+                    Some(db) => match db.country(addr) {
+                        Ok(Some(country)) => Hint::Country {
+                            ip: addr.to_string(),
+                            country,
+                        },
+                        Ok(None) => Hint::UnknownIp {
+                            ip: addr.to_string(),
+                        },
+                        Err(e) => {
+                            tracing::warn!(error = %e, "GeoIP lookup failed");
+                            Hint::UnknownIp {
+                                ip: addr.to_string(),
+                            }
+                        }
+                    },
+                }
+            }
+            (None, None) => Hint::None,
+        };
+
+        // Creating an org twice must not need a healthy node the second time.
+        if let Some(existing) = self.store.org(&id)? {
+            return self.same_or_conflict(existing, &name, &residency);
+        }
+
+        let loads = self.node_loads()?;
+        let decision = placement::place(
+            &self.config.regions,
+            &self.config.default_region,
+            &loads,
+            &residency,
+            &hint,
+        )?;
+        let created = self.store.create_org(&NewOrg {
+            id,
+            name: name.clone(),
+            home_region: decision.region.clone(),
+            residency: residency.clone(),
+            placement_reason: decision.reason.clone(),
+            node_id: decision.node.clone(),
+        })?;
+        match created {
+            Created::Existing(existing) => self.same_or_conflict(existing, &name, &residency),
+            Created::New(org) => {
+                tracing::info!(org = %org.id, node = %org.node_id, generation = %org.generation, reason = %org.placement_reason, "org placed");
+                self.metrics.orgs_created.inc();
+                if let Some(p) = self.placement_of(&org)? {
+                    self.hub.broadcast(Body::Placements(pb::PlacementUpdate {
+                        full: false,
+                        placements: vec![p],
+                        removed: vec![],
+                    }));
+                }
+                self.wake_reconciler.notify_one();
+                Ok(CreatedOrg {
+                    created: true,
+                    org: self.view(org)?,
+                })
+            }
+        }
+    }
+
+    fn same_or_conflict(
+        &self,
+        existing: OrgRecord,
+        name: &str,
+        residency: &ResidencyPolicy,
+    ) -> Result<CreatedOrg, HemvistError> {
+        if existing.name == name
+            && (&existing.residency == residency || residency.is_unrestricted())
+        {
+            return Ok(CreatedOrg {
+                created: false,
+                org: self.view(existing)?,
+            });
+        }
+        Err(HemvistError::conflict(format!(
+            "org {} already exists as \"{}\" in {} (residency {}); nothing was changed",
+            existing.id,
+            existing.name,
+            existing.home_region,
+            existing.residency.describe()
+        )))
+    }
+
+    pub fn node_loads(&self) -> Result<Vec<NodeLoad>, HemvistError> {
+        let counts: std::collections::HashMap<NodeId, u64> =
+            self.store.tenants_per_node()?.into_iter().collect();
+        Ok(self
+            .store
+            .nodes()?
+            .into_iter()
+            .map(|n| NodeLoad {
+                healthy: self.hub.healthy(&n.id),
+                tenants: counts.get(&n.id).copied().unwrap_or(0),
+                capacity: n.capacity,
+                region: n.region,
+                id: n.id,
+            })
+            .collect())
+    }
+
+    fn placement_of(&self, org: &OrgRecord) -> Result<Option<pb::Placement>, HemvistError> {
+        let node = self.store.node(&org.node_id)?;
+        Ok(node.map(|n| pb::Placement {
+            org: org.id.to_string(),
+            region: org.home_region.to_string(),
+            node_id: n.id.to_string(),
+            node_url: n.public_url,
+            generation: org.generation.get(),
+        }))
+    }
+
+    /// Every org's placement, as nodes cache it for routing.
+    pub fn placements(&self) -> Result<Vec<pb::Placement>, HemvistError> {
+        let urls: std::collections::HashMap<NodeId, String> = self
+            .store
+            .nodes()?
+            .into_iter()
+            .map(|n| (n.id, n.public_url))
+            .collect();
+        Ok(self
+            .store
+            .orgs()?
+            .into_iter()
+            .map(|o| pb::Placement {
+                node_url: urls.get(&o.node_id).cloned().unwrap_or_default(),
+                org: o.id.to_string(),
+                region: o.home_region.to_string(),
+                node_id: o.node_id.to_string(),
+                generation: o.generation.get(),
+            })
+            .collect())
+    }
+
+    pub fn view(&self, org: OrgRecord) -> Result<OrgView, HemvistError> {
+        let observed = self.store.observed_for_org(&org.id)?;
+        let held = observed
+            .iter()
+            .find(|o| o.node_id == org.node_id && o.generation == org.generation);
+        let node_url = self.store.node(&org.node_id)?.map(|n| n.public_url);
+        Ok(OrgView {
+            allowed_regions: org
+                .residency
+                .allowed_regions(&self.config.regions)
+                .into_iter()
+                .map(|r| r.id.clone())
+                .collect(),
+            residency: org.residency.describe(),
+            ready: held.is_some(),
+            schema_version: held.map(|o| o.schema_version),
+            id: org.id,
+            name: org.name,
+            home_region: org.home_region,
+            node: org.node_id,
+            node_url,
+            generation: org.generation,
+            placement_reason: org.placement_reason,
+            created_ms: org.created_ms,
+        })
+    }
+
+    pub fn list_orgs(&self) -> Result<Vec<OrgView>, HemvistError> {
+        self.store
+            .orgs()?
+            .into_iter()
+            .map(|o| self.view(o))
+            .collect()
+    }
+
+    pub fn show_org(&self, id: &str) -> Result<OrgDetail, HemvistError> {
+        let id = OrgId::parse(id)?;
+        let org = self
+            .store
+            .org(&id)?
+            .ok_or_else(|| HemvistError::not_found(format!("no org {id}")))?;
+        Ok(OrgDetail {
+            observed: self.store.observed_for_org(&id)?,
+            commands: self.store.commands_for_org(&id)?,
+            audit: self.store.audit_for_org(&id)?,
+            org: self.view(org)?,
+        })
+    }
+}

@@ -1,0 +1,261 @@
+//! The node's side of the control stream: dial, register, report state, heartbeat, apply
+//! commands, keep the routing cache current. Reconnects with capped exponential backoff and
+//! resends its full state each time, so the control plane can re-drive whatever is unfinished.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hemvist_proto::pb::{
+    self, command::Action, control_message::Body as In, node_control_client::NodeControlClient,
+    node_message::Body as Out,
+};
+use hemvist_proto::{ErrorKind, Generation, HemvistError, NodeId, OrgId, RegionId};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::Placement;
+use crate::{HostRequest, Node};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let started = Instant::now();
+        let result = session(&node, &shutdown).await;
+        node.metrics.link_up.store(0, Ordering::Relaxed);
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match result {
+            Ok(()) => tracing::info!("control plane closed the stream; reconnecting"),
+            Err(e) if e.code() == tonic::Code::Unauthenticated => {
+                node.metrics.link_refused.inc();
+                tracing::error!(
+                    "the control plane refused this node's join token: {}",
+                    e.message()
+                );
+                backoff = MAX_BACKOFF;
+            }
+            Err(e) => tracing::warn!(code = ?e.code(), "control link: {}", e.message()),
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = MIN_BACKOFF;
+        }
+        let jitter = Duration::from_millis(u64::from(started.elapsed().subsec_nanos()) % 100);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff + jitter) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn out(body: Out) -> pb::NodeMessage {
+    pb::NodeMessage { body: Some(body) }
+}
+
+fn state_report(node: &Node) -> pb::StateReport {
+    pb::StateReport {
+        tenants: node
+            .state
+            .all_hosted()
+            .into_iter()
+            .map(|(org, h)| pb::HostedTenant {
+                org: org.to_string(),
+                generation: h.generation.get(),
+                schema_version: h.schema_version,
+            })
+            .collect(),
+    }
+}
+
+async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), tonic::Status> {
+    let endpoint = tonic::transport::Endpoint::from_shared(node.config.control_url.clone())
+        .map_err(|e| tonic::Status::invalid_argument(format!("control_url: {e}")))?
+        .connect_timeout(Duration::from_secs(3))
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let channel = endpoint.connect().await.map_err(|e| {
+        tonic::Status::unavailable(format!("dial {}: {e}", node.config.control_url))
+    })?;
+    let mut client = NodeControlClient::new(channel);
+
+    let (tx, rx) = mpsc::channel::<pb::NodeMessage>(1_024);
+    let register = pb::Register {
+        node_id: node.config.id.to_string(),
+        region: node.config.region.to_string(),
+        public_url: node.public_url.clone(),
+        capacity: node.config.capacity,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let _ = tx.send(out(Out::Register(register))).await;
+    let n = node.clone();
+    let report = tokio::task::spawn_blocking(move || state_report(&n))
+        .await
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let _ = tx.send(out(Out::State(report))).await;
+
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    let bearer = format!("Bearer {}", node.config.join_token)
+        .parse()
+        .map_err(|_| tonic::Status::invalid_argument("join token is not a valid header value"))?;
+    request
+        .metadata_mut()
+        .insert(hemvist_proto::AUTHORIZATION, bearer);
+    let mut inbound = client.session(request).await?.into_inner();
+
+    // Commands run one at a time, in order, off the stream's task so heartbeats keep flowing.
+    let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<pb::Command>();
+    let worker = {
+        let (node, tx) = (node.clone(), tx.clone());
+        tokio::spawn(async move {
+            while let Some(cmd) = cmd_rx.recv().await {
+                let n = node.clone();
+                let ack = tokio::task::spawn_blocking(move || apply(&n, cmd))
+                    .await
+                    .unwrap_or_else(|e| pb::CommandAck {
+                        ok: false,
+                        code: ErrorKind::Internal.to_wire() as i32,
+                        message: format!("command panicked: {e}"),
+                        ..Default::default()
+                    });
+                if tx.send(out(Out::Ack(ack))).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq: u64 = 0;
+    let mut in_flight: HashMap<u64, Instant> = HashMap::new();
+    let result = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            _ = heartbeat.tick() => {
+                seq += 1;
+                in_flight.insert(seq, Instant::now());
+                in_flight.retain(|s, _| *s + 60 > seq);
+                if tx.send(out(Out::Heartbeat(pb::Heartbeat { seq }))).await.is_err() {
+                    break Err(tonic::Status::unavailable("outbound stream closed"));
+                }
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(pb::ControlMessage { body: Some(body) })) => match body {
+                    In::Registered(r) => {
+                        node.metrics.link_connects.inc();
+                        node.metrics.link_up.store(1, Ordering::Relaxed);
+                        let every = Duration::from_millis(r.heartbeat_interval_ms.clamp(100, 60_000));
+                        heartbeat = tokio::time::interval(every);
+                        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        tracing::info!(control = %node.config.control_url, "registered with the control plane");
+                    }
+                    In::HeartbeatAck(ack) => {
+                        if let Some(sent) = in_flight.remove(&ack.seq) {
+                            node.lease.renew(sent, Duration::from_millis(ack.lease_ttl_ms));
+                        }
+                    }
+                    In::Command(cmd) => {
+                        let _ = cmd_tx.send(cmd);
+                    }
+                    In::Placements(update) => {
+                        let n = node.clone();
+                        let applied = tokio::task::spawn_blocking(move || apply_placements(&n, update)).await;
+                        match applied {
+                            Ok(Ok(count)) => tracing::debug!(count, "placements updated"),
+                            Ok(Err(e)) => tracing::warn!(error = %e, "bad placement update"),
+                            Err(e) => tracing::warn!(error = %e, "placement update panicked"),
+                        }
+                    }
+                },
+                Ok(Some(_)) => {}
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        }
+    };
+    drop(cmd_tx);
+    worker.abort();
+    result
+}
+
+fn apply(node: &Node, cmd: pb::Command) -> pb::CommandAck {
+    let id = cmd.id.clone();
+    let result = match cmd.action {
+        Some(Action::Host(h)) => host(node, h).map(Some),
+        Some(Action::Drop(d)) => drop_tenant(node, d).map(|_| None),
+        None => Err(HemvistError::invalid("command without an action")),
+    };
+    match result {
+        Ok(tenant) => {
+            node.metrics.commands_ok.inc();
+            pb::CommandAck {
+                id,
+                ok: true,
+                code: 0,
+                message: String::new(),
+                tenant,
+            }
+        }
+        Err(e) => {
+            node.metrics.commands_failed.inc();
+            tracing::warn!(command = %id, error = %e, "refused command");
+            pb::CommandAck {
+                id,
+                ok: false,
+                code: e.kind.to_wire() as i32,
+                message: e.message,
+                tenant: None,
+            }
+        }
+    }
+}
+
+fn host(node: &Node, h: pb::HostTenant) -> Result<pb::HostedTenant, HemvistError> {
+    let req = HostRequest {
+        org: OrgId::try_from(h.org)?,
+        generation: Generation::new(h.generation)?,
+        name: h.name.chars().take(200).collect(),
+        allowed_regions: h.allowed_regions,
+    };
+    let hosted = node.host(&req)?;
+    Ok(pb::HostedTenant {
+        org: req.org.to_string(),
+        generation: hosted.generation.get(),
+        schema_version: hosted.schema_version,
+    })
+}
+
+fn drop_tenant(node: &Node, d: pb::DropTenant) -> Result<(), HemvistError> {
+    node.drop_tenant(&OrgId::try_from(d.org)?, Generation::new(d.generation)?)
+}
+
+fn apply_placements(node: &Node, update: pb::PlacementUpdate) -> Result<usize, HemvistError> {
+    let mut placements = Vec::with_capacity(update.placements.len());
+    for p in update.placements {
+        placements.push((
+            OrgId::try_from(p.org)?,
+            Placement {
+                region: RegionId::try_from(p.region)?,
+                node_id: NodeId::try_from(p.node_id)?,
+                node_url: p.node_url,
+                generation: Generation::new(p.generation)?,
+            },
+        ));
+    }
+    let removed = update
+        .removed
+        .into_iter()
+        .map(OrgId::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    let count = placements.len();
+    node.state
+        .apply_placements(update.full, placements, removed)?;
+    Ok(count)
+}

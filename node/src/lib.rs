@@ -1,0 +1,237 @@
+//! A hemvist node: hosts tenants (one SQLite file per org), serves their users, and routes users
+//! who landed in the wrong place to the org's home node.
+//!
+//! Wiring first ([`start`]), then the adapters ([`web`] for users, [`control_link`] for the
+//! control plane), then the domain ([`routing`], hosting in [`Node`]), then storage
+//! ([`tenants`], [`state`]).
+
+pub mod config;
+pub mod control_link;
+pub mod demo;
+pub mod lease;
+pub mod metrics;
+pub mod routing;
+pub mod state;
+pub mod tenants;
+pub mod web;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use hemvist_proto::{ErrorKind, Generation, HemvistError, OrgId};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::NodeConfig;
+use state::{Hosted, NodeState};
+use tenants::TenantStore;
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub struct Node {
+    pub config: NodeConfig,
+    pub public_url: String,
+    pub tenants: TenantStore,
+    pub state: NodeState,
+    pub lease: lease::Lease,
+    pub metrics: metrics::Metrics,
+}
+
+/// What the control plane asked this node to host.
+pub struct HostRequest {
+    pub org: OrgId,
+    pub generation: Generation,
+    pub name: String,
+    pub allowed_regions: Vec<String>,
+}
+
+impl Node {
+    pub fn open(config: NodeConfig, public_url: String) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("create {}", config.data_dir.display()))?;
+        let state = NodeState::open(&config.data_dir.join("node.db"))?;
+        let tenants = TenantStore::new(&config.data_dir, config.max_open_tenants)?;
+        Ok(Node {
+            public_url,
+            tenants,
+            state,
+            lease: lease::Lease::default(),
+            metrics: metrics::Metrics::default(),
+            config,
+        })
+    }
+
+    /// Hosts an org at a generation: idempotent, refuses what residency forbids and what a
+    /// newer generation already owns.
+    pub fn host(&self, req: &HostRequest) -> Result<Hosted, HemvistError> {
+        // Second line of defense for residency: never write an org's bytes in a region its
+        // policy does not list, whatever the control plane says.
+        if !req
+            .allowed_regions
+            .iter()
+            .any(|r| r == self.config.region.as_str())
+        {
+            return Err(HemvistError::new(
+                ErrorKind::Residency,
+                format!(
+                    "org {} may not be stored in region {} (allowed: {})",
+                    req.org,
+                    self.config.region,
+                    if req.allowed_regions.is_empty() {
+                        "none given".to_string()
+                    } else {
+                        req.allowed_regions.join(", ")
+                    }
+                ),
+            ));
+        }
+        if let Some(h) = self.state.hosted(&req.org) {
+            if h.generation > req.generation {
+                return Err(HemvistError::new(
+                    ErrorKind::Fenced,
+                    format!(
+                        "org {} is hosted here at {}, newer than {}",
+                        req.org, h.generation, req.generation
+                    ),
+                ));
+            }
+        }
+        let schema_version = self.tenants.create(&req.org, now_ms())?;
+        let hosted = Hosted {
+            generation: req.generation,
+            schema_version,
+            name: req.name.clone(),
+        };
+        self.state.set_hosted(&req.org, &hosted, now_ms())?;
+        tracing::info!(org = %req.org, generation = %req.generation, schema_version, "hosting tenant");
+        Ok(hosted)
+    }
+
+    /// Stops hosting an org at `generation` or older; its files go to `trash/`, not away.
+    pub fn drop_tenant(&self, org: &OrgId, generation: Generation) -> Result<(), HemvistError> {
+        let Some(h) = self.state.hosted(org) else {
+            return Ok(());
+        };
+        if h.generation > generation {
+            return Ok(());
+        }
+        self.state.remove_hosted(org)?;
+        let label = format!("g{}-{}", h.generation.get(), now_ms());
+        let moved = self.tenants.retire(org, &label)?;
+        tracing::info!(%org, generation = %h.generation, to = ?moved, "dropped tenant");
+        Ok(())
+    }
+
+    /// Whether this node may acknowledge writes for `org` right now: it holds the org's
+    /// current generation (as far as it knows) and a live lease.
+    pub fn check_writable(&self, org: &OrgId) -> Result<Generation, HemvistError> {
+        let hosted = self
+            .state
+            .hosted(org)
+            .ok_or_else(|| HemvistError::not_found(format!("org {org} is not hosted here")))?;
+        if let Some(p) = self.state.placement(org) {
+            if p.generation > hosted.generation {
+                return Err(HemvistError::new(
+                    ErrorKind::Fenced,
+                    format!("org {org} now belongs to {} at {}", p.node_id, p.generation),
+                ));
+            }
+        }
+        if !self.lease.is_live() {
+            return Err(HemvistError::unavailable(
+                "this node has no live lease from the control plane; writes are paused",
+            ));
+        }
+        Ok(hosted.generation)
+    }
+
+    pub fn write<T>(
+        &self,
+        org: &OrgId,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, HemvistError> {
+        self.check_writable(org)?;
+        self.tenants.write(org, f)
+    }
+
+    pub fn gauges(&self) -> metrics::Gauges {
+        metrics::Gauges {
+            hosted: self.state.hosted_count() as u64,
+            open_tenants: self.tenants.open_count() as u64,
+            placements: self.state.placement_count() as u64,
+            lease_live: self.lease.is_live(),
+            tenant_opens: self
+                .tenants
+                .opens
+                .load(std::sync::atomic::Ordering::Relaxed),
+            tenant_evictions: self
+                .tenants
+                .evictions
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
+/// A started node: where it listens, and the handle to wait for it to stop.
+pub struct Running {
+    pub node: Arc<Node>,
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Binds the HTTP listener (port 0 allowed), opens the node's state, dials the control plane and
+/// serves until `shutdown` is cancelled.
+pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("bind HTTP on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"))
+        .trim_end_matches('/')
+        .to_string();
+    let node = Arc::new(Node::open(config, public_url)?);
+    tracing::info!(node = %node.config.id, region = %node.config.region, url = %node.public_url,
+        hosted = node.state.hosted_count(), "node starting");
+    let task = tokio::spawn(serve(node.clone(), listener, shutdown));
+    Ok(Running { node, addr, task })
+}
+
+async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let link = tokio::spawn(control_link::run(node.clone(), shutdown.clone()));
+    let app = web::router(node.clone());
+    let http = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+        })
+    };
+    shutdown.cancelled().await;
+    let drain = async {
+        let _ = link.await;
+        let _ = http.await;
+    };
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("node did not drain within 5 s; stopping anyway");
+    }
+    tracing::info!(node = %node.config.id, "node stopped");
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! Where a request for an org goes, decided from the node's cached placement alone (no round
+//! trip to the control plane).
+
+use hemvist_proto::OrgId;
+
+use crate::Node;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// This node hosts the org at its current generation.
+    Local,
+    /// The org lives on another node: send the user there, same path and query.
+    Elsewhere {
+        node_url: String,
+    },
+    /// The org is placed here but the node has not finished setting it up.
+    Preparing,
+    Unknown,
+}
+
+pub fn route(node: &Node, org: &OrgId) -> Route {
+    let hosted = node.state.hosted(org);
+    match node.state.placement(org) {
+        Some(p) if p.node_id == node.config.id => match hosted {
+            Some(h) if h.generation >= p.generation => Route::Local,
+            _ => Route::Preparing,
+        },
+        Some(p) if hosted.as_ref().is_some_and(|h| h.generation > p.generation) => {
+            // Our cache is behind what we were told to host; trust the newer grant.
+            Route::Local
+        }
+        Some(p) => Route::Elsewhere {
+            node_url: p.node_url,
+        },
+        None if hosted.is_some() => Route::Local,
+        None => Route::Unknown,
+    }
+}

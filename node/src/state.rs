@@ -1,0 +1,240 @@
+//! The node's own small database (`node.db`) and its in-memory mirror.
+//!
+//! What is persisted, and why:
+//! - `hosted`: which orgs this node holds, at which generation and schema version. The
+//!   generation is the node's proof of authority to write; after a restart the node reports
+//!   exactly this to the control plane.
+//! - `placements`: the node's cached copy of where every org lives, so it can route users
+//!   (serve, redirect, 404) without asking the control plane, even while the control plane is
+//!   unreachable or right after a restart.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Mutex, RwLock};
+
+use anyhow::Context;
+use hemvist_proto::{Generation, HemvistError, NodeId, OrgId, RegionId};
+use rusqlite::{params, Connection};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hosted {
+    pub generation: Generation,
+    pub schema_version: u32,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub region: RegionId,
+    pub node_id: NodeId,
+    pub node_url: String,
+    pub generation: Generation,
+}
+
+pub struct NodeState {
+    db: Mutex<Connection>,
+    hosted: RwLock<HashMap<OrgId, Hosted>>,
+    placements: RwLock<HashMap<OrgId, Placement>>,
+}
+
+fn internal(e: impl std::fmt::Display) -> HemvistError {
+    HemvistError::internal(format!("node state: {e}"))
+}
+
+impl NodeState {
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let conn = Connection::open(path).with_context(|| format!("open {}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS hosted (
+               org TEXT PRIMARY KEY, generation INTEGER NOT NULL,
+               schema_version INTEGER NOT NULL, name TEXT NOT NULL, hosted_ms INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS placements (
+               org TEXT PRIMARY KEY, region TEXT NOT NULL, node_id TEXT NOT NULL,
+               node_url TEXT NOT NULL, generation INTEGER NOT NULL);",
+        )?;
+        let mut hosted = HashMap::new();
+        {
+            let mut stmt =
+                conn.prepare("SELECT org, generation, schema_version, name FROM hosted")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, u32>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?;
+            for row in rows {
+                let (org, g, schema_version, name) = row?;
+                hosted.insert(
+                    OrgId::try_from(org)?,
+                    Hosted {
+                        generation: Generation::new(g as u64)?,
+                        schema_version,
+                        name,
+                    },
+                );
+            }
+        }
+        let mut placements = HashMap::new();
+        {
+            let mut stmt =
+                conn.prepare("SELECT org, region, node_id, node_url, generation FROM placements")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?;
+            for row in rows {
+                let (org, region, node_id, node_url, g) = row?;
+                placements.insert(
+                    OrgId::try_from(org)?,
+                    Placement {
+                        region: RegionId::try_from(region)?,
+                        node_id: NodeId::try_from(node_id)?,
+                        node_url,
+                        generation: Generation::new(g as u64)?,
+                    },
+                );
+            }
+        }
+        Ok(Self {
+            db: Mutex::new(conn),
+            hosted: RwLock::new(hosted),
+            placements: RwLock::new(placements),
+        })
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn hosted(&self, org: &OrgId) -> Option<Hosted> {
+        self.hosted
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(org)
+            .cloned()
+    }
+
+    pub fn all_hosted(&self) -> Vec<(OrgId, Hosted)> {
+        let map = self.hosted.read().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    pub fn hosted_count(&self) -> usize {
+        self.hosted.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn set_hosted(&self, org: &OrgId, h: &Hosted, now_ms: i64) -> Result<(), HemvistError> {
+        self.db()
+            .execute(
+                "INSERT INTO hosted (org, generation, schema_version, name, hosted_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(org) DO UPDATE SET generation = ?2, schema_version = ?3, name = ?4",
+                params![
+                    org.as_str(),
+                    h.generation.get() as i64,
+                    h.schema_version,
+                    h.name,
+                    now_ms
+                ],
+            )
+            .map_err(internal)?;
+        self.hosted
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(org.clone(), h.clone());
+        Ok(())
+    }
+
+    pub fn remove_hosted(&self, org: &OrgId) -> Result<(), HemvistError> {
+        self.db()
+            .execute("DELETE FROM hosted WHERE org = ?1", [org.as_str()])
+            .map_err(internal)?;
+        self.hosted
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(org);
+        Ok(())
+    }
+
+    pub fn placement(&self, org: &OrgId) -> Option<Placement> {
+        self.placements
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(org)
+            .cloned()
+    }
+
+    pub fn placement_count(&self) -> usize {
+        self.placements
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Applies a placement update from the control plane: `full` replaces the whole cache. An
+    /// entry never goes back to an older generation.
+    pub fn apply_placements(
+        &self,
+        full: bool,
+        updates: Vec<(OrgId, Placement)>,
+        removed: Vec<OrgId>,
+    ) -> Result<(), HemvistError> {
+        let mut db = self.db();
+        let tx = db.transaction().map_err(internal)?;
+        if full {
+            tx.execute("DELETE FROM placements", []).map_err(internal)?;
+        }
+        let mut map = self.placements.write().unwrap_or_else(|p| p.into_inner());
+        if full {
+            map.clear();
+        }
+        let mut accepted = Vec::with_capacity(updates.len());
+        for (org, p) in updates {
+            if map
+                .get(&org)
+                .is_some_and(|old| old.generation > p.generation)
+            {
+                continue;
+            }
+            tx.execute(
+                "INSERT INTO placements (org, region, node_id, node_url, generation)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(org) DO UPDATE SET region = ?2, node_id = ?3, node_url = ?4,
+                   generation = ?5",
+                params![
+                    org.as_str(),
+                    p.region.as_str(),
+                    p.node_id.as_str(),
+                    p.node_url,
+                    p.generation.get() as i64
+                ],
+            )
+            .map_err(internal)?;
+            accepted.push((org, p));
+        }
+        for org in &removed {
+            tx.execute("DELETE FROM placements WHERE org = ?1", [org.as_str()])
+                .map_err(internal)?;
+        }
+        if let Err(e) = tx.commit() {
+            // The cache may now be ahead of disk for a `full` update; the next update fixes it.
+            return Err(internal(e));
+        }
+        map.extend(accepted);
+        for org in removed {
+            map.remove(&org);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,203 @@
+//! The tenant store: one SQLite file per org, in WAL mode, opened lazily.
+//!
+//! Invariant: a node can host far more orgs than it can hold open. Only the most recently used
+//! `max_open` tenants have open connections; an idle tenant holds no file handle and no timer.
+//! Each open tenant has one writer connection (so one writer per tenant in this process) and a
+//! small pool of reader connections, so reads go in parallel with each other and with the writer.
+
+pub mod schema;
+
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hemvist_proto::{HemvistError, OrgId};
+use lru::LruCache;
+use rusqlite::{Connection, OpenFlags};
+
+const READERS_PER_TENANT: usize = 4;
+
+pub struct TenantStore {
+    root: PathBuf,
+    open: Mutex<LruCache<OrgId, Arc<Tenant>>>,
+    pub opens: AtomicU64,
+    pub evictions: AtomicU64,
+}
+
+pub struct Tenant {
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    path: PathBuf,
+}
+
+fn db_error(org: &OrgId, e: impl std::fmt::Display) -> HemvistError {
+    HemvistError::internal(format!("tenant {org}: {e}"))
+}
+
+impl TenantStore {
+    pub fn new(data_dir: &Path, max_open: usize) -> anyhow::Result<Self> {
+        let root = data_dir.join("tenants");
+        std::fs::create_dir_all(&root)?;
+        Ok(Self {
+            root,
+            open: Mutex::new(LruCache::new(
+                NonZeroUsize::new(max_open).unwrap_or(NonZeroUsize::MIN),
+            )),
+            opens: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+        })
+    }
+
+    /// The one place a tenant's file path is built. Safe because an `OrgId` is a checked slug;
+    /// files are spread over subfolders by the first two characters so no folder gets huge.
+    pub fn path(&self, org: &OrgId) -> PathBuf {
+        let shard: String = org.as_str().chars().take(2).collect();
+        self.root.join(shard).join(format!("{org}.db"))
+    }
+
+    pub fn exists(&self, org: &OrgId) -> bool {
+        self.path(org).is_file()
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<OrgId, Arc<Tenant>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates the tenant's database if it does not exist and brings its schema up to date.
+    /// Idempotent. Returns the schema version.
+    pub fn create(&self, org: &OrgId, now_ms: i64) -> Result<u32, HemvistError> {
+        let path = self.path(org);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| db_error(org, e))?;
+        }
+        let mut conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| db_error(org, e))?;
+        configure(&conn, false).map_err(|e| db_error(org, e))?;
+        schema::migrate(&mut conn, now_ms).map_err(|e| db_error(org, format!("migrate: {e}")))
+    }
+
+    fn get(&self, org: &OrgId) -> Result<Arc<Tenant>, HemvistError> {
+        if let Some(t) = self.lock().get(org) {
+            return Ok(t.clone());
+        }
+        let path = self.path(org);
+        if !path.is_file() {
+            return Err(HemvistError::not_found(format!(
+                "tenant {org} has no database here"
+            )));
+        }
+        let writer = open_existing(&path, false).map_err(|e| db_error(org, e))?;
+        let tenant = Arc::new(Tenant {
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+            path,
+        });
+        self.opens.fetch_add(1, Ordering::Relaxed);
+        let mut open = self.lock();
+        if let Some(t) = open.get(org) {
+            // Someone opened it meanwhile; use theirs so there stays one writer.
+            return Ok(t.clone());
+        }
+        if let Some((_, _evicted)) = open.push(org.clone(), tenant.clone()) {
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(tenant)
+    }
+
+    /// Runs `f` on a read-only connection of the tenant.
+    pub fn read<T>(
+        &self,
+        org: &OrgId,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, HemvistError> {
+        let tenant = self.get(org)?;
+        let conn = {
+            let mut pool = tenant.readers.lock().unwrap_or_else(|p| p.into_inner());
+            pool.pop()
+        };
+        let conn = match conn {
+            Some(c) => c,
+            None => open_existing(&tenant.path, true).map_err(|e| db_error(org, e))?,
+        };
+        let result = f(&conn).map_err(|e| db_error(org, e));
+        let mut pool = tenant.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < READERS_PER_TENANT {
+            pool.push(conn);
+        }
+        result
+    }
+
+    /// Runs `f` in a write transaction on the tenant's single writer connection. Callers decide
+    /// whether this node may write at all (generation and lease); see `Node::write`.
+    pub fn write<T>(
+        &self,
+        org: &OrgId,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, HemvistError> {
+        let tenant = self.get(org)?;
+        let mut conn = tenant.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| db_error(org, e))?;
+        let out = f(&tx).map_err(|e| db_error(org, e))?;
+        tx.commit().map_err(|e| db_error(org, e))?;
+        Ok(out)
+    }
+
+    /// Closes the tenant's connections (once in-flight work finishes).
+    pub fn close(&self, org: &OrgId) {
+        self.lock().pop(org);
+    }
+
+    /// Moves a tenant's files out of service into `trash/`, never deleting them.
+    pub fn retire(&self, org: &OrgId, label: &str) -> Result<Option<PathBuf>, HemvistError> {
+        self.close(org);
+        let path = self.path(org);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let trash = self.root.parent().unwrap_or(&self.root).join("trash");
+        std::fs::create_dir_all(&trash).map_err(|e| db_error(org, e))?;
+        let dest = trash.join(format!("{org}.{label}.db"));
+        for suffix in ["-wal", "-shm"] {
+            let side = PathBuf::from(format!("{}{suffix}", path.display()));
+            if side.exists() {
+                let _ =
+                    std::fs::rename(&side, PathBuf::from(format!("{}{suffix}", dest.display())));
+            }
+        }
+        std::fs::rename(&path, &dest).map_err(|e| db_error(org, e))?;
+        Ok(Some(dest))
+    }
+}
+
+fn open_existing(path: &Path, reader: bool) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    configure(&conn, reader)?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection, reader: bool) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    if reader {
+        conn.pragma_update(None, "query_only", true)?;
+    } else {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+    }
+    Ok(())
+}

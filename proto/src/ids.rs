@@ -1,0 +1,224 @@
+//! Checked identifiers. Each newtype's constructor is its only validation.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why a string is not a valid id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {kind} {shown}: {reason}")]
+pub struct IdError {
+    pub kind: &'static str,
+    /// The offending input, quoted and shortened so it is safe to print.
+    pub shown: String,
+    pub reason: &'static str,
+}
+
+const MAX_ID_LEN: usize = 63;
+
+/// `[a-z0-9][a-z0-9-]{0,62}`: the one shape shared by org, region and node ids.
+fn check_slug(kind: &'static str, s: &str) -> Result<(), IdError> {
+    let fail = |reason| {
+        let mut shown: String = s.chars().take(40).flat_map(char::escape_default).collect();
+        if s.chars().count() > 40 {
+            shown.push('…');
+        }
+        Err(IdError {
+            kind,
+            shown: format!("\"{shown}\""),
+            reason,
+        })
+    };
+    let bytes = s.as_bytes();
+    if bytes.is_empty() {
+        return fail("it is empty");
+    }
+    if bytes.len() > MAX_ID_LEN {
+        return fail("it is longer than 63 characters");
+    }
+    if !(bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit()) {
+        return fail("it must start with a lowercase letter or a digit");
+    }
+    if !bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+    {
+        return fail("only lowercase letters, digits and '-' are allowed");
+    }
+    Ok(())
+}
+
+macro_rules! slug_id {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(s: &str) -> Result<Self, IdError> {
+                check_slug($kind, s)?;
+                Ok(Self(s.to_owned()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                Self::parse(s)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                check_slug($kind, &s)?;
+                Ok(Self(s))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", $kind, self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::try_from(s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+slug_id!(
+    /// An organization (tenant). Safe to join into a file path or an object key.
+    OrgId,
+    "org id"
+);
+slug_id!(
+    /// A region, such as `eu-north`.
+    RegionId,
+    "region id"
+);
+slug_id!(
+    /// A node, unique across the fleet.
+    NodeId,
+    "node id"
+);
+
+/// The number the control plane issues with every placement. Strictly increasing; the holder of
+/// an org's current generation is its only writer.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[serde(try_from = "u64", into = "u64")]
+pub struct Generation(u64);
+
+impl Generation {
+    pub const FIRST: Generation = Generation(1);
+
+    pub fn new(n: u64) -> Result<Self, IdError> {
+        if n == 0 {
+            return Err(IdError {
+                kind: "generation",
+                shown: "0".into(),
+                reason: "generations start at 1",
+            });
+        }
+        Ok(Self(n))
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    pub fn next(self) -> Generation {
+        Generation(self.0 + 1)
+    }
+}
+
+impl TryFrom<u64> for Generation {
+    type Error = IdError;
+    fn try_from(n: u64) -> Result<Self, IdError> {
+        Self::new(n)
+    }
+}
+
+impl From<Generation> for u64 {
+    fn from(g: Generation) -> u64 {
+        g.0
+    }
+}
+
+impl fmt::Display for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "g{}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_slugs() {
+        for ok in ["a", "acme", "acme-ab", "0x", &"a".repeat(63)] {
+            assert!(OrgId::parse(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn refuses_hostile_ids() {
+        let long = "a".repeat(1000);
+        for bad in [
+            "",
+            "-acme",
+            "Acme",
+            "../etc",
+            "a/b",
+            "a\0b",
+            "a b",
+            "a'b",
+            "a\"b",
+            "å",
+            "a\u{202e}b",
+            "a\u{0301}",
+            ".",
+            "..",
+            &long,
+            "a.b",
+            "ａ",
+        ] {
+            let err = OrgId::parse(bad).expect_err(bad);
+            assert!(err.to_string().len() < 200);
+        }
+    }
+
+    #[test]
+    fn generation_zero_is_refused() {
+        assert!(Generation::new(0).is_err());
+        assert_eq!(Generation::FIRST.next().get(), 2);
+    }
+}

@@ -1,0 +1,472 @@
+//! `hemvist dev`: the whole system on one machine, with no external service. A control plane and
+//! three nodes in three regions run in this process on loopback, each region backed by a local
+//! object-store folder, and demo orgs are seeded in their home regions.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use hemvist_control::{ControlConfig, RegionConfig};
+use hemvist_node::demo::{self, Locale};
+use hemvist_node::NodeConfig;
+use hemvist_proto::{NodeId, OrgId, RegionId};
+use serde::{Deserialize, Serialize};
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Where everything is kept; it survives a restart.
+    #[arg(long, default_value = ".hemvist")]
+    data: PathBuf,
+    /// First of the loopback ports used: control API, control gRPC, then nodes at +11, +12, +13.
+    #[arg(long, default_value_t = 7700)]
+    port_base: u16,
+    /// Contacts in the big demo org.
+    #[arg(long, default_value_t = 50_000)]
+    contacts: u64,
+    /// A MaxMind-format GeoIP database; by default the one `scripts/setup` installs, if present.
+    #[arg(long, env = "HEMVIST_GEOIP")]
+    geoip: Option<PathBuf>,
+}
+
+/// The GeoIP file `scripts/setup` installs (CC0, from the npm registry).
+pub const DEFAULT_GEOIP: &str =
+    ".deps/node_modules/@ip-location-db/geo-whois-asn-country-mmdb/geo-whois-asn-country.mmdb";
+
+#[derive(Serialize, Deserialize)]
+struct Secrets {
+    admin_token: String,
+    join_token: String,
+}
+
+fn random_token() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("read /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn secrets(dir: &Path) -> anyhow::Result<Secrets> {
+    let path = dir.join("secrets.json");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()));
+    }
+    let s = Secrets {
+        admin_token: random_token()?,
+        join_token: random_token()?,
+    };
+    std::fs::write(&path, serde_json::to_string_pretty(&s)?)?;
+    Ok(s)
+}
+
+struct DemoRegion {
+    id: &'static str,
+    name: &'static str,
+    jurisdiction: &'static str,
+    countries: &'static [&'static str],
+}
+
+const REGIONS: &[DemoRegion] = &[
+    DemoRegion {
+        id: "eu-north",
+        name: "Stockholm",
+        jurisdiction: "EU",
+        countries: &["SE", "NO", "DK", "FI", "IS", "EE", "LV", "LT"],
+    },
+    DemoRegion {
+        id: "eu-central",
+        name: "Frankfurt",
+        jurisdiction: "EU",
+        countries: &[
+            "DE", "AT", "CH", "NL", "BE", "LU", "FR", "IT", "ES", "PT", "PL", "CZ", "SK", "HU",
+            "SI", "HR", "IE", "GB", "GR", "RO", "BG",
+        ],
+    },
+    DemoRegion {
+        id: "us-east",
+        name: "Virginia",
+        jurisdiction: "US",
+        countries: &["US", "CA", "MX"],
+    },
+];
+
+struct DemoOrg {
+    id: &'static str,
+    name: &'static str,
+    region: &'static str,
+    residency: &'static str,
+    locale: Locale,
+    big: bool,
+}
+
+const ORGS: &[DemoOrg] = &[
+    DemoOrg {
+        id: "nordlys",
+        name: "Nordlys AB",
+        region: "eu-north",
+        residency: "EU",
+        locale: Locale::Swedish,
+        big: true,
+    },
+    DemoOrg {
+        id: "rheinwerk",
+        name: "Rheinwerk GmbH",
+        region: "eu-central",
+        residency: "EU",
+        locale: Locale::German,
+        big: false,
+    },
+    DemoOrg {
+        id: "bluebird",
+        name: "Bluebird Inc.",
+        region: "us-east",
+        residency: "US",
+        locale: Locale::American,
+        big: false,
+    },
+];
+
+#[derive(Serialize)]
+struct DevJson {
+    control_url: String,
+    control_grpc: String,
+    admin_token: String,
+    data_dir: String,
+    geoip: Option<String>,
+    nodes: Vec<NodeJson>,
+    orgs: Vec<OrgJson>,
+}
+
+#[derive(Serialize)]
+struct NodeJson {
+    id: String,
+    region: String,
+    region_name: String,
+    url: String,
+}
+
+#[derive(Serialize)]
+struct OrgJson {
+    id: String,
+    name: String,
+    region: String,
+    node: String,
+    url: String,
+    contacts: u64,
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let data = args.data.clone();
+    std::fs::create_dir_all(&data).with_context(|| format!("create {}", data.display()))?;
+    let data = data.canonicalize()?;
+    let secrets = secrets(&data)?;
+    let geoip = args
+        .geoip
+        .clone()
+        .or_else(|| Some(PathBuf::from(DEFAULT_GEOIP)).filter(|p| p.is_file()));
+    if let Some(g) = &geoip {
+        if !g.is_file() {
+            bail!("GeoIP database {} does not exist", g.display());
+        }
+    }
+    let port = |offset: u16| -> anyhow::Result<std::net::SocketAddr> {
+        let p = args
+            .port_base
+            .checked_add(offset)
+            .context("--port-base is too high")?;
+        Ok(std::net::SocketAddr::from(([127, 0, 0, 1], p)))
+    };
+
+    let regions: Vec<RegionConfig> = REGIONS
+        .iter()
+        .map(|r| {
+            let objects = data.join("objects").join(r.id);
+            std::fs::create_dir_all(&objects)?;
+            Ok(RegionConfig {
+                id: RegionId::parse(r.id)?,
+                name: r.name.into(),
+                jurisdiction: r.jurisdiction.into(),
+                countries: r.countries.iter().map(|c| c.to_string()).collect(),
+                object_store: format!("file://{}", objects.display()),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let control_config = ControlConfig {
+        api_listen: port(0)?,
+        grpc_listen: port(1)?,
+        data_dir: data.join("control"),
+        admin_token: secrets.admin_token.clone(),
+        join_token: secrets.join_token.clone(),
+        default_region: RegionId::parse("eu-central")?,
+        geoip: geoip.clone(),
+        lease_ttl_ms: 10_000,
+        heartbeat_interval_ms: 1_000,
+        regions,
+    };
+    control_config.validate()?;
+    write_config(&data, "control.toml", &control_config)?;
+
+    let shutdown = crate::shutdown_on_signal();
+    let (bound, control_task) = hemvist_control::start(control_config, shutdown.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "start the control plane (is port {} free? try --port-base)",
+                args.port_base
+            )
+        })?;
+    let control_url = format!("http://{}", bound.api);
+
+    let mut nodes = Vec::new();
+    for (i, r) in REGIONS.iter().enumerate() {
+        let addr = port(11 + i as u16)?;
+        let config = NodeConfig {
+            id: NodeId::parse(&format!("{}-1", r.id))?,
+            region: RegionId::parse(r.id)?,
+            control_url: format!("http://{}", bound.grpc),
+            join_token: secrets.join_token.clone(),
+            listen: addr,
+            public_url: Some(format!("http://{addr}")),
+            data_dir: data.join("nodes").join(format!("{}-1", r.id)),
+            capacity: 100_000,
+            max_open_tenants: 1_024,
+        };
+        write_config(&data, &format!("node-{}-1.toml", r.id), &config)?;
+        let running = hemvist_node::start(config, shutdown.clone())
+            .await
+            .with_context(|| format!("start node {}-1", r.id))?;
+        nodes.push((r, running));
+    }
+
+    let control = Client::new(&control_url, &secrets.admin_token)?;
+    control
+        .wait_for_nodes(nodes.len(), Duration::from_secs(30))
+        .await?;
+
+    let mut orgs = Vec::new();
+    for o in ORGS {
+        let created = control
+            .create_org(o.id, o.name, o.region, o.residency)
+            .await
+            .with_context(|| format!("create demo org {}", o.id))?;
+        let (r, running) = nodes
+            .iter()
+            .find(|(r, _)| r.id == o.region)
+            .context("demo org in an unknown region")?;
+        let node = running.node.clone();
+        let org = OrgId::parse(o.id)?;
+        wait_hosted(&node, &org, Duration::from_secs(30)).await?;
+        let target = if o.big {
+            args.contacts
+        } else {
+            args.contacts.min(2_000)
+        };
+        let started = Instant::now();
+        let (locale, seed) = (o.locale, fnv(o.id));
+        let (n2, org2) = (node.clone(), org.clone());
+        let added = tokio::task::spawn_blocking(move || {
+            demo::seed_contacts(&n2, &org2, locale, target, seed)
+        })
+        .await??;
+        if added > 0 {
+            tracing::info!(
+                org = o.id,
+                added,
+                took_ms = started.elapsed().as_millis() as u64,
+                "seeded demo contacts"
+            );
+        }
+        orgs.push(OrgJson {
+            id: o.id.into(),
+            name: o.name.into(),
+            region: o.region.into(),
+            node: created,
+            url: format!("{}/o/{}/", running.node.public_url, o.id),
+            contacts: target,
+        });
+        let _ = r;
+    }
+
+    let dev = DevJson {
+        control_url: control_url.clone(),
+        control_grpc: format!("http://{}", bound.grpc),
+        admin_token: secrets.admin_token.clone(),
+        data_dir: data.display().to_string(),
+        geoip: geoip.as_ref().map(|g| g.display().to_string()),
+        nodes: nodes
+            .iter()
+            .map(|(r, running)| NodeJson {
+                id: running.node.config.id.to_string(),
+                region: r.id.into(),
+                region_name: r.name.into(),
+                url: running.node.public_url.clone(),
+            })
+            .collect(),
+        orgs,
+    };
+    std::fs::write(data.join("dev.json"), serde_json::to_string_pretty(&dev)?)?;
+    print_welcome(&dev);
+
+    shutdown.cancelled().await;
+    for (_, running) in nodes {
+        let _ = running.task.await;
+    }
+    let _ = control_task.await;
+    println!("hemvist dev stopped; data kept in {}", data.display());
+    Ok(())
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn write_config<T: Serialize>(data: &Path, name: &str, config: &T) -> anyhow::Result<()> {
+    let dir = data.join("config");
+    std::fs::create_dir_all(&dir)?;
+    let text = format!(
+        "# Written by `hemvist dev` for reference; `hemvist dev` itself does not read it.\n{}",
+        toml::to_string(config)?
+    );
+    std::fs::write(dir.join(name), text)?;
+    Ok(())
+}
+
+async fn wait_hosted(
+    node: &hemvist_node::Node,
+    org: &OrgId,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while node.state.hosted(org).is_none() || !node.lease.is_live() {
+        if Instant::now() > deadline {
+            bail!(
+                "node {} did not host {org} within {limit:?}",
+                node.config.id
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// The demo drives its own control plane through the same admin API operators use.
+struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    fn new(base: &str, token: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            base: base.into(),
+            token: token.into(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+        })
+    }
+
+    async fn wait_for_nodes(&self, n: usize, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let healthy = self
+                .http
+                .get(format!("{}/api/v1/nodes", self.base))
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .ok()
+                .and_then(|r| r.error_for_status().ok());
+            if let Some(resp) = healthy {
+                let nodes: Vec<serde_json::Value> = resp.json().await.unwrap_or_default();
+                if nodes.iter().filter(|n| n["healthy"] == true).count() >= n {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the nodes did not register with the control plane within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Creates (or finds) an org; returns the node it is placed on.
+    async fn create_org(
+        &self,
+        id: &str,
+        name: &str,
+        region: &str,
+        residency: &str,
+    ) -> anyhow::Result<String> {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/orgs", self.base))
+            .bearer_auth(&self.token)
+            .json(&serde_json::json!({"id": id, "name": name, "region": region, "residency": residency}))
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("{}", body["error"]["message"]);
+        }
+        Ok(body["org"]["node"].as_str().unwrap_or_default().to_string())
+    }
+}
+
+fn print_welcome(dev: &DevJson) {
+    println!();
+    println!(
+        "hemvist dev is running. Ctrl-C stops it; data stays in {}",
+        dev.data_dir
+    );
+    println!();
+    println!(
+        "  control plane  {}   (admin token in {}/dev.json)",
+        dev.control_url, dev.data_dir
+    );
+    for n in &dev.nodes {
+        println!(
+            "  node {:<13} {}   {} ({})",
+            n.id, n.url, n.region, n.region_name
+        );
+    }
+    println!();
+    println!("  demo orgs:");
+    for o in &dev.orgs {
+        println!(
+            "    {:<10} {:<16} {:<10} {:>6} contacts  {}",
+            o.id, o.name, o.region, o.contacts, o.url
+        );
+    }
+    match &dev.geoip {
+        Some(g) => println!("\n  GeoIP: {g}"),
+        None => println!(
+            "\n  GeoIP: none found, so orgs created by IP go to the default region eu-central \
+             (run scripts/setup to install one)"
+        ),
+    }
+    if let (Some(org), Some(other)) = (
+        dev.orgs.first(),
+        dev.nodes.iter().find(|n| n.region != dev.orgs[0].region),
+    ) {
+        println!("\n  try:");
+        println!("    open {}", org.url);
+        println!(
+            "    curl -i {}/o/{}/      # wrong region: 307 to {}'s home node",
+            other.url, org.id, org.id
+        );
+        println!("    cargo run --release -- orgs list");
+        println!(
+            "    cargo run --release -- orgs create acme --name \"Acme AB\" --ip 81.230.1.1 --wait"
+        );
+        println!("    cargo run --release -- nodes");
+    }
+    println!();
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+}

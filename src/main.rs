@@ -1,0 +1,147 @@
+//! `hemvist`: one binary for the control plane, the nodes, the demo and the operator's verbs.
+
+mod client;
+mod dev;
+mod ops;
+mod table;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "hemvist",
+    version,
+    about = "Many small SQLite tenants, each kept in its home region"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The whole system on one machine: a control plane and three nodes in three regions.
+    Dev(dev::DevArgs),
+    /// Run the control plane.
+    Control {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a node.
+    Node {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// List regions and their health.
+    Regions(ApiArgs),
+    /// List nodes and their health.
+    Nodes(ApiArgs),
+    /// Create, list and show orgs.
+    Orgs {
+        #[command(subcommand)]
+        command: ops::OrgsCommand,
+    },
+}
+
+/// How an operator's verb reaches the control plane.
+#[derive(Args, Clone, Debug)]
+pub struct ApiArgs {
+    /// The control plane's admin API. Defaults to the running `hemvist dev`, if any.
+    #[arg(long, env = "HEMVIST_CONTROL")]
+    pub control: Option<String>,
+    /// The admin bearer token. Defaults to the running `hemvist dev`'s, if any.
+    #[arg(long, env = "HEMVIST_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print JSON for scripts instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Cancelled on Ctrl-C or SIGTERM.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let sigterm = async {
+            match term.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = sigterm => {}
+        }
+        tracing::info!("stopping");
+        t.cancel();
+    });
+    token
+}
+
+/// The line a supervisor (or a test) waits for: what the process bound, as JSON.
+fn announce(what: serde_json::Value) {
+    println!("hemvist-ready {what}");
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Dev(args) => {
+            init_tracing();
+            dev::run(args).await
+        }
+        Command::Control { config } => {
+            init_tracing();
+            run_control(config).await
+        }
+        Command::Node { config } => {
+            init_tracing();
+            run_node(config).await
+        }
+        Command::Regions(api) => ops::regions(&api).await,
+        Command::Nodes(api) => ops::nodes(&api).await,
+        Command::Orgs { command } => ops::orgs(command).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_control(config: PathBuf) -> anyhow::Result<()> {
+    let config = hemvist_control::ControlConfig::load(&config)?;
+    let shutdown = shutdown_on_signal();
+    let (bound, task) = hemvist_control::start(config, shutdown).await?;
+    announce(serde_json::json!({"api": bound.api.to_string(), "grpc": bound.grpc.to_string()}));
+    task.await.context("control plane task")?
+}
+
+async fn run_node(config: PathBuf) -> anyhow::Result<()> {
+    let config = hemvist_node::NodeConfig::load(&config)?;
+    let shutdown = shutdown_on_signal();
+    let running = hemvist_node::start(config, shutdown).await?;
+    announce(serde_json::json!({"http": running.addr.to_string(), "url": running.node.public_url}));
+    running.task.await.context("node task")?
+}

@@ -1,0 +1,277 @@
+//! The operator's verbs: `regions`, `nodes`, `orgs create|list|show`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use clap::Subcommand;
+use serde_json::Value;
+
+use crate::client::Client;
+use crate::{table, ApiArgs};
+
+#[derive(Subcommand)]
+pub enum OrgsCommand {
+    /// Place a new org: by explicit region, by the client's IP (GeoIP), or in the default region.
+    Create {
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, conflicts_with = "ip")]
+        region: Option<String>,
+        /// The client's IP address, placed through the GeoIP database.
+        #[arg(long)]
+        ip: Option<String>,
+        /// Where the org's data may live: jurisdictions or regions, comma-separated (`EU`).
+        #[arg(long)]
+        residency: Option<String>,
+        /// Wait until the node hosts it.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List orgs with their placement.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// One org in detail: placement, generation, schema version, commands, audit trail.
+    Show {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+fn s(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn print_json(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub async fn regions(api: &ApiArgs) -> anyhow::Result<()> {
+    let regions: Vec<Value> = Client::new(api)?.get("/regions").await?;
+    if api.json {
+        return print_json(&Value::Array(regions));
+    }
+    let rows: Vec<Vec<String>> = regions
+        .iter()
+        .map(|r| {
+            let countries = r
+                .get("countries")
+                .and_then(|c| c.as_array())
+                .map(|c| {
+                    c.iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            vec![
+                s(r, "id")
+                    + if r["default"] == Value::Bool(true) {
+                        " *"
+                    } else {
+                        ""
+                    },
+                s(r, "name"),
+                s(r, "jurisdiction"),
+                countries,
+                format!("{}/{}", s(r, "healthy_nodes"), s(r, "nodes")),
+                s(r, "object_store"),
+            ]
+        })
+        .collect();
+    table::print(
+        &[
+            "REGION",
+            "NAME",
+            "JURISDICTION",
+            "COUNTRIES",
+            "HEALTHY/NODES",
+            "OBJECT STORE",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+pub async fn nodes(api: &ApiArgs) -> anyhow::Result<()> {
+    let nodes: Vec<Value> = Client::new(api)?.get("/nodes").await?;
+    if api.json {
+        return print_json(&Value::Array(nodes));
+    }
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            let health = if n["healthy"] == Value::Bool(true) {
+                "healthy"
+            } else if n["connected"] == Value::Bool(true) {
+                "lease expired"
+            } else {
+                "disconnected"
+            };
+            vec![
+                s(n, "id"),
+                s(n, "region"),
+                health.into(),
+                format!("{}/{}", s(n, "tenants"), s(n, "capacity")),
+                s(n, "public_url"),
+            ]
+        })
+        .collect();
+    table::print(&["NODE", "REGION", "STATE", "TENANTS", "URL"], &rows);
+    Ok(())
+}
+
+pub async fn orgs(command: OrgsCommand) -> anyhow::Result<()> {
+    match command {
+        OrgsCommand::Create {
+            id,
+            name,
+            region,
+            ip,
+            residency,
+            wait,
+            api,
+        } => {
+            let client = Client::new(&api)?;
+            let body = serde_json::json!({
+                "id": id, "name": name, "region": region, "ip": ip, "residency": residency,
+            });
+            let mut created: Value = client.post("/orgs", &body).await?;
+            if wait {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while created["org"]["ready"] != Value::Bool(true) {
+                    if Instant::now() > deadline {
+                        bail!("org {id} was placed but its node has not confirmed hosting it within 60 s");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    created["org"] = client.get(&format!("/orgs/{id}")).await?;
+                }
+            }
+            if api.json {
+                return print_json(&created);
+            }
+            let org = &created["org"];
+            let verb = if created["created"] == Value::Bool(true) {
+                "created"
+            } else {
+                "already exists, unchanged:"
+            };
+            println!(
+                "org {} {verb} in {} on node {} at generation {}",
+                s(org, "id"),
+                s(org, "home_region"),
+                s(org, "node"),
+                s(org, "generation")
+            );
+            println!("  why: {}", s(org, "placement_reason"));
+            println!("  residency: {}", s(org, "residency"));
+            if let Some(url) = org.get("node_url").and_then(|u| u.as_str()) {
+                println!("  url: {url}/o/{}/", s(org, "id"));
+            }
+            Ok(())
+        }
+        OrgsCommand::List { api } => {
+            let orgs: Vec<Value> = Client::new(&api)?.get("/orgs").await?;
+            if api.json {
+                return print_json(&Value::Array(orgs));
+            }
+            let rows: Vec<Vec<String>> = orgs
+                .iter()
+                .map(|o| {
+                    vec![
+                        s(o, "id"),
+                        s(o, "name"),
+                        s(o, "home_region"),
+                        s(o, "node"),
+                        s(o, "generation"),
+                        s(o, "schema_version"),
+                        if o["ready"] == Value::Bool(true) {
+                            "ready"
+                        } else {
+                            "pending"
+                        }
+                        .into(),
+                        s(o, "residency"),
+                    ]
+                })
+                .collect();
+            table::print(
+                &[
+                    "ORG",
+                    "NAME",
+                    "REGION",
+                    "NODE",
+                    "GEN",
+                    "SCHEMA",
+                    "STATE",
+                    "RESIDENCY",
+                ],
+                &rows,
+            );
+            Ok(())
+        }
+        OrgsCommand::Show { id, api } => {
+            let org: Value = Client::new(&api)?.get(&format!("/orgs/{id}")).await?;
+            if api.json {
+                return print_json(&org);
+            }
+            let rows = [
+                ("org", s(&org, "id")),
+                ("name", s(&org, "name")),
+                ("home region", s(&org, "home_region")),
+                ("residency", s(&org, "residency")),
+                ("node", s(&org, "node")),
+                ("url", s(&org, "node_url")),
+                ("generation", s(&org, "generation")),
+                ("schema version", s(&org, "schema_version")),
+                (
+                    "state",
+                    if org["ready"] == Value::Bool(true) {
+                        "ready".into()
+                    } else {
+                        "pending".into()
+                    },
+                ),
+                ("placed because", s(&org, "placement_reason")),
+            ];
+            for (k, v) in rows {
+                println!("{k:<16}{v}");
+            }
+            if let Some(cmds) = org["commands"].as_array() {
+                println!("\ncommands:");
+                for c in cmds {
+                    println!(
+                        "  {:<40} {:<8} attempts {} {}",
+                        s(c, "id"),
+                        s(c, "state"),
+                        s(c, "attempts"),
+                        c.get("error").and_then(|e| e.as_str()).unwrap_or("")
+                    );
+                }
+            }
+            if let Some(audit) = org["audit"].as_array() {
+                println!("\naudit:");
+                for a in audit {
+                    println!(
+                        "  #{} {} {} {}",
+                        s(a, "seq"),
+                        s(a, "action"),
+                        s(a, "actor"),
+                        a["detail"]
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
