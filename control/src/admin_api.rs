@@ -173,7 +173,14 @@ async fn create_org(
     State(control): State<Arc<Control>>,
     body: Result<Json<CreateOrg>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
+    let Json(req) = body.map_err(|e| {
+        let kind = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ErrorKind::TooLarge
+        } else {
+            ErrorKind::InvalidArgument
+        };
+        ApiError(HemvistError::new(kind, e.body_text()))
+    })?;
     let created = blocking(&control, move |c| c.create_org(req)).await?;
     let status = if created.created {
         StatusCode::CREATED

@@ -17,6 +17,8 @@ pub enum ErrorKind {
     Residency,
     /// A newer generation owns the org; this writer must stop.
     Fenced,
+    /// The request or its body is larger than allowed.
+    TooLarge,
     Internal,
 }
 
@@ -33,6 +35,7 @@ impl ErrorKind {
             ErrorKind::NotFound => 404,
             ErrorKind::Conflict | ErrorKind::Fenced => 409,
             ErrorKind::Residency => 422,
+            ErrorKind::TooLarge => 413,
             ErrorKind::Unavailable => 503,
             ErrorKind::Internal => 500,
         }
@@ -47,6 +50,7 @@ impl ErrorKind {
             ErrorKind::Conflict => tonic::Code::AlreadyExists,
             ErrorKind::Fenced => tonic::Code::Aborted,
             ErrorKind::Residency => tonic::Code::FailedPrecondition,
+            ErrorKind::TooLarge => tonic::Code::ResourceExhausted,
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::Internal => tonic::Code::Internal,
         }
@@ -62,6 +66,7 @@ impl ErrorKind {
             ErrorKind::Unavailable => pb::ErrorCode::Unavailable,
             ErrorKind::Residency => pb::ErrorCode::Residency,
             ErrorKind::Fenced => pb::ErrorCode::Fenced,
+            ErrorKind::TooLarge => pb::ErrorCode::TooLarge,
             ErrorKind::Internal => pb::ErrorCode::Internal,
         }
     }
@@ -76,6 +81,7 @@ impl ErrorKind {
             pb::ErrorCode::Unavailable => ErrorKind::Unavailable,
             pb::ErrorCode::Residency => ErrorKind::Residency,
             pb::ErrorCode::Fenced => ErrorKind::Fenced,
+            pb::ErrorCode::TooLarge => ErrorKind::TooLarge,
             pb::ErrorCode::Internal | pb::ErrorCode::Unspecified => ErrorKind::Internal,
         }
     }

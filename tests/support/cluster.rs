@@ -1,0 +1,490 @@
+//! A real hemvist cluster for tests: the built `hemvist` binary as separate processes (a control
+//! plane and one node per region) on loopback ports chosen at run time, with verbs so that a test
+//! reads as a story. Processes are killed when the cluster is dropped; if the test failed, the
+//! tail of every process's log is printed.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_hemvist");
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const JOIN_TOKEN: &str = "test-join-token-0123456789";
+
+/// The real MaxMind-format database `scripts/setup` installs (set by `scripts/test`).
+pub fn npm_geoip() -> PathBuf {
+    let path = std::env::var_os("HEMVIST_TEST_GEOIP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(
+                ".deps/node_modules/@ip-location-db/geo-whois-asn-country-mmdb/geo-whois-asn-country.mmdb",
+            )
+        });
+    assert!(
+        path.is_file(),
+        "GeoIP database {} is missing: run scripts/setup (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+pub struct Region {
+    pub id: &'static str,
+    pub jurisdiction: &'static str,
+    pub countries: &'static [&'static str],
+}
+
+pub const EU_NORTH: Region = Region {
+    id: "eu-north",
+    jurisdiction: "EU",
+    countries: &["SE", "NO", "FI", "DK"],
+};
+pub const US_EAST: Region = Region {
+    id: "us-east",
+    jurisdiction: "US",
+    countries: &["US", "CA"],
+};
+
+struct Proc {
+    child: Child,
+    log: PathBuf,
+    ready: Value,
+}
+
+pub struct NodeProc {
+    pub id: String,
+    pub region: String,
+    pub url: String,
+    addr: SocketAddr,
+    config: PathBuf,
+    proc: Option<Proc>,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    control_config: PathBuf,
+    control: Option<Proc>,
+    pub api: SocketAddr,
+    pub grpc: SocketAddr,
+    pub nodes: BTreeMap<String, NodeProc>,
+    http: reqwest::blocking::Client,
+    starts: u32,
+}
+
+fn spawn(args: &[&str], log: &Path) -> Proc {
+    let err = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open log");
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "info,h2=warn,tower=warn,hyper=warn")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(err))
+        .spawn()
+        .expect("spawn hemvist");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(json) = line.strip_prefix("hemvist-ready ") {
+                let _ = tx.send(json.to_string());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(json) => Proc {
+            child,
+            log: log.to_path_buf(),
+            ready: serde_json::from_str(&json).expect("ready line is JSON"),
+        },
+        Err(_) => {
+            let _ = child.kill();
+            panic!(
+                "hemvist {args:?} did not become ready:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+fn addr(v: &Value, key: &str) -> SocketAddr {
+    v[key]
+        .as_str()
+        .expect("address")
+        .parse()
+        .expect("socket address")
+}
+
+impl Cluster {
+    /// A control plane and one node per region; the first region is the default.
+    pub fn start(regions: &[Region]) -> Cluster {
+        Self::start_with_geoip(regions, Some(npm_geoip()))
+    }
+
+    pub fn start_with_geoip(regions: &[Region], geoip: Option<PathBuf>) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("hemvist-test-")
+            .tempdir()
+            .expect("tempdir");
+        let mut config = format!(
+            "api_listen = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n\
+             data_dir = {:?}\nadmin_token = \"{ADMIN_TOKEN}\"\njoin_token = \"{JOIN_TOKEN}\"\n\
+             default_region = \"{}\"\nlease_ttl_ms = 3000\nheartbeat_interval_ms = 300\n",
+            dir.path().join("control").display().to_string(),
+            regions[0].id
+        );
+        if let Some(g) = geoip {
+            config.push_str(&format!("geoip = {:?}\n", g.display().to_string()));
+        }
+        for r in regions {
+            config.push_str(&format!(
+                "\n[[regions]]\nid = \"{}\"\nname = \"{}\"\njurisdiction = \"{}\"\ncountries = {:?}\n\
+                 object_store = \"file:///dev/null/{}\"\n",
+                r.id, r.id, r.jurisdiction, r.countries, r.id
+            ));
+        }
+        let control_config = dir.path().join("control.toml");
+        std::fs::write(&control_config, config).expect("write control config");
+        let http = reqwest::blocking::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("http client");
+        let mut cluster = Cluster {
+            dir,
+            control_config,
+            control: None,
+            api: "127.0.0.1:0".parse().unwrap(),
+            grpc: "127.0.0.1:0".parse().unwrap(),
+            nodes: BTreeMap::new(),
+            http,
+            starts: 0,
+        };
+        cluster.start_control();
+        for r in regions {
+            cluster.add_node(&format!("{}-1", r.id), r.id, JOIN_TOKEN);
+        }
+        cluster.wait_nodes_healthy(regions.len());
+        cluster
+    }
+
+    pub fn control_url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    fn log(&mut self, name: &str) -> PathBuf {
+        self.starts += 1;
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    pub fn start_control(&mut self) {
+        assert!(self.control.is_none(), "control plane already running");
+        let log = self.log("control");
+        let p = spawn(
+            &["control", "--config", self.control_config.to_str().unwrap()],
+            &log,
+        );
+        let (api, grpc) = (addr(&p.ready, "api"), addr(&p.ready, "grpc"));
+        if self.api.port() == 0 {
+            // Pin the ports chosen at first start, so a restart comes back at the same address.
+            let text = std::fs::read_to_string(&self.control_config).unwrap();
+            let text = text
+                .replace(
+                    "api_listen = \"127.0.0.1:0\"",
+                    &format!("api_listen = \"{api}\""),
+                )
+                .replace(
+                    "grpc_listen = \"127.0.0.1:0\"",
+                    &format!("grpc_listen = \"{grpc}\""),
+                );
+            std::fs::write(&self.control_config, text).unwrap();
+        }
+        self.api = api;
+        self.grpc = grpc;
+        self.control = Some(p);
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill_control(&mut self) {
+        if let Some(mut p) = self.control.take() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+
+    pub fn restart_control(&mut self) {
+        self.kill_control();
+        self.start_control();
+    }
+
+    /// Starts a node process; it registers with the control plane on its own.
+    pub fn add_node(&mut self, id: &str, region: &str, join_token: &str) {
+        let data = self.dir.path().join("nodes").join(id);
+        let config = self.dir.path().join(format!("node-{id}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "id = \"{id}\"\nregion = \"{region}\"\ncontrol_url = \"http://{}\"\n\
+                 join_token = \"{join_token}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
+                 max_open_tenants = 4\n",
+                self.grpc,
+                data.display().to_string()
+            ),
+        )
+        .unwrap();
+        let log = self.log(&format!("node-{id}"));
+        let p = spawn(&["node", "--config", config.to_str().unwrap()], &log);
+        let addr = addr(&p.ready, "http");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(
+            &config,
+            text.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\"")),
+        )
+        .unwrap();
+        self.nodes.insert(
+            id.to_string(),
+            NodeProc {
+                id: id.into(),
+                region: region.into(),
+                url: p.ready["url"].as_str().unwrap().to_string(),
+                addr,
+                config,
+                proc: Some(p),
+            },
+        );
+    }
+
+    /// The URL of the (first) node in a region.
+    pub fn node_url(&self, region: &str) -> String {
+        self.nodes
+            .values()
+            .find(|n| n.region == region)
+            .map(|n| n.url.clone())
+            .unwrap_or_else(|| panic!("no node in {region}"))
+    }
+
+    fn node_id_in(&self, region: &str) -> String {
+        self.nodes
+            .values()
+            .find(|n| n.region == region)
+            .map(|n| n.id.clone())
+            .unwrap_or_else(|| panic!("no node in {region}"))
+    }
+
+    pub fn kill_node(&mut self, region: &str) {
+        let id = self.node_id_in(region);
+        let node = self.nodes.get_mut(&id).unwrap();
+        if let Some(mut p) = node.proc.take() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+
+    pub fn start_node(&mut self, region: &str) {
+        let id = self.node_id_in(region);
+        let log = self.log(&format!("node-{id}"));
+        let node = self.nodes.get_mut(&id).unwrap();
+        assert!(node.proc.is_none(), "node {id} is running");
+        let p = spawn(&["node", "--config", node.config.to_str().unwrap()], &log);
+        assert_eq!(
+            addr(&p.ready, "http"),
+            node.addr,
+            "node came back on its old address"
+        );
+        node.proc = Some(p);
+    }
+
+    pub fn restart_node(&mut self, region: &str) {
+        self.kill_node(region);
+        self.start_node(region);
+    }
+
+    // --- admin API -------------------------------------------------------------------------
+
+    pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.admin_with_token(method, path, body, Some(ADMIN_TOKEN))
+    }
+
+    pub fn admin_with_token(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let url = format!("{}/api/v1{path}", self.control_url());
+        let mut req = match method {
+            "GET" => self.http.get(url),
+            "POST" => self.http.post(url),
+            other => panic!("method {other}"),
+        };
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().expect("admin API answers");
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub fn create_org(&self, body: Value) -> (u16, Value) {
+        self.admin("POST", "/orgs", Some(body))
+    }
+
+    /// Creates an org that must succeed, and waits until its node hosts it.
+    pub fn create_org_ready(&self, id: &str, extra: Value) -> Value {
+        let mut body = json!({"id": id, "name": format!("Org {id}")});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        let (status, created) = self.create_org(body);
+        assert_eq!(status, 201, "create {id}: {created}");
+        self.wait_org_ready(id)
+    }
+
+    pub fn wait_org_ready(&self, id: &str) -> Value {
+        self.wait_for(&format!("org {id} ready"), || {
+            let (status, org) = self.admin("GET", &format!("/orgs/{id}"), None);
+            (status == 200 && org["ready"] == true).then_some(org)
+        })
+    }
+
+    pub fn wait_nodes_healthy(&self, n: usize) {
+        self.wait_for(&format!("{n} healthy nodes"), || {
+            let (status, nodes) = self.admin("GET", "/nodes", None);
+            let healthy = nodes
+                .as_array()
+                .map(|a| a.iter().filter(|n| n["healthy"] == true).count())
+                .unwrap_or(0);
+            (status == 200 && healthy >= n).then_some(())
+        });
+    }
+
+    /// Polls `f` every 50 ms until it gives a value; fails the test after 20 s.
+    pub fn wait_for<T>(&self, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // --- users' HTTP -----------------------------------------------------------------------
+
+    /// GET without following redirects: (status, Location, body).
+    pub fn get(&self, url: &str) -> (u16, Option<String>, String) {
+        let resp = self.http.get(url).send().expect("GET answers");
+        let status = resp.status().as_u16();
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        (status, location, resp.text().unwrap_or_default())
+    }
+
+    pub fn metric(&self, base_url: &str, name: &str) -> u64 {
+        let (status, _, text) = self.get(&format!("{base_url}/metrics"));
+        assert_eq!(status, 200);
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} missing at {base_url}"))
+    }
+
+    /// Runs the `hemvist` CLI against this cluster: (exit success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("HEMVIST_CONTROL", self.control_url())
+            .env("HEMVIST_TOKEN", ADMIN_TOKEN)
+            .env("HEMVIST_DATA", self.dir.path())
+            .output()
+            .expect("run hemvist CLI");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// Sends a request line byte for byte (no client-side URL normalization) and returns the status.
+pub fn raw_status(addr: &str, method: &str, path: &[u8], headers: &str, body: &[u8]) -> u16 {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = Vec::new();
+    req.extend_from_slice(method.as_bytes());
+    req.push(b' ');
+    req.extend_from_slice(path);
+    req.extend_from_slice(
+        format!(
+            " HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    req.extend_from_slice(body);
+    let _ = s.write_all(&req);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let head = String::from_utf8_lossy(&buf);
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no HTTP status for {:?}: {head:?}",
+                String::from_utf8_lossy(path)
+            )
+        })
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let mut logs = Vec::new();
+        if let Some(mut p) = self.control.take() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+            logs.push(p.log);
+        }
+        for n in self.nodes.values_mut() {
+            if let Some(mut p) = n.proc.take() {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+                logs.push(p.log);
+            }
+        }
+        if std::thread::panicking() {
+            for log in logs {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!("---- {} (last 40 lines) ----", log.display());
+                for l in tail.into_iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
