@@ -203,6 +203,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         geoip: geoip.clone(),
         lease_ttl_ms: 10_000,
         heartbeat_interval_ms: 1_000,
+        command_retry_ms: 5_000,
         regions,
     };
     control_config.validate()?;
@@ -232,6 +233,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             data_dir: data.join("nodes").join(format!("{}-1", r.id)),
             capacity: 100_000,
             max_open_tenants: 1_024,
+            idle_close_ms: 60_000,
         };
         write_config(&data, &format!("node-{}-1.toml", r.id), &config)?;
         let running = hemvist_node::start(config, shutdown.clone())

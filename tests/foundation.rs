@@ -448,3 +448,65 @@ fn without_geoip_ip_placement_says_it_used_the_default_region() {
         "{reason}"
     );
 }
+
+#[test]
+fn commands_are_redriven_after_failures_and_after_a_node_dies_mid_command() {
+    let mut c = Cluster::start(&[EU_NORTH, US_EAST]);
+
+    // The node fails the first two `host` commands in a way retrying can fix.
+    c.kill_node("eu-north");
+    c.start_node_with_env("eu-north", &[("HEMVIST_FAILPOINTS", "node.host=fail:2")]);
+    c.wait_nodes_healthy(2);
+    c.create_org_ready("flaky", json!({"region": "eu-north"}));
+    let (_, shown) = c.admin("GET", "/orgs/flaky", None);
+    let cmd = &shown["commands"][0];
+    assert_eq!(cmd["state"], "done", "{shown}");
+    assert!(cmd["attempts"].as_u64().unwrap() >= 3, "{shown}");
+
+    // The node dies after creating the tenant's file but before recording or acknowledging it.
+    c.kill_node("eu-north");
+    c.start_node_with_env(
+        "eu-north",
+        &[("HEMVIST_FAILPOINTS", "node.host.after_create=crash")],
+    );
+    c.wait_nodes_healthy(2);
+    let (status, _) = c.create_org(json!({"id": "crashy", "name": "Crashy"}));
+    assert_eq!(status, 201);
+    assert!(
+        c.wait_node_exit("eu-north"),
+        "the failpoint should have crashed the node"
+    );
+    let (_, shown) = c.admin("GET", "/orgs/crashy", None);
+    assert_eq!(shown["ready"], false);
+
+    // Back up, it reports what it holds; the control plane sends the command again, same id.
+    c.start_node("eu-north");
+    let ready = c.wait_org_ready("crashy");
+    assert_eq!(ready["commands"].as_array().unwrap().len(), 1, "{ready}");
+    let (status, _, _) = c.get(&format!("{}/o/crashy/", c.node_url("eu-north")));
+    assert_eq!(status, 200);
+    let (status, _, _) = c.get(&format!("{}/o/flaky/", c.node_url("eu-north")));
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn tenants_open_lazily_stay_bounded_and_idle_ones_hold_no_files() {
+    let c = Cluster::start(&[EU_NORTH, US_EAST]);
+    let eu = c.node_url("eu-north");
+    for i in 0..6 {
+        c.create_org_ready(&format!("t{i}"), json!({"region": "eu-north"}));
+    }
+    assert_eq!(c.metric(&eu, "hemvist_tenants_hosted"), 6);
+    // The cluster's nodes keep at most 4 tenants open; visiting all 6 evicts the oldest.
+    for i in 0..6 {
+        assert_eq!(c.get(&format!("{eu}/o/t{i}/")).0, 200);
+    }
+    assert!(c.metric(&eu, "hemvist_tenants_open") <= 4);
+    assert!(c.metric(&eu, "hemvist_tenant_evictions_total") >= 2);
+    // Idle for longer than idle_close_ms (1 s here): every file is closed.
+    c.wait_for("idle tenants to close", || {
+        (c.metric(&eu, "hemvist_tenants_open") == 0).then_some(())
+    });
+    assert_eq!(c.get(&format!("{eu}/o/t0/")).0, 200);
+    assert_eq!(c.metric(&eu, "hemvist_tenants_open"), 1);
+}

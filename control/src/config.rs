@@ -32,6 +32,10 @@ pub struct ControlConfig {
     pub lease_ttl_ms: u64,
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_interval_ms: u64,
+    /// A command that was not acknowledged, or failed in a way retrying can fix, is sent again
+    /// after this long.
+    #[serde(default = "default_command_retry_ms")]
+    pub command_retry_ms: u64,
     pub regions: Vec<RegionConfig>,
 }
 
@@ -61,6 +65,9 @@ fn default_lease_ttl_ms() -> u64 {
 }
 fn default_heartbeat_ms() -> u64 {
     1_000
+}
+fn default_command_retry_ms() -> u64 {
+    5_000
 }
 
 impl ControlConfig {

@@ -234,14 +234,15 @@ async fn handle(
 
 fn apply_ack(control: &Control, node: &NodeId, ack: pb::CommandAck) -> Result<(), HemvistError> {
     control.forget_sent(&ack.id);
+    let kind = ErrorKind::from_wire(ack.code());
     let error = (!ack.ok).then(|| {
-        let kind = ErrorKind::from_wire(ack.code());
         format!(
             "{kind:?}: {}",
             ack.message.chars().take(500).collect::<String>()
         )
     });
-    let Some(cmd) = control.store.ack_command(node, &ack.id, error.as_deref())? else {
+    let failure = error.as_deref().map(|e| (e, kind.retryable()));
+    let Some(cmd) = control.store.ack_command(node, &ack.id, failure)? else {
         return Err(HemvistError::not_found(format!(
             "ack for unknown command {}",
             ack.id

@@ -8,8 +8,10 @@
 //! - `orgs` + `placements`: the desired state. Which node hosts an org at which generation; the
 //!   generation counter in `meta` only ever grows, so a generation is never issued twice, even
 //!   across restarts.
-//! - `commands`: every command sent to a node, with its state, so that after a crash of either
-//!   side the reconciler re-drives exactly what is unfinished, under the same ids.
+//! - `commands`: every command sent to a node, with its state (`pending`, `sent`, `done`,
+//!   `retry` after a failure that retrying can fix, `failed` after one it cannot), so that after
+//!   a crash of either side the reconciler re-drives exactly what is unfinished, under the same
+//!   ids.
 //! - `observed`: what each node last said it hosts, so `orgs show` can tell desired from actual.
 //! - `audit`: an append-only, hash-chained log of every change of where data lives.
 //!
@@ -439,12 +441,13 @@ impl Store {
         &self,
         node: &NodeId,
         id: &str,
-        error: Option<&str>,
+        error: Option<(&str, bool)>,
     ) -> Result<Option<CommandRecord>> {
         let conn = self.lock();
         let (state, err) = match error {
             None => ("done", None),
-            Some(e) => ("failed", Some(e)),
+            Some((e, true)) => ("retry", Some(e)),
+            Some((e, false)) => ("failed", Some(e)),
         };
         conn.execute(
             "UPDATE commands SET state = ?3, error = ?4, updated_ms = ?5
@@ -459,7 +462,7 @@ impl Store {
         let conn = self.lock();
         let mut stmt = conn
             .prepare(
-                "SELECT id FROM commands WHERE node_id = ?1 AND state IN ('pending', 'sent')
+                "SELECT id FROM commands WHERE node_id = ?1 AND state IN ('pending', 'sent', 'retry')
                  ORDER BY created_ms",
             )
             .map_err(internal)?;
@@ -491,7 +494,7 @@ impl Store {
     pub fn count_open_commands(&self) -> Result<u64> {
         self.lock()
             .query_row(
-                "SELECT COUNT(*) FROM commands WHERE state IN ('pending', 'sent')",
+                "SELECT COUNT(*) FROM commands WHERE state IN ('pending', 'sent', 'retry')",
                 [],
                 |r| r.get::<_, i64>(0),
             )

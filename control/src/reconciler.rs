@@ -17,9 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::persistence::{now_ms, CommandKind, CommandRecord};
 use crate::Control;
 
-/// A command sent but not acknowledged is sent again after this long.
-const RESEND_AFTER: Duration = Duration::from_secs(10);
-const TICK: Duration = Duration::from_secs(2);
+const TICK: Duration = Duration::from_secs(1);
 
 pub async fn run(control: Arc<Control>, shutdown: CancellationToken) {
     loop {
@@ -133,8 +131,14 @@ fn send_if_due(
     action: Action,
 ) -> Result<(), HemvistError> {
     let sent_this_session = control.sent_in_session(epoch, &cmd.id);
-    let stale = now_ms() - cmd.updated_ms > RESEND_AFTER.as_millis() as i64;
-    let due = !is_open || cmd.state == "pending" || !sent_this_session || stale;
+    let stale = now_ms() - cmd.updated_ms > control.config.command_retry_ms as i64;
+    let due = match cmd.state.as_str() {
+        "pending" => true,
+        // Unanswered, or answered "try again": again after a while, or at once on a new session.
+        "sent" | "done" => !is_open || !sent_this_session || stale,
+        "retry" => stale,
+        _ => false,
+    };
     if !due {
         return Ok(());
     }

@@ -29,6 +29,9 @@ pub struct NodeConfig {
     /// Upper bound of tenants with open database files at once; the least recently used close.
     #[serde(default = "default_max_open")]
     pub max_open_tenants: usize,
+    /// A tenant unused for this long has its files closed.
+    #[serde(default = "default_idle_close_ms")]
+    pub idle_close_ms: u64,
 }
 
 fn default_listen() -> SocketAddr {
@@ -39,6 +42,9 @@ fn default_capacity() -> u64 {
 }
 fn default_max_open() -> usize {
     1_024
+}
+fn default_idle_close_ms() -> u64 {
+    60_000
 }
 
 impl NodeConfig {

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod control_link;
 pub mod demo;
+pub mod failpoints;
 pub mod lease;
 pub mod metrics;
 pub mod routing;
@@ -103,7 +104,9 @@ impl Node {
                 ));
             }
         }
+        failpoints::check("node.host")?;
         let schema_version = self.tenants.create(&req.org, now_ms())?;
+        failpoints::check("node.host.after_create")?;
         let hosted = Hosted {
             generation: req.generation,
             schema_version,
@@ -212,6 +215,7 @@ async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let link = tokio::spawn(control_link::run(node.clone(), shutdown.clone()));
+    let sweeper = tokio::spawn(close_idle_tenants(node.clone(), shutdown.clone()));
     let app = web::router(node.clone());
     let http = {
         let shutdown = shutdown.clone();
@@ -225,6 +229,7 @@ async fn serve(
     let drain = async {
         let _ = link.await;
         let _ = http.await;
+        let _ = sweeper.await;
     };
     if tokio::time::timeout(Duration::from_secs(5), drain)
         .await
@@ -234,4 +239,20 @@ async fn serve(
     }
     tracing::info!(node = %node.config.id, "node stopped");
     Ok(())
+}
+
+/// One timer for the whole node (never one per tenant) closes tenants that went idle.
+async fn close_idle_tenants(node: Arc<Node>, shutdown: CancellationToken) {
+    let idle = Duration::from_millis(node.config.idle_close_ms.max(1));
+    let every = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let closed = node.tenants.close_idle(idle);
+        if closed > 0 {
+            tracing::debug!(closed, "closed idle tenants");
+        }
+    }
 }

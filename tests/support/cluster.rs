@@ -77,7 +77,7 @@ pub struct Cluster {
     starts: u32,
 }
 
-fn spawn(args: &[&str], log: &Path) -> Proc {
+fn spawn(args: &[&str], log: &Path, env: &[(&str, &str)]) -> Proc {
     let err = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -87,6 +87,7 @@ fn spawn(args: &[&str], log: &Path) -> Proc {
         .args(args)
         .env("RUST_LOG", "info,h2=warn,tower=warn,hyper=warn")
         .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(err))
@@ -139,7 +140,7 @@ impl Cluster {
         let mut config = format!(
             "api_listen = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n\
              data_dir = {:?}\nadmin_token = \"{ADMIN_TOKEN}\"\njoin_token = \"{JOIN_TOKEN}\"\n\
-             default_region = \"{}\"\nlease_ttl_ms = 3000\nheartbeat_interval_ms = 300\n",
+             default_region = \"{}\"\nlease_ttl_ms = 3000\nheartbeat_interval_ms = 300\ncommand_retry_ms = 500\n",
             dir.path().join("control").display().to_string(),
             regions[0].id
         );
@@ -193,6 +194,7 @@ impl Cluster {
         let p = spawn(
             &["control", "--config", self.control_config.to_str().unwrap()],
             &log,
+            &[],
         );
         let (api, grpc) = (addr(&p.ready, "api"), addr(&p.ready, "grpc"));
         if self.api.port() == 0 {
@@ -236,14 +238,14 @@ impl Cluster {
             format!(
                 "id = \"{id}\"\nregion = \"{region}\"\ncontrol_url = \"http://{}\"\n\
                  join_token = \"{join_token}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
-                 max_open_tenants = 4\n",
+                 max_open_tenants = 4\nidle_close_ms = 1000\n",
                 self.grpc,
                 data.display().to_string()
             ),
         )
         .unwrap();
         let log = self.log(&format!("node-{id}"));
-        let p = spawn(&["node", "--config", config.to_str().unwrap()], &log);
+        let p = spawn(&["node", "--config", config.to_str().unwrap()], &log, &[]);
         let addr = addr(&p.ready, "http");
         let text = std::fs::read_to_string(&config).unwrap();
         std::fs::write(
@@ -291,17 +293,44 @@ impl Cluster {
     }
 
     pub fn start_node(&mut self, region: &str) {
+        self.start_node_with_env(region, &[]);
+    }
+
+    /// Starts a stopped node with extra environment, such as `HEMVIST_FAILPOINTS`.
+    pub fn start_node_with_env(&mut self, region: &str, env: &[(&str, &str)]) {
         let id = self.node_id_in(region);
         let log = self.log(&format!("node-{id}"));
         let node = self.nodes.get_mut(&id).unwrap();
         assert!(node.proc.is_none(), "node {id} is running");
-        let p = spawn(&["node", "--config", node.config.to_str().unwrap()], &log);
+        let p = spawn(
+            &["node", "--config", node.config.to_str().unwrap()],
+            &log,
+            env,
+        );
         assert_eq!(
             addr(&p.ready, "http"),
             node.addr,
             "node came back on its old address"
         );
         node.proc = Some(p);
+    }
+
+    /// Waits for a node process to exit by itself (a crash); true if it did within 20 s.
+    pub fn wait_node_exit(&mut self, region: &str) -> bool {
+        let id = self.node_id_in(region);
+        let node = self.nodes.get_mut(&id).unwrap();
+        let Some(mut p) = node.proc.take() else {
+            return true;
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = p.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        node.proc = Some(p);
+        false
     }
 
     pub fn restart_node(&mut self, region: &str) {

@@ -11,7 +11,7 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hemvist_proto::{HemvistError, OrgId};
 use lru::LruCache;
@@ -30,6 +30,7 @@ pub struct Tenant {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     path: PathBuf,
+    last_used: Mutex<Instant>,
 }
 
 fn db_error(org: &OrgId, e: impl std::fmt::Display) -> HemvistError {
@@ -89,6 +90,7 @@ impl TenantStore {
 
     fn get(&self, org: &OrgId) -> Result<Arc<Tenant>, HemvistError> {
         if let Some(t) = self.lock().get(org) {
+            *t.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
             return Ok(t.clone());
         }
         let path = self.path(org);
@@ -102,6 +104,7 @@ impl TenantStore {
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
             path,
+            last_used: Mutex::new(Instant::now()),
         });
         self.opens.fetch_add(1, Ordering::Relaxed);
         let mut open = self.lock();
@@ -153,6 +156,24 @@ impl TenantStore {
         let out = f(&tx).map_err(|e| db_error(org, e))?;
         tx.commit().map_err(|e| db_error(org, e))?;
         Ok(out)
+    }
+
+    /// Closes every tenant unused for `idle`: an idle tenant holds no file handle. Returns how
+    /// many were closed.
+    pub fn close_idle(&self, idle: Duration) -> usize {
+        let now = Instant::now();
+        let mut open = self.lock();
+        let stale: Vec<OrgId> = open
+            .iter()
+            .filter(|(_, t)| {
+                now.duration_since(*t.last_used.lock().unwrap_or_else(|p| p.into_inner())) >= idle
+            })
+            .map(|(org, _)| org.clone())
+            .collect();
+        for org in &stale {
+            open.pop(org);
+        }
+        stale.len()
     }
 
     /// Closes the tenant's connections (once in-flight work finishes).
