@@ -74,8 +74,15 @@ impl ControlConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-        let config: ControlConfig =
+        let mut config: ControlConfig =
             toml::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+        // Secrets from the environment win, so config files need not carry them.
+        if let Ok(t) = std::env::var("HEMVIST_ADMIN_TOKEN") {
+            config.admin_token = t;
+        }
+        if let Ok(t) = std::env::var("HEMVIST_JOIN_TOKEN") {
+            config.join_token = t;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -114,5 +121,36 @@ impl ControlConfig {
             bail!("lease_ttl_ms must be at least twice heartbeat_interval_ms");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod config_examples {
+    use super::*;
+
+    #[test]
+    fn deploy_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/control.toml");
+        let config = ControlConfig::load(&path).expect("deploy/control.toml loads");
+        assert_eq!(config.regions.len(), 3);
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_a_reason() {
+        let base = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/control.toml"),
+        )
+        .unwrap();
+        let cases = [
+            (base.replace("default_region = \"eu-central\"", "default_region = \"mars\""), "default_region"),
+            (base.replace("countries = [\"US\"", "countries = [\"usa\""), "ISO"),
+            (base.replace("lease_ttl_ms = 10000", "lease_ttl_ms = 1000"), "lease_ttl_ms"),
+            (base.replace("id = \"us-east\"", "id = \"eu-north\""), "twice"),
+        ];
+        for (text, want) in cases {
+            let config: ControlConfig = toml::from_str(&text).unwrap();
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
     }
 }

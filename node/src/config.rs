@@ -51,8 +51,11 @@ impl NodeConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-        let config: NodeConfig =
+        let mut config: NodeConfig =
             toml::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+        if let Ok(t) = std::env::var("HEMVIST_JOIN_TOKEN") {
+            config.join_token = t;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -70,5 +73,19 @@ impl NodeConfig {
             bail!("max_open_tenants must be at least 1");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod config_examples {
+    use super::*;
+
+    #[test]
+    fn deploy_examples_are_valid() {
+        for name in ["node-eu-north-1.toml", "node-us-east-1.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(name);
+            let config = NodeConfig::load(&path).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert!(name.contains(config.region.as_str()));
+        }
     }
 }
