@@ -1,5 +1,6 @@
 //! `hemvist`: one binary for the control plane, the nodes, the demo and the operator's verbs.
 
+mod bench;
 mod client;
 mod dev;
 mod ops;
@@ -44,6 +45,11 @@ enum Command {
     Orgs {
         #[command(subcommand)]
         command: ops::OrgsCommand,
+    },
+    /// Benchmarks that print a table.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
     },
 }
 
@@ -120,6 +126,10 @@ async fn main() -> std::process::ExitCode {
         Command::Regions(api) => ops::regions(&api).await,
         Command::Nodes(api) => ops::nodes(&api).await,
         Command::Orgs { command } => ops::orgs(command).await,
+        Command::Bench { command } => tokio::task::spawn_blocking(move || bench::run(command))
+            .await
+            .context("benchmark task")
+            .and_then(|r| r),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -142,10 +142,25 @@ mod config_examples {
         )
         .unwrap();
         let cases = [
-            (base.replace("default_region = \"eu-central\"", "default_region = \"mars\""), "default_region"),
-            (base.replace("countries = [\"US\"", "countries = [\"usa\""), "ISO"),
-            (base.replace("lease_ttl_ms = 10000", "lease_ttl_ms = 1000"), "lease_ttl_ms"),
-            (base.replace("id = \"us-east\"", "id = \"eu-north\""), "twice"),
+            (
+                base.replace(
+                    "default_region = \"eu-central\"",
+                    "default_region = \"mars\"",
+                ),
+                "default_region",
+            ),
+            (
+                base.replace("countries = [\"US\"", "countries = [\"usa\""),
+                "ISO",
+            ),
+            (
+                base.replace("lease_ttl_ms = 10000", "lease_ttl_ms = 1000"),
+                "lease_ttl_ms",
+            ),
+            (
+                base.replace("id = \"us-east\"", "id = \"eu-north\""),
+                "twice",
+            ),
         ];
         for (text, want) in cases {
             let config: ControlConfig = toml::from_str(&text).unwrap();

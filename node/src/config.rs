@@ -83,7 +83,9 @@ mod config_examples {
     #[test]
     fn deploy_examples_are_valid() {
         for name in ["node-eu-north-1.toml", "node-us-east-1.toml"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(name);
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy")
+                .join(name);
             let config = NodeConfig::load(&path).unwrap_or_else(|e| panic!("{name}: {e:#}"));
             assert!(name.contains(config.region.as_str()));
         }
