@@ -210,7 +210,7 @@ async fn metrics(State(control): State<Arc<Control>>) -> Result<Response, ApiErr
     let text = blocking(&control, |c| {
         let nodes = c.node_loads()?;
         Ok(c.metrics.render(&Gauges {
-            orgs: c.store.orgs()?.len() as u64,
+            orgs: c.store.count_orgs()?,
             nodes_known: nodes.len() as u64,
             nodes_healthy: nodes.iter().filter(|n| n.healthy).count() as u64,
             commands_open: c.store.count_open_commands()?,

@@ -17,6 +17,8 @@ struct Session {
     outbox: Outbox,
     lease_until: Instant,
     connected_at: Instant,
+    /// A placement update could not be queued: the node needs the full list again.
+    needs_resync: bool,
 }
 
 #[derive(Default)]
@@ -53,6 +55,7 @@ impl Hub {
                 outbox,
                 lease_until: now + lease,
                 connected_at: now,
+                needs_resync: false,
             },
         );
         epoch
@@ -119,17 +122,78 @@ impl Hub {
             .is_ok()
     }
 
+    /// Queues a placement update for every node. A node whose queue is full is marked for a
+    /// full resync instead, so no node's routing cache silently misses a change.
     pub fn broadcast(&self, body: Body) {
-        let outboxes: Vec<Outbox> = self.lock().values().map(|s| s.outbox.clone()).collect();
-        for outbox in outboxes {
-            let _ = outbox.try_send(Ok(pb::ControlMessage {
+        let mut sessions = self.lock();
+        for s in sessions.values_mut() {
+            let msg = Ok(pb::ControlMessage {
                 body: Some(body.clone()),
-            }));
+            });
+            if s.outbox.try_send(msg).is_err() {
+                s.needs_resync = true;
+            }
         }
+    }
+
+    pub fn mark_resync(&self, node: &NodeId) {
+        if let Some(s) = self.lock().get_mut(node) {
+            s.needs_resync = true;
+        }
+    }
+
+    /// The nodes that missed a placement update, clearing their mark.
+    pub fn take_resync(&self) -> Vec<NodeId> {
+        let mut out = Vec::new();
+        for (id, s) in self.lock().iter_mut() {
+            if std::mem::take(&mut s.needs_resync) {
+                out.push(id.clone());
+            }
+        }
+        out
     }
 
     /// Drops every session, which ends every node's stream (used at shutdown).
     pub fn close_all(&self) {
         self.lock().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update() -> Body {
+        Body::Placements(pb::PlacementUpdate::default())
+    }
+
+    #[test]
+    fn a_node_that_misses_a_placement_update_is_marked_for_resync() {
+        let hub = Hub::default();
+        let (tx, mut rx) = mpsc::channel(1);
+        let node = NodeId::parse("n1").unwrap();
+        let epoch = hub.attach(
+            node.clone(),
+            RegionId::parse("eu-north").unwrap(),
+            tx,
+            Duration::from_secs(5),
+        );
+        hub.broadcast(update());
+        assert!(hub.take_resync().is_empty());
+        hub.broadcast(update());
+        assert_eq!(hub.take_resync(), vec![node.clone()]);
+        assert!(
+            hub.take_resync().is_empty(),
+            "the mark is cleared once taken"
+        );
+        assert!(rx.try_recv().is_ok());
+        assert!(hub.healthy(&node));
+        hub.detach(&node, epoch + 1);
+        assert!(
+            hub.healthy(&node),
+            "an older session's end does not detach a newer one"
+        );
+        hub.detach(&node, epoch);
+        assert!(!hub.healthy(&node));
     }
 }

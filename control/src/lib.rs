@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use hemvist_proto::NodeId;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +39,7 @@ pub struct Control {
     pub wake_reconciler: Notify,
     pub shutdown: CancellationToken,
     sent: Mutex<HashSet<(u64, String)>>,
+    dirty: Mutex<HashSet<NodeId>>,
 }
 
 impl Control {
@@ -67,11 +69,25 @@ impl Control {
             wake_reconciler: Notify::new(),
             shutdown,
             sent: Mutex::new(HashSet::new()),
+            dirty: Mutex::new(HashSet::new()),
         })
     }
 
     pub fn lease(&self) -> Duration {
         Duration::from_millis(self.config.lease_ttl_ms)
+    }
+
+    /// Asks the reconciler to look at this node soon (its desired or reported state changed).
+    pub fn reconcile_soon(&self, node: &NodeId) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.clone());
+        self.wake_reconciler.notify_one();
+    }
+
+    fn take_dirty(&self) -> HashSet<NodeId> {
+        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn sent_in_session(&self, epoch: u64, id: &str) -> bool {

@@ -23,7 +23,7 @@ pub struct NodeApi {
 type OutStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
 
 /// Placements are pushed in chunks so a fleet of 100k orgs never makes one oversized message.
-const PLACEMENT_CHUNK: usize = 2_000;
+pub(crate) const PLACEMENT_CHUNK: usize = 2_000;
 
 #[tonic::async_trait]
 impl NodeControl for NodeApi {
@@ -217,14 +217,14 @@ async fn handle(
             tokio::task::spawn_blocking(move || c.store.replace_observed(&n, &tenants))
                 .await
                 .map_err(|e| HemvistError::internal(e.to_string()))??;
-            control.wake_reconciler.notify_one();
+            control.reconcile_soon(node);
         }
         Some(In::Ack(ack)) => {
             let (c, n) = (control.clone(), node.clone());
             tokio::task::spawn_blocking(move || apply_ack(&c, &n, ack))
                 .await
                 .map_err(|e| HemvistError::internal(e.to_string()))??;
-            control.wake_reconciler.notify_one();
+            control.reconcile_soon(node);
         }
         Some(In::Register(_)) => return Err(HemvistError::invalid("register sent twice")),
         None => return Err(HemvistError::invalid("empty message")),

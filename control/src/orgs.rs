@@ -154,7 +154,7 @@ impl Control {
                         removed: vec![],
                     }));
                 }
-                self.wake_reconciler.notify_one();
+                self.reconcile_soon(&org.node_id);
                 Ok(CreatedOrg {
                     created: true,
                     org: self.view(org)?,

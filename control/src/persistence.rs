@@ -56,7 +56,7 @@ CREATE TABLE commands (
   generation INTEGER NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
   error TEXT, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL
 );
-CREATE INDEX commands_open ON commands(node_id, state);
+CREATE INDEX commands_open ON commands(state, node_id);
 CREATE TABLE observed (
   node_id TEXT NOT NULL, org TEXT NOT NULL, generation INTEGER NOT NULL,
   schema_version INTEGER NOT NULL, PRIMARY KEY (node_id, org)
@@ -474,6 +474,30 @@ impl Store {
         ids.iter()
             .filter_map(|id| command_by_id(&conn, id).transpose())
             .collect()
+    }
+
+    pub fn nodes_with_open_commands(&self) -> Result<Vec<NodeId>> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT DISTINCT node_id FROM commands WHERE state IN ('pending', 'sent', 'retry')",
+            )
+            .map_err(internal)?;
+        let ids: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .map_err(internal)?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(internal)?;
+        ids.into_iter()
+            .map(|id| NodeId::try_from(id).map_err(internal))
+            .collect()
+    }
+
+    pub fn count_orgs(&self) -> Result<u64> {
+        self.lock()
+            .query_row("SELECT COUNT(*) FROM orgs", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(internal)
     }
 
     pub fn commands_for_org(&self, org: &OrgId) -> Result<Vec<CommandRecord>> {

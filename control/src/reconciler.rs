@@ -18,16 +18,23 @@ use crate::persistence::{now_ms, CommandKind, CommandRecord};
 use crate::Control;
 
 const TICK: Duration = Duration::from_secs(1);
+/// Every connected node is looked at this often even if nothing says it changed.
+const FULL_PASS: Duration = Duration::from_secs(30);
 
 pub async fn run(control: Arc<Control>, shutdown: CancellationToken) {
+    let mut last_full = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = control.wake_reconciler.notified() => {}
             _ = tokio::time::sleep(TICK) => {}
         }
+        let full = last_full.elapsed() >= FULL_PASS;
+        if full {
+            last_full = std::time::Instant::now();
+        }
         let c = control.clone();
-        let pass = tokio::task::spawn_blocking(move || reconcile_all(&c)).await;
+        let pass = tokio::task::spawn_blocking(move || reconcile_pass(&c, full)).await;
         match pass {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "reconcile pass failed; will retry"),
@@ -36,9 +43,21 @@ pub async fn run(control: Arc<Control>, shutdown: CancellationToken) {
     }
 }
 
-fn reconcile_all(control: &Control) -> Result<(), HemvistError> {
+/// Looks at the nodes whose state changed, that have unfinished commands, or (on a full pass)
+/// all of them, so a quiet fleet of 100k tenants costs one small query a tick.
+fn reconcile_pass(control: &Control, full: bool) -> Result<(), HemvistError> {
+    for node in control.hub.take_resync() {
+        resync_placements(control, &node)?;
+    }
+    let mut due = control.take_dirty();
+    due.extend(control.store.nodes_with_open_commands()?);
     for (node, _region, epoch) in control.hub.connected() {
-        reconcile_node(control, &node, epoch)?;
+        if full || due.contains(&node) {
+            if let Err(e) = reconcile_node(control, &node, epoch) {
+                control.reconcile_soon(&node);
+                return Err(e);
+            }
+        }
     }
     Ok(())
 }
@@ -153,6 +172,26 @@ fn send_if_due(
         tracing::info!(%node, command = %cmd.id, attempt = cmd.attempts + 1, "sent command");
         control.store.mark_command_sent(&cmd.id)?;
         control.note_sent(epoch, &cmd.id);
+    }
+    Ok(())
+}
+
+/// Sends a node the full placement list again, after it missed an update.
+fn resync_placements(control: &Control, node: &NodeId) -> Result<(), HemvistError> {
+    let all = control.placements()?;
+    tracing::info!(%node, placements = all.len(), "resending all placements");
+    let mut first = true;
+    for chunk in all.chunks(crate::node_api::PLACEMENT_CHUNK) {
+        let update = Body::Placements(pb::PlacementUpdate {
+            full: first,
+            placements: chunk.to_vec(),
+            removed: vec![],
+        });
+        if !control.hub.send(node, update) {
+            control.hub.mark_resync(node);
+            break;
+        }
+        first = false;
     }
     Ok(())
 }

@@ -187,6 +187,7 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
 
 fn apply(node: &Node, cmd: pb::Command) -> pb::CommandAck {
     let id = cmd.id.clone();
+    let _span = tracing::info_span!("command", id = %id, node = %node.config.id).entered();
     let result = match cmd.action {
         Some(Action::Host(h)) => host(node, h).map(Some),
         Some(Action::Drop(d)) => drop_tenant(node, d).map(|_| None),

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use hemvist_proto::{ErrorKind, HemvistError, OrgId};
+use tracing::Instrument;
 
 use crate::routing::{route, Route};
 use crate::Node;
@@ -68,7 +69,8 @@ async fn org_page(State(node): State<Arc<Node>>, uri: OriginalUri, path: OrgPath
         Ok(org) => org,
         Err(why) => return bad_request(&node, &why),
     };
-    serve_org(node, uri, org, None).await
+    let span = tracing::info_span!("org_request", org = %org, node = %node.config.id);
+    serve_org(node, uri, org, None).instrument(span).await
 }
 
 async fn org_page_rest(
@@ -84,7 +86,8 @@ async fn org_page_rest(
         Ok(org) => org,
         Err(why) => return bad_request(&node, &why),
     };
-    serve_org(node, uri, org, Some(rest)).await
+    let span = tracing::info_span!("org_request", org = %org, node = %node.config.id);
+    serve_org(node, uri, org, Some(rest)).instrument(span).await
 }
 
 async fn serve_org(
