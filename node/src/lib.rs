@@ -256,3 +256,135 @@ async fn close_idle_tenants(node: Arc<Node>, shutdown: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hemvist_proto::{NodeId, RegionId};
+    use std::time::Instant;
+
+    fn node(dir: &std::path::Path) -> Node {
+        let config = NodeConfig {
+            id: NodeId::parse("eu-north-1").unwrap(),
+            region: RegionId::parse("eu-north").unwrap(),
+            control_url: "http://127.0.0.1:1".into(),
+            join_token: "x".repeat(20),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            public_url: None,
+            data_dir: dir.to_path_buf(),
+            capacity: 10,
+            max_open_tenants: 2,
+            idle_close_ms: 60_000,
+        };
+        Node::open(config, "http://127.0.0.1:9".into()).unwrap()
+    }
+
+    fn req(org: &str, generation: u64, allowed: &[&str]) -> HostRequest {
+        HostRequest {
+            org: OrgId::parse(org).unwrap(),
+            generation: Generation::new(generation).unwrap(),
+            name: org.into(),
+            allowed_regions: allowed.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn insert(node: &Node, org: &OrgId) -> Result<usize, HemvistError> {
+        node.write(org, |tx| {
+            tx.execute(
+                "INSERT INTO contacts (name, created_ms, updated_ms) VALUES ('Åsa', 0, 0)",
+                [],
+            )
+        })
+    }
+
+    #[test]
+    fn writes_need_the_current_generation_and_a_live_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = node(dir.path());
+        let org = OrgId::parse("acme").unwrap();
+        n.host(&req("acme", 3, &["eu-north"])).unwrap();
+
+        let err = insert(&n, &org).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Unavailable, "no lease yet: {err}");
+        n.lease.renew(Instant::now(), Duration::from_secs(5));
+        assert_eq!(insert(&n, &org).unwrap(), 1);
+
+        // An expired lease pauses writes again.
+        let dir2 = tempfile::tempdir().unwrap();
+        let m = node(dir2.path());
+        m.host(&req("acme", 3, &["eu-north"])).unwrap();
+        m.lease.renew(Instant::now(), Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(insert(&m, &org).unwrap_err().kind, ErrorKind::Unavailable);
+
+        // Once the node learns a newer generation lives elsewhere, it is fenced.
+        n.state
+            .apply_placements(
+                false,
+                vec![(
+                    org.clone(),
+                    state::Placement {
+                        region: RegionId::parse("us-east").unwrap(),
+                        node_id: NodeId::parse("us-east-1").unwrap(),
+                        node_url: "http://127.0.0.1:10".into(),
+                        generation: Generation::new(4).unwrap(),
+                    },
+                )],
+                vec![],
+            )
+            .unwrap();
+        assert_eq!(insert(&n, &org).unwrap_err().kind, ErrorKind::Fenced);
+        // And an older grant can never take the org back.
+        assert_eq!(
+            n.host(&req("acme", 2, &["eu-north"])).unwrap_err().kind,
+            ErrorKind::Fenced
+        );
+    }
+
+    #[test]
+    fn residency_is_refused_by_the_node_too_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = node(dir.path());
+        for allowed in [&["us-east"][..], &[][..]] {
+            let err = n.host(&req("yankee", 1, allowed)).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Residency);
+        }
+        let org = OrgId::parse("yankee").unwrap();
+        assert!(!n.tenants.path(&org).exists());
+        assert!(n.state.hosted(&org).is_none());
+    }
+
+    #[test]
+    fn hosting_is_idempotent_and_dropping_keeps_the_file_in_trash() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = node(dir.path());
+        let org = OrgId::parse("acme").unwrap();
+        n.host(&req("acme", 1, &["eu-north"])).unwrap();
+        n.lease.renew(Instant::now(), Duration::from_secs(5));
+        insert(&n, &org).unwrap();
+        let again = n.host(&req("acme", 1, &["eu-north"])).unwrap();
+        assert_eq!(again.schema_version, tenants::schema::latest_version());
+        let count: i64 = n
+            .tenants
+            .read(&org, |c| {
+                c.query_row("SELECT COUNT(*) FROM contacts", [], |r| r.get(0))
+            })
+            .unwrap();
+        assert_eq!(count, 1, "hosting again kept the data");
+
+        // A drop for an older generation than the one held is ignored.
+        n.host(&req("acme", 2, &["eu-north"])).unwrap();
+        n.drop_tenant(&org, Generation::new(1).unwrap()).unwrap();
+        assert!(n.state.hosted(&org).is_some());
+        n.drop_tenant(&org, Generation::new(2).unwrap()).unwrap();
+        assert!(n.state.hosted(&org).is_none());
+        assert!(!n.tenants.path(&org).exists());
+        let trash: Vec<_> = std::fs::read_dir(dir.path().join("trash"))
+            .unwrap()
+            .collect();
+        assert!(
+            !trash.is_empty(),
+            "the dropped tenant's file is kept in trash/"
+        );
+    }
+}
