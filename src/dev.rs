@@ -19,6 +19,7 @@ pub struct DevArgs {
     #[arg(long, default_value = ".hemvist")]
     data: PathBuf,
     /// First of the loopback ports used: control API, control gRPC, then nodes at +11, +12, +13.
+    /// 0 lets the system pick every port (see dev.json for where things ended up).
     #[arg(long, default_value_t = 7700)]
     port_base: u16,
     /// Contacts in the big demo org.
@@ -165,13 +166,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let geoip = args
         .geoip
         .clone()
-        .or_else(|| Some(PathBuf::from(DEFAULT_GEOIP)).filter(|p| p.is_file()));
+        .or_else(|| Some(PathBuf::from(DEFAULT_GEOIP)).filter(|p| p.is_file()))
+        .map(|p| p.canonicalize().unwrap_or(p));
     if let Some(g) = &geoip {
         if !g.is_file() {
             bail!("GeoIP database {} does not exist", g.display());
         }
     }
     let port = |offset: u16| -> anyhow::Result<std::net::SocketAddr> {
+        if args.port_base == 0 {
+            return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        }
         let p = args
             .port_base
             .checked_add(offset)
@@ -223,6 +228,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut nodes = Vec::new();
     for (i, r) in REGIONS.iter().enumerate() {
         let addr = port(11 + i as u16)?;
+        // Bound here so the public URL is known before the node starts, even on port 0.
+        let addr = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.local_addr())
+            .with_context(|| format!("bind node {}-1 on {addr} (try --port-base)", r.id))?;
         let config = NodeConfig {
             id: NodeId::parse(&format!("{}-1", r.id))?,
             region: RegionId::parse(r.id)?,

@@ -358,6 +358,15 @@ fn a_node_reconnects_and_its_routing_cache_follows_placement_changes() {
     c.restart_node("us-east");
     let (status, _, _) = c.get(&format!("{us}/o/after/"));
     assert_eq!(status, 200);
+
+    // It comes back at a new address: Stockholm's cache follows, without a restart of its own.
+    c.kill_node("us-east");
+    let moved = c.start_node_on_new_port("us-east");
+    assert_ne!(moved, us);
+    c.wait_for("eu-north to learn us-east's new address", || {
+        let (status, location, _) = c.get(&format!("{eu}/o/first/"));
+        (status == 307 && location == Some(format!("{moved}/o/first/"))).then_some(())
+    });
 }
 
 #[test]
@@ -509,4 +518,155 @@ fn tenants_open_lazily_stay_bounded_and_idle_ones_hold_no_files() {
     });
     assert_eq!(c.get(&format!("{eu}/o/t0/")).0, 200);
     assert_eq!(c.metric(&eu, "hemvist_tenants_open"), 1);
+}
+
+/// Starts `hemvist dev` on ports the system picks, waits for its dev.json, returns it.
+fn start_dev(dir: &std::path::Path, data: &std::path::Path) -> (std::process::Child, Value) {
+    let _ = std::fs::remove_file(data.join("dev.json"));
+    let child = std::process::Command::new(support::cluster::BIN)
+        .args([
+            "dev",
+            "--data",
+            data.to_str().unwrap(),
+            "--port-base",
+            "0",
+            "--contacts",
+            "3000",
+        ])
+        .current_dir(dir)
+        .env("HEMVIST_GEOIP", support::cluster::npm_geoip())
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(dir.join("dev.out")).unwrap())
+        .stderr(std::fs::File::create(dir.join("dev.err")).unwrap())
+        .spawn()
+        .expect("start hemvist dev");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(data.join("dev.json")) {
+            if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                return (child, v);
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hemvist dev did not write dev.json:\n{}",
+            std::fs::read_to_string(dir.join("dev.err")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn stop_dev(mut child: std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            assert!(exit.success(), "hemvist dev exited with {exit}");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Ctrl-C did not stop hemvist dev"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn hemvist_dev_runs_a_three_region_demo_that_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let http = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |url: &str| {
+        let r = http.get(url).send().unwrap();
+        let loc = r
+            .headers()
+            .get("location")
+            .map(|l| l.to_str().unwrap().to_string());
+        (r.status().as_u16(), loc, r.text().unwrap())
+    };
+    let check = |dev: &Value| {
+        let nodes = dev["nodes"].as_array().unwrap();
+        let regions: Vec<&str> = nodes
+            .iter()
+            .map(|n| n["region"].as_str().unwrap())
+            .collect();
+        assert_eq!(regions, ["eu-north", "eu-central", "us-east"]);
+        let orgs = dev["orgs"].as_array().unwrap();
+        assert_eq!(orgs.len(), 3);
+        for o in orgs {
+            let (status, _, page) = get(o["url"].as_str().unwrap());
+            assert_eq!(status, 200, "{o}");
+            assert!(page.contains(o["name"].as_str().unwrap()), "{page}");
+        }
+        let (_, _, page) = get(orgs[0]["url"].as_str().unwrap());
+        assert!(
+            page.contains("id=\"total\">3000<"),
+            "the big org has its contacts, once"
+        );
+        // A Stockholm org asked for in Frankfurt: sent to the Stockholm node as it is now.
+        let (status, location, _) = get(&format!(
+            "{}/o/nordlys/?q=x",
+            nodes[1]["url"].as_str().unwrap()
+        ));
+        assert_eq!(status, 307);
+        assert_eq!(
+            location,
+            Some(format!(
+                "{}/o/nordlys/?q=x",
+                nodes[0]["url"].as_str().unwrap()
+            ))
+        );
+    };
+
+    let (child, dev) = start_dev(dir.path(), &data);
+    check(&dev);
+    let out = std::process::Command::new(support::cluster::BIN)
+        .args(["orgs", "list", "--json"])
+        .env("HEMVIST_DATA", &data)
+        .env_remove("HEMVIST_CONTROL")
+        .env_remove("HEMVIST_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the CLI finds the demo through dev.json"
+    );
+    let before: Value = serde_json::from_slice(&out.stdout).unwrap();
+    stop_dev(child);
+    let printed = std::fs::read_to_string(dir.path().join("dev.out")).unwrap();
+    assert!(
+        printed.contains("hemvist dev is running") && printed.contains("nordlys"),
+        "{printed}"
+    );
+
+    // Again, on new ports, with the same data: nothing re-seeded, nothing re-placed.
+    let (child, dev) = start_dev(dir.path(), &data);
+    check(&dev);
+    let out = std::process::Command::new(support::cluster::BIN)
+        .args(["orgs", "list", "--json"])
+        .env("HEMVIST_DATA", &data)
+        .output()
+        .unwrap();
+    let after: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (a, b) in before
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(after.as_array().unwrap())
+    {
+        assert_eq!(
+            (&a["id"], &a["generation"], &a["node"]),
+            (&b["id"], &b["generation"], &b["node"])
+        );
+    }
+    stop_dev(child);
 }

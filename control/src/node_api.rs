@@ -61,9 +61,9 @@ impl NodeControl for NodeApi {
             }
         };
         let record = check_register(&control, register).map_err(Status::from)?;
-        let store = control.clone();
+        let c = control.clone();
         let rec = record.clone();
-        tokio::task::spawn_blocking(move || store.store.upsert_node(&rec))
+        tokio::task::spawn_blocking(move || register_node(&c, &rec))
             .await
             .map_err(|e| Status::internal(e.to_string()))??;
 
@@ -141,6 +141,36 @@ fn check_register(control: &Control, r: pb::Register) -> Result<NodeRecord, Hemv
         version: r.version.chars().take(64).collect(),
         last_seen_ms: 0,
     })
+}
+
+/// Records the node; if its public URL changed, every node learns the new address of the orgs
+/// it hosts, so no routing cache keeps redirecting to where the node used to be.
+fn register_node(control: &Control, record: &NodeRecord) -> Result<(), HemvistError> {
+    let previous = control.store.node(&record.id)?;
+    control.store.upsert_node(record)?;
+    let moved = previous.is_some_and(|p| p.public_url != record.public_url);
+    if moved {
+        let orgs = control.store.orgs_on_node(&record.id)?;
+        tracing::info!(node = %record.id, url = %record.public_url, orgs = orgs.len(), "node address changed; telling every node");
+        let placements: Vec<pb::Placement> = orgs
+            .into_iter()
+            .map(|o| pb::Placement {
+                org: o.id.to_string(),
+                region: o.home_region.to_string(),
+                node_id: record.id.to_string(),
+                node_url: record.public_url.clone(),
+                generation: o.generation.get(),
+            })
+            .collect();
+        for chunk in placements.chunks(PLACEMENT_CHUNK) {
+            control.hub.broadcast(Out::Placements(pb::PlacementUpdate {
+                full: false,
+                placements: chunk.to_vec(),
+                removed: vec![],
+            }));
+        }
+    }
+    Ok(())
 }
 
 async fn send_all_placements(

@@ -315,6 +315,37 @@ impl Cluster {
         node.proc = Some(p);
     }
 
+    /// Starts a stopped node on a port the system picks; returns its new URL.
+    pub fn start_node_on_new_port(&mut self, region: &str) -> String {
+        let id = self.node_id_in(region);
+        let log = self.log(&format!("node-{id}"));
+        let node = self.nodes.get_mut(&id).unwrap();
+        assert!(node.proc.is_none(), "node {id} is running");
+        let text = std::fs::read_to_string(&node.config).unwrap();
+        let text = text.replace(
+            &format!("listen = \"{}\"", node.addr),
+            "listen = \"127.0.0.1:0\"",
+        );
+        std::fs::write(&node.config, &text).unwrap();
+        let p = spawn(
+            &["node", "--config", node.config.to_str().unwrap()],
+            &log,
+            &[],
+        );
+        node.addr = addr(&p.ready, "http");
+        node.url = p.ready["url"].as_str().unwrap().to_string();
+        std::fs::write(
+            &node.config,
+            text.replace(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"{}\"", node.addr),
+            ),
+        )
+        .unwrap();
+        node.proc = Some(p);
+        node.url.clone()
+    }
+
     /// Waits for a node process to exit by itself (a crash); true if it did within 20 s.
     pub fn wait_node_exit(&mut self, region: &str) -> bool {
         let id = self.node_id_in(region);
