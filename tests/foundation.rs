@@ -521,9 +521,11 @@ fn tenants_open_lazily_stay_bounded_and_idle_ones_hold_no_files() {
 }
 
 /// Starts `hemvist dev` on ports the system picks, waits for its dev.json, returns it.
+// The caller owns the child and reaps it in `stop_dev`.
+#[allow(clippy::zombie_processes)]
 fn start_dev(dir: &std::path::Path, data: &std::path::Path) -> (std::process::Child, Value) {
     let _ = std::fs::remove_file(data.join("dev.json"));
-    let child = std::process::Command::new(support::cluster::BIN)
+    let mut child = std::process::Command::new(support::cluster::BIN)
         .args([
             "dev",
             "--data",
@@ -548,11 +550,14 @@ fn start_dev(dir: &std::path::Path, data: &std::path::Path) -> (std::process::Ch
                 return (child, v);
             }
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "hemvist dev did not write dev.json:\n{}",
-            std::fs::read_to_string(dir.join("dev.err")).unwrap_or_default()
-        );
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "hemvist dev did not write dev.json:\n{}",
+                std::fs::read_to_string(dir.join("dev.err")).unwrap_or_default()
+            );
+        }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
