@@ -156,7 +156,17 @@ struct OrgJson {
     node: String,
     url: String,
     contacts: u64,
+    login: Login,
 }
+
+#[derive(Serialize)]
+struct Login {
+    email: String,
+    password: String,
+}
+
+/// The demo's sign-in password, the same for every demo org; printed and in dev.json.
+const DEMO_PASSWORD: &str = "hemvist-demo";
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let data = args.data.clone();
@@ -289,6 +299,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 "seeded demo contacts"
             );
         }
+        let email = format!("demo@{}.example", o.id);
+        control
+            .add_user(o.id, &email, "Demo User", DEMO_PASSWORD)
+            .await
+            .with_context(|| format!("add the demo user of {}", o.id))?;
         orgs.push(OrgJson {
             id: o.id.into(),
             name: o.name.into(),
@@ -296,6 +311,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             node: created,
             url: format!("{}/o/{}/", running.node.public_url, o.id),
             contacts: target,
+            login: Login {
+                email,
+                password: DEMO_PASSWORD.into(),
+            },
         });
         let _ = r;
     }
@@ -406,6 +425,29 @@ impl Client {
         }
     }
 
+    async fn add_user(
+        &self,
+        org: &str,
+        email: &str,
+        name: &str,
+        password: &str,
+    ) -> anyhow::Result<()> {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/orgs/{org}/users", self.base))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(30))
+            .json(&serde_json::json!({"email": email, "name": name, "password": password}))
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("{}", body["error"]["message"]);
+        }
+        Ok(())
+    }
+
     /// Creates (or finds) an org; returns the node it is placed on.
     async fn create_org(
         &self,
@@ -454,6 +496,11 @@ fn print_welcome(dev: &DevJson) {
             "    {:<10} {:<16} {:<10} {:>6} contacts  {}",
             o.id, o.name, o.region, o.contacts, o.url
         );
+    }
+    println!();
+    println!("  demo logins (password {DEMO_PASSWORD}):");
+    for o in &dev.orgs {
+        println!("    {:<10} {}", o.id, o.login.email);
     }
     match &dev.geoip {
         Some(g) => println!("\n  GeoIP: {g}"),

@@ -46,6 +46,11 @@ enum Command {
         #[command(subcommand)]
         command: ops::OrgsCommand,
     },
+    /// Manage an org's users.
+    Users {
+        #[command(subcommand)]
+        command: ops::UsersCommand,
+    },
     /// Benchmarks that print a table.
     Bench {
         #[command(subcommand)]
@@ -126,6 +131,7 @@ async fn main() -> std::process::ExitCode {
         Command::Regions(api) => ops::regions(&api).await,
         Command::Nodes(api) => ops::nodes(&api).await,
         Command::Orgs { command } => ops::orgs(command).await,
+        Command::Users { command } => ops::users(command).await,
         Command::Bench { command } => tokio::task::spawn_blocking(move || bench::run(command))
             .await
             .context("benchmark task")

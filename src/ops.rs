@@ -27,6 +27,15 @@ pub enum OrgsCommand {
         /// Wait until the node hosts it.
         #[arg(long)]
         wait: bool,
+        /// Also create the org's first user with this email (implies --wait).
+        #[arg(long)]
+        admin_email: Option<String>,
+        /// The first user's name.
+        #[arg(long)]
+        admin_name: Option<String>,
+        /// The first user's password; default HEMVIST_PASSWORD, else one is generated and printed.
+        #[arg(long, env = "HEMVIST_PASSWORD", hide_env_values = true)]
+        admin_password: Option<String>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -41,6 +50,71 @@ pub enum OrgsCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+}
+
+#[derive(Subcommand)]
+pub enum UsersCommand {
+    /// Add a user to an org (stored in the org's own database, in its home region).
+    Add {
+        org: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Default HEMVIST_PASSWORD, else one is generated and printed.
+        #[arg(long, env = "HEMVIST_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+fn generate_password() -> anyhow::Result<String> {
+    use std::io::Read;
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect())
+}
+
+pub async fn users(command: UsersCommand) -> anyhow::Result<()> {
+    match command {
+        UsersCommand::Add {
+            org,
+            email,
+            name,
+            password,
+            api,
+        } => {
+            let (password, generated) = match password {
+                Some(p) => (p, false),
+                None => (generate_password()?, true),
+            };
+            let body = serde_json::json!({"email": email, "name": name.unwrap_or_default(), "password": password});
+            let mut added: Value = Client::new(&api)?
+                .post(&format!("/orgs/{org}/users"), &body)
+                .await?;
+            if api.json {
+                if generated {
+                    added["password"] = Value::String(password);
+                }
+                return print_json(&added);
+            }
+            println!(
+                "user {} added to org {} ({})",
+                s(&added, "email"),
+                s(&added, "org"),
+                s(&added, "state")
+            );
+            if generated {
+                println!("  password: {password}   (generated; shown once)");
+            }
+            Ok(())
+        }
+    }
 }
 
 fn s(v: &Value, key: &str) -> String {
@@ -140,8 +214,12 @@ pub async fn orgs(command: OrgsCommand) -> anyhow::Result<()> {
             ip,
             residency,
             wait,
+            admin_email,
+            admin_name,
+            admin_password,
             api,
         } => {
+            let wait = wait || admin_email.is_some();
             let client = Client::new(&api)?;
             let body = serde_json::json!({
                 "id": id, "name": name, "region": region, "ip": ip, "residency": residency,
@@ -157,7 +235,27 @@ pub async fn orgs(command: OrgsCommand) -> anyhow::Result<()> {
                     created["org"] = client.get(&format!("/orgs/{id}")).await?;
                 }
             }
+            let mut user = Value::Null;
+            let mut generated = None;
+            if let Some(email) = admin_email {
+                let password = match admin_password {
+                    Some(p) => p,
+                    None => {
+                        let p = generate_password()?;
+                        generated = Some(p.clone());
+                        p
+                    }
+                };
+                let body = serde_json::json!({"email": email, "name": admin_name.unwrap_or_default(), "password": password});
+                user = client.post(&format!("/orgs/{id}/users"), &body).await?;
+            }
             if api.json {
+                if !user.is_null() {
+                    created["user"] = user;
+                    if let Some(p) = &generated {
+                        created["user"]["password"] = Value::String(p.clone());
+                    }
+                }
                 return print_json(&created);
             }
             let org = &created["org"];
@@ -177,6 +275,16 @@ pub async fn orgs(command: OrgsCommand) -> anyhow::Result<()> {
             println!("  residency: {}", s(org, "residency"));
             if let Some(url) = org.get("node_url").and_then(|u| u.as_str()) {
                 println!("  url: {url}/o/{}/", s(org, "id"));
+            }
+            if !user.is_null() {
+                println!(
+                    "  first user: {} ({})",
+                    s(&user, "email"),
+                    s(&user, "state")
+                );
+                if let Some(p) = generated {
+                    println!("  password: {p}   (generated; shown once)");
+                }
             }
             Ok(())
         }

@@ -59,13 +59,15 @@ fn orgs_placed_by_region_and_ip_and_users_sent_to_their_home_region() {
     let (status, location, _) = c.get(&format!("{eu}/o/acme-us/"));
     assert_eq!((status, location), (307, Some(format!("{us}/o/acme-us/"))));
 
-    // At home, the org is served; `/o/{org}` without the slash leads there.
-    let (status, _, page) = c.get(&format!("{eu}/o/fika/"));
-    assert_eq!(status, 200);
-    assert!(
-        page.contains("Fika AB") && page.contains("eu-north"),
-        "{page}"
+    // At home, the org is served (its users are asked to sign in); `/o/{org}` leads there.
+    let (status, location, _) = c.get(&format!("{eu}/o/fika/"));
+    assert_eq!(
+        (status, location.as_deref()),
+        (303, Some("/o/fika/signin?next=/o/fika/"))
     );
+    let (status, _, page) = c.get(&format!("{eu}/o/fika/signin"));
+    assert_eq!(status, 200);
+    assert!(page.contains("Fika AB"), "{page}");
     let (status, location, _) = c.get(&format!("{eu}/o/fika"));
     assert_eq!((status, location.as_deref()), (308, Some("/o/fika/")));
 
@@ -218,7 +220,7 @@ fn hostile_ids_and_bodies_get_clear_4xx_never_5xx() {
         assert_eq!(status, 400, "{:?}", String::from_utf8_lossy(path));
     }
     // The real org is still served, and nothing hostile reached the disk.
-    assert_eq!(raw_status(&node, "GET", b"/o/real/", "", b""), 200);
+    assert_eq!(raw_status(&node, "GET", b"/o/real/signin", "", b""), 200);
 
     let api = c.api.to_string();
     let auth = format!("Authorization: Bearer {ADMIN_TOKEN}\r\n");
@@ -290,7 +292,7 @@ fn restarts_of_a_node_and_of_the_control_plane_lose_nothing() {
 
     // kill -9 the node: it comes back with its tenants, and serves them.
     c.restart_node("eu-north");
-    let (status, _, page) = c.get(&format!("{eu}/o/stay/"));
+    let (status, _, page) = c.get(&format!("{eu}/o/stay/signin"));
     assert_eq!(status, 200, "{page}");
     c.wait_nodes_healthy(2);
 
@@ -315,7 +317,7 @@ fn restarts_of_a_node_and_of_the_control_plane_lose_nothing() {
         newer["generation"].as_u64()
             > c.admin("GET", "/orgs/yonder", None).1["generation"].as_u64()
     );
-    let (status, _, _) = c.get(&format!("{eu}/o/later/"));
+    let (status, _, _) = c.get(&format!("{eu}/o/later/signin"));
     assert_eq!(status, 200);
     let (_, audit) = c.admin("GET", "/audit/verify", None);
     assert_eq!(audit["ok"], true, "{audit}");
@@ -356,7 +358,7 @@ fn a_node_reconnects_and_its_routing_cache_follows_placement_changes() {
     });
     // The Virginia node restarts from its own state and cache, before the control plane speaks.
     c.restart_node("us-east");
-    let (status, _, _) = c.get(&format!("{us}/o/after/"));
+    let (status, _, _) = c.get(&format!("{us}/o/after/signin"));
     assert_eq!(status, 200);
 
     // It comes back at a new address: Stockholm's cache follows, without a restart of its own.
@@ -492,9 +494,9 @@ fn commands_are_redriven_after_failures_and_after_a_node_dies_mid_command() {
     c.start_node("eu-north");
     let ready = c.wait_org_ready("crashy");
     assert_eq!(ready["commands"].as_array().unwrap().len(), 1, "{ready}");
-    let (status, _, _) = c.get(&format!("{}/o/crashy/", c.node_url("eu-north")));
+    let (status, _, _) = c.get(&format!("{}/o/crashy/signin", c.node_url("eu-north")));
     assert_eq!(status, 200);
-    let (status, _, _) = c.get(&format!("{}/o/flaky/", c.node_url("eu-north")));
+    let (status, _, _) = c.get(&format!("{}/o/flaky/signin", c.node_url("eu-north")));
     assert_eq!(status, 200);
 }
 
@@ -508,7 +510,7 @@ fn tenants_open_lazily_stay_bounded_and_idle_ones_hold_no_files() {
     assert_eq!(c.metric(&eu, "hemvist_tenants_hosted"), 6);
     // The cluster's nodes keep at most 4 tenants open; visiting all 6 evicts the oldest.
     for i in 0..6 {
-        assert_eq!(c.get(&format!("{eu}/o/t{i}/")).0, 200);
+        assert_eq!(c.touch_tenant("eu-north", &format!("t{i}")), 401);
     }
     assert!(c.metric(&eu, "hemvist_tenants_open") <= 4);
     assert!(c.metric(&eu, "hemvist_tenant_evictions_total") >= 2);
@@ -516,7 +518,7 @@ fn tenants_open_lazily_stay_bounded_and_idle_ones_hold_no_files() {
     c.wait_for("idle tenants to close", || {
         (c.metric(&eu, "hemvist_tenants_open") == 0).then_some(())
     });
-    assert_eq!(c.get(&format!("{eu}/o/t0/")).0, 200);
+    assert_eq!(c.touch_tenant("eu-north", "t0"), 401);
     assert_eq!(c.metric(&eu, "hemvist_tenants_open"), 1);
 }
 
@@ -608,15 +610,25 @@ fn hemvist_dev_runs_a_three_region_demo_that_survives_a_restart() {
         let orgs = dev["orgs"].as_array().unwrap();
         assert_eq!(orgs.len(), 3);
         for o in orgs {
-            let (status, _, page) = get(o["url"].as_str().unwrap());
+            let url = o["url"].as_str().unwrap();
+            let base = url.split("/o/").next().unwrap();
+            let login = &o["login"];
+            let user = support::session::sign_in(
+                base,
+                o["id"].as_str().unwrap(),
+                login["email"].as_str().unwrap(),
+                login["password"].as_str().unwrap(),
+            )
+            .expect("the demo login works");
+            let (status, _, page) = user.get("/");
             assert_eq!(status, 200, "{o}");
             assert!(page.contains(o["name"].as_str().unwrap()), "{page}");
+            let (_, found) = user.json("/");
+            assert_eq!(
+                found["total"], o["contacts"],
+                "every contact, seeded once: {o}"
+            );
         }
-        let (_, _, page) = get(orgs[0]["url"].as_str().unwrap());
-        assert!(
-            page.contains("id=\"total\">3000<"),
-            "the big org has its contacts, once"
-        );
         // A Stockholm org asked for in Frankfurt: sent to the Stockholm node as it is now.
         let (status, location, _) = get(&format!(
             "{}/o/nordlys/?q=x",

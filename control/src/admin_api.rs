@@ -23,6 +23,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/nodes", get(nodes))
         .route("/orgs", get(list_orgs).post(create_org))
         .route("/orgs/{id}", get(show_org))
+        .route("/orgs/{id}/users", axum::routing::post(add_user))
         .route("/audit/verify", get(verify_audit))
         .fallback(|| async { ApiError(HemvistError::not_found("no such API route")) })
         .layer(middleware::from_fn_with_state(
@@ -196,6 +197,25 @@ async fn show_org(
 ) -> Result<impl IntoResponse, ApiError> {
     let Path(id) = id.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
     Ok(Json(blocking(&control, move |c| c.show_org(&id)).await?))
+}
+
+async fn add_user(
+    State(control): State<Arc<Control>>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: Result<Json<crate::users::AddUser>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
+    let Json(req) = body.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
+    let added = blocking(&control, move |c| {
+        c.add_user(&id, req, std::time::Duration::from_secs(15))
+    })
+    .await?;
+    let status = if added.state == "done" {
+        StatusCode::CREATED
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(added)).into_response())
 }
 
 async fn verify_audit(State(control): State<Arc<Control>>) -> Result<impl IntoResponse, ApiError> {

@@ -15,6 +15,7 @@ pub mod persistence;
 pub mod placement;
 pub mod reconciler;
 pub mod residency;
+pub mod users;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

@@ -296,6 +296,20 @@ fn apply_ack(control: &Control, node: &NodeId, ack: pb::CommandAck) -> Result<()
                 &serde_json::json!({"node": node, "generation": cmd.generation.get(), "schema_version": schema}),
             )?;
         }
+        CommandKind::AddUser => {
+            let email = cmd
+                .payload
+                .as_deref()
+                .and_then(|p| serde_json::from_str::<crate::users::UserPayload>(p).ok())
+                .map(|p| p.email)
+                .unwrap_or_default();
+            control.store.audit(
+                node.as_str(),
+                "user.added",
+                Some(&cmd.org),
+                &serde_json::json!({"node": node, "email": email}),
+            )?;
+        }
         CommandKind::Drop => {
             control.store.remove_observed(node, &cmd.org)?;
             control.store.audit(

@@ -54,7 +54,7 @@ CREATE INDEX placements_by_node ON placements(node_id);
 CREATE TABLE commands (
   id TEXT PRIMARY KEY, node_id TEXT NOT NULL, org TEXT NOT NULL, kind TEXT NOT NULL,
   generation INTEGER NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-  error TEXT, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL
+  error TEXT, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, payload TEXT
 );
 CREATE INDEX commands_open ON commands(state, node_id);
 CREATE TABLE observed (
@@ -108,6 +108,7 @@ pub struct ObservedRecord {
 pub enum CommandKind {
     Host,
     Drop,
+    AddUser,
 }
 
 impl CommandKind {
@@ -115,6 +116,15 @@ impl CommandKind {
         match self {
             CommandKind::Host => "host",
             CommandKind::Drop => "drop",
+            CommandKind::AddUser => "add_user",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "drop" => CommandKind::Drop,
+            "add_user" => CommandKind::AddUser,
+            _ => CommandKind::Host,
         }
     }
 }
@@ -130,6 +140,10 @@ pub struct CommandRecord {
     pub attempts: u32,
     pub error: Option<String>,
     pub updated_ms: i64,
+    /// What the command carries beyond its kind (JSON); never shown by the API, as it may hold
+    /// a password hash.
+    #[serde(skip)]
+    pub payload: Option<String>,
 }
 
 pub struct NewOrg {
@@ -422,6 +436,40 @@ impl Store {
         )
         .map_err(internal)?;
         command_by_id(&conn, &id)?.ok_or_else(|| internal("command vanished"))
+    }
+
+    /// Records a one-off command with a payload under a caller-chosen stable id (so asking
+    /// twice is one command); returns its current record.
+    pub fn ensure_payload_command(
+        &self,
+        id: &str,
+        node: &NodeId,
+        org: &OrgId,
+        kind: CommandKind,
+        generation: Generation,
+        payload: &str,
+    ) -> Result<CommandRecord> {
+        let now = now_ms();
+        let conn = self.lock();
+        conn.execute(
+            "INSERT OR IGNORE INTO commands (id, node_id, org, kind, generation, state, created_ms,
+               updated_ms, payload) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6, ?7)",
+            params![
+                id,
+                node.as_str(),
+                org.as_str(),
+                kind.as_str(),
+                generation.get() as i64,
+                now,
+                payload
+            ],
+        )
+        .map_err(internal)?;
+        command_by_id(&conn, id)?.ok_or_else(|| internal("command vanished"))
+    }
+
+    pub fn command(&self, id: &str) -> Result<Option<CommandRecord>> {
+        command_by_id(&self.lock(), id)
     }
 
     pub fn mark_command_sent(&self, id: &str) -> Result<()> {
@@ -750,7 +798,7 @@ fn next_generation(tx: &Transaction<'_>) -> Result<Generation> {
 fn command_by_id(conn: &Connection, id: &str) -> Result<Option<CommandRecord>> {
     let row = conn
         .query_row(
-            "SELECT id, node_id, org, kind, generation, state, attempts, error, updated_ms
+            "SELECT id, node_id, org, kind, generation, state, attempts, error, updated_ms, payload
              FROM commands WHERE id = ?1",
             [id],
             |r| {
@@ -764,28 +812,27 @@ fn command_by_id(conn: &Connection, id: &str) -> Result<Option<CommandRecord>> {
                     r.get::<_, u32>(6)?,
                     r.get::<_, Option<String>>(7)?,
                     r.get::<_, i64>(8)?,
+                    r.get::<_, Option<String>>(9)?,
                 ))
             },
         )
         .optional()
         .map_err(internal)?;
-    let Some((id, node, org, kind, generation, state, attempts, error, updated_ms)) = row else {
+    let Some((id, node, org, kind, generation, state, attempts, error, updated_ms, payload)) = row
+    else {
         return Ok(None);
     };
     Ok(Some(CommandRecord {
         id,
         node_id: NodeId::try_from(node).map_err(internal)?,
         org: OrgId::try_from(org).map_err(internal)?,
-        kind: if kind == "drop" {
-            CommandKind::Drop
-        } else {
-            CommandKind::Host
-        },
+        kind: CommandKind::parse(&kind),
         generation: Generation::new(generation as u64).map_err(internal)?,
         state,
         attempts,
         error,
         updated_ms,
+        payload,
     }))
 }
 

@@ -106,6 +106,24 @@ fn reconcile_node(control: &Control, node: &NodeId, epoch: u64) -> Result<(), He
         )?;
     }
 
+    for cmd in open.values().filter(|c| c.kind == CommandKind::AddUser) {
+        let Some(p) = cmd
+            .payload
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<crate::users::UserPayload>(p).ok())
+        else {
+            continue;
+        };
+        let action = Action::AddUser(pb::AddUser {
+            org: cmd.org.to_string(),
+            generation: cmd.generation.get(),
+            email: p.email,
+            name: p.name,
+            password_hash: p.password_hash,
+        });
+        send_if_due(control, node, epoch, cmd, true, action)?;
+    }
+
     for (org, generation) in &observed {
         if desired_ids.contains(org) {
             continue;

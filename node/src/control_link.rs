@@ -191,6 +191,7 @@ fn apply(node: &Node, cmd: pb::Command) -> pb::CommandAck {
     let result = match cmd.action {
         Some(Action::Host(h)) => host(node, h).map(Some),
         Some(Action::Drop(d)) => drop_tenant(node, d).map(|_| None),
+        Some(Action::AddUser(u)) => add_user(node, u).map(|_| None),
         None => Err(HemvistError::invalid("command without an action")),
     };
     match result {
@@ -231,6 +232,21 @@ fn host(node: &Node, h: pb::HostTenant) -> Result<pb::HostedTenant, HemvistError
         generation: hosted.generation.get(),
         schema_version: hosted.schema_version,
     })
+}
+
+fn add_user(node: &Node, u: pb::AddUser) -> Result<(), HemvistError> {
+    let org = OrgId::try_from(u.org)?;
+    let generation = Generation::new(u.generation)?;
+    match node.state.hosted(&org) {
+        Some(h) if h.generation == generation => {}
+        _ => {
+            return Err(HemvistError::new(
+                ErrorKind::Fenced,
+                format!("org {org} is not hosted here at {generation}"),
+            ))
+        }
+    }
+    crate::users::add_user(node, &org, &u.email, &u.name, &u.password_hash).map(|_| ())
 }
 
 fn drop_tenant(node: &Node, d: pb::DropTenant) -> Result<(), HemvistError> {

@@ -6,14 +6,18 @@
 //! ([`tenants`], [`state`]).
 
 pub mod config;
+pub mod contacts;
 pub mod control_link;
 pub mod demo;
 pub mod failpoints;
 pub mod lease;
 pub mod metrics;
 pub mod routing;
+pub mod search;
 pub mod state;
 pub mod tenants;
+pub mod text;
+pub mod users;
 pub mod web;
 
 use std::net::SocketAddr;

@@ -10,6 +10,9 @@ impl Counter {
     pub fn inc(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -22,6 +25,10 @@ pub struct Metrics {
     pub redirected: Counter,
     pub not_found: Counter,
     pub bad_requests: Counter,
+    pub forbidden: Counter,
+    pub csrf_refused: Counter,
+    pub searches: Counter,
+    pub search_micros: Counter,
     pub commands_ok: Counter,
     pub commands_failed: Counter,
     pub link_connects: Counter,

@@ -464,6 +464,22 @@ impl Cluster {
         (status, location, resp.text().unwrap_or_default())
     }
 
+    /// Makes the node read an org's database: a sign-in attempt with a wrong password (401).
+    pub fn touch_tenant(&self, region: &str, org: &str) -> u16 {
+        let resp = self
+            .http
+            .post(format!("{}/o/{org}/signin", self.node_url(region)))
+            .header("cookie", "hv_signin=t0ken")
+            .form(&[
+                ("_csrf", "t0ken"),
+                ("email", "nobody@example.com"),
+                ("password", "wrong-password"),
+            ])
+            .send()
+            .expect("sign-in answers");
+        resp.status().as_u16()
+    }
+
     pub fn metric(&self, base_url: &str, name: &str) -> u64 {
         let (status, _, text) = self.get(&format!("{base_url}/metrics"));
         assert_eq!(status, 200);

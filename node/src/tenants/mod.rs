@@ -15,9 +15,11 @@ use std::time::{Duration, Instant};
 
 use hemvist_proto::{HemvistError, OrgId};
 use lru::LruCache;
+use rusqlite::functions::FunctionFlags;
 use rusqlite::{Connection, OpenFlags};
 
-const READERS_PER_TENANT: usize = 4;
+/// Readers kept per open tenant; more may be opened under load, only this many are kept.
+const READERS_PER_TENANT: usize = 16;
 
 pub struct TenantStore {
     root: PathBuf,
@@ -214,6 +216,16 @@ fn open_existing(path: &Path, reader: bool) -> rusqlite::Result<Connection> {
 
 fn configure(conn: &Connection, reader: bool) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(5))?;
+    conn.create_scalar_function(
+        "hv_name_words",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let name: String = ctx.get::<Option<String>>(0)?.unwrap_or_default();
+            serde_json::to_string(&crate::text::words(&name))
+                .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
+        },
+    )?;
     if reader {
         conn.pragma_update(None, "query_only", true)?;
     } else {

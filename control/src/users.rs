@@ -1,0 +1,168 @@
+//! Adding an org's users. Users live in the org's own database on its node; the control plane
+//! hashes the password (argon2id) so that plain passwords never reach a node or any disk, and
+//! delivers the user as a persisted, idempotent command.
+
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::SaltString;
+use argon2::{Argon2, PasswordHasher};
+use hemvist_proto::{ErrorKind, HemvistError, OrgId};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::persistence::CommandKind;
+use crate::Control;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddUser {
+    pub email: String,
+    #[serde(default)]
+    pub name: String,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UserPayload {
+    pub email: String,
+    pub name: String,
+    pub password_hash: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UserAdded {
+    pub org: OrgId,
+    pub email: String,
+    pub command: String,
+    /// `done`, or `pending` if the node has not confirmed yet (it will be retried).
+    pub state: String,
+}
+
+fn check(req: &AddUser) -> Result<(String, String), HemvistError> {
+    let email = req.email.trim().to_string();
+    let valid = email.len() <= 254
+        && email
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+        && !email
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"'));
+    if !valid {
+        return Err(HemvistError::invalid(
+            "email must look like name@example.com",
+        ));
+    }
+    let name = if req.name.trim().is_empty() {
+        email.split('@').next().unwrap_or_default().to_string()
+    } else {
+        req.name.trim().to_string()
+    };
+    if name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(HemvistError::invalid(
+            "name must be at most 200 printable characters",
+        ));
+    }
+    if req.password.chars().count() < 8 || req.password.len() > 1024 {
+        return Err(HemvistError::invalid(
+            "password must be 8 to 1024 characters",
+        ));
+    }
+    Ok((email, name))
+}
+
+fn hash_password(password: &str) -> Result<String, HemvistError> {
+    use std::io::Read;
+    let mut salt = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut salt))
+        .map_err(|e| HemvistError::internal(format!("read /dev/urandom: {e}")))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| HemvistError::internal(e.to_string()))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| HemvistError::internal(format!("hash password: {e}")))
+}
+
+impl Control {
+    /// Sends the user to the org's node and waits (a while) for it to be stored.
+    pub fn add_user(
+        &self,
+        org: &str,
+        req: AddUser,
+        wait: Duration,
+    ) -> Result<UserAdded, HemvistError> {
+        let org = OrgId::parse(org)?;
+        let (email, name) = check(&req)?;
+        let placed = self
+            .store
+            .org(&org)?
+            .ok_or_else(|| HemvistError::not_found(format!("no org {org}")))?;
+        let key = Sha256::digest(format!("{}\0{}", email.to_lowercase(), req.password).as_bytes());
+        let id = format!(
+            "add-user-{org}-{}",
+            key.iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        let existing = self.store.command(&id)?;
+        let cmd = match existing {
+            Some(cmd) => cmd,
+            None => {
+                let payload = serde_json::to_string(&UserPayload {
+                    email: email.clone(),
+                    name,
+                    password_hash: hash_password(&req.password)?,
+                })
+                .map_err(|e| HemvistError::internal(e.to_string()))?;
+                self.store.ensure_payload_command(
+                    &id,
+                    &placed.node_id,
+                    &org,
+                    CommandKind::AddUser,
+                    placed.generation,
+                    &payload,
+                )?
+            }
+        };
+        self.reconcile_soon(&cmd.node_id);
+        let deadline = Instant::now() + wait;
+        loop {
+            let now = self
+                .store
+                .command(&id)?
+                .ok_or_else(|| HemvistError::internal("command vanished"))?;
+            match now.state.as_str() {
+                "done" => {
+                    return Ok(UserAdded {
+                        org,
+                        email,
+                        command: id,
+                        state: "done".into(),
+                    })
+                }
+                "failed" => {
+                    let message = now.error.unwrap_or_default();
+                    let kind = if message.starts_with("Conflict") {
+                        ErrorKind::Conflict
+                    } else {
+                        ErrorKind::InvalidArgument
+                    };
+                    return Err(HemvistError::new(
+                        kind,
+                        format!("the node refused the user: {message}"),
+                    ));
+                }
+                _ if Instant::now() >= deadline => {
+                    return Ok(UserAdded {
+                        org,
+                        email,
+                        command: id,
+                        state: "pending".into(),
+                    })
+                }
+                _ => std::thread::sleep(Duration::from_millis(25)),
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! An org's users and their sessions, kept in the org's own database.
+//!
+//! Passwords are argon2id hashes made by the control plane (plain passwords never reach a
+//! node's disk or the wire between control plane and node). A session token is
+//! `{org}.{64 hex}`: the org part lets any node refuse a token of another org with 403 before
+//! touching a database; only the SHA-256 of the token is stored.
+
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use hemvist_proto::{ErrorKind, HemvistError, OrgId};
+use rusqlite::{params, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+use crate::{now_ms, Node};
+
+pub const SESSION_TTL_MS: i64 = 12 * 60 * 60 * 1000;
+
+pub fn random_hex(bytes: usize) -> Result<String, HemvistError> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| HemvistError::internal(format!("read /dev/urandom: {e}")))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// The org a session token claims to belong to (unverified).
+pub fn token_org(token: &str) -> Option<&str> {
+    token.split_once('.').map(|(org, _)| org)
+}
+
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user_id: i64,
+    pub email: String,
+    pub name: String,
+    pub csrf: String,
+}
+
+/// Adds a user with an already-hashed password. Idempotent for the same email and hash.
+pub fn add_user(
+    node: &Node,
+    org: &OrgId,
+    email: &str,
+    name: &str,
+    password_hash: &str,
+) -> Result<bool, HemvistError> {
+    PasswordHash::new(password_hash)
+        .map_err(|_| HemvistError::invalid("password hash is not a PHC string"))?;
+    let email = email.trim().to_string();
+    let name = name.trim().to_string();
+    let hash = password_hash.to_string();
+    node.write(org, move |tx| {
+        let existing: Option<String> = tx
+            .query_row(
+                "SELECT password_hash FROM users WHERE email = ?1",
+                [&email],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match existing {
+            Some(h) if h == hash => Ok(false),
+            Some(_) => Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT),
+                Some(format!("a different user {email} already exists")),
+            )),
+            None => {
+                tx.execute(
+                    "INSERT INTO users (email, name, password_hash, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                    params![email, name, hash, now_ms()],
+                )?;
+                Ok(true)
+            }
+        }
+    })
+    .map_err(|e| {
+        if e.message.contains("already exists") {
+            HemvistError::conflict(e.message)
+        } else {
+            e
+        }
+    })
+}
+
+/// Checks a password and opens a session. Returns (token, csrf). The same error for an unknown
+/// email and a wrong password, and a hash check either way, so neither leaks which it was.
+pub fn sign_in(
+    node: &Node,
+    org: &OrgId,
+    email: &str,
+    password: &str,
+) -> Result<(String, String), HemvistError> {
+    let email = email.trim().to_string();
+    let found: Option<(i64, String)> = node.tenants.read(org, |c| {
+        c.query_row(
+            "SELECT id, password_hash FROM users WHERE email = ?1",
+            [&email],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+    })?;
+    // A valid hash of nothing in particular, so unknown emails cost the same as known ones.
+    const DECOY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$WAxe0ptXKpZvtnXJCpwXDJ0ED5kxrFaJFyVnKnrUPvs";
+    let (user_id, hash) = found.clone().unwrap_or((0, DECOY.to_string()));
+    let parsed =
+        PasswordHash::new(&hash).map_err(|_| HemvistError::internal("stored hash is invalid"))?;
+    let ok = Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok();
+    if !ok || found.is_none() {
+        return Err(HemvistError::new(
+            ErrorKind::Unauthenticated,
+            "wrong email or password",
+        ));
+    }
+    let token = format!("{org}.{}", random_hex(32)?);
+    let csrf = random_hex(16)?;
+    let (th, c) = (token_hash(&token), csrf.clone());
+    node.write(org, move |tx| {
+        let now = now_ms();
+        tx.execute("DELETE FROM sessions WHERE expires_ms < ?1", [now])?;
+        tx.execute(
+            "INSERT INTO sessions (token_hash, user_id, csrf, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![th, user_id, c, now, now + SESSION_TTL_MS],
+        )?;
+        Ok(())
+    })?;
+    Ok((token, csrf))
+}
+
+/// The live session a token stands for in this org, if any.
+pub fn session(node: &Node, org: &OrgId, token: &str) -> Result<Option<Session>, HemvistError> {
+    if token_org(token) != Some(org.as_str()) || token.len() > 200 {
+        return Ok(None);
+    }
+    let th = token_hash(token);
+    node.tenants.read(org, |c| {
+        c.prepare_cached(
+            "SELECT s.user_id, u.email, u.name, s.csrf FROM sessions s JOIN users u ON u.id = s.user_id
+             WHERE s.token_hash = ?1 AND s.expires_ms > ?2",
+        )?
+        .query_row(params![th, now_ms()], |r| {
+            Ok(Session {
+                user_id: r.get(0)?,
+                email: r.get(1)?,
+                name: r.get(2)?,
+                csrf: r.get(3)?,
+            })
+        })
+        .optional()
+    })
+}
+
+pub fn sign_out(node: &Node, org: &OrgId, token: &str) -> Result<(), HemvistError> {
+    let th = token_hash(token);
+    node.write(org, move |tx| {
+        tx.execute("DELETE FROM sessions WHERE token_hash = ?1", [th])?;
+        Ok(())
+    })
+}

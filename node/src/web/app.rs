@@ -1,0 +1,265 @@
+//! The org users' app: active search over the contact book, and adding and editing contacts.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hemvist_proto::HemvistError;
+
+use super::auth::{check_csrf, form_fields};
+use super::context::{refuse, Authed, OrgCtx};
+use super::{error_response, pages};
+use crate::contacts::{self, ContactInput};
+use crate::search;
+
+type QueryResult = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
+type FormResult =
+    Result<axum::extract::Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>;
+
+pub async fn org_root(ctx: OrgCtx) -> Response {
+    let mut resp = StatusCode::PERMANENT_REDIRECT.into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/o/{}/", ctx.org)) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+pub async fn no_such_page(ctx: OrgCtx) -> Response {
+    refuse(
+        ctx.wants_json,
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "There is no page here.",
+    )
+}
+
+fn see_other(location: &str) -> Response {
+    let mut resp = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, HemvistError> + Send + 'static,
+) -> Result<T, HemvistError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| HemvistError::internal("task failed"))?
+}
+
+/// `GET /o/{org}/?q=...&page=N`: the page, the results fragment (htmx), or JSON.
+pub async fn search(a: Authed, query: QueryResult) -> Response {
+    let json = a.ctx.wants_json;
+    let Ok(Query(params)) = query else {
+        return refuse(
+            json,
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "the search parameters are malformed",
+        );
+    };
+    let q = params.get("q").cloned().unwrap_or_default();
+    let page = match params.get("page").map(|p| p.parse::<usize>()) {
+        None => 0,
+        Some(Ok(p)) => p,
+        Some(Err(_)) => {
+            return refuse(
+                json,
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                "page must be a number",
+            )
+        }
+    };
+    let (n, o, q2) = (a.ctx.node.clone(), a.ctx.org.clone(), q.clone());
+    let started = std::time::Instant::now();
+    let result = blocking(move || search::search(&n, &o, &q2, page)).await;
+    a.ctx.node.metrics.searches.inc();
+    a.ctx
+        .node
+        .metrics
+        .search_micros
+        .add(started.elapsed().as_micros() as u64);
+    let results = match result {
+        Ok(r) => r,
+        Err(e) if a.ctx.htmx && e.kind != hemvist_proto::ErrorKind::Internal => {
+            let mut resp = pages::search_problem(&e.message);
+            *resp.status_mut() = StatusCode::OK;
+            return resp;
+        }
+        Err(e) => return error_response(json, &e),
+    };
+    if json {
+        return Json(results).into_response();
+    }
+    if a.ctx.htmx {
+        return pages::results_fragment(&a.ctx.org, &results);
+    }
+    let name = org_name(&a);
+    pages::search_page(&a.ctx.org, &name, &a.session, &results)
+}
+
+fn org_name(a: &Authed) -> String {
+    a.ctx
+        .node
+        .state
+        .hosted(&a.ctx.org)
+        .map(|h| h.name)
+        .unwrap_or_else(|| a.ctx.org.to_string())
+}
+
+fn input_from(fields: &HashMap<String, String>) -> ContactInput {
+    let f = |k: &str| fields.get(k).cloned().unwrap_or_default();
+    ContactInput {
+        name: f("name"),
+        email: f("email"),
+        company: f("company"),
+        city: f("city"),
+        phone: f("phone"),
+        notes: f("notes"),
+    }
+}
+
+fn contact_id(a: &Authed, raw: &str) -> Result<i64, Response> {
+    match raw.parse::<i64>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err(refuse(
+            a.ctx.wants_json,
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "not a contact id",
+        )),
+    }
+}
+
+pub async fn new_contact(a: Authed) -> Response {
+    let name = org_name(&a);
+    pages::contact_form(
+        &a.ctx.org,
+        &name,
+        &a.session,
+        None,
+        &ContactInput::default(),
+        &Default::default(),
+        None,
+        StatusCode::OK,
+    )
+}
+
+pub async fn create_contact(a: Authed, headers: HeaderMap, form: FormResult) -> Response {
+    let fields = match form_fields(a.ctx.wants_json, form) {
+        Ok(f) => f,
+        Err(resp) => return resp,
+    };
+    if let Err(resp) = check_csrf(&a, &headers, &fields) {
+        return resp;
+    }
+    let input = input_from(&fields);
+    let clean = match contacts::validate(&input) {
+        Ok(c) => c,
+        Err(problems) => {
+            if a.ctx.wants_json {
+                return (StatusCode::UNPROCESSABLE_ENTITY, Json(serde_json::json!({"error": {"kind": "invalid_argument", "fields": problems}}))).into_response();
+            }
+            let name = org_name(&a);
+            return pages::contact_form(
+                &a.ctx.org,
+                &name,
+                &a.session,
+                None,
+                &input,
+                &problems,
+                None,
+                StatusCode::UNPROCESSABLE_ENTITY,
+            );
+        }
+    };
+    let (n, o) = (a.ctx.node.clone(), a.ctx.org.clone());
+    match blocking(move || contacts::create(&n, &o, &clean)).await {
+        Ok(id) if a.ctx.wants_json => {
+            (StatusCode::CREATED, Json(serde_json::json!({"id": id}))).into_response()
+        }
+        Ok(id) => see_other(&format!("/o/{}/contacts/{id}?saved=1", a.ctx.org)),
+        Err(e) => error_response(a.ctx.wants_json, &e),
+    }
+}
+
+pub async fn show_contact(
+    a: Authed,
+    Path((_, raw)): Path<(String, String)>,
+    query: QueryResult,
+) -> Response {
+    let id = match contact_id(&a, &raw) {
+        Ok(id) => id,
+        Err(resp) => return resp,
+    };
+    let (n, o) = (a.ctx.node.clone(), a.ctx.org.clone());
+    match blocking(move || contacts::get(&n, &o, id)).await {
+        Ok(c) if a.ctx.wants_json => Json(c).into_response(),
+        Ok(c) => {
+            let saved = query.ok().is_some_and(|Query(q)| q.contains_key("saved"));
+            let name = org_name(&a);
+            let notice = saved.then_some("Saved.");
+            pages::contact_form(
+                &a.ctx.org,
+                &name,
+                &a.session,
+                Some(id),
+                &c.fields,
+                &Default::default(),
+                notice,
+                StatusCode::OK,
+            )
+        }
+        Err(e) => error_response(a.ctx.wants_json, &e),
+    }
+}
+
+pub async fn update_contact(
+    a: Authed,
+    Path((_, raw)): Path<(String, String)>,
+    headers: HeaderMap,
+    form: FormResult,
+) -> Response {
+    let id = match contact_id(&a, &raw) {
+        Ok(id) => id,
+        Err(resp) => return resp,
+    };
+    let fields = match form_fields(a.ctx.wants_json, form) {
+        Ok(f) => f,
+        Err(resp) => return resp,
+    };
+    if let Err(resp) = check_csrf(&a, &headers, &fields) {
+        return resp;
+    }
+    let input = input_from(&fields);
+    let clean = match contacts::validate(&input) {
+        Ok(c) => c,
+        Err(problems) => {
+            if a.ctx.wants_json {
+                return (StatusCode::UNPROCESSABLE_ENTITY, Json(serde_json::json!({"error": {"kind": "invalid_argument", "fields": problems}}))).into_response();
+            }
+            let name = org_name(&a);
+            return pages::contact_form(
+                &a.ctx.org,
+                &name,
+                &a.session,
+                Some(id),
+                &input,
+                &problems,
+                None,
+                StatusCode::UNPROCESSABLE_ENTITY,
+            );
+        }
+    };
+    let (n, o) = (a.ctx.node.clone(), a.ctx.org.clone());
+    match blocking(move || contacts::update(&n, &o, id, &clean)).await {
+        Ok(()) if a.ctx.wants_json => Json(serde_json::json!({"id": id})).into_response(),
+        Ok(()) => see_other(&format!("/o/{}/contacts/{id}?saved=1", a.ctx.org)),
+        Err(e) => error_response(a.ctx.wants_json, &e),
+    }
+}

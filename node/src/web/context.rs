@@ -1,0 +1,251 @@
+//! What every org route needs before its handler runs, as axum extractors:
+//! [`OrgCtx`] parses the org id (400), refuses a session of another org (403) and routes the
+//! request (307 to the home node, 404, 503) from the node's cached placement; [`Authed`] adds
+//! the signed-in user (or sends them to sign in).
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hemvist_proto::OrgId;
+
+use super::pages;
+use crate::routing::{route, Route};
+use crate::users::{self, Session};
+use crate::Node;
+
+pub const SESSION_COOKIE: &str = "hv_session";
+
+pub struct OrgCtx {
+    pub node: Arc<Node>,
+    pub org: OrgId,
+    pub wants_json: bool,
+    pub htmx: bool,
+}
+
+pub struct Authed {
+    pub ctx: OrgCtx,
+    pub session: Session,
+    pub token: String,
+}
+
+/// Decodes `%XX` escapes; `None` for a malformed escape or bytes that are not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+pub fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"))
+}
+
+fn is_htmx(headers: &HeaderMap) -> bool {
+    headers.contains_key("hx-request") && !headers.contains_key("hx-history-restore-request")
+}
+
+/// An error answer in the form the client asked for: JSON or an HTML page.
+pub fn refuse(json: bool, status: StatusCode, title: &str, message: &str) -> Response {
+    if json {
+        let kind = match status.as_u16() {
+            400 => "invalid_argument",
+            401 => "unauthenticated",
+            403 => "forbidden",
+            404 => "not_found",
+            413 => "too_large",
+            503 => "unavailable",
+            _ => "error",
+        };
+        let body = serde_json::json!({"error": {"kind": kind, "message": message}});
+        return (status, axum::Json(body)).into_response();
+    }
+    pages::error(status, title, message)
+}
+
+impl FromRequestParts<Arc<Node>> for OrgCtx {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, Response> {
+        let json = wants_json(&parts.headers);
+        let path = parts.uri.path();
+        let raw = path
+            .strip_prefix("/o/")
+            .map(|rest| rest.split('/').next().unwrap_or(""))
+            .unwrap_or("");
+        let org = match percent_decode(raw).map(|s| OrgId::parse(&s)) {
+            Some(Ok(org)) => org,
+            Some(Err(e)) => {
+                node.metrics.bad_requests.inc();
+                return Err(refuse(
+                    json,
+                    StatusCode::BAD_REQUEST,
+                    "Bad request",
+                    &e.to_string(),
+                ));
+            }
+            None => {
+                node.metrics.bad_requests.inc();
+                return Err(refuse(
+                    json,
+                    StatusCode::BAD_REQUEST,
+                    "Bad request",
+                    "the organization in the address is not valid UTF-8",
+                ));
+            }
+        };
+        if let Some(token) = cookie(&parts.headers, SESSION_COOKIE) {
+            if users::token_org(token).is_some_and(|o| o != org.as_str()) {
+                node.metrics.forbidden.inc();
+                return Err(refuse(
+                    json,
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    "you are signed in to another organization",
+                ));
+            }
+        }
+        node.metrics.requests.inc();
+        match route(node, &org) {
+            Route::Local => Ok(OrgCtx {
+                node: node.clone(),
+                org,
+                wants_json: json,
+                htmx: is_htmx(&parts.headers),
+            }),
+            Route::Elsewhere { node_url } => {
+                node.metrics.redirected.inc();
+                let target = format!(
+                    "{}{}",
+                    node_url.trim_end_matches('/'),
+                    parts
+                        .uri
+                        .path_and_query()
+                        .map(|p| p.as_str())
+                        .unwrap_or("/")
+                );
+                let Ok(location) = HeaderValue::from_str(&target) else {
+                    return Err(refuse(
+                        json,
+                        StatusCode::BAD_REQUEST,
+                        "Bad request",
+                        "this address cannot be redirected",
+                    ));
+                };
+                let mut resp = super::html(StatusCode::TEMPORARY_REDIRECT, pages::moved(&target));
+                resp.headers_mut().insert(header::LOCATION, location);
+                resp.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                Err(resp)
+            }
+            Route::Unknown => {
+                node.metrics.not_found.inc();
+                Err(refuse(
+                    json,
+                    StatusCode::NOT_FOUND,
+                    "Unknown organization",
+                    &format!("No organization called \u{201c}{org}\u{201d} exists."),
+                ))
+            }
+            Route::Preparing => {
+                let mut resp = refuse(
+                    json,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Almost ready",
+                    "This organization is being set up on this server. Try again in a moment.",
+                );
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                Err(resp)
+            }
+        }
+    }
+}
+
+impl FromRequestParts<Arc<Node>> for Authed {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, Response> {
+        let ctx = OrgCtx::from_request_parts(parts, node).await?;
+        let token = cookie(&parts.headers, SESSION_COOKIE).map(str::to_string);
+        let session = match &token {
+            Some(t) => {
+                let (n, o, t) = (ctx.node.clone(), ctx.org.clone(), t.clone());
+                match tokio::task::spawn_blocking(move || users::session(&n, &o, &t)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return Err(super::error_response(ctx.wants_json, &e)),
+                    Err(_) => None,
+                }
+            }
+            None => None,
+        };
+        match (session, token) {
+            (Some(session), Some(token)) => Ok(Authed {
+                ctx,
+                session,
+                token,
+            }),
+            _ => Err(sign_in_first(&ctx, parts)),
+        }
+    }
+}
+
+fn sign_in_first(ctx: &OrgCtx, parts: &Parts) -> Response {
+    let signin = format!("/o/{}/signin", ctx.org);
+    if ctx.wants_json {
+        return refuse(true, StatusCode::UNAUTHORIZED, "Sign in", "sign in first");
+    }
+    if ctx.htmx {
+        let mut resp = StatusCode::UNAUTHORIZED.into_response();
+        if let Ok(v) = HeaderValue::from_str(&signin) {
+            resp.headers_mut().insert("hx-redirect", v);
+        }
+        return resp;
+    }
+    if parts.method != axum::http::Method::GET {
+        return refuse(
+            false,
+            StatusCode::UNAUTHORIZED,
+            "Sign in",
+            "Your session has ended; sign in again.",
+        );
+    }
+    let next = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let location = format!("{signin}?next={}", pages::url_encode(next));
+    let mut resp = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
