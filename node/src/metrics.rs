@@ -151,6 +151,31 @@ impl Metrics {
             "Requests refused as malformed.",
             self.bad_requests.get(),
         );
+        line(
+            "hemvist_http_forbidden_total",
+            "counter",
+            "Requests refused because the session belongs to another org.",
+            self.forbidden.get(),
+        );
+        line(
+            "hemvist_csrf_refused_total",
+            "counter",
+            "Form posts refused by the CSRF check.",
+            self.csrf_refused.get(),
+        );
+        line(
+            "hemvist_searches_total",
+            "counter",
+            "Searches answered.",
+            self.searches.get(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP hemvist_search_seconds_total Time spent answering searches.\n\
+             # TYPE hemvist_search_seconds_total counter\n\
+             hemvist_search_seconds_total {:.6}",
+            self.search_micros.get() as f64 / 1e6
+        );
         out
     }
 }

@@ -464,6 +464,16 @@ impl Cluster {
         (status, location, resp.text().unwrap_or_default())
     }
 
+    /// Adds a user to an org through the admin API; waits until the node has stored it.
+    pub fn add_user(&self, org: &str, email: &str, password: &str) {
+        let (status, body) = self.admin(
+            "POST",
+            &format!("/orgs/{org}/users"),
+            Some(json!({"email": email, "name": "Test User", "password": password})),
+        );
+        assert_eq!(status, 201, "add user to {org}: {body}");
+    }
+
     /// Makes the node read an org's database: a sign-in attempt with a wrong password (401).
     pub fn touch_tenant(&self, region: &str, org: &str) -> u16 {
         let resp = self
