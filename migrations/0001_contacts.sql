@@ -1,6 +1,6 @@
 -- The org's contact book, and a full-text index over it that folds diacritics,
--- so that `asa` finds `Åsa`. Prefix indexes for 1 to 3 characters make a short prefix one
--- doclist read instead of a merge over every term that starts with it.
+-- so that `asa` finds `Åsa`. Prefix indexes for 1 to 12 characters make every prefix a user
+-- types one doclist, read lazily, instead of a merge of every term that starts with it.
 CREATE TABLE contacts (
   id INTEGER PRIMARY KEY,
   name TEXT NOT NULL,
@@ -18,7 +18,7 @@ CREATE VIRTUAL TABLE contacts_fts USING fts5(
   name, email, company, city, phone, notes,
   content="contacts", content_rowid="id",
   tokenize = "unicode61 remove_diacritics 2",
-  prefix = '1 2 3'
+  prefix = '1 2 3 4 5 6 7 8 9 10 11 12'
 );
 
 CREATE TRIGGER contacts_ai AFTER INSERT ON contacts BEGIN

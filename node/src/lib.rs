@@ -47,6 +47,7 @@ pub struct Node {
     pub state: NodeState,
     pub lease: lease::Lease,
     pub metrics: metrics::Metrics,
+    pub sessions: users::SessionCache,
 }
 
 /// What the control plane asked this node to host.
@@ -69,6 +70,7 @@ impl Node {
             state,
             lease: lease::Lease::default(),
             metrics: metrics::Metrics::default(),
+            sessions: users::SessionCache::default(),
             config,
         })
     }

@@ -1,14 +1,15 @@
 //! Contact search, designed so that no keystroke costs work proportional to the contact book.
 //!
 //! The query is reduced to at most [`MAX_TERMS`] folded words (letters and digits only, so no
-//! FTS5 syntax survives), each used as a prefix. Then:
-//! - at most [`RANK_LIMIT`] matches: all are ranked by bm25 (name weighted highest) — the
-//!   full ranking, on a bounded set;
-//! - more, for one word (a short prefix while typing): the contacts whose name has a word that
-//!   starts with it, in alphabetical order, straight from the `name_words` index, then the rest;
-//! - more, for several words: the newest matching contacts first.
+//! FTS5 syntax survives), each used as a prefix; FTS5 prefix indexes up to 12 characters make
+//! each of them one doclist that can be read lazily. Then:
+//! - one word (what a user types first): the contacts whose name has a word starting with it,
+//!   alphabetically by that word, straight from the `name_words` index; then, if names run out,
+//!   the other matches (company, city, email...), newest first;
+//! - several words: the newest [`CANDIDATES`] contacts matching the selective (longer) words,
+//!   filtered by the short ones and ranked by where each word matched (name first).
 //!
-//! Counts stop at [`COUNT_LIMIT`] ("1000+"), and every query runs under a deadline enforced by
+//! Counts stop at [`COUNT_LIMIT`] ("200+"), and every query runs under a deadline enforced by
 //! SQLite's progress handler.
 
 use std::time::{Duration, Instant};
@@ -25,8 +26,9 @@ pub const MAX_TERMS: usize = 8;
 pub const MAX_TERM_CHARS: usize = 40;
 pub const PAGE_SIZE: usize = 20;
 pub const MAX_PAGE: usize = 50;
-const RANK_LIMIT: usize = 500;
-const COUNT_LIMIT: usize = 1000;
+/// Contacts read for a query of several words, newest first.
+const CANDIDATES: usize = 100;
+const COUNT_LIMIT: usize = 200;
 pub const DEADLINE: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,7 +119,8 @@ pub fn search(node: &Node, org: &OrgId, raw: &str, page: usize) -> Result<Result
     })
 }
 
-fn run(conn: &Connection, q: &Query, page: usize) -> rusqlite::Result<(u64, bool, Vec<Hit>)> {
+/// The search itself on an open connection (no deadline): (total, total is exact, hits).
+pub fn run(conn: &Connection, q: &Query, page: usize) -> rusqlite::Result<(u64, bool, Vec<Hit>)> {
     let want = PAGE_SIZE + 1;
     let offset = page * PAGE_SIZE;
     if q.terms.is_empty() {
@@ -132,50 +135,102 @@ fn run(conn: &Connection, q: &Query, page: usize) -> rusqlite::Result<(u64, bool
             .collect::<rusqlite::Result<Vec<_>>>()?;
         return Ok((total.max(0) as u64, true, hits));
     }
-    let fts: String = q
-        .terms
+    if q.terms.len() == 1 {
+        let fts = format!("\"{}\"*", q.terms[0]);
+        let matches: i64 = conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM contacts_fts WHERE contacts_fts MATCH ?1 LIMIT ?2)",
+            )?
+            .query_row(params![fts, COUNT_LIMIT + 1], |r| r.get(0))?;
+        let matches = matches.max(0) as usize;
+        let (total, exact) = if matches > COUNT_LIMIT {
+            (COUNT_LIMIT as u64, false)
+        } else {
+            (matches as u64, true)
+        };
+        let hits = by_name_prefix(conn, &q.terms[0], &fts, offset, want)?;
+        return Ok((total, exact, hits));
+    }
+    several_words(conn, q, offset, want)
+}
+
+/// Several words: the newest [`CANDIDATES`] contacts that match the longer words (the selective
+/// ones) are read once, filtered by the short words and ranked here, so neither a broad
+/// one-letter word nor a many-word ranking makes SQLite walk a huge doclist.
+fn several_words(
+    conn: &Connection,
+    q: &Query,
+    offset: usize,
+    want: usize,
+) -> rusqlite::Result<(u64, bool, Vec<Hit>)> {
+    let (long, short): (Vec<&String>, Vec<&String>) =
+        q.terms.iter().partition(|t| t.chars().count() >= 3);
+    let in_fts = if long.is_empty() { &short } else { &long };
+    let fts = in_fts
         .iter()
         .map(|t| format!("\"{t}\"*"))
         .collect::<Vec<_>>()
         .join(" ");
-    let matches: i64 = conn
-        .prepare_cached(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM contacts_fts WHERE contacts_fts MATCH ?1 LIMIT ?2)",
-        )?
-        .query_row(params![fts, COUNT_LIMIT + 1], |r| r.get(0))?;
-    let matches = matches.max(0) as usize;
-    let (total, exact) = if matches > COUNT_LIMIT {
-        (COUNT_LIMIT as u64, false)
-    } else {
-        (matches as u64, true)
-    };
-
-    if matches <= RANK_LIMIT {
-        let hits = conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM contacts_fts f JOIN contacts c ON c.id = f.rowid
-                 WHERE contacts_fts MATCH ?1
-                 ORDER BY bm25(contacts_fts, 10.0, 3.0, 4.0, 2.0, 1.0, 0.5), c.id
-                 LIMIT ?2 OFFSET ?3"
-            ))?
-            .query_map(params![fts, want, offset], hit)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        return Ok((total, exact, hits));
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM contacts_fts f JOIN contacts c ON c.id = f.rowid
+         WHERE contacts_fts MATCH ?1 ORDER BY f.rowid DESC LIMIT ?2"
+    ))?;
+    let mut scanned = 0;
+    let mut kept: Vec<(u32, Hit)> = Vec::new();
+    let mut rows = stmt.query(params![fts, CANDIDATES])?;
+    while let Some(r) = rows.next()? {
+        scanned += 1;
+        let h = hit(r)?;
+        if let Some(score) = score(&h, &q.terms) {
+            kept.push((score, h));
+        }
     }
+    let exhausted = scanned < CANDIDATES;
+    kept.sort_by(|a, b| {
+        b.0.cmp(&a.0)
+            .then_with(|| a.1.name.cmp(&b.1.name))
+            .then(a.1.id.cmp(&b.1.id))
+    });
+    let total = kept.len() as u64;
+    let hits = kept
+        .into_iter()
+        .skip(offset)
+        .take(want)
+        .map(|(_, h)| h)
+        .collect();
+    Ok((total, exhausted, hits))
+}
 
-    if q.terms.len() == 1 {
-        let hits = by_name_prefix(conn, &q.terms[0], &fts, offset, want)?;
-        return Ok((total, exact, hits));
+/// How well a contact matches every term, or `None` if some term matches no field shown (a
+/// match only in the notes ranks last but still counts). Names weigh most; a whole word more
+/// than a prefix.
+fn score(h: &Hit, terms: &[String]) -> Option<u32> {
+    let fields: [(&str, u32); 5] = [
+        (&h.name, 10),
+        (&h.company, 4),
+        (&h.city, 3),
+        (&h.email, 2),
+        (&h.phone, 1),
+    ];
+    let words: Vec<(Vec<String>, u32)> = fields.iter().map(|(f, w)| (text::words(f), *w)).collect();
+    let mut total = 0;
+    for t in terms {
+        let mut best = 0;
+        for (ws, weight) in &words {
+            for w in ws {
+                if w == t {
+                    best = best.max(weight * 2);
+                } else if w.starts_with(t.as_str()) {
+                    best = best.max(*weight);
+                }
+            }
+        }
+        if best == 0 && t.chars().count() < 3 {
+            return None;
+        }
+        total += best;
     }
-
-    let hits = conn
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM contacts_fts f JOIN contacts c ON c.id = f.rowid
-             WHERE contacts_fts MATCH ?1 ORDER BY f.rowid DESC LIMIT ?2 OFFSET ?3"
-        ))?
-        .query_map(params![fts, want, offset], hit)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok((total, exact, hits))
+    Some(total)
 }
 
 /// Contacts with a name word starting with `prefix`, alphabetically by that word; then, if the

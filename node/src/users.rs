@@ -131,31 +131,91 @@ pub fn sign_in(
     Ok((token, csrf))
 }
 
+/// Recently used sessions, so a signed-in user's requests do not each read the database.
+/// Sessions are only created and ended on this node (the org's one writer), so the cache is
+/// told of every change; entries still expire on their own.
+pub struct SessionCache {
+    entries: std::sync::Mutex<lru::LruCache<Vec<u8>, (Session, i64)>>,
+}
+
+impl Default for SessionCache {
+    fn default() -> Self {
+        Self {
+            entries: std::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(10_000).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
+        }
+    }
+}
+
+impl SessionCache {
+    fn get(&self, key: &[u8]) -> Option<Session> {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        match entries.get(key) {
+            Some((s, expires)) if *expires > now_ms() => Some(s.clone()),
+            Some(_) => {
+                entries.pop(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(&self, key: Vec<u8>, s: Session, expires: i64) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.put(key, (s, expires));
+    }
+
+    fn forget(&self, key: &[u8]) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.pop(key);
+    }
+}
+
+/// The session from memory only: no database read, so callable on an async thread.
+pub fn cached_session(node: &Node, org: &OrgId, token: &str) -> Option<Session> {
+    if token_org(token) != Some(org.as_str()) || token.len() > 200 {
+        return None;
+    }
+    node.sessions.get(&token_hash(token))
+}
+
 /// The live session a token stands for in this org, if any.
 pub fn session(node: &Node, org: &OrgId, token: &str) -> Result<Option<Session>, HemvistError> {
     if token_org(token) != Some(org.as_str()) || token.len() > 200 {
         return Ok(None);
     }
     let th = token_hash(token);
-    node.tenants.read(org, |c| {
+    if let Some(s) = node.sessions.get(&th) {
+        return Ok(Some(s));
+    }
+    let found = node.tenants.read(org, |c| {
         c.prepare_cached(
-            "SELECT s.user_id, u.email, u.name, s.csrf FROM sessions s JOIN users u ON u.id = s.user_id
-             WHERE s.token_hash = ?1 AND s.expires_ms > ?2",
+            "SELECT s.user_id, u.email, u.name, s.csrf, s.expires_ms FROM sessions s
+             JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?1 AND s.expires_ms > ?2",
         )?
         .query_row(params![th, now_ms()], |r| {
-            Ok(Session {
-                user_id: r.get(0)?,
-                email: r.get(1)?,
-                name: r.get(2)?,
-                csrf: r.get(3)?,
-            })
+            Ok((
+                Session {
+                    user_id: r.get(0)?,
+                    email: r.get(1)?,
+                    name: r.get(2)?,
+                    csrf: r.get(3)?,
+                },
+                r.get::<_, i64>(4)?,
+            ))
         })
         .optional()
-    })
+    })?;
+    Ok(found.map(|(s, expires)| {
+        node.sessions.put(th, s.clone(), expires);
+        s
+    }))
 }
 
 pub fn sign_out(node: &Node, org: &OrgId, token: &str) -> Result<(), HemvistError> {
     let th = token_hash(token);
+    node.sessions.forget(&th);
     node.write(org, move |tx| {
         tx.execute("DELETE FROM sessions WHERE token_hash = ?1", [th])?;
         Ok(())

@@ -196,6 +196,9 @@ impl FromRequestParts<Arc<Node>> for Authed {
         let ctx = OrgCtx::from_request_parts(parts, node).await?;
         let token = cookie(&parts.headers, SESSION_COOKIE).map(str::to_string);
         let session = match &token {
+            Some(t) if users::cached_session(&ctx.node, &ctx.org, t).is_some() => {
+                users::cached_session(&ctx.node, &ctx.org, t)
+            }
             Some(t) => {
                 let (n, o, t) = (ctx.node.clone(), ctx.org.clone(), t.clone());
                 match tokio::task::spawn_blocking(move || users::session(&n, &o, &t)).await {

@@ -5,17 +5,13 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use super::{ms, stats};
+
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::Args;
 use hemvist_node::demo::Rng;
 use hemvist_node::tenants::TenantStore;
 use hemvist_proto::OrgId;
-
-#[derive(Subcommand)]
-pub enum BenchCommand {
-    /// Tenant hosting: create, cold open, warm read, open files, memory.
-    Hosting(HostingArgs),
-}
 
 #[derive(Args)]
 pub struct HostingArgs {
@@ -33,19 +29,13 @@ pub struct HostingArgs {
     dir: Option<PathBuf>,
 }
 
-pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    match cmd {
-        BenchCommand::Hosting(args) => hosting(args),
-    }
-}
-
-fn open_files() -> usize {
+pub fn open_files() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count())
         .unwrap_or(0)
 }
 
-fn rss_mib() -> f64 {
+pub fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -58,27 +48,7 @@ fn rss_mib() -> f64 {
         .unwrap_or(0.0)
 }
 
-struct Stats {
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-}
-
-fn stats(mut v: Vec<Duration>) -> Stats {
-    v.sort();
-    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
-    Stats {
-        p50: at(0.50),
-        p99: at(0.99),
-        max: *v.last().unwrap_or(&Duration::ZERO),
-    }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3} ms", d.as_secs_f64() * 1e3)
-}
-
-fn hosting(args: HostingArgs) -> anyhow::Result<()> {
+pub fn run(args: HostingArgs) -> anyhow::Result<()> {
     let temp;
     let dir = match &args.dir {
         Some(d) => d.clone(),

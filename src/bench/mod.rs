@@ -1,0 +1,54 @@
+//! `hemvist bench ...`: benchmarks that print one table each, to quote in notes.
+
+mod hosting;
+mod search;
+
+use std::time::Duration;
+
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Tenant hosting: create, cold open, warm read, open files, memory.
+    Hosting(hosting::HostingArgs),
+    /// The org users' search over HTTP, beside plain FTS5 and Datasette on the same data.
+    Search(search::SearchArgs),
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Hosting(args) => hosting::run(args),
+        BenchCommand::Search(args) => search::run(args),
+    }
+}
+
+pub struct Stats {
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+    pub mean: Duration,
+}
+
+pub fn stats(mut v: Vec<Duration>) -> Stats {
+    if v.is_empty() {
+        return Stats {
+            p50: Duration::ZERO,
+            p99: Duration::ZERO,
+            max: Duration::ZERO,
+            mean: Duration::ZERO,
+        };
+    }
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    let total: Duration = v.iter().sum();
+    Stats {
+        p50: at(0.50),
+        p99: at(0.99),
+        max: *v.last().unwrap_or(&Duration::ZERO),
+        mean: total / v.len() as u32,
+    }
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}

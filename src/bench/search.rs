@@ -1,0 +1,577 @@
+//! `hemvist bench search`: the org users' search as users get it, over HTTP from a real
+//! `hemvist dev`, on a large contact book, with a query mix that imitates typing (every prefix of
+//! many first names, last names, whole names, companies and cities, one-letter, multi-word and
+//! non-ASCII ones included). Beside it, in the
+//! same run and on the same data: the plain ranked FTS5 query in-process, and Datasette serving
+//! a copy of the same database through a canned query that ranks the same way.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use hemvist_node::demo::Rng;
+use hemvist_proto::OrgId;
+use serde_json::Value;
+
+use super::{ms, stats};
+
+#[derive(Args)]
+pub struct SearchArgs {
+    /// Contacts in the searched org.
+    #[arg(long, default_value_t = 100_000)]
+    contacts: u64,
+    /// Queries in the typing mix.
+    #[arg(long, default_value_t = 3_000)]
+    queries: usize,
+    /// The `datasette` executable to compare with (scripts/bench-search installs one).
+    #[arg(long)]
+    datasette: Option<PathBuf>,
+    /// Keep the working folder (the databases) instead of removing it.
+    #[arg(long)]
+    keep: bool,
+}
+
+struct Dev(Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Datasette(Child);
+
+impl Drop for Datasette {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn fts_string(raw: &str) -> Option<String> {
+    let q = hemvist_node::search::parse(raw).ok()?;
+    if q.terms.is_empty() {
+        return None;
+    }
+    Some(
+        q.terms
+            .iter()
+            .map(|t| format!("\"{t}\"*"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Every prefix of the words people type: first and last names, company names, cities.
+fn typing_mix(db: &Path, contacts: u64, size: usize) -> anyhow::Result<Vec<String>> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut rng = Rng::new(7);
+    let mut words = Vec::new();
+    let mut stmt = conn.prepare("SELECT name, company, city FROM contacts WHERE id = ?1")?;
+    for _ in 0..400 {
+        let id = (rng.next_u64() % contacts) as i64 + 1;
+        let (name, company, city): (String, String, String) =
+            stmt.query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        // What people type: a first name, a last name, a whole name, a company, a city.
+        words.extend(name.split(' ').map(str::to_string));
+        words.push(name);
+        words.push(company);
+        words.push(city);
+    }
+    let mut mix = Vec::new();
+    for w in words {
+        let chars: Vec<char> = w.chars().collect();
+        for n in 1..=chars.len() {
+            mix.push(chars[..n].iter().collect::<String>());
+        }
+    }
+    for i in (1..mix.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        mix.swap(i, j);
+    }
+    mix.truncate(size);
+    Ok(mix)
+}
+
+struct Load {
+    rps: f64,
+    all: super::Stats,
+    one_letter: super::Stats,
+    errors: usize,
+}
+
+/// Sends every query once, `concurrency` at a time; latencies per request.
+fn load(
+    rt: &tokio::runtime::Handle,
+    urls: Arc<Vec<(String, bool)>>,
+    concurrency: usize,
+    headers: Vec<(&'static str, String)>,
+) -> anyhow::Result<Load> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(64)
+        .build()?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let results = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency {
+            let (client, urls, next, headers) =
+                (client.clone(), urls.clone(), next.clone(), headers.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((url, one)) = urls.get(i) else { break };
+                    let mut req = client.get(url);
+                    for (k, v) in &headers {
+                        req = req.header(*k, v);
+                    }
+                    let t = Instant::now();
+                    let ok = match req.send().await {
+                        Ok(resp) => {
+                            let status = resp.status();
+                            resp.bytes().await.is_ok() && status.is_success()
+                        }
+                        Err(_) => false,
+                    };
+                    out.push((t.elapsed(), *one, ok));
+                }
+                out
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap_or_default());
+        }
+        all
+    });
+    let wall = started.elapsed();
+    let errors = results.iter().filter(|r| !r.2).count();
+    Ok(Load {
+        rps: results.len() as f64 / wall.as_secs_f64(),
+        one_letter: stats(results.iter().filter(|r| r.1).map(|r| r.0).collect()),
+        all: stats(results.iter().map(|r| r.0).collect()),
+        errors,
+    })
+}
+
+fn wait_for_file(path: &Path, limit: Duration, log: &Path) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Ok(v) = serde_json::from_str(&text) {
+                return Ok(v);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "hemvist dev did not start: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn sign_in(
+    rt: &tokio::runtime::Handle,
+    base: &str,
+    org: &str,
+    email: &str,
+    password: &str,
+) -> anyhow::Result<String> {
+    rt.block_on(async {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let form = http.get(format!("{base}/o/{org}/signin")).send().await?;
+        let cookie = form
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with("hv_signin="))
+            .and_then(|v| v.split(';').next())
+            .context("sign-in cookie")?
+            .to_string();
+        let page = form.text().await?;
+        let token = page
+            .split("name=\"_csrf\" value=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .context("sign-in token")?
+            .to_string();
+        let body = format!(
+            "_csrf={token}&email={}&password={}",
+            url_encode(email),
+            url_encode(password)
+        );
+        let resp = http
+            .post(format!("{base}/o/{org}/signin"))
+            .header("cookie", cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await?;
+        let session = resp
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with("hv_session="))
+            .and_then(|v| v.split(';').next())
+            .context("signing in failed")?
+            .to_string();
+        Ok(session)
+    })
+}
+
+pub fn run(args: SearchArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Handle::current();
+    let work = std::env::temp_dir().join(format!("hemvist-bench-search-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let data = work.join("data");
+    let log = work.join("dev.log");
+    eprintln!(
+        "bench: starting hemvist dev with {} contacts in {}",
+        args.contacts,
+        work.display()
+    );
+    let dev = Dev(Command::new(std::env::current_exe()?)
+        .args([
+            "dev",
+            "--data",
+            data.to_str().unwrap_or_default(),
+            "--port-base",
+            "0",
+        ])
+        .args(["--contacts", &args.contacts.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("start hemvist dev")?);
+    let devjson = wait_for_file(&data.join("dev.json"), Duration::from_secs(600), &log)?;
+    let org = &devjson["orgs"][0];
+    let org_id = org["id"].as_str().context("org id")?.to_string();
+    let url = org["url"].as_str().context("org url")?.to_string();
+    let base = url.split("/o/").next().unwrap_or_default().to_string();
+    let session = sign_in(
+        &rt,
+        &base,
+        &org_id,
+        org["login"]["email"].as_str().unwrap_or_default(),
+        org["login"]["password"].as_str().unwrap_or_default(),
+    )?;
+
+    let tenant =
+        hemvist_node::tenants::TenantStore::new(&data.join("nodes").join("eu-north-1"), 1)?
+            .path(&OrgId::parse(&org_id)?);
+    let copy = work.join("contacts.db");
+    rusqlite::Connection::open_with_flags(&tenant, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?
+        .execute("VACUUM INTO ?1", [copy.to_str().unwrap_or_default()])
+        .context("copy the tenant database")?;
+    let mix = typing_mix(&copy, args.contacts, args.queries)?;
+    let one_letter = mix.iter().filter(|q| q.chars().count() == 1).count();
+    let non_ascii = mix.iter().filter(|q| !q.is_ascii()).count();
+    let multi_word = mix.iter().filter(|q| q.trim().contains(' ')).count();
+    eprintln!("bench: {} queries ({one_letter} one-letter, {multi_word} multi-word, {non_ascii} non-ASCII)", mix.len());
+
+    // The plain ranked FTS5 query, in-process, no network: what a naive search does.
+    let conn =
+        rusqlite::Connection::open_with_flags(&copy, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.pragma_update(None, "mmap_size", 256 * 1024 * 1024)?;
+    let mut stmt = conn.prepare(
+        "SELECT c.id, c.name, c.email, c.company, c.city, c.phone FROM contacts_fts
+         JOIN contacts c ON c.id = contacts_fts.rowid WHERE contacts_fts MATCH ?1 ORDER BY rank LIMIT 30",
+    )?;
+    let mut plain = Vec::new();
+    let mut plain_one = Vec::new();
+    for q in &mix {
+        let Some(fts) = fts_string(q) else { continue };
+        let t = Instant::now();
+        let n = stmt.query_map([&fts], |r| r.get::<_, i64>(0))?.count();
+        let d = t.elapsed();
+        std::hint::black_box(n);
+        plain.push(d);
+        if q.chars().count() == 1 {
+            plain_one.push(d);
+        }
+    }
+    let plain_total: Duration = plain.iter().sum();
+
+    // hemvist's own search, in-process on the same copy: the query work without HTTP.
+    let mut ours = Vec::new();
+    let mut ours_one = Vec::new();
+    let mut ours_word = Vec::new();
+    let mut ours_words = Vec::new();
+    for q in &mix {
+        let Ok(parsed) = hemvist_node::search::parse(q) else {
+            continue;
+        };
+        let t = Instant::now();
+        let found = hemvist_node::search::run(&conn, &parsed, 0)?;
+        let d = t.elapsed();
+        std::hint::black_box(found);
+        ours.push(d);
+        if q.chars().count() == 1 {
+            ours_one.push(d);
+        }
+        if parsed.terms.len() > 1 {
+            ours_words.push(d);
+        } else {
+            ours_word.push(d);
+        }
+    }
+    let (word_stats, words_stats) = (stats(ours_word), stats(ours_words));
+    let ours_total: Duration = ours.iter().sum();
+    let ours_stats = stats(ours);
+    let ours_one_stats = stats(ours_one);
+    let plain_stats = stats(plain);
+    let plain_one_stats = stats(plain_one);
+
+    let hv_urls: Arc<Vec<(String, bool)>> = Arc::new(
+        mix.iter()
+            .map(|q| (format!("{url}?q={}", url_encode(q)), q.chars().count() == 1))
+            .collect(),
+    );
+    let headers = vec![
+        ("accept", "application/json".to_string()),
+        ("cookie", session),
+    ];
+    // Warm up: the first requests open the tenant and fill SQLite's page cache.
+    load(
+        &rt,
+        Arc::new(hv_urls.iter().take(200).cloned().collect()),
+        4,
+        headers.clone(),
+    )?;
+    // The floor: the same client and server with no work to do (GET /healthz).
+    let floor_urls: Arc<Vec<(String, bool)>> = Arc::new(
+        (0..mix.len())
+            .map(|_| (format!("{base}/healthz"), false))
+            .collect(),
+    );
+    let floor = load(&rt, floor_urls, 16, vec![])?;
+    let hv1 = load(&rt, hv_urls.clone(), 1, headers.clone())?;
+    let hv16 = load(&rt, hv_urls.clone(), 16, headers.clone())?;
+
+    let mut rows = vec![
+        row(
+            "plain FTS5 bm25 LIMIT 30, in-process, 1 thread",
+            mix.len() as f64 / plain_total.as_secs_f64(),
+            &plain_stats,
+            Some(&plain_one_stats),
+            0,
+        ),
+        row(
+            "hemvist search, in-process, 1 thread",
+            mix.len() as f64 / ours_total.as_secs_f64(),
+            &ours_stats,
+            Some(&ours_one_stats),
+            0,
+        ),
+        row("  of which one word", 0.0, &word_stats, None, 0),
+        row("  of which several words", 0.0, &words_stats, None, 0),
+        row(
+            "hemvist node, HTTP + JSON, concurrency 1",
+            hv1.rps,
+            &hv1.all,
+            Some(&hv1.one_letter),
+            hv1.errors,
+        ),
+        row(
+            "hemvist node, HTTP + JSON, concurrency 16",
+            hv16.rps,
+            &hv16.all,
+            Some(&hv16.one_letter),
+            hv16.errors,
+        ),
+        row(
+            "floor: same client, GET /healthz, concurrency 16",
+            floor.rps,
+            &floor.all,
+            None,
+            floor.errors,
+        ),
+    ];
+
+    let mut ratio = None;
+    match &args.datasette {
+        None => {
+            eprintln!("bench: no --datasette given; scripts/bench-search installs and passes one")
+        }
+        Some(exe) => {
+            let port = free_port()?;
+            let meta = work.join("datasette.json");
+            let canned =
+                "SELECT c.id, c.name, c.email, c.company, c.city, c.phone FROM contacts_fts \
+                          JOIN contacts c ON c.id = contacts_fts.rowid WHERE contacts_fts MATCH :q \
+                          ORDER BY rank LIMIT 30";
+            std::fs::File::create(&meta)?.write_all(
+                serde_json::json!({"databases": {"contacts": {"queries": {"search": {"sql": canned}}}}})
+                    .to_string()
+                    .as_bytes(),
+            )?;
+            let _ds = Datasette(
+                Command::new(exe)
+                    .args(["serve", "-i"])
+                    .arg(&copy)
+                    .args([
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        &port.to_string(),
+                        "--metadata",
+                    ])
+                    .arg(&meta)
+                    .args(["--setting", "sql_time_limit_ms", "20000"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(work.join("datasette.log"))?)
+                    .spawn()
+                    .context("start datasette")?,
+            );
+            let ds_base = format!("http://127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let up = rt.block_on(async {
+                    reqwest::get(format!("{ds_base}/-/versions.json"))
+                        .await
+                        .map(|r| r.status().is_success())
+                });
+                if matches!(up, Ok(true)) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "datasette did not start: {}",
+                        std::fs::read_to_string(work.join("datasette.log")).unwrap_or_default()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let ds_urls: Arc<Vec<(String, bool)>> = Arc::new(
+                mix.iter()
+                    .filter_map(|q| {
+                        fts_string(q).map(|f| {
+                            (
+                                format!(
+                                    "{ds_base}/contacts/search.json?_shape=array&q={}",
+                                    url_encode(&f)
+                                ),
+                                q.chars().count() == 1,
+                            )
+                        })
+                    })
+                    .collect(),
+            );
+            load(
+                &rt,
+                Arc::new(ds_urls.iter().take(50).cloned().collect()),
+                4,
+                vec![],
+            )?;
+            let ds1 = load(&rt, ds_urls.clone(), 1, vec![])?;
+            let ds16 = load(&rt, ds_urls.clone(), 16, vec![])?;
+            ratio = Some(hv16.rps / ds16.rps);
+            rows.push(row(
+                "Datasette canned query, HTTP + JSON, concurrency 1",
+                ds1.rps,
+                &ds1.all,
+                Some(&ds1.one_letter),
+                ds1.errors,
+            ));
+            rows.push(row(
+                "Datasette canned query, HTTP + JSON, concurrency 16",
+                ds16.rps,
+                &ds16.all,
+                Some(&ds16.one_letter),
+                ds16.errors,
+            ));
+        }
+    }
+    drop(dev);
+
+    println!(
+        "hemvist bench search: {} contacts, {} typing queries ({one_letter} one-letter, {multi_word} multi-word, {non_ascii} non-ASCII)",
+        args.contacts,
+        mix.len()
+    );
+    println!();
+    crate::table::print(
+        &[
+            "what",
+            "req/s",
+            "p50",
+            "p99",
+            "max",
+            "1-letter mean",
+            "1-letter p99",
+            "errors",
+        ],
+        &rows,
+    );
+    if let Some(r) = ratio {
+        println!("\nhemvist / Datasette requests per second at concurrency 16: {r:.1}x");
+    }
+    if args.keep {
+        println!("\nkept: {}", work.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    Ok(())
+}
+
+fn row(
+    what: &str,
+    rps: f64,
+    s: &super::Stats,
+    one: Option<&super::Stats>,
+    errors: usize,
+) -> Vec<String> {
+    vec![
+        what.to_string(),
+        format!("{rps:.0}"),
+        ms(s.p50),
+        ms(s.p99),
+        ms(s.max),
+        one.map(|o| ms(o.mean)).unwrap_or_default(),
+        one.map(|o| ms(o.p99)).unwrap_or_default(),
+        errors.to_string(),
+    ]
+}
