@@ -85,12 +85,12 @@ main{max-width:52rem;margin:0 auto;padding:1rem}
 a{color:var(--accent)}
 button,.button{font:inherit;padding:.45rem .9rem;border:1px solid var(--accent);background:var(--accent);color:#fff;border-radius:.4rem;cursor:pointer;text-decoration:none;display:inline-block}
 button.link{background:none;border:none;color:var(--accent);padding:0;text-decoration:underline}
-.search{display:flex;gap:.5rem;align-items:center;margin:.5rem 0 1rem}
+.search{display:flex;gap:.5rem;align-items:center;margin:.5rem 0 1rem;position:relative}
 .search input{flex:1;font:inherit;font-size:1.1rem;padding:.6rem .75rem;border:1px solid #b9c0cc;border-radius:.45rem;min-width:0}
 input:focus,textarea:focus,button:focus,a:focus{outline:3px solid #9db7ff;outline-offset:1px}
 .htmx-indicator{opacity:0;transition:opacity .15s}
 .htmx-request .htmx-indicator,.htmx-request.htmx-indicator{opacity:1}
-#searching{color:var(--muted);font-size:.9rem;white-space:nowrap}
+#searching{color:var(--muted);font-size:.85rem;white-space:nowrap;position:absolute;right:.75rem;top:50%;transform:translateY(-50%);pointer-events:none;background:#fff;padding-left:.25rem}
 #count{color:var(--muted);margin:.25rem 0 .5rem}
 ol.hits{list-style:none;margin:0;padding:0}
 ol.hits li{padding:.6rem .25rem;border-bottom:1px solid var(--line);display:grid;grid-template-columns:1fr 1fr;gap:.1rem 1rem}
@@ -110,6 +110,7 @@ fn layout(title: &str, body: &str) -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <link rel=\"icon\" href=\"data:,\">\
          <meta name=\"htmx-config\" content='{{\"allowEval\":false,\"includeIndicatorStyles\":false,\"historyCacheSize\":0}}'>\
          <title>{}</title><style>{STYLE}</style>\
          <script src=\"{HTMX_PATH}\" defer></script></head><body>{body}</body></html>",
