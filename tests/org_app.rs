@@ -79,6 +79,10 @@ fn sign_in_search_add_edit_and_sign_out() {
         assert_eq!(status, 200, "{q}");
         assert_eq!(names(&found), ["Åsa Öberg"], "{q}: {found}");
     }
+    // Asked again, the answer comes from the org's cache; a write empties it (checked below).
+    let hits_before = c.metric(&eu, "hemvist_search_cache_hits_total");
+    assert_eq!(names(&u.json("/?q=asa").1), ["Åsa Öberg"]);
+    assert!(c.metric(&eu, "hemvist_search_cache_hits_total") > hits_before);
     let (_, found) = u.json("/?q=aberg");
     assert_eq!(names(&found), ["Bertil Åberg"]);
     let (_, recent) = u.json("/");

@@ -48,6 +48,7 @@ pub struct Node {
     pub lease: lease::Lease,
     pub metrics: metrics::Metrics,
     pub sessions: users::SessionCache,
+    pub search_cache: search::SearchCache,
 }
 
 /// What the control plane asked this node to host.
@@ -71,6 +72,7 @@ impl Node {
             lease: lease::Lease::default(),
             metrics: metrics::Metrics::default(),
             sessions: users::SessionCache::default(),
+            search_cache: search::SearchCache::default(),
             config,
         })
     }
@@ -167,7 +169,9 @@ impl Node {
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, HemvistError> {
         self.check_writable(org)?;
-        self.tenants.write(org, f)
+        let out = self.tenants.write(org, f)?;
+        self.search_cache.bump(org);
+        Ok(out)
     }
 
     pub fn gauges(&self) -> metrics::Gauges {
@@ -183,6 +187,14 @@ impl Node {
             tenant_evictions: self
                 .tenants
                 .evictions
+                .load(std::sync::atomic::Ordering::Relaxed),
+            search_cache_hits: self
+                .search_cache
+                .hits
+                .load(std::sync::atomic::Ordering::Relaxed),
+            search_cache_misses: self
+                .search_cache
+                .misses
                 .load(std::sync::atomic::Ordering::Relaxed),
         }
     }

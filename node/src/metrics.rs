@@ -43,6 +43,8 @@ pub struct Gauges {
     pub lease_live: bool,
     pub tenant_opens: u64,
     pub tenant_evictions: u64,
+    pub search_cache_hits: u64,
+    pub search_cache_misses: u64,
 }
 
 impl Metrics {
@@ -162,6 +164,18 @@ impl Metrics {
             "counter",
             "Form posts refused by the CSRF check.",
             self.csrf_refused.get(),
+        );
+        line(
+            "hemvist_search_cache_hits_total",
+            "counter",
+            "Searches answered from the per-org cache.",
+            g.search_cache_hits,
+        );
+        line(
+            "hemvist_search_cache_misses_total",
+            "counter",
+            "Searches that ran a query.",
+            g.search_cache_misses,
         );
         line(
             "hemvist_searches_total",

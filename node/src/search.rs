@@ -88,24 +88,92 @@ fn hit(r: &rusqlite::Row<'_>) -> rusqlite::Result<Hit> {
 
 const COLUMNS: &str = "c.id, c.name, c.email, c.company, c.city, c.phone";
 
+type Found = (u64, bool, Vec<Hit>);
+type CacheKey = (OrgId, Vec<String>, usize);
+
+/// Recent answers per org, valid until the org's next write. Typing makes the same short
+/// prefixes come back again and again; every write through `Node::write` bumps the org's data
+/// version, so a cached answer never outlives a change (a new contact is searchable at once).
+pub struct SearchCache {
+    entries: std::sync::Mutex<lru::LruCache<CacheKey, (u64, std::sync::Arc<Found>)>>,
+    versions: std::sync::Mutex<std::collections::HashMap<OrgId, u64>>,
+    pub hits: std::sync::atomic::AtomicU64,
+    pub misses: std::sync::atomic::AtomicU64,
+}
+
+impl Default for SearchCache {
+    fn default() -> Self {
+        Self {
+            entries: std::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(4_096).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
+            versions: Default::default(),
+            hits: Default::default(),
+            misses: Default::default(),
+        }
+    }
+}
+
+impl SearchCache {
+    fn version(&self, org: &OrgId) -> u64 {
+        let v = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        v.get(org).copied().unwrap_or(0)
+    }
+
+    /// Called after every committed write of the org.
+    pub fn bump(&self, org: &OrgId) {
+        let mut v = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        *v.entry(org.clone()).or_insert(0) += 1;
+    }
+
+    fn get(&self, key: &CacheKey, version: u64) -> Option<std::sync::Arc<Found>> {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        match entries.get(key) {
+            Some((v, found)) if *v == version => Some(found.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&self, key: CacheKey, version: u64, found: std::sync::Arc<Found>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.put(key, (version, found));
+    }
+}
+
 pub fn search(node: &Node, org: &OrgId, raw: &str, page: usize) -> Result<Results, HemvistError> {
+    use std::sync::atomic::Ordering::Relaxed;
     let query = parse(raw)?;
     let page = page.min(MAX_PAGE);
-    let deadline = Instant::now() + DEADLINE;
-    let q = query.clone();
-    let outcome = node.tenants.read(org, move |conn| {
-        conn.progress_handler(2_000, Some(move || Instant::now() > deadline));
-        let result = run(conn, &q, page);
-        conn.progress_handler(0, None::<fn() -> bool>);
-        result
-    });
-    let (total, total_exact, mut hits) = outcome.map_err(|e| {
-        if e.message.contains("interrupted") {
-            HemvistError::unavailable("the search took too long; try a longer search")
-        } else {
-            e
+    // Read the version before the query: a write that commits meanwhile bumps it past ours.
+    let version = node.search_cache.version(org);
+    let key = (org.clone(), query.terms.clone(), page);
+    let found = match node.search_cache.get(&key, version) {
+        Some(found) => {
+            node.search_cache.hits.fetch_add(1, Relaxed);
+            found
         }
-    })?;
+        None => {
+            node.search_cache.misses.fetch_add(1, Relaxed);
+            let deadline = Instant::now() + DEADLINE;
+            let q = query.clone();
+            let outcome = node.tenants.read(org, move |conn| {
+                conn.progress_handler(2_000, Some(move || Instant::now() > deadline));
+                let result = run(conn, &q, page);
+                conn.progress_handler(0, None::<fn() -> bool>);
+                result
+            });
+            let found = std::sync::Arc::new(outcome.map_err(|e| {
+                if e.message.contains("interrupted") {
+                    HemvistError::unavailable("the search took too long; try a longer search")
+                } else {
+                    e
+                }
+            })?);
+            node.search_cache.put(key, version, found.clone());
+            found
+        }
+    };
+    let (total, total_exact, mut hits) = (found.0, found.1, found.2.clone());
     let has_more = hits.len() > PAGE_SIZE && page < MAX_PAGE;
     hits.truncate(PAGE_SIZE);
     Ok(Results {
