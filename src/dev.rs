@@ -514,7 +514,10 @@ fn print_welcome(dev: &DevJson) {
         dev.nodes.iter().find(|n| n.region != dev.orgs[0].region),
     ) {
         println!("\n  try:");
-        println!("    open {}", org.url);
+        println!(
+            "    open {}   (sign in as {} / {})",
+            org.url, org.login.email, org.login.password
+        );
         println!(
             "    curl -i {}/o/{}/      # wrong region: 307 to {}'s home node",
             other.url, org.id, org.id
