@@ -136,6 +136,30 @@ fn contact_id(a: &Authed, raw: &str) -> Result<i64, Response> {
     }
 }
 
+/// The form again with every problem named (422), or the problems as JSON.
+fn invalid_contact(
+    a: &Authed,
+    id: Option<i64>,
+    input: &ContactInput,
+    problems: &contacts::Problems,
+) -> Response {
+    if a.ctx.wants_json {
+        let body = serde_json::json!({"error": {"kind": "invalid_argument", "fields": problems}});
+        return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
+    }
+    let name = org_name(a);
+    pages::contact_form(
+        &a.ctx.org,
+        &name,
+        &a.session,
+        id,
+        input,
+        problems,
+        None,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+}
+
 pub async fn new_contact(a: Authed) -> Response {
     let name = org_name(&a);
     pages::contact_form(
@@ -161,22 +185,7 @@ pub async fn create_contact(a: Authed, headers: HeaderMap, form: FormResult) -> 
     let input = input_from(&fields);
     let clean = match contacts::validate(&input) {
         Ok(c) => c,
-        Err(problems) => {
-            if a.ctx.wants_json {
-                return (StatusCode::UNPROCESSABLE_ENTITY, Json(serde_json::json!({"error": {"kind": "invalid_argument", "fields": problems}}))).into_response();
-            }
-            let name = org_name(&a);
-            return pages::contact_form(
-                &a.ctx.org,
-                &name,
-                &a.session,
-                None,
-                &input,
-                &problems,
-                None,
-                StatusCode::UNPROCESSABLE_ENTITY,
-            );
-        }
+        Err(problems) => return invalid_contact(&a, None, &input, &problems),
     };
     let (n, o) = (a.ctx.node.clone(), a.ctx.org.clone());
     match blocking(move || contacts::create(&n, &o, &clean)).await {
@@ -239,22 +248,7 @@ pub async fn update_contact(
     let input = input_from(&fields);
     let clean = match contacts::validate(&input) {
         Ok(c) => c,
-        Err(problems) => {
-            if a.ctx.wants_json {
-                return (StatusCode::UNPROCESSABLE_ENTITY, Json(serde_json::json!({"error": {"kind": "invalid_argument", "fields": problems}}))).into_response();
-            }
-            let name = org_name(&a);
-            return pages::contact_form(
-                &a.ctx.org,
-                &name,
-                &a.session,
-                Some(id),
-                &input,
-                &problems,
-                None,
-                StatusCode::UNPROCESSABLE_ENTITY,
-            );
-        }
+        Err(problems) => return invalid_contact(&a, Some(id), &input, &problems),
     };
     let (n, o) = (a.ctx.node.clone(), a.ctx.org.clone());
     match blocking(move || contacts::update(&n, &o, id, &clean)).await {
