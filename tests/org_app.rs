@@ -79,10 +79,12 @@ fn sign_in_search_add_edit_and_sign_out() {
         assert_eq!(status, 200, "{q}");
         assert_eq!(names(&found), ["Åsa Öberg"], "{q}: {found}");
     }
-    // Asked again, the answer comes from the org's cache; a write empties it (checked below).
-    let hits_before = c.metric(&eu, "hemvist_search_cache_hits_total");
+    // The org's in-memory index was built by a search; asking again builds nothing, and a
+    // write makes the next search catch up from the change log, not rebuild (checked below).
+    let builds = c.metric(&eu, "hemvist_search_index_builds_total");
+    assert!(builds >= 1, "the first search builds the index");
     assert_eq!(names(&u.json("/?q=asa").1), ["Åsa Öberg"]);
-    assert!(c.metric(&eu, "hemvist_search_cache_hits_total") > hits_before);
+    assert_eq!(c.metric(&eu, "hemvist_search_index_builds_total"), builds);
     let (_, found) = u.json("/?q=aberg");
     assert_eq!(names(&found), ["Bertil Åberg"]);
     let (_, recent) = u.json("/");
@@ -128,8 +130,11 @@ fn sign_in_search_add_edit_and_sign_out() {
         (status, location),
         (303, Some(format!("/o/fika/contacts/{id}?saved=1")))
     );
+    let catch_ups = c.metric(&eu, "hemvist_search_index_catch_ups_total");
     assert_eq!(names(&u.json("/?q=uppsala").1), ["Åsa Öberg"]);
     assert_eq!(u.json("/?q=goteborg").1["total"], 0);
+    assert!(c.metric(&eu, "hemvist_search_index_catch_ups_total") > catch_ups);
+    assert_eq!(c.metric(&eu, "hemvist_search_index_builds_total"), builds);
 
     // Server-side validation, with every problem named; nothing is stored.
     let (status, _, page) = u.post(

@@ -48,7 +48,7 @@ pub struct Node {
     pub lease: lease::Lease,
     pub metrics: metrics::Metrics,
     pub sessions: users::SessionCache,
-    pub search_cache: search::SearchCache,
+    pub data_versions: search::DataVersions,
 }
 
 /// What the control plane asked this node to host.
@@ -72,7 +72,7 @@ impl Node {
             lease: lease::Lease::default(),
             metrics: metrics::Metrics::default(),
             sessions: users::SessionCache::default(),
-            search_cache: search::SearchCache::default(),
+            data_versions: search::DataVersions::default(),
             config,
         })
     }
@@ -170,7 +170,7 @@ impl Node {
     ) -> Result<T, HemvistError> {
         self.check_writable(org)?;
         let out = self.tenants.write(org, f)?;
-        self.search_cache.bump(org);
+        self.data_versions.bump(org);
         Ok(out)
     }
 
@@ -188,13 +188,13 @@ impl Node {
                 .tenants
                 .evictions
                 .load(std::sync::atomic::Ordering::Relaxed),
-            search_cache_hits: self
-                .search_cache
-                .hits
+            search_index_builds: self
+                .data_versions
+                .index_builds
                 .load(std::sync::atomic::Ordering::Relaxed),
-            search_cache_misses: self
-                .search_cache
-                .misses
+            search_index_catch_ups: self
+                .data_versions
+                .index_catch_ups
                 .load(std::sync::atomic::Ordering::Relaxed),
         }
     }

@@ -43,8 +43,8 @@ pub struct Gauges {
     pub lease_live: bool,
     pub tenant_opens: u64,
     pub tenant_evictions: u64,
-    pub search_cache_hits: u64,
-    pub search_cache_misses: u64,
+    pub search_index_builds: u64,
+    pub search_index_catch_ups: u64,
 }
 
 impl Metrics {
@@ -166,16 +166,16 @@ impl Metrics {
             self.csrf_refused.get(),
         );
         line(
-            "hemvist_search_cache_hits_total",
+            "hemvist_search_index_builds_total",
             "counter",
-            "Searches answered from the per-org cache.",
-            g.search_cache_hits,
+            "In-memory search indexes built from a tenant's database.",
+            g.search_index_builds,
         );
         line(
-            "hemvist_search_cache_misses_total",
+            "hemvist_search_index_catch_ups_total",
             "counter",
-            "Searches that ran a query.",
-            g.search_cache_misses,
+            "Times a search index read the changes made since it last looked.",
+            g.search_index_catch_ups,
         );
         line(
             "hemvist_searches_total",

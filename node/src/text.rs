@@ -68,22 +68,39 @@ fn fold_char(c: char, out: &mut String) {
 /// Folded words of `s`: runs of letters and digits; everything else (punctuation, quotes,
 /// operators, control and format characters, combining marks) separates or vanishes.
 pub fn words(s: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut word = String::new();
+    let mut joined = String::new();
+    fold_into(s, &mut joined);
+    joined
+        .split(' ')
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Appends the folded words of `s` to `out`, each followed by one space: the allocation-free
+/// form of [`words`] that the search index stores.
+pub fn fold_into(s: &str, out: &mut String) {
+    let mut in_word = false;
     for c in s.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+            in_word = true;
+            continue;
+        }
         if is_combining(c) {
             continue;
         }
         if c.is_alphanumeric() {
-            fold_char(c, &mut word);
-        } else if !word.is_empty() {
-            out.push(std::mem::take(&mut word));
+            fold_char(c, out);
+            in_word = true;
+        } else if in_word {
+            out.push(' ');
+            in_word = false;
         }
     }
-    if !word.is_empty() {
-        out.push(word);
+    if in_word {
+        out.push(' ');
     }
-    out
 }
 
 /// Combining diacritical marks: dropped, so a decomposed `é` folds like a composed one.

@@ -3,14 +3,16 @@
 //! Invariant: a node can host far more orgs than it can hold open. Only the most recently used
 //! `max_open` tenants have open connections; an idle tenant holds no file handle and no timer.
 //! Each open tenant has one writer connection (so one writer per tenant in this process) and a
-//! small pool of reader connections, so reads go in parallel with each other and with the writer.
+//! small pool of reader connections, so reads go in parallel with each other and with the writer,
+//! and its in-memory search index once someone searches: everything an open tenant holds goes
+//! when it closes, so a replaced or reopened file never meets a stale index.
 
 pub mod schema;
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use hemvist_proto::{HemvistError, OrgId};
@@ -29,10 +31,13 @@ pub struct TenantStore {
 }
 
 pub struct Tenant {
+    org: OrgId,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     path: PathBuf,
     last_used: Mutex<Instant>,
+    /// Built by the first search; see `crate::search`.
+    pub search: RwLock<Option<crate::search::index::Index>>,
 }
 
 fn db_error(org: &OrgId, e: impl std::fmt::Display) -> HemvistError {
@@ -90,7 +95,15 @@ impl TenantStore {
         schema::migrate(&mut conn, now_ms).map_err(|e| db_error(org, format!("migrate: {e}")))
     }
 
-    fn get(&self, org: &OrgId) -> Result<Arc<Tenant>, HemvistError> {
+    /// The tenant if it is open now (counts as a use); never opens a file.
+    pub fn open_tenant(&self, org: &OrgId) -> Option<Arc<Tenant>> {
+        let t = self.lock().get(org).cloned()?;
+        *t.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        Some(t)
+    }
+
+    /// The tenant, opened if it is not open yet.
+    pub fn tenant(&self, org: &OrgId) -> Result<Arc<Tenant>, HemvistError> {
         if let Some(t) = self.lock().get(org) {
             *t.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
             return Ok(t.clone());
@@ -103,10 +116,12 @@ impl TenantStore {
         }
         let writer = open_existing(&path, false).map_err(|e| db_error(org, e))?;
         let tenant = Arc::new(Tenant {
+            org: org.clone(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
             path,
             last_used: Mutex::new(Instant::now()),
+            search: RwLock::new(None),
         });
         self.opens.fetch_add(1, Ordering::Relaxed);
         let mut open = self.lock();
@@ -126,21 +141,7 @@ impl TenantStore {
         org: &OrgId,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, HemvistError> {
-        let tenant = self.get(org)?;
-        let conn = {
-            let mut pool = tenant.readers.lock().unwrap_or_else(|p| p.into_inner());
-            pool.pop()
-        };
-        let conn = match conn {
-            Some(c) => c,
-            None => open_existing(&tenant.path, true).map_err(|e| db_error(org, e))?,
-        };
-        let result = f(&conn).map_err(|e| db_error(org, e));
-        let mut pool = tenant.readers.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < READERS_PER_TENANT {
-            pool.push(conn);
-        }
-        result
+        self.tenant(org)?.read(f)
     }
 
     /// Runs `f` in a write transaction on the tenant's single writer connection. Callers decide
@@ -150,7 +151,7 @@ impl TenantStore {
         org: &OrgId,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, HemvistError> {
-        let tenant = self.get(org)?;
+        let tenant = self.tenant(org)?;
         let mut conn = tenant.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -202,6 +203,29 @@ impl TenantStore {
         }
         std::fs::rename(&path, &dest).map_err(|e| db_error(org, e))?;
         Ok(Some(dest))
+    }
+}
+
+impl Tenant {
+    /// Runs `f` on a read-only connection of this tenant, from its pool or newly opened.
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, HemvistError> {
+        let conn = {
+            let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+            pool.pop()
+        };
+        let conn = match conn {
+            Some(c) => c,
+            None => open_existing(&self.path, true).map_err(|e| db_error(&self.org, e))?,
+        };
+        let result = f(&conn).map_err(|e| db_error(&self.org, e));
+        let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < READERS_PER_TENANT {
+            pool.push(conn);
+        }
+        result
     }
 }
 

@@ -75,9 +75,14 @@ pub async fn search(a: Authed, query: QueryResult) -> Response {
             )
         }
     };
-    let (n, o, q2) = (a.ctx.node.clone(), a.ctx.org.clone(), q.clone());
     let started = std::time::Instant::now();
-    let result = blocking(move || search::search(&n, &o, &q2, page)).await;
+    let result = match search::search_ready(&a.ctx.node, &a.ctx.org, &q, page) {
+        Some(answered) => answered,
+        None => {
+            let (n, o, q2) = (a.ctx.node.clone(), a.ctx.org.clone(), q.clone());
+            blocking(move || search::search(&n, &o, &q2, page)).await
+        }
+    };
     a.ctx.node.metrics.searches.inc();
     a.ctx
         .node
