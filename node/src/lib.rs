@@ -5,6 +5,7 @@
 //! control plane), then the domain ([`routing`], hosting in [`Node`]), then storage
 //! ([`tenants`], [`state`]).
 
+pub mod backup;
 pub mod config;
 pub mod contacts;
 pub mod control_link;

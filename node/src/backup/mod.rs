@@ -1,0 +1,4 @@
+//! Continuous backup of every hosted tenant to the object store of the node's region.
+
+pub mod store;
+pub mod wal;
