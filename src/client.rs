@@ -15,7 +15,7 @@ pub struct Client {
 }
 
 /// Where `hemvist dev` writes what scripts need, to pick the running demo up by default.
-fn dev_json() -> Option<serde_json::Value> {
+pub fn dev_json() -> Option<serde_json::Value> {
     let dir = std::env::var_os("HEMVIST_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(".hemvist"));

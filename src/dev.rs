@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use hemvist_control::{ControlConfig, RegionConfig};
+use hemvist_node::backup::store::BackupConfig;
 use hemvist_node::demo::{self, Locale};
 use hemvist_node::NodeConfig;
 use hemvist_proto::{NodeId, OrgId, RegionId};
@@ -146,6 +147,8 @@ struct NodeJson {
     region: String,
     region_name: String,
     url: String,
+    /// The region's object store, where this node backs up (`hemvist backups` reads it).
+    backup_url: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -253,6 +256,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             capacity: 100_000,
             max_open_tenants: 1_024,
             idle_close_ms: 60_000,
+            // Each region backs up to its own local folder, through the same object_store
+            // code as an S3 bucket.
+            backup: Some(BackupConfig::local(&data.join("objects").join(r.id))),
         };
         write_config(&data, &format!("node-{}-1.toml", r.id), &config)?;
         let running = hemvist_node::start(config, shutdown.clone())
@@ -332,6 +338,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 region: r.id.into(),
                 region_name: r.name.into(),
                 url: running.node.public_url.clone(),
+                backup_url: running.node.config.backup.as_ref().map(|b| b.url.clone()),
             })
             .collect(),
         orgs,

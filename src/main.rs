@@ -1,5 +1,6 @@
 //! `hemvist`: one binary for the control plane, the nodes, the demo and the operator's verbs.
 
+mod backups;
 mod bench;
 mod client;
 mod dev;
@@ -51,6 +52,10 @@ enum Command {
         #[command(subcommand)]
         command: ops::UsersCommand,
     },
+    /// An org's backups: generations, snapshots, the oldest and newest restore point.
+    Backups(backups::BackupsArgs),
+    /// Restore an org's database as it was at a point in time, into a file.
+    Restore(backups::RestoreArgs),
     /// Benchmarks that print a table.
     Bench {
         #[command(subcommand)]
@@ -132,6 +137,8 @@ async fn main() -> std::process::ExitCode {
         Command::Nodes(api) => ops::nodes(&api).await,
         Command::Orgs { command } => ops::orgs(command).await,
         Command::Users { command } => ops::users(command).await,
+        Command::Backups(args) => backups::backups(args).await,
+        Command::Restore(args) => backups::restore(args).await,
         Command::Bench { command } => tokio::task::spawn_blocking(move || bench::run(command))
             .await
             .context("benchmark task")

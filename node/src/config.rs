@@ -32,6 +32,9 @@ pub struct NodeConfig {
     /// A tenant unused for this long has its files closed.
     #[serde(default = "default_idle_close_ms")]
     pub idle_close_ms: u64,
+    /// Continuous backup of every tenant to the region's object store; none if absent.
+    #[serde(default)]
+    pub backup: Option<crate::backup::store::BackupConfig>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -71,6 +74,9 @@ impl NodeConfig {
         }
         if self.max_open_tenants == 0 {
             bail!("max_open_tenants must be at least 1");
+        }
+        if let Some(b) = &self.backup {
+            b.validate()?;
         }
         Ok(())
     }

@@ -50,6 +50,7 @@ pub struct Node {
     pub metrics: metrics::Metrics,
     pub sessions: users::SessionCache,
     pub data_versions: search::DataVersions,
+    pub backup: Option<Arc<backup::replicator::Replicator>>,
 }
 
 /// What the control plane asked this node to host.
@@ -65,8 +66,16 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("create {}", config.data_dir.display()))?;
         let state = NodeState::open(&config.data_dir.join("node.db"))?;
+        let backup = match &config.backup {
+            Some(b) => Some(Arc::new(backup::replicator::Replicator::open(
+                &config.data_dir,
+                b.clone(),
+            )?)),
+            None => None,
+        };
         let tenants = TenantStore::new(&config.data_dir, config.max_open_tenants)?;
         Ok(Node {
+            backup,
             public_url,
             tenants,
             state,
@@ -114,7 +123,13 @@ impl Node {
             }
         }
         failpoints::check("node.host")?;
+        if !self.tenants.exists(&req.org) {
+            self.restore_from_backup(&req.org)?;
+        }
         let schema_version = self.tenants.create(&req.org, now_ms())?;
+        if let Some(b) = &self.backup {
+            b.mark_dirty(&req.org);
+        }
         failpoints::check("node.host.after_create")?;
         let hosted = Hosted {
             generation: req.generation,
@@ -126,6 +141,42 @@ impl Node {
         Ok(hosted)
     }
 
+    /// An org assigned here with no local file: if its region's backups hold it, the newest
+    /// restore point becomes the local file (blocking; runs on the command thread).
+    fn restore_from_backup(&self, org: &OrgId) -> Result<(), HemvistError> {
+        let Some(b) = &self.backup else {
+            return Ok(());
+        };
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| HemvistError::internal("restore needs the runtime"))?;
+        let path = self.tenants.path(org);
+        let restored = handle.block_on(async {
+            let catalog = backup::restore::catalog(&b.store, org).await?;
+            let Some(plan) = catalog.plan(i64::MAX, &[]) else {
+                return Ok::<_, anyhow::Error>(None);
+            };
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let staged = path.with_extension("from-backup");
+            let _ = std::fs::remove_file(&staged);
+            let done = backup::restore::restore(&b.store, &catalog, &plan, &staged).await?;
+            std::fs::rename(&staged, &path)?;
+            Ok(Some(done))
+        });
+        match restored {
+            Ok(Some(r)) => {
+                tracing::info!(%org, generation = r.generation, lsn = r.lsn, time = %backup::format_time(r.time_ms),
+                    "restored tenant from backup");
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(HemvistError::unavailable(format!(
+                "org {org} has no local file and its backup could not be restored: {e:#}"
+            ))),
+        }
+    }
+
     /// Stops hosting an org at `generation` or older; its files go to `trash/`, not away.
     pub fn drop_tenant(&self, org: &OrgId, generation: Generation) -> Result<(), HemvistError> {
         let Some(h) = self.state.hosted(org) else {
@@ -135,6 +186,9 @@ impl Node {
             return Ok(());
         }
         self.state.remove_hosted(org)?;
+        if let Some(b) = &self.backup {
+            b.forget(org)?;
+        }
         let label = format!("g{}-{}", h.generation.get(), now_ms());
         let moved = self.tenants.retire(org, &label)?;
         tracing::info!(%org, generation = %h.generation, to = ?moved, "dropped tenant");
@@ -172,6 +226,9 @@ impl Node {
         self.check_writable(org)?;
         let out = self.tenants.write(org, f)?;
         self.data_versions.bump(org);
+        if let Some(b) = &self.backup {
+            b.mark_dirty(org);
+        }
         Ok(out)
     }
 
@@ -234,6 +291,10 @@ async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let link = tokio::spawn(control_link::run(node.clone(), shutdown.clone()));
+    let backup = node
+        .backup
+        .clone()
+        .map(|b| tokio::spawn(b.run(node.clone(), shutdown.clone())));
     let sweeper = tokio::spawn(close_idle_tenants(node.clone(), shutdown.clone()));
     let app = web::router(node.clone());
     let http = {
@@ -249,6 +310,9 @@ async fn serve(
         let _ = link.await;
         let _ = http.await;
         let _ = sweeper.await;
+        if let Some(b) = backup {
+            let _ = b.await;
+        }
     };
     if tokio::time::timeout(Duration::from_secs(5), drain)
         .await
@@ -294,6 +358,7 @@ mod tests {
             capacity: 10,
             max_open_tenants: 2,
             idle_close_ms: 60_000,
+            backup: None,
         };
         Node::open(config, "http://127.0.0.1:9".into()).unwrap()
     }

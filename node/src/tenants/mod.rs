@@ -23,6 +23,15 @@ use rusqlite::{Connection, OpenFlags};
 /// Readers kept per open tenant; more may be opened under load, only this many are kept.
 const READERS_PER_TENANT: usize = 16;
 
+/// Set when the node backs up: then only the replicator checkpoints, after shipping.
+static CHECKPOINTS_BY_BACKUP: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Hands checkpointing of every tenant opened from now on to the replicator.
+pub fn checkpoints_by_backup() {
+    CHECKPOINTS_BY_BACKUP.store(true, Ordering::Relaxed);
+}
+
 pub struct TenantStore {
     root: PathBuf,
     open: Mutex<LruCache<OrgId, Arc<Tenant>>>,
@@ -161,6 +170,18 @@ impl TenantStore {
         Ok(out)
     }
 
+    /// Runs `f` on the tenant's writer connection, with no transaction: nothing else writes
+    /// while it runs. The replicator ships the last frames and checkpoints this way.
+    pub fn with_writer<T>(
+        &self,
+        org: &OrgId,
+        f: impl FnOnce(&Connection) -> Result<T, HemvistError>,
+    ) -> Result<T, HemvistError> {
+        let tenant = self.tenant(org)?;
+        let conn = tenant.writer.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn)
+    }
+
     /// Closes every tenant unused for `idle`: an idle tenant holds no file handle. Returns how
     /// many were closed.
     pub fn close_idle(&self, idle: Duration) -> usize {
@@ -240,6 +261,16 @@ fn open_existing(path: &Path, reader: bool) -> rusqlite::Result<Connection> {
 
 fn configure(conn: &Connection, reader: bool) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(5))?;
+    // Closing a tenant must not checkpoint: the WAL frames stay until the replicator has
+    // shipped them and checkpoints itself (see `crate::backup`). Nothing but the replicator
+    // checkpoints a tenant when backups are on.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )?;
+    if !reader && CHECKPOINTS_BY_BACKUP.load(Ordering::Relaxed) {
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    }
     conn.create_scalar_function(
         "hv_name_words",
         1,

@@ -1,0 +1,481 @@
+//! The replicator: ships every hosted tenant's new WAL frames to the region's object store.
+//!
+//! Invariants:
+//! - Cost grows with activity, not tenants: a tenant is looked at only after a write marks it
+//!   dirty (or at start, if its WAL holds frames not yet shipped). An idle tenant costs no
+//!   request, no timer and no open file.
+//! - One loop per node, waking every interval, ships the dirty tenants `concurrency` at a time.
+//! - Nothing is checkpointed before it is shipped: tenants' writers never checkpoint on their
+//!   own (`tenants::checkpoints_by_backup`); the replicator checkpoints under the tenant's
+//!   writer lock after shipping the last frames.
+//! - Every object is created with a conditional put under its generation's prefix and never
+//!   overwritten; a node that no longer holds the org's generation ships nothing more for it.
+//! - What was shipped is recorded in `backup.db` after the upload succeeded, so a crash at any
+//!   point ships again (an object that exists already is the same upload) and loses nothing.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use hemvist_proto::{HemvistError, OrgId};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::format::{self, Kind, ObjectName};
+use super::store::BackupConfig;
+use super::wal::{self, WalPos, WalRead};
+use crate::{now_ms, Node};
+
+/// A WAL this long (in frames) is checkpointed once shipped.
+const CHECKPOINT_FRAMES: u64 = 1_000;
+/// At most this much page data goes into one segment.
+const SEGMENT_BYTES: usize = 32 * 1024 * 1024;
+
+/// What was shipped of one tenant, persisted after every successful upload.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Shipped {
+    pub generation: u64,
+    /// The LSN after the last object shipped.
+    pub lsn: u64,
+    pub wal: WalPos,
+    pub page_size: u32,
+    /// Whether this generation has a snapshot yet, and the WAL bytes shipped since the last.
+    pub snapshot_lsn: Option<u64>,
+    pub since_snapshot: u64,
+    pub shipped_ms: i64,
+}
+
+#[derive(Default)]
+pub struct BackupMetrics {
+    pub puts: AtomicU64,
+    pub put_bytes: AtomicU64,
+    pub put_failures: AtomicU64,
+    pub snapshots: AtomicU64,
+    pub segments: AtomicU64,
+    pub checkpoints: AtomicU64,
+    /// The oldest unshipped write among dirty tenants, as of the last pass (ms; 0 = none).
+    pub lag_ms: AtomicU64,
+}
+
+pub struct Replicator {
+    pub store: Arc<dyn ObjectStore>,
+    pub config: BackupConfig,
+    /// Tenants with writes not yet shipped, and when the oldest of them was marked.
+    dirty: Mutex<HashMap<OrgId, i64>>,
+    shipped: Mutex<HashMap<OrgId, Shipped>>,
+    db: Mutex<Connection>,
+    pub metrics: BackupMetrics,
+}
+
+fn internal(e: impl std::fmt::Display) -> HemvistError {
+    HemvistError::internal(format!("backup: {e}"))
+}
+
+impl Replicator {
+    pub fn open(data_dir: &Path, config: BackupConfig) -> anyhow::Result<Self> {
+        let store = config.open()?;
+        let db = Connection::open(data_dir.join("backup.db"))?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS shipped (org TEXT PRIMARY KEY, state TEXT NOT NULL)",
+        )?;
+        let mut shipped = HashMap::new();
+        {
+            let mut stmt = db.prepare("SELECT org, state FROM shipped")?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (org, state) = row?;
+                if let (Ok(org), Ok(state)) = (OrgId::parse(&org), serde_json::from_str(&state)) {
+                    shipped.insert(org, state);
+                }
+            }
+        }
+        crate::tenants::checkpoints_by_backup();
+        Ok(Self {
+            store,
+            config,
+            dirty: Mutex::new(HashMap::new()),
+            shipped: Mutex::new(shipped),
+            db: Mutex::new(db),
+            metrics: BackupMetrics::default(),
+        })
+    }
+
+    /// Called after every committed write (and after hosting): ship this tenant soon.
+    pub fn mark_dirty(&self, org: &OrgId) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        dirty.entry(org.clone()).or_insert_with(now_ms);
+    }
+
+    pub fn shipped(&self, org: &OrgId) -> Option<Shipped> {
+        let s = self.shipped.lock().unwrap_or_else(|p| p.into_inner());
+        s.get(org).cloned()
+    }
+
+    pub fn dirty_count(&self) -> usize {
+        self.dirty.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// At start: every hosted tenant whose WAL holds more than was shipped (or that was never
+    /// shipped in its generation) is dirty. One `stat` per tenant, no file kept open.
+    pub fn scan(&self, node: &Node) {
+        for (org, hosted) in node.state.all_hosted() {
+            let shipped = self.shipped(&org);
+            let stale = match &shipped {
+                None => true,
+                Some(s) if s.generation != hosted.generation.get() => true,
+                Some(s) => {
+                    let wal = wal::wal_path(&node.tenants.path(&org));
+                    let len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+                    let frame = wal::FRAME_HEADER + s.page_size as u64;
+                    let known = if s.wal.salts.is_none() {
+                        0
+                    } else {
+                        wal::HEADER + s.wal.frames * frame
+                    };
+                    len > known && len >= wal::HEADER + frame
+                }
+            };
+            if stale {
+                self.mark_dirty(&org);
+            }
+        }
+    }
+
+    fn persist(&self, org: &OrgId, state: Option<&Shipped>) -> Result<(), HemvistError> {
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        match state {
+            Some(s) => db.execute(
+                "INSERT INTO shipped (org, state) VALUES (?1, ?2)
+                 ON CONFLICT (org) DO UPDATE SET state = excluded.state",
+                rusqlite::params![org.as_str(), serde_json::to_string(s).map_err(internal)?],
+            ),
+            None => db.execute("DELETE FROM shipped WHERE org = ?1", [org.as_str()]),
+        }
+        .map_err(internal)?;
+        let mut shipped = self.shipped.lock().unwrap_or_else(|p| p.into_inner());
+        match state {
+            Some(s) => shipped.insert(org.clone(), s.clone()),
+            None => shipped.remove(org),
+        };
+        Ok(())
+    }
+
+    /// Creates an object; one that exists already is this same upload retried.
+    async fn put(&self, name: &ObjectName, bytes: Vec<u8>) -> Result<(), HemvistError> {
+        let key = ObjectPath::from(name.key());
+        let len = bytes.len() as u64;
+        let payload = PutPayload::from(Bytes::from(bytes));
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            match self.store.put_opts(&key, payload.clone(), opts).await {
+                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {
+                    self.metrics.puts.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.put_bytes.fetch_add(len, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.metrics.put_failures.fetch_add(1, Ordering::Relaxed);
+                    if delay > Duration::from_secs(8) {
+                        return Err(HemvistError::unavailable(format!(
+                            "backup: upload of {} failed: {e}",
+                            name.key()
+                        )));
+                    }
+                    tracing::warn!(key = %name.key(), error = %e, "backup upload failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+    }
+
+    /// Ships what one tenant has not shipped yet. `Ok(true)`: more remains (ship again).
+    pub async fn ship(&self, node: &Arc<Node>, org: &OrgId) -> Result<bool, HemvistError> {
+        let Some(hosted) = node.state.hosted(org) else {
+            self.persist(org, None)?;
+            return Ok(false);
+        };
+        if node
+            .state
+            .placement(org)
+            .is_some_and(|p| p.generation > hosted.generation)
+        {
+            // Fenced: the org belongs to a newer generation elsewhere; ship nothing more.
+            return Ok(false);
+        }
+        let generation = hosted.generation.get();
+        let current = self.shipped(org).filter(|s| s.generation == generation);
+        let needs_snapshot = match &current {
+            None => true,
+            Some(s) => {
+                s.snapshot_lsn.is_none() || s.since_snapshot >= self.config.snapshot_after_bytes
+            }
+        };
+        if needs_snapshot {
+            self.snapshot(node, org, generation, current.as_ref())
+                .await?;
+            return Ok(false);
+        }
+        let Some(state) = current else {
+            return Ok(false);
+        };
+        let wal_path = wal::wal_path(&node.tenants.path(org));
+        let from = state.wal;
+        let read = tokio::task::spawn_blocking(move || {
+            wal::read_since(&wal_path, Some(&from), SEGMENT_BYTES)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        match read {
+            WalRead::Nothing => {
+                self.maybe_checkpoint(node, org, &state).await?;
+                Ok(false)
+            }
+            WalRead::Restarted => {
+                // Frames may have been checkpointed unseen: a snapshot covers whatever they were.
+                tracing::warn!(%org, "WAL restarted outside the replicator; taking a snapshot");
+                self.snapshot(node, org, generation, Some(&state)).await?;
+                Ok(false)
+            }
+            WalRead::Read { changes, next } => {
+                let name = ObjectName {
+                    org: org.clone(),
+                    generation,
+                    kind: Kind::Segment,
+                    start: state.lsn,
+                    end: state.lsn + changes.frames,
+                    time_ms: now_ms(),
+                };
+                let size = changes.pages.len() as u64 * changes.page_size as u64;
+                let more = size as usize >= SEGMENT_BYTES;
+                let bytes = tokio::task::spawn_blocking({
+                    let name = name.clone();
+                    move || {
+                        format::encode_segment(
+                            &name,
+                            changes.page_size,
+                            changes.db_pages,
+                            &changes.pages,
+                        )
+                    }
+                })
+                .await
+                .map_err(internal)?;
+                self.put(&name, bytes).await?;
+                self.metrics.segments.fetch_add(1, Ordering::Relaxed);
+                let shipped = Shipped {
+                    lsn: name.end,
+                    wal: next,
+                    since_snapshot: state.since_snapshot + size,
+                    shipped_ms: name.time_ms,
+                    ..state
+                };
+                self.persist(org, Some(&shipped))?;
+                if !more {
+                    self.maybe_checkpoint(node, org, &shipped).await?;
+                }
+                Ok(more)
+            }
+        }
+    }
+
+    /// Once the WAL is long, ship its last frames and checkpoint it, under the writer lock.
+    async fn maybe_checkpoint(
+        &self,
+        node: &Arc<Node>,
+        org: &OrgId,
+        state: &Shipped,
+    ) -> Result<(), HemvistError> {
+        if state.wal.frames < CHECKPOINT_FRAMES {
+            return Ok(());
+        }
+        let (n, o, me) = (node.clone(), org.clone(), state.clone());
+        let rt = tokio::runtime::Handle::current();
+        // The upload under the lock is rare (once per CHECKPOINT_FRAMES frames) and short.
+        tokio::task::block_in_place(|| {
+            n.tenants.with_writer(&o, |conn| {
+                let wal_path = wal::wal_path(&n.tenants.path(&o));
+                let mut state = me.clone();
+                if let WalRead::Read { changes, next } =
+                    wal::read_since(&wal_path, Some(&state.wal), usize::MAX).map_err(internal)?
+                {
+                    let name = ObjectName {
+                        org: o.clone(),
+                        generation: state.generation,
+                        kind: Kind::Segment,
+                        start: state.lsn,
+                        end: state.lsn + changes.frames,
+                        time_ms: now_ms(),
+                    };
+                    let bytes = format::encode_segment(
+                        &name,
+                        changes.page_size,
+                        changes.db_pages,
+                        &changes.pages,
+                    );
+                    rt.block_on(self.put(&name, bytes))?;
+                    self.metrics.segments.fetch_add(1, Ordering::Relaxed);
+                    state.lsn = name.end;
+                    state.wal = next;
+                    state.since_snapshot += changes.pages.len() as u64 * changes.page_size as u64;
+                    state.shipped_ms = name.time_ms;
+                    self.persist(&o, Some(&state))?;
+                }
+                let (busy, _, _): (i64, i64, i64) = conn
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .map_err(internal)?;
+                if busy == 0 {
+                    state.wal = WalPos::default();
+                    self.persist(&o, Some(&state))?;
+                    self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        })
+    }
+
+    /// Checkpoints the tenant (so its file is the whole database) and uploads the file as the
+    /// generation's next snapshot. Writes go on meanwhile: they only append to the WAL, and
+    /// nothing but this task checkpoints.
+    async fn snapshot(
+        &self,
+        node: &Arc<Node>,
+        org: &OrgId,
+        generation: u64,
+        state: Option<&Shipped>,
+    ) -> Result<(), HemvistError> {
+        let (n, o) = (node.clone(), org.clone());
+        tokio::task::block_in_place(|| {
+            n.tenants.with_writer(&o, |conn| {
+                let (busy, _, _): (i64, i64, i64) = conn
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .map_err(internal)?;
+                if busy != 0 {
+                    return Err(HemvistError::unavailable(
+                        "backup: checkpoint is busy; will retry",
+                    ));
+                }
+                Ok(())
+            })
+        })?;
+        self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
+        let path = node.tenants.path(org);
+        let lsn = state.map_or(0, |s| s.lsn + 1);
+        let name = ObjectName {
+            org: org.clone(),
+            generation,
+            kind: Kind::Snapshot,
+            start: lsn,
+            end: lsn,
+            time_ms: now_ms(),
+        };
+        let (bytes, page_size) = tokio::task::spawn_blocking({
+            let name = name.clone();
+            move || -> Result<(Vec<u8>, u32), HemvistError> {
+                let db = std::fs::read(&path).map_err(internal)?;
+                let page_size = if db.len() >= 18 {
+                    match u16::from_be_bytes([db[16], db[17]]) {
+                        1 => 65536,
+                        n => n as u32,
+                    }
+                } else {
+                    4096
+                };
+                Ok((format::encode_snapshot(&name, page_size, &db), page_size))
+            }
+        })
+        .await
+        .map_err(internal)??;
+        self.put(&name, bytes).await?;
+        self.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+        let shipped = Shipped {
+            generation,
+            lsn,
+            wal: WalPos::default(),
+            page_size,
+            snapshot_lsn: Some(lsn),
+            since_snapshot: 0,
+            shipped_ms: name.time_ms,
+        };
+        self.persist(org, Some(&shipped))
+    }
+
+    /// One pass: every dirty tenant shipped, `concurrency` at a time. Failures stay dirty.
+    pub async fn pass(&self, node: &Arc<Node>) {
+        let batch: Vec<(OrgId, i64)> = {
+            let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+            dirty.drain().collect()
+        };
+        let oldest = batch.iter().map(|b| b.1).min();
+        self.metrics.lag_ms.store(
+            oldest.map_or(0, |t| (now_ms() - t).max(0) as u64),
+            Ordering::Relaxed,
+        );
+        let again: Vec<(OrgId, i64)> = futures::stream::iter(batch)
+            .map(|(org, since)| async move {
+                match self.ship(node, &org).await {
+                    Ok(false) => None,
+                    Ok(true) => Some((org, since)),
+                    Err(e) => {
+                        tracing::warn!(%org, error = %e, "backup of tenant failed; will retry");
+                        Some((org, since))
+                    }
+                }
+            })
+            .buffer_unordered(self.config.concurrency)
+            .filter_map(|x| async move { x })
+            .collect()
+            .await;
+        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        for (org, since) in again {
+            let at = dirty.entry(org).or_insert(since);
+            *at = (*at).min(since);
+        }
+    }
+
+    /// Runs passes every interval until cancelled, then one last pass.
+    pub async fn run(self: Arc<Self>, node: Arc<Node>, stop: CancellationToken) {
+        self.scan(&node);
+        let interval = Duration::from_millis(self.config.interval_ms);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            if self.dirty_count() > 0 {
+                self.pass(&node).await;
+            }
+        }
+        if self.dirty_count() > 0 {
+            self.pass(&node).await;
+        }
+    }
+
+    /// Forgets an org this node no longer hosts.
+    pub fn forget(&self, org: &OrgId) -> Result<(), HemvistError> {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(org);
+        self.persist(org, None)
+    }
+}
