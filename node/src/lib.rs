@@ -254,6 +254,7 @@ impl Node {
                 .data_versions
                 .index_catch_ups
                 .load(std::sync::atomic::Ordering::Relaxed),
+            backup: self.backup.clone(),
         }
     }
 }

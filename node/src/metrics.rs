@@ -45,6 +45,7 @@ pub struct Gauges {
     pub tenant_evictions: u64,
     pub search_index_builds: u64,
     pub search_index_catch_ups: u64,
+    pub backup: Option<std::sync::Arc<crate::backup::replicator::Replicator>>,
 }
 
 impl Metrics {
@@ -190,6 +191,9 @@ impl Metrics {
              hemvist_search_seconds_total {:.6}",
             self.search_micros.get() as f64 / 1e6
         );
+        if let Some(b) = &g.backup {
+            out.push_str(&b.render());
+        }
         out
     }
 }

@@ -75,6 +75,8 @@ pub struct Cluster {
     pub nodes: BTreeMap<String, NodeProc>,
     http: reqwest::blocking::Client,
     starts: u32,
+    /// Appended to every node's config.
+    node_extra: String,
 }
 
 fn spawn(args: &[&str], log: &Path, env: &[(&str, &str)]) -> Proc {
@@ -133,6 +135,15 @@ impl Cluster {
     }
 
     pub fn start_with_geoip(regions: &[Region], geoip: Option<PathBuf>) -> Cluster {
+        Self::start_with(regions, geoip, "")
+    }
+
+    /// As `start`, with `node_extra` appended to every node's config (a `[backup]` section).
+    pub fn start_with_node_config(regions: &[Region], node_extra: &str) -> Cluster {
+        Self::start_with(regions, Some(npm_geoip()), node_extra)
+    }
+
+    fn start_with(regions: &[Region], geoip: Option<PathBuf>, node_extra: &str) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("hemvist-test-")
             .tempdir()
@@ -170,6 +181,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             http,
             starts: 0,
+            node_extra: node_extra.to_string(),
         };
         cluster.start_control();
         for r in regions {
@@ -238,9 +250,10 @@ impl Cluster {
             format!(
                 "id = \"{id}\"\nregion = \"{region}\"\ncontrol_url = \"http://{}\"\n\
                  join_token = \"{join_token}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
-                 max_open_tenants = 4\nidle_close_ms = 1000\n",
+                 max_open_tenants = 4\nidle_close_ms = 1000\n{}",
                 self.grpc,
-                data.display().to_string()
+                data.display().to_string(),
+                self.node_extra
             ),
         )
         .unwrap();
@@ -281,6 +294,11 @@ impl Cluster {
             .find(|n| n.region == region)
             .map(|n| n.id.clone())
             .unwrap_or_else(|| panic!("no node in {region}"))
+    }
+
+    /// The node's data folder (its tenants and its own state).
+    pub fn node_data(&self, region: &str) -> PathBuf {
+        self.dir.path().join("nodes").join(self.node_id_in(region))
     }
 
     pub fn kill_node(&mut self, region: &str) {

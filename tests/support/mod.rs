@@ -1,4 +1,5 @@
 #![allow(dead_code)]
 pub mod cluster;
 pub mod mmdb;
+pub mod s3;
 pub mod session;

@@ -64,6 +64,71 @@ pub struct BackupMetrics {
     pub lag_ms: AtomicU64,
 }
 
+impl Replicator {
+    /// The replicator's lines of the node's Prometheus metrics.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let m = &self.metrics;
+        let mut out = String::new();
+        let mut line = |name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        };
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        line(
+            "hemvist_backup_puts_total",
+            "counter",
+            "Objects uploaded.",
+            get(&m.puts),
+        );
+        line(
+            "hemvist_backup_put_bytes_total",
+            "counter",
+            "Bytes uploaded.",
+            get(&m.put_bytes),
+        );
+        line(
+            "hemvist_backup_put_failures_total",
+            "counter",
+            "Uploads that failed (and were retried).",
+            get(&m.put_failures),
+        );
+        line(
+            "hemvist_backup_snapshots_total",
+            "counter",
+            "Snapshots uploaded.",
+            get(&m.snapshots),
+        );
+        line(
+            "hemvist_backup_segments_total",
+            "counter",
+            "WAL segments uploaded.",
+            get(&m.segments),
+        );
+        line(
+            "hemvist_backup_checkpoints_total",
+            "counter",
+            "Checkpoints after shipping.",
+            get(&m.checkpoints),
+        );
+        line(
+            "hemvist_backup_dirty_tenants",
+            "gauge",
+            "Tenants with writes not yet shipped.",
+            self.dirty_count() as u64,
+        );
+        line(
+            "hemvist_backup_lag_ms",
+            "gauge",
+            "Age of the oldest unshipped write at the last pass.",
+            get(&m.lag_ms),
+        );
+        out
+    }
+}
+
 pub struct Replicator {
     pub store: Arc<dyn ObjectStore>,
     pub config: BackupConfig,
@@ -379,7 +444,24 @@ impl Replicator {
         })?;
         self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
         let path = node.tenants.path(org);
-        let lsn = state.map_or(0, |s| s.lsn + 1);
+        let lsn = match state {
+            Some(s) => s.lsn + 1,
+            // Nothing recorded for this generation here (a first ship, a restored tenant, or a
+            // lost backup.db): continue above whatever the store already holds for it, so two
+            // histories never share an LSN.
+            None => {
+                let catalog = super::restore::catalog(&self.store, org)
+                    .await
+                    .map_err(|e| HemvistError::unavailable(format!("backup: {e:#}")))?;
+                catalog
+                    .objects
+                    .iter()
+                    .filter(|(n, _)| n.generation == generation)
+                    .map(|(n, _)| n.end + 1)
+                    .max()
+                    .unwrap_or(0)
+            }
+        };
         let name = ObjectName {
             org: org.clone(),
             generation,
