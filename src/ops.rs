@@ -205,6 +205,26 @@ pub async fn nodes(api: &ApiArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The org's backup position as `orgs show` prints it.
+fn backup_line(org: &Value) -> String {
+    let r = &org["replication"];
+    if r.is_null() {
+        return "no position reported (backups off, or nothing written yet)".into();
+    }
+    let shipped = r["shipped_ms"].as_i64().unwrap_or(0);
+    format!(
+        "generation {} LSN {} shipped {}, lag {:.1} s",
+        s(r, "generation"),
+        s(r, "lsn"),
+        if shipped > 0 {
+            hemvist_node::backup::format_time(shipped)
+        } else {
+            "never".into()
+        },
+        org["replication_lag_ms"].as_i64().unwrap_or(0) as f64 / 1000.0
+    )
+}
+
 pub async fn orgs(command: OrgsCommand) -> anyhow::Result<()> {
     match command {
         OrgsCommand::Create {
@@ -351,6 +371,7 @@ pub async fn orgs(command: OrgsCommand) -> anyhow::Result<()> {
                     },
                 ),
                 ("placed because", s(&org, "placement_reason")),
+                ("backup", backup_line(&org)),
             ];
             for (k, v) in rows {
                 println!("{k:<16}{v}");

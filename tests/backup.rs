@@ -5,6 +5,7 @@
 mod support;
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -298,9 +299,8 @@ fn store_faults_are_retried_without_loss_and_idle_tenants_cost_no_requests() {
     );
 
     // A store that hangs never stalls serving: writes are acknowledged while uploads wait.
-    s3.faults
-        .delay_ms
-        .store(4_000, std::sync::atomic::Ordering::SeqCst);
+    let delay = |ms: u64| s3.faults.delay_ms.store(ms, Ordering::SeqCst);
+    delay(5_000);
     let started = Instant::now();
     add_contact(&u, "While Stalled");
     written.push("While Stalled".into());
@@ -308,10 +308,22 @@ fn store_faults_are_retried_without_loss_and_idle_tenants_cost_no_requests() {
         started.elapsed() < Duration::from_secs(3),
         "a write waited for the object store"
     );
-    s3.faults
-        .delay_ms
-        .store(0, std::sync::atomic::Ordering::SeqCst);
+    // ... and the lag grows where operators look: `orgs show` and the control plane's metrics.
+    let shown = |c: &Cluster| -> Option<Value> {
+        let (ok, out, _) = c.cli(&["orgs", "show", "fika", "--json"]);
+        ok.then(|| serde_json::from_str(&out).ok()).flatten()
+    };
+    c.wait_for("the lag to show", || {
+        (shown(&c)?["replication_lag_ms"].as_i64()? >= 1_000).then_some(())
+    });
+    assert!(c.metric(&c.control_url(), "hemvist_replication_lag_max_ms") >= 1_000);
+    delay(0);
     wait_shipped(&c);
+    c.wait_for("the lag to clear", || {
+        let s = shown(&c)?;
+        (s["replication_lag_ms"].as_i64()? == 0 && s["replication"]["lsn"].as_u64()? > 0)
+            .then_some(())
+    });
 
     let dir = tempfile::tempdir().unwrap();
     let restored = restore(&c, &s3, "fika", "now", &dir.path().join("f.db")).unwrap();

@@ -229,7 +229,10 @@ async fn verify_audit(State(control): State<Arc<Control>>) -> Result<impl IntoRe
 async fn metrics(State(control): State<Arc<Control>>) -> Result<Response, ApiError> {
     let text = blocking(&control, |c| {
         let nodes = c.node_loads()?;
+        let (lag, behind) = c.replication.summary();
         Ok(c.metrics.render(&Gauges {
+            replication_lag_max_ms: lag.max(0) as u64,
+            replication_behind: behind,
             orgs: c.store.count_orgs()?,
             nodes_known: nodes.len() as u64,
             nodes_healthy: nodes.iter().filter(|n| n.healthy).count() as u64,

@@ -14,6 +14,7 @@ pub mod orgs;
 pub mod persistence;
 pub mod placement;
 pub mod reconciler;
+pub mod replication;
 pub mod residency;
 pub mod users;
 
@@ -37,6 +38,7 @@ pub struct Control {
     pub hub: hub::Hub,
     pub geoip: Option<geoip::GeoIp>,
     pub metrics: metrics::Metrics,
+    pub replication: replication::Replication,
     pub wake_reconciler: Notify,
     pub shutdown: CancellationToken,
     sent: Mutex<HashSet<(u64, String)>>,
@@ -67,6 +69,7 @@ impl Control {
             hub: hub::Hub::default(),
             geoip,
             metrics: metrics::Metrics::default(),
+            replication: replication::Replication::default(),
             wake_reconciler: Notify::new(),
             shutdown,
             sent: Mutex::new(HashSet::new()),

@@ -29,6 +29,8 @@ pub struct Gauges {
     pub nodes_known: u64,
     pub nodes_healthy: u64,
     pub commands_open: u64,
+    pub replication_lag_max_ms: u64,
+    pub replication_behind: u64,
 }
 
 impl Metrics {
@@ -40,6 +42,18 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
             );
         };
+        line(
+            "hemvist_replication_lag_max_ms",
+            "gauge",
+            "The largest backup lag any node reports for an org (oldest unshipped write).",
+            g.replication_lag_max_ms,
+        );
+        line(
+            "hemvist_replication_orgs_behind",
+            "gauge",
+            "Orgs whose oldest unshipped write is more than 5 s old.",
+            g.replication_behind,
+        );
         line(
             "hemvist_control_up",
             "gauge",

@@ -219,6 +219,24 @@ async fn handle(
     match m.body {
         Some(In::Heartbeat(h)) => {
             control.hub.renew(node, epoch, control.lease());
+            let now = crate::persistence::now_ms();
+            for r in h.replication {
+                let Ok(org) = OrgId::parse(&r.org) else {
+                    continue;
+                };
+                control.replication.report(
+                    org,
+                    crate::replication::ReplicationView {
+                        node: node.clone(),
+                        generation: r.generation,
+                        lsn: r.lsn,
+                        shipped_ms: r.shipped_ms,
+                        unshipped_since_ms: (r.unshipped_since_ms > 0)
+                            .then_some(r.unshipped_since_ms),
+                        reported_ms: now,
+                    },
+                );
+            }
             control.hub.send(
                 node,
                 Out::HeartbeatAck(pb::HeartbeatAck {

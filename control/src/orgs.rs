@@ -53,6 +53,9 @@ pub struct OrgDetail {
     #[serde(flatten)]
     pub org: OrgView,
     pub observed: Vec<ObservedRecord>,
+    /// The backup position its node last reported, and the lag now (ms).
+    pub replication: Option<crate::replication::ReplicationView>,
+    pub replication_lag_ms: Option<i64>,
     pub commands: Vec<CommandRecord>,
     pub audit: Vec<serde_json::Value>,
 }
@@ -277,7 +280,12 @@ impl Control {
             .store
             .org(&id)?
             .ok_or_else(|| HemvistError::not_found(format!("no org {id}")))?;
+        let replication = self.replication.get(&id);
         Ok(OrgDetail {
+            replication_lag_ms: replication
+                .as_ref()
+                .map(|r| r.lag_ms(crate::persistence::now_ms())),
+            replication,
             observed: self.store.observed_for_org(&id)?,
             commands: self.store.commands_for_org(&id)?,
             audit: self.store.audit_for_org(&id)?,

@@ -59,6 +59,23 @@ fn out(body: Out) -> pb::NodeMessage {
     pb::NodeMessage { body: Some(body) }
 }
 
+/// The backup positions that changed since the last heartbeat.
+fn replication_changes(node: &Node) -> Vec<pb::Replication> {
+    let Some(b) = &node.backup else {
+        return Vec::new();
+    };
+    b.take_changes()
+        .into_iter()
+        .map(|(org, shipped, unshipped_since)| pb::Replication {
+            org: org.to_string(),
+            generation: shipped.as_ref().map_or(0, |s| s.generation),
+            lsn: shipped.as_ref().map_or(0, |s| s.lsn),
+            shipped_ms: shipped.as_ref().map_or(0, |s| s.shipped_ms),
+            unshipped_since_ms: unshipped_since.unwrap_or(0),
+        })
+        .collect()
+}
+
 fn state_report(node: &Node) -> pb::StateReport {
     pb::StateReport {
         tenants: node
@@ -142,7 +159,8 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
                 seq += 1;
                 in_flight.insert(seq, Instant::now());
                 in_flight.retain(|s, _| *s + 60 > seq);
-                if tx.send(out(Out::Heartbeat(pb::Heartbeat { seq }))).await.is_err() {
+                let replication = replication_changes(node);
+                if tx.send(out(Out::Heartbeat(pb::Heartbeat { seq, replication }))).await.is_err() {
                     break Err(tonic::Status::unavailable("outbound stream closed"));
                 }
             }
@@ -155,6 +173,9 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
                         heartbeat = tokio::time::interval(every);
                         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                         tracing::info!(control = %node.config.control_url, "registered with the control plane");
+                        if let Some(b) = &node.backup {
+                            b.report_all();
+                        }
                     }
                     In::HeartbeatAck(ack) => {
                         if let Some(sent) = in_flight.remove(&ack.seq) {

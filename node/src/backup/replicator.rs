@@ -129,12 +129,22 @@ impl Replicator {
     }
 }
 
+/// A tenant with writes not yet shipped: since when, and a counter bumped by every write, so a
+/// pass knows whether writes came in while it shipped (then the tenant stays dirty).
+#[derive(Debug, Clone, Copy)]
+struct Dirty {
+    since: i64,
+    writes: u64,
+}
+
 pub struct Replicator {
     pub store: Arc<dyn ObjectStore>,
     pub config: BackupConfig,
     /// Tenants with writes not yet shipped, and when the oldest of them was marked.
-    dirty: Mutex<HashMap<OrgId, i64>>,
+    dirty: Mutex<HashMap<OrgId, Dirty>>,
     shipped: Mutex<HashMap<OrgId, Shipped>>,
+    /// Orgs whose position changed since the control plane was last told.
+    changed: Mutex<std::collections::HashSet<OrgId>>,
     db: Mutex<Connection>,
     pub metrics: BackupMetrics,
 }
@@ -170,6 +180,7 @@ impl Replicator {
             config,
             dirty: Mutex::new(HashMap::new()),
             shipped: Mutex::new(shipped),
+            changed: Mutex::new(Default::default()),
             db: Mutex::new(db),
             metrics: BackupMetrics::default(),
         })
@@ -178,7 +189,64 @@ impl Replicator {
     /// Called after every committed write (and after hosting): ship this tenant soon.
     pub fn mark_dirty(&self, org: &OrgId) {
         let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-        dirty.entry(org.clone()).or_insert_with(now_ms);
+        match dirty.get_mut(org) {
+            Some(d) => d.writes += 1,
+            None => {
+                dirty.insert(
+                    org.clone(),
+                    Dirty {
+                        since: now_ms(),
+                        writes: 1,
+                    },
+                );
+                drop(dirty);
+                self.note_changed(org);
+            }
+        }
+    }
+
+    fn note_changed(&self, org: &OrgId) {
+        let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
+        changed.insert(org.clone());
+    }
+
+    /// Every org's position is reported again (a new session with the control plane).
+    pub fn report_all(&self) {
+        let orgs: Vec<OrgId> = self
+            .shipped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
+        changed.extend(orgs);
+        changed.extend(
+            self.dirty
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned(),
+        );
+    }
+
+    /// The positions that changed since the last call: (org, shipped, oldest unshipped write).
+    pub fn take_changes(&self) -> Vec<(OrgId, Option<Shipped>, Option<i64>)> {
+        let orgs: Vec<OrgId> = self
+            .changed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        let dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        let shipped = self.shipped.lock().unwrap_or_else(|p| p.into_inner());
+        orgs.into_iter()
+            .map(|o| {
+                let s = shipped.get(&o).cloned();
+                let d = dirty.get(&o).map(|d| d.since);
+                (o, s, d)
+            })
+            .collect()
     }
 
     pub fn shipped(&self, org: &OrgId) -> Option<Shipped> {
@@ -232,6 +300,8 @@ impl Replicator {
             Some(s) => shipped.insert(org.clone(), s.clone()),
             None => shipped.remove(org),
         };
+        drop(shipped);
+        self.note_changed(org);
         Ok(())
     }
 
@@ -501,36 +571,53 @@ impl Replicator {
         self.persist(org, Some(&shipped))
     }
 
-    /// One pass: every dirty tenant shipped, `concurrency` at a time. Failures stay dirty.
+    /// One pass: every dirty tenant shipped, `concurrency` at a time. A tenant stays dirty
+    /// (and its lag keeps counting) until what it had is in the store: while its upload is in
+    /// flight, after a failure, and when writes came in meanwhile.
     pub async fn pass(&self, node: &Arc<Node>) {
-        let batch: Vec<(OrgId, i64)> = {
-            let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-            dirty.drain().collect()
+        let started = now_ms();
+        let batch: Vec<(OrgId, Dirty)> = {
+            let dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+            dirty.iter().map(|(o, d)| (o.clone(), *d)).collect()
         };
-        let oldest = batch.iter().map(|b| b.1).min();
+        let oldest = batch.iter().map(|b| b.1.since).min();
         self.metrics.lag_ms.store(
-            oldest.map_or(0, |t| (now_ms() - t).max(0) as u64),
+            oldest.map_or(0, |t| (started - t).max(0) as u64),
             Ordering::Relaxed,
         );
-        let again: Vec<(OrgId, i64)> = futures::stream::iter(batch)
-            .map(|(org, since)| async move {
-                match self.ship(node, &org).await {
-                    Ok(false) => None,
-                    Ok(true) => Some((org, since)),
+        let outcomes: Vec<(OrgId, Dirty, bool)> = futures::stream::iter(batch)
+            .map(|(org, seen)| async move {
+                let done = match self.ship(node, &org).await {
+                    Ok(more) => !more,
                     Err(e) => {
                         tracing::warn!(%org, error = %e, "backup of tenant failed; will retry");
-                        Some((org, since))
+                        false
                     }
-                }
+                };
+                (org, seen, done)
             })
             .buffer_unordered(self.config.concurrency)
-            .filter_map(|x| async move { x })
             .collect()
             .await;
         let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-        for (org, since) in again {
-            let at = dirty.entry(org).or_insert(since);
-            *at = (*at).min(since);
+        let mut cleared = Vec::new();
+        for (org, seen, done) in outcomes {
+            if !done {
+                continue;
+            }
+            match dirty.get_mut(&org) {
+                Some(now) if now.writes == seen.writes => {
+                    dirty.remove(&org);
+                    cleared.push(org);
+                }
+                // Written while shipping: what is left is no older than this pass.
+                Some(now) => now.since = now.since.max(started),
+                None => {}
+            }
+        }
+        drop(dirty);
+        for org in cleared {
+            self.note_changed(&org);
         }
     }
 

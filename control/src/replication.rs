@@ -1,0 +1,64 @@
+//! What the control plane knows of every org's backups: the position each node last reported
+//! (only changes are reported, with heartbeats) and the lag that follows from it. Kept in memory:
+//! a node reports every position again on each new session, so a restarted control plane
+//! learns it all back within a heartbeat.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use hemvist_proto::{NodeId, OrgId};
+use serde::Serialize;
+
+use crate::persistence::now_ms;
+
+/// An org is "behind" when its oldest unshipped write is older than this.
+pub const BEHIND_MS: i64 = 5_000;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicationView {
+    pub node: NodeId,
+    pub generation: u64,
+    /// The LSN after the last object shipped, and when it was shipped.
+    pub lsn: u64,
+    pub shipped_ms: i64,
+    /// The oldest write not yet in object storage, if any.
+    pub unshipped_since_ms: Option<i64>,
+    pub reported_ms: i64,
+}
+
+impl ReplicationView {
+    /// How far behind the object store is now: 0 when everything is shipped.
+    pub fn lag_ms(&self, now: i64) -> i64 {
+        self.unshipped_since_ms.map_or(0, |t| (now - t).max(0))
+    }
+}
+
+#[derive(Default)]
+pub struct Replication {
+    orgs: Mutex<HashMap<OrgId, ReplicationView>>,
+}
+
+impl Replication {
+    pub fn report(&self, org: OrgId, view: ReplicationView) {
+        let mut orgs = self.orgs.lock().unwrap_or_else(|p| p.into_inner());
+        orgs.insert(org, view);
+    }
+
+    pub fn get(&self, org: &OrgId) -> Option<ReplicationView> {
+        self.orgs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(org)
+            .cloned()
+    }
+
+    /// (largest lag, orgs behind by more than [`BEHIND_MS`]).
+    pub fn summary(&self) -> (i64, u64) {
+        let now = now_ms();
+        let orgs = self.orgs.lock().unwrap_or_else(|p| p.into_inner());
+        let lags = orgs.values().map(|v| v.lag_ms(now));
+        lags.fold((0, 0), |(max, behind), lag| {
+            (max.max(lag), behind + u64::from(lag > BEHIND_MS))
+        })
+    }
+}
