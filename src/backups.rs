@@ -50,6 +50,10 @@ pub struct RestoreArgs {
     /// Where to write the restored database (must not exist). Default: ORG-TIME.db here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Use only what the org's index objects list, not a scan of the newest packs: shows
+    /// whether the indexes alone reach the newest point.
+    #[arg(long)]
+    pub indexes_only: bool,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -142,7 +146,10 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let org = OrgId::parse(&args.org)?;
     let at = parse_time(&args.at).map_err(anyhow::Error::msg)?;
     let store = open_store(&org, &args.store).await?;
-    let catalog: Catalog = restore::catalog(&store, &org).await?;
+    let catalog: Catalog = restore::catalog_with(&store, &org, !args.indexes_only).await?;
+    for w in &catalog.warnings {
+        eprintln!("warning: {w}");
+    }
     let Some(plan) = catalog.plan(at, &[]) else {
         bail!(
             "no restore point of {org} at or before {}: see `hemvist backups {org}`",

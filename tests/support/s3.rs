@@ -151,7 +151,7 @@ impl S3 {
         format!(
             "\n[backup]\nurl = \"s3://{BUCKET}/hemvist\"\nendpoint = \"{}\"\n\
              access_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n\
-             interval_ms = {interval_ms}\n",
+             interval_ms = {interval_ms}\nindex_every_ms = 1000\n",
             self.endpoint
         )
     }
@@ -172,7 +172,10 @@ impl S3 {
         }
         let mut out = Vec::new();
         walk(&self.bucket_dir.join(prefix), &mut out);
-        out.retain(|p| p.extension().is_some_and(|e| e == "hvb"));
+        out.retain(|p| {
+            p.extension()
+                .is_some_and(|e| e == "hvb" || e == "hvp" || e == "hvi")
+        });
         out.sort();
         out
     }

@@ -14,6 +14,21 @@
 //!
 //! An object is `header | body | sha256(header | body)`; the body is LZ4-compressed: the
 //! database file for a snapshot, `(page number u32, page)` pairs for a segment.
+//!
+//! Packs: the small segments of every tenant shipped in one pass go into one object per node,
+//! so a node makes one request per interval however many tenants wrote:
+//!
+//! ```text
+//! packs/{node}/{time_ms:013}-{seq:08x}-{index_len:08x}.hvp   segments... | index | sha256(index)
+//! tenants/{org}/g{generation:010}/idx/{start:016x}-{end:016x}-{time_ms:013}.hvi
+//! ```
+//!
+//! Each segment inside a pack is byte for byte what it would be as its own object, so it is
+//! verified the same way. A pack's index (JSON: each segment's name, offset and length) is at
+//! its end and its length is in its key, so one ranged GET reads it. Every tenant's packed
+//! segments are listed, within about a minute, in an index object under the tenant's own prefix
+//! (one small PUT per active tenant per minute); a restore reads those, and scans only the packs
+//! newer than that minute.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +43,8 @@ const HEADER_LEN: usize = 4 + 4 + 4 + 4 + 8 + 8 + 8 + 8;
 pub enum Kind {
     Snapshot,
     Segment,
+    /// Where a tenant's packed segments from `start` to `end` are.
+    Index,
 }
 
 /// Where an object sits in a tenant's history, parsed from its key.
@@ -56,6 +73,10 @@ impl ObjectName {
                 "{g}/wal/{:016x}-{:016x}-{:013}.hvb",
                 self.start, self.end, self.time_ms
             ),
+            Kind::Index => format!(
+                "{g}/idx/{:016x}-{:016x}-{:013}.hvi",
+                self.start, self.end, self.time_ms
+            ),
         }
     }
 
@@ -68,7 +89,10 @@ impl ObjectName {
         let org = OrgId::parse(parts.next()?).ok()?;
         let generation = parts.next()?.strip_prefix('g')?.parse().ok()?;
         let kind = parts.next()?;
-        let file = parts.next()?.strip_suffix(".hvb")?;
+        let file = parts.next()?;
+        let file = file
+            .strip_suffix(".hvb")
+            .or_else(|| file.strip_suffix(".hvi").filter(|_| kind == "idx"))?;
         if parts.next().is_some() {
             return None;
         }
@@ -83,10 +107,14 @@ impl ObjectName {
                 end: hex(lsn)?,
                 time_ms: time.parse().ok()?,
             }),
-            ("wal", [start, end, time]) => Some(ObjectName {
+            ("wal" | "idx", [start, end, time]) => Some(ObjectName {
                 org,
                 generation,
-                kind: Kind::Segment,
+                kind: if kind == "wal" {
+                    Kind::Segment
+                } else {
+                    Kind::Index
+                },
                 start: hex(start)?,
                 end: hex(end)?,
                 time_ms: time.parse().ok()?,
@@ -201,7 +229,7 @@ pub fn decode(name: &ObjectName, bytes: &[u8]) -> anyhow::Result<Decoded> {
             }
             Body::Database(raw)
         }
-        Kind::Segment => {
+        Kind::Segment | Kind::Index => {
             let entry = 4 + page_size as usize;
             if raw.len() % entry != 0 {
                 bail!("{}: page data is cut short", name.key());
@@ -224,6 +252,92 @@ pub fn decode(name: &ObjectName, bytes: &[u8]) -> anyhow::Result<Decoded> {
         db_pages,
         body,
     })
+}
+
+/// Where a segment is: its own object, or a byte range of a pack.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PackRef {
+    pub pack: String,
+    pub offset: u64,
+    pub len: u64,
+    /// The segment's name, as if it were its own object.
+    pub segment: String,
+}
+
+/// A pack's key: the node that wrote it, when, a per-node sequence, and its index's length.
+pub fn pack_key(node: &str, time_ms: i64, seq: u64, index_len: usize) -> String {
+    format!("packs/{node}/{time_ms:013}-{seq:08x}-{index_len:08x}.hvp")
+}
+
+/// (node, time, index length) of a pack key.
+pub fn parse_pack_key(key: &str) -> Option<(String, i64, u64)> {
+    let rest = key.strip_prefix("packs/")?;
+    let (node, file) = rest.split_once('/')?;
+    let file = file.strip_suffix(".hvp")?;
+    let fields: Vec<&str> = file.split('-').collect();
+    let [time, _seq, index_len] = fields[..] else {
+        return None;
+    };
+    Some((
+        node.to_string(),
+        time.parse().ok()?,
+        u64::from_str_radix(index_len, 16).ok()?,
+    ))
+}
+
+/// Packs segments: the pack's bytes, its index length (for the key), and where each segment
+/// landed (offset, length), in the order given.
+pub fn encode_pack(segments: &[(ObjectName, Vec<u8>)]) -> (Vec<u8>, usize, Vec<(u64, u64)>) {
+    let mut out = Vec::with_capacity(segments.iter().map(|s| s.1.len()).sum::<usize>() + 1024);
+    let mut places = Vec::with_capacity(segments.len());
+    let mut index = Vec::with_capacity(segments.len());
+    for (name, bytes) in segments {
+        places.push((out.len() as u64, bytes.len() as u64));
+        index.push(serde_json::json!([name.key(), out.len(), bytes.len()]));
+        out.extend_from_slice(bytes);
+    }
+    let index = serde_json::to_vec(&index).unwrap_or_default();
+    let sum = Sha256::digest(&index);
+    out.extend_from_slice(&index);
+    out.extend_from_slice(&sum);
+    (out, index.len() + 32, places)
+}
+
+/// Reads a pack's index from its tail (the last `index_len` bytes, as named in its key):
+/// (segment name, offset, length).
+pub fn decode_pack_index(pack: &str, tail: &[u8]) -> anyhow::Result<Vec<(ObjectName, u64, u64)>> {
+    if tail.len() < 32 {
+        bail!("{pack}: index too short");
+    }
+    let (index, sum) = tail.split_at(tail.len() - 32);
+    if Sha256::digest(index).as_slice() != sum {
+        bail!("{pack}: index checksum mismatch (the pack is damaged)");
+    }
+    let entries: Vec<(String, u64, u64)> =
+        serde_json::from_slice(index).with_context(|| format!("{pack}: unreadable index"))?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|(key, off, len)| ObjectName::parse(&key).map(|n| (n, off, len)))
+        .collect())
+}
+
+/// An index object: the places of a tenant's packed segments, checksummed.
+pub fn encode_index(refs: &[PackRef]) -> Vec<u8> {
+    let mut out = serde_json::to_vec(refs).unwrap_or_default();
+    let sum = Sha256::digest(&out);
+    out.extend_from_slice(&sum);
+    out
+}
+
+pub fn decode_index(name: &ObjectName, bytes: &[u8]) -> anyhow::Result<Vec<PackRef>> {
+    if bytes.len() < 32 {
+        bail!("{}: too short to be an index", name.key());
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 32);
+    if Sha256::digest(body).as_slice() != sum {
+        bail!("{}: checksum mismatch (the object is damaged)", name.key());
+    }
+    serde_json::from_slice(body).with_context(|| format!("{}: unreadable index", name.key()))
 }
 
 #[cfg(test)]
@@ -284,5 +398,47 @@ mod tests {
         let db = vec![3u8; 1024];
         let decoded = decode(&snap, &encode_snapshot(&snap, 512, &db)).expect("snapshot");
         assert_eq!((decoded.db_pages, decoded.body), (2, Body::Database(db)));
+    }
+
+    #[test]
+    fn packs_hold_segments_byte_for_byte_and_index_them() {
+        let a = name(Kind::Segment, 1, 5);
+        let mut b = name(Kind::Segment, 9, 12);
+        b.org = OrgId::parse("other").expect("org");
+        let pages: BTreeMap<u32, Vec<u8>> = [(1, vec![7u8; 512])].into();
+        let segs = vec![
+            (a.clone(), encode_segment(&a, 512, 1, &pages)),
+            (b.clone(), encode_segment(&b, 512, 1, &pages)),
+        ];
+        let (pack, index_len, places) = encode_pack(&segs);
+        let key = pack_key("eu-north-1", 1_764_000_000_000, 7, index_len);
+        assert_eq!(
+            parse_pack_key(&key),
+            Some(("eu-north-1".into(), 1_764_000_000_000, index_len as u64))
+        );
+        let index = decode_pack_index(&key, &pack[pack.len() - index_len..]).expect("index");
+        assert_eq!(index.len(), 2);
+        for ((n, off, len), (want, (o, l))) in
+            index.iter().zip(segs.iter().map(|s| &s.0).zip(&places))
+        {
+            assert_eq!((n, off, len), (want, o, l));
+            let bytes = &pack[*off as usize..(*off + *len) as usize];
+            assert!(decode(n, bytes).is_ok());
+        }
+        let refs = vec![PackRef {
+            pack: key.clone(),
+            offset: 0,
+            len: places[0].1,
+            segment: a.key(),
+        }];
+        let idx = name(Kind::Index, 1, 5);
+        assert_eq!(ObjectName::parse(&idx.key()), Some(idx.clone()));
+        assert_eq!(
+            decode_index(&idx, &encode_index(&refs)).expect("index"),
+            refs
+        );
+        let mut bad = encode_index(&refs);
+        bad[3] ^= 1;
+        assert!(decode_index(&idx, &bad).is_err());
     }
 }

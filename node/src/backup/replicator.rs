@@ -28,7 +28,7 @@ use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::format::{self, Kind, ObjectName};
+use super::format::{self, Kind, ObjectName, PackRef};
 use super::store::BackupConfig;
 use super::wal::{self, WalPos, WalRead};
 use crate::{now_ms, Node};
@@ -37,6 +37,11 @@ use crate::{now_ms, Node};
 const CHECKPOINT_FRAMES: u64 = 1_000;
 /// At most this much page data goes into one segment.
 const SEGMENT_BYTES: usize = 32 * 1024 * 1024;
+/// Segments up to this size go into the pass's pack; larger ones are their own objects.
+const PACKED_SEGMENT_BYTES: usize = 1024 * 1024;
+/// The longest a tenant's packed segments wait to be listed in an index object under its own
+/// prefix (`backup.index_every_ms` is at most this); they are also listed at shutdown.
+pub const INDEX_EVERY_MS: i64 = 30_000;
 
 /// What was shipped of one tenant, persisted after every successful upload.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -50,6 +55,26 @@ pub struct Shipped {
     pub snapshot_lsn: Option<u64>,
     pub since_snapshot: u64,
     pub shipped_ms: i64,
+    /// Packed segments not yet listed in an index object under the tenant's prefix.
+    #[serde(default)]
+    pub pending: Vec<PackRef>,
+}
+
+/// What shipping one tenant came to.
+enum Step {
+    /// Everything is shipped.
+    Done,
+    /// Shipped a part; more remains.
+    More,
+    /// A segment for the pass's pack, and the state once the pack is stored.
+    Pack(Box<Packed>),
+}
+
+struct Packed {
+    name: ObjectName,
+    bytes: Vec<u8>,
+    next: Shipped,
+    more: bool,
 }
 
 #[derive(Default)]
@@ -145,6 +170,9 @@ pub struct Replicator {
     shipped: Mutex<HashMap<OrgId, Shipped>>,
     /// Orgs whose position changed since the control plane was last told.
     changed: Mutex<std::collections::HashSet<OrgId>>,
+    /// Tenants with packed segments to list in an index object, and since when.
+    index_due: Mutex<HashMap<OrgId, i64>>,
+    pack_seq: AtomicU64,
     db: Mutex<Connection>,
     pub metrics: BackupMetrics,
 }
@@ -175,12 +203,19 @@ impl Replicator {
             }
         }
         crate::tenants::checkpoints_by_backup();
+        let index_due: HashMap<OrgId, i64> = shipped
+            .iter()
+            .filter(|(_, s): &(&OrgId, &Shipped)| !s.pending.is_empty())
+            .map(|(o, s)| (o.clone(), s.shipped_ms))
+            .collect();
         Ok(Self {
             store,
             config,
             dirty: Mutex::new(HashMap::new()),
             shipped: Mutex::new(shipped),
             changed: Mutex::new(Default::default()),
+            index_due: Mutex::new(index_due),
+            pack_seq: AtomicU64::new(0),
             db: Mutex::new(db),
             metrics: BackupMetrics::default(),
         })
@@ -307,7 +342,11 @@ impl Replicator {
 
     /// Creates an object; one that exists already is this same upload retried.
     async fn put(&self, name: &ObjectName, bytes: Vec<u8>) -> Result<(), HemvistError> {
-        let key = ObjectPath::from(name.key());
+        self.put_key(&name.key(), bytes).await
+    }
+
+    async fn put_key(&self, name: &str, bytes: Vec<u8>) -> Result<(), HemvistError> {
+        let key = ObjectPath::from(name);
         let len = bytes.len() as u64;
         let payload = PutPayload::from(Bytes::from(bytes));
         let mut delay = Duration::from_millis(100);
@@ -326,11 +365,10 @@ impl Replicator {
                     self.metrics.put_failures.fetch_add(1, Ordering::Relaxed);
                     if delay > Duration::from_secs(8) {
                         return Err(HemvistError::unavailable(format!(
-                            "backup: upload of {} failed: {e}",
-                            name.key()
+                            "backup: upload of {name} failed: {e}"
                         )));
                     }
-                    tracing::warn!(key = %name.key(), error = %e, "backup upload failed; retrying");
+                    tracing::warn!(key = %name, error = %e, "backup upload failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay *= 2;
                 }
@@ -338,11 +376,11 @@ impl Replicator {
         }
     }
 
-    /// Ships what one tenant has not shipped yet. `Ok(true)`: more remains (ship again).
-    pub async fn ship(&self, node: &Arc<Node>, org: &OrgId) -> Result<bool, HemvistError> {
+    /// Ships what one tenant has not shipped yet, or prepares its segment for the pack.
+    async fn ship(&self, node: &Arc<Node>, org: &OrgId) -> Result<Step, HemvistError> {
         let Some(hosted) = node.state.hosted(org) else {
             self.persist(org, None)?;
-            return Ok(false);
+            return Ok(Step::Done);
         };
         if node
             .state
@@ -350,7 +388,7 @@ impl Replicator {
             .is_some_and(|p| p.generation > hosted.generation)
         {
             // Fenced: the org belongs to a newer generation elsewhere; ship nothing more.
-            return Ok(false);
+            return Ok(Step::Done);
         }
         let generation = hosted.generation.get();
         let current = self.shipped(org).filter(|s| s.generation == generation);
@@ -363,10 +401,10 @@ impl Replicator {
         if needs_snapshot {
             self.snapshot(node, org, generation, current.as_ref())
                 .await?;
-            return Ok(false);
+            return Ok(Step::Done);
         }
         let Some(state) = current else {
-            return Ok(false);
+            return Ok(Step::Done);
         };
         let wal_path = wal::wal_path(&node.tenants.path(org));
         let from = state.wal;
@@ -379,13 +417,13 @@ impl Replicator {
         match read {
             WalRead::Nothing => {
                 self.maybe_checkpoint(node, org, &state).await?;
-                Ok(false)
+                Ok(Step::Done)
             }
             WalRead::Restarted => {
                 // Frames may have been checkpointed unseen: a snapshot covers whatever they were.
                 tracing::warn!(%org, "WAL restarted outside the replicator; taking a snapshot");
                 self.snapshot(node, org, generation, Some(&state)).await?;
-                Ok(false)
+                Ok(Step::Done)
             }
             WalRead::Read { changes, next } => {
                 let name = ObjectName {
@@ -411,8 +449,6 @@ impl Replicator {
                 })
                 .await
                 .map_err(internal)?;
-                self.put(&name, bytes).await?;
-                self.metrics.segments.fetch_add(1, Ordering::Relaxed);
                 let shipped = Shipped {
                     lsn: name.end,
                     wal: next,
@@ -420,11 +456,21 @@ impl Replicator {
                     shipped_ms: name.time_ms,
                     ..state
                 };
+                if bytes.len() <= PACKED_SEGMENT_BYTES {
+                    return Ok(Step::Pack(Box::new(Packed {
+                        name,
+                        bytes,
+                        next: shipped,
+                        more,
+                    })));
+                }
+                self.put(&name, bytes).await?;
+                self.metrics.segments.fetch_add(1, Ordering::Relaxed);
                 self.persist(org, Some(&shipped))?;
                 if !more {
                     self.maybe_checkpoint(node, org, &shipped).await?;
                 }
-                Ok(more)
+                Ok(if more { Step::More } else { Step::Done })
             }
         }
     }
@@ -519,15 +565,16 @@ impl Replicator {
             // Nothing recorded for this generation here (a first ship, a restored tenant, or a
             // lost backup.db): continue above whatever the store already holds for it, so two
             // histories never share an LSN.
+            // One LIST of the tenant's prefix; packed segments not yet listed in an index
+            // object may hold LSNs past it, so a generation that has objects jumps far ahead.
             None => {
-                let catalog = super::restore::catalog(&self.store, org)
+                let listed = super::restore::listed(&self.store, org)
                     .await
                     .map_err(|e| HemvistError::unavailable(format!("backup: {e:#}")))?;
-                catalog
-                    .objects
+                listed
                     .iter()
                     .filter(|(n, _)| n.generation == generation)
-                    .map(|(n, _)| n.end + 1)
+                    .map(|(n, _)| n.end + (1 << 32))
                     .max()
                     .unwrap_or(0)
             }
@@ -567,6 +614,8 @@ impl Replicator {
             snapshot_lsn: Some(lsn),
             since_snapshot: 0,
             shipped_ms: name.time_ms,
+            // Packed segments before the snapshot still serve restores to earlier times.
+            pending: state.map(|s| s.pending.clone()).unwrap_or_default(),
         };
         self.persist(org, Some(&shipped))
     }
@@ -585,20 +634,66 @@ impl Replicator {
             oldest.map_or(0, |t| (started - t).max(0) as u64),
             Ordering::Relaxed,
         );
-        let outcomes: Vec<(OrgId, Dirty, bool)> = futures::stream::iter(batch)
+        let steps: Vec<(OrgId, Dirty, Result<Step, HemvistError>)> = futures::stream::iter(batch)
             .map(|(org, seen)| async move {
-                let done = match self.ship(node, &org).await {
-                    Ok(more) => !more,
-                    Err(e) => {
-                        tracing::warn!(%org, error = %e, "backup of tenant failed; will retry");
-                        false
-                    }
-                };
-                (org, seen, done)
+                let step = self.ship(node, &org).await;
+                (org, seen, step)
             })
             .buffer_unordered(self.config.concurrency)
             .collect()
             .await;
+        let mut outcomes: Vec<(OrgId, Dirty, bool)> = Vec::with_capacity(steps.len());
+        let mut packed: Vec<(OrgId, Dirty, Packed)> = Vec::new();
+        for (org, seen, step) in steps {
+            match step {
+                Ok(Step::Done) => outcomes.push((org, seen, true)),
+                Ok(Step::More) => outcomes.push((org, seen, false)),
+                Ok(Step::Pack(p)) => packed.push((org, seen, *p)),
+                Err(e) => {
+                    tracing::warn!(%org, error = %e, "backup of tenant failed; will retry");
+                    outcomes.push((org, seen, false));
+                }
+            }
+        }
+        if !packed.is_empty() {
+            let stored = self.store_pack(node, &packed).await;
+            for (org, seen, p) in packed {
+                let done = match &stored {
+                    Ok(refs) => {
+                        let mut next = p.next;
+                        if let Some(r) = refs.iter().find(|r| r.segment == p.name.key()) {
+                            next.pending.push(r.clone());
+                        }
+                        let ok = self.persist(&org, Some(&next)).is_ok();
+                        self.index_due
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entry(org.clone())
+                            .or_insert(next.shipped_ms);
+                        if ok && !p.more {
+                            if let Err(e) = self.maybe_checkpoint(node, &org, &next).await {
+                                tracing::warn!(%org, error = %e, "checkpoint after shipping failed");
+                            }
+                        }
+                        ok && !p.more
+                    }
+                    Err(_) => false,
+                };
+                outcomes.push((org, seen, done));
+            }
+            if let Err(e) = stored {
+                tracing::warn!(error = %e, "backup pack upload failed; its tenants will be shipped again");
+            }
+        }
+        let cleared = self.clear_dirty(outcomes, started);
+        for org in cleared {
+            self.note_changed(&org);
+        }
+        self.write_indexes(false).await;
+    }
+
+    /// Tenants fully shipped stop being dirty, unless written meanwhile.
+    fn clear_dirty(&self, outcomes: Vec<(OrgId, Dirty, bool)>, started: i64) -> Vec<OrgId> {
         let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
         let mut cleared = Vec::new();
         for (org, seen, done) in outcomes {
@@ -615,10 +710,112 @@ impl Replicator {
                 None => {}
             }
         }
-        drop(dirty);
-        for org in cleared {
-            self.note_changed(&org);
+        cleared
+    }
+
+    /// Uploads one pack holding every small segment of the pass; where each one landed.
+    async fn store_pack(
+        &self,
+        node: &Arc<Node>,
+        packed: &[(OrgId, Dirty, Packed)],
+    ) -> Result<Vec<PackRef>, HemvistError> {
+        let segments: Vec<(ObjectName, Vec<u8>)> = packed
+            .iter()
+            .map(|(_, _, p)| (p.name.clone(), p.bytes.clone()))
+            .collect();
+        let (bytes, index_len, places) = format::encode_pack(&segments);
+        let key = format::pack_key(
+            node.config.id.as_str(),
+            now_ms(),
+            self.pack_seq.fetch_add(1, Ordering::Relaxed),
+            index_len,
+        );
+        self.put_key(&key, bytes).await?;
+        self.metrics
+            .segments
+            .fetch_add(segments.len() as u64, Ordering::Relaxed);
+        Ok(segments
+            .iter()
+            .zip(places)
+            .map(|((name, _), (offset, len))| PackRef {
+                pack: key.clone(),
+                offset,
+                len,
+                segment: name.key(),
+            })
+            .collect())
+    }
+
+    fn index_due_now(&self) -> bool {
+        let due = self.index_due.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
+        due.values()
+            .any(|since| now - since >= self.config.index_every_ms as i64)
+    }
+
+    /// Lists tenants' packed segments in index objects under their own prefixes: those waiting
+    /// longer than `index_every_ms`, or all of them (`all`, at shutdown).
+    async fn write_indexes(&self, all: bool) {
+        let now = now_ms();
+        let every = self.config.index_every_ms as i64;
+        let due: Vec<OrgId> = {
+            let due = self.index_due.lock().unwrap_or_else(|p| p.into_inner());
+            due.iter()
+                .filter(|(_, since)| all || now - **since >= every)
+                .map(|(o, _)| o.clone())
+                .collect()
+        };
+        futures::stream::iter(due)
+            .for_each_concurrent(self.config.concurrency, |org| async move {
+                if let Err(e) = self.write_index(&org).await {
+                    tracing::warn!(%org, error = %e, "writing a backup index failed; will retry");
+                }
+            })
+            .await;
+    }
+
+    async fn write_index(&self, org: &OrgId) -> Result<(), HemvistError> {
+        let Some(state) = self.shipped(org) else {
+            self.index_due
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(org);
+            return Ok(());
+        };
+        let names: Vec<ObjectName> = state
+            .pending
+            .iter()
+            .filter_map(|r| ObjectName::parse(&r.segment))
+            .collect();
+        let (Some(first), Some(last)) = (names.first(), names.last()) else {
+            self.index_due
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(org);
+            return Ok(());
+        };
+        let name = ObjectName {
+            org: org.clone(),
+            generation: last.generation,
+            kind: Kind::Index,
+            start: first.start,
+            end: last.end,
+            time_ms: last.time_ms,
+        };
+        let listed = state.pending.len();
+        self.put(&name, format::encode_index(&state.pending))
+            .await?;
+        // Writes that landed meanwhile stay pending for the next index.
+        let mut now = self.shipped(org).unwrap_or(state);
+        now.pending.drain(..listed.min(now.pending.len()));
+        self.persist(org, Some(&now))?;
+        let mut due = self.index_due.lock().unwrap_or_else(|p| p.into_inner());
+        if now.pending.is_empty() {
+            due.remove(org);
+        } else {
+            due.insert(org.clone(), now.shipped_ms);
         }
+        Ok(())
     }
 
     /// Runs passes every interval until cancelled, then one last pass.
@@ -632,11 +829,15 @@ impl Replicator {
             }
             if self.dirty_count() > 0 {
                 self.pass(&node).await;
+            } else if self.index_due_now() {
+                self.write_indexes(false).await;
             }
         }
         if self.dirty_count() > 0 {
             self.pass(&node).await;
         }
+        // A clean stop leaves nothing that only a scan of the packs would find.
+        self.write_indexes(true).await;
     }
 
     /// Forgets an org this node no longer hosts.

@@ -52,6 +52,15 @@ pub struct BackupConfig {
     /// Tenants shipped at the same time.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// A tenant's packed segments are listed under its own prefix this long after shipping, at
+    /// most (restores scan the packs of the last 90 s for what no index lists yet, so at most
+    /// 30 s).
+    #[serde(default = "default_index_every_ms")]
+    pub index_every_ms: u64,
+}
+
+fn default_index_every_ms() -> u64 {
+    30_000
 }
 
 fn default_region() -> String {
@@ -82,12 +91,16 @@ impl BackupConfig {
             snapshot_after_bytes: default_snapshot_after_bytes(),
             retention_hours: default_retention_hours(),
             concurrency: default_concurrency(),
+            index_every_ms: default_index_every_ms(),
         }
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.interval_ms == 0 || self.concurrency == 0 {
             bail!("backup.interval_ms and backup.concurrency must be at least 1");
+        }
+        if !(100..=30_000).contains(&self.index_every_ms) {
+            bail!("backup.index_every_ms must be between 100 and 30000");
         }
         if self.url.starts_with("s3://") {
             match &self.endpoint {
