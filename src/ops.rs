@@ -24,6 +24,10 @@ pub enum OrgsCommand {
         /// Where the org's data may live: jurisdictions or regions, comma-separated (`EU`).
         #[arg(long)]
         residency: Option<String>,
+        /// `async` (default: in object storage within the replication interval) or `sync`
+        /// (a write is acknowledged once it is in object storage).
+        #[arg(long)]
+        durability: Option<String>,
         /// Wait until the node hosts it.
         #[arg(long)]
         wait: bool,
@@ -233,6 +237,7 @@ pub async fn orgs(command: OrgsCommand) -> anyhow::Result<()> {
             region,
             ip,
             residency,
+            durability,
             wait,
             admin_email,
             admin_name,
@@ -243,6 +248,7 @@ pub async fn orgs(command: OrgsCommand) -> anyhow::Result<()> {
             let client = Client::new(&api)?;
             let body = serde_json::json!({
                 "id": id, "name": name, "region": region, "ip": ip, "residency": residency,
+                "durability": durability,
             });
             let mut created: Value = client.post("/orgs", &body).await?;
             if wait {
@@ -358,6 +364,7 @@ pub async fn orgs(command: OrgsCommand) -> anyhow::Result<()> {
                 ("name", s(&org, "name")),
                 ("home region", s(&org, "home_region")),
                 ("residency", s(&org, "residency")),
+                ("durability", s(&org, "durability")),
                 ("node", s(&org, "node")),
                 ("url", s(&org, "node_url")),
                 ("generation", s(&org, "generation")),

@@ -374,3 +374,54 @@ fn store_faults_are_retried_without_loss_and_idle_tenants_cost_no_requests() {
         "an idle tenant made object-store requests"
     );
 }
+
+#[test]
+fn sync_orgs_lose_no_acknowledged_write_to_kill_9_and_concurrent_writers_share_uploads() {
+    let s3 = S3::start();
+    let mut c = Cluster::start_with_node_config(&[EU_NORTH], &s3.node_backup_toml(INTERVAL_MS));
+    let created = c.create_org_ready("bank", json!({"region": "eu-north", "durability": "sync"}));
+    assert_eq!(created["durability"], "sync", "{created}");
+    c.add_user("bank", "ada@bank.example", PASSWORD);
+    let eu = c.node_url("eu-north");
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let puts_before = s3.count("PUT");
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let (eu, acked) = (eu.clone(), acked.clone());
+            std::thread::spawn(move || {
+                let u = sign_in(&eu, "bank", "ada@bank.example", PASSWORD).expect("sign in");
+                for i in 0.. {
+                    let name = format!("Writer {t} {i:04}");
+                    let (status, _, _) = u.post("/contacts", &[("name", name.as_str())], None);
+                    if status != 303 {
+                        return;
+                    }
+                    acked.lock().unwrap().push(name);
+                }
+            })
+        })
+        .collect();
+    c.wait_for("writes under load", || {
+        (acked.lock().unwrap().len() >= 150).then_some(())
+    });
+    let puts_during = s3.count("PUT") - puts_before;
+    let acked_then = acked.lock().unwrap().len();
+    c.kill_node("eu-north");
+    for w in writers {
+        let _ = w.join(); // a writer whose request died with the node panics; that is expected
+    }
+    let acked = acked.lock().unwrap().clone();
+    // Group commit: writers shared uploads (far fewer PUTs than acknowledged writes).
+    assert!(
+        puts_during < acked_then as u64,
+        "{puts_during} PUTs for {acked_then} acknowledged writes"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let restored = restore(&c, &s3, "bank", "now", &dir.path().join("bank.db")).expect("restore");
+    for name in &acked {
+        assert!(
+            restored.contains(name),
+            "{name} was acknowledged but is not in the backup"
+        );
+    }
+}

@@ -23,6 +23,10 @@ pub struct CreateOrg {
     /// `EU`, `EU,US`, `eu-north`...; absent means anywhere.
     #[serde(default)]
     pub residency: Option<String>,
+    /// `async` (the default: a write is in object storage within the replication interval) or
+    /// `sync` (a write is acknowledged only once it is in object storage).
+    #[serde(default)]
+    pub durability: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -43,6 +47,7 @@ pub struct OrgView {
     pub generation: Generation,
     pub placement_reason: String,
     pub created_ms: i64,
+    pub durability: String,
     /// Desired placement is held by the node at the current generation.
     pub ready: bool,
     pub schema_version: Option<u32>,
@@ -129,6 +134,15 @@ impl Control {
             return self.same_or_conflict(existing, &name, &residency);
         }
 
+        let durability = match req.durability.as_deref().map(str::trim) {
+            None | Some("") | Some("async") => "async".to_string(),
+            Some("sync") => "sync".to_string(),
+            Some(other) => {
+                return Err(HemvistError::invalid(format!(
+                    "durability {other:?}: use async or sync"
+                )))
+            }
+        };
         let loads = self.node_loads()?;
         let decision = placement::place(
             &self.config.regions,
@@ -144,6 +158,7 @@ impl Control {
             residency: residency.clone(),
             placement_reason: decision.reason.clone(),
             node_id: decision.node.clone(),
+            durability,
         })?;
         match created {
             Created::Existing(existing) => self.same_or_conflict(existing, &name, &residency),
@@ -263,6 +278,7 @@ impl Control {
             generation: org.generation,
             placement_reason: org.placement_reason,
             created_ms: org.created_ms,
+            durability: org.durability,
         })
     }
 

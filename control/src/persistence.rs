@@ -30,7 +30,8 @@ use sha2::{Digest, Sha256};
 use crate::config::RegionConfig;
 use crate::residency::ResidencyPolicy;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT INTO meta (key, value) VALUES ('next_generation', 1);
 CREATE TABLE regions (
@@ -65,7 +66,12 @@ CREATE TABLE audit (
   seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
   org TEXT, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL
 );
-"#];
+"#,
+    // Durability per org: `async` (lag up to the replication interval) or `sync`.
+    r#"
+ALTER TABLE orgs ADD COLUMN durability TEXT NOT NULL DEFAULT 'async';
+"#,
+];
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -94,6 +100,7 @@ pub struct OrgRecord {
     pub created_ms: i64,
     pub node_id: NodeId,
     pub generation: Generation,
+    pub durability: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -153,6 +160,7 @@ pub struct NewOrg {
     pub residency: ResidencyPolicy,
     pub placement_reason: String,
     pub node_id: NodeId,
+    pub durability: String,
 }
 
 pub enum Created {
@@ -345,15 +353,16 @@ impl Store {
         let now = now_ms();
         let residency = serde_json::to_string(&new.residency).map_err(internal)?;
         tx.execute(
-            "INSERT INTO orgs (id, name, home_region, residency, placement_reason, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO orgs (id, name, home_region, residency, placement_reason, created_ms, durability)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 new.id.as_str(),
                 new.name,
                 new.home_region.as_str(),
                 residency,
                 new.placement_reason,
-                now
+                now,
+                new.durability
             ],
         )
         .map_err(internal)?;
@@ -741,9 +750,19 @@ impl Store {
 }
 
 const ORG_SELECT: &str = "SELECT o.id, o.name, o.home_region, o.residency, o.placement_reason,
-    o.created_ms, p.node_id, p.generation FROM orgs o JOIN placements p ON p.org = o.id";
+    o.created_ms, p.node_id, p.generation, o.durability FROM orgs o JOIN placements p ON p.org = o.id";
 
-type OrgRow = (String, String, String, String, String, i64, String, i64);
+type OrgRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    i64,
+    String,
+);
 
 fn org_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OrgRow> {
     Ok((
@@ -755,11 +774,12 @@ fn org_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OrgRow> {
         r.get(5)?,
         r.get(6)?,
         r.get(7)?,
+        r.get(8)?,
     ))
 }
 
 fn check_org(row: OrgRow) -> Result<OrgRecord> {
-    let (id, name, region, residency, reason, created_ms, node, generation) = row;
+    let (id, name, region, residency, reason, created_ms, node, generation, durability) = row;
     Ok(OrgRecord {
         id: OrgId::try_from(id).map_err(internal)?,
         name,
@@ -769,6 +789,7 @@ fn check_org(row: OrgRow) -> Result<OrgRecord> {
         created_ms,
         node_id: NodeId::try_from(node).map_err(internal)?,
         generation: Generation::new(generation as u64).map_err(internal)?,
+        durability,
     })
 }
 

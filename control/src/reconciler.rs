@@ -95,6 +95,7 @@ fn reconcile_node(control: &Control, node: &NodeId, epoch: u64) -> Result<(), He
             generation: org.generation.get(),
             name: org.name.clone(),
             allowed_regions,
+            durability: org.durability.clone(),
         });
         send_if_due(
             control,

@@ -246,6 +246,7 @@ fn host(node: &Node, h: pb::HostTenant) -> Result<pb::HostedTenant, HemvistError
         generation: Generation::new(h.generation)?,
         name: h.name.chars().take(200).collect(),
         allowed_regions: h.allowed_regions,
+        sync: h.durability == "sync",
     };
     let hosted = node.host(&req)?;
     Ok(pb::HostedTenant {

@@ -59,6 +59,8 @@ pub struct HostRequest {
     pub generation: Generation,
     pub name: String,
     pub allowed_regions: Vec<String>,
+    /// Writes are acknowledged only once they are in object storage.
+    pub sync: bool,
 }
 
 impl Node {
@@ -135,6 +137,7 @@ impl Node {
             generation: req.generation,
             schema_version,
             name: req.name.clone(),
+            sync: req.sync,
         };
         self.state.set_hosted(&req.org, &hosted, now_ms())?;
         tracing::info!(org = %req.org, generation = %req.generation, schema_version, "hosting tenant");
@@ -227,7 +230,13 @@ impl Node {
         let out = self.tenants.write(org, f)?;
         self.data_versions.bump(org);
         if let Some(b) = &self.backup {
-            b.mark_dirty(org);
+            let mark = b.mark_dirty(org);
+            // Durability `sync`: the write is acknowledged once it is in object storage. It
+            // is committed here already; if the store stays away, the caller hears so and the
+            // write is shipped when the store is back.
+            if self.state.hosted(org).is_some_and(|h| h.sync) {
+                b.wait_durable(org, mark, Duration::from_secs(10))?;
+            }
         }
         Ok(out)
     }
@@ -370,6 +379,7 @@ mod tests {
             generation: Generation::new(generation).unwrap(),
             name: org.into(),
             allowed_regions: allowed.iter().map(|s| s.to_string()).collect(),
+            sync: false,
         }
     }
 

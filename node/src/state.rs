@@ -21,6 +21,8 @@ pub struct Hosted {
     pub generation: Generation,
     pub schema_version: u32,
     pub name: String,
+    /// Durability `sync`: a write is acknowledged once it is in object storage.
+    pub sync: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,26 +56,34 @@ impl NodeState {
                org TEXT PRIMARY KEY, region TEXT NOT NULL, node_id TEXT NOT NULL,
                node_url TEXT NOT NULL, generation INTEGER NOT NULL);",
         )?;
+        let has_sync: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('hosted') WHERE name = 'sync'")?
+            .exists([])?;
+        if !has_sync {
+            conn.execute_batch("ALTER TABLE hosted ADD COLUMN sync INTEGER NOT NULL DEFAULT 0")?;
+        }
         let mut hosted = HashMap::new();
         {
             let mut stmt =
-                conn.prepare("SELECT org, generation, schema_version, name FROM hosted")?;
+                conn.prepare("SELECT org, generation, schema_version, name, sync FROM hosted")?;
             let rows = stmt.query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, i64>(1)?,
                     r.get::<_, u32>(2)?,
                     r.get::<_, String>(3)?,
+                    r.get::<_, bool>(4)?,
                 ))
             })?;
             for row in rows {
-                let (org, g, schema_version, name) = row?;
+                let (org, g, schema_version, name, sync) = row?;
                 hosted.insert(
                     OrgId::try_from(org)?,
                     Hosted {
                         generation: Generation::new(g as u64)?,
                         schema_version,
                         name,
+                        sync,
                     },
                 );
             }
@@ -137,15 +147,17 @@ impl NodeState {
     pub fn set_hosted(&self, org: &OrgId, h: &Hosted, now_ms: i64) -> Result<(), HemvistError> {
         self.db()
             .execute(
-                "INSERT INTO hosted (org, generation, schema_version, name, hosted_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(org) DO UPDATE SET generation = ?2, schema_version = ?3, name = ?4",
+                "INSERT INTO hosted (org, generation, schema_version, name, hosted_ms, sync)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(org) DO UPDATE SET generation = ?2, schema_version = ?3, name = ?4,
+                   sync = ?6",
                 params![
                     org.as_str(),
                     h.generation.get() as i64,
                     h.schema_version,
                     h.name,
-                    now_ms
+                    now_ms,
+                    h.sync
                 ],
             )
             .map_err(internal)?;

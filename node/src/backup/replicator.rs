@@ -170,6 +170,12 @@ pub struct Replicator {
     shipped: Mutex<HashMap<OrgId, Shipped>>,
     /// Orgs whose position changed since the control plane was last told.
     changed: Mutex<std::collections::HashSet<OrgId>>,
+    /// Per tenant: the count of writes marked, and how many of them are in object storage.
+    marks: Mutex<HashMap<OrgId, u64>>,
+    durable: Mutex<HashMap<OrgId, u64>>,
+    durable_changed: std::sync::Condvar,
+    /// Starts a pass before the interval is up (a `sync` write is waiting).
+    wake: tokio::sync::Notify,
     /// Tenants with packed segments to list in an index object, and since when.
     index_due: Mutex<HashMap<OrgId, i64>>,
     pack_seq: AtomicU64,
@@ -215,6 +221,10 @@ impl Replicator {
             shipped: Mutex::new(shipped),
             changed: Mutex::new(Default::default()),
             index_due: Mutex::new(index_due),
+            marks: Mutex::new(HashMap::new()),
+            durable: Mutex::new(HashMap::new()),
+            durable_changed: std::sync::Condvar::new(),
+            wake: tokio::sync::Notify::new(),
             pack_seq: AtomicU64::new(0),
             db: Mutex::new(db),
             metrics: BackupMetrics::default(),
@@ -222,21 +232,59 @@ impl Replicator {
     }
 
     /// Called after every committed write (and after hosting): ship this tenant soon.
-    pub fn mark_dirty(&self, org: &OrgId) {
+    /// Returns the mark of this write: once a pass ships the tenant with a count of writes at
+    /// least this, the write is in object storage.
+    pub fn mark_dirty(&self, org: &OrgId) -> u64 {
         let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        let mark = marks.entry(org.clone()).or_insert(0);
+        *mark += 1;
+        let mark = *mark;
+        drop(marks);
         match dirty.get_mut(org) {
-            Some(d) => d.writes += 1,
+            Some(d) => d.writes = mark,
             None => {
                 dirty.insert(
                     org.clone(),
                     Dirty {
                         since: now_ms(),
-                        writes: 1,
+                        writes: mark,
                     },
                 );
                 drop(dirty);
                 self.note_changed(org);
             }
+        }
+        mark
+    }
+
+    /// Blocks until the write with `mark` is in object storage (a pass starts at once; every
+    /// write that comes in meanwhile joins the next one: group commit), or `limit` passes.
+    pub fn wait_durable(
+        &self,
+        org: &OrgId,
+        mark: u64,
+        limit: Duration,
+    ) -> Result<(), HemvistError> {
+        let deadline = std::time::Instant::now() + limit;
+        let mut durable = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+        self.wake.notify_one();
+        loop {
+            if durable.get(org).is_some_and(|d| *d >= mark) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(HemvistError::unavailable(
+                    "the write is committed on this node but not yet in object storage \
+                     (durability sync); it will be shipped when the store answers",
+                ));
+            }
+            durable = self
+                .durable_changed
+                .wait_timeout(durable, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
@@ -692,14 +740,18 @@ impl Replicator {
         self.write_indexes(false).await;
     }
 
-    /// Tenants fully shipped stop being dirty, unless written meanwhile.
+    /// Tenants fully shipped stop being dirty, unless written meanwhile; the writes they had
+    /// are durable (waiting `sync` writers are told).
     fn clear_dirty(&self, outcomes: Vec<(OrgId, Dirty, bool)>, started: i64) -> Vec<OrgId> {
         let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        let mut durable = self.durable.lock().unwrap_or_else(|p| p.into_inner());
         let mut cleared = Vec::new();
         for (org, seen, done) in outcomes {
             if !done {
                 continue;
             }
+            let d = durable.entry(org.clone()).or_insert(0);
+            *d = (*d).max(seen.writes);
             match dirty.get_mut(&org) {
                 Some(now) if now.writes == seen.writes => {
                     dirty.remove(&org);
@@ -710,6 +762,8 @@ impl Replicator {
                 None => {}
             }
         }
+        drop(durable);
+        self.durable_changed.notify_all();
         cleared
     }
 
@@ -826,6 +880,7 @@ impl Replicator {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(interval) => {}
+                _ = self.wake.notified() => {}
             }
             if self.dirty_count() > 0 {
                 self.pass(&node).await;
