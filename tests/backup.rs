@@ -425,3 +425,52 @@ fn sync_orgs_lose_no_acknowledged_write_to_kill_9_and_concurrent_writers_share_u
         );
     }
 }
+
+#[test]
+fn expired_backups_are_removed_and_what_is_kept_still_restores() {
+    let s3 = S3::start();
+    let config =
+        s3.node_backup_toml(INTERVAL_MS) + "retention_secs = 2\nsnapshot_after_bytes = 1\n";
+    let c = Cluster::start_with_node_config(&[EU_NORTH], &config);
+    let u = org_with_user(&c, "fika");
+    wait_shipped(&c);
+    let before_all = now_ms();
+    let mut written = Vec::new();
+    for round in 0..5 {
+        for i in 0..3 {
+            let name = format!("Round {round} {i}");
+            add_contact(&u, &name);
+            written.push(name);
+        }
+        wait_shipped(&c);
+        // Long enough for the index objects (every second here) and for time to pass the
+        // two-second retention.
+        std::thread::sleep(Duration::from_millis(1_200));
+    }
+    // Every round took a snapshot, and each snapshot removed what fell out of the window:
+    // old snapshots, index objects, and the packs whose segments were all released.
+    let eu = c.node_url("eu-north");
+    assert!(c.metric(&eu, "hemvist_backup_deletes_total") >= 3);
+    // (S3 deletes go in bulk: POST ?delete.)
+    assert!(s3.count("DELETE") + s3.count("POST") >= 2);
+    let snapshots = s3.objects("hemvist/tenants/fika/g0000000001/snap").len();
+    assert!(
+        snapshots < 5,
+        "{snapshots} snapshots kept with a 2 s retention"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    written.sort();
+    assert_eq!(
+        restore(&c, &s3, "fika", "now", &dir.path().join("now.db")).unwrap(),
+        written
+    );
+    let err = restore(
+        &c,
+        &s3,
+        "fika",
+        &before_all.to_string(),
+        &dir.path().join("old.db"),
+    )
+    .unwrap_err();
+    assert!(err.contains("no restore point"), "{err}");
+}

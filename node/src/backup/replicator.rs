@@ -20,11 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use hemvist_proto::{HemvistError, OrgId};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
-use rusqlite::Connection;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +58,9 @@ pub struct Shipped {
     /// Packed segments not yet listed in an index object under the tenant's prefix.
     #[serde(default)]
     pub pending: Vec<PackRef>,
+    /// When the generation's newest snapshot was taken.
+    #[serde(default)]
+    pub snapshot_ms: i64,
 }
 
 /// What shipping one tenant came to.
@@ -85,6 +88,7 @@ pub struct BackupMetrics {
     pub snapshots: AtomicU64,
     pub segments: AtomicU64,
     pub checkpoints: AtomicU64,
+    pub deletes: AtomicU64,
     /// The oldest unshipped write among dirty tenants, as of the last pass (ms; 0 = none).
     pub lag_ms: AtomicU64,
 }
@@ -137,6 +141,12 @@ impl Replicator {
             "counter",
             "Checkpoints after shipping.",
             get(&m.checkpoints),
+        );
+        line(
+            "hemvist_backup_deletes_total",
+            "counter",
+            "Expired backup objects removed.",
+            get(&m.deletes),
         );
         line(
             "hemvist_backup_dirty_tenants",
@@ -194,7 +204,10 @@ impl Replicator {
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
         db.execute_batch(
-            "CREATE TABLE IF NOT EXISTS shipped (org TEXT PRIMARY KEY, state TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS shipped (org TEXT PRIMARY KEY, state TEXT NOT NULL);
+             -- Packs this node wrote, and how many of their segments a restore may still need.
+             CREATE TABLE IF NOT EXISTS packs (key TEXT PRIMARY KEY, time_ms INTEGER NOT NULL,
+               live INTEGER NOT NULL);",
         )?;
         let mut shipped = HashMap::new();
         {
@@ -443,7 +456,10 @@ impl Replicator {
         let needs_snapshot = match &current {
             None => true,
             Some(s) => {
-                s.snapshot_lsn.is_none() || s.since_snapshot >= self.config.snapshot_after_bytes
+                s.snapshot_lsn.is_none()
+                    || s.since_snapshot >= self.config.snapshot_after_bytes
+                    || (s.snapshot_ms > 0
+                        && now_ms() - s.snapshot_ms > self.config.retention_secs as i64 * 500)
             }
         };
         if needs_snapshot {
@@ -664,8 +680,94 @@ impl Replicator {
             shipped_ms: name.time_ms,
             // Packed segments before the snapshot still serve restores to earlier times.
             pending: state.map(|s| s.pending.clone()).unwrap_or_default(),
+            snapshot_ms: name.time_ms,
         };
-        self.persist(org, Some(&shipped))
+        self.persist(org, Some(&shipped))?;
+        if let Err(e) = self.prune(org).await {
+            tracing::warn!(%org, error = %e, "removing expired backups failed; will retry at the next snapshot");
+        }
+        Ok(())
+    }
+
+    /// Removes what no restore point inside the retention window needs: everything before the
+    /// newest snapshot at or before the window's start (older generations included). Packed
+    /// segments are released from their packs; a pack goes once none of its segments is
+    /// needed. Runs after a snapshot, so only tenants being written pay for it.
+    async fn prune(&self, org: &OrgId) -> anyhow::Result<()> {
+        let horizon = now_ms() - self.config.retention_secs as i64 * 1000;
+        let listed = super::restore::listed(&self.store, org).await?;
+        let restorable = super::restore::Catalog {
+            objects: listed
+                .iter()
+                .filter(|(n, _)| n.kind != Kind::Index)
+                .cloned()
+                .collect(),
+            ..Default::default()
+        };
+        let Some(base) = restorable.plan(horizon, &[]) else {
+            return Ok(());
+        };
+        let (generation, lsn) = (base.generation, base.snapshot.0.end);
+        let expired: Vec<&ObjectName> = listed
+            .iter()
+            .map(|(n, _)| n)
+            .filter(|n| {
+                n.generation < generation
+                    || (n.generation == generation
+                        && match n.kind {
+                            Kind::Snapshot => n.end < lsn,
+                            Kind::Segment | Kind::Index => n.end <= lsn,
+                        })
+            })
+            .collect();
+        if expired.is_empty() {
+            return Ok(());
+        }
+        // Indexes are read, then everything is deleted (in bulk requests), then the indexes'
+        // segments released: a crash in between leaves a pack behind (storage), never frees
+        // one twice (data).
+        let mut refs = Vec::new();
+        for name in expired.iter().filter(|n| n.kind == Kind::Index) {
+            let key = ObjectPath::from(name.key());
+            let bytes = self.store.get(&key).await?.bytes().await?;
+            refs.extend(format::decode_index(name, &bytes)?);
+        }
+        let keys: Vec<object_store::Result<ObjectPath>> = expired
+            .iter()
+            .map(|n| Ok(ObjectPath::from(n.key())))
+            .collect();
+        let deleted: Vec<ObjectPath> = self
+            .store
+            .delete_stream(futures::stream::iter(keys).boxed())
+            .try_collect()
+            .await?;
+        self.metrics
+            .deletes
+            .fetch_add(deleted.len() as u64, Ordering::Relaxed);
+        for r in refs {
+            self.release_packed(&r.pack).await?;
+        }
+        Ok(())
+    }
+
+    /// One segment of a pack this node wrote is no longer needed; the pack goes with its last.
+    async fn release_packed(&self, pack: &str) -> anyhow::Result<()> {
+        let left: Option<i64> = {
+            let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+            db.query_row(
+                "UPDATE packs SET live = live - 1 WHERE key = ?1 RETURNING live",
+                [pack],
+                |r| r.get(0),
+            )
+            .optional()?
+        };
+        if left.is_some_and(|n| n <= 0) {
+            self.store.delete(&ObjectPath::from(pack)).await?;
+            self.metrics.deletes.fetch_add(1, Ordering::Relaxed);
+            let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+            db.execute("DELETE FROM packs WHERE key = ?1", [pack])?;
+        }
+        Ok(())
     }
 
     /// One pass: every dirty tenant shipped, `concurrency` at a time. A tenant stays dirty
@@ -785,6 +887,14 @@ impl Replicator {
             index_len,
         );
         self.put_key(&key, bytes).await?;
+        {
+            let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+            db.execute(
+                "INSERT OR IGNORE INTO packs (key, time_ms, live) VALUES (?1, ?2, ?3)",
+                rusqlite::params![key, now_ms(), segments.len() as i64],
+            )
+            .map_err(internal)?;
+        }
         self.metrics
             .segments
             .fetch_add(segments.len() as u64, Ordering::Relaxed);

@@ -46,9 +46,11 @@ pub struct BackupConfig {
     /// A new snapshot is taken once the WAL shipped since the last one is this large.
     #[serde(default = "default_snapshot_after_bytes")]
     pub snapshot_after_bytes: u64,
-    /// Snapshots and WAL older than this (and not needed by a newer restore point) are removed.
-    #[serde(default = "default_retention_hours")]
-    pub retention_hours: u64,
+    /// Restore points are kept this long (default 7 days); older objects are removed when the
+    /// tenant next takes a snapshot. A tenant is snapshotted again at least every half of it
+    /// while it is written to; an idle tenant keeps what it has and costs nothing.
+    #[serde(default = "default_retention_secs")]
+    pub retention_secs: u64,
     /// Tenants shipped at the same time.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
@@ -72,8 +74,8 @@ fn default_interval_ms() -> u64 {
 fn default_snapshot_after_bytes() -> u64 {
     64 * 1024 * 1024
 }
-fn default_retention_hours() -> u64 {
-    7 * 24
+fn default_retention_secs() -> u64 {
+    7 * 24 * 3600
 }
 fn default_concurrency() -> usize {
     16
@@ -89,7 +91,7 @@ impl BackupConfig {
             secret_access_key: None,
             interval_ms: default_interval_ms(),
             snapshot_after_bytes: default_snapshot_after_bytes(),
-            retention_hours: default_retention_hours(),
+            retention_secs: default_retention_secs(),
             concurrency: default_concurrency(),
             index_every_ms: default_index_every_ms(),
         }
