@@ -474,3 +474,115 @@ fn expired_backups_are_removed_and_what_is_kept_still_restores() {
     .unwrap_err();
     assert!(err.contains("no restore point"), "{err}");
 }
+
+/// Invariant 1 on the storage side, with the node library in-process against the real S3
+/// server: a node whose generation was superseded ships nothing more, and no object is ever
+/// overwritten (a conditional create of an existing key is refused and the bytes stay).
+#[test]
+fn a_fenced_node_ships_nothing_and_objects_are_never_overwritten() {
+    use hemvist_node::backup::store::BackupConfig;
+    use hemvist_node::state::Placement;
+    use hemvist_node::{HostRequest, Node, NodeConfig};
+    use hemvist_proto::{Generation, NodeId, OrgId, RegionId};
+    use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+
+    let s3 = S3::start();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut backup = BackupConfig::local(dir.path());
+    backup.url = format!("s3://{}/hemvist", s3::BUCKET);
+    backup.endpoint = Some(s3.endpoint.clone());
+    backup.access_key_id = Some(s3::ACCESS_KEY.into());
+    backup.secret_access_key = Some(s3::SECRET_KEY.into());
+    let config = NodeConfig {
+        id: NodeId::parse("eu-north-1").unwrap(),
+        region: RegionId::parse("eu-north").unwrap(),
+        control_url: "http://127.0.0.1:9".into(),
+        join_token: "unused".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        public_url: None,
+        data_dir: dir.path().join("node"),
+        capacity: 10,
+        max_open_tenants: 4,
+        idle_close_ms: 60_000,
+        backup: Some(backup),
+    };
+    let node = std::sync::Arc::new(Node::open(config, "http://127.0.0.1:9".into()).unwrap());
+    let org = OrgId::parse("fika").unwrap();
+    let _guard = rt.enter();
+    node.host(&HostRequest {
+        org: org.clone(),
+        generation: Generation::new(1).unwrap(),
+        name: "Fika".into(),
+        allowed_regions: vec!["eu-north".into()],
+        sync: false,
+    })
+    .unwrap();
+    let replicator = node.backup.clone().unwrap();
+    rt.block_on(replicator.pass(&node));
+    let first = s3.objects("hemvist");
+    assert!(!first.is_empty(), "the first snapshot was shipped");
+
+    // A write, then the control plane hands the org to another node at generation 2.
+    let write = |name: &str| {
+        node.tenants
+            .write(&org, |tx| {
+                tx.execute(
+                    "INSERT INTO contacts (name, created_ms, updated_ms) VALUES (?1, 0, 0)",
+                    [name],
+                )
+            })
+            .unwrap();
+        replicator.mark_dirty(&org);
+    };
+    write("Before the move");
+    rt.block_on(replicator.pass(&node));
+    let before_fence = s3.objects("hemvist").len();
+    node.state
+        .apply_placements(
+            false,
+            vec![(
+                org.clone(),
+                Placement {
+                    region: RegionId::parse("eu-north").unwrap(),
+                    node_id: NodeId::parse("eu-north-2").unwrap(),
+                    node_url: "http://127.0.0.1:9".into(),
+                    generation: Generation::new(2).unwrap(),
+                },
+            )],
+            vec![],
+        )
+        .unwrap();
+    write("After the move");
+    rt.block_on(replicator.pass(&node));
+    assert_eq!(
+        s3.objects("hemvist").len(),
+        before_fence,
+        "a fenced node shipped something"
+    );
+
+    // Objects are created once: putting other bytes under an existing key is refused.
+    let store = node.config.backup.as_ref().unwrap().open().unwrap();
+    let existing = first[0]
+        .strip_prefix(s3.bucket_dir.join("hemvist"))
+        .unwrap();
+    let key = object_store::path::Path::from(existing.to_string_lossy().as_ref());
+    let original = std::fs::read(&first[0]).unwrap();
+    let refused = rt.block_on(store.put_opts(
+        &key,
+        b"not a backup".to_vec().into(),
+        PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        },
+    ));
+    assert!(
+        matches!(refused, Err(object_store::Error::AlreadyExists { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(std::fs::read(&first[0]).unwrap(), original);
+    assert_eq!(
+        rt.block_on(store.head(&key)).unwrap().size,
+        original.len() as u64
+    );
+}
