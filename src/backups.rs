@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use hemvist_node::backup::format::DataKey;
 use hemvist_node::backup::restore::{self, Catalog};
 use hemvist_node::backup::store::BackupConfig;
 use hemvist_node::backup::{format_time, parse_time};
@@ -54,6 +55,10 @@ pub struct RestoreArgs {
     /// whether the indexes alone reach the newest point.
     #[arg(long)]
     pub indexes_only: bool,
+    /// The org's data key (64 hex digits). Default: asked of the control plane, which audits
+    /// the request. Backups sealed with a destroyed key cannot be restored: that is erasure.
+    #[arg(long, env = "HEMVIST_DATA_KEY", hide_env_values = true)]
+    pub key: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -142,6 +147,30 @@ pub async fn backups(args: BackupsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The org's data key: `--key`, else the control plane's (when it answers).
+async fn data_key(org: &OrgId, args: &RestoreArgs) -> anyhow::Result<Option<DataKey>> {
+    if let Some(hex) = &args.key {
+        return Ok(Some(DataKey::from_hex(hex)?));
+    }
+    let Ok(client) = Client::new(&args.store.api) else {
+        return Ok(None);
+    };
+    match client
+        .get::<serde_json::Value>(&format!("/orgs/{org}/data-key"))
+        .await
+    {
+        Ok(v) => Ok(Some(DataKey::from_hex(
+            v["data_key"].as_str().unwrap_or_default(),
+        )?)),
+        Err(e) => {
+            eprintln!(
+                "note: no data key from the control plane ({e:#}); sealed objects will not open"
+            );
+            Ok(None)
+        }
+    }
+}
+
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let org = OrgId::parse(&args.org)?;
     let at = parse_time(&args.at).map_err(anyhow::Error::msg)?;
@@ -156,10 +185,11 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             format_time(at)
         );
     };
+    let key = data_key(&org, &args).await?;
     let out = args
         .out
         .unwrap_or_else(|| PathBuf::from(format!("{org}-{}.db", plan.time_ms())));
-    let done = restore::restore(&store, &catalog, &plan, &out).await?;
+    let done = restore::restore(&store, &catalog, &plan, &out, key.as_ref()).await?;
     if args.store.api.json {
         println!(
             "{}",

@@ -24,6 +24,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/orgs", get(list_orgs).post(create_org))
         .route("/orgs/{id}", get(show_org))
         .route("/orgs/{id}/users", axum::routing::post(add_user))
+        .route("/orgs/{id}/data-key", get(data_key))
         .route("/audit/verify", get(verify_audit))
         .fallback(|| async { ApiError(HemvistError::not_found("no such API route")) })
         .layer(middleware::from_fn_with_state(
@@ -197,6 +198,15 @@ async fn show_org(
 ) -> Result<impl IntoResponse, ApiError> {
     let Path(id) = id.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
     Ok(Json(blocking(&control, move |c| c.show_org(&id)).await?))
+}
+
+async fn data_key(
+    State(control): State<Arc<Control>>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
+    let key = blocking(&control, move |c| c.data_key(&id, "admin")).await?;
+    Ok(Json(serde_json::json!({ "data_key": key })))
 }
 
 async fn add_user(

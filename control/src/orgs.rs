@@ -159,6 +159,7 @@ impl Control {
             placement_reason: decision.reason.clone(),
             node_id: decision.node.clone(),
             durability,
+            data_key: crate::users::random_hex(32)?,
         })?;
         match created {
             Created::Existing(existing) => self.same_or_conflict(existing, &name, &residency),
@@ -288,6 +289,27 @@ impl Control {
             .into_iter()
             .map(|o| self.view(o))
             .collect()
+    }
+
+    /// The org's data key, for a restore outside its node; every request is audited.
+    pub fn data_key(&self, id: &str, actor: &str) -> Result<String, HemvistError> {
+        let id = OrgId::parse(id)?;
+        let org = self
+            .store
+            .org(&id)?
+            .ok_or_else(|| HemvistError::not_found(format!("no org {id}")))?;
+        let key = org.data_key.ok_or_else(|| {
+            HemvistError::not_found(format!(
+                "org {id} has no data key (created before keys, or its key was destroyed)"
+            ))
+        })?;
+        self.store.audit(
+            actor,
+            "data_key.read",
+            Some(&id),
+            &serde_json::json!({"purpose": "restore"}),
+        )?;
+        Ok(key)
     }
 
     pub fn show_org(&self, id: &str) -> Result<OrgDetail, HemvistError> {

@@ -71,6 +71,10 @@ CREATE TABLE audit (
     r#"
 ALTER TABLE orgs ADD COLUMN durability TEXT NOT NULL DEFAULT 'async';
 "#,
+    // Per-org data keys (hex): nodes seal the org's backups with it; NULL once destroyed.
+    r#"
+ALTER TABLE orgs ADD COLUMN data_key TEXT;
+"#,
 ];
 
 pub fn now_ms() -> i64 {
@@ -101,6 +105,8 @@ pub struct OrgRecord {
     pub node_id: NodeId,
     pub generation: Generation,
     pub durability: String,
+    /// Never serialized into views; sent to the org's node and to audited key requests only.
+    pub data_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -161,6 +167,7 @@ pub struct NewOrg {
     pub placement_reason: String,
     pub node_id: NodeId,
     pub durability: String,
+    pub data_key: String,
 }
 
 pub enum Created {
@@ -353,8 +360,8 @@ impl Store {
         let now = now_ms();
         let residency = serde_json::to_string(&new.residency).map_err(internal)?;
         tx.execute(
-            "INSERT INTO orgs (id, name, home_region, residency, placement_reason, created_ms, durability)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO orgs (id, name, home_region, residency, placement_reason, created_ms, durability, data_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 new.id.as_str(),
                 new.name,
@@ -362,7 +369,8 @@ impl Store {
                 residency,
                 new.placement_reason,
                 now,
-                new.durability
+                new.durability,
+                new.data_key
             ],
         )
         .map_err(internal)?;
@@ -750,7 +758,8 @@ impl Store {
 }
 
 const ORG_SELECT: &str = "SELECT o.id, o.name, o.home_region, o.residency, o.placement_reason,
-    o.created_ms, p.node_id, p.generation, o.durability FROM orgs o JOIN placements p ON p.org = o.id";
+    o.created_ms, p.node_id, p.generation, o.durability, o.data_key FROM orgs o
+    JOIN placements p ON p.org = o.id";
 
 type OrgRow = (
     String,
@@ -762,6 +771,7 @@ type OrgRow = (
     String,
     i64,
     String,
+    Option<String>,
 );
 
 fn org_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OrgRow> {
@@ -775,11 +785,13 @@ fn org_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OrgRow> {
         r.get(6)?,
         r.get(7)?,
         r.get(8)?,
+        r.get(9)?,
     ))
 }
 
 fn check_org(row: OrgRow) -> Result<OrgRecord> {
-    let (id, name, region, residency, reason, created_ms, node, generation, durability) = row;
+    let (id, name, region, residency, reason, created_ms, node, generation, durability, data_key) =
+        row;
     Ok(OrgRecord {
         id: OrgId::try_from(id).map_err(internal)?,
         name,
@@ -790,6 +802,7 @@ fn check_org(row: OrgRow) -> Result<OrgRecord> {
         node_id: NodeId::try_from(node).map_err(internal)?,
         generation: Generation::new(generation as u64).map_err(internal)?,
         durability,
+        data_key,
     })
 }
 

@@ -96,6 +96,7 @@ fn reconcile_node(control: &Control, node: &NodeId, epoch: u64) -> Result<(), He
             name: org.name.clone(),
             allowed_regions,
             durability: org.durability.clone(),
+            data_key: org.data_key.clone().unwrap_or_default(),
         });
         send_if_due(
             control,

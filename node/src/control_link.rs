@@ -247,6 +247,14 @@ fn host(node: &Node, h: pb::HostTenant) -> Result<pb::HostedTenant, HemvistError
         name: h.name.chars().take(200).collect(),
         allowed_regions: h.allowed_regions,
         sync: h.durability == "sync",
+        data_key: if h.data_key.is_empty() {
+            None
+        } else {
+            Some(
+                crate::backup::format::DataKey::from_hex(&h.data_key)
+                    .map_err(|e| HemvistError::invalid(format!("data key: {e}")))?,
+            )
+        },
     };
     let hosted = node.host(&req)?;
     Ok(pb::HostedTenant {

@@ -61,6 +61,8 @@ pub struct HostRequest {
     pub allowed_regions: Vec<String>,
     /// Writes are acknowledged only once they are in object storage.
     pub sync: bool,
+    /// The org's data key, which seals its backups.
+    pub data_key: Option<backup::format::DataKey>,
 }
 
 impl Node {
@@ -126,7 +128,7 @@ impl Node {
         }
         failpoints::check("node.host")?;
         if !self.tenants.exists(&req.org) {
-            self.restore_from_backup(&req.org)?;
+            self.restore_from_backup(&req.org, req.data_key.as_ref())?;
         }
         let schema_version = self.tenants.create(&req.org, now_ms())?;
         if let Some(b) = &self.backup {
@@ -138,6 +140,7 @@ impl Node {
             schema_version,
             name: req.name.clone(),
             sync: req.sync,
+            data_key: req.data_key.clone(),
         };
         self.state.set_hosted(&req.org, &hosted, now_ms())?;
         tracing::info!(org = %req.org, generation = %req.generation, schema_version, "hosting tenant");
@@ -146,7 +149,11 @@ impl Node {
 
     /// An org assigned here with no local file: if its region's backups hold it, the newest
     /// restore point becomes the local file (blocking; runs on the command thread).
-    fn restore_from_backup(&self, org: &OrgId) -> Result<(), HemvistError> {
+    fn restore_from_backup(
+        &self,
+        org: &OrgId,
+        key: Option<&backup::format::DataKey>,
+    ) -> Result<(), HemvistError> {
         let Some(b) = &self.backup else {
             return Ok(());
         };
@@ -163,7 +170,7 @@ impl Node {
             }
             let staged = path.with_extension("from-backup");
             let _ = std::fs::remove_file(&staged);
-            let done = backup::restore::restore(&b.store, &catalog, &plan, &staged).await?;
+            let done = backup::restore::restore(&b.store, &catalog, &plan, &staged, key).await?;
             std::fs::rename(&staged, &path)?;
             Ok(Some(done))
         });
@@ -380,6 +387,7 @@ mod tests {
             name: org.into(),
             allowed_regions: allowed.iter().map(|s| s.to_string()).collect(),
             sync: false,
+            data_key: None,
         }
     }
 

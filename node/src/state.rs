@@ -23,6 +23,8 @@ pub struct Hosted {
     pub name: String,
     /// Durability `sync`: a write is acknowledged once it is in object storage.
     pub sync: bool,
+    /// The org's data key: its backups are sealed with it.
+    pub data_key: Option<crate::backup::format::DataKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,12 +62,16 @@ impl NodeState {
             .prepare("SELECT 1 FROM pragma_table_info('hosted') WHERE name = 'sync'")?
             .exists([])?;
         if !has_sync {
-            conn.execute_batch("ALTER TABLE hosted ADD COLUMN sync INTEGER NOT NULL DEFAULT 0")?;
+            conn.execute_batch(
+                "ALTER TABLE hosted ADD COLUMN sync INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE hosted ADD COLUMN data_key TEXT;",
+            )?;
         }
         let mut hosted = HashMap::new();
         {
-            let mut stmt =
-                conn.prepare("SELECT org, generation, schema_version, name, sync FROM hosted")?;
+            let mut stmt = conn.prepare(
+                "SELECT org, generation, schema_version, name, sync, data_key FROM hosted",
+            )?;
             let rows = stmt.query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -73,10 +79,14 @@ impl NodeState {
                     r.get::<_, u32>(2)?,
                     r.get::<_, String>(3)?,
                     r.get::<_, bool>(4)?,
+                    r.get::<_, Option<String>>(5)?,
                 ))
             })?;
             for row in rows {
-                let (org, g, schema_version, name, sync) = row?;
+                let (org, g, schema_version, name, sync, key) = row?;
+                let data_key = key
+                    .map(|k| crate::backup::format::DataKey::from_hex(&k))
+                    .transpose()?;
                 hosted.insert(
                     OrgId::try_from(org)?,
                     Hosted {
@@ -84,6 +94,7 @@ impl NodeState {
                         schema_version,
                         name,
                         sync,
+                        data_key,
                     },
                 );
             }
@@ -147,17 +158,18 @@ impl NodeState {
     pub fn set_hosted(&self, org: &OrgId, h: &Hosted, now_ms: i64) -> Result<(), HemvistError> {
         self.db()
             .execute(
-                "INSERT INTO hosted (org, generation, schema_version, name, hosted_ms, sync)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO hosted (org, generation, schema_version, name, hosted_ms, sync, data_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT(org) DO UPDATE SET generation = ?2, schema_version = ?3, name = ?4,
-                   sync = ?6",
+                   sync = ?6, data_key = ?7",
                 params![
                     org.as_str(),
                     h.generation.get() as i64,
                     h.schema_version,
                     h.name,
                     now_ms,
-                    h.sync
+                    h.sync,
+                    h.data_key.as_ref().map(|k| k.to_hex())
                 ],
             )
             .map_err(internal)?;

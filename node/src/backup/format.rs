@@ -13,7 +13,11 @@
 //! segment that starts at L. Hex and zero padding keep listing order equal to LSN order.
 //!
 //! An object is `header | body | sha256(header | body)`; the body is LZ4-compressed: the
-//! database file for a snapshot, `(page number u32, page)` pairs for a segment.
+//! database file for a snapshot, `(page number u32, page)` pairs for a segment. With the org's
+//! data key (every org created by the control plane has one), the compressed body is sealed:
+//! `nonce (24) | XChaCha20-Poly1305(body)` with the header as associated data, and the kind in
+//! the header has its top bit set. The SHA-256 still covers everything, so damage is told
+//! apart from a wrong key without the key.
 //!
 //! Packs: the small segments of every tenant shipped in one pass go into one object per node,
 //! so a node makes one request per interval however many tenants wrote:
@@ -37,6 +41,64 @@ use hemvist_proto::OrgId;
 use sha2::{Digest, Sha256};
 
 const MAGIC: &[u8; 4] = b"HVB1";
+const SEALED: u32 = 0x8000_0000;
+const NONCE: usize = 24;
+
+/// An org's data key. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DataKey(pub [u8; 32]);
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKey(..)")
+    }
+}
+
+impl DataKey {
+    pub fn from_hex(hex: &str) -> anyhow::Result<DataKey> {
+        let hex = hex.trim();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("a data key is 64 hex digits");
+        }
+        let mut key = [0u8; 32];
+        for (i, k) in key.iter_mut().enumerate() {
+            *k = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
+        }
+        Ok(DataKey(key))
+    }
+
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// A nonce never used before in this process: a random prefix read once, then a counter.
+fn nonce() -> [u8; NONCE] {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<[u8; 16]> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        use std::io::Read;
+        let mut p = [0u8; 16];
+        if std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut p))
+            .is_err()
+        {
+            // No urandom: the clock and the process id still make a prefix unlikely to repeat.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            p[..16].copy_from_slice(&(t ^ (std::process::id() as u128) << 64).to_le_bytes());
+        }
+        p
+    });
+    let mut n = [0u8; NONCE];
+    n[..16].copy_from_slice(prefix);
+    n[16..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    n
+}
 const HEADER_LEN: usize = 4 + 4 + 4 + 4 + 8 + 8 + 8 + 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,10 +203,18 @@ pub enum Body {
     Pages(BTreeMap<u32, Vec<u8>>),
 }
 
-fn header(kind: Kind, page_size: u32, db_pages: u32, raw_len: u64, name: &ObjectName) -> Vec<u8> {
+fn header(
+    kind: Kind,
+    page_size: u32,
+    db_pages: u32,
+    raw_len: u64,
+    name: &ObjectName,
+    sealed: bool,
+) -> Vec<u8> {
     let mut h = Vec::with_capacity(HEADER_LEN);
     h.extend_from_slice(MAGIC);
-    h.extend_from_slice(&(if kind == Kind::Snapshot { 1u32 } else { 2 }).to_be_bytes());
+    let kind = if kind == Kind::Snapshot { 1u32 } else { 2 };
+    h.extend_from_slice(&(if sealed { kind | SEALED } else { kind }).to_be_bytes());
     h.extend_from_slice(&page_size.to_be_bytes());
     h.extend_from_slice(&db_pages.to_be_bytes());
     h.extend_from_slice(&name.start.to_be_bytes());
@@ -154,17 +224,48 @@ fn header(kind: Kind, page_size: u32, db_pages: u32, raw_len: u64, name: &Object
     h
 }
 
-fn seal(mut out: Vec<u8>, raw: &[u8]) -> Vec<u8> {
-    out.extend_from_slice(&lz4_flex::block::compress(raw));
+fn seal(mut out: Vec<u8>, raw: &[u8], key: Option<&DataKey>) -> Vec<u8> {
+    let compressed = lz4_flex::block::compress(raw);
+    match key {
+        None => out.extend_from_slice(&compressed),
+        Some(key) => {
+            use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+            let cipher = chacha20poly1305::XChaCha20Poly1305::new((&key.0).into());
+            let nonce = nonce();
+            let sealed = cipher
+                .encrypt(
+                    (&nonce).into(),
+                    Payload {
+                        msg: &compressed,
+                        aad: &out,
+                    },
+                )
+                .unwrap_or_default();
+            out.extend_from_slice(&nonce);
+            out.extend_from_slice(&sealed);
+        }
+    }
     let sum = Sha256::digest(&out);
     out.extend_from_slice(&sum);
     out
 }
 
-pub fn encode_snapshot(name: &ObjectName, page_size: u32, db: &[u8]) -> Vec<u8> {
+pub fn encode_snapshot(
+    name: &ObjectName,
+    page_size: u32,
+    db: &[u8],
+    key: Option<&DataKey>,
+) -> Vec<u8> {
     let db_pages = (db.len() / page_size.max(1) as usize) as u32;
-    let h = header(Kind::Snapshot, page_size, db_pages, db.len() as u64, name);
-    seal(h, db)
+    let h = header(
+        Kind::Snapshot,
+        page_size,
+        db_pages,
+        db.len() as u64,
+        name,
+        key.is_some(),
+    );
+    seal(h, db, key)
 }
 
 pub fn encode_segment(
@@ -172,18 +273,27 @@ pub fn encode_segment(
     page_size: u32,
     db_pages: u32,
     pages: &BTreeMap<u32, Vec<u8>>,
+    key: Option<&DataKey>,
 ) -> Vec<u8> {
     let mut raw = Vec::with_capacity(pages.len() * (4 + page_size as usize));
     for (page, data) in pages {
         raw.extend_from_slice(&page.to_be_bytes());
         raw.extend_from_slice(data);
     }
-    let h = header(Kind::Segment, page_size, db_pages, raw.len() as u64, name);
-    seal(h, &raw)
+    let h = header(
+        Kind::Segment,
+        page_size,
+        db_pages,
+        raw.len() as u64,
+        name,
+        key.is_some(),
+    );
+    seal(h, &raw, key)
 }
 
-/// Checks the checksum, then the header against the key it was read from, then decodes.
-pub fn decode(name: &ObjectName, bytes: &[u8]) -> anyhow::Result<Decoded> {
+/// Checks the checksum, then the header against the key it was read from, then opens (with
+/// the org's data key if the body is sealed) and decodes.
+pub fn decode(name: &ObjectName, bytes: &[u8], key: Option<&DataKey>) -> anyhow::Result<Decoded> {
     if bytes.len() < HEADER_LEN + 32 {
         bail!("{}: too short to be a backup object", name.key());
     }
@@ -207,7 +317,8 @@ pub fn decode(name: &ObjectName, bytes: &[u8]) -> anyhow::Result<Decoded> {
     if &content[..4] != MAGIC {
         bail!("{}: not a hemvist backup object", name.key());
     }
-    let kind = match be32(4) {
+    let sealed = be32(4) & SEALED != 0;
+    let kind = match be32(4) & !SEALED {
         1 => Kind::Snapshot,
         2 => Kind::Segment,
         k => bail!("{}: unknown object kind {k}", name.key()),
@@ -220,7 +331,34 @@ pub fn decode(name: &ObjectName, bytes: &[u8]) -> anyhow::Result<Decoded> {
     if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
         bail!("{}: bad page size {page_size}", name.key());
     }
-    let raw = lz4_flex::block::decompress(&content[HEADER_LEN..], raw_len as usize)
+    let opened;
+    let compressed = if sealed {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        let Some(key) = key else {
+            bail!(
+                "{}: sealed with the org's data key, and no key was given (an org whose key was destroyed is erased)",
+                name.key()
+            );
+        };
+        let body = &content[HEADER_LEN..];
+        if body.len() < NONCE + 16 {
+            bail!("{}: sealed body too short", name.key());
+        }
+        let cipher = chacha20poly1305::XChaCha20Poly1305::new((&key.0).into());
+        opened = cipher
+            .decrypt(
+                body[..NONCE].into(),
+                Payload {
+                    msg: &body[NONCE..],
+                    aad: &content[..HEADER_LEN],
+                },
+            )
+            .map_err(|_| anyhow::anyhow!("{}: cannot be opened with this data key", name.key()))?;
+        &opened[..]
+    } else {
+        &content[HEADER_LEN..]
+    };
+    let raw = lz4_flex::block::decompress(compressed, raw_len as usize)
         .with_context(|| format!("{}: cannot decompress", name.key()))?;
     let body = match kind {
         Kind::Snapshot => {
@@ -380,24 +518,50 @@ mod tests {
     fn objects_round_trip_and_damage_is_named() {
         let seg = name(Kind::Segment, 1, 5);
         let pages: BTreeMap<u32, Vec<u8>> = [(1, vec![7u8; 512]), (4, vec![9u8; 512])].into();
-        let bytes = encode_segment(&seg, 512, 4, &pages);
-        let decoded = decode(&seg, &bytes).expect("decode");
+        let bytes = encode_segment(&seg, 512, 4, &pages, None);
+        let decoded = decode(&seg, &bytes, None).expect("decode");
         assert_eq!(decoded.body, Body::Pages(pages));
         assert_eq!(decoded.db_pages, 4);
         let mut damaged = bytes.clone();
         damaged[HEADER_LEN + 3] ^= 1;
-        let err = decode(&seg, &damaged).expect_err("damaged").to_string();
+        let err = decode(&seg, &damaged, None)
+            .expect_err("damaged")
+            .to_string();
         assert!(
             err.contains(&seg.key()) && err.contains("checksum"),
             "{err}"
         );
         // The right bytes under another name are refused too.
         let other = name(Kind::Segment, 1, 6);
-        assert!(decode(&other, &bytes).is_err());
+        assert!(decode(&other, &bytes, None).is_err());
         let snap = name(Kind::Snapshot, 5, 5);
         let db = vec![3u8; 1024];
-        let decoded = decode(&snap, &encode_snapshot(&snap, 512, &db)).expect("snapshot");
-        assert_eq!((decoded.db_pages, decoded.body), (2, Body::Database(db)));
+        let decoded =
+            decode(&snap, &encode_snapshot(&snap, 512, &db, None), None).expect("snapshot");
+        assert_eq!(
+            (decoded.db_pages, decoded.body),
+            (2, Body::Database(db.clone()))
+        );
+        // Sealed with a data key: opened with it; without it or with another, a clear refusal
+        // (and never the bytes); damage is still told by the checksum.
+        let key = DataKey([9u8; 32]);
+        let sealed = encode_snapshot(&snap, 512, &db, Some(&key));
+        assert!(
+            !sealed.windows(16).any(|w| w == [3u8; 16]),
+            "plaintext leaked"
+        );
+        let opened = decode(&snap, &sealed, Some(&key)).expect("open");
+        assert_eq!(opened.body, Body::Database(db));
+        let no_key = decode(&snap, &sealed, None)
+            .expect_err("no key")
+            .to_string();
+        assert!(no_key.contains("data key"), "{no_key}");
+        let wrong = decode(&snap, &sealed, Some(&DataKey([1u8; 32])))
+            .expect_err("wrong key")
+            .to_string();
+        assert!(wrong.contains("cannot be opened"), "{wrong}");
+        assert_eq!(DataKey::from_hex(&key.to_hex()).expect("hex"), key);
+        assert!(!format!("{key:?}").contains("09"));
     }
 
     #[test]
@@ -407,8 +571,8 @@ mod tests {
         b.org = OrgId::parse("other").expect("org");
         let pages: BTreeMap<u32, Vec<u8>> = [(1, vec![7u8; 512])].into();
         let segs = vec![
-            (a.clone(), encode_segment(&a, 512, 1, &pages)),
-            (b.clone(), encode_segment(&b, 512, 1, &pages)),
+            (a.clone(), encode_segment(&a, 512, 1, &pages, None)),
+            (b.clone(), encode_segment(&b, 512, 1, &pages, None)),
         ];
         let (pack, index_len, places) = encode_pack(&segs);
         let key = pack_key("eu-north-1", 1_764_000_000_000, 7, index_len);
@@ -423,7 +587,7 @@ mod tests {
         {
             assert_eq!((n, off, len), (want, o, l));
             let bytes = &pack[*off as usize..(*off + *len) as usize];
-            assert!(decode(n, bytes).is_ok());
+            assert!(decode(n, bytes, None).is_ok());
         }
         let refs = vec![PackRef {
             pack: key.clone(),

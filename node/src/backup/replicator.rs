@@ -502,6 +502,7 @@ impl Replicator {
                 };
                 let size = changes.pages.len() as u64 * changes.page_size as u64;
                 let more = size as usize >= SEGMENT_BYTES;
+                let key = hosted.data_key.clone();
                 let bytes = tokio::task::spawn_blocking({
                     let name = name.clone();
                     move || {
@@ -510,6 +511,7 @@ impl Replicator {
                             changes.page_size,
                             changes.db_pages,
                             &changes.pages,
+                            key.as_ref(),
                         )
                     }
                 })
@@ -569,11 +571,13 @@ impl Replicator {
                         end: state.lsn + changes.frames,
                         time_ms: now_ms(),
                     };
+                    let key = n.state.hosted(&o).and_then(|h| h.data_key);
                     let bytes = format::encode_segment(
                         &name,
                         changes.page_size,
                         changes.db_pages,
                         &changes.pages,
+                        key.as_ref(),
                     );
                     rt.block_on(self.put(&name, bytes))?;
                     self.metrics.segments.fetch_add(1, Ordering::Relaxed);
@@ -653,6 +657,7 @@ impl Replicator {
             end: lsn,
             time_ms: now_ms(),
         };
+        let key = node.state.hosted(org).and_then(|h| h.data_key);
         let (bytes, page_size) = tokio::task::spawn_blocking({
             let name = name.clone();
             move || -> Result<(Vec<u8>, u32), HemvistError> {
@@ -665,7 +670,10 @@ impl Replicator {
                 } else {
                     4096
                 };
-                Ok((format::encode_snapshot(&name, page_size, &db), page_size))
+                Ok((
+                    format::encode_snapshot(&name, page_size, &db, key.as_ref()),
+                    page_size,
+                ))
             }
         })
         .await

@@ -394,6 +394,7 @@ pub async fn restore(
     catalog: &Catalog,
     plan: &Plan,
     out: &Path,
+    key: Option<&format::DataKey>,
 ) -> anyhow::Result<Restored> {
     if out.exists() {
         anyhow::bail!(
@@ -462,7 +463,7 @@ pub async fn restore(
             Err(e) => return Err(anyhow::Error::new(e).context(format!("download {}", name.key()))),
         };
         downloaded += bytes.len() as u64;
-        let decoded = match format::decode(&name, &bytes) {
+        let decoded = match format::decode(&name, &bytes, key) {
             Ok(d) => d,
             Err(e) => return Err(damaged(format!("{e:#}"))),
         };
