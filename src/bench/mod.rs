@@ -1,6 +1,7 @@
 //! `hemvist bench ...`: benchmarks that print one table each, to quote in notes.
 
 mod hosting;
+mod replication;
 mod search;
 
 use std::time::Duration;
@@ -13,12 +14,20 @@ pub enum BenchCommand {
     Hosting(hosting::HostingArgs),
     /// The org users' search over HTTP, beside plain FTS5 and Datasette on the same data.
     Search(search::SearchArgs),
+    /// Continuous backup to S3: hemvist's replicator beside Litestream, idle and under writes,
+    /// at several tenant counts; then a large tenant restored by each.
+    Replication(replication::ReplicationArgs),
+    /// The hemvist node process `bench replication` measures (started by it, not by hand).
+    #[command(hide = true)]
+    ReplicationNode(replication::node::NodeArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Hosting(args) => hosting::run(args),
         BenchCommand::Search(args) => search::run(args),
+        BenchCommand::Replication(args) => replication::run(args),
+        BenchCommand::ReplicationNode(args) => replication::node::run(args),
     }
 }
 
