@@ -250,6 +250,15 @@ fn seal(mut out: Vec<u8>, raw: &[u8], key: Option<&DataKey>) -> Vec<u8> {
     out
 }
 
+/// Raw bytes per snapshot chunk.
+pub const CHUNK_RAW: usize = 4 * 1024 * 1024;
+const KIND_CHUNKED: u32 = 3;
+const TABLE_ENTRY: usize = 8 + 4 + 32;
+
+/// A snapshot is written in chunks of [`CHUNK_RAW`] bytes, each compressed (and sealed) on its
+/// own and listed with its checksum in a table after the header:
+/// `header | count u32 | chunk u32 | (offset u64, len u32, sha256)* | sha256(all before) | chunks`.
+/// A restore reads the table with one ranged GET, then fetches and opens chunks in parallel.
 pub fn encode_snapshot(
     name: &ObjectName,
     page_size: u32,
@@ -257,7 +266,7 @@ pub fn encode_snapshot(
     key: Option<&DataKey>,
 ) -> Vec<u8> {
     let db_pages = (db.len() / page_size.max(1) as usize) as u32;
-    let h = header(
+    let mut h = header(
         Kind::Snapshot,
         page_size,
         db_pages,
@@ -265,7 +274,198 @@ pub fn encode_snapshot(
         name,
         key.is_some(),
     );
-    seal(h, db, key)
+    // The kind says "chunked snapshot" (3), keeping the sealed bit.
+    let sealed_bit = u32::from_be_bytes([h[4], h[5], h[6], h[7]]) & SEALED;
+    h[4..8].copy_from_slice(&(KIND_CHUNKED | sealed_bit).to_be_bytes());
+    let chunks: Vec<Vec<u8>> = db
+        .chunks(CHUNK_RAW)
+        .enumerate()
+        .map(|(i, raw)| seal_chunk(&h, i as u32, raw, key))
+        .collect();
+    let table_end = HEADER_LEN + 8 + chunks.len() * TABLE_ENTRY + 32;
+    let mut out = Vec::with_capacity(table_end + chunks.iter().map(Vec::len).sum::<usize>());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&(chunks.len() as u32).to_be_bytes());
+    out.extend_from_slice(&(CHUNK_RAW as u32).to_be_bytes());
+    let mut offset = table_end as u64;
+    for c in &chunks {
+        out.extend_from_slice(&offset.to_be_bytes());
+        out.extend_from_slice(&(c.len() as u32).to_be_bytes());
+        out.extend_from_slice(&Sha256::digest(c));
+        offset += c.len() as u64;
+    }
+    let sum = Sha256::digest(&out);
+    out.extend_from_slice(&sum);
+    for c in chunks {
+        out.extend_from_slice(&c);
+    }
+    out
+}
+
+/// One chunk: LZ4, then sealed with the header and the chunk's number as associated data (so
+/// chunks cannot be swapped between places or objects).
+fn seal_chunk(header: &[u8], index: u32, raw: &[u8], key: Option<&DataKey>) -> Vec<u8> {
+    let compressed = lz4_flex::block::compress(raw);
+    let Some(key) = key else {
+        return compressed;
+    };
+    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+    let cipher = chacha20poly1305::XChaCha20Poly1305::new((&key.0).into());
+    let nonce = nonce();
+    let mut aad = header.to_vec();
+    aad.extend_from_slice(&index.to_be_bytes());
+    let sealed = cipher
+        .encrypt(
+            (&nonce).into(),
+            Payload {
+                msg: &compressed,
+                aad: &aad,
+            },
+        )
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(NONCE + sealed.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&sealed);
+    out
+}
+
+/// Where the chunks of a chunked snapshot are, read from the start of the object.
+#[derive(Debug, Clone)]
+pub struct SnapshotTable {
+    header: Vec<u8>,
+    sealed: bool,
+    pub page_size: u32,
+    pub raw_len: u64,
+    pub chunk_raw: u64,
+    /// (offset, length, sha256) of each chunk.
+    pub chunks: Vec<(u64, u32, [u8; 32])>,
+}
+
+/// What the first bytes of a snapshot object say.
+pub enum SnapshotHead {
+    /// A chunked snapshot and its table.
+    Chunked(SnapshotTable),
+    /// The table is longer than what was read: read this many bytes from the start.
+    NeedBytes(usize),
+    /// An older, single-body snapshot: read it whole and [`decode`] it.
+    Whole,
+}
+
+pub fn snapshot_head(name: &ObjectName, head: &[u8]) -> anyhow::Result<SnapshotHead> {
+    if head.len() < HEADER_LEN + 8 {
+        bail!("{}: too short to be a snapshot", name.key());
+    }
+    let be32 = |at: usize| u32::from_be_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
+    let be64 = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&head[at..at + 8]);
+        u64::from_be_bytes(b)
+    };
+    if &head[..4] != MAGIC {
+        bail!("{}: not a hemvist backup object", name.key());
+    }
+    if be32(4) & !SEALED != KIND_CHUNKED {
+        return Ok(SnapshotHead::Whole);
+    }
+    let count = be32(HEADER_LEN) as usize;
+    let table_end = HEADER_LEN + 8 + count * TABLE_ENTRY + 32;
+    if head.len() < table_end {
+        return Ok(SnapshotHead::NeedBytes(table_end));
+    }
+    if Sha256::digest(&head[..table_end - 32]).as_slice() != &head[table_end - 32..table_end] {
+        bail!(
+            "{}: checksum mismatch in its chunk table (the object is damaged)",
+            name.key()
+        );
+    }
+    let (start, end, time_ms) = (be64(16), be64(24), be64(32) as i64);
+    if name.kind != Kind::Snapshot
+        || start != name.start
+        || end != name.end
+        || time_ms != name.time_ms
+    {
+        bail!("{}: its header does not match its name", name.key());
+    }
+    let page_size = be32(8);
+    if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
+        bail!("{}: bad page size {page_size}", name.key());
+    }
+    let chunk_raw = be32(HEADER_LEN + 4) as u64;
+    let raw_len = be64(40);
+    if chunk_raw == 0 || raw_len.div_ceil(chunk_raw) != count as u64 {
+        bail!(
+            "{}: chunk table does not match the database size",
+            name.key()
+        );
+    }
+    let chunks = (0..count)
+        .map(|i| {
+            let at = HEADER_LEN + 8 + i * TABLE_ENTRY;
+            let mut sum = [0u8; 32];
+            sum.copy_from_slice(&head[at + 12..at + 44]);
+            (be64(at), be32(at + 8), sum)
+        })
+        .collect();
+    Ok(SnapshotHead::Chunked(SnapshotTable {
+        header: head[..HEADER_LEN].to_vec(),
+        sealed: be32(4) & SEALED != 0,
+        page_size,
+        raw_len,
+        chunk_raw,
+        chunks,
+    }))
+}
+
+/// Verifies, opens and decompresses chunk `index` of a chunked snapshot.
+pub fn open_chunk(
+    name: &ObjectName,
+    table: &SnapshotTable,
+    index: usize,
+    bytes: &[u8],
+    key: Option<&DataKey>,
+) -> anyhow::Result<Vec<u8>> {
+    let (_, len, sum) = table.chunks[index];
+    if bytes.len() != len as usize || Sha256::digest(bytes).as_slice() != sum {
+        bail!(
+            "{}: checksum mismatch in chunk {index} (the object is damaged)",
+            name.key()
+        );
+    }
+    let expected = (table.raw_len - index as u64 * table.chunk_raw).min(table.chunk_raw) as usize;
+    let opened;
+    let compressed = if table.sealed {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        let Some(key) = key else {
+            bail!(
+                "{}: sealed with the org's data key, and no key was given (an org whose key was destroyed is erased)",
+                name.key()
+            );
+        };
+        if bytes.len() < NONCE + 16 {
+            bail!("{}: sealed chunk {index} too short", name.key());
+        }
+        let mut aad = table.header.clone();
+        aad.extend_from_slice(&(index as u32).to_be_bytes());
+        let cipher = chacha20poly1305::XChaCha20Poly1305::new((&key.0).into());
+        opened = cipher
+            .decrypt(
+                bytes[..NONCE].into(),
+                Payload {
+                    msg: &bytes[NONCE..],
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| anyhow::anyhow!("{}: cannot be opened with this data key", name.key()))?;
+        &opened[..]
+    } else {
+        bytes
+    };
+    let raw = lz4_flex::block::decompress(compressed, expected)
+        .with_context(|| format!("{}: cannot decompress chunk {index}", name.key()))?;
+    if raw.len() != expected {
+        bail!("{}: chunk {index} has the wrong size", name.key());
+    }
+    Ok(raw)
 }
 
 pub fn encode_segment(
@@ -296,6 +496,24 @@ pub fn encode_segment(
 pub fn decode(name: &ObjectName, bytes: &[u8], key: Option<&DataKey>) -> anyhow::Result<Decoded> {
     if bytes.len() < HEADER_LEN + 32 {
         bail!("{}: too short to be a backup object", name.key());
+    }
+    if name.kind == Kind::Snapshot {
+        if let SnapshotHead::Chunked(table) = snapshot_head(name, bytes)? {
+            let mut db = Vec::with_capacity(table.raw_len as usize);
+            for (i, (offset, len, _)) in table.chunks.iter().enumerate() {
+                let at = *offset as usize;
+                let chunk = bytes
+                    .get(at..at + *len as usize)
+                    .with_context(|| format!("{}: cut short", name.key()))?;
+                db.extend_from_slice(&open_chunk(name, &table, i, chunk, key)?);
+            }
+            return Ok(Decoded {
+                kind: Kind::Snapshot,
+                page_size: table.page_size,
+                db_pages: (table.raw_len / table.page_size as u64) as u32,
+                body: Body::Database(db),
+            });
+        }
     }
     let (content, sum) = bytes.split_at(bytes.len() - 32);
     if Sha256::digest(content).as_slice() != sum {
@@ -562,6 +780,40 @@ mod tests {
         assert!(wrong.contains("cannot be opened"), "{wrong}");
         assert_eq!(DataKey::from_hex(&key.to_hex()).expect("hex"), key);
         assert!(!format!("{key:?}").contains("09"));
+    }
+
+    #[test]
+    fn snapshots_are_chunked_and_each_chunk_is_checked() {
+        let snap = name(Kind::Snapshot, 7, 7);
+        let db: Vec<u8> = (0..CHUNK_RAW * 2 + 4096)
+            .map(|i| (i / 4096) as u8)
+            .collect();
+        let key = DataKey([5u8; 32]);
+        let bytes = encode_snapshot(&snap, 4096, &db, Some(&key));
+        let SnapshotHead::Chunked(table) = snapshot_head(&snap, &bytes).expect("head") else {
+            panic!("a chunked snapshot");
+        };
+        assert_eq!((table.chunks.len(), table.raw_len), (3, db.len() as u64));
+        let mut rebuilt = Vec::new();
+        for (i, (off, len, _)) in table.chunks.iter().enumerate() {
+            let chunk = &bytes[*off as usize..(*off + *len as u64) as usize];
+            rebuilt.extend(open_chunk(&snap, &table, i, chunk, Some(&key)).expect("chunk"));
+        }
+        assert_eq!(rebuilt, db);
+        // A chunk put in another chunk's place is refused, and so is a damaged one.
+        let (o0, l0, _) = table.chunks[0];
+        let first = &bytes[o0 as usize..(o0 + l0 as u64) as usize];
+        assert!(open_chunk(&snap, &table, 1, first, Some(&key)).is_err());
+        let mut damaged = first.to_vec();
+        damaged[10] ^= 1;
+        let err = open_chunk(&snap, &table, 0, &damaged, Some(&key))
+            .expect_err("damaged")
+            .to_string();
+        assert!(err.contains("chunk 0") && err.contains("checksum"), "{err}");
+        assert_eq!(
+            decode(&snap, &bytes, Some(&key)).expect("whole").body,
+            Body::Database(db)
+        );
     }
 
     #[test]

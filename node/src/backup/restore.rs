@@ -5,7 +5,6 @@
 //! newest point that can be restored without it.
 
 use std::collections::BTreeSet;
-use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -388,6 +387,114 @@ impl std::fmt::Display for Damaged {
 
 impl std::error::Error for Damaged {}
 
+enum SnapshotError {
+    Damaged(String),
+    Other(anyhow::Error),
+}
+
+/// Writes the snapshot into `file`: the chunk table with one ranged GET, then the chunks with
+/// up to 8 ranged GETs at once, each verified, opened and written at its place on a blocking
+/// thread while the next ones download. Returns the bytes downloaded.
+async fn restore_snapshot(
+    store: &Arc<dyn ObjectStore>,
+    name: &ObjectName,
+    file: &Arc<std::fs::File>,
+    key: Option<&format::DataKey>,
+) -> Result<u64, SnapshotError> {
+    use format::SnapshotHead;
+    use std::os::unix::fs::FileExt;
+    let path = ObjectPath::from(name.key());
+    let other = |e: object_store::Error| match e {
+        object_store::Error::NotFound { .. } => SnapshotError::Damaged("it is missing".into()),
+        e => {
+            SnapshotError::Other(anyhow::Error::new(e).context(format!("download {}", name.key())))
+        }
+    };
+    let size = store.head(&path).await.map_err(other)?.size;
+    let mut head = store
+        .get_range(&path, 0..size.min(64 * 1024))
+        .await
+        .map_err(other)?;
+    let mut downloaded = head.len() as u64;
+    let table = loop {
+        match format::snapshot_head(name, &head)
+            .map_err(|e| SnapshotError::Damaged(format!("{e:#}")))?
+        {
+            SnapshotHead::Chunked(t) => break t,
+            SnapshotHead::NeedBytes(n) if (n as u64) <= size && n > head.len() => {
+                head = store.get_range(&path, 0..n as u64).await.map_err(other)?;
+                downloaded += head.len() as u64;
+            }
+            SnapshotHead::NeedBytes(_) => {
+                return Err(SnapshotError::Damaged(
+                    "its chunk table is cut short".into(),
+                ))
+            }
+            SnapshotHead::Whole => {
+                // An older single-body snapshot.
+                let bytes = store
+                    .get(&path)
+                    .await
+                    .map_err(other)?
+                    .bytes()
+                    .await
+                    .map_err(other)?;
+                let decoded = format::decode(name, &bytes, key)
+                    .map_err(|e| SnapshotError::Damaged(format!("{e:#}")))?;
+                if let Body::Database(db) = decoded.body {
+                    file.write_all_at(&db, 0)
+                        .map_err(|e| SnapshotError::Other(e.into()))?;
+                }
+                return Ok(downloaded + bytes.len() as u64);
+            }
+        }
+    };
+    file.set_len(table.raw_len)
+        .map_err(|e| SnapshotError::Other(e.into()))?;
+    let table = Arc::new(table);
+    let key = key.cloned();
+    let results: Vec<Result<u64, SnapshotError>> = futures::stream::iter(0..table.chunks.len())
+        .map(|i| {
+            let (store, path, table, file, key, name) = (
+                store.clone(),
+                path.clone(),
+                table.clone(),
+                file.clone(),
+                key.clone(),
+                name.clone(),
+            );
+            async move {
+                let (offset, len, _) = table.chunks[i];
+                let bytes = store
+                    .get_range(&path, offset..offset + len as u64)
+                    .await
+                    .map_err(|e| match e {
+                        object_store::Error::NotFound { .. } => {
+                            SnapshotError::Damaged("it is missing".into())
+                        }
+                        e => SnapshotError::Other(anyhow::Error::new(e)),
+                    })?;
+                let n = bytes.len() as u64;
+                tokio::task::spawn_blocking(move || {
+                    let raw = format::open_chunk(&name, &table, i, &bytes, key.as_ref())
+                        .map_err(|e| SnapshotError::Damaged(format!("{e:#}")))?;
+                    file.write_all_at(&raw, i as u64 * table.chunk_raw)
+                        .map_err(|e| SnapshotError::Other(e.into()))?;
+                    Ok(n)
+                })
+                .await
+                .map_err(|e| SnapshotError::Other(anyhow::anyhow!("chunk task: {e}")))?
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    for r in results {
+        downloaded += r?;
+    }
+    Ok(downloaded)
+}
+
 /// Restores the plan into `out` (which must not exist): written beside it, verified, renamed.
 pub async fn restore(
     store: &Arc<dyn ObjectStore>,
@@ -405,36 +512,11 @@ pub async fn restore(
     let partial = out.with_extension("restoring");
     let _ = std::fs::remove_file(&partial);
     let started = Instant::now();
-    let mut file =
+    let file =
         std::fs::File::create(&partial).with_context(|| format!("create {}", partial.display()))?;
-    let objects: Vec<(ObjectName, u64)> = std::iter::once(plan.snapshot.clone())
-        .chain(plan.segments.iter().cloned())
-        .collect();
-    // Downloads run ahead of the writes (up to 4 objects), in order.
-    let mut fetched = futures::stream::iter(objects.clone().into_iter().map(|(name, len)| {
-        let store = store.clone();
-        let packed = catalog.packed.get(&name.key()).cloned();
-        async move {
-            let bytes = match packed {
-                Some((pack, offset)) => {
-                    store
-                        .get_range(&ObjectPath::from(pack.as_str()), offset..offset + len)
-                        .await
-                }
-                None => match store.get(&ObjectPath::from(name.key())).await {
-                    Ok(r) => r.bytes().await,
-                    Err(e) => Err(e),
-                },
-            };
-            (name, bytes)
-        }
-    }))
-    .buffered(4);
-    let mut downloaded = 0u64;
-    let mut applied: Option<&(ObjectName, u64)> = None;
-    let mut index = 0;
-    while let Some((name, bytes)) = fetched.next().await {
-        let damaged = |reason: String| -> anyhow::Error {
+    let file = Arc::new(file);
+    let damaged =
+        |name: &ObjectName, applied: Option<&(ObjectName, u64)>, reason: String| -> anyhow::Error {
             let _ = std::fs::remove_file(&partial);
             let newest_consistent_ms = match applied {
                 // A bad segment: everything before it is fine.
@@ -455,35 +537,64 @@ pub async fn restore(
             }
             .into()
         };
+    let mut downloaded = match restore_snapshot(store, &plan.snapshot.0, &file, key).await {
+        Ok(n) => n,
+        Err(SnapshotError::Damaged(reason)) => return Err(damaged(&plan.snapshot.0, None, reason)),
+        Err(SnapshotError::Other(e)) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    // Segments: downloads run ahead of the writes (up to 4 objects), applied in order.
+    let mut fetched =
+        futures::stream::iter(plan.segments.clone().into_iter().map(|(name, len)| {
+            let store = store.clone();
+            let packed = catalog.packed.get(&name.key()).cloned();
+            async move {
+                let bytes = match packed {
+                    Some((pack, offset)) => {
+                        store
+                            .get_range(&ObjectPath::from(pack.as_str()), offset..offset + len)
+                            .await
+                    }
+                    None => match store.get(&ObjectPath::from(name.key())).await {
+                        Ok(r) => r.bytes().await,
+                        Err(e) => Err(e),
+                    },
+                };
+                (name, bytes)
+            }
+        }))
+        .buffered(4);
+    let mut applied: &(ObjectName, u64) = &plan.snapshot;
+    let mut index = 0;
+    while let Some((name, bytes)) = fetched.next().await {
         let bytes = match bytes {
             Ok(b) => b,
             Err(object_store::Error::NotFound { .. }) => {
-                return Err(damaged("it is missing".into()))
+                return Err(damaged(&name, Some(applied), "it is missing".into()))
             }
-            Err(e) => return Err(anyhow::Error::new(e).context(format!("download {}", name.key()))),
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(anyhow::Error::new(e).context(format!("download {}", name.key())));
+            }
         };
         downloaded += bytes.len() as u64;
         let decoded = match format::decode(&name, &bytes, key) {
             Ok(d) => d,
-            Err(e) => return Err(damaged(format!("{e:#}"))),
+            Err(e) => return Err(damaged(&name, Some(applied), format!("{e:#}"))),
         };
-        match decoded.body {
-            Body::Database(db) => {
-                file.write_all(&db)?;
+        if let Body::Pages(pages) = decoded.body {
+            use std::os::unix::fs::FileExt;
+            for (page, data) in pages {
+                file.write_all_at(&data, (page as u64 - 1) * decoded.page_size as u64)?;
             }
-            Body::Pages(pages) => {
-                for (page, data) in pages {
-                    file.seek(SeekFrom::Start(
-                        (page as u64 - 1) * decoded.page_size as u64,
-                    ))?;
-                    file.write_all(&data)?;
-                }
-                file.set_len(decoded.db_pages as u64 * decoded.page_size as u64)?;
-            }
+            file.set_len(decoded.db_pages as u64 * decoded.page_size as u64)?;
         }
-        applied = Some(&objects[index]);
+        applied = &plan.segments[index];
         index += 1;
     }
+    let file = Arc::try_unwrap(file).map_err(|_| anyhow::anyhow!("restore file still shared"))?;
     file.sync_all()?;
     let db_bytes = file.metadata()?.len();
     drop(file);
@@ -513,7 +624,7 @@ pub async fn restore(
         generation: plan.generation,
         lsn: plan.lsn(),
         time_ms: plan.time_ms(),
-        objects: objects.len(),
+        objects: 1 + plan.segments.len(),
         downloaded,
         db_bytes,
         fetch_and_apply,
