@@ -184,8 +184,10 @@ pub struct Replicator {
     marks: Mutex<HashMap<OrgId, u64>>,
     durable: Mutex<HashMap<OrgId, u64>>,
     durable_changed: std::sync::Condvar,
-    /// Starts a pass before the interval is up (a `sync` write is waiting).
+    /// Wakes the loop: a first dirty tenant (a deadline to keep), or a `sync` write waiting
+    /// (`urgent`: ship at once).
     wake: tokio::sync::Notify,
+    urgent: std::sync::atomic::AtomicBool,
     /// Tenants with packed segments to list in an index object, and since when.
     index_due: Mutex<HashMap<OrgId, i64>>,
     pack_seq: AtomicU64,
@@ -240,6 +242,7 @@ impl Replicator {
             durable: Mutex::new(HashMap::new()),
             durable_changed: std::sync::Condvar::new(),
             wake: tokio::sync::Notify::new(),
+            urgent: std::sync::atomic::AtomicBool::new(false),
             pack_seq: AtomicU64::new(0),
             db: Mutex::new(db),
             metrics: BackupMetrics::default(),
@@ -259,6 +262,7 @@ impl Replicator {
         match dirty.get_mut(org) {
             Some(d) => d.writes = mark,
             None => {
+                let first = dirty.is_empty();
                 dirty.insert(
                     org.clone(),
                     Dirty {
@@ -268,6 +272,10 @@ impl Replicator {
                 );
                 drop(dirty);
                 self.note_changed(org);
+                if first {
+                    // The loop sleeps with nothing to do; it now has a deadline.
+                    self.wake.notify_one();
+                }
             }
         }
         mark
@@ -283,6 +291,7 @@ impl Replicator {
     ) -> Result<(), HemvistError> {
         let deadline = std::time::Instant::now() + limit;
         let mut durable = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+        self.urgent.store(true, Ordering::SeqCst);
         self.wake.notify_one();
         loop {
             if durable.get(org).is_some_and(|d| *d >= mark) {
@@ -350,6 +359,11 @@ impl Replicator {
     pub fn shipped(&self, org: &OrgId) -> Option<Shipped> {
         let s = self.shipped.lock().unwrap_or_else(|p| p.into_inner());
         s.get(org).cloned()
+    }
+
+    fn oldest_dirty(&self) -> Option<i64> {
+        let dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        dirty.values().map(|d| d.since).min()
     }
 
     pub fn dirty_count(&self) -> usize {
@@ -993,19 +1007,40 @@ impl Replicator {
     }
 
     /// Runs passes every interval until cancelled, then one last pass.
+    /// Runs until cancelled, then one last pass. A pass starts when the oldest unshipped write
+    /// is one interval old less the time an upload takes (a fifth of the interval), so a write
+    /// is in the store within the interval; at once when a `sync` write waits; never while
+    /// nothing is dirty. After a pass that shipped nothing (the store is failing), the next
+    /// waits a whole interval.
     pub async fn run(self: Arc<Self>, node: Arc<Node>, stop: CancellationToken) {
         self.scan(&node);
-        let interval = Duration::from_millis(self.config.interval_ms);
+        let interval = self.config.interval_ms as i64;
+        let lead = interval - interval / 5;
         loop {
+            let now = now_ms();
+            let due = self.oldest_dirty().map(|since| since + lead);
+            let urgent = self.urgent.swap(false, Ordering::SeqCst);
+            if urgent || due.is_some_and(|d| d <= now) {
+                let before = self.metrics.puts.load(Ordering::Relaxed);
+                self.pass(&node).await;
+                let stalled =
+                    self.dirty_count() > 0 && self.metrics.puts.load(Ordering::Relaxed) == before;
+                if stalled {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(interval as u64)) => {}
+                    }
+                }
+                continue;
+            }
+            if self.index_due_now() {
+                self.write_indexes(false).await;
+            }
+            let wait = due.map_or(interval, |d| (d - now).clamp(1, interval));
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
                 _ = self.wake.notified() => {}
-            }
-            if self.dirty_count() > 0 {
-                self.pass(&node).await;
-            } else if self.index_due_now() {
-                self.write_indexes(false).await;
             }
         }
         if self.dirty_count() > 0 {
