@@ -30,7 +30,7 @@ use hemvist_proto::OrgId;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use procs::{cpu_secs, log_tail, open_files, rss_mib, Guard, Weed};
+use procs::{cpu_secs, log_tail, open_files, rss_mib, thread_cpu_secs, Guard, Weed};
 use proxy::{Logged, Proxy};
 
 #[derive(Args)]
@@ -194,10 +194,14 @@ struct Meter {
     cpu: f64,
     at: Instant,
     from_us: i64,
+    /// The writing thread (hemvist's write phase) and its CPU at the start.
+    writer: Option<(u32, f64)>,
 }
 
 struct Sampled {
     cpu_pct: f64,
+    /// Of which the writing thread (hemvist's write phase: its INSERTs run on the main thread).
+    writer_pct: Option<f64>,
     rss_mib: f64,
     open_files: usize,
     from_us: i64,
@@ -208,6 +212,7 @@ impl Meter {
     fn start(pid: u32, ticks: f64) -> anyhow::Result<Meter> {
         Ok(Meter {
             pid,
+            writer: None,
             cpu: cpu_secs(pid, ticks)?,
             at: Instant::now(),
             from_us: now_us(),
@@ -220,7 +225,14 @@ impl Meter {
         process.check_alive(log)?;
         let cpu = cpu_secs(self.pid, ticks)?;
         let wall = self.at.elapsed().as_secs_f64();
+        let writer_pct = match self.writer {
+            Some((tid, before)) => {
+                Some((thread_cpu_secs(self.pid, tid, ticks)? - before) / wall * 100.0)
+            }
+            None => None,
+        };
         Ok(Sampled {
+            writer_pct,
             cpu_pct: (cpu - self.cpu) / wall * 100.0,
             rss_mib: rss_mib(self.pid),
             open_files: open_files(self.pid),
@@ -280,7 +292,14 @@ impl Row {
             },
             rate(self.per_minute()),
             self.failed.to_string(),
-            format!("{:.1} %", self.sampled.cpu_pct),
+            match self.sampled.writer_pct {
+                Some(w) => format!(
+                    "{:.1} % ({:.1} % w/o its writes)",
+                    self.sampled.cpu_pct,
+                    self.sampled.cpu_pct - w
+                ),
+                None => format!("{:.1} %", self.sampled.cpu_pct),
+            },
             format!("{:.0}", self.sampled.rss_mib),
             self.sampled.open_files.to_string(),
             format!("{}/{}", self.backed_up, self.tenants),
@@ -517,6 +536,7 @@ fn run_hemvist(b: &Bench, n: usize) -> anyhow::Result<(Vec<Row>, String)> {
     let mut node = NodeProcess::start(b, &b.work.join(&prefix), n, writers, &prefix, 0)?;
     let ready = ready(&node.line(Duration::from_secs(b.args.wait_secs + 600))?)?;
     let dirty = ready["dirty"].as_u64().unwrap_or(0);
+    let writer_tid = ready["writer_tid"].as_u64().map(|t| t as u32);
     let note = format!(
         "hemvist, {n} tenants: hosted and first snapshot of every tenant stored in {:.1} s{}",
         ready["seconds"].as_f64().unwrap_or(0.0),
@@ -540,7 +560,11 @@ fn run_hemvist(b: &Bench, n: usize) -> anyhow::Result<(Vec<Row>, String)> {
     );
 
     eprintln!("bench: hemvist, {n} tenants: write phase ({writers} writers)");
-    let meter = Meter::start(pid, b.ticks)?;
+    let mut meter = Meter::start(pid, b.ticks)?;
+    // The replication node makes its INSERTs on one thread: measured on its own too.
+    if let Some(tid) = writer_tid {
+        meter.writer = Some((tid, thread_cpu_secs(pid, tid, b.ticks)?));
+    }
     node.send("write")?;
     let mut commits = Vec::new();
     loop {
@@ -1166,6 +1190,15 @@ pub fn run(args: ReplicationArgs) -> anyhow::Result<()> {
                 h.sampled.cpu_pct,
                 l.sampled.cpu_pct
             );
+            if let Some(w) = h.sampled.writer_pct {
+                let alone = h.sampled.cpu_pct - w;
+                println!(
+                    "  without the writing thread (its INSERTs): hemvist {alone:.1} % vs \
+                     Litestream {:.1} %, {}",
+                    l.sampled.cpu_pct,
+                    ratio(alone, l.sampled.cpu_pct)
+                );
+            }
         }
     }
     Ok(())

@@ -119,11 +119,16 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     while replicator.dirty_count() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
+    // This thread makes the write phase's INSERTs: its id lets the bench tell their CPU apart.
+    let writer_tid: Option<u32> = std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|p| p.file_name()?.to_str()?.parse().ok());
     println!(
         "ready {}",
         serde_json::json!({
             "seconds": started.elapsed().as_secs_f64(),
             "dirty": replicator.dirty_count(),
+            "writer_tid": writer_tid,
         })
     );
 

@@ -181,8 +181,16 @@ impl Weed {
 
 /// A process's CPU time so far, in seconds (user + system).
 pub fn cpu_secs(pid: u32, ticks_per_sec: f64) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("read /proc/{pid}/stat"))?;
+    stat_cpu_secs(&format!("/proc/{pid}/stat"), pid, ticks_per_sec)
+}
+
+/// One thread's CPU time so far (its main thread has the process's id).
+pub fn thread_cpu_secs(pid: u32, tid: u32, ticks_per_sec: f64) -> anyhow::Result<f64> {
+    stat_cpu_secs(&format!("/proc/{pid}/task/{tid}/stat"), pid, ticks_per_sec)
+}
+
+fn stat_cpu_secs(path: &str, pid: u32, ticks_per_sec: f64) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("read {path}"))?;
     // The command name is in parentheses and may hold spaces; the fields follow its end.
     let fields: Vec<&str> = stat
         .rsplit_once(')')
