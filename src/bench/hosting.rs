@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use super::replication::procs::{open_files, rss_mib};
 use super::{ms, stats};
 
 use anyhow::Context;
@@ -29,25 +30,6 @@ pub struct HostingArgs {
     dir: Option<PathBuf>,
 }
 
-pub fn open_files() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-pub fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
 pub fn run(args: HostingArgs) -> anyhow::Result<()> {
     let temp;
     let dir = match &args.dir {
@@ -62,7 +44,7 @@ pub fn run(args: HostingArgs) -> anyhow::Result<()> {
     let orgs: Vec<OrgId> = (0..args.tenants)
         .map(|i| OrgId::parse(&format!("org-{i:06}")))
         .collect::<Result<_, _>>()?;
-    let fds_before = open_files();
+    let fds_before = open_files(std::process::id());
 
     let started = Instant::now();
     for org in &orgs {
@@ -103,11 +85,11 @@ pub fn run(args: HostingArgs) -> anyhow::Result<()> {
         store.read(org, |c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)))?;
     }
     let sweep_all = t.elapsed();
-    let fds_busy = open_files().saturating_sub(fds_before);
+    let fds_busy = open_files(std::process::id()).saturating_sub(fds_before);
     let open_busy = store.open_count();
-    let rss = rss_mib();
+    let rss = rss_mib(std::process::id());
     let closed = store.close_idle(Duration::ZERO);
-    let fds_idle = open_files().saturating_sub(fds_before);
+    let fds_idle = open_files(std::process::id()).saturating_sub(fds_before);
 
     let (c, w) = (stats(cold), stats(warm));
     println!(

@@ -11,7 +11,7 @@
 //! Then one large tenant is restored by each.
 
 pub mod node;
-mod procs;
+pub(crate) mod procs;
 mod proxy;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
