@@ -392,9 +392,13 @@ enum SnapshotError {
     Other(anyhow::Error),
 }
 
-/// Writes the snapshot into `file`: the chunk table with one ranged GET, then the chunks with
-/// up to 8 ranged GETs at once, each verified, opened and written at its place on a blocking
-/// thread while the next ones download. Returns the bytes downloaded.
+/// Chunk downloads that may run ahead of the threads that open and write them.
+const CHUNK_DOWNLOADS: usize = 8;
+
+/// Writes the snapshot into `file`: one ranged GET reads the chunk table (and tells the object's
+/// size), then up to [`CHUNK_DOWNLOADS`] ranged GETs run on their own tasks while one blocking
+/// thread per core verifies, opens and writes each chunk at its place, reusing its buffers.
+/// Returns the bytes downloaded.
 async fn restore_snapshot(
     store: &Arc<dyn ObjectStore>,
     name: &ObjectName,
@@ -410,11 +414,18 @@ async fn restore_snapshot(
             SnapshotError::Other(anyhow::Error::new(e).context(format!("download {}", name.key())))
         }
     };
-    let size = store.head(&path).await.map_err(other)?.size;
-    let mut head = store
-        .get_range(&path, 0..size.min(64 * 1024))
+    let first = store
+        .get_opts(
+            &path,
+            object_store::GetOptions {
+                range: Some(object_store::GetRange::Bounded(0..64 * 1024)),
+                ..Default::default()
+            },
+        )
         .await
         .map_err(other)?;
+    let size = first.meta.size;
+    let mut head = first.bytes().await.map_err(other)?;
     let mut downloaded = head.len() as u64;
     let table = loop {
         match format::snapshot_head(name, &head)
@@ -432,20 +443,20 @@ async fn restore_snapshot(
             }
             SnapshotHead::Whole => {
                 // An older single-body snapshot.
-                let bytes = store
-                    .get(&path)
-                    .await
-                    .map_err(other)?
-                    .bytes()
-                    .await
-                    .map_err(other)?;
+                let bytes = if size <= head.len() as u64 {
+                    head
+                } else {
+                    let bytes = store.get_range(&path, 0..size).await.map_err(other)?;
+                    downloaded += bytes.len() as u64;
+                    bytes
+                };
                 let decoded = format::decode(name, &bytes, key)
                     .map_err(|e| SnapshotError::Damaged(format!("{e:#}")))?;
                 if let Body::Database(db) = decoded.body {
                     file.write_all_at(&db, 0)
                         .map_err(|e| SnapshotError::Other(e.into()))?;
                 }
-                return Ok(downloaded + bytes.len() as u64);
+                return Ok(downloaded);
             }
         }
     };
@@ -453,44 +464,54 @@ async fn restore_snapshot(
         .map_err(|e| SnapshotError::Other(e.into()))?;
     let table = Arc::new(table);
     let key = key.cloned();
-    let results: Vec<Result<u64, SnapshotError>> = futures::stream::iter(0..table.chunks.len())
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .max(2);
+    let mut done = futures::stream::iter(0..table.chunks.len())
         .map(|i| {
-            let (store, path, table, file, key, name) = (
-                store.clone(),
-                path.clone(),
-                table.clone(),
-                file.clone(),
-                key.clone(),
-                name.clone(),
-            );
-            async move {
+            let (store, path, table) = (store.clone(), path.clone(), table.clone());
+            // A task of its own, so the download goes on while the threads are busy.
+            let download = tokio::spawn(async move {
                 let (offset, len, _) = table.chunks[i];
-                let bytes = store
-                    .get_range(&path, offset..offset + len as u64)
-                    .await
-                    .map_err(|e| match e {
-                        object_store::Error::NotFound { .. } => {
-                            SnapshotError::Damaged("it is missing".into())
-                        }
-                        e => SnapshotError::Other(anyhow::Error::new(e)),
-                    })?;
-                let n = bytes.len() as u64;
+                store.get_range(&path, offset..offset + len as u64).await
+            });
+            async move { (i, download.await) }
+        })
+        .buffer_unordered(CHUNK_DOWNLOADS)
+        .map(|(i, got)| {
+            let (table, file, key, name) = (table.clone(), file.clone(), key.clone(), name.clone());
+            async move {
+                let bytes = match got {
+                    Ok(Ok(bytes)) => bytes,
+                    Ok(Err(object_store::Error::NotFound { .. })) => {
+                        return Err(SnapshotError::Damaged("it is missing".into()))
+                    }
+                    Ok(Err(e)) => return Err(SnapshotError::Other(anyhow::Error::new(e))),
+                    Err(e) => {
+                        return Err(SnapshotError::Other(anyhow::anyhow!("chunk download: {e}")))
+                    }
+                };
                 tokio::task::spawn_blocking(move || {
-                    let raw = format::open_chunk(&name, &table, i, &bytes, key.as_ref())
-                        .map_err(|e| SnapshotError::Damaged(format!("{e:#}")))?;
-                    file.write_all_at(&raw, i as u64 * table.chunk_raw)
-                        .map_err(|e| SnapshotError::Other(e.into()))?;
-                    Ok(n)
+                    thread_local! {
+                        static BUFFERS: std::cell::RefCell<format::ChunkBuffers> =
+                            std::cell::RefCell::default();
+                    }
+                    BUFFERS.with_borrow_mut(|buffers| {
+                        format::open_chunk_into(&name, &table, i, &bytes, key.as_ref(), buffers)
+                            .map_err(|e| SnapshotError::Damaged(format!("{e:#}")))?;
+                        file.write_all_at(buffers.raw(), i as u64 * table.chunk_raw)
+                            .map_err(|e| SnapshotError::Other(e.into()))?;
+                        Ok(bytes.len() as u64)
+                    })
                 })
                 .await
                 .map_err(|e| SnapshotError::Other(anyhow::anyhow!("chunk task: {e}")))?
             }
         })
-        .buffer_unordered(8)
-        .collect()
-        .await;
-    for r in results {
-        downloaded += r?;
+        .buffer_unordered(workers);
+    while let Some(n) = done.next().await {
+        downloaded += n?;
     }
     Ok(downloaded)
 }
