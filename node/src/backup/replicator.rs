@@ -831,11 +831,12 @@ impl Replicator {
         }
         if !packed.is_empty() {
             let stored = self.store_pack(node, &packed).await;
-            for (org, seen, p) in packed {
+            // `store_pack` returns one reference per packed tenant, in the same order.
+            for (i, (org, seen, p)) in packed.into_iter().enumerate() {
                 let done = match &stored {
                     Ok(refs) => {
                         let mut next = p.next;
-                        if let Some(r) = refs.iter().find(|r| r.segment == p.name.key()) {
+                        if let Some(r) = refs.get(i).filter(|r| r.segment == p.name.key()) {
                             next.pending.push(r.clone());
                         }
                         let ok = self.persist(&org, Some(&next)).is_ok();
@@ -893,7 +894,8 @@ impl Replicator {
         cleared
     }
 
-    /// Uploads one pack holding every small segment of the pass; where each one landed.
+    /// Uploads one pack holding every small segment of the pass; where each one landed, in the
+    /// order of `packed`.
     async fn store_pack(
         &self,
         node: &Arc<Node>,
