@@ -507,45 +507,14 @@ fn expired_backups_are_removed_and_what_is_kept_still_restores() {
 /// overwritten (a conditional create of an existing key is refused and the bytes stay).
 #[test]
 fn a_fenced_node_ships_nothing_and_objects_are_never_overwritten() {
-    use hemvist_node::backup::store::BackupConfig;
     use hemvist_node::state::Placement;
-    use hemvist_node::{HostRequest, Node, NodeConfig};
     use hemvist_proto::{Generation, NodeId, OrgId, RegionId};
     use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
 
-    let s3 = S3::start();
-    let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut backup = BackupConfig::local(dir.path());
-    backup.url = format!("s3://{}/hemvist", s3::BUCKET);
-    backup.endpoint = Some(s3.endpoint.clone());
-    backup.access_key_id = Some(s3::ACCESS_KEY.into());
-    backup.secret_access_key = Some(s3::SECRET_KEY.into());
-    let config = NodeConfig {
-        id: NodeId::parse("eu-north-1").unwrap(),
-        region: RegionId::parse("eu-north").unwrap(),
-        control_url: "http://127.0.0.1:9".into(),
-        join_token: "unused".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        public_url: None,
-        data_dir: dir.path().join("node"),
-        capacity: 10,
-        max_open_tenants: 4,
-        idle_close_ms: 60_000,
-        backup: Some(backup),
-    };
-    let node = std::sync::Arc::new(Node::open(config, "http://127.0.0.1:9".into()).unwrap());
-    let org = OrgId::parse("fika").unwrap();
+    let (s3, _dir, rt, node) = node_in_process();
     let _guard = rt.enter();
-    node.host(&HostRequest {
-        org: org.clone(),
-        generation: Generation::new(1).unwrap(),
-        name: "Fika".into(),
-        allowed_regions: vec!["eu-north".into()],
-        sync: false,
-        data_key: Some(hemvist_node::backup::format::DataKey([7u8; 32])),
-    })
-    .unwrap();
+    let org = OrgId::parse("fika").unwrap();
+    host_in_process(&node, &org, [7u8; 32]);
     let replicator = node.backup.clone().unwrap();
     rt.block_on(replicator.pass(&node));
     let first = s3.objects("hemvist");
@@ -612,5 +581,153 @@ fn a_fenced_node_ships_nothing_and_objects_are_never_overwritten() {
     assert_eq!(
         rt.block_on(store.head(&key)).unwrap().size,
         original.len() as u64
+    );
+}
+
+/// A node's library in this process, backing up to a new S3 server under `hemvist/`, with no
+/// control plane (nothing here needs one); its folder and its runtime.
+fn node_in_process() -> (
+    S3,
+    tempfile::TempDir,
+    tokio::runtime::Runtime,
+    std::sync::Arc<hemvist_node::Node>,
+) {
+    use hemvist_node::backup::store::BackupConfig;
+    use hemvist_node::NodeConfig;
+    use hemvist_proto::{NodeId, RegionId};
+    let s3 = S3::start();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut backup = BackupConfig::local(dir.path());
+    backup.url = format!("s3://{}/hemvist", s3::BUCKET);
+    backup.endpoint = Some(s3.endpoint.clone());
+    backup.access_key_id = Some(s3::ACCESS_KEY.into());
+    backup.secret_access_key = Some(s3::SECRET_KEY.into());
+    let config = NodeConfig {
+        id: NodeId::parse("eu-north-1").unwrap(),
+        region: RegionId::parse("eu-north").unwrap(),
+        control_url: "http://127.0.0.1:9".into(),
+        join_token: "unused".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        public_url: None,
+        data_dir: dir.path().join("node"),
+        capacity: 10,
+        max_open_tenants: 4,
+        idle_close_ms: 60_000,
+        backup: Some(backup),
+    };
+    let node = {
+        let _guard = rt.enter();
+        hemvist_node::Node::open(config, "http://127.0.0.1:9".into()).unwrap()
+    };
+    (s3, dir, rt, std::sync::Arc::new(node))
+}
+
+/// Hosts `org` at generation 1 with the data key `key`.
+fn host_in_process(node: &hemvist_node::Node, org: &hemvist_proto::OrgId, key: [u8; 32]) {
+    node.host(&hemvist_node::HostRequest {
+        org: org.clone(),
+        generation: hemvist_proto::Generation::new(1).unwrap(),
+        name: org.to_string(),
+        allowed_regions: vec!["eu-north".into()],
+        sync: false,
+        data_key: Some(hemvist_node::backup::format::DataKey(key)),
+    })
+    .unwrap();
+}
+
+/// A tenant larger than several snapshot chunks: its snapshot is restored chunk by chunk over
+/// HTTP (downloads running ahead of the threads that open and write them) to exactly the bytes
+/// it had, and a byte flipped inside one chunk in the bucket stops the restore with the object
+/// and the chunk named, leaving no file behind.
+#[test]
+fn a_tenant_of_several_chunks_restores_exactly_and_a_damaged_chunk_is_named() {
+    use hemvist_node::backup::format::{self, DataKey, ObjectName, SnapshotHead};
+    use hemvist_node::backup::restore;
+    use hemvist_proto::OrgId;
+
+    let (s3, dir, rt, node) = node_in_process();
+    let _guard = rt.enter();
+    let org = OrgId::parse("stora").unwrap();
+    let key = [11u8; 32];
+    host_in_process(&node, &org, key);
+    // About 13 MiB that does not compress: more than three 4 MiB chunks.
+    node.tenants
+        .write(&org, |tx| {
+            tx.execute_batch(
+                "CREATE TABLE blobs (id INTEGER PRIMARY KEY, b BLOB NOT NULL);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
+                 INSERT INTO blobs (id, b) SELECT i, randomblob(65536) FROM n;",
+            )
+        })
+        .unwrap();
+    let replicator = node.backup.clone().unwrap();
+    replicator.mark_dirty(&org);
+    rt.block_on(replicator.pass(&node));
+    let blobs = |db: &Path| -> Vec<(i64, Vec<u8>)> {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        let mut stmt = conn.prepare("SELECT id, b FROM blobs ORDER BY id").unwrap();
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        rows
+    };
+    let written = blobs(&node.tenants.path(&org));
+    assert_eq!(written.len(), 200);
+
+    let store = node.config.backup.as_ref().unwrap().open().unwrap();
+    let restore_to = |out: &Path| {
+        rt.block_on(async {
+            let catalog = restore::catalog(&store, &org).await?;
+            let plan = catalog
+                .plan(i64::MAX, &[])
+                .ok_or_else(|| anyhow::anyhow!("no restore point"))?;
+            restore::restore(&store, &catalog, &plan, out, Some(&DataKey(key))).await
+        })
+    };
+    let out = dir.path().join("restored.db");
+    let restored = restore_to(&out).expect("restore");
+    assert!(restored.db_bytes > 12 << 20, "{} bytes", restored.db_bytes);
+    assert_eq!(blobs(&out), written, "the restore differs from the tenant");
+
+    // One byte flipped inside the second chunk of the snapshot, as stored in the bucket.
+    let snapshot = s3
+        .objects("hemvist")
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("/snap/"))
+        .expect("a snapshot object");
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    let key_of = snapshot
+        .strip_prefix(s3.bucket_dir.join("hemvist"))
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let name = ObjectName::parse(&key_of).expect("a snapshot name");
+    let SnapshotHead::Chunked(table) = format::snapshot_head(&name, &bytes).unwrap() else {
+        panic!("a chunked snapshot");
+    };
+    assert!(table.chunks.len() >= 4, "{} chunks", table.chunks.len());
+    let (offset, len, _) = table.chunks[1];
+    bytes[(offset + len as u64 / 2) as usize] ^= 0x40;
+    std::fs::write(&snapshot, &bytes).unwrap();
+    let damaged_out = dir.path().join("damaged.db");
+    let err = format!(
+        "{:#}",
+        restore_to(&damaged_out).expect_err("a damaged chunk")
+    );
+    assert!(
+        err.contains(&key_of) && err.contains("chunk 1") && err.contains("damaged"),
+        "{err}"
+    );
+    assert!(!damaged_out.exists(), "a damaged restore left a file");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".restoring")),
+        "a damaged restore left its partial file"
     );
 }
