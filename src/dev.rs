@@ -42,12 +42,7 @@ struct Secrets {
 }
 
 fn random_token() -> anyhow::Result<String> {
-    use std::io::Read;
-    let mut bytes = [0u8; 24];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("read /dev/urandom")?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hemvist_proto::random::hex(24)?)
 }
 
 fn secrets(dir: &Path) -> anyhow::Result<Secrets> {

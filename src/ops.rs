@@ -74,10 +74,9 @@ pub enum UsersCommand {
 }
 
 fn generate_password() -> anyhow::Result<String> {
-    use std::io::Read;
     const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    hemvist_proto::random::fill(&mut bytes)?;
     Ok(bytes
         .iter()
         .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)

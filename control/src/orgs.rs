@@ -159,7 +159,7 @@ impl Control {
             placement_reason: decision.reason.clone(),
             node_id: decision.node.clone(),
             durability,
-            data_key: crate::users::random_hex(32)?,
+            data_key: hemvist_proto::random::hex(32)?,
         })?;
         match created {
             Created::Existing(existing) => self.same_or_conflict(existing, &name, &residency),

@@ -70,22 +70,9 @@ fn check(req: &AddUser) -> Result<(String, String), HemvistError> {
     Ok((email, name))
 }
 
-/// `bytes` random bytes from the OS, as hex.
-pub fn random_hex(bytes: usize) -> Result<String, HemvistError> {
-    use std::io::Read;
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(|e| HemvistError::internal(format!("read /dev/urandom: {e}")))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 fn hash_password(password: &str) -> Result<String, HemvistError> {
-    use std::io::Read;
     let mut salt = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut salt))
-        .map_err(|e| HemvistError::internal(format!("read /dev/urandom: {e}")))?;
+    hemvist_proto::random::fill(&mut salt)?;
     let salt = SaltString::encode_b64(&salt).map_err(|e| HemvistError::internal(e.to_string()))?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)

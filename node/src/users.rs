@@ -6,22 +6,13 @@
 //! touching a database; only the SHA-256 of the token is stored.
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
-use hemvist_proto::{ErrorKind, HemvistError, OrgId};
+use hemvist_proto::{random, ErrorKind, HemvistError, OrgId};
 use rusqlite::{params, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 use crate::{now_ms, Node};
 
 pub const SESSION_TTL_MS: i64 = 12 * 60 * 60 * 1000;
-
-pub fn random_hex(bytes: usize) -> Result<String, HemvistError> {
-    use std::io::Read;
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(|e| HemvistError::internal(format!("read /dev/urandom: {e}")))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
 
 fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
@@ -116,8 +107,8 @@ pub fn sign_in(
             "wrong email or password",
         ));
     }
-    let token = format!("{org}.{}", random_hex(32)?);
-    let csrf = random_hex(16)?;
+    let token = format!("{org}.{}", random::hex(32)?);
+    let csrf = random::hex(16)?;
     let (th, c) = (token_hash(&token), csrf.clone());
     node.write(org, move |tx| {
         let now = now_ms();

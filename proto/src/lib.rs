@@ -6,6 +6,7 @@
 
 mod error;
 mod ids;
+pub mod random;
 
 pub use error::{ErrorKind, HemvistError};
 pub use ids::{Generation, IdError, NodeId, OrgId, RegionId};

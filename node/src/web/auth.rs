@@ -43,7 +43,7 @@ fn safe_next(ctx: &OrgCtx, next: Option<&String>) -> String {
 }
 
 pub async fn form(ctx: OrgCtx, Query(q): Query<HashMap<String, String>>) -> Response {
-    let csrf = match users::random_hex(16) {
+    let csrf = match hemvist_proto::random::hex(16) {
         Ok(t) => t,
         Err(e) => return error_response(false, &e),
     };
