@@ -342,7 +342,7 @@ async fn serve(
 }
 
 /// One timer for the whole node (never one per tenant) closes tenants that went idle.
-async fn close_idle_tenants(node: Arc<Node>, shutdown: CancellationToken) {
+pub async fn close_idle_tenants(node: Arc<Node>, shutdown: CancellationToken) {
     let idle = Duration::from_millis(node.config.idle_close_ms.max(1));
     let every = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
     loop {

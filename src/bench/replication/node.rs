@@ -114,7 +114,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     // As `hemvist node` runs it (`serve`), with the idle sweep that closes unused tenants.
     let replicating = rt.spawn(replicator.clone().run(node.clone(), stop.clone()));
-    let sweeper = rt.spawn(close_idle_tenants(node.clone(), stop.clone()));
+    let sweeper = rt.spawn(hemvist_node::close_idle_tenants(node.clone(), stop.clone()));
     let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
     while replicator.dirty_count() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -164,20 +164,6 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         let _ = sweeper.await;
     });
     Ok(())
-}
-
-/// What `hemvist node` runs beside the replicator: one timer closes tenants unused for
-/// `idle_close_ms`, so an idle tenant holds no open file.
-async fn close_idle_tenants(node: Arc<Node>, stop: CancellationToken) {
-    let idle = Duration::from_millis(node.config.idle_close_ms.max(1));
-    let every = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        node.tenants.close_idle(idle);
-    }
 }
 
 /// Fills `org` with about `mb` MB of random words in a table of its own, 1 MB a transaction.
