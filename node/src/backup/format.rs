@@ -79,12 +79,8 @@ fn nonce() -> [u8; NONCE] {
     static PREFIX: OnceLock<[u8; 16]> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = PREFIX.get_or_init(|| {
-        use std::io::Read;
         let mut p = [0u8; 16];
-        if std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut p))
-            .is_err()
-        {
+        if hemvist_proto::random::fill(&mut p).is_err() {
             // No urandom: the clock and the process id still make a prefix unlikely to repeat.
             let t = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -275,7 +271,7 @@ pub fn encode_snapshot(
         key.is_some(),
     );
     // The kind says "chunked snapshot" (3), keeping the sealed bit.
-    let sealed_bit = u32::from_be_bytes([h[4], h[5], h[6], h[7]]) & SEALED;
+    let sealed_bit = super::be32(&h, 4) & SEALED;
     h[4..8].copy_from_slice(&(KIND_CHUNKED | sealed_bit).to_be_bytes());
     let chunks: Vec<Vec<u8>> = db
         .chunks(CHUNK_RAW)
@@ -355,12 +351,8 @@ pub fn snapshot_head(name: &ObjectName, head: &[u8]) -> anyhow::Result<SnapshotH
     if head.len() < HEADER_LEN + 8 {
         bail!("{}: too short to be a snapshot", name.key());
     }
-    let be32 = |at: usize| u32::from_be_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
-    let be64 = |at: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&head[at..at + 8]);
-        u64::from_be_bytes(b)
-    };
+    let be32 = |at: usize| super::be32(head, at);
+    let be64 = |at: usize| super::be64(head, at);
     if &head[..4] != MAGIC {
         bail!("{}: not a hemvist backup object", name.key());
     }
@@ -561,19 +553,8 @@ pub fn decode(name: &ObjectName, bytes: &[u8], key: Option<&DataKey>) -> anyhow:
     if Sha256::digest(content).as_slice() != sum {
         bail!("{}: checksum mismatch (the object is damaged)", name.key());
     }
-    let be32 = |at: usize| {
-        u32::from_be_bytes([
-            content[at],
-            content[at + 1],
-            content[at + 2],
-            content[at + 3],
-        ])
-    };
-    let be64 = |at: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&content[at..at + 8]);
-        u64::from_be_bytes(b)
-    };
+    let be32 = |at: usize| super::be32(content, at);
+    let be64 = |at: usize| super::be64(content, at);
     if &content[..4] != MAGIC {
         bail!("{}: not a hemvist backup object", name.key());
     }

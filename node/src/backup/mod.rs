@@ -6,6 +6,25 @@ pub mod restore;
 pub mod store;
 pub mod wal;
 
+/// The big-endian `u32` at `at` in `b` (SQLite's WAL and hemvist's object headers use them).
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// The big-endian `u64` at `at` in `b`.
+fn be64(b: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes([
+        b[at],
+        b[at + 1],
+        b[at + 2],
+        b[at + 3],
+        b[at + 4],
+        b[at + 5],
+        b[at + 6],
+        b[at + 7],
+    ])
+}
+
 /// A time as people read it in messages: RFC 3339, UTC, milliseconds.
 pub fn format_time(ms: i64) -> String {
     let secs = ms.div_euclid(1000);

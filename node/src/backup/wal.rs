@@ -13,6 +13,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::be32;
+
 pub const HEADER: u64 = 32;
 pub const FRAME_HEADER: u64 = 24;
 
@@ -48,10 +50,6 @@ pub enum WalRead {
         changes: Changes,
         next: WalPos,
     },
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 /// SQLite's WAL checksum over `data` (a multiple of 8 bytes), continuing from `s`.
