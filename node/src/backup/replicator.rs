@@ -98,68 +98,70 @@ impl Replicator {
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let m = &self.metrics;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let metrics: [(&str, &str, &str, u64); 9] = [
+            (
+                "hemvist_backup_puts_total",
+                "counter",
+                "Objects uploaded.",
+                get(&m.puts),
+            ),
+            (
+                "hemvist_backup_put_bytes_total",
+                "counter",
+                "Bytes uploaded.",
+                get(&m.put_bytes),
+            ),
+            (
+                "hemvist_backup_put_failures_total",
+                "counter",
+                "Uploads that failed (and were retried).",
+                get(&m.put_failures),
+            ),
+            (
+                "hemvist_backup_snapshots_total",
+                "counter",
+                "Snapshots uploaded.",
+                get(&m.snapshots),
+            ),
+            (
+                "hemvist_backup_segments_total",
+                "counter",
+                "WAL segments uploaded.",
+                get(&m.segments),
+            ),
+            (
+                "hemvist_backup_checkpoints_total",
+                "counter",
+                "Checkpoints after shipping.",
+                get(&m.checkpoints),
+            ),
+            (
+                "hemvist_backup_deletes_total",
+                "counter",
+                "Expired backup objects removed.",
+                get(&m.deletes),
+            ),
+            (
+                "hemvist_backup_dirty_tenants",
+                "gauge",
+                "Tenants with writes not yet shipped.",
+                self.dirty_count() as u64,
+            ),
+            (
+                "hemvist_backup_lag_ms",
+                "gauge",
+                "Age of the oldest unshipped write at the last pass.",
+                get(&m.lag_ms),
+            ),
+        ];
         let mut out = String::new();
-        let mut line = |name: &str, kind: &str, help: &str, v: u64| {
+        for (name, kind, help, v) in metrics {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
             );
-        };
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        line(
-            "hemvist_backup_puts_total",
-            "counter",
-            "Objects uploaded.",
-            get(&m.puts),
-        );
-        line(
-            "hemvist_backup_put_bytes_total",
-            "counter",
-            "Bytes uploaded.",
-            get(&m.put_bytes),
-        );
-        line(
-            "hemvist_backup_put_failures_total",
-            "counter",
-            "Uploads that failed (and were retried).",
-            get(&m.put_failures),
-        );
-        line(
-            "hemvist_backup_snapshots_total",
-            "counter",
-            "Snapshots uploaded.",
-            get(&m.snapshots),
-        );
-        line(
-            "hemvist_backup_segments_total",
-            "counter",
-            "WAL segments uploaded.",
-            get(&m.segments),
-        );
-        line(
-            "hemvist_backup_checkpoints_total",
-            "counter",
-            "Checkpoints after shipping.",
-            get(&m.checkpoints),
-        );
-        line(
-            "hemvist_backup_deletes_total",
-            "counter",
-            "Expired backup objects removed.",
-            get(&m.deletes),
-        );
-        line(
-            "hemvist_backup_dirty_tenants",
-            "gauge",
-            "Tenants with writes not yet shipped.",
-            self.dirty_count() as u64,
-        );
-        line(
-            "hemvist_backup_lag_ms",
-            "gauge",
-            "Age of the oldest unshipped write at the last pass.",
-            get(&m.lag_ms),
-        );
+        }
         out
     }
 }
