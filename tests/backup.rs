@@ -516,7 +516,7 @@ fn a_fenced_node_ships_nothing_and_objects_are_never_overwritten() {
     let org = OrgId::parse("fika").unwrap();
     host_in_process(&node, &org, [7u8; 32]);
     let replicator = node.backup.clone().unwrap();
-    rt.block_on(replicator.pass(&node));
+    rt.block_on(replicator.pass());
     let first = s3.objects("hemvist");
     assert!(!first.is_empty(), "the first snapshot was shipped");
 
@@ -533,7 +533,7 @@ fn a_fenced_node_ships_nothing_and_objects_are_never_overwritten() {
         replicator.mark_dirty(&org);
     };
     write("Before the move");
-    rt.block_on(replicator.pass(&node));
+    rt.block_on(replicator.pass());
     let before_fence = s3.objects("hemvist").len();
     node.state
         .apply_placements(
@@ -551,7 +551,7 @@ fn a_fenced_node_ships_nothing_and_objects_are_never_overwritten() {
         )
         .unwrap();
     write("After the move");
-    rt.block_on(replicator.pass(&node));
+    rt.block_on(replicator.pass());
     assert_eq!(
         s3.objects("hemvist").len(),
         before_fence,
@@ -625,15 +625,16 @@ fn node_in_process() -> (
 
 /// Hosts `org` at generation 1 with the data key `key`.
 fn host_in_process(node: &hemvist_node::Node, org: &hemvist_proto::OrgId, key: [u8; 32]) {
-    node.host(&hemvist_node::HostRequest {
-        org: org.clone(),
-        generation: hemvist_proto::Generation::new(1).unwrap(),
-        name: org.to_string(),
-        allowed_regions: vec!["eu-north".into()],
-        sync: false,
-        data_key: Some(hemvist_node::backup::format::DataKey(key)),
-    })
-    .unwrap();
+    node.hosting
+        .host(&hemvist_node::HostRequest {
+            org: org.clone(),
+            generation: hemvist_proto::Generation::new(1).unwrap(),
+            name: org.to_string(),
+            allowed_regions: vec!["eu-north".into()],
+            sync: false,
+            data_key: Some(hemvist_node::backup::format::DataKey(key)),
+        })
+        .unwrap();
 }
 
 /// A tenant larger than several snapshot chunks: its snapshot is restored chunk by chunk over
@@ -663,7 +664,7 @@ fn a_tenant_of_several_chunks_restores_exactly_and_a_damaged_chunk_is_named() {
         .unwrap();
     let replicator = node.backup.clone().unwrap();
     replicator.mark_dirty(&org);
-    rt.block_on(replicator.pass(&node));
+    rt.block_on(replicator.pass());
     let blobs = |db: &Path| -> Vec<(i64, Vec<u8>)> {
         let conn = rusqlite::Connection::open(db).unwrap();
         let mut stmt = conn.prepare("SELECT id, b FROM blobs ORDER BY id").unwrap();

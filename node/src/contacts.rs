@@ -7,7 +7,8 @@ use hemvist_proto::{ErrorKind, HemvistError, OrgId};
 use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use crate::{now_ms, Node};
+use crate::clock::now_ms;
+use crate::writes::Writer;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ContactInput {
@@ -107,9 +108,8 @@ pub fn validate(input: &ContactInput) -> Result<ContactInput, Problems> {
     }
 }
 
-pub fn get(node: &Node, org: &OrgId, id: i64) -> Result<Contact, HemvistError> {
-    node.tenants
-        .read(org, |c| {
+pub fn get(w: &Writer, org: &OrgId, id: i64) -> Result<Contact, HemvistError> {
+    w.read(org, |c| {
             c.prepare_cached(
                 "SELECT id, name, email, company, city, phone, notes, updated_ms FROM contacts WHERE id = ?1",
             )?
@@ -132,9 +132,9 @@ pub fn get(node: &Node, org: &OrgId, id: i64) -> Result<Contact, HemvistError> {
         .ok_or_else(|| HemvistError::not_found(format!("no contact {id}")))
 }
 
-pub fn create(node: &Node, org: &OrgId, c: &ContactInput) -> Result<i64, HemvistError> {
+pub fn create(w: &Writer, org: &OrgId, c: &ContactInput) -> Result<i64, HemvistError> {
     let c = c.clone();
-    node.write(org, move |tx| {
+    w.write(org, move |tx| {
         let now = now_ms();
         tx.execute(
             "INSERT INTO contacts (name, email, company, city, phone, notes, created_ms, updated_ms)
@@ -145,9 +145,9 @@ pub fn create(node: &Node, org: &OrgId, c: &ContactInput) -> Result<i64, Hemvist
     })
 }
 
-pub fn update(node: &Node, org: &OrgId, id: i64, c: &ContactInput) -> Result<(), HemvistError> {
+pub fn update(w: &Writer, org: &OrgId, id: i64, c: &ContactInput) -> Result<(), HemvistError> {
     let c = c.clone();
-    let changed = node.write(org, move |tx| {
+    let changed = w.write(org, move |tx| {
         tx.execute(
             "UPDATE contacts SET name = ?2, email = ?3, company = ?4, city = ?5, phone = ?6,
                notes = ?7, updated_ms = ?8 WHERE id = ?1",

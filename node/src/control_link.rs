@@ -179,7 +179,7 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
                     }
                     In::HeartbeatAck(ack) => {
                         if let Some(sent) = in_flight.remove(&ack.seq) {
-                            node.lease.renew(sent, Duration::from_millis(ack.lease_ttl_ms));
+                            node.gate.lease.renew(sent, Duration::from_millis(ack.lease_ttl_ms));
                         }
                     }
                     In::Command(cmd) => {
@@ -251,12 +251,12 @@ fn host(node: &Node, h: pb::HostTenant) -> Result<pb::HostedTenant, HemvistError
             None
         } else {
             Some(
-                crate::backup::format::DataKey::from_hex(&h.data_key)
+                hemvist_proto::DataKey::from_hex(&h.data_key)
                     .map_err(|e| HemvistError::invalid(format!("data key: {e}")))?,
             )
         },
     };
-    let hosted = node.host(&req)?;
+    let hosted = node.hosting.host(&req)?;
     Ok(pb::HostedTenant {
         org: req.org.to_string(),
         generation: hosted.generation.get(),
@@ -276,11 +276,12 @@ fn add_user(node: &Node, u: pb::AddUser) -> Result<(), HemvistError> {
             ))
         }
     }
-    crate::users::add_user(node, &org, &u.email, &u.name, &u.password_hash).map(|_| ())
+    crate::users::add_user(&node.writer, &org, &u.email, &u.name, &u.password_hash).map(|_| ())
 }
 
 fn drop_tenant(node: &Node, d: pb::DropTenant) -> Result<(), HemvistError> {
-    node.drop_tenant(&OrgId::try_from(d.org)?, Generation::new(d.generation)?)
+    node.hosting
+        .drop_tenant(&OrgId::try_from(d.org)?, Generation::new(d.generation)?)
 }
 
 fn apply_placements(node: &Node, update: pb::PlacementUpdate) -> Result<usize, HemvistError> {

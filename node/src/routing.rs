@@ -1,9 +1,9 @@
 //! Where a request for an org goes, decided from the node's cached placement alone (no round
 //! trip to the control plane).
 
-use hemvist_proto::OrgId;
+use hemvist_proto::{NodeId, OrgId};
 
-use crate::Node;
+use crate::state::NodeState;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
@@ -18,10 +18,11 @@ pub enum Route {
     Unknown,
 }
 
-pub fn route(node: &Node, org: &OrgId) -> Route {
-    let hosted = node.state.hosted(org);
-    match node.state.placement(org) {
-        Some(p) if p.node_id == node.config.id => match hosted {
+pub fn route(hosted: &NodeState, me: &NodeId, org: &OrgId) -> Route {
+    let placement = hosted.placement(org);
+    let hosted = hosted.hosted(org);
+    match placement {
+        Some(p) if p.node_id == *me => match hosted {
             Some(h) if h.generation >= p.generation => Route::Local,
             _ => Route::Preparing,
         },

@@ -24,7 +24,7 @@ pub struct Hosted {
     /// Durability `sync`: a write is acknowledged once it is in object storage.
     pub sync: bool,
     /// The org's data key: its backups are sealed with it.
-    pub data_key: Option<crate::backup::format::DataKey>,
+    pub data_key: Option<hemvist_proto::DataKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +85,7 @@ impl NodeState {
             for row in rows {
                 let (org, g, schema_version, name, sync, key) = row?;
                 let data_key = key
-                    .map(|k| crate::backup::format::DataKey::from_hex(&k))
+                    .map(|k| hemvist_proto::DataKey::from_hex(&k))
                     .transpose()?;
                 hosted.insert(
                     OrgId::try_from(org)?,

@@ -10,7 +10,8 @@ use hemvist_proto::{random, ErrorKind, HemvistError, OrgId};
 use rusqlite::{params, OptionalExtension};
 use sha2::{Digest, Sha256};
 
-use crate::{now_ms, Node};
+use crate::clock::now_ms;
+use crate::writes::Writer;
 
 pub const SESSION_TTL_MS: i64 = 12 * 60 * 60 * 1000;
 
@@ -33,7 +34,7 @@ pub struct Session {
 
 /// Adds a user with an already-hashed password. Idempotent for the same email and hash.
 pub fn add_user(
-    node: &Node,
+    w: &Writer,
     org: &OrgId,
     email: &str,
     name: &str,
@@ -44,7 +45,7 @@ pub fn add_user(
     let email = email.trim().to_string();
     let name = name.trim().to_string();
     let hash = password_hash.to_string();
-    node.write(org, move |tx| {
+    w.write(org, move |tx| {
         let existing: Option<String> = tx
             .query_row(
                 "SELECT password_hash FROM users WHERE email = ?1",
@@ -79,13 +80,13 @@ pub fn add_user(
 /// Checks a password and opens a session. Returns (token, csrf). The same error for an unknown
 /// email and a wrong password, and a hash check either way, so neither leaks which it was.
 pub fn sign_in(
-    node: &Node,
+    w: &Writer,
     org: &OrgId,
     email: &str,
     password: &str,
 ) -> Result<(String, String), HemvistError> {
     let email = email.trim().to_string();
-    let found: Option<(i64, String)> = node.tenants.read(org, |c| {
+    let found: Option<(i64, String)> = w.read(org, |c| {
         c.query_row(
             "SELECT id, password_hash FROM users WHERE email = ?1",
             [&email],
@@ -110,7 +111,7 @@ pub fn sign_in(
     let token = format!("{org}.{}", random::hex(32)?);
     let csrf = random::hex(16)?;
     let (th, c) = (token_hash(&token), csrf.clone());
-    node.write(org, move |tx| {
+    w.write(org, move |tx| {
         let now = now_ms();
         tx.execute("DELETE FROM sessions WHERE expires_ms < ?1", [now])?;
         tx.execute(
@@ -164,23 +165,28 @@ impl SessionCache {
 }
 
 /// The session from memory only: no database read, so callable on an async thread.
-pub fn cached_session(node: &Node, org: &OrgId, token: &str) -> Option<Session> {
+pub fn cached_session(sessions: &SessionCache, org: &OrgId, token: &str) -> Option<Session> {
     if token_org(token) != Some(org.as_str()) || token.len() > 200 {
         return None;
     }
-    node.sessions.get(&token_hash(token))
+    sessions.get(&token_hash(token))
 }
 
 /// The live session a token stands for in this org, if any.
-pub fn session(node: &Node, org: &OrgId, token: &str) -> Result<Option<Session>, HemvistError> {
+pub fn session(
+    w: &Writer,
+    sessions: &SessionCache,
+    org: &OrgId,
+    token: &str,
+) -> Result<Option<Session>, HemvistError> {
     if token_org(token) != Some(org.as_str()) || token.len() > 200 {
         return Ok(None);
     }
     let th = token_hash(token);
-    if let Some(s) = node.sessions.get(&th) {
+    if let Some(s) = sessions.get(&th) {
         return Ok(Some(s));
     }
-    let found = node.tenants.read(org, |c| {
+    let found = w.read(org, |c| {
         c.prepare_cached(
             "SELECT s.user_id, u.email, u.name, s.csrf, s.expires_ms FROM sessions s
              JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?1 AND s.expires_ms > ?2",
@@ -199,15 +205,20 @@ pub fn session(node: &Node, org: &OrgId, token: &str) -> Result<Option<Session>,
         .optional()
     })?;
     Ok(found.map(|(s, expires)| {
-        node.sessions.put(th, s.clone(), expires);
+        sessions.put(th, s.clone(), expires);
         s
     }))
 }
 
-pub fn sign_out(node: &Node, org: &OrgId, token: &str) -> Result<(), HemvistError> {
+pub fn sign_out(
+    w: &Writer,
+    sessions: &SessionCache,
+    org: &OrgId,
+    token: &str,
+) -> Result<(), HemvistError> {
     let th = token_hash(token);
-    node.sessions.forget(&th);
-    node.write(org, move |tx| {
+    sessions.forget(&th);
+    w.write(org, move |tx| {
         tx.execute("DELETE FROM sessions WHERE token_hash = ?1", [th])?;
         Ok(())
     })

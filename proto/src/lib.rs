@@ -4,10 +4,12 @@
 //! are the checked types both sides share: once you hold an [`OrgId`], it is safe for a path, an
 //! object key or a query, because its constructor is the only validation there is.
 
+mod data_key;
 mod error;
 mod ids;
 pub mod random;
 
+pub use data_key::DataKey;
 pub use error::{ErrorKind, HemvistError};
 pub use ids::{Generation, IdError, NodeId, OrgId, RegionId};
 

@@ -10,7 +10,7 @@ use super::{ms, stats};
 
 use anyhow::Context;
 use clap::Args;
-use hemvist_node::demo::Rng;
+use crate::dev::demo::Rng;
 use hemvist_node::tenants::TenantStore;
 use hemvist_proto::OrgId;
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use hemvist_node::demo::Rng;
+use crate::dev::demo::Rng;
 use hemvist_proto::OrgId;
 use serde_json::Value;
 

@@ -44,33 +44,7 @@ const MAGIC: &[u8; 4] = b"HVB1";
 const SEALED: u32 = 0x8000_0000;
 const NONCE: usize = 24;
 
-/// An org's data key. Never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DataKey(pub [u8; 32]);
-
-impl std::fmt::Debug for DataKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DataKey(..)")
-    }
-}
-
-impl DataKey {
-    pub fn from_hex(hex: &str) -> anyhow::Result<DataKey> {
-        let hex = hex.trim();
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            bail!("a data key is 64 hex digits");
-        }
-        let mut key = [0u8; 32];
-        for (i, k) in key.iter_mut().enumerate() {
-            *k = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
-        }
-        Ok(DataKey(key))
-    }
-
-    pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
+pub use hemvist_proto::DataKey;
 
 /// A nonce never used before in this process: a random prefix read once, then a counter.
 fn nonce() -> [u8; NONCE] {

@@ -45,7 +45,7 @@ pub fn format_time(ms: i64) -> String {
 pub fn parse_time(s: &str) -> Result<i64, String> {
     let s = s.trim();
     if s == "now" {
-        return Ok(crate::now_ms());
+        return Ok(crate::clock::now_ms());
     }
     if let Ok(ms) = s.parse::<i64>() {
         return Ok(ms);

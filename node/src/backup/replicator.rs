@@ -31,7 +31,10 @@ use tokio_util::sync::CancellationToken;
 use super::format::{self, Kind, ObjectName, PackRef};
 use super::store::BackupConfig;
 use super::wal::{self, WalPos, WalRead};
-use crate::{now_ms, Node};
+use crate::clock::now_ms;
+use crate::state::NodeState;
+use crate::tenants::TenantStore;
+use hemvist_proto::NodeId;
 
 /// A WAL this long (in frames) is checkpointed once shipped.
 const CHECKPOINT_FRAMES: u64 = 1_000;
@@ -195,6 +198,11 @@ pub struct Replicator {
     pack_seq: AtomicU64,
     db: Mutex<Connection>,
     pub metrics: BackupMetrics,
+    /// What it ships: the node's tenant files, which of them it hosts at which generation (and
+    /// with which data key), and the node's id for its packs.
+    tenants: Arc<TenantStore>,
+    hosted: Arc<NodeState>,
+    node_id: NodeId,
 }
 
 fn internal(e: impl std::fmt::Display) -> HemvistError {
@@ -202,7 +210,13 @@ fn internal(e: impl std::fmt::Display) -> HemvistError {
 }
 
 impl Replicator {
-    pub fn open(data_dir: &Path, config: BackupConfig) -> anyhow::Result<Self> {
+    pub fn open(
+        data_dir: &Path,
+        config: BackupConfig,
+        node_id: NodeId,
+        tenants: Arc<TenantStore>,
+        hosted: Arc<NodeState>,
+    ) -> anyhow::Result<Self> {
         let store = config.open()?;
         let db = Connection::open(data_dir.join("backup.db"))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
@@ -248,6 +262,9 @@ impl Replicator {
             pack_seq: AtomicU64::new(0),
             db: Mutex::new(db),
             metrics: BackupMetrics::default(),
+            tenants,
+            hosted,
+            node_id,
         })
     }
 
@@ -374,14 +391,14 @@ impl Replicator {
 
     /// At start: every hosted tenant whose WAL holds more than was shipped (or that was never
     /// shipped in its generation) is dirty. One `stat` per tenant, no file kept open.
-    pub fn scan(&self, node: &Node) {
-        for (org, hosted) in node.state.all_hosted() {
+    pub fn scan(&self) {
+        for (org, hosted) in self.hosted.all_hosted() {
             let shipped = self.shipped(&org);
             let stale = match &shipped {
                 None => true,
                 Some(s) if s.generation != hosted.generation.get() => true,
                 Some(s) => {
-                    let wal = wal::wal_path(&node.tenants.path(&org));
+                    let wal = wal::wal_path(&self.tenants.path(&org));
                     let len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
                     let frame = wal::FRAME_HEADER + s.page_size as u64;
                     let known = if s.wal.salts.is_none() {
@@ -456,13 +473,13 @@ impl Replicator {
     }
 
     /// Ships what one tenant has not shipped yet, or prepares its segment for the pack.
-    async fn ship(&self, node: &Arc<Node>, org: &OrgId) -> Result<Step, HemvistError> {
-        let Some(hosted) = node.state.hosted(org) else {
+    async fn ship(&self, org: &OrgId) -> Result<Step, HemvistError> {
+        let Some(hosted) = self.hosted.hosted(org) else {
             self.persist(org, None)?;
             return Ok(Step::Done);
         };
-        if node
-            .state
+        if self
+            .hosted
             .placement(org)
             .is_some_and(|p| p.generation > hosted.generation)
         {
@@ -481,14 +498,13 @@ impl Replicator {
             }
         };
         if needs_snapshot {
-            self.snapshot(node, org, generation, current.as_ref())
-                .await?;
+            self.snapshot(org, generation, current.as_ref()).await?;
             return Ok(Step::Done);
         }
         let Some(state) = current else {
             return Ok(Step::Done);
         };
-        let wal_path = wal::wal_path(&node.tenants.path(org));
+        let wal_path = wal::wal_path(&self.tenants.path(org));
         let from = state.wal;
         let read = tokio::task::spawn_blocking(move || {
             wal::read_since(&wal_path, Some(&from), SEGMENT_BYTES)
@@ -498,13 +514,13 @@ impl Replicator {
         .map_err(internal)?;
         match read {
             WalRead::Nothing => {
-                self.maybe_checkpoint(node, org, &state).await?;
+                self.maybe_checkpoint(org, &state).await?;
                 Ok(Step::Done)
             }
             WalRead::Restarted => {
                 // Frames may have been checkpointed unseen: a snapshot covers whatever they were.
                 tracing::warn!(%org, "WAL restarted outside the replicator; taking a snapshot");
-                self.snapshot(node, org, generation, Some(&state)).await?;
+                self.snapshot(org, generation, Some(&state)).await?;
                 Ok(Step::Done)
             }
             WalRead::Read { changes, next } => {
@@ -552,7 +568,7 @@ impl Replicator {
                 self.metrics.segments.fetch_add(1, Ordering::Relaxed);
                 self.persist(org, Some(&shipped))?;
                 if !more {
-                    self.maybe_checkpoint(node, org, &shipped).await?;
+                    self.maybe_checkpoint(org, &shipped).await?;
                 }
                 Ok(if more { Step::More } else { Step::Done })
             }
@@ -560,21 +576,16 @@ impl Replicator {
     }
 
     /// Once the WAL is long, ship its last frames and checkpoint it, under the writer lock.
-    async fn maybe_checkpoint(
-        &self,
-        node: &Arc<Node>,
-        org: &OrgId,
-        state: &Shipped,
-    ) -> Result<(), HemvistError> {
+    async fn maybe_checkpoint(&self, org: &OrgId, state: &Shipped) -> Result<(), HemvistError> {
         if state.wal.frames < CHECKPOINT_FRAMES {
             return Ok(());
         }
-        let (n, o, me) = (node.clone(), org.clone(), state.clone());
+        let (n, o, me) = (&self.tenants, org.clone(), state.clone());
         let rt = tokio::runtime::Handle::current();
         // The upload under the lock is rare (once per CHECKPOINT_FRAMES frames) and short.
         tokio::task::block_in_place(|| {
-            n.tenants.with_writer(&o, |conn| {
-                let wal_path = wal::wal_path(&n.tenants.path(&o));
+            n.with_writer(&o, |conn| {
+                let wal_path = wal::wal_path(&n.path(&o));
                 let mut state = me.clone();
                 if let WalRead::Read { changes, next } =
                     wal::read_since(&wal_path, Some(&state.wal), usize::MAX).map_err(internal)?
@@ -587,7 +598,7 @@ impl Replicator {
                         end: state.lsn + changes.frames,
                         time_ms: now_ms(),
                     };
-                    let key = n.state.hosted(&o).and_then(|h| h.data_key);
+                    let key = self.hosted.hosted(&o).and_then(|h| h.data_key);
                     let bytes = format::encode_segment(
                         &name,
                         changes.page_size,
@@ -623,14 +634,13 @@ impl Replicator {
     /// nothing but this task checkpoints.
     async fn snapshot(
         &self,
-        node: &Arc<Node>,
         org: &OrgId,
         generation: u64,
         state: Option<&Shipped>,
     ) -> Result<(), HemvistError> {
-        let (n, o) = (node.clone(), org.clone());
+        let (n, o) = (&self.tenants, org.clone());
         tokio::task::block_in_place(|| {
-            n.tenants.with_writer(&o, |conn| {
+            n.with_writer(&o, |conn| {
                 let (busy, _, _): (i64, i64, i64) = conn
                     .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -645,7 +655,7 @@ impl Replicator {
             })
         })?;
         self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
-        let path = node.tenants.path(org);
+        let path = self.tenants.path(org);
         let lsn = match state {
             Some(s) => s.lsn + 1,
             // Nothing recorded for this generation here (a first ship, a restored tenant, or a
@@ -673,7 +683,7 @@ impl Replicator {
             end: lsn,
             time_ms: now_ms(),
         };
-        let key = node.state.hosted(org).and_then(|h| h.data_key);
+        let key = self.hosted.hosted(org).and_then(|h| h.data_key);
         let (bytes, page_size) = tokio::task::spawn_blocking({
             let name = name.clone();
             move || -> Result<(Vec<u8>, u32), HemvistError> {
@@ -799,7 +809,7 @@ impl Replicator {
     /// One pass: every dirty tenant shipped, `concurrency` at a time. A tenant stays dirty
     /// (and its lag keeps counting) until what it had is in the store: while its upload is in
     /// flight, after a failure, and when writes came in meanwhile.
-    pub async fn pass(&self, node: &Arc<Node>) {
+    pub async fn pass(&self) {
         let started = now_ms();
         let batch: Vec<(OrgId, Dirty)> = {
             let dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
@@ -812,7 +822,7 @@ impl Replicator {
         );
         let steps: Vec<(OrgId, Dirty, Result<Step, HemvistError>)> = futures::stream::iter(batch)
             .map(|(org, seen)| async move {
-                let step = self.ship(node, &org).await;
+                let step = self.ship(&org).await;
                 (org, seen, step)
             })
             .buffer_unordered(self.config.concurrency)
@@ -832,7 +842,7 @@ impl Replicator {
             }
         }
         if !packed.is_empty() {
-            let stored = self.store_pack(node, &packed).await;
+            let stored = self.store_pack(&packed).await;
             // `store_pack` returns one reference per packed tenant, in the same order.
             for (i, (org, seen, p)) in packed.into_iter().enumerate() {
                 let done = match &stored {
@@ -848,7 +858,7 @@ impl Replicator {
                             .entry(org.clone())
                             .or_insert(next.shipped_ms);
                         if ok && !p.more {
-                            if let Err(e) = self.maybe_checkpoint(node, &org, &next).await {
+                            if let Err(e) = self.maybe_checkpoint(&org, &next).await {
                                 tracing::warn!(%org, error = %e, "checkpoint after shipping failed");
                             }
                         }
@@ -900,7 +910,6 @@ impl Replicator {
     /// order of `packed`.
     async fn store_pack(
         &self,
-        node: &Arc<Node>,
         packed: &[(OrgId, Dirty, Packed)],
     ) -> Result<Vec<PackRef>, HemvistError> {
         let segments: Vec<(ObjectName, Vec<u8>)> = packed
@@ -909,7 +918,7 @@ impl Replicator {
             .collect();
         let (bytes, index_len, places) = format::encode_pack(&segments);
         let key = format::pack_key(
-            node.config.id.as_str(),
+            self.node_id.as_str(),
             now_ms(),
             self.pack_seq.fetch_add(1, Ordering::Relaxed),
             index_len,
@@ -1016,8 +1025,8 @@ impl Replicator {
     /// is in the store within the interval; at once when a `sync` write waits; never while
     /// nothing is dirty. After a pass that shipped nothing (the store is failing), the next
     /// waits a whole interval.
-    pub async fn run(self: Arc<Self>, node: Arc<Node>, stop: CancellationToken) {
-        self.scan(&node);
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        self.scan();
         let interval = self.config.interval_ms as i64;
         let lead = interval - interval / 5;
         loop {
@@ -1026,7 +1035,7 @@ impl Replicator {
             let urgent = self.urgent.swap(false, Ordering::SeqCst);
             if urgent || due.is_some_and(|d| d <= now) {
                 let before = self.metrics.puts.load(Ordering::Relaxed);
-                self.pass(&node).await;
+                self.pass().await;
                 let stalled =
                     self.dirty_count() > 0 && self.metrics.puts.load(Ordering::Relaxed) == before;
                 if stalled {
@@ -1048,7 +1057,7 @@ impl Replicator {
             }
         }
         if self.dirty_count() > 0 {
-            self.pass(&node).await;
+            self.pass().await;
         }
         // A clean stop leaves nothing that only a scan of the packs would find.
         self.write_indexes(true).await;

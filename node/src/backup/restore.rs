@@ -187,7 +187,7 @@ async fn scan_recent_packs(
             continue;
         }
         // The newest pack's time, to the second, by bisection over LISTs with an offset.
-        let (mut lo, mut hi) = (0i64, crate::now_ms() + 86_400_000);
+        let (mut lo, mut hi) = (0i64, crate::clock::now_ms() + 86_400_000);
         while hi - lo > 1_000 {
             let mid = lo + (hi - lo) / 2;
             if pack_at_or_after(store, &node, mid).await? {

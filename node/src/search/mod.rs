@@ -25,8 +25,8 @@ use std::sync::{Mutex, TryLockError};
 use hemvist_proto::{ErrorKind, HemvistError, OrgId};
 use serde::Serialize;
 
+use crate::tenants::TenantStore;
 use crate::text;
-use crate::Node;
 use index::{Found, Index};
 
 pub const MAX_QUERY_CHARS: usize = 200;
@@ -130,7 +130,8 @@ fn results(raw: &str, query: Query, page: usize, found: Found) -> Results {
 /// Answers from the org's index if it is open, current and not being updated; `None` means
 /// the caller must use [`search`] on a blocking thread. Never blocks and never touches SQLite.
 pub fn search_ready(
-    node: &Node,
+    tenants: &TenantStore,
+    versions: &DataVersions,
     org: &OrgId,
     raw: &str,
     page: usize,
@@ -140,8 +141,8 @@ pub fn search_ready(
         Err(e) => return Some(Err(e)),
     };
     let page = page.min(MAX_PAGE);
-    let tenant = node.tenants.open_tenant(org)?;
-    let version = node.data_versions.get(org);
+    let tenant = tenants.open_tenant(org)?;
+    let version = versions.get(org);
     let slot = match tenant.search.try_read() {
         Ok(slot) => slot,
         Err(TryLockError::WouldBlock) => return None,
@@ -154,13 +155,19 @@ pub fn search_ready(
 
 /// Answers a search, first building the org's index or bringing it up to date if needed.
 /// Blocking: call it off the async runtime.
-pub fn search(node: &Node, org: &OrgId, raw: &str, page: usize) -> Result<Results, HemvistError> {
+pub fn search(
+    tenants: &TenantStore,
+    versions: &DataVersions,
+    org: &OrgId,
+    raw: &str,
+    page: usize,
+) -> Result<Results, HemvistError> {
     let query = parse(raw)?;
     let page = page.min(MAX_PAGE);
-    let tenant = node.tenants.tenant(org)?;
+    let tenant = tenants.tenant(org)?;
     // Read the version before looking at the database: a write that commits meanwhile bumps
     // it past ours, and the next search catches up again.
-    let version = node.data_versions.get(org);
+    let version = versions.get(org);
     {
         let slot = tenant.search.read().unwrap_or_else(|p| p.into_inner());
         if let Some(index) = slot.as_ref().filter(|i| i.version == version) {
@@ -173,22 +180,16 @@ pub fn search(node: &Node, org: &OrgId, raw: &str, page: usize) -> Result<Result
         Some(index) if index.version == version => index,
         Some(mut index) => {
             let caught_up = tenant.read(|c| index.catch_up(c, version))?;
-            node.data_versions
-                .index_catch_ups
-                .fetch_add(1, Ordering::Relaxed);
+            versions.index_catch_ups.fetch_add(1, Ordering::Relaxed);
             if caught_up {
                 index
             } else {
-                node.data_versions
-                    .index_builds
-                    .fetch_add(1, Ordering::Relaxed);
+                versions.index_builds.fetch_add(1, Ordering::Relaxed);
                 tenant.read(|c| Index::build(c, version))?
             }
         }
         None => {
-            node.data_versions
-                .index_builds
-                .fetch_add(1, Ordering::Relaxed);
+            versions.index_builds.fetch_add(1, Ordering::Relaxed);
             tenant.read(|c| Index::build(c, version))?
         }
     };

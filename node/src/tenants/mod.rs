@@ -8,6 +8,7 @@
 //! when it closes, so a replaced or reopened file never meets a stale index.
 
 pub mod schema;
+pub mod sweeper;
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -154,7 +155,7 @@ impl TenantStore {
     }
 
     /// Runs `f` in a write transaction on the tenant's single writer connection. Callers decide
-    /// whether this node may write at all (generation and lease); see `Node::write`.
+    /// whether this node may write at all (generation and lease); see `writes::Writer`.
     pub fn write<T>(
         &self,
         org: &OrgId,

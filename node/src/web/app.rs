@@ -76,11 +76,17 @@ pub async fn search(a: Authed, query: QueryResult) -> Response {
         }
     };
     let started = std::time::Instant::now();
-    let result = match search::search_ready(&a.ctx.node, &a.ctx.org, &q, page) {
+    let result = match search::search_ready(
+        &a.ctx.node.tenants,
+        &a.ctx.node.data_versions,
+        &a.ctx.org,
+        &q,
+        page,
+    ) {
         Some(answered) => answered,
         None => {
             let (n, o, q2) = (a.ctx.node.clone(), a.ctx.org.clone(), q.clone());
-            blocking(move || search::search(&n, &o, &q2, page)).await
+            blocking(move || search::search(&n.tenants, &n.data_versions, &o, &q2, page)).await
         }
     };
     a.ctx.node.metrics.searches.inc();
@@ -193,7 +199,7 @@ pub async fn create_contact(a: Authed, headers: HeaderMap, form: FormResult) -> 
         Err(problems) => return invalid_contact(&a, None, &input, &problems),
     };
     let (n, o) = (a.ctx.node.clone(), a.ctx.org.clone());
-    match blocking(move || contacts::create(&n, &o, &clean)).await {
+    match blocking(move || contacts::create(&n.writer, &o, &clean)).await {
         Ok(id) if a.ctx.wants_json => {
             (StatusCode::CREATED, Json(serde_json::json!({"id": id}))).into_response()
         }
@@ -212,7 +218,7 @@ pub async fn show_contact(
         Err(resp) => return resp,
     };
     let (n, o) = (a.ctx.node.clone(), a.ctx.org.clone());
-    match blocking(move || contacts::get(&n, &o, id)).await {
+    match blocking(move || contacts::get(&n.writer, &o, id)).await {
         Ok(c) if a.ctx.wants_json => Json(c).into_response(),
         Ok(c) => {
             let saved = query.ok().is_some_and(|Query(q)| q.contains_key("saved"));
@@ -256,7 +262,7 @@ pub async fn update_contact(
         Err(problems) => return invalid_contact(&a, Some(id), &input, &problems),
     };
     let (n, o) = (a.ctx.node.clone(), a.ctx.org.clone());
-    match blocking(move || contacts::update(&n, &o, id, &clean)).await {
+    match blocking(move || contacts::update(&n.writer, &o, id, &clean)).await {
         Ok(()) if a.ctx.wants_json => Json(serde_json::json!({"id": id})).into_response(),
         Ok(()) => see_other(&format!("/o/{}/contacts/{id}?saved=1", a.ctx.org)),
         Err(e) => error_response(a.ctx.wants_json, &e),

@@ -103,7 +103,7 @@ pub async fn sign_in(ctx: OrgCtx, headers: HeaderMap, form: FormResult) -> Respo
     }
     let (n, o) = (ctx.node.clone(), ctx.org.clone());
     let result =
-        tokio::task::spawn_blocking(move || users::sign_in(&n, &o, &email, &password)).await;
+        tokio::task::spawn_blocking(move || users::sign_in(&n.writer, &o, &email, &password)).await;
     let next = safe_next(&ctx, fields.get("next"));
     match result {
         Ok(Ok((token, _csrf))) => {
@@ -150,7 +150,8 @@ pub async fn sign_out(a: Authed, headers: HeaderMap, form: FormResult) -> Respon
         return resp;
     }
     let (n, o, t) = (a.ctx.node.clone(), a.ctx.org.clone(), a.token.clone());
-    let _ = tokio::task::spawn_blocking(move || users::sign_out(&n, &o, &t)).await;
+    let _ =
+        tokio::task::spawn_blocking(move || users::sign_out(&n.writer, &n.sessions, &o, &t)).await;
     let mut resp = StatusCode::SEE_OTHER.into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("/o/{}/signin", a.ctx.org)) {
         resp.headers_mut().insert(header::LOCATION, v);

@@ -133,7 +133,7 @@ impl FromRequestParts<Arc<Node>> for OrgCtx {
             }
         }
         node.metrics.requests.inc();
-        match route(node, &org) {
+        match route(&node.state, &node.config.id, &org) {
             Route::Local => Ok(OrgCtx {
                 node: node.clone(),
                 org,
@@ -196,12 +196,16 @@ impl FromRequestParts<Arc<Node>> for Authed {
         let ctx = OrgCtx::from_request_parts(parts, node).await?;
         let token = cookie(&parts.headers, SESSION_COOKIE).map(str::to_string);
         let session = match &token {
-            Some(t) if users::cached_session(&ctx.node, &ctx.org, t).is_some() => {
-                users::cached_session(&ctx.node, &ctx.org, t)
+            Some(t) if users::cached_session(&ctx.node.sessions, &ctx.org, t).is_some() => {
+                users::cached_session(&ctx.node.sessions, &ctx.org, t)
             }
             Some(t) => {
                 let (n, o, t) = (ctx.node.clone(), ctx.org.clone(), t.clone());
-                match tokio::task::spawn_blocking(move || users::session(&n, &o, &t)).await {
+                match tokio::task::spawn_blocking(move || {
+                    users::session(&n.writer, &n.sessions, &o, &t)
+                })
+                .await
+                {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => return Err(super::error_response(ctx.wants_json, &e)),
                     Err(_) => None,

@@ -58,10 +58,26 @@ pub fn router(node: Arc<Node>) -> Router {
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let n = node.clone();
-    let text = tokio::task::spawn_blocking(move || n.metrics.render(&n.gauges()))
+    let text = tokio::task::spawn_blocking(move || n.metrics.render(&gauges(&n)))
         .await
         .unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The node's gauges, read from its parts at scrape time.
+fn gauges(node: &Node) -> crate::metrics::Gauges {
+    use std::sync::atomic::Ordering::Relaxed;
+    crate::metrics::Gauges {
+        hosted: node.state.hosted_count() as u64,
+        open_tenants: node.tenants.open_count() as u64,
+        placements: node.state.placement_count() as u64,
+        lease_live: node.gate.lease.is_live(),
+        tenant_opens: node.tenants.opens.load(Relaxed),
+        tenant_evictions: node.tenants.evictions.load(Relaxed),
+        search_index_builds: node.data_versions.index_builds.load(Relaxed),
+        search_index_catch_ups: node.data_versions.index_catch_ups.load(Relaxed),
+        backup: node.backup.clone(),
+    }
 }
 
 async fn htmx() -> Response {

@@ -87,13 +87,13 @@ pub fn org_name(i: usize) -> String {
 
 /// The data key of the `i`th tenant: as in production every org has one, and hemvist seals its
 /// backups with it; here it is made up, the same in both processes.
-pub fn data_key(i: usize) -> hemvist_node::backup::format::DataKey {
-    let mut rng = hemvist_node::demo::Rng::new(i as u64);
+pub fn data_key(i: usize) -> hemvist_proto::DataKey {
+    let mut rng = crate::dev::demo::Rng::new(i as u64);
     let mut key = [0u8; 32];
     for chunk in key.chunks_mut(8) {
         chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
     }
-    hemvist_node::backup::format::DataKey(key)
+    hemvist_proto::DataKey(key)
 }
 
 /// The `writers` tenants written, spread evenly over all of them.

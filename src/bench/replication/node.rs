@@ -17,10 +17,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::dev::demo::Rng;
 use anyhow::Context;
 use clap::Args;
 use hemvist_node::backup::store::BackupConfig;
-use hemvist_node::demo::Rng;
 use hemvist_node::{HostRequest, Node, NodeConfig};
 use hemvist_proto::{Generation, NodeId, OrgId, RegionId};
 use tokio_util::sync::CancellationToken;
@@ -97,7 +97,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         .map(|i| OrgId::parse(&org_name(i)))
         .collect::<Result<_, _>>()?;
     for (i, org) in orgs.iter().enumerate() {
-        node.host(&HostRequest {
+        node.hosting.host(&HostRequest {
             org: org.clone(),
             generation: Generation::FIRST,
             name: org.to_string(),
@@ -113,8 +113,8 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     let stop = CancellationToken::new();
     // As `hemvist node` runs it (`serve`), with the idle sweep that closes unused tenants.
-    let replicating = rt.spawn(replicator.clone().run(node.clone(), stop.clone()));
-    let sweeper = rt.spawn(hemvist_node::close_idle_tenants(node.clone(), stop.clone()));
+    let replicating = rt.spawn(replicator.clone().run(stop.clone()));
+    let sweeper = rt.spawn(node.close_idle_tenants(stop.clone()));
     let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
     while replicator.dirty_count() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));

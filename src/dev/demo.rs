@@ -1,8 +1,10 @@
-//! Deterministic, realistic demo contacts: the same seed always gives the same contact book.
+//! Deterministic, realistic demo contacts for `hemvist dev`: the same seed always gives the same
+//! contact book.
 
 use hemvist_proto::{HemvistError, OrgId};
 
-use crate::{now_ms, Node};
+use hemvist_node::now_ms;
+use hemvist_node::writes::Writer;
 
 /// A small, fast, deterministic generator (SplitMix64).
 pub struct Rng(u64);
@@ -338,13 +340,13 @@ pub fn contact(rng: &mut Rng, locale: Locale) -> Contact {
 /// nothing if it already holds that many, so it is safe to run at every start. Goes through the
 /// node's write path, so it needs the org hosted here and a live lease.
 pub fn seed_contacts(
-    node: &Node,
+    writer: &Writer,
     org: &OrgId,
     locale: Locale,
     target: u64,
     seed: u64,
 ) -> Result<u64, HemvistError> {
-    let have: i64 = node.tenants.read(org, |c| {
+    let have: i64 = writer.read(org, |c| {
         c.query_row("SELECT COUNT(*) FROM contacts", [], |r| r.get(0))
     })?;
     let have = have.max(0) as u64;
@@ -359,7 +361,7 @@ pub fn seed_contacts(
     let mut made = have;
     while made < target {
         let batch = (target - made).min(10_000);
-        node.write(org, |tx| {
+        writer.write(org, |tx| {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO contacts (name, email, company, city, phone, notes, created_ms, updated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
@@ -375,7 +377,7 @@ pub fn seed_contacts(
     }
     // A bulk load leaves the full-text index in many small segments; merge them, as a node
     // would after any large import.
-    node.write(org, |tx| {
+    writer.write(org, |tx| {
         tx.execute(
             "INSERT INTO contacts_fts(contacts_fts) VALUES ('optimize')",
             [],

@@ -9,10 +9,13 @@ use anyhow::{bail, Context};
 use clap::Args;
 use hemvist_control::{ControlConfig, RegionConfig};
 use hemvist_node::backup::store::BackupConfig;
-use hemvist_node::demo::{self, Locale};
 use hemvist_node::NodeConfig;
 use hemvist_proto::{NodeId, OrgId, RegionId};
 use serde::{Deserialize, Serialize};
+
+use demo::Locale;
+
+pub mod demo;
 
 #[derive(Args)]
 pub struct DevArgs {
@@ -289,7 +292,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let (locale, seed) = (o.locale, fnv(o.id));
         let (n2, org2) = (node.clone(), org.clone());
         let added = tokio::task::spawn_blocking(move || {
-            demo::seed_contacts(&n2, &org2, locale, target, seed)
+            demo::seed_contacts(&n2.writer, &org2, locale, target, seed)
         })
         .await??;
         if added > 0 {
@@ -373,7 +376,7 @@ async fn wait_hosted(
     limit: Duration,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
-    while node.state.hosted(org).is_none() || !node.lease.is_live() {
+    while node.state.hosted(org).is_none() || !node.gate.lease.is_live() {
         if Instant::now() > deadline {
             bail!(
                 "node {} did not host {org} within {limit:?}",

@@ -1,0 +1,319 @@
+//! Hosting: which orgs this node keeps a tenant for, at which generation.
+//!
+//! Keeps true: an org is hosted only in a region its residency policy lists (the node's second
+//! line of defense, whatever the control plane says); a generation older than the one held can
+//! never take an org back; hosting is idempotent; a dropped tenant's file goes to `trash/`, not
+//! away.
+
+use std::sync::Arc;
+
+use hemvist_proto::{DataKey, ErrorKind, Generation, HemvistError, OrgId, RegionId};
+
+use crate::backup::replicator::Replicator;
+use crate::backup::restore;
+use crate::clock::now_ms;
+use crate::failpoints;
+use crate::state::{Hosted, NodeState};
+use crate::tenants::TenantStore;
+
+/// What the control plane asked this node to host.
+pub struct HostRequest {
+    pub org: OrgId,
+    pub generation: Generation,
+    pub name: String,
+    pub allowed_regions: Vec<String>,
+    /// Writes are acknowledged only once they are in object storage.
+    pub sync: bool,
+    /// The org's data key, which seals its backups.
+    pub data_key: Option<DataKey>,
+}
+
+pub struct Hosting {
+    region: RegionId,
+    tenants: Arc<TenantStore>,
+    hosted: Arc<NodeState>,
+    backup: Option<Arc<Replicator>>,
+}
+
+impl Hosting {
+    pub fn new(
+        region: RegionId,
+        tenants: Arc<TenantStore>,
+        hosted: Arc<NodeState>,
+        backup: Option<Arc<Replicator>>,
+    ) -> Self {
+        Hosting {
+            region,
+            tenants,
+            hosted,
+            backup,
+        }
+    }
+
+    /// Hosts an org at a generation: idempotent, refuses what residency forbids and what a
+    /// newer generation already owns.
+    pub fn host(&self, req: &HostRequest) -> Result<Hosted, HemvistError> {
+        if !req
+            .allowed_regions
+            .iter()
+            .any(|r| r == self.region.as_str())
+        {
+            return Err(HemvistError::new(
+                ErrorKind::Residency,
+                format!(
+                    "org {} may not be stored in region {} (allowed: {})",
+                    req.org,
+                    self.region,
+                    if req.allowed_regions.is_empty() {
+                        "none given".to_string()
+                    } else {
+                        req.allowed_regions.join(", ")
+                    }
+                ),
+            ));
+        }
+        if let Some(h) = self.hosted.hosted(&req.org) {
+            if h.generation > req.generation {
+                return Err(HemvistError::new(
+                    ErrorKind::Fenced,
+                    format!(
+                        "org {} is hosted here at {}, newer than {}",
+                        req.org, h.generation, req.generation
+                    ),
+                ));
+            }
+        }
+        failpoints::check("node.host")?;
+        if !self.tenants.exists(&req.org) {
+            self.restore_from_backup(&req.org, req.data_key.as_ref())?;
+        }
+        let schema_version = self.tenants.create(&req.org, now_ms())?;
+        if let Some(b) = &self.backup {
+            b.mark_dirty(&req.org);
+        }
+        failpoints::check("node.host.after_create")?;
+        let hosted = Hosted {
+            generation: req.generation,
+            schema_version,
+            name: req.name.clone(),
+            sync: req.sync,
+            data_key: req.data_key.clone(),
+        };
+        self.hosted.set_hosted(&req.org, &hosted, now_ms())?;
+        tracing::info!(org = %req.org, generation = %req.generation, schema_version, "hosting tenant");
+        Ok(hosted)
+    }
+
+    /// An org assigned here with no local file: if its region's backups hold it, the newest
+    /// restore point becomes the local file (blocking; runs on the command thread).
+    fn restore_from_backup(&self, org: &OrgId, key: Option<&DataKey>) -> Result<(), HemvistError> {
+        let Some(b) = &self.backup else {
+            return Ok(());
+        };
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| HemvistError::internal("restore needs the runtime"))?;
+        let path = self.tenants.path(org);
+        let restored = handle.block_on(async {
+            let catalog = restore::catalog(&b.store, org).await?;
+            let Some(plan) = catalog.plan(i64::MAX, &[]) else {
+                return Ok::<_, anyhow::Error>(None);
+            };
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let staged = path.with_extension("from-backup");
+            let _ = std::fs::remove_file(&staged);
+            let done = restore::restore(&b.store, &catalog, &plan, &staged, key).await?;
+            std::fs::rename(&staged, &path)?;
+            Ok(Some(done))
+        });
+        match restored {
+            Ok(Some(r)) => {
+                tracing::info!(%org, generation = r.generation, lsn = r.lsn, time = %crate::backup::format_time(r.time_ms),
+                    "restored tenant from backup");
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(HemvistError::unavailable(format!(
+                "org {org} has no local file and its backup could not be restored: {e:#}"
+            ))),
+        }
+    }
+
+    /// Stops hosting an org at `generation` or older; its files go to `trash/`, not away.
+    pub fn drop_tenant(&self, org: &OrgId, generation: Generation) -> Result<(), HemvistError> {
+        let Some(h) = self.hosted.hosted(org) else {
+            return Ok(());
+        };
+        if h.generation > generation {
+            return Ok(());
+        }
+        self.hosted.remove_hosted(org)?;
+        if let Some(b) = &self.backup {
+            b.forget(org)?;
+        }
+        let label = format!("g{}-{}", h.generation.get(), now_ms());
+        let moved = self.tenants.retire(org, &label)?;
+        tracing::info!(%org, generation = %h.generation, to = ?moved, "dropped tenant");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gate::WriteGate;
+    use crate::search::DataVersions;
+    use crate::writes::Writer;
+    use hemvist_proto::NodeId;
+    use std::time::{Duration, Instant};
+
+    /// A node's hosting and write path over a folder, without backups.
+    struct Parts {
+        hosting: Hosting,
+        writer: Writer,
+        gate: Arc<WriteGate>,
+        state: Arc<NodeState>,
+        tenants: Arc<TenantStore>,
+    }
+
+    fn parts(dir: &std::path::Path) -> Parts {
+        let state = Arc::new(NodeState::open(&dir.join("node.db")).unwrap());
+        let tenants = Arc::new(TenantStore::new(dir, 2).unwrap());
+        let gate = Arc::new(WriteGate::new(state.clone()));
+        let versions = Arc::new(DataVersions::default());
+        Parts {
+            hosting: Hosting::new(
+                RegionId::parse("eu-north").unwrap(),
+                tenants.clone(),
+                state.clone(),
+                None,
+            ),
+            writer: Writer::new(tenants.clone(), state.clone(), gate.clone(), versions, None),
+            gate,
+            state,
+            tenants,
+        }
+    }
+
+    fn req(org: &str, generation: u64, allowed: &[&str]) -> HostRequest {
+        HostRequest {
+            org: OrgId::parse(org).unwrap(),
+            generation: Generation::new(generation).unwrap(),
+            name: org.into(),
+            allowed_regions: allowed.iter().map(|s| s.to_string()).collect(),
+            sync: false,
+            data_key: None,
+        }
+    }
+
+    fn insert(p: &Parts, org: &OrgId) -> Result<usize, HemvistError> {
+        p.writer.write(org, |tx| {
+            tx.execute(
+                "INSERT INTO contacts (name, created_ms, updated_ms) VALUES ('Åsa', 0, 0)",
+                [],
+            )
+        })
+    }
+
+    #[test]
+    fn writes_need_the_current_generation_and_a_live_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = parts(dir.path());
+        let org = OrgId::parse("acme").unwrap();
+        n.hosting.host(&req("acme", 3, &["eu-north"])).unwrap();
+
+        let err = insert(&n, &org).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Unavailable, "no lease yet: {err}");
+        n.gate.lease.renew(Instant::now(), Duration::from_secs(5));
+        assert_eq!(insert(&n, &org).unwrap(), 1);
+
+        // An expired lease pauses writes again.
+        let dir2 = tempfile::tempdir().unwrap();
+        let m = parts(dir2.path());
+        m.hosting.host(&req("acme", 3, &["eu-north"])).unwrap();
+        m.gate.lease.renew(Instant::now(), Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(insert(&m, &org).unwrap_err().kind, ErrorKind::Unavailable);
+
+        // Once the node learns a newer generation lives elsewhere, it is fenced.
+        n.state
+            .apply_placements(
+                false,
+                vec![(
+                    org.clone(),
+                    crate::state::Placement {
+                        region: RegionId::parse("us-east").unwrap(),
+                        node_id: NodeId::parse("us-east-1").unwrap(),
+                        node_url: "http://127.0.0.1:10".into(),
+                        generation: Generation::new(4).unwrap(),
+                    },
+                )],
+                vec![],
+            )
+            .unwrap();
+        assert_eq!(insert(&n, &org).unwrap_err().kind, ErrorKind::Fenced);
+        // And an older grant can never take the org back.
+        assert_eq!(
+            n.hosting
+                .host(&req("acme", 2, &["eu-north"]))
+                .unwrap_err()
+                .kind,
+            ErrorKind::Fenced
+        );
+    }
+
+    #[test]
+    fn residency_is_refused_by_the_node_too_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = parts(dir.path());
+        for allowed in [&["us-east"][..], &[][..]] {
+            let err = n.hosting.host(&req("yankee", 1, allowed)).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Residency);
+        }
+        let org = OrgId::parse("yankee").unwrap();
+        assert!(!n.tenants.path(&org).exists());
+        assert!(n.state.hosted(&org).is_none());
+    }
+
+    #[test]
+    fn hosting_is_idempotent_and_dropping_keeps_the_file_in_trash() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = parts(dir.path());
+        let org = OrgId::parse("acme").unwrap();
+        n.hosting.host(&req("acme", 1, &["eu-north"])).unwrap();
+        n.gate.lease.renew(Instant::now(), Duration::from_secs(5));
+        insert(&n, &org).unwrap();
+        let again = n.hosting.host(&req("acme", 1, &["eu-north"])).unwrap();
+        assert_eq!(
+            again.schema_version,
+            crate::tenants::schema::latest_version()
+        );
+        let count: i64 = n
+            .tenants
+            .read(&org, |c| {
+                c.query_row("SELECT COUNT(*) FROM contacts", [], |r| r.get(0))
+            })
+            .unwrap();
+        assert_eq!(count, 1, "hosting again kept the data");
+
+        // A drop for an older generation than the one held is ignored.
+        n.hosting.host(&req("acme", 2, &["eu-north"])).unwrap();
+        n.hosting
+            .drop_tenant(&org, Generation::new(1).unwrap())
+            .unwrap();
+        assert!(n.state.hosted(&org).is_some());
+        n.hosting
+            .drop_tenant(&org, Generation::new(2).unwrap())
+            .unwrap();
+        assert!(n.state.hosted(&org).is_none());
+        assert!(!n.tenants.path(&org).exists());
+        let trash: Vec<_> = std::fs::read_dir(dir.path().join("trash"))
+            .unwrap()
+            .collect();
+        assert!(
+            !trash.is_empty(),
+            "the dropped tenant's file is kept in trash/"
+        );
+    }
+}
