@@ -1,5 +1,6 @@
-//! The operator's JSON API (axum), behind a bearer token. A thin adapter over [`Control`]:
-//! parse, call, map the error kind to an HTTP status.
+//! The operator's JSON API (axum), behind a bearer token. A thin adapter over the domain
+//! ([`Plane`]): parse, call, map the error kind to an HTTP status. Every route but `/healthz`
+//! and `/metrics` needs the admin token.
 
 use std::sync::Arc;
 
@@ -15,9 +16,9 @@ use serde::Serialize;
 
 use crate::metrics::Gauges;
 use crate::orgs::CreateOrg;
-use crate::Control;
+use crate::plane::Plane;
 
-pub fn router(control: Arc<Control>) -> Router {
+pub fn router(plane: Arc<Plane>) -> Router {
     let api = Router::new()
         .route("/regions", get(regions))
         .route("/nodes", get(nodes))
@@ -27,16 +28,13 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/orgs/{id}/data-key", get(data_key))
         .route("/audit/verify", get(verify_audit))
         .fallback(|| async { ApiError(HemvistError::not_found("no such API route")) })
-        .layer(middleware::from_fn_with_state(
-            control.clone(),
-            require_token,
-        ));
+        .layer(middleware::from_fn_with_state(plane.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .nest("/api/v1", api)
         .layer(DefaultBodyLimit::max(64 * 1024))
-        .with_state(control)
+        .with_state(plane)
 }
 
 pub struct ApiError(pub HemvistError);
@@ -65,16 +63,16 @@ impl IntoResponse for ApiError {
     }
 }
 
-async fn require_token(State(control): State<Arc<Control>>, req: Request, next: Next) -> Response {
-    control.metrics.api_requests.inc();
+async fn require_token(State(plane): State<Arc<Plane>>, req: Request, next: Next) -> Response {
+    plane.metrics.api_requests.inc();
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !crate::tokens_equal(presented, &control.config.admin_token) {
-        control.metrics.api_unauthorized.inc();
+    if !crate::auth::tokens_equal(presented, &plane.config.admin_token) {
+        plane.metrics.api_unauthorized.inc();
         let mut resp = ApiError(HemvistError::new(
             ErrorKind::Unauthenticated,
             "missing or wrong admin token (Authorization: Bearer ...)",
@@ -86,17 +84,17 @@ async fn require_token(State(control): State<Arc<Control>>, req: Request, next: 
     }
     let resp = next.run(req).await;
     if resp.status().is_client_error() || resp.status().is_server_error() {
-        control.metrics.api_errors.inc();
+        plane.metrics.api_errors.inc();
     }
     resp
 }
 
 /// Runs blocking store work off the async threads.
 async fn blocking<T: Send + 'static>(
-    control: &Arc<Control>,
-    f: impl FnOnce(&Control) -> Result<T, HemvistError> + Send + 'static,
+    plane: &Arc<Plane>,
+    f: impl FnOnce(&Plane) -> Result<T, HemvistError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let c = control.clone();
+    let c = plane.clone();
     tokio::task::spawn_blocking(move || f(&c))
         .await
         .map_err(|e| ApiError(HemvistError::internal(e.to_string())))?
@@ -115,8 +113,8 @@ struct RegionView {
     default: bool,
 }
 
-async fn regions(State(control): State<Arc<Control>>) -> Result<Json<Vec<RegionView>>, ApiError> {
-    let out = blocking(&control, |c| {
+async fn regions(State(plane): State<Arc<Plane>>) -> Result<Json<Vec<RegionView>>, ApiError> {
+    let out = blocking(&plane, |c| {
         let nodes = c.node_loads()?;
         Ok(c.config
             .regions
@@ -143,21 +141,21 @@ async fn regions(State(control): State<Arc<Control>>) -> Result<Json<Vec<RegionV
 #[derive(Serialize)]
 struct NodeView {
     #[serde(flatten)]
-    record: crate::persistence::NodeRecord,
+    record: crate::store::NodeRecord,
     #[serde(flatten)]
-    session: crate::hub::SessionInfo,
+    session: crate::link::SessionInfo,
     tenants: u64,
 }
 
-async fn nodes(State(control): State<Arc<Control>>) -> Result<Json<Vec<NodeView>>, ApiError> {
-    let out = blocking(&control, |c| {
+async fn nodes(State(plane): State<Arc<Plane>>) -> Result<Json<Vec<NodeView>>, ApiError> {
+    let out = blocking(&plane, |c| {
         let counts: std::collections::HashMap<_, _> =
             c.store.tenants_per_node()?.into_iter().collect();
         Ok(c.store
             .nodes()?
             .into_iter()
             .map(|n| NodeView {
-                session: c.hub.info(&n.id),
+                session: c.nodes.session(&n.id),
                 tenants: counts.get(&n.id).copied().unwrap_or(0),
                 record: n,
             })
@@ -167,12 +165,12 @@ async fn nodes(State(control): State<Arc<Control>>) -> Result<Json<Vec<NodeView>
     Ok(Json(out))
 }
 
-async fn list_orgs(State(control): State<Arc<Control>>) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(blocking(&control, |c| c.list_orgs()).await?))
+async fn list_orgs(State(plane): State<Arc<Plane>>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(blocking(&plane, |c| c.list_orgs()).await?))
 }
 
 async fn create_org(
-    State(control): State<Arc<Control>>,
+    State(plane): State<Arc<Plane>>,
     body: Result<Json<CreateOrg>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(|e| {
@@ -183,7 +181,7 @@ async fn create_org(
         };
         ApiError(HemvistError::new(kind, e.body_text()))
     })?;
-    let created = blocking(&control, move |c| c.create_org(req)).await?;
+    let created = blocking(&plane, move |c| c.create_org(req)).await?;
     let status = if created.created {
         StatusCode::CREATED
     } else {
@@ -193,30 +191,30 @@ async fn create_org(
 }
 
 async fn show_org(
-    State(control): State<Arc<Control>>,
+    State(plane): State<Arc<Plane>>,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Path(id) = id.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
-    Ok(Json(blocking(&control, move |c| c.show_org(&id)).await?))
+    Ok(Json(blocking(&plane, move |c| c.show_org(&id)).await?))
 }
 
 async fn data_key(
-    State(control): State<Arc<Control>>,
+    State(plane): State<Arc<Plane>>,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Path(id) = id.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
-    let key = blocking(&control, move |c| c.data_key(&id, "admin")).await?;
+    let key = blocking(&plane, move |c| c.data_key(&id, "admin")).await?;
     Ok(Json(serde_json::json!({ "data_key": key })))
 }
 
 async fn add_user(
-    State(control): State<Arc<Control>>,
+    State(plane): State<Arc<Plane>>,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
     body: Result<Json<crate::users::AddUser>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = id.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
     let Json(req) = body.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
-    let added = blocking(&control, move |c| {
+    let added = blocking(&plane, move |c| {
         c.add_user(&id, req, std::time::Duration::from_secs(15))
     })
     .await?;
@@ -228,16 +226,16 @@ async fn add_user(
     Ok((status, Json(added)).into_response())
 }
 
-async fn verify_audit(State(control): State<Arc<Control>>) -> Result<impl IntoResponse, ApiError> {
-    let result = blocking(&control, |c| c.store.verify_audit()).await?;
+async fn verify_audit(State(plane): State<Arc<Plane>>) -> Result<impl IntoResponse, ApiError> {
+    let result = blocking(&plane, |c| Ok(c.store.verify_audit()?)).await?;
     Ok(Json(match result {
         Ok(records) => serde_json::json!({"ok": true, "records": records}),
         Err(seq) => serde_json::json!({"ok": false, "broken_at": seq}),
     }))
 }
 
-async fn metrics(State(control): State<Arc<Control>>) -> Result<Response, ApiError> {
-    let text = blocking(&control, |c| {
+async fn metrics(State(plane): State<Arc<Plane>>) -> Result<Response, ApiError> {
+    let text = blocking(&plane, |c| {
         let nodes = c.node_loads()?;
         let (lag, behind) = c.replication.summary();
         Ok(c.metrics.render(&Gauges {

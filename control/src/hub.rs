@@ -1,19 +1,38 @@
 //! The live sessions of connected nodes and their leases. Nothing here is persisted: a node that
-//! is not connected, or whose lease has run out, is not healthy and gets no new tenants.
+//! is not connected, or whose lease has run out, is not healthy and gets no new tenants. A
+//! session's outbox carries domain messages; the gRPC adapter puts them on the wire.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hemvist_proto::pb::{self, control_message::Body};
-use hemvist_proto::{NodeId, RegionId};
+use hemvist_proto::NodeId;
 use tokio::sync::mpsc;
 
-pub type Outbox = mpsc::Sender<Result<pb::ControlMessage, tonic::Status>>;
+use crate::link::{NodeCommand, NodeLink, PlacementUpdate, SessionInfo};
+
+/// What the control plane sends down one node's session.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    Registered {
+        lease_ttl_ms: u64,
+        heartbeat_interval_ms: u64,
+    },
+    HeartbeatAck {
+        seq: u64,
+        lease_ttl_ms: u64,
+    },
+    Command {
+        id: String,
+        command: NodeCommand,
+    },
+    Placements(PlacementUpdate),
+}
+
+pub type Outbox = mpsc::Sender<Outgoing>;
 
 struct Session {
     epoch: u64,
-    region: RegionId,
     outbox: Outbox,
     lease_until: Instant,
     connected_at: Instant,
@@ -27,21 +46,13 @@ pub struct Hub {
     epochs: std::sync::atomic::AtomicU64,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SessionInfo {
-    pub connected: bool,
-    pub healthy: bool,
-    pub lease_remaining_ms: u64,
-    pub connected_for_ms: u64,
-}
-
 impl Hub {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Session>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Registers a node's new session, replacing (and so closing) any older one. Returns its epoch.
-    pub fn attach(&self, node: NodeId, region: RegionId, outbox: Outbox, lease: Duration) -> u64 {
+    pub fn attach(&self, node: NodeId, outbox: Outbox, lease: Duration) -> u64 {
         let epoch = self
             .epochs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -51,7 +62,6 @@ impl Hub {
             node,
             Session {
                 epoch,
-                region,
                 outbox,
                 lease_until: now + lease,
                 connected_at: now,
@@ -79,13 +89,30 @@ impl Hub {
         }
     }
 
-    pub fn healthy(&self, node: &NodeId) -> bool {
+    /// Queues a message for one node. False if it is not connected or its queue is full; the
+    /// reconciler will send again later, so nothing is lost by dropping here.
+    pub fn send(&self, node: &NodeId, message: Outgoing) -> bool {
+        let outbox = match self.lock().get(node) {
+            Some(s) => s.outbox.clone(),
+            None => return false,
+        };
+        outbox.try_send(message).is_ok()
+    }
+
+    /// Drops every session, which ends every node's stream (used at shutdown).
+    pub fn close_all(&self) {
+        self.lock().clear();
+    }
+}
+
+impl NodeLink for Hub {
+    fn healthy(&self, node: &NodeId) -> bool {
         self.lock()
             .get(node)
             .is_some_and(|s| s.lease_until > Instant::now() && !s.outbox.is_closed())
     }
 
-    pub fn info(&self, node: &NodeId) -> SessionInfo {
+    fn session(&self, node: &NodeId) -> SessionInfo {
         let now = Instant::now();
         match self.lock().get(node) {
             Some(s) => SessionInfo {
@@ -103,47 +130,48 @@ impl Hub {
         }
     }
 
-    pub fn connected(&self) -> Vec<(NodeId, RegionId, u64)> {
+    fn sessions(&self) -> Vec<(NodeId, u64)> {
         self.lock()
             .iter()
-            .map(|(id, s)| (id.clone(), s.region.clone(), s.epoch))
+            .map(|(id, s)| (id.clone(), s.epoch))
             .collect()
     }
 
-    /// Queues a message for one node. False if it is not connected or its queue is full; the
-    /// reconciler will send again later, so nothing is lost by dropping here.
-    pub fn send(&self, node: &NodeId, body: Body) -> bool {
-        let outbox = match self.lock().get(node) {
-            Some(s) => s.outbox.clone(),
-            None => return false,
-        };
-        outbox
-            .try_send(Ok(pb::ControlMessage { body: Some(body) }))
-            .is_ok()
+    fn send_command(&self, node: &NodeId, id: &str, command: NodeCommand) -> bool {
+        self.send(
+            node,
+            Outgoing::Command {
+                id: id.to_string(),
+                command,
+            },
+        )
     }
 
-    /// Queues a placement update for every node. A node whose queue is full is marked for a
-    /// full resync instead, so no node's routing cache silently misses a change.
-    pub fn broadcast(&self, body: Body) {
+    fn send_placements(&self, node: &NodeId, update: PlacementUpdate) -> bool {
+        self.send(node, Outgoing::Placements(update))
+    }
+
+    /// A node whose queue is full is marked for a full resync instead, so no node's routing
+    /// cache silently misses a change.
+    fn broadcast_placements(&self, update: PlacementUpdate) {
         let mut sessions = self.lock();
         for s in sessions.values_mut() {
-            let msg = Ok(pb::ControlMessage {
-                body: Some(body.clone()),
-            });
-            if s.outbox.try_send(msg).is_err() {
+            if s.outbox
+                .try_send(Outgoing::Placements(update.clone()))
+                .is_err()
+            {
                 s.needs_resync = true;
             }
         }
     }
 
-    pub fn mark_resync(&self, node: &NodeId) {
+    fn mark_resync(&self, node: &NodeId) {
         if let Some(s) = self.lock().get_mut(node) {
             s.needs_resync = true;
         }
     }
 
-    /// The nodes that missed a placement update, clearing their mark.
-    pub fn take_resync(&self) -> Vec<NodeId> {
+    fn take_resync(&self) -> Vec<NodeId> {
         let mut out = Vec::new();
         for (id, s) in self.lock().iter_mut() {
             if std::mem::take(&mut s.needs_resync) {
@@ -152,19 +180,14 @@ impl Hub {
         }
         out
     }
-
-    /// Drops every session, which ends every node's stream (used at shutdown).
-    pub fn close_all(&self) {
-        self.lock().clear();
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn update() -> Body {
-        Body::Placements(pb::PlacementUpdate::default())
+    fn update() -> PlacementUpdate {
+        PlacementUpdate::default()
     }
 
     #[test]
@@ -172,15 +195,10 @@ mod tests {
         let hub = Hub::default();
         let (tx, mut rx) = mpsc::channel(1);
         let node = NodeId::parse("n1").unwrap();
-        let epoch = hub.attach(
-            node.clone(),
-            RegionId::parse("eu-north").unwrap(),
-            tx,
-            Duration::from_secs(5),
-        );
-        hub.broadcast(update());
+        let epoch = hub.attach(node.clone(), tx, Duration::from_secs(5));
+        hub.broadcast_placements(update());
         assert!(hub.take_resync().is_empty());
-        hub.broadcast(update());
+        hub.broadcast_placements(update());
         assert_eq!(hub.take_resync(), vec![node.clone()]);
         assert!(
             hub.take_resync().is_empty(),

@@ -1,5 +1,6 @@
-//! The gRPC service nodes dial: a thin adapter from the wire to the hub, the store and the
-//! reconciler. One bidirectional stream per node; the join token is checked before anything else.
+//! The gRPC service nodes dial: a thin adapter that turns wire messages into domain calls and
+//! domain messages into wire messages. One bidirectional stream per node; the join token is
+//! checked before anything else.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,19 +12,22 @@ use hemvist_proto::pb::{
 use hemvist_proto::{ErrorKind, Generation, HemvistError, NodeId, OrgId, RegionId};
 use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::persistence::{CommandKind, NodeRecord};
-use crate::Control;
+use crate::hub::{Hub, Outgoing};
+use crate::link::{NodeCommand, Placement, PlacementUpdate};
+use crate::nodes::{CommandAck, Registration};
+use crate::plane::Plane;
+use crate::replication::ReplicationView;
 
 pub struct NodeApi {
-    pub control: Arc<Control>,
+    pub plane: Arc<Plane>,
+    pub hub: Arc<Hub>,
+    pub shutdown: CancellationToken,
 }
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
-
-/// Placements are pushed in chunks so a fleet of 100k orgs never makes one oversized message.
-pub(crate) const PLACEMENT_CHUNK: usize = 2_000;
 
 #[tonic::async_trait]
 impl NodeControl for NodeApi {
@@ -33,15 +37,15 @@ impl NodeControl for NodeApi {
         &self,
         request: Request<Streaming<pb::NodeMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let control = self.control.clone();
+        let plane = self.plane.clone();
         let presented = request
             .metadata()
             .get(hemvist_proto::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !crate::tokens_equal(presented, &control.config.join_token) {
-            control.metrics.refused_joins.inc();
+        if !crate::auth::tokens_equal(presented, &plane.config.join_token) {
+            plane.metrics.refused_joins.inc();
             tracing::warn!("refused a node with a wrong join token");
             return Err(Status::unauthenticated("wrong or missing join token"));
         }
@@ -60,31 +64,31 @@ impl NodeControl for NodeApi {
                 ))
             }
         };
-        let record = check_register(&control, register).map_err(Status::from)?;
-        let c = control.clone();
-        let rec = record.clone();
-        tokio::task::spawn_blocking(move || register_node(&c, &rec))
+        let record = Registration::try_from(register)
+            .and_then(|r| plane.check_registration(r))
+            .map_err(Status::from)?;
+        let (p, rec) = (plane.clone(), record.clone());
+        tokio::task::spawn_blocking(move || p.register_node(&rec))
             .await
             .map_err(|e| Status::internal(e.to_string()))??;
 
         let (tx, rx) = mpsc::channel(4_096);
-        let lease = control.lease();
-        let epoch = control
+        let epoch = self
             .hub
-            .attach(record.id.clone(), record.region.clone(), tx.clone(), lease);
+            .attach(record.id.clone(), tx.clone(), plane.lease());
         tracing::info!(node = %record.id, region = %record.region, url = %record.public_url, epoch, "node registered");
         let _ = tx
-            .send(Ok(msg(Out::Registered(pb::Registered {
-                lease_ttl_ms: control.config.lease_ttl_ms,
-                heartbeat_interval_ms: control.config.heartbeat_interval_ms,
-            }))))
+            .send(Outgoing::Registered {
+                lease_ttl_ms: plane.config.lease_ttl_ms,
+                heartbeat_interval_ms: plane.config.heartbeat_interval_ms,
+            })
             .await;
-        send_all_placements(&control, &tx).await?;
+        send_all_placements(&plane, &tx).await?;
         drop(tx);
 
         let node = record.id.clone();
+        let (hub, shutdown) = (self.hub.clone(), self.shutdown.clone());
         tokio::spawn(async move {
-            let shutdown = control.shutdown.clone();
             loop {
                 let next = tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -92,7 +96,7 @@ impl NodeControl for NodeApi {
                 };
                 match next {
                     Some(Ok(m)) => {
-                        if let Err(e) = handle(&control, &node, epoch, m).await {
+                        if let Err(e) = handle(&plane, &hub, &node, epoch, m).await {
                             tracing::warn!(%node, error = %e, "bad message from node");
                         }
                     }
@@ -103,130 +107,61 @@ impl NodeControl for NodeApi {
                     None => break,
                 }
             }
-            control.hub.detach(&node, epoch);
+            hub.detach(&node, epoch);
             tracing::info!(%node, epoch, "node session ended");
         });
 
-        let out = ReceiverStream::new(rx);
+        let out = ReceiverStream::new(rx).map(|m| Ok(pb::ControlMessage::from(m)));
         Ok(Response::new(Box::pin(out) as OutStream))
     }
 }
 
-fn msg(body: Out) -> pb::ControlMessage {
-    pb::ControlMessage { body: Some(body) }
-}
-
-fn check_register(control: &Control, r: pb::Register) -> Result<NodeRecord, HemvistError> {
-    let id = NodeId::try_from(r.node_id)?;
-    let region = RegionId::try_from(r.region)?;
-    if !control.config.regions.iter().any(|c| c.id == region) {
-        return Err(HemvistError::invalid(format!(
-            "node {id} says it is in region {region}, which is not configured"
-        )));
-    }
-    let url = r.public_url.trim_end_matches('/').to_string();
-    if !(url.starts_with("http://") || url.starts_with("https://"))
-        || url.len() > 512
-        || url.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err(HemvistError::invalid(format!(
-            "node {id}: public URL must be an http(s) URL"
-        )));
-    }
-    Ok(NodeRecord {
-        id,
-        region,
-        public_url: url,
-        capacity: r.capacity.max(1),
-        version: r.version.chars().take(64).collect(),
-        last_seen_ms: 0,
-    })
-}
-
-/// Records the node; if its public URL changed, every node learns the new address of the orgs
-/// it hosts, so no routing cache keeps redirecting to where the node used to be.
-fn register_node(control: &Control, record: &NodeRecord) -> Result<(), HemvistError> {
-    let previous = control.store.node(&record.id)?;
-    control.store.upsert_node(record)?;
-    let moved = previous.is_some_and(|p| p.public_url != record.public_url);
-    if moved {
-        let orgs = control.store.orgs_on_node(&record.id)?;
-        tracing::info!(node = %record.id, url = %record.public_url, orgs = orgs.len(), "node address changed; telling every node");
-        let placements: Vec<pb::Placement> = orgs
-            .into_iter()
-            .map(|o| pb::Placement {
-                org: o.id.to_string(),
-                region: o.home_region.to_string(),
-                node_id: record.id.to_string(),
-                node_url: record.public_url.clone(),
-                generation: o.generation.get(),
-            })
-            .collect();
-        for chunk in placements.chunks(PLACEMENT_CHUNK) {
-            control.hub.broadcast(Out::Placements(pb::PlacementUpdate {
-                full: false,
-                placements: chunk.to_vec(),
-                removed: vec![],
-            }));
-        }
-    }
-    Ok(())
-}
-
+/// A new session starts with the whole placement list; the first update replaces the node's
+/// cache, even when there are no placements at all.
 async fn send_all_placements(
-    control: &Arc<Control>,
-    tx: &mpsc::Sender<Result<pb::ControlMessage, Status>>,
+    plane: &Arc<Plane>,
+    tx: &mpsc::Sender<Outgoing>,
 ) -> Result<(), Status> {
-    let c = control.clone();
-    let all = tokio::task::spawn_blocking(move || c.placements())
+    let p = plane.clone();
+    let all = tokio::task::spawn_blocking(move || p.placements())
         .await
         .map_err(|e| Status::internal(e.to_string()))??;
-    let mut first = true;
-    let mut chunks = all.chunks(PLACEMENT_CHUNK).peekable();
-    if chunks.peek().is_none() {
-        let _ = tx
-            .send(Ok(msg(Out::Placements(pb::PlacementUpdate {
-                full: true,
-                placements: vec![],
-                removed: vec![],
-            }))))
-            .await;
+    let mut updates = PlacementUpdate::chunked(&all, true);
+    if updates.is_empty() {
+        updates.push(PlacementUpdate {
+            full: true,
+            placements: vec![],
+        });
     }
-    for chunk in chunks {
-        let _ = tx
-            .send(Ok(msg(Out::Placements(pb::PlacementUpdate {
-                full: first,
-                placements: chunk.to_vec(),
-                removed: vec![],
-            }))))
-            .await;
-        first = false;
+    for update in updates {
+        let _ = tx.send(Outgoing::Placements(update)).await;
     }
     Ok(())
 }
 
 async fn handle(
-    control: &Arc<Control>,
+    plane: &Arc<Plane>,
+    hub: &Hub,
     node: &NodeId,
     epoch: u64,
     m: pb::NodeMessage,
 ) -> Result<(), HemvistError> {
-    if !control.hub.is_current(node, epoch) {
+    if !hub.is_current(node, epoch) {
         return Err(HemvistError::conflict(
             "a newer session of this node exists",
         ));
     }
     match m.body {
         Some(In::Heartbeat(h)) => {
-            control.hub.renew(node, epoch, control.lease());
-            let now = crate::persistence::now_ms();
+            hub.renew(node, epoch, plane.lease());
+            let now = crate::clock::now_ms();
             for r in h.replication {
                 let Ok(org) = OrgId::parse(&r.org) else {
                     continue;
                 };
-                control.replication.report(
+                plane.replication.report(
                     org,
-                    crate::replication::ReplicationView {
+                    ReplicationView {
                         node: node.clone(),
                         generation: r.generation,
                         lsn: r.lsn,
@@ -237,16 +172,17 @@ async fn handle(
                     },
                 );
             }
-            control.hub.send(
+            hub.send(
                 node,
-                Out::HeartbeatAck(pb::HeartbeatAck {
+                Outgoing::HeartbeatAck {
                     seq: h.seq,
-                    lease_ttl_ms: control.config.lease_ttl_ms,
-                }),
+                    lease_ttl_ms: plane.config.lease_ttl_ms,
+                },
             );
+            // Last-seen is for people; one write per ten heartbeats is plenty.
             if h.seq % 10 == 0 {
-                let (c, n) = (control.clone(), node.clone());
-                tokio::task::spawn_blocking(move || c.store.touch_node(&n))
+                let (p, n) = (plane.clone(), node.clone());
+                tokio::task::spawn_blocking(move || p.store.touch_node(&n))
                     .await
                     .map_err(|e| HemvistError::internal(e.to_string()))??;
             }
@@ -260,19 +196,16 @@ async fn handle(
                     t.schema_version,
                 ));
             }
-            tracing::info!(%node, tenants = tenants.len(), "state report");
-            let (c, n) = (control.clone(), node.clone());
-            tokio::task::spawn_blocking(move || c.store.replace_observed(&n, &tenants))
+            let (p, n) = (plane.clone(), node.clone());
+            tokio::task::spawn_blocking(move || p.state_reported(&n, &tenants))
                 .await
                 .map_err(|e| HemvistError::internal(e.to_string()))??;
-            control.reconcile_soon(node);
         }
         Some(In::Ack(ack)) => {
-            let (c, n) = (control.clone(), node.clone());
-            tokio::task::spawn_blocking(move || apply_ack(&c, &n, ack))
+            let (p, n) = (plane.clone(), node.clone());
+            tokio::task::spawn_blocking(move || p.command_acked(&n, CommandAck::from(ack)))
                 .await
                 .map_err(|e| HemvistError::internal(e.to_string()))??;
-            control.reconcile_soon(node);
         }
         Some(In::Register(_)) => return Err(HemvistError::invalid("register sent twice")),
         None => return Err(HemvistError::invalid("empty message")),
@@ -280,63 +213,108 @@ async fn handle(
     Ok(())
 }
 
-fn apply_ack(control: &Control, node: &NodeId, ack: pb::CommandAck) -> Result<(), HemvistError> {
-    control.forget_sent(&ack.id);
-    let kind = ErrorKind::from_wire(ack.code());
-    let error = (!ack.ok).then(|| {
-        format!(
-            "{kind:?}: {}",
-            ack.message.chars().take(500).collect::<String>()
-        )
-    });
-    let failure = error.as_deref().map(|e| (e, kind.retryable()));
-    let Some(cmd) = control.store.ack_command(node, &ack.id, failure)? else {
-        return Err(HemvistError::not_found(format!(
-            "ack for unknown command {}",
-            ack.id
-        )));
-    };
-    if let Some(e) = &error {
-        tracing::warn!(%node, command = %cmd.id, error = %e, "node refused command");
-        return Ok(());
+impl TryFrom<pb::Register> for Registration {
+    type Error = HemvistError;
+
+    fn try_from(r: pb::Register) -> Result<Self, HemvistError> {
+        Ok(Registration {
+            id: NodeId::try_from(r.node_id)?,
+            region: RegionId::try_from(r.region)?,
+            public_url: r.public_url,
+            capacity: r.capacity,
+            version: r.version,
+        })
     }
-    tracing::info!(%node, command = %cmd.id, "command done");
-    match cmd.kind {
-        CommandKind::Host => {
-            let schema = ack.tenant.map(|t| t.schema_version).unwrap_or(0);
-            control
-                .store
-                .set_observed(node, &cmd.org, cmd.generation, schema)?;
-            control.store.audit(
-                node.as_str(),
-                "tenant.hosted",
-                Some(&cmd.org),
-                &serde_json::json!({"node": node, "generation": cmd.generation.get(), "schema_version": schema}),
-            )?;
-        }
-        CommandKind::AddUser => {
-            let email = cmd
-                .payload
-                .as_deref()
-                .and_then(|p| serde_json::from_str::<crate::users::UserPayload>(p).ok())
-                .map(|p| p.email)
-                .unwrap_or_default();
-            control.store.audit(
-                node.as_str(),
-                "user.added",
-                Some(&cmd.org),
-                &serde_json::json!({"node": node, "email": email}),
-            )?;
-        }
-        CommandKind::Drop => {
-            control.store.remove_observed(node, &cmd.org)?;
-            control.store.audit(
-                node.as_str(),
-                "tenant.dropped",
-                Some(&cmd.org),
-                &serde_json::json!({"node": node, "generation": cmd.generation.get()}),
-            )?;
+}
+
+impl From<pb::CommandAck> for CommandAck {
+    fn from(ack: pb::CommandAck) -> Self {
+        let outcome = if ack.ok {
+            Ok(ack.tenant.map(|t| t.schema_version))
+        } else {
+            Err(HemvistError::new(
+                ErrorKind::from_wire(ack.code()),
+                ack.message,
+            ))
+        };
+        CommandAck {
+            id: ack.id,
+            outcome,
         }
     }
-    Ok(())
+}
+
+impl From<Outgoing> for pb::ControlMessage {
+    fn from(m: Outgoing) -> Self {
+        let body = match m {
+            Outgoing::Registered {
+                lease_ttl_ms,
+                heartbeat_interval_ms,
+            } => Out::Registered(pb::Registered {
+                lease_ttl_ms,
+                heartbeat_interval_ms,
+            }),
+            Outgoing::HeartbeatAck { seq, lease_ttl_ms } => {
+                Out::HeartbeatAck(pb::HeartbeatAck { seq, lease_ttl_ms })
+            }
+            Outgoing::Command { id, command } => Out::Command(pb::Command {
+                id,
+                action: Some(action(command)),
+            }),
+            Outgoing::Placements(update) => Out::Placements(pb::PlacementUpdate {
+                full: update.full,
+                placements: update.placements.into_iter().map(placement).collect(),
+                removed: vec![],
+            }),
+        };
+        pb::ControlMessage { body: Some(body) }
+    }
+}
+
+fn action(command: NodeCommand) -> pb::command::Action {
+    use pb::command::Action;
+    match command {
+        NodeCommand::Host {
+            org,
+            generation,
+            name,
+            allowed_regions,
+            durability,
+            data_key,
+        } => Action::Host(pb::HostTenant {
+            org: org.to_string(),
+            generation: generation.get(),
+            name,
+            allowed_regions: allowed_regions.iter().map(ToString::to_string).collect(),
+            durability,
+            data_key,
+        }),
+        NodeCommand::AddUser {
+            org,
+            generation,
+            email,
+            name,
+            password_hash,
+        } => Action::AddUser(pb::AddUser {
+            org: org.to_string(),
+            generation: generation.get(),
+            email,
+            name,
+            password_hash,
+        }),
+        NodeCommand::Drop { org, generation } => Action::Drop(pb::DropTenant {
+            org: org.to_string(),
+            generation: generation.get(),
+        }),
+    }
+}
+
+fn placement(p: Placement) -> pb::Placement {
+    pb::Placement {
+        org: p.org.to_string(),
+        region: p.region.to_string(),
+        node_id: p.node.to_string(),
+        node_url: p.node_url,
+        generation: p.generation.get(),
+    }
 }

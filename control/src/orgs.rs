@@ -1,15 +1,17 @@
 //! Operator-facing operations on orgs: create (placement + persistence + notifying nodes), read.
+//! An org is created once: asking again with the same name (and no conflicting residency)
+//! returns it unchanged, and anything else under its id is a conflict that changes nothing.
 
 use std::net::IpAddr;
 
-use hemvist_proto::pb::{self, control_message::Body};
 use hemvist_proto::{Generation, HemvistError, NodeId, OrgId, RegionId};
 use serde::{Deserialize, Serialize};
 
-use crate::persistence::{CommandRecord, Created, NewOrg, ObservedRecord, OrgRecord};
+use crate::link::{Placement, PlacementUpdate};
 use crate::placement::{self, Hint, NodeLoad};
+use crate::plane::Plane;
 use crate::residency::ResidencyPolicy;
-use crate::Control;
+use crate::store::{CommandRecord, Created, NewOrg, ObservedRecord, OrgRecord};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,7 +88,7 @@ fn check_name(name: &str) -> Result<String, HemvistError> {
     Ok(name.to_string())
 }
 
-impl Control {
+impl Plane {
     pub fn create_org(&self, req: CreateOrg) -> Result<CreatedOrg, HemvistError> {
         let id = OrgId::parse(&req.id)?;
         let name = check_name(&req.name)?;
@@ -155,7 +157,7 @@ impl Control {
             id,
             name: name.clone(),
             home_region: decision.region.clone(),
-            residency: residency.clone(),
+            residency: residency.to_stored(),
             placement_reason: decision.reason.clone(),
             node_id: decision.node.clone(),
             durability,
@@ -167,11 +169,10 @@ impl Control {
                 tracing::info!(org = %org.id, node = %org.node_id, generation = %org.generation, reason = %org.placement_reason, "org placed");
                 self.metrics.orgs_created.inc();
                 if let Some(p) = self.placement_of(&org)? {
-                    self.hub.broadcast(Body::Placements(pb::PlacementUpdate {
+                    self.nodes.broadcast_placements(PlacementUpdate {
                         full: false,
                         placements: vec![p],
-                        removed: vec![],
-                    }));
+                    });
                 }
                 self.reconcile_soon(&org.node_id);
                 Ok(CreatedOrg {
@@ -188,8 +189,9 @@ impl Control {
         name: &str,
         residency: &ResidencyPolicy,
     ) -> Result<CreatedOrg, HemvistError> {
+        let existing_residency = ResidencyPolicy::from_stored(&existing.residency);
         if existing.name == name
-            && (&existing.residency == residency || residency.is_unrestricted())
+            && (&existing_residency == residency || residency.is_unrestricted())
         {
             return Ok(CreatedOrg {
                 created: false,
@@ -201,7 +203,7 @@ impl Control {
             existing.id,
             existing.name,
             existing.home_region,
-            existing.residency.describe()
+            existing_residency.describe()
         )))
     }
 
@@ -213,7 +215,7 @@ impl Control {
             .nodes()?
             .into_iter()
             .map(|n| NodeLoad {
-                healthy: self.hub.healthy(&n.id),
+                healthy: self.nodes.healthy(&n.id),
                 tenants: counts.get(&n.id).copied().unwrap_or(0),
                 capacity: n.capacity,
                 region: n.region,
@@ -222,19 +224,19 @@ impl Control {
             .collect())
     }
 
-    fn placement_of(&self, org: &OrgRecord) -> Result<Option<pb::Placement>, HemvistError> {
+    fn placement_of(&self, org: &OrgRecord) -> Result<Option<Placement>, HemvistError> {
         let node = self.store.node(&org.node_id)?;
-        Ok(node.map(|n| pb::Placement {
-            org: org.id.to_string(),
-            region: org.home_region.to_string(),
-            node_id: n.id.to_string(),
+        Ok(node.map(|n| Placement {
+            org: org.id.clone(),
+            region: org.home_region.clone(),
+            node: n.id,
             node_url: n.public_url,
-            generation: org.generation.get(),
+            generation: org.generation,
         }))
     }
 
     /// Every org's placement, as nodes cache it for routing.
-    pub fn placements(&self) -> Result<Vec<pb::Placement>, HemvistError> {
+    pub fn placements(&self) -> Result<Vec<Placement>, HemvistError> {
         let urls: std::collections::HashMap<NodeId, String> = self
             .store
             .nodes()?
@@ -245,12 +247,12 @@ impl Control {
             .store
             .orgs()?
             .into_iter()
-            .map(|o| pb::Placement {
+            .map(|o| Placement {
                 node_url: urls.get(&o.node_id).cloned().unwrap_or_default(),
-                org: o.id.to_string(),
-                region: o.home_region.to_string(),
-                node_id: o.node_id.to_string(),
-                generation: o.generation.get(),
+                org: o.id,
+                region: o.home_region,
+                node: o.node_id,
+                generation: o.generation,
             })
             .collect())
     }
@@ -261,14 +263,14 @@ impl Control {
             .iter()
             .find(|o| o.node_id == org.node_id && o.generation == org.generation);
         let node_url = self.store.node(&org.node_id)?.map(|n| n.public_url);
+        let residency = ResidencyPolicy::from_stored(&org.residency);
         Ok(OrgView {
-            allowed_regions: org
-                .residency
+            allowed_regions: residency
                 .allowed_regions(&self.config.regions)
                 .into_iter()
                 .map(|r| r.id.clone())
                 .collect(),
-            residency: org.residency.describe(),
+            residency: residency.describe(),
             ready: held.is_some(),
             schema_version: held.map(|o| o.schema_version),
             id: org.id,
@@ -322,7 +324,7 @@ impl Control {
         Ok(OrgDetail {
             replication_lag_ms: replication
                 .as_ref()
-                .map(|r| r.lag_ms(crate::persistence::now_ms())),
+                .map(|r| r.lag_ms(crate::clock::now_ms())),
             replication,
             observed: self.store.observed_for_org(&id)?,
             commands: self.store.commands_for_org(&id)?,

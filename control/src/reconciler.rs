@@ -10,31 +10,34 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hemvist_proto::pb::{self, command::Action, control_message::Body};
 use hemvist_proto::{Generation, HemvistError, NodeId, OrgId};
 use tokio_util::sync::CancellationToken;
 
-use crate::persistence::{now_ms, CommandKind, CommandRecord};
-use crate::Control;
+use crate::clock::now_ms;
+use crate::link::{NodeCommand, PlacementUpdate};
+use crate::plane::Plane;
+use crate::residency::ResidencyPolicy;
+use crate::store::{CommandKind, CommandRecord, CommandState, NewCommand};
+use crate::users::UserPayload;
 
 const TICK: Duration = Duration::from_secs(1);
 /// Every connected node is looked at this often even if nothing says it changed.
 const FULL_PASS: Duration = Duration::from_secs(30);
 
-pub async fn run(control: Arc<Control>, shutdown: CancellationToken) {
+pub async fn run(plane: Arc<Plane>, shutdown: CancellationToken) {
     let mut last_full = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = control.wake_reconciler.notified() => {}
+            _ = plane.wake_reconciler.notified() => {}
             _ = tokio::time::sleep(TICK) => {}
         }
         let full = last_full.elapsed() >= FULL_PASS;
         if full {
             last_full = std::time::Instant::now();
         }
-        let c = control.clone();
-        let pass = tokio::task::spawn_blocking(move || reconcile_pass(&c, full)).await;
+        let p = plane.clone();
+        let pass = tokio::task::spawn_blocking(move || reconcile_pass(&p, full)).await;
         match pass {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "reconcile pass failed; will retry"),
@@ -45,16 +48,16 @@ pub async fn run(control: Arc<Control>, shutdown: CancellationToken) {
 
 /// Looks at the nodes whose state changed, that have unfinished commands, or (on a full pass)
 /// all of them, so a quiet fleet of 100k tenants costs one small query a tick.
-fn reconcile_pass(control: &Control, full: bool) -> Result<(), HemvistError> {
-    for node in control.hub.take_resync() {
-        resync_placements(control, &node)?;
+fn reconcile_pass(plane: &Plane, full: bool) -> Result<(), HemvistError> {
+    for node in plane.nodes.take_resync() {
+        resync_placements(plane, &node)?;
     }
-    let mut due = control.take_dirty();
-    due.extend(control.store.nodes_with_open_commands()?);
-    for (node, _region, epoch) in control.hub.connected() {
+    let mut due = plane.take_dirty();
+    due.extend(plane.store.nodes_with_open_commands()?);
+    for (node, epoch) in plane.nodes.sessions() {
         if full || due.contains(&node) {
-            if let Err(e) = reconcile_node(control, &node, epoch) {
-                control.reconcile_soon(&node);
+            if let Err(e) = reconcile_node(plane, &node, epoch) {
+                plane.reconcile_soon(&node);
                 return Err(e);
             }
         }
@@ -62,11 +65,33 @@ fn reconcile_pass(control: &Control, full: bool) -> Result<(), HemvistError> {
     Ok(())
 }
 
-fn reconcile_node(control: &Control, node: &NodeId, epoch: u64) -> Result<(), HemvistError> {
-    let desired = control.store.orgs_on_node(node)?;
+/// The id of the one `host` or `drop` command for this org, generation and node.
+fn command_id(kind: CommandKind, org: &OrgId, generation: Generation, node: &NodeId) -> String {
+    format!("{}-{}-{}-{}", kind.as_str(), org, generation.get(), node)
+}
+
+fn ensure(
+    plane: &Plane,
+    node: &NodeId,
+    org: &OrgId,
+    kind: CommandKind,
+    generation: Generation,
+) -> Result<CommandRecord, HemvistError> {
+    Ok(plane.store.ensure_command(&NewCommand {
+        id: &command_id(kind, org, generation, node),
+        node,
+        org,
+        kind,
+        generation,
+        payload: None,
+    })?)
+}
+
+fn reconcile_node(plane: &Plane, node: &NodeId, epoch: u64) -> Result<(), HemvistError> {
+    let desired = plane.store.orgs_on_node(node)?;
     let observed: HashMap<OrgId, Generation> =
-        control.store.observed_on_node(node)?.into_iter().collect();
-    let open: HashMap<String, CommandRecord> = control
+        plane.store.observed_on_node(node)?.into_iter().collect();
+    let open: HashMap<String, CommandRecord> = plane
         .store
         .open_commands(node)?
         .into_iter()
@@ -78,79 +103,57 @@ fn reconcile_node(control: &Control, node: &NodeId, epoch: u64) -> Result<(), He
         if observed.get(&org.id) == Some(&org.generation) {
             continue;
         }
-        let cmd = control
-            .store
-            .ensure_command(node, &org.id, CommandKind::Host, org.generation)?;
-        if cmd.state == "failed" {
+        let cmd = ensure(plane, node, &org.id, CommandKind::Host, org.generation)?;
+        if cmd.state == CommandState::Failed {
             continue;
         }
-        let allowed_regions = org
-            .residency
-            .allowed_regions(&control.config.regions)
+        let allowed_regions = ResidencyPolicy::from_stored(&org.residency)
+            .allowed_regions(&plane.config.regions)
             .into_iter()
-            .map(|r| r.id.to_string())
+            .map(|r| r.id.clone())
             .collect();
-        let action = Action::Host(pb::HostTenant {
-            org: org.id.to_string(),
-            generation: org.generation.get(),
+        let command = NodeCommand::Host {
+            org: org.id.clone(),
+            generation: org.generation,
             name: org.name.clone(),
             allowed_regions,
             durability: org.durability.clone(),
             data_key: org.data_key.clone().unwrap_or_default(),
-        });
-        send_if_due(
-            control,
-            node,
-            epoch,
-            &cmd,
-            open.contains_key(&cmd.id),
-            action,
-        )?;
+        };
+        let is_open = open.contains_key(&cmd.id);
+        send_if_due(plane, node, epoch, &cmd, is_open, command)?;
     }
 
     for cmd in open.values().filter(|c| c.kind == CommandKind::AddUser) {
-        let Some(p) = cmd
-            .payload
-            .as_deref()
-            .and_then(|p| serde_json::from_str::<crate::users::UserPayload>(p).ok())
-        else {
+        let Some(p) = UserPayload::of(cmd) else {
             continue;
         };
-        let action = Action::AddUser(pb::AddUser {
-            org: cmd.org.to_string(),
-            generation: cmd.generation.get(),
+        let command = NodeCommand::AddUser {
+            org: cmd.org.clone(),
+            generation: cmd.generation,
             email: p.email,
             name: p.name,
             password_hash: p.password_hash,
-        });
-        send_if_due(control, node, epoch, cmd, true, action)?;
+        };
+        send_if_due(plane, node, epoch, cmd, true, command)?;
     }
 
     for (org, generation) in &observed {
         if desired_ids.contains(org) {
             continue;
         }
-        match control.store.org(org)? {
+        match plane.store.org(org)? {
             Some(placed) if placed.generation > *generation => {
-                let cmd =
-                    control
-                        .store
-                        .ensure_command(node, org, CommandKind::Drop, *generation)?;
-                if cmd.state == "failed" {
+                let cmd = ensure(plane, node, org, CommandKind::Drop, *generation)?;
+                if cmd.state == CommandState::Failed {
                     continue;
                 }
-                let action = Action::Drop(pb::DropTenant {
-                    org: org.to_string(),
-                    generation: generation.get(),
-                });
-                send_if_due(
-                    control,
-                    node,
-                    epoch,
-                    &cmd,
-                    open.contains_key(&cmd.id),
-                    action,
-                )?;
+                let command = NodeCommand::Drop {
+                    org: org.clone(),
+                    generation: *generation,
+                };
+                let is_open = open.contains_key(&cmd.id);
+                send_if_due(plane, node, epoch, &cmd, is_open, command)?;
             }
             Some(_) => {}
             None => {
@@ -162,56 +165,42 @@ fn reconcile_node(control: &Control, node: &NodeId, epoch: u64) -> Result<(), He
 }
 
 fn send_if_due(
-    control: &Control,
+    plane: &Plane,
     node: &NodeId,
     epoch: u64,
     cmd: &CommandRecord,
     is_open: bool,
-    action: Action,
+    command: NodeCommand,
 ) -> Result<(), HemvistError> {
-    let sent_this_session = control.sent_in_session(epoch, &cmd.id);
-    let stale = now_ms() - cmd.updated_ms > control.config.command_retry_ms as i64;
-    let due = match cmd.state.as_str() {
-        "pending" => true,
+    let sent_this_session = plane.sent_in_session(epoch, &cmd.id);
+    let stale = now_ms() - cmd.updated_ms > plane.config.command_retry_ms as i64;
+    let due = match cmd.state {
+        CommandState::Pending => true,
         // Unanswered, or answered "try again": again after a while, or at once on a new session.
-        "sent" | "done" => !is_open || !sent_this_session || stale,
-        "retry" => stale,
-        _ => false,
+        CommandState::Sent | CommandState::Done => !is_open || !sent_this_session || stale,
+        CommandState::Retry => stale,
+        CommandState::Failed => false,
     };
     if !due {
         return Ok(());
     }
-    let sent = control.hub.send(
-        node,
-        Body::Command(pb::Command {
-            id: cmd.id.clone(),
-            action: Some(action),
-        }),
-    );
-    if sent {
+    if plane.nodes.send_command(node, &cmd.id, command) {
         tracing::info!(%node, command = %cmd.id, attempt = cmd.attempts + 1, "sent command");
-        control.store.mark_command_sent(&cmd.id)?;
-        control.note_sent(epoch, &cmd.id);
+        plane.store.mark_command_sent(&cmd.id)?;
+        plane.note_sent(epoch, &cmd.id);
     }
     Ok(())
 }
 
 /// Sends a node the full placement list again, after it missed an update.
-fn resync_placements(control: &Control, node: &NodeId) -> Result<(), HemvistError> {
-    let all = control.placements()?;
+fn resync_placements(plane: &Plane, node: &NodeId) -> Result<(), HemvistError> {
+    let all = plane.placements()?;
     tracing::info!(%node, placements = all.len(), "resending all placements");
-    let mut first = true;
-    for chunk in all.chunks(crate::node_api::PLACEMENT_CHUNK) {
-        let update = Body::Placements(pb::PlacementUpdate {
-            full: first,
-            placements: chunk.to_vec(),
-            removed: vec![],
-        });
-        if !control.hub.send(node, update) {
-            control.hub.mark_resync(node);
+    for update in PlacementUpdate::chunked(&all, true) {
+        if !plane.nodes.send_placements(node, update) {
+            plane.nodes.mark_resync(node);
             break;
         }
-        first = false;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use hemvist_proto::{NodeId, OrgId};
 use serde::Serialize;
 
-use crate::persistence::now_ms;
+use crate::clock::now_ms;
 
 /// An org is "behind" when its oldest unshipped write is older than this.
 pub const BEHIND_MS: i64 = 5_000;

@@ -7,6 +7,7 @@ use hemvist_proto::{HemvistError, RegionId};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RegionConfig;
+use crate::store::StoredResidency;
 
 /// Empty on both sides means "anywhere".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +64,21 @@ impl ResidencyPolicy {
         regions.iter().filter(|r| self.allows(r)).collect()
     }
 
+    /// The form the store keeps: the same lists, sorted.
+    pub fn to_stored(&self) -> StoredResidency {
+        StoredResidency {
+            jurisdictions: self.jurisdictions.iter().cloned().collect(),
+            regions: self.regions.iter().cloned().collect(),
+        }
+    }
+
+    pub fn from_stored(stored: &StoredResidency) -> Self {
+        ResidencyPolicy {
+            jurisdictions: stored.jurisdictions.iter().cloned().collect(),
+            regions: stored.regions.iter().cloned().collect(),
+        }
+    }
+
     /// `EU + eu-north`, or `anywhere`.
     pub fn describe(&self) -> String {
         if self.is_unrestricted() {
@@ -74,5 +90,29 @@ impl ResidencyPolicy {
             .chain(self.regions.iter().map(RegionId::as_str))
             .collect::<Vec<_>>()
             .join(" + ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stored_form_is_the_json_of_the_policy() {
+        let regions = vec![RegionConfig {
+            id: RegionId::parse("eu-north").unwrap(),
+            name: "Stockholm".into(),
+            jurisdiction: "EU".into(),
+            countries: vec!["SE".into()],
+            object_store: "file:///tmp/eu-north".into(),
+        }];
+        let policy = ResidencyPolicy::parse("EU,eu-north", &regions).unwrap();
+        let stored = policy.to_stored();
+        assert_eq!(
+            serde_json::to_string(&stored).unwrap(),
+            serde_json::to_string(&policy).unwrap(),
+            "databases written before the split read the same"
+        );
+        assert_eq!(ResidencyPolicy::from_stored(&stored), policy);
     }
 }

@@ -10,8 +10,8 @@ use hemvist_proto::{ErrorKind, HemvistError, OrgId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::persistence::CommandKind;
-use crate::Control;
+use crate::plane::Plane;
+use crate::store::{CommandKind, CommandRecord, CommandState, NewCommand};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +27,15 @@ pub struct UserPayload {
     pub email: String,
     pub name: String,
     pub password_hash: String,
+}
+
+impl UserPayload {
+    /// What an add-user command was recorded with; None if it has no payload that parses.
+    pub fn of(cmd: &CommandRecord) -> Option<Self> {
+        cmd.payload
+            .as_deref()
+            .and_then(|p| serde_json::from_str(p).ok())
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -80,7 +89,7 @@ fn hash_password(password: &str) -> Result<String, HemvistError> {
         .map_err(|e| HemvistError::internal(format!("hash password: {e}")))
 }
 
-impl Control {
+impl Plane {
     /// Sends the user to the org's node and waits (a while) for it to be stored.
     pub fn add_user(
         &self,
@@ -112,14 +121,14 @@ impl Control {
                     password_hash: hash_password(&req.password)?,
                 })
                 .map_err(|e| HemvistError::internal(e.to_string()))?;
-                self.store.ensure_payload_command(
-                    &id,
-                    &placed.node_id,
-                    &org,
-                    CommandKind::AddUser,
-                    placed.generation,
-                    &payload,
-                )?
+                self.store.ensure_command(&NewCommand {
+                    id: &id,
+                    node: &placed.node_id,
+                    org: &org,
+                    kind: CommandKind::AddUser,
+                    generation: placed.generation,
+                    payload: Some(&payload),
+                })?
             }
         };
         self.reconcile_soon(&cmd.node_id);
@@ -129,8 +138,8 @@ impl Control {
                 .store
                 .command(&id)?
                 .ok_or_else(|| HemvistError::internal("command vanished"))?;
-            match now.state.as_str() {
-                "done" => {
+            match now.state {
+                CommandState::Done => {
                     return Ok(UserAdded {
                         org,
                         email,
@@ -138,7 +147,7 @@ impl Control {
                         state: "done".into(),
                     })
                 }
-                "failed" => {
+                CommandState::Failed => {
                     let message = now.error.unwrap_or_default();
                     let kind = if message.starts_with("Conflict") {
                         ErrorKind::Conflict

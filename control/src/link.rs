@@ -1,0 +1,116 @@
+//! What the domain tells nodes, and the one trait it tells them through. The domain speaks
+//! these types only; the node adapters turn them into wire messages, so no domain module sees
+//! a session, a stream or a `pb` type.
+
+use hemvist_proto::{Generation, NodeId, OrgId, RegionId};
+
+/// Placements are pushed in chunks so a fleet of 100k orgs never makes one oversized message.
+pub const PLACEMENT_CHUNK: usize = 2_000;
+
+/// A command to one node. Every command is persisted before it is sent and carries a stable id,
+/// so a node applies each at most once in effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeCommand {
+    /// Host the org at this generation, in one of the regions its residency allows.
+    Host {
+        org: OrgId,
+        generation: Generation,
+        name: String,
+        allowed_regions: Vec<RegionId>,
+        durability: String,
+        data_key: String,
+    },
+    /// Add a user to the org's own database; the password is already hashed.
+    AddUser {
+        org: OrgId,
+        generation: Generation,
+        email: String,
+        name: String,
+        password_hash: String,
+    },
+    /// Stop hosting the org at this (older) generation.
+    Drop { org: OrgId, generation: Generation },
+}
+
+/// Where an org lives, as nodes cache it for routing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub org: OrgId,
+    pub region: RegionId,
+    pub node: NodeId,
+    pub node_url: String,
+    pub generation: Generation,
+}
+
+/// Placements for a node's routing cache; `full` replaces everything it had.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlacementUpdate {
+    pub full: bool,
+    pub placements: Vec<Placement>,
+}
+
+impl PlacementUpdate {
+    /// `placements` in chunks of at most [`PLACEMENT_CHUNK`]; with `full`, the first chunk
+    /// replaces the node's cache and the rest add to it. No placements, no updates.
+    pub fn chunked(placements: &[Placement], full: bool) -> Vec<PlacementUpdate> {
+        placements
+            .chunks(PLACEMENT_CHUNK)
+            .enumerate()
+            .map(|(i, chunk)| PlacementUpdate {
+                full: full && i == 0,
+                placements: chunk.to_vec(),
+            })
+            .collect()
+    }
+}
+
+/// A node's session as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionInfo {
+    pub connected: bool,
+    pub healthy: bool,
+    pub lease_remaining_ms: u64,
+    pub connected_for_ms: u64,
+}
+
+/// The live sessions of the nodes, as the domain sees them. Sending never blocks: false (or a
+/// resync mark) means the node did not get it, and the reconciler sends again later.
+pub trait NodeLink: Send + Sync {
+    /// Connected with a live lease: may get new tenants.
+    fn healthy(&self, node: &NodeId) -> bool;
+    fn session(&self, node: &NodeId) -> SessionInfo;
+    /// Every connected node with its session's epoch (a new session has a new epoch).
+    fn sessions(&self) -> Vec<(NodeId, u64)>;
+    fn send_command(&self, node: &NodeId, id: &str, command: NodeCommand) -> bool;
+    fn send_placements(&self, node: &NodeId, update: PlacementUpdate) -> bool;
+    /// To every node; one whose queue is full is marked for a full resync instead.
+    fn broadcast_placements(&self, update: PlacementUpdate);
+    fn mark_resync(&self, node: &NodeId);
+    /// The nodes that missed a placement update, clearing their mark.
+    fn take_resync(&self) -> Vec<NodeId>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placements_go_in_chunks_and_only_the_first_replaces() {
+        let one = Placement {
+            org: OrgId::parse("acme").unwrap(),
+            region: RegionId::parse("eu-north").unwrap(),
+            node: NodeId::parse("n1").unwrap(),
+            node_url: "http://n1".into(),
+            generation: Generation::new(1).unwrap(),
+        };
+        let all = vec![one; PLACEMENT_CHUNK + 1];
+        let updates = PlacementUpdate::chunked(&all, true);
+        assert_eq!(updates.len(), 2);
+        assert!(updates[0].full && !updates[1].full);
+        assert_eq!(updates[1].placements.len(), 1);
+        assert!(PlacementUpdate::chunked(&all, false)
+            .iter()
+            .all(|u| !u.full));
+        assert!(PlacementUpdate::chunked(&[], true).is_empty());
+    }
+}

@@ -1,0 +1,174 @@
+//! What nodes tell the control plane, in domain terms: who they are (registration), what they
+//! host (state reports) and how their commands went (acks). A node is recorded only in a
+//! configured region with an http(s) URL; what it reports hosting replaces what it reported
+//! before; an ack records the command's outcome, and on success its effect and audit entry.
+
+use hemvist_proto::{Generation, HemvistError, NodeId, OrgId, RegionId};
+
+use crate::link::{Placement, PlacementUpdate};
+use crate::plane::Plane;
+use crate::store::{CommandKind, CommandState, NodeRecord};
+use crate::users::UserPayload;
+
+/// A node introducing itself, its ids already parsed.
+pub struct Registration {
+    pub id: NodeId,
+    pub region: RegionId,
+    pub public_url: String,
+    pub capacity: u64,
+    pub version: String,
+}
+
+/// A node's answer to a command.
+pub struct CommandAck {
+    pub id: String,
+    /// The schema version the org is at after a `host`, or why the node refused.
+    pub outcome: Result<Option<u32>, HemvistError>,
+}
+
+impl Plane {
+    pub fn check_registration(&self, r: Registration) -> Result<NodeRecord, HemvistError> {
+        let Registration {
+            id,
+            region,
+            public_url,
+            capacity,
+            version,
+        } = r;
+        if !self.config.regions.iter().any(|c| c.id == region) {
+            return Err(HemvistError::invalid(format!(
+                "node {id} says it is in region {region}, which is not configured"
+            )));
+        }
+        let url = public_url.trim_end_matches('/').to_string();
+        if !(url.starts_with("http://") || url.starts_with("https://"))
+            || url.len() > 512
+            || url.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(HemvistError::invalid(format!(
+                "node {id}: public URL must be an http(s) URL"
+            )));
+        }
+        Ok(NodeRecord {
+            id,
+            region,
+            public_url: url,
+            capacity: capacity.max(1),
+            version: version.chars().take(64).collect(),
+            last_seen_ms: 0,
+        })
+    }
+
+    /// Records the node; if its public URL changed, every node learns the new address of the
+    /// orgs it hosts, so no routing cache keeps redirecting to where the node used to be.
+    pub fn register_node(&self, record: &NodeRecord) -> Result<(), HemvistError> {
+        let previous = self.store.node(&record.id)?;
+        self.store.upsert_node(record)?;
+        let moved = previous.is_some_and(|p| p.public_url != record.public_url);
+        if moved {
+            let orgs = self.store.orgs_on_node(&record.id)?;
+            tracing::info!(node = %record.id, url = %record.public_url, orgs = orgs.len(), "node address changed; telling every node");
+            let placements: Vec<Placement> = orgs
+                .into_iter()
+                .map(|o| Placement {
+                    org: o.id,
+                    region: o.home_region,
+                    node: record.id.clone(),
+                    node_url: record.public_url.clone(),
+                    generation: o.generation,
+                })
+                .collect();
+            for update in PlacementUpdate::chunked(&placements, false) {
+                self.nodes.broadcast_placements(update);
+            }
+        }
+        Ok(())
+    }
+
+    /// A node's full list of what it hosts, replacing the last one.
+    pub fn state_reported(
+        &self,
+        node: &NodeId,
+        tenants: &[(OrgId, Generation, u32)],
+    ) -> Result<(), HemvistError> {
+        tracing::info!(%node, tenants = tenants.len(), "state report");
+        self.store.replace_observed(node, tenants)?;
+        self.reconcile_soon(node);
+        Ok(())
+    }
+
+    /// Records a command's outcome: done (with its effect on what the node hosts, audited),
+    /// `retry` after a failure retrying can fix, `failed` after one it cannot. The node is
+    /// looked at again once the outcome is recorded.
+    pub fn command_acked(&self, node: &NodeId, ack: CommandAck) -> Result<(), HemvistError> {
+        self.record_ack(node, ack)?;
+        self.reconcile_soon(node);
+        Ok(())
+    }
+
+    fn record_ack(&self, node: &NodeId, ack: CommandAck) -> Result<(), HemvistError> {
+        self.forget_sent(&ack.id);
+        let (state, error) = match &ack.outcome {
+            Ok(_) => (CommandState::Done, None),
+            Err(e) => {
+                let message: String = e.message.chars().take(500).collect();
+                let state = if e.kind.retryable() {
+                    CommandState::Retry
+                } else {
+                    CommandState::Failed
+                };
+                (state, Some(format!("{:?}: {message}", e.kind)))
+            }
+        };
+        let Some(cmd) = self
+            .store
+            .ack_command(node, &ack.id, state, error.as_deref())?
+        else {
+            return Err(HemvistError::not_found(format!(
+                "ack for unknown command {}",
+                ack.id
+            )));
+        };
+        let schema = match ack.outcome {
+            Ok(schema) => schema,
+            Err(_) => {
+                let e = error.unwrap_or_default();
+                tracing::warn!(%node, command = %cmd.id, error = %e, "node refused command");
+                return Ok(());
+            }
+        };
+        tracing::info!(%node, command = %cmd.id, "command done");
+        match cmd.kind {
+            CommandKind::Host => {
+                let schema = schema.unwrap_or(0);
+                self.store
+                    .set_observed(node, &cmd.org, cmd.generation, schema)?;
+                self.store.audit(
+                    node.as_str(),
+                    "tenant.hosted",
+                    Some(&cmd.org),
+                    &serde_json::json!({"node": node, "generation": cmd.generation.get(), "schema_version": schema}),
+                )?;
+            }
+            CommandKind::AddUser => {
+                let email = UserPayload::of(&cmd).map(|p| p.email).unwrap_or_default();
+                self.store.audit(
+                    node.as_str(),
+                    "user.added",
+                    Some(&cmd.org),
+                    &serde_json::json!({"node": node, "email": email}),
+                )?;
+            }
+            CommandKind::Drop => {
+                self.store.remove_observed(node, &cmd.org)?;
+                self.store.audit(
+                    node.as_str(),
+                    "tenant.dropped",
+                    Some(&cmd.org),
+                    &serde_json::json!({"node": node, "generation": cmd.generation.get()}),
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

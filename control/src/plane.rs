@@ -1,0 +1,108 @@
+//! The domain's shared state: the configuration, the store, the link to the nodes (a trait, so
+//! the domain never sees a session), GeoIP, counters, the replication positions nodes report,
+//! and the reconciler's queue — which nodes to look at soon and which commands went out in which
+//! session — kept here so any domain module can ask for a reconcile without knowing the
+//! reconciler. Domain modules add their operations as `impl Plane` blocks.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use hemvist_proto::NodeId;
+use tokio::sync::Notify;
+
+use crate::config::ControlConfig;
+use crate::geoip::GeoIp;
+use crate::link::NodeLink;
+use crate::metrics::Metrics;
+use crate::replication::Replication;
+use crate::store::{RegionRecord, Store};
+
+pub struct Plane {
+    pub config: ControlConfig,
+    pub store: Store,
+    pub nodes: Arc<dyn NodeLink>,
+    pub geoip: Option<GeoIp>,
+    pub metrics: Metrics,
+    pub replication: Replication,
+    pub(crate) wake_reconciler: Notify,
+    sent: Mutex<HashSet<(u64, String)>>,
+    dirty: Mutex<HashSet<NodeId>>,
+}
+
+impl Plane {
+    pub fn open(config: ControlConfig, nodes: Arc<dyn NodeLink>) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("create {}", config.data_dir.display()))?;
+        let path = config.data_dir.join("control.db");
+        let store = Store::open(&path).with_context(|| format!("open {}", path.display()))?;
+        let regions: Vec<RegionRecord<'_>> = config
+            .regions
+            .iter()
+            .map(|r| RegionRecord {
+                id: &r.id,
+                name: &r.name,
+                jurisdiction: &r.jurisdiction,
+                countries: &r.countries,
+                object_store: &r.object_store,
+            })
+            .collect();
+        store.sync_regions(&regions)?;
+        let geoip = match &config.geoip {
+            Some(path) => {
+                let db = GeoIp::open(path)?;
+                tracing::info!(path = %path.display(), kind = %db.database_type, "GeoIP database loaded");
+                Some(db)
+            }
+            None => {
+                tracing::warn!(default_region = %config.default_region,
+                    "no GeoIP database configured: orgs created by IP go to the default region");
+                None
+            }
+        };
+        Ok(Plane {
+            config,
+            store,
+            nodes,
+            geoip,
+            metrics: Metrics::default(),
+            replication: Replication::default(),
+            wake_reconciler: Notify::new(),
+            sent: Mutex::new(HashSet::new()),
+            dirty: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.config.lease_ttl_ms)
+    }
+
+    /// Asks the reconciler to look at this node soon (its desired or reported state changed).
+    pub fn reconcile_soon(&self, node: &NodeId) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.clone());
+        self.wake_reconciler.notify_one();
+    }
+
+    pub(crate) fn take_dirty(&self) -> HashSet<NodeId> {
+        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub(crate) fn sent_in_session(&self, epoch: u64, id: &str) -> bool {
+        let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        sent.contains(&(epoch, id.to_string()))
+    }
+
+    pub(crate) fn note_sent(&self, epoch: u64, id: &str) {
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        sent.insert((epoch, id.to_string()));
+    }
+
+    pub(crate) fn forget_sent(&self, id: &str) {
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        sent.retain(|(_, s)| s != id);
+    }
+}

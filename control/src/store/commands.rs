@@ -1,0 +1,318 @@
+//! The `commands` table: every command sent to a node, with its state, so that after a crash of
+//! either side the reconciler re-drives exactly what is unfinished, under the same ids. Kind and
+//! state are closed enums: a value this binary does not know is a corrupt row, never a guess.
+
+use hemvist_proto::{Generation, NodeId, OrgId};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use super::db::Store;
+use super::error::{Result, StoreError};
+use crate::clock::now_ms;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandKind {
+    Host,
+    Drop,
+    AddUser,
+}
+
+impl CommandKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandKind::Host => "host",
+            CommandKind::Drop => "drop",
+            CommandKind::AddUser => "add_user",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "host" => Ok(CommandKind::Host),
+            "drop" => Ok(CommandKind::Drop),
+            "add_user" => Ok(CommandKind::AddUser),
+            other => Err(StoreError::corrupt(format!(
+                "unknown command kind {other:?}"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandState {
+    /// Recorded, never sent.
+    Pending,
+    /// Sent at least once, not answered.
+    Sent,
+    Done,
+    /// Failed in a way retrying can fix; sent again after a while.
+    Retry,
+    /// Failed in a way retrying cannot fix.
+    Failed,
+}
+
+impl CommandState {
+    /// The states the reconciler still has work for.
+    pub const OPEN: [CommandState; 3] = [
+        CommandState::Pending,
+        CommandState::Sent,
+        CommandState::Retry,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandState::Pending => "pending",
+            CommandState::Sent => "sent",
+            CommandState::Done => "done",
+            CommandState::Retry => "retry",
+            CommandState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "pending" => Ok(CommandState::Pending),
+            "sent" => Ok(CommandState::Sent),
+            "done" => Ok(CommandState::Done),
+            "retry" => Ok(CommandState::Retry),
+            "failed" => Ok(CommandState::Failed),
+            other => Err(StoreError::corrupt(format!(
+                "unknown command state {other:?}"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandRecord {
+    pub id: String,
+    pub node_id: NodeId,
+    pub org: OrgId,
+    pub kind: CommandKind,
+    pub generation: Generation,
+    pub state: CommandState,
+    pub attempts: u32,
+    pub error: Option<String>,
+    pub updated_ms: i64,
+    /// What the command carries beyond its kind (JSON); never shown by the API, as it may hold
+    /// a password hash.
+    #[serde(skip)]
+    pub payload: Option<String>,
+}
+
+/// A command to record in state `pending`.
+pub struct NewCommand<'a> {
+    pub id: &'a str,
+    pub node: &'a NodeId,
+    pub org: &'a OrgId,
+    pub kind: CommandKind,
+    pub generation: Generation,
+    pub payload: Option<&'a str>,
+}
+
+impl Store {
+    /// Records a command unless one with the same id exists (so asking twice is one command);
+    /// returns its current record.
+    pub fn ensure_command(&self, new: &NewCommand<'_>) -> Result<CommandRecord> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT OR IGNORE INTO commands (id, node_id, org, kind, generation, state, created_ms,
+               updated_ms, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
+            params![
+                new.id,
+                new.node.as_str(),
+                new.org.as_str(),
+                new.kind.as_str(),
+                new.generation.get() as i64,
+                CommandState::Pending.as_str(),
+                now_ms(),
+                new.payload
+            ],
+        )?;
+        command_by_id(&conn, new.id)?
+            .ok_or_else(|| StoreError::corrupt(format!("command {} vanished", new.id)))
+    }
+
+    pub fn command(&self, id: &str) -> Result<Option<CommandRecord>> {
+        command_by_id(&self.lock(), id)
+    }
+
+    /// Counts an attempt; a pending command becomes sent.
+    pub fn mark_command_sent(&self, id: &str) -> Result<()> {
+        self.lock().execute(
+            "UPDATE commands SET attempts = attempts + 1, updated_ms = ?2,
+               state = CASE WHEN state = ?3 THEN ?4 ELSE state END
+             WHERE id = ?1",
+            params![
+                id,
+                now_ms(),
+                CommandState::Pending.as_str(),
+                CommandState::Sent.as_str()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Records a node's answer to one of its commands; returns the command, if it is one.
+    pub fn ack_command(
+        &self,
+        node: &NodeId,
+        id: &str,
+        state: CommandState,
+        error: Option<&str>,
+    ) -> Result<Option<CommandRecord>> {
+        let conn = self.lock();
+        conn.execute(
+            "UPDATE commands SET state = ?3, error = ?4, updated_ms = ?5
+             WHERE id = ?1 AND node_id = ?2",
+            params![id, node.as_str(), state.as_str(), error, now_ms()],
+        )?;
+        command_by_id(&conn, id)
+    }
+
+    pub fn open_commands(&self, node: &NodeId) -> Result<Vec<CommandRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT id FROM commands WHERE node_id = ?1 AND state IN (?2, ?3, ?4)
+             ORDER BY created_ms",
+        )?;
+        let [a, b, c] = CommandState::OPEN.map(CommandState::as_str);
+        let ids: Vec<String> = stmt
+            .query_map(params![node.as_str(), a, b, c], |r| r.get(0))?
+            .collect::<std::result::Result<_, _>>()?;
+        ids.iter()
+            .filter_map(|id| command_by_id(&conn, id).transpose())
+            .collect()
+    }
+
+    pub fn nodes_with_open_commands(&self) -> Result<Vec<NodeId>> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT DISTINCT node_id FROM commands WHERE state IN (?1, ?2, ?3)")?;
+        let ids: Vec<String> = stmt
+            .query_map(CommandState::OPEN.map(CommandState::as_str), |r| r.get(0))?
+            .collect::<std::result::Result<_, _>>()?;
+        ids.into_iter()
+            .map(|id| NodeId::try_from(id).map_err(StoreError::corrupt))
+            .collect()
+    }
+
+    pub fn commands_for_org(&self, org: &OrgId) -> Result<Vec<CommandRecord>> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT id FROM commands WHERE org = ?1 ORDER BY created_ms")?;
+        let ids: Vec<String> = stmt
+            .query_map([org.as_str()], |r| r.get(0))?
+            .collect::<std::result::Result<_, _>>()?;
+        ids.iter()
+            .filter_map(|id| command_by_id(&conn, id).transpose())
+            .collect()
+    }
+
+    pub fn count_open_commands(&self) -> Result<u64> {
+        let n = self.lock().query_row(
+            "SELECT COUNT(*) FROM commands WHERE state IN (?1, ?2, ?3)",
+            CommandState::OPEN.map(CommandState::as_str),
+            |r| r.get::<_, i64>(0),
+        )?;
+        Ok(n as u64)
+    }
+}
+
+fn command_by_id(conn: &Connection, id: &str) -> Result<Option<CommandRecord>> {
+    let row = conn
+        .query_row(
+            "SELECT id, node_id, org, kind, generation, state, attempts, error, updated_ms, payload
+             FROM commands WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, u32>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, i64>(8)?,
+                    r.get::<_, Option<String>>(9)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((id, node, org, kind, generation, state, attempts, error, updated_ms, payload)) = row
+    else {
+        return Ok(None);
+    };
+    Ok(Some(CommandRecord {
+        node_id: NodeId::try_from(node).map_err(StoreError::corrupt)?,
+        org: OrgId::try_from(org).map_err(StoreError::corrupt)?,
+        kind: CommandKind::parse(&kind)?,
+        generation: Generation::new(generation as u64).map_err(StoreError::corrupt)?,
+        state: CommandState::parse(&state)?,
+        id,
+        attempts,
+        error,
+        updated_ms,
+        payload,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_states_round_trip_and_unknown_ones_are_corrupt() {
+        for kind in [CommandKind::Host, CommandKind::Drop, CommandKind::AddUser] {
+            assert_eq!(CommandKind::parse(kind.as_str()).unwrap(), kind);
+        }
+        for state in [
+            CommandState::Pending,
+            CommandState::Sent,
+            CommandState::Done,
+            CommandState::Retry,
+            CommandState::Failed,
+        ] {
+            assert_eq!(CommandState::parse(state.as_str()).unwrap(), state);
+        }
+        assert!(matches!(
+            CommandKind::parse("move"),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            CommandState::parse("running"),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn a_command_of_an_unknown_kind_is_an_error_not_a_host() {
+        let (store, _) = super::super::db::temp_store();
+        let (node, org) = (NodeId::parse("n1").unwrap(), OrgId::parse("acme").unwrap());
+        let cmd = store
+            .ensure_command(&NewCommand {
+                id: "c1",
+                node: &node,
+                org: &org,
+                kind: CommandKind::Drop,
+                generation: Generation::new(3).unwrap(),
+                payload: None,
+            })
+            .unwrap();
+        assert_eq!(
+            (cmd.kind, cmd.state),
+            (CommandKind::Drop, CommandState::Pending)
+        );
+        store
+            .lock()
+            .execute("UPDATE commands SET kind = 'move' WHERE id = 'c1'", [])
+            .unwrap();
+        let err = store.command("c1").unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+        assert!(!err.retryable());
+    }
+}

@@ -1,0 +1,77 @@
+//! What can go wrong in the store, kept as a kind the caller can act on: each variant says
+//! whether retrying can help, and maps to one shared [`ErrorKind`] at the edge.
+
+use hemvist_proto::{ErrorKind, HemvistError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another connection holds the database; retrying later can help.
+    #[error("control store: busy: {0}")]
+    Busy(rusqlite::Error),
+    /// A write broke a uniqueness or reference rule.
+    #[error("control store: conflict: {0}")]
+    Conflict(rusqlite::Error),
+    /// A row holds what this binary cannot read (a malformed id, an unknown command kind or
+    /// state): retrying cannot help.
+    #[error("control store: corrupt row: {0}")]
+    Corrupt(String),
+    /// The database was written by a newer binary.
+    #[error("control store schema version {found} is newer than this binary knows ({known})")]
+    TooNew { found: i64, known: usize },
+    /// A schema migration failed; the database stays at the version before it.
+    #[error("apply control store migration {version}: {source}")]
+    Migration {
+        version: usize,
+        source: rusqlite::Error,
+    },
+    /// Any other SQLite or file error.
+    #[error("control store: {0}")]
+    Sqlite(rusqlite::Error),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+impl StoreError {
+    pub(super) fn corrupt(e: impl std::fmt::Display) -> Self {
+        StoreError::Corrupt(e.to_string())
+    }
+
+    pub fn retryable(&self) -> bool {
+        matches!(self, StoreError::Busy(_))
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::Busy(_) => ErrorKind::Unavailable,
+            StoreError::Conflict(_) => ErrorKind::Conflict,
+            StoreError::Corrupt(_)
+            | StoreError::TooNew { .. }
+            | StoreError::Migration { .. }
+            | StoreError::Sqlite(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode as C;
+        match e.sqlite_error_code() {
+            Some(C::DatabaseBusy | C::DatabaseLocked) => StoreError::Busy(e),
+            Some(C::ConstraintViolation) => StoreError::Conflict(e),
+            _ => match e {
+                rusqlite::Error::FromSqlConversionFailure(..)
+                | rusqlite::Error::InvalidColumnType(..)
+                | rusqlite::Error::IntegralValueOutOfRange(..) => {
+                    StoreError::Corrupt(e.to_string())
+                }
+                e => StoreError::Sqlite(e),
+            },
+        }
+    }
+}
+
+impl From<StoreError> for HemvistError {
+    fn from(e: StoreError) -> Self {
+        HemvistError::new(e.kind(), e.to_string())
+    }
+}

@@ -1,0 +1,31 @@
+//! The control plane's store: embedded SQLite behind one type, `Store`, split by table.
+//! Schema versioned, migrations embedded (`migrations/*.sql`, applied in order).
+//!
+//! What is persisted, and why:
+//! - `regions`, `nodes` (`nodes.rs`): the configured regions as they were, and every node that
+//!   ever registered.
+//! - `orgs` + `placements` (`orgs.rs`): the desired state — which node hosts an org at which
+//!   generation.
+//! - `meta.next_generation`, `observed` (`placements.rs`): the generation counter, which only
+//!   grows, and what each node last said it hosts.
+//! - `commands` (`commands.rs`): every command sent to a node and its state.
+//! - `audit` (`audit.rs`): the hash-chained log of every change of where data lives.
+//!
+//! Leases are not persisted: after a restart every node is unhealthy until it heartbeats again.
+//! The store interprets nothing it is handed (a residency is stored as its lists, not as a
+//! policy) and imports no domain module; its errors keep their kind (`StoreError`).
+
+mod audit;
+mod commands;
+mod db;
+mod error;
+mod nodes;
+mod orgs;
+mod placements;
+
+pub use commands::{CommandKind, CommandRecord, CommandState, NewCommand};
+pub use db::Store;
+pub use error::StoreError;
+pub use nodes::{NodeRecord, RegionRecord};
+pub use orgs::{Created, NewOrg, OrgRecord, StoredResidency};
+pub use placements::ObservedRecord;

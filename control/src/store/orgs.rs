@@ -1,0 +1,199 @@
+//! The `orgs` table with each org's current placement (`placements`): the desired state. An org
+//! and its first placement are written in one transaction, under a generation that was never
+//! issued before, with the audit record that says why it went there.
+
+use hemvist_proto::{Generation, NodeId, OrgId, RegionId};
+use rusqlite::{params, OptionalExtension, Transaction};
+use serde::{Deserialize, Serialize};
+
+use super::audit::append_audit;
+use super::db::Store;
+use super::error::{Result, StoreError};
+use super::placements::next_generation;
+use crate::clock::now_ms;
+
+/// An org's residency as stored (JSON in `orgs.residency`): the jurisdictions and regions the
+/// domain's policy allows. The store keeps it; it does not interpret it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredResidency {
+    #[serde(default)]
+    pub jurisdictions: Vec<String>,
+    #[serde(default)]
+    pub regions: Vec<RegionId>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OrgRecord {
+    pub id: OrgId,
+    pub name: String,
+    pub home_region: RegionId,
+    pub residency: StoredResidency,
+    pub placement_reason: String,
+    pub created_ms: i64,
+    pub node_id: NodeId,
+    pub generation: Generation,
+    pub durability: String,
+    /// Never serialized into views; sent to the org's node and to audited key requests only.
+    pub data_key: Option<String>,
+}
+
+pub struct NewOrg {
+    pub id: OrgId,
+    pub name: String,
+    pub home_region: RegionId,
+    pub residency: StoredResidency,
+    pub placement_reason: String,
+    pub node_id: NodeId,
+    pub durability: String,
+    pub data_key: String,
+}
+
+pub enum Created {
+    New(OrgRecord),
+    /// An org under this id already existed; nothing was written. Whether it is the same org
+    /// is the caller's judgement.
+    Existing(OrgRecord),
+}
+
+impl Store {
+    /// Creates the org and its first placement under a fresh generation, in one transaction,
+    /// with its audit record. An org already under the same id is returned untouched.
+    pub fn create_org(&self, new: &NewOrg) -> Result<Created> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        if let Some(existing) = org_in(&tx, &new.id)? {
+            return Ok(Created::Existing(existing));
+        }
+        let generation = next_generation(&tx)?;
+        let now = now_ms();
+        let residency = serde_json::to_string(&new.residency).map_err(StoreError::corrupt)?;
+        tx.execute(
+            "INSERT INTO orgs (id, name, home_region, residency, placement_reason, created_ms, durability, data_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                new.id.as_str(),
+                new.name,
+                new.home_region.as_str(),
+                residency,
+                new.placement_reason,
+                now,
+                new.durability,
+                new.data_key
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO placements (org, node_id, generation, updated_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                new.id.as_str(),
+                new.node_id.as_str(),
+                generation.get() as i64,
+                now
+            ],
+        )?;
+        append_audit(
+            &tx,
+            "control",
+            "org.placed",
+            Some(&new.id),
+            &serde_json::json!({
+                "region": new.home_region,
+                "node": new.node_id,
+                "generation": generation.get(),
+                "residency": new.residency,
+                "reason": new.placement_reason,
+            }),
+        )?;
+        let created = org_in(&tx, &new.id)?
+            .ok_or_else(|| StoreError::corrupt(format!("org {} vanished", new.id)))?;
+        tx.commit()?;
+        Ok(Created::New(created))
+    }
+
+    pub fn org(&self, id: &OrgId) -> Result<Option<OrgRecord>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        org_in(&tx, id)
+    }
+
+    pub fn orgs(&self) -> Result<Vec<OrgRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!("{ORG_SELECT} ORDER BY o.id"))?;
+        let rows = stmt.query_map([], org_row)?;
+        rows.map(|r| check_org(r?)).collect()
+    }
+
+    /// The orgs whose desired placement is on `node`.
+    pub fn orgs_on_node(&self, node: &NodeId) -> Result<Vec<OrgRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!("{ORG_SELECT} WHERE p.node_id = ?1 ORDER BY o.id"))?;
+        let rows = stmt.query_map([node.as_str()], org_row)?;
+        rows.map(|r| check_org(r?)).collect()
+    }
+
+    pub fn count_orgs(&self) -> Result<u64> {
+        Ok(self
+            .lock()
+            .query_row("SELECT COUNT(*) FROM orgs", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)?)
+    }
+}
+
+const ORG_SELECT: &str = "SELECT o.id, o.name, o.home_region, o.residency, o.placement_reason,
+    o.created_ms, p.node_id, p.generation, o.durability, o.data_key FROM orgs o
+    JOIN placements p ON p.org = o.id";
+
+type OrgRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    i64,
+    String,
+    Option<String>,
+);
+
+fn org_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OrgRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+    ))
+}
+
+fn check_org(row: OrgRow) -> Result<OrgRecord> {
+    let (id, name, region, residency, reason, created_ms, node, generation, durability, data_key) =
+        row;
+    Ok(OrgRecord {
+        id: OrgId::try_from(id).map_err(StoreError::corrupt)?,
+        name,
+        home_region: RegionId::try_from(region).map_err(StoreError::corrupt)?,
+        residency: serde_json::from_str(&residency).map_err(StoreError::corrupt)?,
+        placement_reason: reason,
+        created_ms,
+        node_id: NodeId::try_from(node).map_err(StoreError::corrupt)?,
+        generation: Generation::new(generation as u64).map_err(StoreError::corrupt)?,
+        durability,
+        data_key,
+    })
+}
+
+fn org_in(tx: &Transaction<'_>, id: &OrgId) -> Result<Option<OrgRecord>> {
+    tx.query_row(
+        &format!("{ORG_SELECT} WHERE o.id = ?1"),
+        [id.as_str()],
+        org_row,
+    )
+    .optional()?
+    .map(check_org)
+    .transpose()
+}
