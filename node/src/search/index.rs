@@ -6,6 +6,9 @@
 //! Invariant: no query walks the contact book. A prefix is a range of a sorted vocabulary; one
 //! word reads at most the contacts it shows (plus [`COUNT_LIMIT`] to count them); several words
 //! read at most [`CANDIDATES`] contacts of the most selective word.
+//!
+//! One thing, kept in one file: the index and the queries it answers; about a fifth of it is
+//! its tests.
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 

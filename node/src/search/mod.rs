@@ -25,7 +25,7 @@ use std::sync::{Mutex, TryLockError};
 use hemvist_proto::{ErrorKind, HemvistError, OrgId};
 use serde::Serialize;
 
-use crate::tenants::TenantStore;
+use crate::tenants::{Derived, TenantStore};
 use crate::text;
 use index::{Found, Index};
 
@@ -127,6 +127,11 @@ fn results(raw: &str, query: Query, page: usize, found: Found) -> Results {
     }
 }
 
+/// The search index kept beside an open tenant, if one was built.
+fn index_in(slot: &Option<Derived>) -> Option<&Index> {
+    slot.as_ref().and_then(|d| d.downcast_ref::<Index>())
+}
+
 /// Answers from the org's index if it is open, current and not being updated; `None` means
 /// the caller must use [`search`] on a blocking thread. Never blocks and never touches SQLite.
 pub fn search_ready(
@@ -143,12 +148,12 @@ pub fn search_ready(
     let page = page.min(MAX_PAGE);
     let tenant = tenants.open_tenant(org)?;
     let version = versions.get(org);
-    let slot = match tenant.search.try_read() {
+    let slot = match tenant.derived.try_read() {
         Ok(slot) => slot,
         Err(TryLockError::WouldBlock) => return None,
         Err(TryLockError::Poisoned(p)) => p.into_inner(),
     };
-    let index = slot.as_ref().filter(|i| i.version == version)?;
+    let index = index_in(&slot).filter(|i| i.version == version)?;
     let found = run(index, &query, page);
     Some(Ok(results(raw, query, page, found)))
 }
@@ -169,20 +174,20 @@ pub fn search(
     // it past ours, and the next search catches up again.
     let version = versions.get(org);
     {
-        let slot = tenant.search.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(index) = slot.as_ref().filter(|i| i.version == version) {
+        let slot = tenant.derived.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(index) = index_in(&slot).filter(|i| i.version == version) {
             let found = run(index, &query, page);
             return Ok(results(raw, query, page, found));
         }
     }
-    let mut slot = tenant.search.write().unwrap_or_else(|p| p.into_inner());
-    let current = match slot.take() {
-        Some(index) if index.version == version => index,
+    let mut slot = tenant.derived.write().unwrap_or_else(|p| p.into_inner());
+    let current = match slot.take().and_then(|d| d.downcast::<Index>().ok()) {
+        Some(index) if index.version == version => *index,
         Some(mut index) => {
             let caught_up = tenant.read(|c| index.catch_up(c, version))?;
             versions.index_catch_ups.fetch_add(1, Ordering::Relaxed);
             if caught_up {
-                index
+                *index
             } else {
                 versions.index_builds.fetch_add(1, Ordering::Relaxed);
                 tenant.read(|c| Index::build(c, version))?
@@ -194,6 +199,6 @@ pub fn search(
         }
     };
     let found = run(&current, &query, page);
-    *slot = Some(current);
+    *slot = Some(Box::new(current));
     Ok(results(raw, query, page, found))
 }

@@ -40,14 +40,18 @@ pub struct TenantStore {
     pub evictions: AtomicU64,
 }
 
+/// What a domain module keeps beside an open tenant.
+pub type Derived = Box<dyn std::any::Any + Send + Sync>;
+
 pub struct Tenant {
     org: OrgId,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     path: PathBuf,
     last_used: Mutex<Instant>,
-    /// Built by the first search; see `crate::search`.
-    pub search: RwLock<Option<crate::search::index::Index>>,
+    /// In-memory state derived from the tenant's data (the search index, built by the first
+    /// search), dropped with the tenant when it closes. The store does not know its type.
+    pub derived: RwLock<Option<Derived>>,
 }
 
 fn db_error(org: &OrgId, e: impl std::fmt::Display) -> HemvistError {
@@ -131,7 +135,7 @@ impl TenantStore {
             readers: Mutex::new(Vec::new()),
             path,
             last_used: Mutex::new(Instant::now()),
-            search: RwLock::new(None),
+            derived: RwLock::new(None),
         });
         self.opens.fetch_add(1, Ordering::Relaxed);
         let mut open = self.lock();
