@@ -2,7 +2,8 @@
 //!
 //! Reads MaxMind's own GeoIP2/GeoLite2 Country and City files (`country.iso_code`, falling back
 //! to `registered_country.iso_code`) and compatible files with a flat `country_code` record, such
-//! as the CC0 `geo-whois-asn-country` database.
+//! as the CC0 `geo-whois-asn-country` database. An answer is an upper-case two-letter code or
+//! nothing; anything else in the file is treated as nothing.
 
 use std::net::IpAddr;
 use std::path::Path;

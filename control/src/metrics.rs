@@ -1,4 +1,5 @@
-//! Prometheus text exposition of the control plane's counters and gauges.
+//! Prometheus text exposition of the control plane's counters and gauges. Counters only grow
+//! (from start); gauges are not kept but computed from the store and the sessions at each scrape.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
