@@ -6,12 +6,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use hemvist_node::backup::format::DataKey;
 use hemvist_node::backup::restore::{self, Catalog};
 use hemvist_node::backup::store::BackupConfig;
 use hemvist_node::backup::{format_time, parse_time};
 use hemvist_node::NodeConfig;
-use hemvist_proto::OrgId;
+use hemvist_proto::{DataKey, OrgId};
 use object_store::ObjectStore;
 
 use crate::client::Client;

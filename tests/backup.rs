@@ -632,7 +632,7 @@ fn host_in_process(node: &hemvist_node::Node, org: &hemvist_proto::OrgId, key: [
             name: org.to_string(),
             allowed_regions: vec!["eu-north".into()],
             sync: false,
-            data_key: Some(hemvist_node::backup::format::DataKey(key)),
+            data_key: Some(hemvist_proto::DataKey(key)),
         })
         .unwrap();
 }
@@ -643,9 +643,9 @@ fn host_in_process(node: &hemvist_node::Node, org: &hemvist_proto::OrgId, key: [
 /// and the chunk named, leaving no file behind.
 #[test]
 fn a_tenant_of_several_chunks_restores_exactly_and_a_damaged_chunk_is_named() {
-    use hemvist_node::backup::format::{self, DataKey, ObjectName, SnapshotHead};
+    use hemvist_node::backup::format::{self, ObjectName, SnapshotHead};
     use hemvist_node::backup::restore;
-    use hemvist_proto::OrgId;
+    use hemvist_proto::{DataKey, OrgId};
 
     let (s3, dir, rt, node) = node_in_process();
     let _guard = rt.enter();

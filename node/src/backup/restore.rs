@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
-use hemvist_proto::OrgId;
+use hemvist_proto::{DataKey, OrgId};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::Serialize;
@@ -403,7 +403,7 @@ async fn restore_snapshot(
     store: &Arc<dyn ObjectStore>,
     name: &ObjectName,
     file: &Arc<std::fs::File>,
-    key: Option<&format::DataKey>,
+    key: Option<&DataKey>,
 ) -> Result<u64, SnapshotError> {
     use format::SnapshotHead;
     use std::os::unix::fs::FileExt;
@@ -522,7 +522,7 @@ pub async fn restore(
     catalog: &Catalog,
     plan: &Plan,
     out: &Path,
-    key: Option<&format::DataKey>,
+    key: Option<&DataKey>,
 ) -> anyhow::Result<Restored> {
     if out.exists() {
         anyhow::bail!(
