@@ -42,13 +42,18 @@ impl Client {
         let Some(token) = args.token.clone().or_else(|| from_dev("admin_token")) else {
             bail!("no admin token given: pass --token or set HEMVIST_TOKEN");
         };
+        Self::connect(&base, &token)
+    }
+
+    /// A client of the control plane at `base` with an admin token.
+    pub fn connect(base: &str, token: &str) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
             .context("build HTTP client")?;
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
-            token,
+            token: token.to_string(),
             http,
         })
     }

@@ -4,9 +4,11 @@
 mod support;
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::cluster::{raw_status, Cluster, ADMIN_TOKEN, EU_NORTH, US_EAST};
+use support::session::sign_in;
 
 /// IPs the CC0 geo-whois-asn-country database places in Sweden and in the United States.
 const SWEDISH_IP: &str = "81.230.1.1";
@@ -289,12 +291,28 @@ fn restarts_of_a_node_and_of_the_control_plane_lose_nothing() {
     let before = c.create_org_ready("stay", json!({"region": "eu-north", "residency": "EU"}));
     c.create_org_ready("yonder", json!({"region": "us-east"}));
     let eu = c.node_url("eu-north");
+    c.add_user("stay", "ada@stay.example", "correct horse battery");
+    let u = sign_in(&eu, "stay", "ada@stay.example", "correct horse battery").expect("sign in");
+    let writes = c.write_n(&u, "Kept", 12, Duration::ZERO);
+    assert_eq!(writes.acked.len(), 12, "refused: {:?}", writes.refused);
 
-    // kill -9 the node: it comes back with its tenants, and serves them.
+    // kill -9 the node: it comes back with its tenants and every acknowledged write, and serves
+    // them.
     c.restart_node("eu-north");
     let (status, _, page) = c.get(&format!("{eu}/o/stay/signin"));
     assert_eq!(status, 200, "{page}");
     c.wait_nodes_healthy(2);
+    let u = sign_in(&eu, "stay", "ada@stay.example", "correct horse battery").expect("sign in");
+    let (status, found) = u.json("/?q=kept");
+    assert_eq!(status, 200, "{found}");
+    let mut names: Vec<&str> = found["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["name"].as_str())
+        .collect();
+    names.sort();
+    assert_eq!(names, writes.names());
 
     // kill -9 the control plane: orgs, placements, generations and nodes are all still there.
     c.restart_control();
@@ -309,6 +327,19 @@ fn restarts_of_a_node_and_of_the_control_plane_lose_nothing() {
     ] {
         assert_eq!(after[key], before[key], "{key}");
     }
+    let shown = c.wait_for_phase("stay", "ready");
+    assert_eq!(
+        (shown.node.as_str(), shown.home_region.as_str()),
+        ("eu-north-1", "eu-north")
+    );
+    assert!(
+        shown
+            .commands
+            .iter()
+            .any(|cmd| cmd.kind == "add_user" && cmd.state == "done"),
+        "{:?}",
+        shown.commands
+    );
     let (_, nodes) = c.admin("GET", "/nodes", None);
     assert_eq!(nodes.as_array().unwrap().len(), 2);
     // A generation is never issued twice, even across a restart.

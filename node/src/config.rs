@@ -1,4 +1,5 @@
-//! A node's configuration file (TOML).
+//! A node's configuration file (TOML). A config that loads is checked: ids parsed, URLs of a
+//! scheme the node speaks, limits that make sense; nothing later re-validates it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

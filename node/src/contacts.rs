@@ -1,5 +1,5 @@
-//! The contact book: validation and writes. Every write goes through `Node::write`, so it is
-//! acknowledged only by the org's current owner under a live lease.
+//! The contact book: validation and writes. Every write goes through the node's
+//! [`Writer`], so it is acknowledged only by the org's current owner under a live lease.
 
 use std::collections::BTreeMap;
 

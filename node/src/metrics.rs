@@ -1,4 +1,6 @@
-//! Prometheus text exposition of a node's counters and gauges.
+//! Prometheus text exposition of a node's counters and gauges. Counters only grow; every name is
+//! `hemvist_*` with its unit in it; gauges are read from the node's parts at scrape time, never
+//! kept in step by hand.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,5 +1,6 @@
 //! Where a request for an org goes, decided from the node's cached placement alone (no round
-//! trip to the control plane).
+//! trip to the control plane). Keeps true: an org is served here only while this node hosts it at
+//! a generation at least the placement's; a newer grant than the cache wins, an older never does.
 
 use hemvist_proto::{NodeId, OrgId};
 

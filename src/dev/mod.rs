@@ -13,6 +13,7 @@ use hemvist_node::NodeConfig;
 use hemvist_proto::{NodeId, OrgId, RegionId};
 use serde::{Deserialize, Serialize};
 
+use crate::client::Client;
 use demo::Locale;
 
 pub mod demo;
@@ -265,15 +266,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         nodes.push((r, running));
     }
 
-    let control = Client::new(&control_url, &secrets.admin_token)?;
-    control
-        .wait_for_nodes(nodes.len(), Duration::from_secs(30))
-        .await?;
+    let control = Client::connect(&control_url, &secrets.admin_token)?;
+    wait_for_nodes(&control, nodes.len(), Duration::from_secs(30)).await?;
 
     let mut orgs = Vec::new();
     for o in ORGS {
-        let created = control
-            .create_org(o.id, o.name, o.region, o.residency)
+        let created = create_org(&control, o.id, o.name, o.region, o.residency)
             .await
             .with_context(|| format!("create demo org {}", o.id))?;
         let (r, running) = nodes
@@ -304,8 +302,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             );
         }
         let email = format!("demo@{}.example", o.id);
-        control
-            .add_user(o.id, &email, "Demo User", DEMO_PASSWORD)
+        add_user(&control, o.id, &email, "Demo User", DEMO_PASSWORD)
             .await
             .with_context(|| format!("add the demo user of {}", o.id))?;
         orgs.push(OrgJson {
@@ -388,93 +385,52 @@ async fn wait_hosted(
     Ok(())
 }
 
-/// The demo drives its own control plane through the same admin API operators use.
-struct Client {
-    base: String,
-    token: String,
-    http: reqwest::Client,
+// The demo drives its own control plane through the same admin API and client operators use.
+
+async fn wait_for_nodes(control: &Client, n: usize, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(nodes) = control.get::<Vec<serde_json::Value>>("/nodes").await {
+            if nodes.iter().filter(|n| n["healthy"] == true).count() >= n {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the nodes did not register with the control plane within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
-impl Client {
-    fn new(base: &str, token: &str) -> anyhow::Result<Self> {
-        Ok(Self {
-            base: base.into(),
-            token: token.into(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?,
-        })
-    }
+async fn add_user(
+    control: &Client,
+    org: &str,
+    email: &str,
+    name: &str,
+    password: &str,
+) -> anyhow::Result<()> {
+    let body = serde_json::json!({"email": email, "name": name, "password": password});
+    control
+        .post::<serde_json::Value>(&format!("/orgs/{org}/users"), &body)
+        .await?;
+    Ok(())
+}
 
-    async fn wait_for_nodes(&self, n: usize, limit: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let healthy = self
-                .http
-                .get(format!("{}/api/v1/nodes", self.base))
-                .bearer_auth(&self.token)
-                .send()
-                .await
-                .ok()
-                .and_then(|r| r.error_for_status().ok());
-            if let Some(resp) = healthy {
-                let nodes: Vec<serde_json::Value> = resp.json().await.unwrap_or_default();
-                if nodes.iter().filter(|n| n["healthy"] == true).count() >= n {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("the nodes did not register with the control plane within {limit:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn add_user(
-        &self,
-        org: &str,
-        email: &str,
-        name: &str,
-        password: &str,
-    ) -> anyhow::Result<()> {
-        let resp = self
-            .http
-            .post(format!("{}/api/v1/orgs/{org}/users", self.base))
-            .bearer_auth(&self.token)
-            .timeout(Duration::from_secs(30))
-            .json(&serde_json::json!({"email": email, "name": name, "password": password}))
-            .send()
-            .await?;
-        let status = resp.status();
-        let body: serde_json::Value = resp.json().await?;
-        if !status.is_success() {
-            bail!("{}", body["error"]["message"]);
-        }
-        Ok(())
-    }
-
-    /// Creates (or finds) an org; returns the node it is placed on.
-    async fn create_org(
-        &self,
-        id: &str,
-        name: &str,
-        region: &str,
-        residency: &str,
-    ) -> anyhow::Result<String> {
-        let resp = self
-            .http
-            .post(format!("{}/api/v1/orgs", self.base))
-            .bearer_auth(&self.token)
-            .json(&serde_json::json!({"id": id, "name": name, "region": region, "residency": residency}))
-            .send()
-            .await?;
-        let status = resp.status();
-        let body: serde_json::Value = resp.json().await?;
-        if !status.is_success() {
-            bail!("{}", body["error"]["message"]);
-        }
-        Ok(body["org"]["node"].as_str().unwrap_or_default().to_string())
-    }
+/// Creates (or finds) an org; returns the node it is placed on.
+async fn create_org(
+    control: &Client,
+    id: &str,
+    name: &str,
+    region: &str,
+    residency: &str,
+) -> anyhow::Result<String> {
+    let body =
+        serde_json::json!({"id": id, "name": name, "region": region, "residency": residency});
+    let created: serde_json::Value = control.post("/orgs", &body).await?;
+    Ok(created["org"]["node"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
 }
 
 fn print_welcome(dev: &DevJson) {

@@ -3,3 +3,4 @@ pub mod cluster;
 pub mod mmdb;
 pub mod s3;
 pub mod session;
+pub mod story;

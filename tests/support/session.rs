@@ -108,6 +108,20 @@ impl UserSession {
         )
     }
 
+    /// POST a form with the session's CSRF token; the status, or `None` if the node did not
+    /// answer (killed, or not listening).
+    pub fn try_post(&self, path: &str, fields: &[(&str, &str)]) -> Option<u16> {
+        let mut all: Vec<(&str, &str)> = fields.to_vec();
+        all.push(("_csrf", &self.csrf));
+        self.http
+            .post(self.url(path))
+            .header("cookie", &self.cookie)
+            .form(&all)
+            .send()
+            .ok()
+            .map(|r| r.status().as_u16())
+    }
+
     /// POST a form (the session's CSRF token added unless `csrf` is given).
     pub fn post(
         &self,

@@ -1,4 +1,6 @@
 //! The org users' app: active search over the contact book, and adding and editing contacts.
+//! Handlers only translate HTTP to the domain ([`crate::search`], [`crate::contacts`]) and back;
+//! anything that blocks runs off the async runtime.
 
 use std::collections::HashMap;
 

@@ -1,0 +1,129 @@
+//! The verbs later scenarios are told in: writes whose acknowledgement is recorded, `orgs show`
+//! typed, and waiting for an org to reach a phase. A move, a failover or a rollout test reads as
+//! "write, act, wait for the phase, check that every acknowledged write is there".
+
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use super::cluster::Cluster;
+use super::session::UserSession;
+
+/// One write the node acknowledged (a contact it answered 303 for), and when.
+#[derive(Debug, Clone)]
+pub struct Acked {
+    pub name: String,
+    pub at: Instant,
+}
+
+/// What `write_n` came to: the writes acknowledged, and those refused or unanswered (with the
+/// status, or 0 when the node did not answer at all).
+#[derive(Debug, Default)]
+pub struct Writes {
+    pub acked: Vec<Acked>,
+    pub refused: Vec<(String, u16)>,
+}
+
+impl Writes {
+    /// The names of the writes acknowledged at least `margin` before `t`.
+    pub fn acked_before(&self, t: Instant, margin: Duration) -> Vec<&str> {
+        self.acked
+            .iter()
+            .filter(|a| t.checked_duration_since(a.at).is_some_and(|d| d > margin))
+            .map(|a| a.name.as_str())
+            .collect()
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.acked.iter().map(|a| a.name.as_str()).collect()
+    }
+}
+
+/// `orgs show ID` as the admin API answers it, with the fields scenarios assert on.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OrgShow {
+    pub id: String,
+    pub name: String,
+    pub home_region: String,
+    pub residency: String,
+    pub allowed_regions: Vec<String>,
+    pub node: String,
+    pub node_url: Option<String>,
+    pub generation: u64,
+    pub durability: String,
+    pub ready: bool,
+    pub schema_version: Option<u32>,
+    #[serde(default)]
+    pub replication_lag_ms: Option<i64>,
+    #[serde(default)]
+    pub commands: Vec<CommandShow>,
+    #[serde(default)]
+    pub audit: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CommandShow {
+    pub id: String,
+    pub node_id: String,
+    pub kind: String,
+    pub generation: u64,
+    pub state: String,
+    pub attempts: u32,
+    pub error: Option<String>,
+}
+
+impl OrgShow {
+    /// Where the org is in its life, as `orgs list` shows it: `ready` once its node holds the
+    /// current generation, `placing` before.
+    pub fn phase(&self) -> &'static str {
+        if self.ready {
+            "ready"
+        } else {
+            "placing"
+        }
+    }
+}
+
+impl Cluster {
+    /// `orgs show ID`, typed; `None` when the org does not exist.
+    pub fn org(&self, id: &str) -> Option<OrgShow> {
+        let (status, body) = self.admin("GET", &format!("/orgs/{id}"), None);
+        match status {
+            200 => Some(
+                serde_json::from_value(body.clone())
+                    .unwrap_or_else(|e| panic!("orgs show {id}: {e}: {body}")),
+            ),
+            404 => None,
+            other => panic!("orgs show {id}: {other} {body}"),
+        }
+    }
+
+    /// Waits until the org reaches `phase` (see [`OrgShow::phase`]).
+    pub fn wait_for_phase(&self, id: &str, phase: &str) -> OrgShow {
+        self.wait_for(&format!("org {id} in phase {phase}"), || {
+            self.org(id).filter(|o| o.phase() == phase)
+        })
+    }
+
+    /// Adds `n` contacts named `{prefix} {i}` as `user`, one every `every`, recording which the
+    /// node acknowledged. A refusal or a node that does not answer is recorded, not a failure:
+    /// scenarios that kill or move things mid-write decide what they expect.
+    pub fn write_n(&self, user: &UserSession, prefix: &str, n: usize, every: Duration) -> Writes {
+        let mut out = Writes::default();
+        for i in 0..n {
+            let name = format!("{prefix} {i:04}");
+            match user.try_post("/contacts", &[("name", &name), ("city", "Uppsala")]) {
+                Some(303) => out.acked.push(Acked {
+                    name,
+                    at: Instant::now(),
+                }),
+                Some(status) => out.refused.push((name, status)),
+                None => out.refused.push((name, 0)),
+            }
+            if !every.is_zero() {
+                std::thread::sleep(every);
+            }
+        }
+        out
+    }
+}
