@@ -6,6 +6,11 @@ pub mod restore;
 pub mod store;
 pub mod wal;
 
+/// An error of the backup machinery itself (a local database, a task), not of the store.
+fn internal(e: impl std::fmt::Display) -> hemvist_proto::HemvistError {
+    hemvist_proto::HemvistError::internal(format!("backup: {e}"))
+}
+
 /// The big-endian `u32` at `at` in `b` (SQLite's WAL and hemvist's object headers use them).
 fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])

@@ -30,7 +30,7 @@ pub struct Catalog {
 }
 
 /// Packs newer than this before a node's newest pack may hold segments no index lists yet.
-const TAIL_WINDOW_MS: i64 = 3 * crate::backup::replicator::INDEX_EVERY_MS;
+const TAIL_WINDOW_MS: i64 = 3 * format::INDEX_EVERY_MS;
 
 /// What a restore will read, in order.
 #[derive(Debug, Clone)]

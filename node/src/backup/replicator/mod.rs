@@ -1,0 +1,331 @@
+//! The replicator: ships every hosted tenant's new WAL frames to the region's object store.
+//! This file holds the [`Replicator`] its callers see and the pass loop; each job has its own
+//! module and state: [`dirty`] (what waits to be shipped, and who waits for it), [`state`]
+//! (`backup.db`), [`ship`] (segments, snapshots, checkpoints), [`packs`] (packs and index
+//! objects), [`retention`], [`upload`], [`metrics`].
+//!
+//! Keeps true:
+//! - Cost grows with activity, not tenants: a tenant is looked at only after a write marks it
+//!   dirty (or at start, if its WAL holds frames not yet shipped). An idle tenant costs no
+//!   request, no timer and no open file.
+//! - One loop per node ships the dirty tenants `concurrency` at a time, so that a write is in
+//!   the store within the interval.
+
+mod dirty;
+mod metrics;
+mod packs;
+mod retention;
+mod ship;
+mod state;
+mod upload;
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use hemvist_proto::{HemvistError, NodeId, OrgId};
+use object_store::ObjectStore;
+use tokio_util::sync::CancellationToken;
+
+pub use metrics::BackupMetrics;
+pub use state::Shipped;
+
+use super::store::BackupConfig;
+use super::wal;
+use crate::clock::now_ms;
+use crate::state::NodeState;
+use crate::tenants::TenantStore;
+use dirty::{Dirty, DirtyTenants};
+use packs::Packs;
+use ship::{Packed, Shipper, Step};
+use state::BackupDb;
+use upload::Uploader;
+
+pub struct Replicator {
+    pub store: Arc<dyn ObjectStore>,
+    pub config: BackupConfig,
+    pub metrics: BackupMetrics,
+    dirty: DirtyTenants,
+    db: BackupDb,
+    packs: Packs,
+    /// What it ships: the node's tenant files, which of them it hosts at which generation (and
+    /// with which data key), and the node's id for its packs.
+    tenants: Arc<TenantStore>,
+    hosted: Arc<NodeState>,
+    node_id: NodeId,
+}
+
+impl Replicator {
+    pub fn open(
+        data_dir: &Path,
+        config: BackupConfig,
+        node_id: NodeId,
+        tenants: Arc<TenantStore>,
+        hosted: Arc<NodeState>,
+    ) -> anyhow::Result<Self> {
+        let store = config.open()?;
+        let db = BackupDb::open(data_dir)?;
+        crate::tenants::checkpoints_by_backup();
+        let packs = Packs::new(&db);
+        Ok(Self {
+            store,
+            config,
+            metrics: BackupMetrics::default(),
+            dirty: DirtyTenants::default(),
+            db,
+            packs,
+            tenants,
+            hosted,
+            node_id,
+        })
+    }
+
+    fn up(&self) -> Uploader<'_> {
+        Uploader {
+            store: &self.store,
+            metrics: &self.metrics,
+        }
+    }
+
+    fn shipper(&self) -> Shipper<'_> {
+        Shipper {
+            config: &self.config,
+            up: self.up(),
+            db: &self.db,
+            tenants: &self.tenants,
+            hosted: &self.hosted,
+        }
+    }
+
+    /// Called after every committed write (and after hosting): ship this tenant soon.
+    /// Returns the mark of this write: once a pass ships the tenant with a count of writes at
+    /// least this, the write is in object storage.
+    pub fn mark_dirty(&self, org: &OrgId) -> u64 {
+        let marked = self.dirty.mark(org);
+        if marked.newly_dirty {
+            self.db.note_changed(org);
+        }
+        marked.mark
+    }
+
+    /// Blocks until the write with `mark` is in object storage (a pass starts at once; every
+    /// write that comes in meanwhile joins the next one: group commit), or `limit` passes.
+    pub fn wait_durable(
+        &self,
+        org: &OrgId,
+        mark: u64,
+        limit: Duration,
+    ) -> Result<(), HemvistError> {
+        self.dirty.wait_durable(org, mark, limit)
+    }
+
+    /// Every org's position is reported again (a new session with the control plane).
+    pub fn report_all(&self) {
+        let orgs: Vec<OrgId> = self.db.read(|shipped| shipped.keys().cloned().collect());
+        self.db.changed(|changed| {
+            changed.extend(orgs);
+            self.dirty
+                .read(|dirty| changed.extend(dirty.keys().cloned()));
+        });
+    }
+
+    /// The positions that changed since the last call: (org, shipped, oldest unshipped write).
+    pub fn take_changes(&self) -> Vec<(OrgId, Option<Shipped>, Option<i64>)> {
+        let orgs: Vec<OrgId> = self.db.changed(|changed| changed.drain().collect());
+        self.dirty.read(|dirty| {
+            self.db.read(|shipped| {
+                orgs.into_iter()
+                    .map(|o| {
+                        let s = shipped.get(&o).cloned();
+                        let d = dirty.get(&o).map(|d| d.since);
+                        (o, s, d)
+                    })
+                    .collect()
+            })
+        })
+    }
+
+    pub fn shipped(&self, org: &OrgId) -> Option<Shipped> {
+        self.db.get(org)
+    }
+
+    pub fn dirty_count(&self) -> usize {
+        self.dirty.count()
+    }
+
+    /// The replicator's lines of the node's Prometheus metrics.
+    pub fn render(&self) -> String {
+        self.metrics.render(self.dirty_count())
+    }
+
+    /// At start: every hosted tenant whose WAL holds more than was shipped (or that was never
+    /// shipped in its generation) is dirty. One `stat` per tenant, no file kept open.
+    pub fn scan(&self) {
+        for (org, hosted) in self.hosted.all_hosted() {
+            let shipped = self.shipped(&org);
+            let stale = match &shipped {
+                None => true,
+                Some(s) if s.generation != hosted.generation.get() => true,
+                Some(s) => {
+                    let wal = wal::wal_path(&self.tenants.path(&org));
+                    let len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+                    let frame = wal::FRAME_HEADER + s.page_size as u64;
+                    let known = if s.wal.salts.is_none() {
+                        0
+                    } else {
+                        wal::HEADER + s.wal.frames * frame
+                    };
+                    len > known && len >= wal::HEADER + frame
+                }
+            };
+            if stale {
+                self.mark_dirty(&org);
+            }
+        }
+    }
+
+    /// One pass: every dirty tenant shipped, `concurrency` at a time. A tenant stays dirty
+    /// (and its lag keeps counting) until what it had is in the store: while its upload is in
+    /// flight, after a failure, and when writes came in meanwhile.
+    pub async fn pass(&self) {
+        let started = now_ms();
+        let batch = self.dirty.batch();
+        let oldest = batch.iter().map(|b| b.1.since).min();
+        self.metrics.lag_ms.store(
+            oldest.map_or(0, |t| (started - t).max(0) as u64),
+            Ordering::Relaxed,
+        );
+        let shipper = self.shipper();
+        let steps: Vec<(OrgId, Dirty, Result<Step, HemvistError>)> = futures::stream::iter(batch)
+            .map(|(org, seen)| async move {
+                let step = shipper.ship(&org).await;
+                (org, seen, step)
+            })
+            .buffer_unordered(self.config.concurrency)
+            .collect()
+            .await;
+        let mut outcomes: Vec<(OrgId, Dirty, bool)> = Vec::with_capacity(steps.len());
+        let mut packed: Vec<(OrgId, Dirty, Packed)> = Vec::new();
+        for (org, seen, step) in steps {
+            match step {
+                Ok(Step::Done) => outcomes.push((org, seen, true)),
+                Ok(Step::More) => outcomes.push((org, seen, false)),
+                Ok(Step::Pack(p)) => packed.push((org, seen, *p)),
+                Err(e) => {
+                    tracing::warn!(%org, error = %e, "backup of tenant failed; will retry");
+                    outcomes.push((org, seen, false));
+                }
+            }
+        }
+        if !packed.is_empty() {
+            outcomes.extend(self.ship_packed(packed).await);
+        }
+        let cleared = self.dirty.clear(outcomes, started);
+        for org in cleared {
+            self.db.note_changed(&org);
+        }
+        self.write_indexes(false).await;
+    }
+
+    /// Stores the pass's pack, then records each packed tenant's new position; whether each
+    /// one is now fully shipped.
+    async fn ship_packed(&self, packed: Vec<(OrgId, Dirty, Packed)>) -> Vec<(OrgId, Dirty, bool)> {
+        let segments = packed
+            .iter()
+            .map(|(_, _, p)| (p.name.clone(), p.bytes.clone()))
+            .collect();
+        let stored = self
+            .packs
+            .store(self.up(), &self.db, &self.node_id, segments)
+            .await;
+        let mut outcomes = Vec::with_capacity(packed.len());
+        // `store` returns one reference per packed tenant, in the same order.
+        for (i, (org, seen, p)) in packed.into_iter().enumerate() {
+            let done = match &stored {
+                Ok(refs) => {
+                    let mut next = p.next;
+                    if let Some(r) = refs.get(i).filter(|r| r.segment == p.name.key()) {
+                        next.pending.push(r.clone());
+                    }
+                    let ok = self.db.persist(&org, Some(&next)).is_ok();
+                    self.packs.note_due(&org, next.shipped_ms);
+                    if ok && !p.more {
+                        if let Err(e) = self.shipper().maybe_checkpoint(&org, &next).await {
+                            tracing::warn!(%org, error = %e, "checkpoint after shipping failed");
+                        }
+                    }
+                    ok && !p.more
+                }
+                Err(_) => false,
+            };
+            outcomes.push((org, seen, done));
+        }
+        if let Err(e) = stored {
+            tracing::warn!(error = %e, "backup pack upload failed; its tenants will be shipped again");
+        }
+        outcomes
+    }
+
+    async fn write_indexes(&self, all: bool) {
+        self.packs
+            .write_indexes(
+                self.up(),
+                &self.db,
+                self.config.index_every_ms as i64,
+                self.config.concurrency,
+                all,
+            )
+            .await;
+    }
+
+    /// Runs until cancelled, then one last pass. A pass starts when the oldest unshipped write
+    /// is one interval old less the time an upload takes (a fifth of the interval), so a write
+    /// is in the store within the interval; at once when a `sync` write waits; never while
+    /// nothing is dirty. After a pass that shipped nothing (the store is failing), the next
+    /// waits a whole interval.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        self.scan();
+        let interval = self.config.interval_ms as i64;
+        let lead = interval - interval / 5;
+        loop {
+            let now = now_ms();
+            let due = self.dirty.oldest().map(|since| since + lead);
+            let urgent = self.dirty.take_urgent();
+            if urgent || due.is_some_and(|d| d <= now) {
+                let before = self.metrics.puts.load(Ordering::Relaxed);
+                self.pass().await;
+                let stalled =
+                    self.dirty_count() > 0 && self.metrics.puts.load(Ordering::Relaxed) == before;
+                if stalled {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(interval as u64)) => {}
+                    }
+                }
+                continue;
+            }
+            if self.packs.due_now(self.config.index_every_ms as i64) {
+                self.write_indexes(false).await;
+            }
+            let wait = due.map_or(interval, |d| (d - now).clamp(1, interval));
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+                _ = self.dirty.woken() => {}
+            }
+        }
+        if self.dirty_count() > 0 {
+            self.pass().await;
+        }
+        // A clean stop leaves nothing that only a scan of the packs would find.
+        self.write_indexes(true).await;
+    }
+
+    /// Forgets an org this node no longer hosts.
+    pub fn forget(&self, org: &OrgId) -> Result<(), HemvistError> {
+        self.dirty.remove(org);
+        self.db.persist(org, None)
+    }
+}

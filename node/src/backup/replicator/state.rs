@@ -1,0 +1,150 @@
+//! `backup.db`: what was shipped of each tenant, and which packs this node wrote and how many
+//! of their segments a restore may still need; and, in memory, whose position changed since
+//! the control plane was last told.
+//!
+//! Keeps true: a tenant's record is written only after the upload it describes succeeded, so a
+//! crash at any point ships again (an object that exists already is the same upload) and loses
+//! nothing. The in-memory copy is updated under the same lock, after the row.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Mutex;
+
+use hemvist_proto::{HemvistError, OrgId};
+use rusqlite::{Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use crate::backup::format::PackRef;
+use crate::backup::internal;
+use crate::backup::wal::WalPos;
+
+/// What was shipped of one tenant, persisted after every successful upload.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Shipped {
+    pub generation: u64,
+    /// The LSN after the last object shipped.
+    pub lsn: u64,
+    pub wal: WalPos,
+    pub page_size: u32,
+    /// Whether this generation has a snapshot yet, and the WAL bytes shipped since the last.
+    pub snapshot_lsn: Option<u64>,
+    pub since_snapshot: u64,
+    pub shipped_ms: i64,
+    /// Packed segments not yet listed in an index object under the tenant's prefix.
+    #[serde(default)]
+    pub pending: Vec<PackRef>,
+    /// When the generation's newest snapshot was taken.
+    #[serde(default)]
+    pub snapshot_ms: i64,
+}
+
+pub struct BackupDb {
+    db: Mutex<Connection>,
+    shipped: Mutex<HashMap<OrgId, Shipped>>,
+    /// Orgs whose position changed since the control plane was last told.
+    changed: Mutex<HashSet<OrgId>>,
+}
+
+impl BackupDb {
+    pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        let db = Connection::open(data_dir.join("backup.db"))?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        // NORMAL: a state update lost with power is an upload repeated (the same LSNs, which a
+        // restore tolerates), never a loss; FULL would fsync once per tenant per pass.
+        db.pragma_update(None, "synchronous", "NORMAL")?;
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS shipped (org TEXT PRIMARY KEY, state TEXT NOT NULL);
+             -- Packs this node wrote, and how many of their segments a restore may still need.
+             CREATE TABLE IF NOT EXISTS packs (key TEXT PRIMARY KEY, time_ms INTEGER NOT NULL,
+               live INTEGER NOT NULL);",
+        )?;
+        let mut shipped = HashMap::new();
+        {
+            let mut stmt = db.prepare("SELECT org, state FROM shipped")?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (org, state) = row?;
+                if let (Ok(org), Ok(state)) = (OrgId::parse(&org), serde_json::from_str(&state)) {
+                    shipped.insert(org, state);
+                }
+            }
+        }
+        Ok(Self {
+            db: Mutex::new(db),
+            shipped: Mutex::new(shipped),
+            changed: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn get(&self, org: &OrgId) -> Option<Shipped> {
+        let s = self.shipped.lock().unwrap_or_else(|p| p.into_inner());
+        s.get(org).cloned()
+    }
+
+    /// `f` over every tenant's record, under its lock.
+    pub fn read<R>(&self, f: impl FnOnce(&HashMap<OrgId, Shipped>) -> R) -> R {
+        f(&self.shipped.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Records what was shipped of `org` (`None`: forget it).
+    pub fn persist(&self, org: &OrgId, state: Option<&Shipped>) -> Result<(), HemvistError> {
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        match state {
+            Some(s) => db.execute(
+                "INSERT INTO shipped (org, state) VALUES (?1, ?2)
+                 ON CONFLICT (org) DO UPDATE SET state = excluded.state",
+                rusqlite::params![org.as_str(), serde_json::to_string(s).map_err(internal)?],
+            ),
+            None => db.execute("DELETE FROM shipped WHERE org = ?1", [org.as_str()]),
+        }
+        .map_err(internal)?;
+        let mut shipped = self.shipped.lock().unwrap_or_else(|p| p.into_inner());
+        match state {
+            Some(s) => shipped.insert(org.clone(), s.clone()),
+            None => shipped.remove(org),
+        };
+        drop(shipped);
+        self.note_changed(org);
+        Ok(())
+    }
+
+    pub fn note_changed(&self, org: &OrgId) {
+        let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
+        changed.insert(org.clone());
+    }
+
+    /// `f` with the set of changed orgs, to add to it or take it.
+    pub fn changed<R>(&self, f: impl FnOnce(&mut HashSet<OrgId>) -> R) -> R {
+        f(&mut self.changed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// A pack this node stored, with its `live` segments.
+    pub fn add_pack(&self, key: &str, time_ms: i64, live: usize) -> Result<(), HemvistError> {
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        db.execute(
+            "INSERT OR IGNORE INTO packs (key, time_ms, live) VALUES (?1, ?2, ?3)",
+            rusqlite::params![key, time_ms, live as i64],
+        )
+        .map_err(internal)?;
+        Ok(())
+    }
+
+    /// One segment of the pack is no longer needed; how many still are (`None`: not a pack
+    /// this node knows).
+    pub fn release_pack_segment(&self, key: &str) -> rusqlite::Result<Option<i64>> {
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        db.query_row(
+            "UPDATE packs SET live = live - 1 WHERE key = ?1 RETURNING live",
+            [key],
+            |r| r.get(0),
+        )
+        .optional()
+    }
+
+    pub fn forget_pack(&self, key: &str) -> rusqlite::Result<()> {
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        db.execute("DELETE FROM packs WHERE key = ?1", [key])?;
+        Ok(())
+    }
+}

@@ -1,0 +1,61 @@
+//! Uploads: every object is created with a conditional put, retried with backoff.
+//!
+//! Keeps true: nothing is ever overwritten (DESIGN invariant 1). A create that finds the key
+//! taken is this same upload retried after an answer was lost, so it counts as done.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hemvist_proto::HemvistError;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+
+use super::metrics::BackupMetrics;
+use crate::backup::format::ObjectName;
+
+/// The store, and the counters every upload adds to.
+#[derive(Clone, Copy)]
+pub struct Uploader<'a> {
+    pub store: &'a Arc<dyn ObjectStore>,
+    pub metrics: &'a BackupMetrics,
+}
+
+impl Uploader<'_> {
+    /// Creates an object; one that exists already is this same upload retried.
+    pub async fn put(&self, name: &ObjectName, bytes: Vec<u8>) -> Result<(), HemvistError> {
+        self.put_key(&name.key(), bytes).await
+    }
+
+    pub async fn put_key(&self, name: &str, bytes: Vec<u8>) -> Result<(), HemvistError> {
+        let key = ObjectPath::from(name);
+        let len = bytes.len() as u64;
+        let payload = PutPayload::from(Bytes::from(bytes));
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            match self.store.put_opts(&key, payload.clone(), opts).await {
+                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {
+                    self.metrics.puts.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.put_bytes.fetch_add(len, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.metrics.put_failures.fetch_add(1, Ordering::Relaxed);
+                    if delay > Duration::from_secs(8) {
+                        return Err(HemvistError::unavailable(format!(
+                            "backup: upload of {name} failed: {e}"
+                        )));
+                    }
+                    tracing::warn!(key = %name, error = %e, "backup upload failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+    }
+}
