@@ -216,6 +216,8 @@ fn hostile_ids_and_bodies_get_clear_4xx_never_5xx() {
         b"/o/-real/".to_vec(),
         b"/o/real%2Fx/".to_vec(),
         b"/o/%C3%A5sa/search?q=x".to_vec(),
+        b"/o/trail-/".to_vec(),
+        b"/o/a--b/".to_vec(),
     ];
     for path in &hostile {
         let status = raw_status(&node, "GET", path, "", b"");
@@ -257,6 +259,16 @@ fn hostile_ids_and_bodies_get_clear_4xx_never_5xx() {
             400,
         ),
         (br#"{"id":"ok-id","name":"x","extra":1}"#.to_vec(), 400),
+        (br#"{"id":"trail-","name":"x"}"#.to_vec(), 400),
+        (br#"{"id":"a--b","name":"x"}"#.to_vec(), 400),
+        (
+            br#"{"id":"ok-id","name":"x","residency":","}"#.to_vec(),
+            400,
+        ),
+        (
+            br#"{"id":"ok-id","name":"x","residency":" "}"#.to_vec(),
+            400,
+        ),
         (b"not json".to_vec(), 400),
         (vec![0xff, 0xfe, 0x00], 400),
         (

@@ -47,6 +47,13 @@ impl ResidencyPolicy {
                 )));
             }
         }
+        if policy.is_unrestricted() {
+            // A policy given must say something: `","` or `" "` silently meaning "anywhere"
+            // would turn a typo into no restriction at all.
+            return Err(HemvistError::invalid(
+                "residency names no region or jurisdiction; leave it out to allow anywhere",
+            ));
+        }
         Ok(policy)
     }
 
@@ -114,5 +121,20 @@ mod tests {
             "databases written before the split read the same"
         );
         assert_eq!(ResidencyPolicy::from_stored(&stored), policy);
+    }
+
+    #[test]
+    fn a_policy_that_names_nothing_is_refused_not_read_as_anywhere() {
+        let regions = vec![RegionConfig {
+            id: RegionId::parse("eu-north").unwrap(),
+            name: "Stockholm".into(),
+            jurisdiction: "EU".into(),
+            countries: vec!["SE".into()],
+            object_store: "file:///tmp/eu-north".into(),
+        }];
+        for spec in [",", " ", "", " , ,"] {
+            let err = ResidencyPolicy::parse(spec, &regions).unwrap_err();
+            assert!(err.message.contains("names no region"), "{spec:?}: {err}");
+        }
     }
 }

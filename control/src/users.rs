@@ -5,10 +5,9 @@
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::SaltString;
-use argon2::{Argon2, PasswordHasher};
+use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use hemvist_proto::{ErrorKind, HemvistError, OrgId};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::plane::Plane;
 use crate::store::{CommandKind, CommandRecord, CommandState, NewCommand};
@@ -89,6 +88,14 @@ fn hash_password(password: &str) -> Result<String, HemvistError> {
         .map_err(|e| HemvistError::internal(format!("hash password: {e}")))
 }
 
+fn password_matches(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
+}
+
 impl Plane {
     /// Sends the user to the org's node and waits (a while) for it to be stored.
     pub fn add_user(
@@ -103,18 +110,24 @@ impl Plane {
             .store
             .org(&org)?
             .ok_or_else(|| HemvistError::not_found(format!("no org {org}")))?;
-        let key = Sha256::digest(format!("{}\0{}", email.to_lowercase(), req.password).as_bytes());
-        let id = format!(
-            "add-user-{org}-{}",
-            key.iter()
-                .take(8)
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
-        let existing = self.store.command(&id)?;
-        let cmd = match existing {
+        // The same request again (same email, same password) finds its earlier command, so a
+        // retried call is idempotent. The id itself is random: nothing in it is derived from
+        // the password, so it can be logged and shown.
+        let earlier = self
+            .store
+            .commands_for_org(&org)?
+            .into_iter()
+            .filter(|c| c.kind == CommandKind::AddUser && c.state != CommandState::Failed)
+            .find(|c| {
+                UserPayload::of(c).is_some_and(|p| {
+                    p.email.eq_ignore_ascii_case(&email)
+                        && password_matches(&req.password, &p.password_hash)
+                })
+            });
+        let cmd = match earlier {
             Some(cmd) => cmd,
             None => {
+                let id = format!("add-user-{org}-{}", hemvist_proto::random::hex(8)?);
                 let payload = serde_json::to_string(&UserPayload {
                     email: email.clone(),
                     name,
@@ -131,6 +144,7 @@ impl Plane {
                 })?
             }
         };
+        let id = cmd.id.clone();
         self.reconcile_soon(&cmd.node_id);
         let deadline = Instant::now() + wait;
         loop {

@@ -17,7 +17,8 @@ pub struct IdError {
 
 const MAX_ID_LEN: usize = 63;
 
-/// `[a-z0-9][a-z0-9-]{0,62}`: the one shape shared by org, region and node ids.
+/// `[a-z0-9][a-z0-9-]{0,62}`, not ending in `-` and with no `--` (which separates a branch from
+/// its parent): the one shape shared by org, region and node ids.
 fn check_slug(kind: &'static str, s: &str) -> Result<(), IdError> {
     let fail = |reason| {
         let mut shown: String = s.chars().take(40).flat_map(char::escape_default).collect();
@@ -45,6 +46,12 @@ fn check_slug(kind: &'static str, s: &str) -> Result<(), IdError> {
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
     {
         return fail("only lowercase letters, digits and '-' are allowed");
+    }
+    if bytes.ends_with(b"-") {
+        return fail("it must not end with '-'");
+    }
+    if s.contains("--") {
+        return fail("'--' is reserved (it separates a branch from its parent)");
     }
     Ok(())
 }
@@ -184,7 +191,7 @@ mod tests {
 
     #[test]
     fn accepts_slugs() {
-        for ok in ["a", "acme", "acme-ab", "0x", &"a".repeat(63)] {
+        for ok in ["a", "acme", "acme-ab", "a-b-c", "0x", &"a".repeat(63)] {
             assert!(OrgId::parse(ok).is_ok(), "{ok}");
         }
     }
@@ -210,6 +217,9 @@ mod tests {
             &long,
             "a.b",
             "ａ",
+            "trail-",
+            "a--b",
+            "-",
         ] {
             let err = OrgId::parse(bad).expect_err(bad);
             assert!(err.to_string().len() < 200);
