@@ -213,7 +213,12 @@ fn apply(node: &Node, cmd: pb::Command) -> pb::CommandAck {
         Some(Action::Host(h)) => host(node, h).map(Some),
         Some(Action::Drop(d)) => drop_tenant(node, d).map(|_| None),
         Some(Action::AddUser(u)) => add_user(node, u).map(|_| None),
-        None => Err(HemvistError::invalid("command without an action")),
+        // A kind added to the contract after this node was built decodes as no action: refuse
+        // it by name and tell the control plane, never guess what it meant.
+        None => Err(HemvistError::invalid(format!(
+            "command {id} is of a kind this node does not know (is the node older than the \
+             control plane?); refused"
+        ))),
     };
     match result {
         Ok(tenant) => {
@@ -306,4 +311,42 @@ fn apply_placements(node: &Node, update: pb::PlacementUpdate) -> Result<usize, H
     node.state
         .apply_placements(update.full, placements, removed)?;
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_of_an_unknown_kind_is_refused_and_reported() {
+        // `Command { id: "c-1", <field 99>: "x" }`: a kind from a newer contract.
+        let mut wire = vec![0x0a, 3];
+        wire.extend_from_slice(b"c-1");
+        wire.extend_from_slice(&[0x9a, 0x06, 1, b'x']);
+        let cmd = <pb::Command as prost::Message>::decode(wire.as_slice()).unwrap();
+        assert!(cmd.action.is_none());
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::NodeConfig {
+            id: NodeId::parse("eu-north-1").unwrap(),
+            region: RegionId::parse("eu-north").unwrap(),
+            control_url: "http://127.0.0.1:1".into(),
+            join_token: "x".repeat(20),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            public_url: None,
+            data_dir: dir.path().to_path_buf(),
+            capacity: 10,
+            max_open_tenants: 2,
+            idle_close_ms: 60_000,
+            backup: None,
+        };
+        let node = Node::open(config, "http://127.0.0.1:9".into()).unwrap();
+        let ack = apply(&node, cmd);
+        assert!(!ack.ok);
+        assert_eq!(ack.id, "c-1");
+        assert_eq!(ack.code, ErrorKind::InvalidArgument.to_wire() as i32);
+        assert!(ack.message.contains("does not know"), "{}", ack.message);
+        assert_eq!(node.metrics.commands_failed.get(), 1);
+        assert_eq!(node.state.hosted_count(), 0, "nothing was hosted");
+    }
 }
