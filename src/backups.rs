@@ -14,6 +14,7 @@ use hemvist_proto::{DataKey, OrgId};
 use object_store::ObjectStore;
 
 use crate::client::Client;
+use crate::out::outln;
 use crate::ApiArgs;
 
 /// Which object store holds the org's backups.
@@ -105,7 +106,7 @@ pub async fn backups(args: BackupsArgs) -> anyhow::Result<()> {
     let catalog = restore::catalog(&store, &org).await?;
     let summary = catalog.summary();
     if args.store.api.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());
     }
     if summary.is_empty() {
@@ -137,10 +138,10 @@ pub async fn backups(args: BackupsArgs) -> anyhow::Result<()> {
         ],
         &rows,
     );
-    println!("\nrestore points start at each snapshot:");
+    outln!("\nrestore points start at each snapshot:");
     for g in &summary {
         for t in &g.snapshot_times_ms {
-            println!("  generation {}  {}", g.generation, format_time(*t));
+            outln!("  generation {}  {}", g.generation, format_time(*t));
         }
     }
     Ok(())
@@ -190,7 +191,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from(format!("{org}-{}.db", plan.time_ms())));
     let done = restore::restore(&store, &catalog, &plan, &out, key.as_ref()).await?;
     if args.store.api.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "file": out.display().to_string(),
@@ -199,20 +200,20 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    println!(
+    outln!(
         "restored {org} as of {} (generation {}, LSN {}) into {}",
         format_time(done.time_ms),
         done.generation,
         done.lsn,
         out.display()
     );
-    println!(
+    outln!(
         "  {} objects, {:.1} MiB downloaded, {:.1} MiB database",
         done.objects,
         done.downloaded as f64 / 1_048_576.0,
         done.db_bytes as f64 / 1_048_576.0
     );
-    println!(
+    outln!(
         "  download + verify + apply  {:.1} ms\n  PRAGMA integrity_check     {:.1} ms (ok)",
         done.fetch_and_apply.as_secs_f64() * 1000.0,
         done.integrity_check.as_secs_f64() * 1000.0

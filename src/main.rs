@@ -5,6 +5,7 @@ mod bench;
 mod client;
 mod dev;
 mod ops;
+mod out;
 mod table;
 
 use std::path::PathBuf;

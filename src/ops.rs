@@ -7,6 +7,7 @@ use clap::Subcommand;
 use serde_json::Value;
 
 use crate::client::Client;
+use crate::out::outln;
 use crate::{table, ApiArgs};
 
 #[derive(Subcommand)]
@@ -106,14 +107,14 @@ pub async fn users(command: UsersCommand) -> anyhow::Result<()> {
                 }
                 return print_json(&added);
             }
-            println!(
+            outln!(
                 "user {} added to org {} ({})",
                 s(&added, "email"),
                 s(&added, "org"),
                 s(&added, "state")
             );
             if generated {
-                println!("  password: {password}   (generated; shown once)");
+                outln!("  password: {password}   (generated; shown once)");
             }
             Ok(())
         }
@@ -129,7 +130,7 @@ fn s(v: &Value, key: &str) -> String {
 }
 
 fn print_json(v: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    outln!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
@@ -289,26 +290,26 @@ pub async fn orgs(command: OrgsCommand) -> anyhow::Result<()> {
             } else {
                 "already exists, unchanged:"
             };
-            println!(
+            outln!(
                 "org {} {verb} in {} on node {} at generation {}",
                 s(org, "id"),
                 s(org, "home_region"),
                 s(org, "node"),
                 s(org, "generation")
             );
-            println!("  why: {}", s(org, "placement_reason"));
-            println!("  residency: {}", s(org, "residency"));
+            outln!("  why: {}", s(org, "placement_reason"));
+            outln!("  residency: {}", s(org, "residency"));
             if let Some(url) = org.get("node_url").and_then(|u| u.as_str()) {
-                println!("  url: {url}/o/{}/", s(org, "id"));
+                outln!("  url: {url}/o/{}/", s(org, "id"));
             }
             if !user.is_null() {
-                println!(
+                outln!(
                     "  first user: {} ({})",
                     s(&user, "email"),
                     s(&user, "state")
                 );
                 if let Some(p) = generated {
-                    println!("  password: {p}   (generated; shown once)");
+                    outln!("  password: {p}   (generated; shown once)");
                 }
             }
             Ok(())
@@ -380,12 +381,12 @@ pub async fn orgs(command: OrgsCommand) -> anyhow::Result<()> {
                 ("backup", backup_line(&org)),
             ];
             for (k, v) in rows {
-                println!("{k:<16}{v}");
+                outln!("{k:<16}{v}");
             }
             if let Some(cmds) = org["commands"].as_array() {
-                println!("\ncommands:");
+                outln!("\ncommands:");
                 for c in cmds {
-                    println!(
+                    outln!(
                         "  {:<40} {:<8} attempts {} {}",
                         s(c, "id"),
                         s(c, "state"),
@@ -395,9 +396,9 @@ pub async fn orgs(command: OrgsCommand) -> anyhow::Result<()> {
                 }
             }
             if let Some(audit) = org["audit"].as_array() {
-                println!("\naudit:");
+                outln!("\naudit:");
                 for a in audit {
-                    println!(
+                    outln!(
                         "  #{} {} {} {}",
                         s(a, "seq"),
                         s(a, "action"),
