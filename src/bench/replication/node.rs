@@ -25,7 +25,7 @@ use hemvist_node::{HostRequest, Node, NodeConfig};
 use hemvist_proto::{Generation, NodeId, OrgId, RegionId};
 use tokio_util::sync::CancellationToken;
 
-use super::{data_key, now_us, org_name, paced, writer_orgs, INSERT};
+use super::workload::{data_key, now_us, org_name, paced, writer_orgs, INSERT};
 
 #[derive(Args)]
 pub struct NodeArgs {

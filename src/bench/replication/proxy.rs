@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
-use super::now_us;
+use super::workload::now_us;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
