@@ -83,16 +83,34 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// Waits until the node has nothing left to ship.
+/// Waits until the node has nothing left to ship. Enough after acknowledged writes: a write is
+/// marked dirty before it is acknowledged, and a tenant turns clean only once a pass has stored
+/// every write it had marked.
 fn wait_shipped(c: &Cluster) {
     let eu = c.node_url("eu-north");
     c.wait_for("backups to catch up", || {
         (c.metric(&eu, "hemvist_backup_dirty_tenants") == 0).then_some(())
     });
-    std::thread::sleep(Duration::from_millis(INTERVAL_MS * 2));
-    c.wait_for("backups to catch up", || {
-        (c.metric(&eu, "hemvist_backup_dirty_tenants") == 0).then_some(())
+}
+
+/// Waits until the org's index objects alone (no scan of recent packs) restore exactly `want`
+/// (sorted): the replicator has listed every packed segment under the tenant's own prefix.
+fn wait_indexed(c: &Cluster, s3: &S3, org: &str, want: &[String]) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tries = 0;
+    c.wait_for("index objects to list every packed segment", || {
+        tries += 1;
+        let out = dir.path().join(format!("probe-{tries}.db"));
+        let got = restore_with(c, s3, org, "now", &out, &["--indexes-only"]).ok()?;
+        (got == want).then_some(())
     });
+}
+
+/// Waits until the clock has moved past `t` (ms), so what happens next is later than `t`.
+fn wait_past(t: i64) {
+    while now_ms() <= t {
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 #[test]
@@ -100,7 +118,8 @@ fn acknowledged_writes_survive_kill_9_and_a_node_that_lost_its_disk_restores_fro
     let s3 = S3::start();
     let mut c = Cluster::start_with_node_config(&[EU_NORTH], &s3.node_backup_toml(INTERVAL_MS));
     let u = org_with_user(&c, "fika");
-    // Writes, each acknowledged (303) at a known time; then kill -9 in the middle of them.
+    // Writes, each acknowledged (303) at a known time, paced over a few seconds (the workload,
+    // not a wait); then kill -9 in the middle of them.
     let mut acked: Vec<(String, Instant)> = Vec::new();
     for i in 0..80 {
         let name = format!("Person {i:03}");
@@ -174,11 +193,11 @@ fn point_in_time_restores_are_exact_and_damage_is_named_with_a_way_out() {
     let a = batch("Alpha");
     wait_shipped(&c);
     let t1 = now_ms();
-    std::thread::sleep(Duration::from_millis(50));
+    wait_past(t1);
     let b = batch("Bravo");
     wait_shipped(&c);
     let t2 = now_ms();
-    std::thread::sleep(Duration::from_millis(50));
+    wait_past(t2);
     let cc = batch("Charlie");
     wait_shipped(&c);
     let dir = tempfile::tempdir().unwrap();
@@ -201,7 +220,7 @@ fn point_in_time_restores_are_exact_and_damage_is_named_with_a_way_out() {
     );
     // The tenant's index objects alone (no scan of recent packs) reach the newest point once
     // they are written (every second in these tests).
-    std::thread::sleep(Duration::from_millis(1_500));
+    wait_indexed(&c, &s3, "fika", &sorted(vec![&a, &b, &cc]));
     assert!(!s3
         .objects("hemvist/tenants/fika/g0000000001/idx")
         .is_empty());
@@ -330,6 +349,8 @@ fn store_faults_are_retried_without_loss_and_idle_tenants_cost_no_requests() {
         .fail_after
         .store(2, std::sync::atomic::Ordering::SeqCst);
     s3.faults.drop.store(2, std::sync::atomic::Ordering::SeqCst);
+    // Writes paced over several passes (the workload, not a wait), so faults meet several
+    // uploads.
     let mut written = Vec::new();
     for i in 0..12 {
         let name = format!("Faulty {i:02}");
@@ -391,8 +412,8 @@ fn store_faults_are_retried_without_loss_and_idle_tenants_cost_no_requests() {
     assert_eq!(restored, written, "nothing lost, nothing doubled");
 
     // Idle (once the last index object is written, within a second here): no request at all
-    // for several intervals.
-    std::thread::sleep(Duration::from_millis(1_500));
+    // for several intervals (a window of time is what this measures, so it is slept).
+    wait_indexed(&c, &s3, "fika", &written);
     let before = s3.total_requests();
     std::thread::sleep(Duration::from_millis(INTERVAL_MS * 6));
     assert_eq!(
@@ -464,15 +485,19 @@ fn expired_backups_are_removed_and_what_is_kept_still_restores() {
     let before_all = now_ms();
     let mut written = Vec::new();
     for round in 0..5 {
+        let started = now_ms();
         for i in 0..3 {
             let name = format!("Round {round} {i}");
             add_contact(&u, &name);
             written.push(name);
         }
         wait_shipped(&c);
-        // Long enough for the index objects (every second here) and for time to pass the
-        // two-second retention.
-        std::thread::sleep(Duration::from_millis(1_200));
+        // The round's index objects are written (every second here); and rounds are at least
+        // 1.2 s apart, so that time passes the two-second retention (the window is wall-clock
+        // time, so the clock is what is waited for).
+        written.sort();
+        wait_indexed(&c, &s3, "fika", &written);
+        wait_past(started + 1_200);
     }
     // Every round took a snapshot, and each snapshot removed what fell out of the window:
     // old snapshots, index objects, and the packs whose segments were all released.
