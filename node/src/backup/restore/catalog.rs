@@ -1,0 +1,211 @@
+//! The catalog: every backup object of one org a restore can use — its own objects, the packed
+//! segments its index objects list, and the packed segments of the newest packs that no index
+//! lists yet.
+//!
+//! Keeps true: a packed segment shipped but not yet indexed is still found (the scan of recent
+//! packs covers a few times `INDEX_EVERY_MS`, the longest a segment waits for its index), and
+//! what cannot be read is reported as a warning, never dropped silently.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use futures::{StreamExt, TryStreamExt};
+use hemvist_proto::OrgId;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use crate::backup::format::{self, Kind, ObjectName};
+
+/// Every backup object of one org: snapshots and segments, with their sizes. A segment that
+/// lives in a pack has its place in `packed`.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub objects: Vec<(ObjectName, u64)>,
+    /// Segment key -> (pack key, offset).
+    pub packed: std::collections::HashMap<String, (String, u64)>,
+    /// What could not be read while listing (a damaged pack index, say).
+    pub warnings: Vec<String>,
+}
+
+/// Packs newer than this before a node's newest pack may hold segments no index lists yet.
+const TAIL_WINDOW_MS: i64 = 3 * format::INDEX_EVERY_MS;
+
+/// The names under the org's prefix alone (one LIST): enough to know the LSNs in use.
+pub async fn listed(
+    store: &Arc<dyn ObjectStore>,
+    org: &OrgId,
+) -> anyhow::Result<Vec<(ObjectName, u64)>> {
+    let prefix = ObjectPath::from(format::tenant_prefix(org));
+    let metas: Vec<object_store::ObjectMeta> = store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .with_context(|| format!("list the backups of {org}"))?;
+    Ok(metas
+        .into_iter()
+        .filter_map(|m| ObjectName::parse(m.location.as_ref()).map(|n| (n, m.size)))
+        .filter(|(n, _)| &n.org == org)
+        .collect())
+}
+
+/// Everything a restore of the org can use: its own objects, the packed segments its index
+/// objects list, and the packed segments of the last minute or so that no index lists yet.
+pub async fn catalog(store: &Arc<dyn ObjectStore>, org: &OrgId) -> anyhow::Result<Catalog> {
+    catalog_with(store, org, true).await
+}
+
+/// As [`catalog`]; without `scan_packs`, only what the org's index objects list (to check
+/// that they alone reach the newest point).
+pub async fn catalog_with(
+    store: &Arc<dyn ObjectStore>,
+    org: &OrgId,
+    scan_packs: bool,
+) -> anyhow::Result<Catalog> {
+    let names = listed(store, org).await?;
+    let mut catalog = Catalog::default();
+    let mut indexes = Vec::new();
+    for (name, size) in names {
+        match name.kind {
+            Kind::Index => indexes.push(name),
+            _ => catalog.objects.push((name, size)),
+        }
+    }
+    let read: Vec<(ObjectName, anyhow::Result<Vec<format::PackRef>>)> =
+        futures::stream::iter(indexes.into_iter().map(|name| {
+            let store = store.clone();
+            async move {
+                let got = async {
+                    let bytes = store
+                        .get(&ObjectPath::from(name.key()))
+                        .await?
+                        .bytes()
+                        .await?;
+                    format::decode_index(&name, &bytes)
+                }
+                .await;
+                (name, got)
+            }
+        }))
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    for (name, refs) in read {
+        match refs {
+            Ok(refs) => {
+                for r in refs {
+                    catalog.add_packed(&r.segment, &r.pack, r.offset, r.len);
+                }
+            }
+            Err(e) => catalog
+                .warnings
+                .push(format!("index {} unreadable: {e:#}", name.key())),
+        }
+    }
+    if scan_packs {
+        scan_recent_packs(store, org, &mut catalog).await?;
+    }
+    catalog.objects.sort_by(|a, b| {
+        (a.0.generation, a.0.start, a.0.end, a.0.time_ms).cmp(&(
+            b.0.generation,
+            b.0.start,
+            b.0.end,
+            b.0.time_ms,
+        ))
+    });
+    Ok(catalog)
+}
+
+/// A pack's index: each segment's name, offset and length.
+type PackIndex = Vec<(ObjectName, u64, u64)>;
+
+/// Whether any pack of the node is at or after `time_ms`.
+async fn pack_at_or_after(
+    store: &Arc<dyn ObjectStore>,
+    node: &ObjectPath,
+    time_ms: i64,
+) -> anyhow::Result<bool> {
+    let offset = ObjectPath::from(format!("{node}/{time_ms:013}"));
+    let mut listing = store.list_with_offset(Some(node), &offset);
+    Ok(listing.next().await.transpose()?.is_some())
+}
+
+/// The packs written shortly before each node's newest one (or now): their indexes are read
+/// (one ranged GET each) for segments of `org` that no index object lists yet.
+async fn scan_recent_packs(
+    store: &Arc<dyn ObjectStore>,
+    org: &OrgId,
+    catalog: &mut Catalog,
+) -> anyhow::Result<()> {
+    let nodes = store
+        .list_with_delimiter(Some(&ObjectPath::from("packs")))
+        .await
+        .context("list the nodes that write packs")?
+        .common_prefixes;
+    for node in nodes {
+        if !pack_at_or_after(store, &node, 0).await? {
+            continue;
+        }
+        // The newest pack's time, to the second, by bisection over LISTs with an offset.
+        let (mut lo, mut hi) = (0i64, crate::clock::now_ms() + 86_400_000);
+        while hi - lo > 1_000 {
+            let mid = lo + (hi - lo) / 2;
+            if pack_at_or_after(store, &node, mid).await? {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let from = ObjectPath::from(format!("{node}/{:013}", (lo - TAIL_WINDOW_MS).max(0)));
+        let packs: Vec<object_store::ObjectMeta> = store
+            .list_with_offset(Some(&node), &from)
+            .try_collect()
+            .await?;
+        let tails: Vec<(String, anyhow::Result<PackIndex>)> =
+            futures::stream::iter(packs.into_iter().filter_map(|m| {
+                let key = m.location.to_string();
+                let (_, _, index_len) = format::parse_pack_key(&key)?;
+                Some((key, m.size, index_len))
+            }))
+            .map(|(key, size, index_len)| {
+                let store = store.clone();
+                async move {
+                    let got = async {
+                        anyhow::ensure!(index_len <= size, "{key}: shorter than its index");
+                        let tail = store
+                            .get_range(&ObjectPath::from(key.as_str()), size - index_len..size)
+                            .await?;
+                        format::decode_pack_index(&key, &tail)
+                    }
+                    .await;
+                    (key, got)
+                }
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        for (key, index) in tails {
+            match index {
+                Ok(entries) => {
+                    for (name, offset, len) in entries.into_iter().filter(|e| &e.0.org == org) {
+                        catalog.add_packed(&name.key(), &key, offset, len);
+                    }
+                }
+                Err(e) => catalog.warnings.push(format!("{e:#}")),
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Catalog {
+    fn add_packed(&mut self, segment: &str, pack: &str, offset: u64, len: u64) {
+        if self.packed.contains_key(segment) {
+            return;
+        }
+        if let Some(name) = ObjectName::parse(segment) {
+            self.packed
+                .insert(segment.to_string(), (pack.to_string(), offset));
+            self.objects.push((name, len));
+        }
+    }
+}
