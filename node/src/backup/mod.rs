@@ -1,4 +1,12 @@
 //! Continuous backup of every hosted tenant to the object store of the node's region.
+//!
+//! [`replicator`] ships (and alone checkpoints) tenants' WAL, [`format`] says what every object
+//! holds and is called, [`restore`] reads it back, [`wal`] reads SQLite's WAL, [`store`] opens
+//! the region's object store. Nothing here knows the node above it: the replicator is given the
+//! tenant files and the hosted state it ships from.
+//!
+//! Keeps true: every object is created once under its generation and never overwritten, and
+//! nothing a restore needs is removed or checkpointed away before it is in the store.
 
 pub mod format;
 pub mod replicator;
