@@ -42,15 +42,25 @@ impl Client {
         let Some(token) = args.token.clone().or_else(|| from_dev("admin_token")) else {
             bail!("no admin token given: pass --token or set HEMVIST_TOKEN");
         };
-        Self::connect(&base, &token)
+        let ca = args
+            .ca
+            .clone()
+            .or_else(|| from_dev("ca_file").map(PathBuf::from));
+        Self::connect(&base, &token, ca.as_deref())
     }
 
-    /// A client of the control plane at `base` with an admin token.
-    pub fn connect(base: &str, token: &str) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .context("build HTTP client")?;
+    /// A client of the control plane at `base` with an admin token; over https, the control
+    /// plane's certificate must chain to `ca` if given, else to the system's roots.
+    pub fn connect(base: &str, token: &str, ca: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        if let Some(ca) = ca {
+            let pem =
+                std::fs::read(ca).with_context(|| format!("read CA file {}", ca.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("parse CA file {}", ca.display()))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder.build().context("build HTTP client")?;
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             token: token.to_string(),

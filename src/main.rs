@@ -73,6 +73,10 @@ pub struct ApiArgs {
     /// The admin bearer token. Defaults to the running `hemvist dev`'s, if any.
     #[arg(long, env = "HEMVIST_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A CA file (PEM) the control plane's certificate must chain to, besides the system's
+    /// roots. Defaults to the running `hemvist dev --tls`'s, if any.
+    #[arg(long, env = "HEMVIST_CA")]
+    pub ca: Option<PathBuf>,
     /// Print JSON for scripts instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -121,6 +125,7 @@ fn announce(what: serde_json::Value) {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    hemvist_net::tls::install_crypto();
     let result = match cli.command {
         Command::Dev(args) => {
             init_tracing();

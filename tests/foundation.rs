@@ -631,7 +631,7 @@ fn stop_dev(mut child: std::process::Child) {
 fn hemvist_dev_runs_a_three_region_demo_that_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let http = reqwest::blocking::Client::builder()
+    let http = support::http()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();

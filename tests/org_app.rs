@@ -195,7 +195,9 @@ fn a_user_of_one_org_is_refused_everything_of_another_on_every_node() {
                 assert!(!body.contains("Secret"));
             }
             for path in ["/contacts", "/contacts/1", "/signout", "/signin"] {
-                let status = reqwest::blocking::Client::new()
+                let status = support::http()
+                    .build()
+                    .unwrap()
                     .post(format!("{base}{path}"))
                     .header("cookie", &a.cookie)
                     .form(&[("_csrf", a.csrf.as_str()), ("name", "Injected")])
@@ -218,7 +220,9 @@ fn forms_without_the_right_csrf_token_are_refused() {
     let u = org_with_user(&c, "safe", "eu-north");
     let (status, _, _) = u.post("/contacts", &[("name", "Forged")], Some("0000"));
     assert_eq!(status, 403);
-    let resp = reqwest::blocking::Client::new()
+    let resp = support::http()
+        .build()
+        .unwrap()
         .post(format!("{}/o/safe/contacts", u.base))
         .header("cookie", &u.cookie)
         .form(&[("name", "Forged")])
@@ -228,7 +232,9 @@ fn forms_without_the_right_csrf_token_are_refused() {
     let (status, _, _) = u.post("/signout", &[], Some("nope"));
     assert_eq!(status, 403);
     // The sign-in form needs its own double-submit token: a cross-site post cannot sign anyone in.
-    let resp = reqwest::blocking::Client::new()
+    let resp = support::http()
+        .build()
+        .unwrap()
         .post(format!("{}/o/safe/signin", u.base))
         .form(&[
             ("_csrf", "x"),
@@ -391,7 +397,9 @@ fn oversized_bodies_are_refused_with_413() {
     let huge = "x".repeat(100_000);
     let (status, _, _) = u.post("/contacts", &[("name", "Big"), ("notes", &huge)], None);
     assert_eq!(status, 413);
-    let resp = reqwest::blocking::Client::new()
+    let resp = support::http()
+        .build()
+        .unwrap()
         .post(format!("{}/o/big/signin", u.base))
         .header("cookie", "hv_signin=a")
         .form(&[("_csrf", "a"), ("email", "x@y.z"), ("password", &huge)])

@@ -37,6 +37,14 @@ pub struct ControlConfig {
     #[serde(default = "default_command_retry_ms")]
     pub command_retry_ms: u64,
     pub regions: Vec<RegionConfig>,
+    /// TLS for both listeners (one certificate for the control plane's host). With
+    /// `client_ca`, nodes must also present a certificate from that CA on the gRPC listener, in
+    /// addition to the join token. Plain text if absent (loopback, or behind a TLS proxy).
+    #[serde(default)]
+    pub tls: Option<hemvist_net::tls::ServerTls>,
+    /// Timeouts and connection caps of both listeners.
+    #[serde(default)]
+    pub limits: hemvist_net::Limits,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

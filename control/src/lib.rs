@@ -71,25 +71,45 @@ pub async fn start(
     config: ControlConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Bound, tokio::task::JoinHandle<anyhow::Result<()>>)> {
-    let api_listener = TcpListener::bind(config.api_listen)
+    config.limits.check()?;
+    let (api_tls, grpc_tls) = match &config.tls {
+        Some(t) => {
+            let api = hemvist_net::tls::ServerTls {
+                client_ca: None,
+                ..t.clone()
+            };
+            (
+                Some(api.load(hemvist_net::tls::Alpn::Http1)?),
+                Some(t.load(hemvist_net::tls::Alpn::Grpc)?),
+            )
+        }
+        None => (None, None),
+    };
+    let api_tcp = TcpListener::bind(config.api_listen)
         .await
         .with_context(|| format!("bind admin API on {}", config.api_listen))?;
-    let grpc_listener = TcpListener::bind(config.grpc_listen)
+    let grpc_tcp = TcpListener::bind(config.grpc_listen)
         .await
         .with_context(|| format!("bind gRPC on {}", config.grpc_listen))?;
+    let limits = config.limits.clone();
+    let control = Control::open(config, shutdown)?;
+    let metrics = &control.plane.metrics;
+    let api_listener = hemvist_net::Listener::new(api_tcp, api_tls, limits.clone())
+        .with_stats(metrics.api_connections.clone());
+    let grpc_listener = hemvist_net::Listener::new(grpc_tcp, grpc_tls, limits)
+        .with_stats(metrics.grpc_connections.clone());
     let bound = Bound {
         api: api_listener.local_addr()?,
         grpc: grpc_listener.local_addr()?,
     };
-    let control = Control::open(config, shutdown)?;
     let handle = tokio::spawn(serve(control, api_listener, grpc_listener));
     Ok((bound, handle))
 }
 
 async fn serve(
     control: Control,
-    api_listener: TcpListener,
-    grpc_listener: TcpListener,
+    api_listener: hemvist_net::Listener,
+    grpc_listener: hemvist_net::Listener,
 ) -> anyhow::Result<()> {
     let Control {
         plane,
@@ -98,15 +118,11 @@ async fn serve(
     } = control;
     let reconciler = tokio::spawn(reconciler::run(plane.clone(), shutdown.clone()));
 
-    let api = {
-        let shutdown = shutdown.clone();
-        let app = admin_api::router(plane.clone());
-        tokio::spawn(async move {
-            axum::serve(api_listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-        })
-    };
+    let api = tokio::spawn(hemvist_net::http::serve(
+        api_listener,
+        admin_api::router(plane.clone()),
+        shutdown.clone(),
+    ));
 
     let grpc = {
         let svc =
@@ -122,7 +138,7 @@ async fn serve(
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                 .add_service(svc)
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                    grpc_listener.incoming(shutdown.clone()),
                     async move { shutdown.cancelled().await },
                 )
                 .await

@@ -23,6 +23,9 @@ pub struct Metrics {
     pub api_requests: Counter,
     pub api_errors: Counter,
     pub api_unauthorized: Counter,
+    /// The two listeners' connection counts.
+    pub api_connections: std::sync::Arc<hemvist_net::ListenerStats>,
+    pub grpc_connections: std::sync::Arc<hemvist_net::ListenerStats>,
 }
 
 pub struct Gauges {
@@ -115,6 +118,8 @@ impl Metrics {
             "Admin API requests refused for a missing or wrong token.",
             self.api_unauthorized.get(),
         );
+        out.push_str(&self.api_connections.render("hemvist_admin"));
+        out.push_str(&self.grpc_connections.render("hemvist_grpc"));
         out
     }
 }

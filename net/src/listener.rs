@@ -39,6 +39,46 @@ impl ListenerStats {
     pub fn open(&self) -> u64 {
         self.open.load(Ordering::Relaxed)
     }
+
+    /// Prometheus exposition of these counters, named `{prefix}_connections_*`.
+    pub fn render(&self, prefix: &str) -> String {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let rows = [
+            ("open", "gauge", "Connections open now.", self.open()),
+            (
+                "accepted_total",
+                "counter",
+                "Connections accepted.",
+                get(&self.accepted),
+            ),
+            (
+                "refused_total",
+                "counter",
+                "Connections closed on accept: the client or the listener was at its cap.",
+                get(&self.refused_over_cap),
+            ),
+            (
+                "handshake_failures_total",
+                "counter",
+                "Connections closed before their TLS handshake finished.",
+                get(&self.handshake_failures),
+            ),
+            (
+                "timeouts_total",
+                "counter",
+                "Connections closed for sending nothing in time.",
+                get(&self.timed_out),
+            ),
+        ];
+        let mut out = String::new();
+        for (name, kind, help, v) in rows {
+            let name = format!("{prefix}_connections_{name}");
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            ));
+        }
+        out
+    }
 }
 
 /// A bound listener, plain or TLS.
@@ -63,6 +103,12 @@ impl Listener {
             stats: Arc::default(),
             per_client: Arc::default(),
         }
+    }
+
+    /// Counts into `stats` (kept by whoever renders the process's metrics).
+    pub fn with_stats(mut self, stats: Arc<ListenerStats>) -> Listener {
+        self.stats = stats;
+        self
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {

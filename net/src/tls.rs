@@ -9,7 +9,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Makes ring the process's TLS provider; every binary and test calls it before any TLS.
 pub fn install_crypto() {
@@ -17,7 +17,7 @@ pub fn install_crypto() {
 }
 
 /// `[tls]` of a listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerTls {
     /// PEM: the certificate chain, leaf first.

@@ -13,15 +13,32 @@ use serde::{Deserialize, Serialize};
 pub struct NodeConfig {
     pub id: NodeId,
     pub region: RegionId,
-    /// The control plane's gRPC address, `http://host:port`.
+    /// The control plane's gRPC address, `https://host:port` (or `http://` on loopback, or with
+    /// `insecure = true`).
     pub control_url: String,
+    /// How the node checks the control plane's certificate, and proves its own (mutual TLS).
+    #[serde(default)]
+    pub control_tls: ControlTls,
+    /// Allows `http://` to a control plane that is not on loopback. The join token, password
+    /// hashes and data keys then cross the network in clear: only for a network that is itself
+    /// private and encrypted.
+    #[serde(default)]
+    pub insecure: bool,
     pub join_token: String,
     /// Where the org users' HTTP pages listen.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// How users reach this node; other nodes redirect here. Defaults to `http://{listen}`.
+    /// How users reach this node; other nodes redirect here. Defaults to `https://{listen}` with
+    /// `[tls]`, `http://{listen}` without. Behind a TLS proxy, set it to the proxy's `https://`
+    /// URL: cookies are then `Secure` and redirects point there.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// TLS for the users' HTTP listener; plain HTTP if absent.
+    #[serde(default)]
+    pub tls: Option<hemvist_net::tls::ServerTls>,
+    /// Timeouts and connection caps of the users' HTTP listener.
+    #[serde(default)]
+    pub limits: hemvist_net::Limits,
     /// Tenant databases and the node's own state live here.
     pub data_dir: PathBuf,
     /// How many tenants this node is willing to host.
@@ -36,6 +53,20 @@ pub struct NodeConfig {
     /// Continuous backup of every tenant to the region's object store; none if absent.
     #[serde(default)]
     pub backup: Option<crate::backup::store::BackupConfig>,
+}
+
+/// `[control_tls]`: all optional. Without `ca` the system's roots are trusted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlTls {
+    /// PEM: the CA(s) the control plane's certificate must chain to.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// PEM: this node's certificate and key, for a control plane that asks for them.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -68,6 +99,21 @@ impl NodeConfig {
         if !(self.control_url.starts_with("http://") || self.control_url.starts_with("https://")) {
             bail!("control_url must be http(s)://host:port");
         }
+        if self.control_url.starts_with("http://")
+            && !self.insecure
+            && !is_loopback(&self.control_url)
+        {
+            bail!(
+                "control_url {} is plain http:// to another machine: the join token and every \
+                 org's data key would cross the network in clear. Use https://, or set \
+                 insecure = true if the network itself is private and encrypted",
+                self.control_url
+            );
+        }
+        if self.control_tls.cert.is_some() != self.control_tls.key.is_some() {
+            bail!("control_tls: cert and key go together");
+        }
+        self.limits.check()?;
         if let Some(url) = &self.public_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 bail!("public_url must start with http:// or https://");
@@ -81,6 +127,20 @@ impl NodeConfig {
         }
         Ok(())
     }
+}
+
+/// Whether a URL's host is this machine (`localhost`, `127.0.0.0/8`, `::1`).
+fn is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

@@ -92,11 +92,18 @@ fn state_report(node: &Node) -> pb::StateReport {
 }
 
 async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), tonic::Status> {
-    let endpoint = tonic::transport::Endpoint::from_shared(node.config.control_url.clone())
+    let mut endpoint = tonic::transport::Endpoint::from_shared(node.config.control_url.clone())
         .map_err(|e| tonic::Status::invalid_argument(format!("control_url: {e}")))?
         .connect_timeout(Duration::from_secs(3))
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(10));
+    if node.config.control_url.starts_with("https://") {
+        let tls = control_tls(&node.config.control_tls)
+            .map_err(|e| tonic::Status::invalid_argument(format!("control_tls: {e:#}")))?;
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| tonic::Status::invalid_argument(format!("control_tls: {e}")))?;
+    }
     let channel = endpoint.connect().await.map_err(|e| {
         tonic::Status::unavailable(format!("dial {}: {e}", node.config.control_url))
     })?;
@@ -204,6 +211,27 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
     drop(cmd_tx);
     worker.abort();
     result
+}
+
+/// How the node checks the control plane's certificate (its CA, or the system's roots) and,
+/// when configured, proves its own.
+fn control_tls(c: &crate::config::ControlTls) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+    use anyhow::Context;
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let mut tls = ClientTlsConfig::new();
+    tls = match &c.ca {
+        Some(ca) => tls.ca_certificate(Certificate::from_pem(
+            std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?,
+        )),
+        None => tls.with_native_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&c.cert, &c.key) {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(cert).with_context(|| format!("read {}", cert.display()))?,
+            std::fs::read(key).with_context(|| format!("read {}", key.display()))?,
+        ));
+    }
+    Ok(tls)
 }
 
 fn apply(node: &Node, cmd: pb::Command) -> pb::CommandAck {
@@ -334,6 +362,10 @@ mod tests {
             join_token: "x".repeat(20),
             listen: "127.0.0.1:0".parse().unwrap(),
             public_url: None,
+            control_tls: Default::default(),
+            insecure: false,
+            tls: None,
+            limits: Default::default(),
             data_dir: dir.path().to_path_buf(),
             capacity: 10,
             max_open_tenants: 2,

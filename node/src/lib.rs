@@ -59,6 +59,8 @@ pub struct Node {
     pub sessions: users::SessionCache,
     pub metrics: metrics::Metrics,
     pub backup: Option<Arc<Replicator>>,
+    /// The users' HTTP listener's connection counts.
+    pub http_stats: Arc<hemvist_net::ListenerStats>,
 }
 
 impl Node {
@@ -101,6 +103,7 @@ impl Node {
             data_versions,
             metrics: metrics::Metrics::default(),
             sessions: users::SessionCache::default(),
+            http_stats: Arc::default(),
             config,
         })
     }
@@ -128,17 +131,24 @@ pub struct Running {
 /// Binds the HTTP listener (port 0 allowed), opens the node's state, dials the control plane and
 /// serves until `shutdown` is cancelled.
 pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let listener = TcpListener::bind(config.listen)
+    let tcp = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("bind HTTP on {}", config.listen))?;
+    let tls = match &config.tls {
+        Some(t) => Some(t.load(hemvist_net::tls::Alpn::Http1)?),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let listener = hemvist_net::Listener::new(tcp, tls, config.limits.clone());
     let addr = listener.local_addr()?;
     let public_url = config
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"))
+        .unwrap_or_else(|| format!("{scheme}://{addr}"))
         .trim_end_matches('/')
         .to_string();
     let node = Arc::new(Node::open(config, public_url)?);
+    let listener = listener.with_stats(node.http_stats.clone());
     tracing::info!(node = %node.config.id, region = %node.config.region, url = %node.public_url,
         hosted = node.state.hosted_count(), "node starting");
     let task = tokio::spawn(serve(node.clone(), listener, shutdown));
@@ -147,7 +157,7 @@ pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> anyhow::R
 
 async fn serve(
     node: Arc<Node>,
-    listener: TcpListener,
+    listener: hemvist_net::Listener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let link = tokio::spawn(control_link::run(node.clone(), shutdown.clone()));
@@ -157,14 +167,7 @@ async fn serve(
         .map(|b| tokio::spawn(b.run(shutdown.clone())));
     let sweeper = tokio::spawn(node.close_idle_tenants(shutdown.clone()));
     let app = web::router(node.clone());
-    let http = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-        })
-    };
+    let http = tokio::spawn(hemvist_net::http::serve(listener, app, shutdown.clone()));
     shutdown.cancelled().await;
     let drain = async {
         let _ = link.await;

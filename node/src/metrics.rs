@@ -48,6 +48,7 @@ pub struct Gauges {
     pub search_index_builds: u64,
     pub search_index_catch_ups: u64,
     pub backup: Option<std::sync::Arc<crate::backup::replicator::Replicator>>,
+    pub http: std::sync::Arc<hemvist_net::ListenerStats>,
 }
 
 impl Metrics {
@@ -196,6 +197,7 @@ impl Metrics {
         if let Some(b) = &g.backup {
             out.push_str(&b.render());
         }
+        out.push_str(&g.http.render("hemvist_http"));
         out
     }
 }

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use super::replication::procs::{open_files, rss_mib};
 use super::{ms, stats};
 
+use crate::dev::demo::Rng;
 use anyhow::Context;
 use clap::Args;
-use crate::dev::demo::Rng;
 use hemvist_node::tenants::TenantStore;
 use hemvist_proto::OrgId;
 

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::dev::demo::Rng;
 use anyhow::{bail, Context};
 use clap::Args;
-use crate::dev::demo::Rng;
 use hemvist_proto::OrgId;
 use serde_json::Value;
 

@@ -17,6 +17,7 @@ use crate::client::Client;
 use demo::Locale;
 
 pub mod demo;
+pub mod tls;
 
 #[derive(Args)]
 pub struct DevArgs {
@@ -33,6 +34,10 @@ pub struct DevArgs {
     /// A MaxMind-format GeoIP database; by default the one `scripts/setup` installs, if present.
     #[arg(long, env = "HEMVIST_GEOIP")]
     geoip: Option<PathBuf>,
+    /// Every link over TLS: a throwaway CA and certificate are made in the data folder (the CA
+    /// file is named in dev.json as `ca_file`, and the operator verbs trust it).
+    #[arg(long)]
+    tls: bool,
 }
 
 /// The GeoIP file `scripts/setup` installs (CC0, from the npm registry).
@@ -134,6 +139,8 @@ struct DevJson {
     control_url: String,
     control_grpc: String,
     admin_token: String,
+    /// The CA that signed every certificate of a `--tls` demo.
+    ca_file: Option<String>,
     data_dir: String,
     geoip: Option<String>,
     nodes: Vec<NodeJson>,
@@ -175,6 +182,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data).with_context(|| format!("create {}", data.display()))?;
     let data = data.canonicalize()?;
     let secrets = secrets(&data)?;
+    let tls = if args.tls {
+        Some(tls::ensure(&data)?)
+    } else {
+        None
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let geoip = args
         .geoip
         .clone()
@@ -222,6 +235,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         heartbeat_interval_ms: 1_000,
         command_retry_ms: 5_000,
         regions,
+        tls: tls.as_ref().map(|t| hemvist_net::tls::ServerTls {
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+            client_ca: None,
+        }),
+        limits: Default::default(),
     };
     control_config.validate()?;
     write_config(&data, "control.toml", &control_config)?;
@@ -235,7 +254,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 args.port_base
             )
         })?;
-    let control_url = format!("http://{}", bound.api);
+    let control_url = format!("{scheme}://{}", bound.api);
 
     let mut nodes = Vec::new();
     for (i, r) in REGIONS.iter().enumerate() {
@@ -247,10 +266,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let config = NodeConfig {
             id: NodeId::parse(&format!("{}-1", r.id))?,
             region: RegionId::parse(r.id)?,
-            control_url: format!("http://{}", bound.grpc),
+            control_url: format!("{scheme}://{}", bound.grpc),
             join_token: secrets.join_token.clone(),
             listen: addr,
-            public_url: Some(format!("http://{addr}")),
+            public_url: Some(format!("{scheme}://{addr}")),
+            control_tls: hemvist_node::config::ControlTls {
+                ca: tls.as_ref().map(|t| t.ca.clone()),
+                ..Default::default()
+            },
+            insecure: false,
+            tls: tls.as_ref().map(|t| hemvist_net::tls::ServerTls {
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+                client_ca: None,
+            }),
+            limits: Default::default(),
             data_dir: data.join("nodes").join(format!("{}-1", r.id)),
             capacity: 100_000,
             max_open_tenants: 1_024,
@@ -266,7 +296,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         nodes.push((r, running));
     }
 
-    let control = Client::connect(&control_url, &secrets.admin_token)?;
+    let control = Client::connect(
+        &control_url,
+        &secrets.admin_token,
+        tls.as_ref().map(|t| t.ca.as_path()),
+    )?;
     wait_for_nodes(&control, nodes.len(), Duration::from_secs(30)).await?;
 
     let mut orgs = Vec::new();
@@ -322,7 +356,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let dev = DevJson {
         control_url: control_url.clone(),
-        control_grpc: format!("http://{}", bound.grpc),
+        control_grpc: format!("{scheme}://{}", bound.grpc),
+        ca_file: tls.as_ref().map(|t| t.ca.display().to_string()),
         admin_token: secrets.admin_token.clone(),
         data_dir: data.display().to_string(),
         geoip: geoip.as_ref().map(|g| g.display().to_string()),

@@ -167,7 +167,7 @@ impl Cluster {
         }
         let control_config = dir.path().join("control.toml");
         std::fs::write(&control_config, config).expect("write control config");
-        let http = reqwest::blocking::Client::builder()
+        let http = super::http()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(20))
             .build()

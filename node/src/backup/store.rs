@@ -3,9 +3,9 @@
 //! go through `object_store`, so dev and production share every line above this module.
 //!
 //! S3 requests are signed and sent with our own two small plug-ins (HMAC-SHA256 from `hmac` +
-//! `sha2`, HTTP through the `reqwest` client already in the tree) instead of `object_store`'s
-//! TLS stack, which would add a C build to every fresh CI machine. The consequence: S3
-//! endpoints must be plain `http://` for now (a store on loopback or behind a local TLS proxy).
+//! `sha2`, HTTP through the `reqwest` client already in the tree, over rustls with ring) instead
+//! of `object_store`'s own stack, which would add a C build (aws-lc) to every fresh CI machine.
+//! Endpoints may be `https://` (the system's roots, or `ca_file`) or `http://`.
 
 use std::sync::Arc;
 
@@ -30,9 +30,13 @@ use sha2::Digest;
 pub struct BackupConfig {
     /// `s3://bucket[/prefix]` or `file:///folder`.
     pub url: String,
-    /// The S3 endpoint, `http://host:port` (path-style requests). Required for `s3://`.
+    /// The S3 endpoint, `https://host[:port]` or `http://host:port` (path-style requests).
+    /// Required for `s3://`.
     #[serde(default)]
     pub endpoint: Option<String>,
+    /// PEM: CA(s) the endpoint's certificate may chain to, besides the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     #[serde(default = "default_region")]
     pub s3_region: String,
     /// Prefer the environment: `HEMVIST_S3_ACCESS_KEY_ID`, `HEMVIST_S3_SECRET_ACCESS_KEY`.
@@ -86,6 +90,7 @@ impl BackupConfig {
         Self {
             url: format!("file://{}", folder.display()),
             endpoint: None,
+            ca_file: None,
             s3_region: default_region(),
             access_key_id: None,
             secret_access_key: None,
@@ -106,10 +111,8 @@ impl BackupConfig {
         }
         if self.url.starts_with("s3://") {
             match &self.endpoint {
-                Some(e) if e.starts_with("http://") => {}
-                Some(e) => bail!(
-                    "backup.endpoint {e}: only http:// endpoints are supported (no TLS in this build)"
-                ),
+                Some(e) if e.starts_with("https://") || e.starts_with("http://") => {}
+                Some(e) => bail!("backup.endpoint {e}: must be https:// or http://"),
                 None => bail!("backup.endpoint is required for an s3:// url"),
             }
         } else if !self.url.starts_with("file://") {
@@ -146,9 +149,13 @@ impl BackupConfig {
             .with_region(&self.s3_region)
             .with_access_key_id(key)
             .with_secret_access_key(secret)
-            .with_allow_http(true)
+            .with_allow_http(
+                self.endpoint
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("http://")),
+            )
             .with_virtual_hosted_style_request(false)
-            .with_http_connector(PlainHttp::new()?)
+            .with_http_connector(Http::new(self.ca_file.as_deref())?)
             .with_crypto_provider(Arc::new(Crypto))
             .build()?;
         let prefix = prefix.trim_matches('/');
@@ -160,24 +167,31 @@ impl BackupConfig {
     }
 }
 
-/// Sends `object_store`'s requests through a plain-HTTP `reqwest` client.
+/// Sends `object_store`'s requests through a `reqwest` client (rustls for https).
 #[derive(Debug, Clone)]
-struct PlainHttp(reqwest::Client);
+struct Http(reqwest::Client);
 
-impl PlainHttp {
-    fn new() -> anyhow::Result<Self> {
-        Ok(Self(
-            reqwest::Client::builder()
-                .pool_max_idle_per_host(32)
-                .connect_timeout(std::time::Duration::from_secs(5))
-                .timeout(std::time::Duration::from_secs(60))
-                .build()?,
-        ))
+impl Http {
+    fn new(ca: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        hemvist_net::tls::install_crypto();
+        let mut builder = reqwest::Client::builder()
+            .pool_max_idle_per_host(32)
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(60));
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("read backup.ca_file {}", ca.display()))?;
+            builder = builder.tls_certs_merge(
+                reqwest::Certificate::from_pem_bundle(&pem)
+                    .with_context(|| format!("parse backup.ca_file {}", ca.display()))?,
+            );
+        }
+        Ok(Self(builder.build()?))
     }
 }
 
 #[async_trait::async_trait]
-impl HttpService for PlainHttp {
+impl HttpService for Http {
     async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
         let (parts, body) = req.into_parts();
         let url = reqwest::Url::parse(&parts.uri.to_string())
@@ -203,7 +217,7 @@ impl HttpService for PlainHttp {
     }
 }
 
-impl HttpConnector for PlainHttp {
+impl HttpConnector for Http {
     fn connect(&self, _options: &ClientOptions) -> object_store::Result<HttpClient> {
         Ok(HttpClient::new(self.clone()))
     }

@@ -77,6 +77,7 @@ fn gauges(node: &Node) -> crate::metrics::Gauges {
         search_index_builds: node.data_versions.index_builds.load(Relaxed),
         search_index_catch_ups: node.data_versions.index_catch_ups.load(Relaxed),
         backup: node.backup.clone(),
+        http: node.http_stats.clone(),
     }
 }
 
