@@ -24,10 +24,13 @@ pub struct StoreArgs {
     /// store in the running `hemvist dev`.
     #[arg(long)]
     pub store: Option<String>,
-    /// The S3 endpoint (`http://host:port`) for an `s3://` store; credentials come from
-    /// HEMVIST_S3_ACCESS_KEY_ID and HEMVIST_S3_SECRET_ACCESS_KEY.
+    /// The S3 endpoint (`https://host[:port]` or `http://host:port`) for an `s3://` store;
+    /// credentials come from HEMVIST_S3_ACCESS_KEY_ID and HEMVIST_S3_SECRET_ACCESS_KEY.
     #[arg(long)]
     pub endpoint: Option<String>,
+    /// A CA file (PEM) the S3 endpoint's certificate may chain to, besides the system's roots.
+    #[arg(long, env = "HEMVIST_STORE_CA")]
+    pub store_ca: Option<PathBuf>,
     /// Use the `[backup]` section of this node config instead.
     #[arg(long)]
     pub node_config: Option<PathBuf>,
@@ -97,6 +100,7 @@ async fn open_store(org: &OrgId, args: &StoreArgs) -> anyhow::Result<Arc<dyn Obj
     let mut config = BackupConfig::local(std::path::Path::new(""));
     config.url = url;
     config.endpoint = args.endpoint.clone();
+    config.ca_file = args.store_ca.clone();
     config.open()
 }
 

@@ -157,4 +157,32 @@ mod config_examples {
             assert!(name.contains(config.region.as_str()));
         }
     }
+
+    #[test]
+    fn plain_http_to_a_control_plane_off_loopback_needs_insecure() {
+        let text = |url: &str, insecure: bool| {
+            format!(
+                "id = \"n-1\"\nregion = \"eu-north\"\ncontrol_url = \"{url}\"\n\
+                 join_token = \"t\"\ndata_dir = \"/tmp/x\"\ninsecure = {insecure}\n"
+            )
+        };
+        let check = |url: &str, insecure: bool| {
+            toml::from_str::<NodeConfig>(&text(url, insecure))
+                .unwrap()
+                .validate()
+        };
+        for ok in [
+            "http://127.0.0.1:7701",
+            "http://localhost:7701",
+            "http://[::1]:7701",
+            "https://control.example:7701",
+        ] {
+            assert!(check(ok, false).is_ok(), "{ok}");
+        }
+        for far in ["http://10.0.0.5:7701", "http://control.example:7701"] {
+            let err = check(far, false).unwrap_err().to_string();
+            assert!(err.contains("insecure = true"), "{far}: {err}");
+            assert!(check(far, true).is_ok(), "{far} with insecure");
+        }
+    }
 }

@@ -105,7 +105,15 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
             .map_err(|e| tonic::Status::invalid_argument(format!("control_tls: {e}")))?;
     }
     let channel = endpoint.connect().await.map_err(|e| {
-        tonic::Status::unavailable(format!("dial {}: {e}", node.config.control_url))
+        // tonic's own message is only "transport error": name the cause (a certificate the
+        // node cannot check, a refused connection) so the operator can act on it.
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            why.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        tonic::Status::unavailable(format!("dial {}: {why}", node.config.control_url))
     })?;
     let mut client = NodeControlClient::new(channel);
 

@@ -77,6 +77,15 @@ pub struct Cluster {
     starts: u32,
     /// Appended to every node's config.
     node_extra: String,
+    /// Every link over TLS with these files (CA, certificate, key).
+    tls: Option<TlsFiles>,
+}
+
+#[derive(Clone)]
+struct TlsFiles {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 fn spawn(args: &[&str], log: &Path, env: &[(&str, &str)]) -> Proc {
@@ -143,7 +152,27 @@ impl Cluster {
         Self::start_with(regions, Some(npm_geoip()), node_extra)
     }
 
+    /// As `start_with_node_config`, with every link over TLS: the control plane's listeners
+    /// and the nodes' HTTP serve `ca`'s certificate, and nodes trust only `ca`.
+    pub fn start_tls(regions: &[Region], ca: &super::tls::TestCa, node_extra: &str) -> Cluster {
+        let tls = TlsFiles {
+            ca: ca.ca.clone(),
+            cert: ca.cert.clone(),
+            key: ca.key.clone(),
+        };
+        Self::start_full(regions, Some(npm_geoip()), node_extra, Some(tls))
+    }
+
     fn start_with(regions: &[Region], geoip: Option<PathBuf>, node_extra: &str) -> Cluster {
+        Self::start_full(regions, geoip, node_extra, None)
+    }
+
+    fn start_full(
+        regions: &[Region],
+        geoip: Option<PathBuf>,
+        node_extra: &str,
+        tls: Option<TlsFiles>,
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("hemvist-test-")
             .tempdir()
@@ -165,6 +194,13 @@ impl Cluster {
                 r.id, r.id, r.jurisdiction, r.countries, r.id
             ));
         }
+        if let Some(t) = &tls {
+            config.push_str(&format!(
+                "\n[tls]\ncert = {:?}\nkey = {:?}\n",
+                t.cert.display().to_string(),
+                t.key.display().to_string()
+            ));
+        }
         let control_config = dir.path().join("control.toml");
         std::fs::write(&control_config, config).expect("write control config");
         let http = super::http()
@@ -182,6 +218,7 @@ impl Cluster {
             http,
             starts: 0,
             node_extra: node_extra.to_string(),
+            tls,
         };
         cluster.start_control();
         for r in regions {
@@ -192,7 +229,20 @@ impl Cluster {
     }
 
     pub fn control_url(&self) -> String {
-        format!("http://{}", self.api)
+        format!("{}://{}", self.scheme(), self.api)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The CA every certificate of a TLS cluster chains to.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|t| t.ca.clone())
     }
 
     fn log(&mut self, name: &str) -> PathBuf {
@@ -243,20 +293,40 @@ impl Cluster {
 
     /// Starts a node process; it registers with the control plane on its own.
     pub fn add_node(&mut self, id: &str, region: &str, join_token: &str) {
+        let ca = self.tls.as_ref().map(|t| t.ca.clone());
+        self.add_node_trusting(id, region, join_token, ca.as_deref());
+    }
+
+    /// As `add_node`, with the node checking the control plane's certificate against `ca`
+    /// (in a TLS cluster).
+    pub fn add_node_trusting(
+        &mut self,
+        id: &str,
+        region: &str,
+        join_token: &str,
+        ca: Option<&Path>,
+    ) {
         let data = self.dir.path().join("nodes").join(id);
         let config = self.dir.path().join(format!("node-{id}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "id = \"{id}\"\nregion = \"{region}\"\ncontrol_url = \"http://{}\"\n\
-                 join_token = \"{join_token}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
-                 max_open_tenants = 4\nidle_close_ms = 1000\n{}",
-                self.grpc,
-                data.display().to_string(),
-                self.node_extra
-            ),
-        )
-        .unwrap();
+        let mut text = format!(
+            "id = \"{id}\"\nregion = \"{region}\"\ncontrol_url = \"{}://{}\"\n\
+             join_token = \"{join_token}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
+             max_open_tenants = 4\nidle_close_ms = 1000\n{}",
+            self.scheme(),
+            self.grpc,
+            data.display().to_string(),
+            self.node_extra
+        );
+        if let Some(t) = &self.tls {
+            let ca = ca.unwrap_or(&t.ca);
+            text.push_str(&format!(
+                "\n[control_tls]\nca = {:?}\n\n[tls]\ncert = {:?}\nkey = {:?}\n",
+                ca.display().to_string(),
+                t.cert.display().to_string(),
+                t.key.display().to_string()
+            ));
+        }
+        std::fs::write(&config, text).unwrap();
         let log = self.log(&format!("node-{id}"));
         let p = spawn(&["node", "--config", config.to_str().unwrap()], &log, &[]);
         let addr = addr(&p.ready, "http");
@@ -524,6 +594,7 @@ impl Cluster {
             .env("HEMVIST_CONTROL", self.control_url())
             .env("HEMVIST_TOKEN", ADMIN_TOKEN)
             .env("HEMVIST_DATA", self.dir.path())
+            .envs(self.ca_file().map(|ca| ("HEMVIST_CA", ca)))
             .output()
             .expect("run hemvist CLI");
         (

@@ -34,6 +34,8 @@ fn take(counter: &AtomicU32) -> bool {
 
 pub struct S3 {
     pub endpoint: String,
+    /// The CA its certificate chains to, when it serves HTTPS.
+    pub ca_file: Option<PathBuf>,
     /// The bucket's folder: objects are files under it, named by their keys.
     pub bucket_dir: PathBuf,
     pub faults: Arc<Faults>,
@@ -45,6 +47,16 @@ pub struct S3 {
 
 impl S3 {
     pub fn start() -> S3 {
+        Self::start_with(None)
+    }
+
+    /// The same server over HTTPS, with a certificate from `ca`.
+    pub fn start_tls(ca: &super::tls::TestCa) -> S3 {
+        Self::start_with(Some(ca))
+    }
+
+    fn start_with(ca: Option<&super::tls::TestCa>) -> S3 {
+        let tls = ca.map(|c| tokio_rustls::TlsAcceptor::from(c.server_config()));
         let root = tempfile::Builder::new()
             .prefix("hemvist-s3-")
             .tempdir()
@@ -57,7 +69,8 @@ impl S3 {
         let service = builder.build();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
-        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://{}", listener.local_addr().expect("addr"));
         let faults = Arc::new(Faults::default());
         let counts = Arc::new(Mutex::new(BTreeMap::new()));
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
@@ -78,6 +91,7 @@ impl S3 {
                         },
                     };
                     let (service, faults, counts) = (service.clone(), f.clone(), c.clone());
+                    let tls = tls.clone();
                     tokio::spawn(async move {
                         let handler = hyper::service::service_fn(
                             move |req: http::Request<hyper::body::Incoming>| {
@@ -114,15 +128,28 @@ impl S3 {
                                 }
                             },
                         );
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(hyper_util::rt::TokioIo::new(socket), handler)
-                            .await;
+                        let http = hyper::server::conn::http1::Builder::new();
+                        match tls {
+                            None => {
+                                let _ = http
+                                    .serve_connection(hyper_util::rt::TokioIo::new(socket), handler)
+                                    .await;
+                            }
+                            Some(acceptor) => {
+                                if let Ok(s) = acceptor.accept(socket).await {
+                                    let _ = http
+                                        .serve_connection(hyper_util::rt::TokioIo::new(s), handler)
+                                        .await;
+                                }
+                            }
+                        }
                     });
                 }
             });
         });
         S3 {
             endpoint,
+            ca_file: ca.map(|c| c.ca.clone()),
             bucket_dir,
             faults,
             counts,
@@ -151,8 +178,12 @@ impl S3 {
         format!(
             "\n[backup]\nurl = \"s3://{BUCKET}/hemvist\"\nendpoint = \"{}\"\n\
              access_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n\
-             interval_ms = {interval_ms}\nindex_every_ms = 1000\n",
-            self.endpoint
+             interval_ms = {interval_ms}\nindex_every_ms = 1000\n{}",
+            self.endpoint,
+            self.ca_file
+                .as_ref()
+                .map(|c| format!("ca_file = {:?}\n", c.display().to_string()))
+                .unwrap_or_default()
         )
     }
 
