@@ -1,11 +1,21 @@
 //! Shared-secret checks: a presented token is compared in time independent of where it differs,
 //! so timing tells an attacker nothing about how close a guess was.
 
-/// Compares secrets in time independent of where they differ.
+use subtle::ConstantTimeEq;
+
+/// Compares secrets in time independent of where they differ (only a length mismatch returns
+/// early, and the length of a token is no secret).
 pub fn tokens_equal(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
+    a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn equal_only_when_every_byte_is() {
+        assert!(super::tokens_equal("s3cret-token", "s3cret-token"));
+        assert!(!super::tokens_equal("s3cret-token", "s3cret-tokem"));
+        assert!(!super::tokens_equal("s3cret-token", "s3cret-toke"));
+        assert!(!super::tokens_equal("", "s3cret-token"));
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -15,20 +15,14 @@ impl std::fmt::Debug for DataKey {
 
 impl DataKey {
     pub fn from_hex(hex: &str) -> Result<DataKey, HemvistError> {
-        let hex = hex.trim();
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(HemvistError::invalid("a data key is 64 hex digits"));
-        }
         let mut key = [0u8; 32];
-        for (i, k) in key.iter_mut().enumerate() {
-            *k = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                .map_err(|_| HemvistError::invalid("a data key is 64 hex digits"))?;
-        }
+        hex::decode_to_slice(hex.trim(), &mut key)
+            .map_err(|_| HemvistError::invalid("a data key is 64 hex digits"))?;
         Ok(DataKey(key))
     }
 
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(self.0)
     }
 }
 
@@ -42,6 +36,8 @@ mod tests {
         assert_eq!(DataKey::from_hex(&key.to_hex()).unwrap(), key);
         assert!(DataKey::from_hex("ab").is_err());
         assert!(DataKey::from_hex(&"g".repeat(64)).is_err());
+        assert!(DataKey::from_hex(&"ab".repeat(33)).is_err());
+        assert_eq!(DataKey::from_hex(&"AB".repeat(32)).unwrap(), key);
         assert_eq!(format!("{key:?}"), "DataKey(..)");
     }
 }

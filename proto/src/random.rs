@@ -1,22 +1,18 @@
 //! Randomness from the operating system, for everything that must not be guessed: data keys,
 //! session tokens, CSRF tokens, password salts, nonce prefixes, generated passwords.
 
-use std::io::Read;
-
 use crate::HemvistError;
 
-/// Fills `buf` from `/dev/urandom`.
+/// Fills `buf` from the operating system's generator (`getrandom(2)` on Linux).
 pub fn fill(buf: &mut [u8]) -> Result<(), HemvistError> {
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .map_err(|e| HemvistError::internal(format!("read /dev/urandom: {e}")))
+    getrandom::fill(buf).map_err(|e| HemvistError::internal(format!("read OS randomness: {e}")))
 }
 
 /// `bytes` random bytes, as lowercase hex.
 pub fn hex(bytes: usize) -> Result<String, HemvistError> {
     let mut buf = vec![0u8; bytes];
     fill(&mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(buf))
 }
 
 #[cfg(test)]

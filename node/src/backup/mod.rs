@@ -8,7 +8,11 @@
 //! Keeps true: every object is created once under its generation and never overwritten, and
 //! nothing a restore needs is removed or checkpointed away before it is in the store.
 
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
+
 pub mod format;
+pub mod marker;
 pub mod replicator;
 pub mod restore;
 pub mod store;
@@ -38,23 +42,27 @@ fn be64(b: &[u8], at: usize) -> u64 {
     ])
 }
 
-/// A time as people read it in messages: RFC 3339, UTC, milliseconds.
+/// How [`format_time`] writes a time: RFC 3339, UTC, milliseconds.
+const TIME_FORMAT: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+/// What [`parse_time`] reads: RFC 3339 in UTC, the fraction and the `Z` optional.
+const TIME_INPUT: &[BorrowedFormatItem<'static>] = format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second][optional [.[subsecond]]][optional [Z]]"
+);
+
+/// A time as people read it in messages: RFC 3339, UTC, milliseconds. A time past what the
+/// calendar can write (beyond year 9999) reads as its milliseconds, which [`parse_time`] takes.
 pub fn format_time(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(TIME_FORMAT).ok())
+        .unwrap_or_else(|| ms.to_string())
 }
 
 /// Parses what `--at` takes: `now`, milliseconds since the epoch, or RFC 3339 in UTC
-/// (`2026-11-25T08:05:59Z`, `2026-11-25T08:05:59.250Z`, or without the `Z`).
+/// (`2026-11-25T08:05:59Z`, `2026-11-25T08:05:59.250Z`, or without the `Z`). Digits of a
+/// second finer than milliseconds are dropped.
 pub fn parse_time(s: &str) -> Result<i64, String> {
     let s = s.trim();
     if s == "now" {
@@ -63,67 +71,12 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
     if let Ok(ms) = s.parse::<i64>() {
         return Ok(ms);
     }
-    let bad = || {
+    let t = time::PrimitiveDateTime::parse(s, TIME_INPUT).map_err(|_| {
         format!("{s:?} is not a time: use RFC 3339 in UTC (2026-11-25T08:05:59Z), milliseconds since 1970, or now")
-    };
-    let t = s.strip_suffix('Z').unwrap_or(s);
-    let (date, time) = t.split_once('T').ok_or_else(bad)?;
-    let d: Vec<i64> = date
-        .split('-')
-        .map(|p| p.parse().map_err(|_| bad()))
-        .collect::<Result<_, _>>()?;
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let h: Vec<i64> = hms
-        .split(':')
-        .map(|p| p.parse().map_err(|_| bad()))
-        .collect::<Result<_, _>>()?;
-    let [y, m, day] = d[..] else {
-        return Err(bad());
-    };
-    let [hh, mm, ss] = h[..] else {
-        return Err(bad());
-    };
-    if !(1..=12).contains(&m)
-        || !(1..=31).contains(&day)
-        || hh > 23
-        || mm > 59
-        || ss > 60
-        || !frac.chars().all(|c| c.is_ascii_digit())
-    {
-        return Err(bad());
-    }
-    let millis: i64 = format!("{:0<3}", &frac[..frac.len().min(3)])
-        .parse()
-        .map_err(|_| bad())?;
-    Ok(
-        (days_from_civil(y, m as u32, day as u32) * 86_400 + hh * 3600 + mm * 60 + ss) * 1000
-            + millis,
-    )
-}
-
-/// (year, month, day) to days since 1970-01-01, the inverse of [`civil_from_days`].
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's method).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    })?;
+    let nanos = t.assume_utc().unix_timestamp_nanos();
+    // Within i64 milliseconds: the calendar ends at year 9999.
+    Ok(nanos.div_euclid(1_000_000) as i64)
 }
 
 #[cfg(test)]
@@ -143,11 +96,27 @@ mod tests {
             Ok(1_764_057_600_000)
         );
         assert_eq!(super::parse_time("1764057600000"), Ok(1_764_057_600_000));
+        assert_eq!(
+            super::parse_time(" 2025-11-25T08:00:00.25 "),
+            Ok(1_764_057_600_250)
+        );
+        assert_eq!(
+            super::parse_time("2025-11-25T08:00:00.123999Z"),
+            Ok(1_764_057_600_123)
+        );
+        assert_eq!(super::format_time(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(super::format_time(i64::MAX), i64::MAX.to_string());
+        let now = super::parse_time("now").unwrap();
+        assert!((now - crate::clock::now_ms()).abs() < 60_000);
         for bad in [
             "yesterday",
             "2025-13-01T00:00:00Z",
             "2025-11-25",
             "2025-11-25T25:00:00Z",
+            "2025-02-30T00:00:00Z",
+            "2025-11-25T08:00:00+02:00",
+            "2025-11-25T08:00:00.Z",
+            "2025-11-25T08:00:00Zjunk",
         ] {
             assert!(super::parse_time(bad).is_err(), "{bad}");
         }
