@@ -29,6 +29,10 @@ pub struct Metrics {
     pub bad_requests: Counter,
     pub forbidden: Counter,
     pub csrf_refused: Counter,
+    pub origin_refused: Counter,
+    pub signin_failures: Counter,
+    pub signin_throttled: Counter,
+    pub signin_rejected_busy: Counter,
     pub searches: Counter,
     pub search_micros: Counter,
     pub commands_ok: Counter,
@@ -49,6 +53,8 @@ pub struct Gauges {
     pub search_index_catch_ups: u64,
     pub backup: Option<std::sync::Arc<crate::backup::replicator::Replicator>>,
     pub http: std::sync::Arc<hemvist_net::ListenerStats>,
+    /// Password checks running or waiting for a worker.
+    pub signin_checks: u64,
 }
 
 impl Metrics {
@@ -168,6 +174,36 @@ impl Metrics {
             "counter",
             "Form posts refused by the CSRF check.",
             self.csrf_refused.get(),
+        );
+        line(
+            "hemvist_origin_refused_total",
+            "counter",
+            "Form posts refused because they did not come from this node's pages.",
+            self.origin_refused.get(),
+        );
+        line(
+            "hemvist_signin_failures_total",
+            "counter",
+            "Sign-ins refused for a wrong email or password.",
+            self.signin_failures.get(),
+        );
+        line(
+            "hemvist_signin_throttled_total",
+            "counter",
+            "Sign-ins refused unchecked: too many failures for the account or the address.",
+            self.signin_throttled.get(),
+        );
+        line(
+            "hemvist_signin_rejected_busy_total",
+            "counter",
+            "Sign-ins refused unchecked: every password-check place was taken.",
+            self.signin_rejected_busy.get(),
+        );
+        line(
+            "hemvist_signin_checks",
+            "gauge",
+            "Password checks running or waiting for a worker.",
+            g.signin_checks,
         );
         line(
             "hemvist_search_index_builds_total",

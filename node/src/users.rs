@@ -3,12 +3,17 @@
 //! Passwords are argon2id hashes made by the control plane (plain passwords never reach a
 //! node's disk or the wire between control plane and node). A session token is
 //! `{org}.{64 hex}`: the org part lets any node refuse a token of another org with 403 before
-//! touching a database; only the SHA-256 of the token is stored.
+//! touching a database; only the SHA-256 of the token is stored. Passwords are checked on a
+//! fixed pool of threads ([`PasswordChecker`]), so no number of attempts can grow memory.
 
-use argon2::{Argon2, PasswordHash, PasswordVerifier};
-use hemvist_proto::{random, ErrorKind, HemvistError, OrgId};
+use std::sync::{mpsc, Arc, Mutex};
+
+use argon2::password_hash::Output;
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, Version};
+use hemvist_proto::{random, HemvistError, OrgId};
 use rusqlite::{params, OptionalExtension};
 use sha2::{Digest, Sha256};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::clock::now_ms;
 use crate::writes::Writer;
@@ -77,37 +82,46 @@ pub fn add_user(
     })
 }
 
-/// Checks a password and opens a session. Returns (token, csrf). The same error for an unknown
-/// email and a wrong password, and a hash check either way, so neither leaks which it was.
-pub fn sign_in(
+/// The user an email names in this org, with their stored hash: (id, PHC string).
+pub fn find_user(
     w: &Writer,
     org: &OrgId,
     email: &str,
-    password: &str,
-) -> Result<(String, String), HemvistError> {
+) -> Result<Option<(i64, String)>, HemvistError> {
     let email = email.trim().to_string();
-    let found: Option<(i64, String)> = w.read(org, |c| {
+    w.read(org, |c| {
         c.query_row(
             "SELECT id, password_hash FROM users WHERE email = ?1",
             [&email],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()
-    })?;
-    // A valid hash of nothing in particular, so unknown emails cost the same as known ones.
+    })
+}
+
+/// The user `found` if `password` is theirs. An unknown email costs the same hash through the
+/// same pool as a wrong password, so neither the answer nor its timing tells which it was.
+pub async fn check_password(
+    admitted: Admitted,
+    found: Option<(i64, String)>,
+    password: String,
+) -> Result<Option<i64>, HemvistError> {
+    // A valid hash of nothing in particular, with the control plane's parameters.
     const DECOY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$WAxe0ptXKpZvtnXJCpwXDJ0ED5kxrFaJFyVnKnrUPvs";
-    let (user_id, hash) = found.clone().unwrap_or((0, DECOY.to_string()));
-    let parsed =
-        PasswordHash::new(&hash).map_err(|_| HemvistError::internal("stored hash is invalid"))?;
-    let ok = Argon2::default()
-        .verify_password(password.as_bytes(), &parsed)
-        .is_ok();
-    if !ok || found.is_none() {
-        return Err(HemvistError::new(
-            ErrorKind::Unauthenticated,
-            "wrong email or password",
-        ));
-    }
+    let (user_id, hash) = match found {
+        Some((id, hash)) => (Some(id), hash),
+        None => (None, DECOY.to_string()),
+    };
+    let matched = admitted.verify(hash, password).await?;
+    Ok(user_id.filter(|_| matched))
+}
+
+/// Opens a session for a user whose password was checked. Returns (token, csrf).
+pub fn open_session(
+    w: &Writer,
+    org: &OrgId,
+    user_id: i64,
+) -> Result<(String, String), HemvistError> {
     let token = format!("{org}.{}", random::hex(32)?);
     let csrf = random::hex(16)?;
     let (th, c) = (token_hash(&token), csrf.clone());
@@ -121,6 +135,153 @@ pub fn sign_in(
         Ok(())
     })?;
     Ok((token, csrf))
+}
+
+/// Password checks on a fixed set of threads, each reusing one memory block for every hash.
+///
+/// An argon2 check holds its whole memory cost (19 MiB with the control plane's parameters)
+/// while it runs. Run on a thread per request, concurrent attempts multiplied that, and glibc
+/// kept each thread's arena after the thread was done. Here the memory is `workers` blocks,
+/// allocated once, whatever the number of attempts; at most `workers + queue` checks are
+/// admitted at once and the rest are told to come back ([`Busy`]).
+pub struct PasswordChecker {
+    capacity: usize,
+    admission: Arc<Semaphore>,
+    jobs: Option<mpsc::Sender<Job>>,
+}
+
+/// No room for another password check now; retrying in a moment can help.
+#[derive(Debug)]
+pub struct Busy;
+
+/// A place among the checks admitted; the check itself is [`Admitted::verify`].
+pub struct Admitted {
+    permit: OwnedSemaphorePermit,
+    jobs: Option<mpsc::Sender<Job>>,
+}
+
+struct Job {
+    hash: String,
+    password: String,
+    reply: oneshot::Sender<bool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// No stored hash may ask for more memory than this (in 1 KiB blocks): 256 MiB per worker.
+const MAX_BLOCKS: usize = 256 * 1024;
+
+impl PasswordChecker {
+    pub fn new(workers: usize, queue: usize) -> Self {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut started = 0;
+        for i in 0..workers.max(1) {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("hemvist-password-{i}"))
+                .spawn(move || check_passwords(&rx));
+            match spawned {
+                Ok(_) => started += 1,
+                Err(e) => tracing::error!(error = %e, "cannot start a password-check thread"),
+            }
+        }
+        PasswordChecker {
+            capacity: started + queue,
+            admission: Arc::new(Semaphore::new(started + queue)),
+            jobs: (started > 0).then_some(tx),
+        }
+    }
+
+    /// Checks admitted and not yet answered (running or queued).
+    pub fn admitted(&self) -> usize {
+        self.capacity - self.admission.available_permits()
+    }
+
+    /// A place for one check, or [`Busy`] when every worker and queue place is taken.
+    pub fn admit(&self) -> Result<Admitted, Busy> {
+        let permit = self
+            .admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Busy)?;
+        Ok(Admitted {
+            permit,
+            jobs: self.jobs.clone(),
+        })
+    }
+}
+
+impl Admitted {
+    /// Whether `password` matches the PHC string `hash`.
+    pub async fn verify(self, hash: String, password: String) -> Result<bool, HemvistError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            hash,
+            password,
+            reply,
+            _permit: self.permit,
+        };
+        let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
+        if !sent {
+            return Err(HemvistError::internal(
+                "no password-check thread is running",
+            ));
+        }
+        answer
+            .await
+            .map_err(|_| HemvistError::internal("the password check did not answer"))
+    }
+}
+
+fn check_passwords(jobs: &Mutex<mpsc::Receiver<Job>>) {
+    let mut memory: Vec<Block> = Vec::new();
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else { return };
+        if job.reply.is_closed() {
+            continue;
+        }
+        let matched = match verify(&mut memory, &job.hash, job.password.as_bytes()) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "a stored password hash cannot be checked");
+                false
+            }
+        };
+        let _ = job.reply.send(matched);
+    }
+}
+
+/// argon2 verification into `memory`, grown to the hash's cost once and then reused.
+fn verify(memory: &mut Vec<Block>, phc: &str, password: &[u8]) -> Result<bool, String> {
+    let hash = PasswordHash::new(phc).map_err(|e| format!("not a PHC string: {e}"))?;
+    let algorithm = Algorithm::try_from(hash.algorithm).map_err(|e| e.to_string())?;
+    let version = match hash.version {
+        Some(v) => Version::try_from(v).map_err(|e| e.to_string())?,
+        None => Version::default(),
+    };
+    let params = Params::try_from(&hash).map_err(|e| e.to_string())?;
+    let expected = hash.hash.ok_or("the hash has no output")?;
+    let salt = hash.salt.ok_or("the hash has no salt")?;
+    let mut salt_buf = [0u8; 64];
+    let salt = salt.decode_b64(&mut salt_buf).map_err(|e| e.to_string())?;
+    let blocks = params.block_count();
+    if blocks > MAX_BLOCKS {
+        return Err(format!("the hash asks for {blocks} KiB, more than allowed"));
+    }
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password, salt, &mut out, &mut memory[..blocks])
+        .map_err(|e| e.to_string())?;
+    let computed = Output::new(&out).map_err(|e| e.to_string())?;
+    // Output's equality is constant-time.
+    Ok(computed == expected)
 }
 
 /// Recently used sessions, so a signed-in user's requests do not each read the database.
@@ -222,4 +383,53 @@ pub fn sign_out(
         tx.execute("DELETE FROM sessions WHERE token_hash = ?1", [th])?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use argon2::password_hash::{PasswordHasher, SaltString};
+
+    fn hash(password: &str) -> String {
+        let salt = SaltString::from_b64("c29tZXNhbHRzb21lc2FsdA").unwrap();
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .unwrap()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn passwords_are_checked_on_the_pool_and_the_pool_is_bounded() {
+        let checker = PasswordChecker::new(1, 1);
+        let stored = hash("right");
+        let ok = checker.admit().unwrap();
+        assert!(ok.verify(stored.clone(), "right".into()).await.unwrap());
+        let wrong = checker.admit().unwrap();
+        assert!(!wrong.verify(stored.clone(), "wrong".into()).await.unwrap());
+
+        let (a, b) = (checker.admit().unwrap(), checker.admit().unwrap());
+        assert!(checker.admit().is_err(), "one worker and one queue place");
+        assert_eq!(checker.admitted(), 2);
+        drop(a);
+        assert!(b.verify(stored.clone(), "right".into()).await.unwrap());
+        assert_eq!(checker.admitted(), 0);
+
+        // An unknown email is checked against the decoy, and is never a match.
+        let unknown = check_password(checker.admit().unwrap(), None, "right".into());
+        assert_eq!(unknown.await.unwrap(), None);
+        let known = check_password(checker.admit().unwrap(), Some((7, stored)), "right".into());
+        assert_eq!(known.await.unwrap(), Some(7));
+    }
+
+    #[test]
+    fn one_memory_block_serves_every_check() {
+        let stored = hash("pw");
+        let mut memory = Vec::new();
+        assert!(verify(&mut memory, &stored, b"pw").unwrap());
+        let (len, at) = (memory.len(), memory.as_ptr());
+        assert_eq!(len, Params::DEFAULT_M_COST as usize);
+        assert!(!verify(&mut memory, &stored, b"other").unwrap());
+        assert_eq!((memory.len(), memory.as_ptr()), (len, at));
+        assert!(verify(&mut memory, "not a hash", b"pw").is_err());
+    }
 }

@@ -10,15 +10,15 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hemvist_proto::HemvistError;
 
-use super::auth::{check_csrf, form_fields};
+use super::auth::check_csrf;
 use super::context::{refuse, Authed, OrgCtx};
+use super::form::{Fields, Form};
 use super::{error_response, pages};
 use crate::contacts::{self, ContactInput};
 use crate::search;
 
 type QueryResult = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
-type FormResult =
-    Result<axum::extract::Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>;
+type FormResult = Result<Form, Response>;
 
 pub async fn org_root(ctx: OrgCtx) -> Response {
     let mut resp = StatusCode::PERMANENT_REDIRECT.into_response();
@@ -125,7 +125,7 @@ fn org_name(a: &Authed) -> String {
         .unwrap_or_else(|| a.ctx.org.to_string())
 }
 
-fn input_from(fields: &HashMap<String, String>) -> ContactInput {
+fn input_from(fields: &Fields) -> ContactInput {
     let f = |k: &str| fields.get(k).cloned().unwrap_or_default();
     ContactInput {
         name: f("name"),
@@ -188,7 +188,7 @@ pub async fn new_contact(a: Authed) -> Response {
 }
 
 pub async fn create_contact(a: Authed, headers: HeaderMap, form: FormResult) -> Response {
-    let fields = match form_fields(a.ctx.wants_json, form) {
+    let Form(fields) = match form {
         Ok(f) => f,
         Err(resp) => return resp,
     };
@@ -251,7 +251,7 @@ pub async fn update_contact(
         Ok(id) => id,
         Err(resp) => return resp,
     };
-    let fields = match form_fields(a.ctx.wants_json, form) {
+    let Form(fields) = match form {
         Ok(f) => f,
         Err(resp) => return resp,
     };

@@ -3,9 +3,10 @@
 //! request (307 to the home node, 404, 503) from the node's cached placement; [`Authed`] adds
 //! the signed-in user (or sends them to sign in).
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -23,31 +24,14 @@ pub struct OrgCtx {
     pub org: OrgId,
     pub wants_json: bool,
     pub htmx: bool,
+    /// The client's address, as the listener saw it (absent only when no listener served it).
+    pub client: Option<IpAddr>,
 }
 
 pub struct Authed {
     pub ctx: OrgCtx,
     pub session: Session,
     pub token: String,
-}
-
-/// Decodes `%XX` escapes; `None` for a malformed escape or bytes that are not UTF-8.
-pub fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -81,7 +65,7 @@ pub fn refuse(json: bool, status: StatusCode, title: &str, message: &str) -> Res
             403 => "forbidden",
             404 => "not_found",
             413 => "too_large",
-            503 => "unavailable",
+            429 | 503 => "unavailable",
             _ => "error",
         };
         let body = serde_json::json!({"error": {"kind": kind, "message": message}});
@@ -90,19 +74,25 @@ pub fn refuse(json: bool, status: StatusCode, title: &str, message: &str) -> Res
     pages::error(status, title, message)
 }
 
-impl FromRequestParts<Arc<Node>> for OrgCtx {
+impl<S> FromRequestParts<S> for OrgCtx
+where
+    S: Send + Sync,
+    Arc<Node>: FromRef<S>,
+{
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, Response> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let node = &Arc::<Node>::from_ref(state);
         let json = wants_json(&parts.headers);
         let path = parts.uri.path();
         let raw = path
             .strip_prefix("/o/")
             .map(|rest| rest.split('/').next().unwrap_or(""))
             .unwrap_or("");
-        let org = match percent_decode(raw).map(|s| OrgId::parse(&s)) {
-            Some(Ok(org)) => org,
-            Some(Err(e)) => {
+        let decoded = percent_encoding::percent_decode_str(raw).decode_utf8();
+        let org = match decoded.map(|s| OrgId::parse(&s)) {
+            Ok(Ok(org)) => org,
+            Ok(Err(e)) => {
                 node.metrics.bad_requests.inc();
                 return Err(refuse(
                     json,
@@ -111,7 +101,7 @@ impl FromRequestParts<Arc<Node>> for OrgCtx {
                     &e.to_string(),
                 ));
             }
-            None => {
+            Err(_) => {
                 node.metrics.bad_requests.inc();
                 return Err(refuse(
                     json,
@@ -139,6 +129,10 @@ impl FromRequestParts<Arc<Node>> for OrgCtx {
                 org,
                 wants_json: json,
                 htmx: is_htmx(&parts.headers),
+                client: parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0.ip()),
             }),
             Route::Elsewhere { node_url } => {
                 node.metrics.redirected.inc();
@@ -189,11 +183,15 @@ impl FromRequestParts<Arc<Node>> for OrgCtx {
     }
 }
 
-impl FromRequestParts<Arc<Node>> for Authed {
+impl<S> FromRequestParts<S> for Authed
+where
+    S: Send + Sync,
+    Arc<Node>: FromRef<S>,
+{
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, Response> {
-        let ctx = OrgCtx::from_request_parts(parts, node).await?;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let ctx = OrgCtx::from_request_parts(parts, state).await?;
         let token = cookie(&parts.headers, SESSION_COOKIE).map(str::to_string);
         let session = match &token {
             Some(t) if users::cached_session(&ctx.node.sessions, &ctx.org, t).is_some() => {

@@ -1,6 +1,9 @@
 //! The node's HTTP surface for org users: thin handlers over routing, users, search and
 //! contacts. Every org id is parsed before it touches anything ([`context`]); no input can cause
-//! a 500 or a panic; everything a user typed is escaped when shown ([`pages`]).
+//! a 500 or a panic; a form field that is not UTF-8 is refused ([`form`]); everything a user
+//! typed is escaped when shown ([`pages`]); every form post comes from this node's pages
+//! ([`origin`]) with a token ([`auth`]); signing in costs bounded memory and is throttled
+//! ([`signin`]). No answer about an org is cached or sniffed by a browser.
 
 // Helpers here return `Err(Response)` to end a handler early; that path is cold, so boxing
 // the response would buy nothing.
@@ -9,13 +12,19 @@
 mod app;
 mod auth;
 mod context;
+mod form;
+mod origin;
 mod pages;
+mod signin;
+mod throttle;
+mod tokens;
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::Router;
@@ -23,7 +32,7 @@ use hemvist_proto::{ErrorKind, HemvistError};
 
 use crate::Node;
 
-pub use pages::escape;
+pub use signin::SigninLimits;
 
 /// Bodies above this are refused with 413 before they are read further.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -32,7 +41,42 @@ const HTMX_PATH: &str = "/static/htmx-2.0.11.min.js";
 static HTMX: &[u8] = include_bytes!("../../static/htmx-2.0.11.min.js");
 static HTMX_LICENSE: &str = include_str!("../../static/htmx-LICENSE.txt");
 
+/// What the handlers share: the node, and the sign-in guard (absent only if the operating
+/// system gave no randomness for its keys; signing in then answers 503).
+#[derive(Clone)]
+struct WebState {
+    node: Arc<Node>,
+    signin: Option<Arc<signin::Signin>>,
+}
+
+impl FromRef<WebState> for Arc<Node> {
+    fn from_ref(s: &WebState) -> Self {
+        s.node.clone()
+    }
+}
+
+impl FromRef<WebState> for Option<Arc<signin::Signin>> {
+    fn from_ref(s: &WebState) -> Self {
+        s.signin.clone()
+    }
+}
+
 pub fn router(node: Arc<Node>) -> Router {
+    router_with(node, &SigninLimits::default())
+}
+
+pub fn router_with(node: Arc<Node>, limits: &SigninLimits) -> Router {
+    let signin = match signin::Signin::new(limits) {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            tracing::error!(error = %e, "signing in is disabled: no keys for its tokens");
+            None
+        }
+    };
+    let state = WebState {
+        node: node.clone(),
+        signin: signin.clone(),
+    };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
@@ -53,19 +97,39 @@ pub fn router(node: Arc<Node>) -> Router {
             pages::error(StatusCode::NOT_FOUND, "Not found", "There is no page here.")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(node)
+        .layer(middleware::from_fn(not_cached_nor_sniffed))
+        .with_state(state)
 }
 
-async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    let n = node.clone();
-    let text = tokio::task::spawn_blocking(move || n.metrics.render(&gauges(&n)))
-        .await
-        .unwrap_or_default();
+/// Every answer is `nosniff`; every answer but the static files is `no-store`: an org's pages
+/// and JSON are one user's, and must not outlive their session in any cache.
+async fn not_cached_nor_sniffed(req: Request, next: Next) -> Response {
+    let cacheable = req.uri().path().starts_with("/static/");
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if !cacheable {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+async fn metrics(State(web): State<WebState>) -> Response {
+    let text = tokio::task::spawn_blocking(move || {
+        web.node
+            .metrics
+            .render(&gauges(&web.node, web.signin.as_deref()))
+    })
+    .await
+    .unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// The node's gauges, read from its parts at scrape time.
-fn gauges(node: &Node) -> crate::metrics::Gauges {
+fn gauges(node: &Node, signin: Option<&signin::Signin>) -> crate::metrics::Gauges {
     use std::sync::atomic::Ordering::Relaxed;
     crate::metrics::Gauges {
         hosted: node.state.hosted_count() as u64,
@@ -78,6 +142,7 @@ fn gauges(node: &Node) -> crate::metrics::Gauges {
         search_index_catch_ups: node.data_versions.index_catch_ups.load(Relaxed),
         backup: node.backup.clone(),
         http: node.http_stats.clone(),
+        signin_checks: signin.map_or(0, |s| s.checker.admitted() as u64),
     }
 }
 

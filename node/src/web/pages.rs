@@ -1,9 +1,12 @@
-//! HTML for the org users' pages. Everything that came from a user or a database is escaped
-//! here, and only here; matched words are highlighted after escaping.
+//! HTML for the org users' pages, as maud templates: everything that came from a user or a
+//! database is escaped by the template itself; matched words are highlighted as `<mark>`
+//! elements around escaped text. Nothing here writes raw HTML but the style sheet.
 
 use axum::http::StatusCode;
 use axum::response::Response;
 use hemvist_proto::OrgId;
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::{html, HTMX_PATH};
 use crate::contacts::{ContactInput, Problems};
@@ -11,42 +14,24 @@ use crate::search::{Hit, Results, MAX_QUERY_CHARS};
 use crate::text;
 use crate::users::Session;
 
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// What stays as it is in a query value or a path: RFC 3986's unreserved characters and `/`.
+const KEPT_IN_URLS: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
 
 pub fn url_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    utf8_percent_encode(s, KEPT_IN_URLS).to_string()
 }
 
-/// Escapes `s`, wrapping each word that starts with one of the folded `terms` in `<mark>`.
-pub fn highlight(s: &str, terms: &[String]) -> String {
-    if terms.is_empty() {
-        return escape(s);
-    }
-    let mut out = String::with_capacity(s.len() + 16);
+/// `s` with each word that starts with one of the folded `terms` in `<mark>`.
+pub fn highlight(s: &str, terms: &[String]) -> Markup {
+    let mut runs: Vec<(bool, String)> = Vec::new();
+    let mut plain = String::new();
     let mut word = String::new();
-    let flush = |word: &mut String, out: &mut String| {
+    let flush = |word: &mut String, plain: &mut String, runs: &mut Vec<(bool, String)>| {
         if word.is_empty() {
             return;
         }
@@ -54,24 +39,32 @@ pub fn highlight(s: &str, terms: &[String]) -> String {
             .first()
             .is_some_and(|w| terms.iter().any(|t| w.starts_with(t.as_str())));
         if hit {
-            out.push_str("<mark>");
-            out.push_str(&escape(word));
-            out.push_str("</mark>");
+            if !plain.is_empty() {
+                runs.push((false, std::mem::take(plain)));
+            }
+            runs.push((true, std::mem::take(word)));
         } else {
-            out.push_str(&escape(word));
+            plain.push_str(word);
+            word.clear();
         }
-        word.clear();
     };
     for c in s.chars() {
         if c.is_alphanumeric() || matches!(c, '\u{0300}'..='\u{036F}') {
             word.push(c);
         } else {
-            flush(&mut word, &mut out);
-            out.push_str(&escape(&c.to_string()));
+            flush(&mut word, &mut plain, &mut runs);
+            plain.push(c);
         }
     }
-    flush(&mut word, &mut out);
-    out
+    flush(&mut word, &mut plain, &mut runs);
+    if !plain.is_empty() {
+        runs.push((false, plain));
+    }
+    html! {
+        @for (hit, run) in &runs {
+            @if *hit { mark { (run) } } @else { (run) }
+        }
+    }
 }
 
 const STYLE: &str = r#"
@@ -106,53 +99,63 @@ form.card input,form.card textarea{font:inherit;font-weight:400;padding:.5rem;bo
 @media (max-width:40rem){ol.hits li{grid-template-columns:1fr}header.top{padding:.5rem .75rem}main{padding:.75rem}}
 "#;
 
-fn layout(title: &str, body: &str) -> String {
-    format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <link rel=\"icon\" href=\"data:,\">\
-         <meta name=\"htmx-config\" content='{{\"allowEval\":false,\"includeIndicatorStyles\":false,\"historyCacheSize\":0}}'>\
-         <title>{}</title><style>{STYLE}</style>\
-         <script src=\"{HTMX_PATH}\" defer></script></head><body>{body}</body></html>",
-        escape(title)
-    )
+const HTMX_CONFIG: &str =
+    r#"{"allowEval":false,"includeIndicatorStyles":false,"historyCacheSize":0}"#;
+
+fn layout(title: &str, body: Markup) -> String {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                link rel="icon" href="data:,";
+                meta name="htmx-config" content=(HTMX_CONFIG);
+                title { (title) }
+                style { (PreEscaped(STYLE)) }
+                script src=(HTMX_PATH) defer {}
+            }
+            body { (body) }
+        }
+    }
+    .into_string()
 }
 
-fn top(org: &OrgId, org_name: &str, session: Option<&Session>) -> String {
-    let who = match session {
-        Some(s) => format!(
-            "<span>{}</span><a href=\"/o/{org}/contacts/new\">New contact</a>\
-             <form method=\"post\" action=\"/o/{org}/signout\"><input type=\"hidden\" name=\"_csrf\" value=\"{}\">\
-             <button class=\"link\" type=\"submit\">Sign out</button></form>",
-            escape(&s.name),
-            escape(&s.csrf)
-        ),
-        None => String::new(),
-    };
-    format!(
-        "<header class=\"top\"><h1><a href=\"/o/{org}/\">{}</a></h1><div class=\"who\">{who}</div></header>",
-        escape(org_name)
-    )
+fn top(org: &OrgId, org_name: &str, session: Option<&Session>) -> Markup {
+    html! {
+        header.top {
+            h1 { a href={ "/o/" (org) "/" } { (org_name) } }
+            div.who {
+                @if let Some(s) = session {
+                    span { (s.name) }
+                    a href={ "/o/" (org) "/contacts/new" } { "New contact" }
+                    form method="post" action={ "/o/" (org) "/signout" } {
+                        input type="hidden" name="_csrf" value=(s.csrf);
+                        button.link type="submit" { "Sign out" }
+                    }
+                }
+            }
+        }
+    }
 }
 
 pub fn error(status: StatusCode, title: &str, message: &str) -> Response {
-    let body = format!(
-        "<main><h1>{}</h1><p>{}</p><p class=\"muted\">{} {}</p></main>",
-        escape(title),
-        escape(message),
-        status.as_u16(),
-        escape(status.canonical_reason().unwrap_or(""))
-    );
-    html(status, layout(title, &body))
+    let body = html! {
+        main {
+            h1 { (title) }
+            p { (message) }
+            p.muted { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
+        }
+    };
+    html(status, layout(title, body))
 }
 
 pub fn moved(target: &str) -> String {
     layout(
         "Moved",
-        &format!(
-            "<main><p>This organization lives in another region: <a href=\"{0}\">{0}</a></p></main>",
-            escape(target)
-        ),
+        html! {
+            main { p { "This organization lives in another region: " a href=(target) { (target) } } }
+        },
     )
 }
 
@@ -163,27 +166,27 @@ pub fn sign_in(
     next: &str,
     problem: Option<&str>,
 ) -> Response {
-    let problem = problem
-        .map(|p| format!("<p class=\"problem\" role=\"alert\">{}</p>", escape(p)))
-        .unwrap_or_default();
-    let body = format!(
-        "{top}<main><h2>Sign in</h2>{problem}\
-         <form class=\"card\" method=\"post\" action=\"/o/{org}/signin\">\
-         <input type=\"hidden\" name=\"_csrf\" value=\"{csrf}\">\
-         <input type=\"hidden\" name=\"next\" value=\"{next}\">\
-         <label>Email<input type=\"email\" name=\"email\" autocomplete=\"username\" required autofocus></label>\
-         <label>Password<input type=\"password\" name=\"password\" autocomplete=\"current-password\" required></label>\
-         <div><button type=\"submit\">Sign in</button></div></form></main>",
-        top = top(org, org_name, None),
-        csrf = escape(csrf),
-        next = escape(next),
-    );
+    let body = html! {
+        (top(org, org_name, None))
+        main {
+            h2 { "Sign in" }
+            @if let Some(p) = problem { p.problem role="alert" { (p) } }
+            form.card method="post" action={ "/o/" (org) "/signin" } {
+                input type="hidden" name="_csrf" value=(csrf);
+                input type="hidden" name="next" value=(next);
+                label { "Email" input type="email" name="email" autocomplete="username" required autofocus; }
+                label { "Password" input type="password" name="password" autocomplete="current-password" required; }
+                div { button type="submit" { "Sign in" } }
+            }
+        }
+    };
     html(
         StatusCode::OK,
-        layout(&format!("Sign in · {org_name}"), &body),
+        layout(&format!("Sign in · {org_name}"), body),
     )
 }
 
+/// The count above the results, as text (the template escapes it).
 fn count_line(r: &Results) -> String {
     let n = if r.total_exact {
         r.total.to_string()
@@ -198,98 +201,90 @@ fn count_line(r: &Results) -> String {
     if r.terms.is_empty() {
         format!("{n} {what}; the most recently changed first")
     } else {
-        format!("{n} {what} match \u{201c}{}\u{201d}", escape(&r.query))
+        format!("{n} {what} match \u{201c}{}\u{201d}", r.query)
     }
 }
 
-fn hits_list(org: &OrgId, hits: &[Hit], terms: &[String]) -> String {
-    let mut out = String::from("<ol class=\"hits\">");
-    for h in hits {
-        let meta1: Vec<String> = [&h.company, &h.city]
-            .iter()
-            .filter(|s| !s.is_empty())
-            .map(|s| highlight(s, terms))
-            .collect();
-        let meta2: Vec<String> = [&h.email, &h.phone]
-            .iter()
-            .filter(|s| !s.is_empty())
-            .map(|s| highlight(s, terms))
-            .collect();
-        out.push_str(&format!(
-            "<li><a class=\"name\" href=\"/o/{org}/contacts/{}\">{}</a><span class=\"meta\">{}</span>\
-             <span class=\"meta\">{}</span><span></span></li>",
-            h.id,
-            highlight(&h.name, terms),
-            meta1.join(" · "),
-            meta2.join(" · ")
-        ));
+fn joined(fields: [&String; 2], terms: &[String]) -> Markup {
+    html! {
+        @for (i, f) in fields.iter().filter(|f| !f.is_empty()).enumerate() {
+            @if i > 0 { " · " }
+            (highlight(f, terms))
+        }
     }
-    out.push_str("</ol>");
-    out
 }
 
-fn more_button(org: &OrgId, r: &Results) -> String {
-    if !r.has_more {
-        return "<div id=\"more\"></div>".into();
+fn hits_list(org: &OrgId, hits: &[Hit], terms: &[String]) -> Markup {
+    html! {
+        ol.hits {
+            @for h in hits {
+                li {
+                    a.name href={ "/o/" (org) "/contacts/" (h.id) } { (highlight(&h.name, terms)) }
+                    span.meta { (joined([&h.company, &h.city], terms)) }
+                    span.meta { (joined([&h.email, &h.phone], terms)) }
+                    span {}
+                }
+            }
+        }
     }
+}
+
+fn more_button(org: &OrgId, r: &Results) -> Markup {
     let href = format!("/o/{org}/?q={}&page={}", url_encode(&r.query), r.page + 1);
-    format!(
-        "<div id=\"more\" class=\"more\"><a class=\"button\" href=\"{0}\" hx-get=\"{0}\" hx-target=\"#more\" \
-         hx-swap=\"outerHTML\" hx-push-url=\"false\">More</a></div>",
-        escape(&href)
-    )
+    html! {
+        @if r.has_more {
+            div #more .more {
+                a.button href=(href) hx-get=(href) hx-target="#more" hx-swap="outerHTML"
+                    hx-push-url="false" { "More" }
+            }
+        } @else {
+            div #more {}
+        }
+    }
 }
 
 /// What htmx swaps in: the first page replaces the results, later pages append.
 pub fn results_fragment(org: &OrgId, r: &Results) -> Response {
-    let body = if r.page == 0 {
-        format!(
-            "<p id=\"count\" role=\"status\">{}</p>{}{}",
-            count_line(r),
-            hits_list(org, &r.hits, &r.terms),
-            more_button(org, r)
-        )
-    } else {
-        format!(
-            "{}{}",
-            hits_list(org, &r.hits, &r.terms),
-            more_button(org, r)
-        )
+    let body = html! {
+        @if r.page == 0 { p #count role="status" { (count_line(r)) } }
+        (hits_list(org, &r.hits, &r.terms))
+        (more_button(org, r))
     };
-    html(StatusCode::OK, body)
+    html(StatusCode::OK, body.into_string())
 }
 
 pub fn search_problem(message: &str) -> Response {
     html(
         StatusCode::OK,
-        format!(
-            "<p id=\"count\" class=\"problem\" role=\"status\">{}</p>",
-            escape(message)
-        ),
+        html! { p #count .problem role="status" { (message) } }.into_string(),
     )
 }
 
 pub fn search_page(org: &OrgId, org_name: &str, session: &Session, r: &Results) -> Response {
-    let body = format!(
-        "{top}<main>\
-         <form class=\"search\" role=\"search\" action=\"/o/{org}/\" method=\"get\">\
-         <input id=\"q\" type=\"search\" name=\"q\" value=\"{q}\" placeholder=\"Search contacts: name, company, city, email…\" \
-          aria-label=\"Search contacts\" autocomplete=\"off\" autofocus maxlength=\"{max}\" \
-          hx-get=\"/o/{org}/\" hx-trigger=\"input changed delay:120ms, search\" hx-target=\"#results\" \
-          hx-push-url=\"true\" hx-indicator=\"#searching\" hx-sync=\"this:replace\">\
-         <span id=\"searching\" class=\"htmx-indicator\" aria-hidden=\"true\">Searching…</span>\
-         <noscript><button type=\"submit\">Search</button></noscript></form>\
-         <div id=\"results\" aria-live=\"polite\"><p id=\"count\" role=\"status\">{count}</p>{hits}{more}</div></main>",
-        top = top(org, org_name, Some(session)),
-        q = escape(&r.query),
-        max = MAX_QUERY_CHARS,
-        count = count_line(r),
-        hits = hits_list(org, &r.hits, &r.terms),
-        more = more_button(org, r),
-    );
+    let search = format!("/o/{org}/");
+    let body = html! {
+        (top(org, org_name, Some(session)))
+        main {
+            form.search role="search" action=(search) method="get" {
+                input #q type="search" name="q" value=(r.query)
+                    placeholder="Search contacts: name, company, city, email…"
+                    aria-label="Search contacts" autocomplete="off" autofocus
+                    maxlength=(MAX_QUERY_CHARS) hx-get=(search)
+                    hx-trigger="input changed delay:120ms, search" hx-target="#results"
+                    hx-push-url="true" hx-indicator="#searching" hx-sync="this:replace";
+                span #searching .htmx-indicator aria-hidden="true" { "Searching…" }
+                noscript { button type="submit" { "Search" } }
+            }
+            div #results aria-live="polite" {
+                p #count role="status" { (count_line(r)) }
+                (hits_list(org, &r.hits, &r.terms))
+                (more_button(org, r))
+            }
+        }
+    };
     html(
         StatusCode::OK,
-        layout(&format!("Contacts · {org_name}"), &body),
+        layout(&format!("Contacts · {org_name}"), body),
     )
 }
 
@@ -305,56 +300,50 @@ pub fn contact_form(
     status: StatusCode,
 ) -> Response {
     let field = |name: &'static str, label: &str, value: &str, kind: &str| {
-        let problem = problems
-            .get(name)
-            .map(|p| {
-                format!(
-                    "<span class=\"problem\" id=\"{name}-problem\">{}</span>",
-                    escape(p)
-                )
-            })
-            .unwrap_or_default();
-        let invalid = if problems.contains_key(name) {
-            format!(" aria-invalid=\"true\" aria-describedby=\"{name}-problem\"")
-        } else {
-            String::new()
-        };
-        if kind == "textarea" {
-            format!(
-                "<label>{label}<textarea name=\"{name}\" rows=\"4\"{invalid}>{}</textarea>{problem}</label>",
-                escape(value)
-            )
-        } else {
-            format!(
-                "<label>{label}<input type=\"{kind}\" name=\"{name}\" value=\"{}\"{invalid}>{problem}</label>",
-                escape(value)
-            )
+        let problem = problems.get(name);
+        let described = problem.map(|_| format!("{name}-problem"));
+        let invalid = problem.map(|_| "true");
+        html! {
+            label {
+                (label)
+                @if kind == "textarea" {
+                    textarea name=(name) rows="4" aria-invalid=[invalid]
+                        aria-describedby=[&described] { (value) }
+                } @else {
+                    input type=(kind) name=(name) value=(value) aria-invalid=[invalid]
+                        aria-describedby=[&described];
+                }
+                @if let (Some(p), Some(d)) = (problem, &described) {
+                    span.problem id=(d) { (p) }
+                }
+            }
         }
     };
     let (title, action) = match id {
         Some(id) => ("Edit contact", format!("/o/{org}/contacts/{id}")),
         None => ("New contact", format!("/o/{org}/contacts")),
     };
-    let summary = if problems.is_empty() {
-        notice
-            .map(|n| format!("<p class=\"notice\" role=\"status\">{}</p>", escape(n)))
-            .unwrap_or_default()
-    } else {
-        "<p class=\"problem\" role=\"alert\">Please correct the fields marked below.</p>".into()
+    let body = html! {
+        (top(org, org_name, Some(session)))
+        main {
+            p { a href={ "/o/" (org) "/" } { "← Back to search" } }
+            h2 { (title) }
+            @if !problems.is_empty() {
+                p.problem role="alert" { "Please correct the fields marked below." }
+            } @else if let Some(n) = notice {
+                p.notice role="status" { (n) }
+            }
+            form.card method="post" action=(action) {
+                input type="hidden" name="_csrf" value=(session.csrf);
+                (field("name", "Name", &c.name, "text"))
+                (field("email", "Email", &c.email, "email"))
+                (field("company", "Company", &c.company, "text"))
+                (field("city", "City", &c.city, "text"))
+                (field("phone", "Phone", &c.phone, "tel"))
+                (field("notes", "Notes", &c.notes, "textarea"))
+                div { button type="submit" { "Save" } }
+            }
+        }
     };
-    let body = format!(
-        "{top}<main><p><a href=\"/o/{org}/\">← Back to search</a></p><h2>{title}</h2>{summary}\
-         <form class=\"card\" method=\"post\" action=\"{action}\">\
-         <input type=\"hidden\" name=\"_csrf\" value=\"{csrf}\">{f1}{f2}{f3}{f4}{f5}{f6}\
-         <div><button type=\"submit\">Save</button></div></form></main>",
-        top = top(org, org_name, Some(session)),
-        csrf = escape(&session.csrf),
-        f1 = field("name", "Name", &c.name, "text"),
-        f2 = field("email", "Email", &c.email, "email"),
-        f3 = field("company", "Company", &c.company, "text"),
-        f4 = field("city", "City", &c.city, "text"),
-        f5 = field("phone", "Phone", &c.phone, "tel"),
-        f6 = field("notes", "Notes", &c.notes, "textarea"),
-    );
-    html(status, layout(&format!("{title} · {org_name}"), &body))
+    html(status, layout(&format!("{title} · {org_name}"), body))
 }
