@@ -240,18 +240,28 @@ fn check_passwords(jobs: &Mutex<mpsc::Receiver<Job>>) {
             Ok(rx) => rx.recv(),
             Err(_) => return,
         };
-        let Ok(job) = job else { return };
-        if job.reply.is_closed() {
+        let Ok(Job {
+            hash,
+            password,
+            reply,
+            _permit: permit,
+        }) = job
+        else {
+            return;
+        };
+        if reply.is_closed() {
             continue;
         }
-        let matched = match verify(&mut memory, &job.hash, job.password.as_bytes()) {
+        let matched = match verify(&mut memory, &hash, password.as_bytes()) {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!(error = %e, "a stored password hash cannot be checked");
                 false
             }
         };
-        let _ = job.reply.send(matched);
+        // The place is free before the answer arrives, so whoever got it may be let in at once.
+        drop(permit);
+        let _ = reply.send(matched);
     }
 }
 

@@ -12,6 +12,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hemvist_proto::HemvistError;
+use subtle::ConstantTimeEq;
 
 use super::context::{cookie, refuse, Authed, OrgCtx, SESSION_COOKIE};
 use super::form::{Fields, Form};
@@ -377,7 +378,8 @@ pub(super) fn check_csrf(a: &Authed, headers: &HeaderMap, fields: &Fields) -> Re
         .map(String::as_str)
         .or_else(|| headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))
         .unwrap_or("");
-    if !presented.is_empty() && presented == a.session.csrf {
+    let matches: bool = presented.as_bytes().ct_eq(a.session.csrf.as_bytes()).into();
+    if !presented.is_empty() && matches {
         return Ok(());
     }
     a.ctx.node.metrics.csrf_refused.inc();

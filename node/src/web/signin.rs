@@ -104,7 +104,7 @@ impl Signin {
 
 /// A short tag of an account for logs: the same account, the same tag, in this process.
 pub fn tag(account: &[u8; 16]) -> String {
-    account[..6].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&account[..6])
 }
 
 /// A client address's key for its failure budget; an IPv6 client owns its whole /64.

@@ -68,12 +68,12 @@ impl FormTokens {
         token[NONCE..NONCE + 8].copy_from_slice(&(now_ms + self.ttl_ms).to_be_bytes());
         let tag = self.mac(org, &token[..NONCE + 8]).finalize().into_bytes();
         token[NONCE + 8..].copy_from_slice(&tag[..TAG]);
-        Ok(hex(&token))
+        Ok(hex::encode(token))
     }
 
     /// Whether `token` is one this process issued for `org` that has not expired.
     pub fn check(&self, org: &OrgId, token: &str, now_ms: i64) -> Result<Valid, Refused> {
-        let bytes = unhex(token).ok_or(Refused::Invalid)?;
+        let bytes = hex::decode(token).map_err(|_| Refused::Invalid)?;
         let bytes: [u8; LEN] = bytes.try_into().map_err(|_| Refused::Invalid)?;
         self.mac(org, &bytes[..NONCE + 8])
             .verify_truncated_left(&bytes[NONCE + 8..])
@@ -104,26 +104,6 @@ impl FormTokens {
         used.insert(t.nonce, t.expires_ms);
         Ok(())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.is_ascii() {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect()
 }
 
 #[cfg(test)]
