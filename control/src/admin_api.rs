@@ -33,6 +33,7 @@ pub fn router(plane: Arc<Plane>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .nest("/api/v1", api)
+        .layer(middleware::from_fn_with_state(plane.clone(), time_request))
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(plane)
 }
@@ -234,22 +235,60 @@ async fn verify_audit(State(plane): State<Arc<Plane>>) -> Result<impl IntoRespon
     }))
 }
 
-async fn metrics(State(plane): State<Arc<Plane>>) -> Result<Response, ApiError> {
-    let text = blocking(&plane, |c| {
+async fn metrics(
+    State(plane): State<Arc<Plane>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = crate::metrics::Format::from_accept(accept);
+    let text = blocking(&plane, move |c| {
         let nodes = c.node_loads()?;
         let (lag, behind) = c.replication.summary();
-        Ok(c.metrics.render(&Gauges {
+        let gauges = Gauges {
             replication_lag_max_ms: lag.max(0) as u64,
             replication_behind: behind,
             orgs: c.store.count_orgs()?,
             nodes_known: nodes.len() as u64,
             nodes_healthy: nodes.iter().filter(|n| n.healthy).count() as u64,
             commands_open: c.store.count_open_commands()?,
-        }))
+        };
+        Ok(c.metrics
+            .render(&gauges, c.replication.reported_lag(), format))
     })
     .await?;
     Ok(Response::builder()
-        .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+        .header(header::CONTENT_TYPE, format.content_type())
         .body(Body::from(text))
         .unwrap_or_default())
+}
+
+/// Times every request into the latency histogram, by method and route pattern (a method
+/// outside the usual few counts as `other`, so a client cannot mint series).
+async fn time_request(State(plane): State<Arc<Plane>>, req: Request, next: Next) -> Response {
+    use axum::http::Method;
+    let method = match *req.method() {
+        Method::GET
+        | Method::POST
+        | Method::PUT
+        | Method::PATCH
+        | Method::DELETE
+        | Method::HEAD => req.method().as_str(),
+        _ => "other",
+    };
+    let labels = crate::metrics::RouteLabels {
+        method: method.to_string(),
+        route: req
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map_or("unmatched", |p| p.as_str())
+            .to_string(),
+    };
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    plane
+        .metrics
+        .api_latency
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    resp
 }

@@ -1,33 +1,60 @@
-//! Prometheus text exposition of the control plane's counters and gauges. Counters only grow
-//! (from start); gauges are not kept but computed from the store and the sessions at each scrape.
+//! The control plane's Prometheus metrics, through prometheus-client. Counters and histograms
+//! live here (or, for what nodes report, in [`Replication`](crate::replication::Replication))
+//! and count from start; gauges are not kept but computed from the store and the sessions at
+//! each scrape. A scrape builds one registry from the live handles and that scrape's gauges and
+//! encodes it once, in the format the scraper asks for.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-#[derive(Default)]
-pub struct Counter(AtomicU64);
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
 
-impl Counter {
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
+/// An admin API request's series: its method and its route's pattern (never the path itself,
+/// so an org id is no label value and the series stay few).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: String,
 }
 
-#[derive(Default)]
+type Latency = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
 pub struct Metrics {
     pub orgs_created: Counter,
     pub refused_joins: Counter,
     pub api_requests: Counter,
     pub api_errors: Counter,
     pub api_unauthorized: Counter,
+    /// How long admin API requests take to answer, by [`RouteLabels`].
+    pub api_latency: Latency,
     /// The two listeners' connection counts.
-    pub api_connections: std::sync::Arc<hemvist_net::ListenerStats>,
-    pub grpc_connections: std::sync::Arc<hemvist_net::ListenerStats>,
+    pub api_connections: Arc<hemvist_net::ListenerStats>,
+    pub grpc_connections: Arc<hemvist_net::ListenerStats>,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            orgs_created: Counter::default(),
+            refused_joins: Counter::default(),
+            api_requests: Counter::default(),
+            api_errors: Counter::default(),
+            api_unauthorized: Counter::default(),
+            // 0.5 ms to 4 s.
+            api_latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+            }),
+            api_connections: Arc::default(),
+            grpc_connections: Arc::default(),
+        }
+    }
+}
+
+/// What a scrape reads from the store and the sessions.
 pub struct Gauges {
     pub orgs: u64,
     pub nodes_known: u64,
@@ -37,89 +64,203 @@ pub struct Gauges {
     pub replication_behind: u64,
 }
 
+/// The two text formats a scraper may ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4, what a client that asks for nothing in particular gets.
+    Prometheus,
+    OpenMetrics,
+}
+
+impl Format {
+    /// OpenMetrics when the `Accept` header names it (as Prometheus itself does), else the
+    /// Prometheus text format.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Prometheus,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
 impl Metrics {
-    pub fn render(&self, g: &Gauges) -> String {
+    /// The exposition of every metric in `format`, with this scrape's gauges and the lag
+    /// histogram of what nodes reported.
+    pub fn render(&self, g: &Gauges, replication_lag: &Histogram, format: Format) -> String {
+        let registry = self.registry(g, replication_lag);
         let mut out = String::new();
-        let mut line = |name: &str, kind: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
+        let encoded = match format {
+            Format::Prometheus => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+            }
+            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry),
         };
-        line(
-            "hemvist_replication_lag_max_ms",
-            "gauge",
-            "The largest backup lag any node reports for an org (oldest unshipped write).",
-            g.replication_lag_max_ms,
-        );
-        line(
-            "hemvist_replication_orgs_behind",
-            "gauge",
-            "Orgs whose oldest unshipped write is more than 5 s old.",
-            g.replication_behind,
-        );
-        line(
-            "hemvist_control_up",
-            "gauge",
-            "1 while the control plane runs.",
-            1,
-        );
-        line(
-            "hemvist_orgs",
-            "gauge",
-            "Orgs in the control plane's store.",
-            g.orgs,
-        );
-        line(
-            "hemvist_nodes_known",
-            "gauge",
-            "Nodes that ever registered.",
-            g.nodes_known,
-        );
-        line(
-            "hemvist_nodes_healthy",
-            "gauge",
-            "Nodes connected with a live lease.",
-            g.nodes_healthy,
-        );
-        line(
-            "hemvist_commands_open",
-            "gauge",
-            "Commands sent to nodes and not yet acknowledged.",
-            g.commands_open,
-        );
-        line(
-            "hemvist_orgs_created_total",
-            "counter",
-            "Orgs created since start.",
-            self.orgs_created.get(),
-        );
-        line(
-            "hemvist_node_joins_refused_total",
-            "counter",
-            "Node sessions refused for a wrong join token.",
-            self.refused_joins.get(),
-        );
-        line(
-            "hemvist_admin_requests_total",
-            "counter",
-            "Admin API requests.",
-            self.api_requests.get(),
-        );
-        line(
-            "hemvist_admin_errors_total",
-            "counter",
-            "Admin API requests answered with an error.",
-            self.api_errors.get(),
-        );
-        line(
-            "hemvist_admin_unauthorized_total",
-            "counter",
-            "Admin API requests refused for a missing or wrong token.",
-            self.api_unauthorized.get(),
-        );
-        out.push_str(&self.api_connections.render("hemvist_admin"));
-        out.push_str(&self.grpc_connections.render("hemvist_grpc"));
+        // Writing to a String fails only if a metric's encoding does, which ours cannot.
+        debug_assert!(encoded.is_ok(), "encode metrics: {encoded:?}");
         out
+    }
+
+    fn registry(&self, g: &Gauges, replication_lag: &Histogram) -> Registry {
+        let mut r = Registry::default();
+        let gauge = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+        r.register(
+            "hemvist_replication_lag_max_ms",
+            "The largest backup lag any node reports for an org (oldest unshipped write)",
+            gauge(g.replication_lag_max_ms),
+        );
+        r.register(
+            "hemvist_replication_orgs_behind",
+            "Orgs whose oldest unshipped write is more than 5 s old",
+            gauge(g.replication_behind),
+        );
+        r.register_with_unit(
+            "hemvist_replication_reported_lag",
+            "Backup lag of an org's position as its node reports it (age of the oldest unshipped write, 0 when all is shipped)",
+            Unit::Seconds,
+            replication_lag.clone(),
+        );
+        r.register(
+            "hemvist_control_up",
+            "1 while the control plane runs",
+            gauge(1),
+        );
+        r.register(
+            "hemvist_orgs",
+            "Orgs in the control plane's store",
+            gauge(g.orgs),
+        );
+        r.register(
+            "hemvist_nodes_known",
+            "Nodes that ever registered",
+            gauge(g.nodes_known),
+        );
+        r.register(
+            "hemvist_nodes_healthy",
+            "Nodes connected with a live lease",
+            gauge(g.nodes_healthy),
+        );
+        r.register(
+            "hemvist_commands_open",
+            "Commands sent to nodes and not yet acknowledged",
+            gauge(g.commands_open),
+        );
+        // Counters are registered without `_total` and help without its final period: the
+        // encoder adds both.
+        r.register(
+            "hemvist_orgs_created",
+            "Orgs created since start",
+            self.orgs_created.clone(),
+        );
+        r.register(
+            "hemvist_node_joins_refused",
+            "Node sessions refused for a wrong join token",
+            self.refused_joins.clone(),
+        );
+        r.register(
+            "hemvist_admin_requests",
+            "Admin API requests",
+            self.api_requests.clone(),
+        );
+        r.register(
+            "hemvist_admin_errors",
+            "Admin API requests answered with an error",
+            self.api_errors.clone(),
+        );
+        r.register(
+            "hemvist_admin_unauthorized",
+            "Admin API requests refused for a missing or wrong token",
+            self.api_unauthorized.clone(),
+        );
+        r.register_with_unit(
+            "hemvist_admin_request_duration",
+            "Time to answer a request of the admin API (and /healthz, /metrics), by method and route",
+            Unit::Seconds,
+            self.api_latency.clone(),
+        );
+        self.api_connections.register(&mut r, "hemvist_admin");
+        self.grpc_connections.register(&mut r, "hemvist_grpc");
+        r
+    }
+}
+
+/// The buckets of [`Replication`](crate::replication::Replication)'s lag histogram: the
+/// async target is 1 s; 5 s makes an org "behind".
+pub fn replication_lag_histogram() -> Histogram {
+    Histogram::new([0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gauges() -> Gauges {
+        Gauges {
+            orgs: 4,
+            nodes_known: 2,
+            nodes_healthy: 1,
+            commands_open: 0,
+            replication_lag_max_ms: 1_500,
+            replication_behind: 0,
+        }
+    }
+
+    #[test]
+    fn names_and_integer_values_are_those_the_operators_read() {
+        let m = Metrics::default();
+        m.refused_joins.inc();
+        m.api_latency
+            .get_or_create(&RouteLabels {
+                method: "GET".into(),
+                route: "/api/v1/orgs/{id}".into(),
+            })
+            .observe(0.003);
+        let lag = replication_lag_histogram();
+        lag.observe(1.5);
+        let text = m.render(&gauges(), &lag, Format::Prometheus);
+        for line in [
+            "hemvist_orgs 4",
+            "hemvist_replication_lag_max_ms 1500",
+            "hemvist_node_joins_refused_total 1",
+            "hemvist_orgs_created_total 0",
+            "hemvist_control_up 1",
+            "hemvist_admin_connections_open 0",
+            "hemvist_grpc_connections_accepted_total 0",
+            "hemvist_replication_reported_lag_seconds_count 1",
+            "hemvist_admin_request_duration_seconds_bucket{method=\"GET\",route=\"/api/v1/orgs/{id}\",le=\"0.004\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+        }
+        assert!(!text.contains("_total_total"), "{text}");
+        let helps = text.lines().filter(|l| l.starts_with("# HELP "));
+        assert!(
+            helps
+                .clone()
+                .all(|l| l.ends_with('.') && !l.ends_with("..")),
+            "{text}"
+        );
+        assert_eq!(helps.count(), 24, "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn openmetrics_when_asked_for_it_ending_in_one_eof() {
+        let accept = "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.1";
+        assert_eq!(Format::from_accept(Some(accept)), Format::OpenMetrics);
+        assert_eq!(Format::from_accept(Some("*/*")), Format::Prometheus);
+        assert_eq!(Format::from_accept(None), Format::Prometheus);
+
+        let text =
+            Metrics::default().render(&gauges(), &replication_lag_histogram(), Format::OpenMetrics);
+        assert!(text.ends_with("\n# EOF\n"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1);
+        assert!(text.contains("# TYPE hemvist_node_joins_refused counter\n"));
+        assert!(text.contains("# UNIT hemvist_replication_reported_lag_seconds seconds\n"));
     }
 }

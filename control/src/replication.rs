@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use hemvist_proto::{NodeId, OrgId};
+use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
 
 use crate::clock::now_ms;
@@ -33,13 +34,25 @@ impl ReplicationView {
     }
 }
 
-#[derive(Default)]
 pub struct Replication {
     orgs: Mutex<HashMap<OrgId, ReplicationView>>,
+    /// Every reported position's lag at the time it was reported, in seconds.
+    reported_lag: Histogram,
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Replication {
+            orgs: Mutex::default(),
+            reported_lag: crate::metrics::replication_lag_histogram(),
+        }
+    }
 }
 
 impl Replication {
     pub fn report(&self, org: OrgId, view: ReplicationView) {
+        self.reported_lag
+            .observe(view.lag_ms(view.reported_ms) as f64 / 1000.0);
         let mut orgs = self.orgs.lock().unwrap_or_else(|p| p.into_inner());
         orgs.insert(org, view);
     }
@@ -50,6 +63,11 @@ impl Replication {
             .unwrap_or_else(|p| p.into_inner())
             .get(org)
             .cloned()
+    }
+
+    /// The lags of the positions reported since start, for the control plane's metrics.
+    pub fn reported_lag(&self) -> &Histogram {
+        &self.reported_lag
     }
 
     /// (largest lag, orgs behind by more than [`BEHIND_MS`]).

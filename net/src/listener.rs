@@ -13,6 +13,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -40,44 +45,81 @@ impl ListenerStats {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// Prometheus exposition of these counters, named `{prefix}_connections_*`.
-    pub fn render(&self, prefix: &str) -> String {
+    /// The counters as (name after `{prefix}_connections_`, is a counter, help, value); one
+    /// table for both ways of exposing them.
+    fn rows(&self) -> [(&'static str, bool, &'static str, u64); 5] {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let rows = [
-            ("open", "gauge", "Connections open now.", self.open()),
+        [
+            ("open", false, "Connections open now.", self.open()),
             (
-                "accepted_total",
-                "counter",
+                "accepted",
+                true,
                 "Connections accepted.",
                 get(&self.accepted),
             ),
             (
-                "refused_total",
-                "counter",
+                "refused",
+                true,
                 "Connections closed on accept: the client or the listener was at its cap.",
                 get(&self.refused_over_cap),
             ),
             (
-                "handshake_failures_total",
-                "counter",
+                "handshake_failures",
+                true,
                 "Connections closed before their TLS handshake finished.",
                 get(&self.handshake_failures),
             ),
             (
-                "timeouts_total",
-                "counter",
+                "timeouts",
+                true,
                 "Connections closed for sending nothing in time.",
                 get(&self.timed_out),
             ),
-        ];
+        ]
+    }
+
+    /// Prometheus exposition of these counters, named `{prefix}_connections_*`.
+    pub fn render(&self, prefix: &str) -> String {
         let mut out = String::new();
-        for (name, kind, help, v) in rows {
-            let name = format!("{prefix}_connections_{name}");
+        for (name, counter, help, v) in self.rows() {
+            let (kind, total) = if counter {
+                ("counter", "_total")
+            } else {
+                ("gauge", "")
+            };
+            let name = format!("{prefix}_connections_{name}{total}");
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
             ));
         }
         out
+    }
+
+    /// Registers these counters in `registry` as `{prefix}_connections_*` (the same names as
+    /// [`render`](Self::render)), read from the atomics at each scrape.
+    pub fn register(self: &Arc<Self>, registry: &mut Registry, prefix: &str) {
+        registry
+            .sub_registry_with_prefix(prefix)
+            .register_collector(Box::new(StatsCollector(self.clone())));
+    }
+}
+
+#[derive(Debug)]
+struct StatsCollector(Arc<ListenerStats>);
+
+impl Collector for StatsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        for (name, counter, help, v) in self.0.rows() {
+            let name = format!("connections_{name}");
+            if counter {
+                let c = ConstCounter::new(v);
+                c.encode(encoder.encode_descriptor(&name, help, None, c.metric_type())?)?;
+            } else {
+                let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+                g.encode(encoder.encode_descriptor(&name, help, None, g.metric_type())?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -366,5 +408,31 @@ impl tonic::transport::server::Connected for Conn {
     type ConnectInfo = SocketAddr;
     fn connect_info(&self) -> SocketAddr {
         self.remote
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_stats_read_the_counters_at_each_scrape_under_the_rendered_names() {
+        let stats = Arc::new(ListenerStats::default());
+        let mut registry = Registry::default();
+        stats.register(&mut registry, "hemvist_admin");
+        stats.accepted.fetch_add(3, Ordering::Relaxed);
+        stats.open.fetch_add(2, Ordering::Relaxed);
+
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        assert_eq!(text, stats.render("hemvist_admin"));
+        assert!(text.contains("\nhemvist_admin_connections_accepted_total 3\n"));
+        assert!(text.contains("\nhemvist_admin_connections_open 2\n"));
+
+        stats.timed_out.fetch_add(1, Ordering::Relaxed);
+        let mut open_metrics = String::new();
+        prometheus_client::encoding::text::encode(&mut open_metrics, &registry).unwrap();
+        assert!(open_metrics.contains("# TYPE hemvist_admin_connections_timeouts counter\n"));
+        assert!(open_metrics.contains("\nhemvist_admin_connections_timeouts_total 1\n"));
     }
 }

@@ -1,0 +1,194 @@
+//! Every process's `/metrics` is valid exposition, as Prometheus's own Python parser reads it
+//! (`prometheus-client`, which `scripts/setup` installs into `.deps/python`): the control
+//! plane's in both formats it serves, a node's in the Prometheus text format; and the values
+//! operators and the other tests read are there, as integers where they count.
+
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+use support::cluster::{Cluster, EU_NORTH};
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0";
+
+#[test]
+fn control_plane_and_node_metrics_parse_as_prometheus_exposition() {
+    let c = Cluster::start(&[EU_NORTH]);
+    c.create_org_ready("gauge-ab", json!({"region": "eu-north"}));
+    let eu = c.node_url("eu-north");
+    for path in [
+        "/o/gauge-ab/",
+        "/o/gauge-ab/signin",
+        "/o/no-such-org/",
+        "/healthz",
+    ] {
+        c.get(&format!("{eu}{path}"));
+    }
+    assert_eq!(c.admin("GET", "/orgs/gauge-ab", None).0, 200);
+    assert_eq!(c.admin("GET", "/no-such-route", None).0, 404);
+
+    // The control plane, as a client that asks for nothing in particular gets it.
+    let control = c.control_url();
+    let (content_type, text) = scrape(&control, None);
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let families = parse(&text, "text");
+    assert_eq!(kind(&families, "hemvist_orgs"), "gauge");
+    assert_eq!(value(&families, "hemvist_orgs", &[]), 1.0);
+    assert_eq!(kind(&families, "hemvist_admin_requests"), "counter");
+    assert_eq!(
+        kind(&families, "hemvist_admin_connections_accepted"),
+        "counter"
+    );
+    assert_eq!(kind(&families, "hemvist_grpc_connections_open"), "gauge");
+    assert_eq!(
+        kind(&families, "hemvist_admin_request_duration_seconds"),
+        "histogram"
+    );
+    let show = [("method", "GET"), ("route", "/api/v1/orgs/{id}")];
+    assert!(
+        value(
+            &families,
+            "hemvist_admin_request_duration_seconds_count",
+            &show
+        ) >= 1.0
+    );
+    let create = [("method", "POST"), ("route", "/api/v1/orgs")];
+    assert!(
+        value(
+            &families,
+            "hemvist_admin_request_duration_seconds_count",
+            &create
+        ) >= 1.0
+    );
+    assert_eq!(
+        kind(&families, "hemvist_replication_reported_lag_seconds"),
+        "histogram"
+    );
+
+    // ... as Prometheus asks for it: OpenMetrics, which the stricter parser reads.
+    let (content_type, text) = scrape(&control, Some(OPENMETRICS));
+    assert!(
+        content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{content_type}"
+    );
+    assert!(
+        text.ends_with("# EOF\n") && text.matches("# EOF").count() == 1,
+        "{text}"
+    );
+    let families = parse(&text, "openmetrics");
+    assert_eq!(value(&families, "hemvist_orgs", &[]), 1.0);
+    assert_eq!(kind(&families, "hemvist_node_joins_refused"), "counter");
+
+    // A node's, still written by hand.
+    let (content_type, text) = scrape(&eu, None);
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let families = parse(&text, "text");
+    assert_eq!(kind(&families, "hemvist_tenants_hosted"), "gauge");
+    assert_eq!(value(&families, "hemvist_tenants_hosted", &[]), 1.0);
+    assert_eq!(
+        kind(&families, "hemvist_http_connections_accepted"),
+        "counter"
+    );
+
+    // The lines the other scenarios read stay `name integer`.
+    assert_eq!(c.metric(&control, "hemvist_orgs"), 1);
+    assert!(c.metric(&control, "hemvist_admin_requests_total") >= 2);
+    assert_eq!(c.metric(&control, "hemvist_node_joins_refused_total"), 0);
+    assert!(c.metric(&control, "hemvist_admin_connections_accepted_total") >= 1);
+}
+
+/// (Content-Type, body) of `{base}/metrics`.
+fn scrape(base: &str, accept: Option<&str>) -> (String, String) {
+    let http = support::http().build().expect("HTTP client");
+    let mut req = http.get(format!("{base}/metrics"));
+    if let Some(a) = accept {
+        req = req.header("accept", a);
+    }
+    let resp = req.send().expect("GET /metrics answers");
+    assert_eq!(resp.status().as_u16(), 200, "{base}/metrics");
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (content_type, resp.text().expect("metrics body"))
+}
+
+/// Reads `text` with prometheus-client's parser for `format` (`text` or `openmetrics`) and
+/// refuses what Prometheus would refuse on a scrape and the parser lets through: a family or a
+/// series twice. Returns {family: {"type", "samples": [[name, labels, value]]}}.
+fn parse(text: &str, format: &str) -> Value {
+    const SCRIPT: &str = r#"
+import json, sys
+fmt = sys.argv[1]
+if fmt == "openmetrics":
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+else:
+    from prometheus_client.parser import text_string_to_metric_families
+out, series = {}, set()
+for family in text_string_to_metric_families(sys.stdin.read()):
+    if family.name in out:
+        raise ValueError("family %s twice" % family.name)
+    samples = []
+    for s in family.samples:
+        key = (s.name, tuple(sorted(s.labels.items())))
+        if key in series:
+            raise ValueError("series %r twice" % (key,))
+        series.add(key)
+        samples.append([s.name, s.labels, s.value])
+    out[family.name] = {"type": family.type, "samples": samples}
+json.dump(out, sys.stdout)
+"#;
+    let deps = Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/python");
+    let mut python = Command::new("python3")
+        .args(["-c", SCRIPT, format])
+        .env("PYTHONPATH", &deps)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python3 (scripts/setup installs the parser)");
+    python
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write metrics to the parser");
+    let out = python.wait_with_output().expect("parser finishes");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named 'prometheus_client"),
+        "prometheus-client is not in {}: run scripts/setup",
+        deps.display()
+    );
+    assert!(
+        out.status.success(),
+        "the {format} parser refuses these metrics: {stderr}\n{text}"
+    );
+    serde_json::from_slice(&out.stdout).expect("parser output is JSON")
+}
+
+fn kind<'a>(families: &'a Value, name: &str) -> &'a str {
+    families[name]["type"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no family {name} in {families}"))
+}
+
+/// The value of the series `name` with (at least) these labels.
+fn value(families: &Value, name: &str, labels: &[(&str, &str)]) -> f64 {
+    families
+        .as_object()
+        .into_iter()
+        .flat_map(|f| f.values())
+        .flat_map(|f| f["samples"].as_array().into_iter().flatten())
+        .find(|s| s[0] == name && labels.iter().all(|(k, v)| s[1][k] == *v))
+        .and_then(|s| s[2].as_f64())
+        .unwrap_or_else(|| panic!("no series {name} {labels:?} in {families}"))
+}
