@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use hemvist_node::backup::marker;
 use hemvist_node::backup::restore::{self, Catalog};
 use hemvist_node::backup::store::BackupConfig;
 use hemvist_node::backup::{format_time, parse_time};
@@ -20,8 +21,9 @@ use crate::ApiArgs;
 /// Which object store holds the org's backups.
 #[derive(Args, Clone, Debug)]
 pub struct StoreArgs {
-    /// The store: `s3://bucket[/prefix]` or `file:///folder`. Defaults to the org's region's
-    /// store in the running `hemvist dev`.
+    /// The store: `s3://bucket[/prefix]` or `file:///folder`. Defaults to the store of the
+    /// org's home region, as the control plane names it (or, with no control plane given, the
+    /// running `hemvist dev` here).
     #[arg(long)]
     pub store: Option<String>,
     /// The S3 endpoint (`https://host[:port]` or `http://host:port`) for an `s3://` store;
@@ -74,34 +76,65 @@ async fn open_store(org: &OrgId, args: &StoreArgs) -> anyhow::Result<Arc<dyn Obj
             .with_context(|| format!("{} has no [backup] section", path.display()))?
             .open();
     }
-    let url = match &args.store {
-        Some(url) => url.clone(),
+    let (url, endpoint) = match &args.store {
+        Some(url) => (url.clone(), args.endpoint.clone()),
         None => {
-            // The running dev: the org's home region, and that region's store from dev.json.
-            let client = Client::new(&args.api)?;
+            // The control plane names every region's store; the org's home region's is the one.
+            let client = Client::new(&args.api)
+                .context("no --store given, and no control plane to ask for the org's store")?;
             let shown: serde_json::Value = client.get(&format!("/orgs/{org}")).await?;
-            let region = shown["home_region"]
+            let region = shown["home_region"].as_str().unwrap_or_default();
+            let regions: Vec<serde_json::Value> = client.get("/regions").await?;
+            let r = regions
+                .iter()
+                .find(|r| r["id"] == region)
+                .with_context(|| format!("the control plane lists no region {region}"))?;
+            let url = r["object_store"]
                 .as_str()
-                .unwrap_or_default()
-                .to_string();
-            let dev = crate::client::dev_json().context(
-                "no --store given and no running `hemvist dev` here (pass --store or --node-config)",
-            )?;
-            dev["nodes"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|n| n["region"] == region.as_str())
-                .and_then(|n| n["backup_url"].as_str())
-                .map(str::to_string)
-                .with_context(|| format!("region {region} has no backup store in dev.json"))?
+                .filter(|u| !u.is_empty())
+                .with_context(|| format!("region {region} names no object store"))?;
+            let endpoint = args
+                .endpoint
+                .clone()
+                .or_else(|| r["object_store_endpoint"].as_str().map(str::to_string));
+            (url.to_string(), endpoint)
         }
     };
     let mut config = BackupConfig::local(std::path::Path::new(""));
     config.url = url;
-    config.endpoint = args.endpoint.clone();
+    config.endpoint = endpoint;
     config.ca_file = args.store_ca.clone();
-    config.open()
+    let store = config.open()?;
+    check_system(&store, &args.api).await?;
+    Ok(store)
+}
+
+/// Refuses a store that belongs to another hemvist system than the control plane asked (their
+/// ids differ), before its objects are read with that control plane's keys.
+async fn check_system(store: &Arc<dyn ObjectStore>, api: &ApiArgs) -> anyhow::Result<()> {
+    let Ok(client) = Client::new(api) else {
+        return Ok(()); // no control plane: nothing to compare with (restore --key)
+    };
+    let system: serde_json::Value = client.get("/system").await?;
+    let ours = system["system_id"].as_str().unwrap_or_default();
+    match marker::read(store.as_ref()).await? {
+        Some(m) if m.system_id != ours => bail!(
+            "this store belongs to another hemvist system ({}) than the control plane at {} \
+             ({ours}): its backups cannot be read with that control plane's keys. Pass the \
+             right --store, or the control plane that wrote it",
+            m.system_id,
+            client.base()
+        ),
+        Some(_) => Ok(()),
+        None => {
+            eprintln!(
+                "note: this store names no hemvist system yet (no {}); its nodes write one when \
+                 they connect",
+                marker::MARKER_KEY
+            );
+            Ok(())
+        }
+    }
 }
 
 pub async fn backups(args: BackupsArgs) -> anyhow::Result<()> {
@@ -166,12 +199,11 @@ async fn data_key(org: &OrgId, args: &RestoreArgs) -> anyhow::Result<Option<Data
         Ok(v) => Ok(Some(DataKey::from_hex(
             v["data_key"].as_str().unwrap_or_default(),
         )?)),
-        Err(e) => {
-            eprintln!(
-                "note: no data key from the control plane ({e:#}); sealed objects will not open"
-            );
-            Ok(None)
-        }
+        Err(e) if format!("{e:#}").contains("not_found") => bail!(
+            "the control plane holds no data key for {org} ({e:#}): it was destroyed, so no \
+             backup of {org} can be opened by anyone"
+        ),
+        Err(e) => Err(e.context(format!("get the data key of {org} from the control plane"))),
     }
 }
 

@@ -68,6 +68,11 @@ impl Client {
         })
     }
 
+    /// The control plane's URL, for messages.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let req = self.http.get(format!("{}/api/v1{path}", self.base));
         self.send(req).await

@@ -7,6 +7,7 @@ mod dev;
 mod ops;
 mod out;
 mod table;
+mod tokens;
 
 use std::path::PathBuf;
 
@@ -52,6 +53,11 @@ enum Command {
     Users {
         #[command(subcommand)]
         command: ops::UsersCommand,
+    },
+    /// Named admin tokens: create (shown once), list, revoke.
+    Tokens {
+        #[command(subcommand)]
+        command: tokens::TokensCommand,
     },
     /// An org's backups: generations, snapshots, the oldest and newest restore point.
     Backups(backups::BackupsArgs),
@@ -143,6 +149,7 @@ async fn main() -> std::process::ExitCode {
         Command::Nodes(api) => ops::nodes(&api).await,
         Command::Orgs { command } => ops::orgs(command).await,
         Command::Users { command } => ops::users(command).await,
+        Command::Tokens { command } => tokens::tokens(command).await,
         Command::Backups(args) => backups::backups(args).await,
         Command::Restore(args) => backups::restore(args).await,
         Command::Bench { command } => tokio::task::spawn_blocking(move || bench::run(command))

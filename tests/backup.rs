@@ -643,6 +643,7 @@ fn node_in_process() -> (
         capacity: 10,
         max_open_tenants: 4,
         idle_close_ms: 60_000,
+        trash_grace_secs: 7 * 24 * 3600,
         backup: Some(backup),
     };
     let node = {
@@ -662,6 +663,7 @@ fn host_in_process(node: &hemvist_node::Node, org: &hemvist_proto::OrgId, key: [
             allowed_regions: vec!["eu-north".into()],
             sync: false,
             data_key: Some(hemvist_proto::DataKey(key)),
+            expect_backup: false,
         })
         .unwrap();
 }

@@ -25,8 +25,14 @@ pub fn router(plane: Arc<Plane>) -> Router {
         .route("/orgs", get(list_orgs).post(create_org))
         .route("/orgs/{id}", get(show_org))
         .route("/orgs/{id}/users", axum::routing::post(add_user))
-        .route("/orgs/{id}/data-key", get(data_key))
+        .route(
+            "/orgs/{id}/data-key",
+            get(data_key).delete(destroy_data_key),
+        )
+        .route("/tokens", get(list_tokens).post(create_token))
+        .route("/tokens/{name}/revoke", axum::routing::post(revoke_token))
         .route("/audit/verify", get(verify_audit))
+        .route("/system", get(system))
         .fallback(|| async { ApiError(HemvistError::not_found("no such API route")) })
         .layer(middleware::from_fn_with_state(plane.clone(), require_token));
     Router::new()
@@ -72,7 +78,11 @@ async fn require_token(State(plane): State<Arc<Plane>>, req: Request, next: Next
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !crate::auth::tokens_equal(presented, &plane.config.admin_token) {
+    let actor = match plane.authenticate(presented) {
+        Ok(actor) => actor,
+        Err(e) => return ApiError(e).into_response(),
+    };
+    let Some(actor) = actor else {
         plane.metrics.api_unauthorized.inc();
         let mut resp = ApiError(HemvistError::new(
             ErrorKind::Unauthenticated,
@@ -82,12 +92,32 @@ async fn require_token(State(plane): State<Arc<Plane>>, req: Request, next: Next
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return resp;
-    }
+    };
+    let mut req = req;
+    req.extensions_mut().insert(Actor(actor));
     let resp = next.run(req).await;
     if resp.status().is_client_error() || resp.status().is_server_error() {
         plane.metrics.api_errors.inc();
     }
     resp
+}
+
+/// Who the request's token speaks for: what the audit log records as the actor.
+#[derive(Clone)]
+struct Actor(String);
+
+/// A JSON body, or why not: too large is 413 on every route, anything else 400.
+fn json_body<T>(
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, ApiError> {
+    body.map(|Json(v)| v).map_err(|e| {
+        let kind = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ErrorKind::TooLarge
+        } else {
+            ErrorKind::InvalidArgument
+        };
+        ApiError(HemvistError::new(kind, e.body_text()))
+    })
 }
 
 /// Runs blocking store work off the async threads.
@@ -109,9 +139,16 @@ struct RegionView {
     jurisdiction: String,
     countries: Vec<String>,
     object_store: String,
+    object_store_endpoint: Option<String>,
     nodes: usize,
     healthy_nodes: usize,
     default: bool,
+}
+
+/// Which hemvist system this is: the id its nodes write into every region's store, so the
+/// operator's verbs can tell a store of this system from one of another.
+async fn system(State(plane): State<Arc<Plane>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "system_id": plane.system_id }))
 }
 
 async fn regions(State(plane): State<Arc<Plane>>) -> Result<Json<Vec<RegionView>>, ApiError> {
@@ -126,6 +163,7 @@ async fn regions(State(plane): State<Arc<Plane>>) -> Result<Json<Vec<RegionView>
                 jurisdiction: r.jurisdiction.clone(),
                 countries: r.countries.clone(),
                 object_store: r.object_store.clone(),
+                object_store_endpoint: r.object_store_endpoint.clone(),
                 nodes: nodes.iter().filter(|n| n.region == r.id).count(),
                 healthy_nodes: nodes
                     .iter()
@@ -172,17 +210,11 @@ async fn list_orgs(State(plane): State<Arc<Plane>>) -> Result<impl IntoResponse,
 
 async fn create_org(
     State(plane): State<Arc<Plane>>,
+    axum::Extension(Actor(actor)): axum::Extension<Actor>,
     body: Result<Json<CreateOrg>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(req) = body.map_err(|e| {
-        let kind = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ErrorKind::TooLarge
-        } else {
-            ErrorKind::InvalidArgument
-        };
-        ApiError(HemvistError::new(kind, e.body_text()))
-    })?;
-    let created = blocking(&plane, move |c| c.create_org(req)).await?;
+    let req = json_body(body)?;
+    let created = blocking(&plane, move |c| c.create_org(req, &actor)).await?;
     let status = if created.created {
         StatusCode::CREATED
     } else {
@@ -201,22 +233,81 @@ async fn show_org(
 
 async fn data_key(
     State(plane): State<Arc<Plane>>,
+    axum::Extension(Actor(actor)): axum::Extension<Actor>,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Path(id) = id.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
-    let key = blocking(&plane, move |c| c.data_key(&id, "admin")).await?;
+    let key = blocking(&plane, move |c| c.data_key(&id, &actor)).await?;
     Ok(Json(serde_json::json!({ "data_key": key })))
+}
+
+#[derive(serde::Deserialize)]
+struct Confirm {
+    confirm: Option<String>,
+}
+
+/// Destroys the control plane's copy of an org's data key (`?confirm=ORG`): every backup of
+/// the org becomes unreadable, everywhere. Audited.
+async fn destroy_data_key(
+    State(plane): State<Arc<Plane>>,
+    axum::Extension(Actor(actor)): axum::Extension<Actor>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    confirm: Result<axum::extract::Query<Confirm>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
+    let confirm = confirm.ok().and_then(|q| q.0.confirm).unwrap_or_default();
+    if confirm != id {
+        return Err(ApiError(HemvistError::invalid(format!(
+            "destroying a data key makes every backup of the org unreadable, for good: repeat \
+             the org id as ?confirm={}",
+            id.chars().take(63).collect::<String>()
+        ))));
+    }
+    blocking(&plane, move |c| c.destroy_data_key(&id, &actor)).await?;
+    Ok(Json(serde_json::json!({ "destroyed": true })))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTokenRequest {
+    name: String,
+}
+
+async fn create_token(
+    State(plane): State<Arc<Plane>>,
+    axum::Extension(Actor(actor)): axum::Extension<Actor>,
+    body: Result<Json<NewTokenRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let req = json_body(body)?;
+    let made = blocking(&plane, move |c| c.create_token(&req.name, &actor)).await?;
+    Ok((StatusCode::CREATED, Json(made)).into_response())
+}
+
+async fn list_tokens(State(plane): State<Arc<Plane>>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(blocking(&plane, |c| c.list_tokens()).await?))
+}
+
+async fn revoke_token(
+    State(plane): State<Arc<Plane>>,
+    axum::Extension(Actor(actor)): axum::Extension<Actor>,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Path(name) = name.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
+    Ok(Json(
+        blocking(&plane, move |c| c.revoke_token(&name, &actor)).await?,
+    ))
 }
 
 async fn add_user(
     State(plane): State<Arc<Plane>>,
+    axum::Extension(Actor(actor)): axum::Extension<Actor>,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
     body: Result<Json<crate::users::AddUser>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = id.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
-    let Json(req) = body.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
+    let req = json_body(body)?;
     let added = blocking(&plane, move |c| {
-        c.add_user(&id, req, std::time::Duration::from_secs(15))
+        c.add_user(&id, req, &actor, std::time::Duration::from_secs(15))
     })
     .await?;
     let status = if added.state == "done" {

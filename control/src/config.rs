@@ -58,8 +58,13 @@ pub struct RegionConfig {
     /// ISO 3166-1 alpha-2 codes of the countries whose users this region serves.
     #[serde(default)]
     pub countries: Vec<String>,
-    /// The region's own bucket, e.g. `s3://hemvist-eu-north` or `file:///var/lib/hemvist/objects`.
+    /// The region's own bucket, e.g. `s3://hemvist-eu-north` or `file:///var/lib/hemvist/objects`:
+    /// what the region's nodes back up to (`[backup] url`), and where the operator's verbs read
+    /// backups from.
     pub object_store: String,
+    /// The S3 endpoint of an `s3://` store, `https://host[:port]`.
+    #[serde(default)]
+    pub object_store_endpoint: Option<String>,
 }
 
 fn default_api_listen() -> SocketAddr {

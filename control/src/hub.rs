@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hemvist_proto::NodeId;
 use tokio::sync::mpsc;
 
-use crate::link::{NodeCommand, NodeLink, PlacementUpdate, SessionInfo};
+use crate::link::{NodeCommand, NodeLink, OrgKey, PlacementUpdate, SessionInfo};
 
 /// What the control plane sends down one node's session.
 #[derive(Debug, Clone)]
@@ -17,6 +17,7 @@ pub enum Outgoing {
     Registered {
         lease_ttl_ms: u64,
         heartbeat_interval_ms: u64,
+        system_id: String,
     },
     HeartbeatAck {
         seq: u64,
@@ -27,6 +28,7 @@ pub enum Outgoing {
         command: NodeCommand,
     },
     Placements(PlacementUpdate),
+    DataKeys(Vec<OrgKey>),
 }
 
 pub type Outbox = mpsc::Sender<Outgoing>;

@@ -27,6 +27,7 @@ pub mod reconciler;
 pub mod replication;
 pub mod residency;
 pub mod store;
+pub mod tokens;
 pub mod users;
 
 use std::net::SocketAddr;

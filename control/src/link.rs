@@ -19,6 +19,8 @@ pub enum NodeCommand {
         allowed_regions: Vec<RegionId>,
         durability: String,
         data_key: String,
+        /// Backups of the org have been seen: with no local file and no backup, fail.
+        expect_backup: bool,
     },
     /// Add a user to the org's own database; the password is already hashed.
     AddUser {
@@ -30,6 +32,23 @@ pub enum NodeCommand {
     },
     /// Stop hosting the org at this (older) generation.
     Drop { org: OrgId, generation: Generation },
+}
+
+/// Keys go to a node in chunks of this many.
+pub const KEY_CHUNK: usize = 1_000;
+
+/// An org's data key, for the node that hosts it (nodes keep keys in memory only).
+#[derive(Clone, PartialEq, Eq)]
+pub struct OrgKey {
+    pub org: OrgId,
+    pub generation: Generation,
+    pub data_key: String,
+}
+
+impl std::fmt::Debug for OrgKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OrgKey({}, {}, ..)", self.org, self.generation)
+    }
 }
 
 /// Where an org lives, as nodes cache it for routing.

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::hub::{Hub, Outgoing};
-use crate::link::{NodeCommand, Placement, PlacementUpdate};
+use crate::link::{NodeCommand, Placement, PlacementUpdate, KEY_CHUNK};
 use crate::nodes::{CommandAck, Registration};
 use crate::plane::Plane;
 use crate::replication::ReplicationView;
@@ -81,6 +81,7 @@ impl NodeControl for NodeApi {
             .send(Outgoing::Registered {
                 lease_ttl_ms: plane.config.lease_ttl_ms,
                 heartbeat_interval_ms: plane.config.heartbeat_interval_ms,
+                system_id: plane.system_id.clone(),
             })
             .await;
         send_all_placements(&plane, &tx).await?;
@@ -155,10 +156,14 @@ async fn handle(
         Some(In::Heartbeat(h)) => {
             hub.renew(node, epoch, plane.lease());
             let now = crate::clock::now_ms();
+            let mut backed_up = Vec::new();
             for r in h.replication {
                 let Ok(org) = OrgId::parse(&r.org) else {
                     continue;
                 };
+                if r.lsn > 0 {
+                    backed_up.push(org.clone());
+                }
                 plane.replication.report(
                     org,
                     ReplicationView {
@@ -171,6 +176,12 @@ async fn handle(
                         reported_ms: now,
                     },
                 );
+            }
+            if !backed_up.is_empty() {
+                let p = plane.clone();
+                tokio::task::spawn_blocking(move || p.backups_seen(backed_up))
+                    .await
+                    .map_err(|e| HemvistError::internal(e.to_string()))??;
             }
             hub.send(
                 node,
@@ -197,13 +208,23 @@ async fn handle(
                 ));
             }
             let (p, n) = (plane.clone(), node.clone());
-            tokio::task::spawn_blocking(move || p.state_reported(&n, &tenants))
+            let keys = tokio::task::spawn_blocking(move || p.state_reported(&n, &tenants))
                 .await
                 .map_err(|e| HemvistError::internal(e.to_string()))??;
+            for chunk in keys.chunks(KEY_CHUNK) {
+                hub.send(node, Outgoing::DataKeys(chunk.to_vec()));
+            }
         }
         Some(In::Ack(ack)) => {
             let (p, n) = (plane.clone(), node.clone());
             tokio::task::spawn_blocking(move || p.command_acked(&n, CommandAck::from(ack)))
+                .await
+                .map_err(|e| HemvistError::internal(e.to_string()))??;
+        }
+        Some(In::Purged(p)) => {
+            let org = OrgId::try_from(p.org)?;
+            let (pl, n) = (plane.clone(), node.clone());
+            tokio::task::spawn_blocking(move || pl.trash_purged(&n, &org, &p.label, p.dropped_ms))
                 .await
                 .map_err(|e| HemvistError::internal(e.to_string()))??;
         }
@@ -250,9 +271,21 @@ impl From<Outgoing> for pb::ControlMessage {
             Outgoing::Registered {
                 lease_ttl_ms,
                 heartbeat_interval_ms,
+                system_id,
             } => Out::Registered(pb::Registered {
                 lease_ttl_ms,
                 heartbeat_interval_ms,
+                system_id,
+            }),
+            Outgoing::DataKeys(keys) => Out::DataKeys(pb::DataKeys {
+                keys: keys
+                    .into_iter()
+                    .map(|k| pb::OrgKey {
+                        org: k.org.to_string(),
+                        generation: k.generation.get(),
+                        data_key: k.data_key,
+                    })
+                    .collect(),
             }),
             Outgoing::HeartbeatAck { seq, lease_ttl_ms } => {
                 Out::HeartbeatAck(pb::HeartbeatAck { seq, lease_ttl_ms })
@@ -281,6 +314,7 @@ fn action(command: NodeCommand) -> pb::command::Action {
             allowed_regions,
             durability,
             data_key,
+            expect_backup,
         } => Action::Host(pb::HostTenant {
             org: org.to_string(),
             generation: generation.get(),
@@ -288,6 +322,7 @@ fn action(command: NodeCommand) -> pb::command::Action {
             allowed_regions: allowed_regions.iter().map(ToString::to_string).collect(),
             durability,
             data_key,
+            expect_backup,
         }),
         NodeCommand::AddUser {
             org,

@@ -5,7 +5,7 @@
 
 use hemvist_proto::{Generation, HemvistError, NodeId, OrgId, RegionId};
 
-use crate::link::{Placement, PlacementUpdate};
+use crate::link::{OrgKey, Placement, PlacementUpdate};
 use crate::plane::Plane;
 use crate::store::{CommandKind, CommandState, NodeRecord};
 use crate::users::UserPayload;
@@ -85,15 +85,67 @@ impl Plane {
         Ok(())
     }
 
-    /// A node's full list of what it hosts, replacing the last one.
+    /// A node's full list of what it hosts, replacing the last one. Answers with the data keys
+    /// of the reported orgs that are meant to be on this node (it keeps keys in memory only,
+    /// so after a restart it has none); an org placed elsewhere, or whose key was destroyed,
+    /// gets none.
     pub fn state_reported(
         &self,
         node: &NodeId,
         tenants: &[(OrgId, Generation, u32)],
-    ) -> Result<(), HemvistError> {
+    ) -> Result<Vec<OrgKey>, HemvistError> {
         tracing::info!(%node, tenants = tenants.len(), "state report");
         self.store.replace_observed(node, tenants)?;
         self.reconcile_soon(node);
+        let reported: std::collections::HashSet<&OrgId> = tenants.iter().map(|t| &t.0).collect();
+        Ok(self
+            .store
+            .orgs_on_node(node)?
+            .into_iter()
+            .filter(|o| reported.contains(&o.id))
+            .filter_map(|o| {
+                Some(OrgKey {
+                    generation: o.generation,
+                    data_key: o.data_key?,
+                    org: o.id,
+                })
+            })
+            .collect())
+    }
+
+    /// Orgs a node reports shipped backups of: recorded once, so that no node ever answers a
+    /// `host` for them with an empty tenant.
+    pub fn backups_seen(&self, orgs: Vec<OrgId>) -> Result<(), HemvistError> {
+        let new: Vec<OrgId> = {
+            let known = self.backed_up.lock().unwrap_or_else(|p| p.into_inner());
+            orgs.into_iter().filter(|o| !known.contains(o)).collect()
+        };
+        for org in new {
+            self.store.mark_backed_up(&org, crate::clock::now_ms())?;
+            self.backed_up
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(org);
+        }
+        Ok(())
+    }
+
+    /// A node deleted a dropped tenant's files from its trash after the grace period.
+    pub fn trash_purged(
+        &self,
+        node: &NodeId,
+        org: &OrgId,
+        label: &str,
+        dropped_ms: i64,
+    ) -> Result<(), HemvistError> {
+        let label: String = label.chars().take(100).collect();
+        tracing::info!(%node, %org, %label, "dropped tenant purged from trash");
+        self.store.audit(
+            node.as_str(),
+            "tenant.purged",
+            Some(org),
+            &serde_json::json!({"node": node, "label": label, "dropped_ms": dropped_ms}),
+        )?;
         Ok(())
     }
 
@@ -151,12 +203,14 @@ impl Plane {
                 )?;
             }
             CommandKind::AddUser => {
-                let email = UserPayload::of(&cmd).map(|p| p.email).unwrap_or_default();
+                let (email, requested_by) = UserPayload::of(&cmd)
+                    .map(|p| (p.email, p.requested_by))
+                    .unwrap_or_default();
                 self.store.audit(
                     node.as_str(),
                     "user.added",
                     Some(&cmd.org),
-                    &serde_json::json!({"node": node, "email": email}),
+                    &serde_json::json!({"node": node, "email": email, "requested_by": requested_by}),
                 )?;
             }
             CommandKind::Drop => {

@@ -89,7 +89,7 @@ fn check_name(name: &str) -> Result<String, HemvistError> {
 }
 
 impl Plane {
-    pub fn create_org(&self, req: CreateOrg) -> Result<CreatedOrg, HemvistError> {
+    pub fn create_org(&self, req: CreateOrg, actor: &str) -> Result<CreatedOrg, HemvistError> {
         let id = OrgId::parse(&req.id)?;
         let name = check_name(&req.name)?;
         let residency = match &req.residency {
@@ -162,6 +162,7 @@ impl Plane {
             node_id: decision.node.clone(),
             durability,
             data_key: hemvist_proto::random::hex(32)?,
+            requested_by: actor.to_string(),
         })?;
         match created {
             Created::Existing(existing) => self.same_or_conflict(existing, &name, &residency),
@@ -312,6 +313,25 @@ impl Plane {
             &serde_json::json!({"purpose": "restore"}),
         )?;
         Ok(key)
+    }
+
+    /// Destroys the control plane's copy of the org's data key, the only one that survives a
+    /// node's restart: the org's backups become unreadable everywhere. Audited.
+    pub fn destroy_data_key(&self, id: &str, actor: &str) -> Result<(), HemvistError> {
+        let id = OrgId::parse(id)?;
+        if self.store.org(&id)?.is_none() {
+            return Err(HemvistError::not_found(format!("no org {id}")));
+        }
+        if self.store.destroy_data_key(&id)? {
+            tracing::warn!(org = %id, %actor, "data key destroyed: the org's backups are unreadable");
+            self.store.audit(
+                actor,
+                "data_key.destroyed",
+                Some(&id),
+                &serde_json::json!({}),
+            )?;
+        }
+        Ok(())
     }
 
     pub fn show_org(&self, id: &str) -> Result<OrgDetail, HemvistError> {

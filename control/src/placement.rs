@@ -146,6 +146,7 @@ mod tests {
             jurisdiction: j.into(),
             countries: countries.iter().map(|c| c.to_string()).collect(),
             object_store: format!("file:///tmp/{id}"),
+            object_store_endpoint: None,
         }
     }
 

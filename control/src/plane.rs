@@ -27,6 +27,10 @@ pub struct Plane {
     pub metrics: Metrics,
     pub replication: Replication,
     pub(crate) wake_reconciler: Notify,
+    /// This system's id (see `store::system`).
+    pub system_id: String,
+    /// Orgs whose backups are known to be recorded, so reports do not rewrite it.
+    pub(crate) backed_up: Mutex<HashSet<hemvist_proto::OrgId>>,
     sent: Mutex<HashSet<(u64, String)>>,
     dirty: Mutex<HashSet<NodeId>>,
 }
@@ -61,7 +65,11 @@ impl Plane {
                 None
             }
         };
+        let candidate = hemvist_proto::random::hex(16)?;
+        let system_id = store.system_id(move || candidate)?;
         Ok(Plane {
+            system_id,
+            backed_up: Mutex::new(HashSet::new()),
             config,
             store,
             nodes,

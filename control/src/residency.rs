@@ -112,6 +112,7 @@ mod tests {
             jurisdiction: "EU".into(),
             countries: vec!["SE".into()],
             object_store: "file:///tmp/eu-north".into(),
+            object_store_endpoint: None,
         }];
         let policy = ResidencyPolicy::parse("EU,eu-north", &regions).unwrap();
         let stored = policy.to_stored();
@@ -131,6 +132,7 @@ mod tests {
             jurisdiction: "EU".into(),
             countries: vec!["SE".into()],
             object_store: "file:///tmp/eu-north".into(),
+            object_store_endpoint: None,
         }];
         for spec in [",", " ", "", " , ,"] {
             let err = ResidencyPolicy::parse(spec, &regions).unwrap_err();

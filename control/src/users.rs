@@ -26,6 +26,9 @@ pub struct UserPayload {
     pub email: String,
     pub name: String,
     pub password_hash: String,
+    /// Who asked for it (an admin token's name), for the audit log.
+    #[serde(default)]
+    pub requested_by: String,
 }
 
 impl UserPayload {
@@ -102,6 +105,7 @@ impl Plane {
         &self,
         org: &str,
         req: AddUser,
+        actor: &str,
         wait: Duration,
     ) -> Result<UserAdded, HemvistError> {
         let org = OrgId::parse(org)?;
@@ -132,6 +136,7 @@ impl Plane {
                     email: email.clone(),
                     name,
                     password_hash: hash_password(&req.password)?,
+                    requested_by: actor.to_string(),
                 })
                 .map_err(|e| HemvistError::internal(e.to_string()))?;
                 self.store.ensure_command(&NewCommand {

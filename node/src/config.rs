@@ -50,6 +50,10 @@ pub struct NodeConfig {
     /// A tenant unused for this long has its files closed.
     #[serde(default = "default_idle_close_ms")]
     pub idle_close_ms: u64,
+    /// A dropped tenant's files are kept in `trash/` this long (default 7 days), then deleted;
+    /// each deletion is audited by the control plane.
+    #[serde(default = "default_trash_grace_secs")]
+    pub trash_grace_secs: u64,
     /// Continuous backup of every tenant to the region's object store; none if absent.
     #[serde(default)]
     pub backup: Option<crate::backup::store::BackupConfig>,
@@ -80,6 +84,9 @@ fn default_max_open() -> usize {
 }
 fn default_idle_close_ms() -> u64 {
     60_000
+}
+fn default_trash_grace_secs() -> u64 {
+    7 * 24 * 3600
 }
 
 impl NodeConfig {

@@ -167,9 +167,33 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq: u64 = 0;
     let mut in_flight: HashMap<u64, Instant> = HashMap::new();
+    // The trash is emptied only while connected, so every deletion reaches the audit log.
+    let grace = Duration::from_secs(node.config.trash_grace_secs);
+    let mut purge =
+        tokio::time::interval((grace / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600)));
+    purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
+            _ = purge.tick() => {
+                let tenants = node.tenants.clone();
+                let purged = tokio::task::spawn_blocking(move || {
+                    tenants.purge_trash(grace, crate::clock::now_ms())
+                })
+                .await
+                .unwrap_or_default();
+                for p in purged {
+                    tracing::info!(org = %p.org, label = %p.label, "purged a dropped tenant from trash");
+                    let msg = pb::TrashPurged {
+                        org: p.org.to_string(),
+                        label: p.label,
+                        dropped_ms: p.dropped_ms,
+                    };
+                    if tx.send(out(Out::Purged(msg))).await.is_err() {
+                        break;
+                    }
+                }
+            }
             _ = heartbeat.tick() => {
                 seq += 1;
                 in_flight.insert(seq, Instant::now());
@@ -190,6 +214,10 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
                         tracing::info!(control = %node.config.control_url, "registered with the control plane");
                         if let Some(b) = &node.backup {
                             b.report_all();
+                            if !r.system_id.is_empty() {
+                                let (b, id) = (b.clone(), r.system_id.clone());
+                                tokio::spawn(async move { b.claim_store(&id).await });
+                            }
                         }
                     }
                     In::HeartbeatAck(ack) => {
@@ -200,6 +228,7 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
                     In::Command(cmd) => {
                         let _ = cmd_tx.send(cmd);
                     }
+                    In::DataKeys(keys) => take_keys(node, keys),
                     In::Placements(update) => {
                         let n = node.clone();
                         let applied = tokio::task::spawn_blocking(move || apply_placements(&n, update)).await;
@@ -219,6 +248,29 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
     drop(cmd_tx);
     worker.abort();
     result
+}
+
+/// Keeps the data keys the control plane sent, in memory (see `state`); a key for an org not
+/// hosted here is ignored.
+fn take_keys(node: &Node, keys: pb::DataKeys) {
+    let (mut taken, mut bad) = (0usize, 0usize);
+    for k in keys.keys {
+        match (
+            OrgId::try_from(k.org),
+            hemvist_proto::DataKey::from_hex(&k.data_key),
+        ) {
+            (Ok(org), Ok(key)) => {
+                if node.state.set_data_key(&org, key) {
+                    taken += 1;
+                }
+            }
+            _ => bad += 1,
+        }
+    }
+    if bad > 0 {
+        tracing::warn!(bad, "data keys that do not parse were ignored");
+    }
+    tracing::debug!(taken, "data keys received");
 }
 
 /// How the node checks the control plane's certificate (its CA, or the system's roots) and,
@@ -296,6 +348,7 @@ fn host(node: &Node, h: pb::HostTenant) -> Result<pb::HostedTenant, HemvistError
                     .map_err(|e| HemvistError::invalid(format!("data key: {e}")))?,
             )
         },
+        expect_backup: h.expect_backup,
     };
     let hosted = node.hosting.host(&req)?;
     Ok(pb::HostedTenant {
@@ -378,6 +431,7 @@ mod tests {
             capacity: 10,
             max_open_tenants: 2,
             idle_close_ms: 60_000,
+            trash_grace_secs: 7 * 24 * 3600,
             backup: None,
         };
         let node = Node::open(config, "http://127.0.0.1:9".into()).unwrap();

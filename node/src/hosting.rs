@@ -26,6 +26,9 @@ pub struct HostRequest {
     pub sync: bool,
     /// The org's data key, which seals its backups.
     pub data_key: Option<DataKey>,
+    /// The control plane has seen backups of this org: if there is no local file, one of them
+    /// must be restored; finding none is an error, never an empty tenant.
+    pub expect_backup: bool,
 }
 
 pub struct Hosting {
@@ -84,8 +87,21 @@ impl Hosting {
             }
         }
         failpoints::check("node.host")?;
-        if !self.tenants.exists(&req.org) {
-            self.restore_from_backup(&req.org, req.data_key.as_ref())?;
+        if !self.tenants.exists(&req.org)
+            && !self.restore_from_backup(&req.org, req.data_key.as_ref())?
+            && req.expect_backup
+        {
+            // Creating an empty tenant here would silently replace the org's data with nothing
+            // (a wrong store configured, a bucket emptied): refuse, and keep refusing.
+            return Err(HemvistError::unavailable(format!(
+                "org {} has backups, but this node has no file of it and finds none in {}: \
+                 refusing to create an empty tenant (is backup.url right?)",
+                req.org,
+                self.backup.as_ref().map_or(
+                    "its store (this node has no [backup])".to_string(),
+                    |b| b.config.url.clone()
+                )
+            )));
         }
         let schema_version = self.tenants.create(&req.org, now_ms())?;
         if let Some(b) = &self.backup {
@@ -105,10 +121,15 @@ impl Hosting {
     }
 
     /// An org assigned here with no local file: if its region's backups hold it, the newest
-    /// restore point becomes the local file (blocking; runs on the command thread).
-    fn restore_from_backup(&self, org: &OrgId, key: Option<&DataKey>) -> Result<(), HemvistError> {
+    /// restore point becomes the local file (blocking; runs on the command thread). Whether one
+    /// was restored.
+    fn restore_from_backup(
+        &self,
+        org: &OrgId,
+        key: Option<&DataKey>,
+    ) -> Result<bool, HemvistError> {
         let Some(b) = &self.backup else {
-            return Ok(());
+            return Ok(false);
         };
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| HemvistError::internal("restore needs the runtime"))?;
@@ -131,9 +152,9 @@ impl Hosting {
             Ok(Some(r)) => {
                 tracing::info!(%org, generation = r.generation, lsn = r.lsn, time = %crate::backup::format_time(r.time_ms),
                     "restored tenant from backup");
-                Ok(())
+                Ok(true)
             }
-            Ok(None) => Ok(()),
+            Ok(None) => Ok(false),
             Err(e) => Err(HemvistError::unavailable(format!(
                 "org {org} has no local file and its backup could not be restored: {e:#}"
             ))),
@@ -204,6 +225,7 @@ mod tests {
             allowed_regions: allowed.iter().map(|s| s.to_string()).collect(),
             sync: false,
             data_key: None,
+            expect_backup: false,
         }
     }
 

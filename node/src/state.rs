@@ -7,6 +7,14 @@
 //! - `placements`: the node's cached copy of where every org lives, so it can route users
 //!   (serve, redirect, 404) without asking the control plane, even while the control plane is
 //!   unreachable or right after a restart.
+//!
+//! What is not persisted: the orgs' data keys. They live in memory only, arrive with `host`
+//! commands and again after every (re)connection (`DataKeys`, over the authenticated, TLS-able
+//! stream), and go with the process. Wrapping them with a node key instead would put that key on
+//! the same machine as the data it protects; kept in memory, a copied disk or an old node holds
+//! no key, and the control plane's copy is the only one that survives, so destroying it makes the
+//! org's backups unreadable everywhere. The price: after a restart, a node ships nothing for an
+//! org until its key has come back (writes are still taken; they wait in the WAL).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,7 +31,7 @@ pub struct Hosted {
     pub name: String,
     /// Durability `sync`: a write is acknowledged once it is in object storage.
     pub sync: bool,
-    /// The org's data key: its backups are sealed with it.
+    /// The org's data key: its backups are sealed with it. In memory only (see the module doc).
     pub data_key: Option<hemvist_proto::DataKey>,
 }
 
@@ -67,11 +75,25 @@ impl NodeState {
                  ALTER TABLE hosted ADD COLUMN data_key TEXT;",
             )?;
         }
+        // Nodes before this version kept data keys here: wipe them, and rewrite the file so no
+        // freed page still holds one.
+        let stale_keys: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM hosted WHERE data_key IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        if stale_keys > 0 {
+            conn.execute("UPDATE hosted SET data_key = NULL", [])?;
+            conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")?;
+            tracing::info!(
+                keys = stale_keys,
+                "removed data keys an older version kept on disk"
+            );
+        }
         let mut hosted = HashMap::new();
         {
-            let mut stmt = conn.prepare(
-                "SELECT org, generation, schema_version, name, sync, data_key FROM hosted",
-            )?;
+            let mut stmt =
+                conn.prepare("SELECT org, generation, schema_version, name, sync FROM hosted")?;
             let rows = stmt.query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -79,14 +101,10 @@ impl NodeState {
                     r.get::<_, u32>(2)?,
                     r.get::<_, String>(3)?,
                     r.get::<_, bool>(4)?,
-                    r.get::<_, Option<String>>(5)?,
                 ))
             })?;
             for row in rows {
-                let (org, g, schema_version, name, sync, key) = row?;
-                let data_key = key
-                    .map(|k| hemvist_proto::DataKey::from_hex(&k))
-                    .transpose()?;
+                let (org, g, schema_version, name, sync) = row?;
                 hosted.insert(
                     OrgId::try_from(org)?,
                     Hosted {
@@ -94,7 +112,7 @@ impl NodeState {
                         schema_version,
                         name,
                         sync,
-                        data_key,
+                        data_key: None,
                     },
                 );
             }
@@ -158,10 +176,10 @@ impl NodeState {
     pub fn set_hosted(&self, org: &OrgId, h: &Hosted, now_ms: i64) -> Result<(), HemvistError> {
         self.db()
             .execute(
-                "INSERT INTO hosted (org, generation, schema_version, name, hosted_ms, sync, data_key)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                "INSERT INTO hosted (org, generation, schema_version, name, hosted_ms, sync)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT(org) DO UPDATE SET generation = ?2, schema_version = ?3, name = ?4,
-                   sync = ?6, data_key = ?7",
+                   sync = ?6",
                 params![
                     org.as_str(),
                     h.generation.get() as i64,
@@ -169,7 +187,6 @@ impl NodeState {
                     h.name,
                     now_ms,
                     h.sync,
-                    h.data_key.as_ref().map(|k| k.to_hex())
                 ],
             )
             .map_err(internal)?;
@@ -178,6 +195,18 @@ impl NodeState {
             .unwrap_or_else(|p| p.into_inner())
             .insert(org.clone(), h.clone());
         Ok(())
+    }
+
+    /// Keeps the data key of a hosted org, in memory; whether the org is hosted here.
+    pub fn set_data_key(&self, org: &OrgId, key: hemvist_proto::DataKey) -> bool {
+        let mut map = self.hosted.write().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(org) {
+            Some(h) => {
+                h.data_key = Some(key);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn remove_hosted(&self, org: &OrgId) -> Result<(), HemvistError> {

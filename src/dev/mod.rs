@@ -220,6 +220,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 jurisdiction: r.jurisdiction.into(),
                 countries: r.countries.iter().map(|c| c.to_string()).collect(),
                 object_store: format!("file://{}", objects.display()),
+                object_store_endpoint: None,
             })
         })
         .collect::<anyhow::Result<_>>()?;
@@ -285,6 +286,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             capacity: 100_000,
             max_open_tenants: 1_024,
             idle_close_ms: 60_000,
+            trash_grace_secs: 7 * 24 * 3600,
             // Each region backs up to its own local folder, through the same object_store
             // code as an S3 bucket.
             backup: Some(BackupConfig::local(&data.join("objects").join(r.id))),

@@ -562,14 +562,31 @@ impl Cluster {
         assert_eq!(status, 201, "add user to {org}: {body}");
     }
 
-    /// Makes the node read an org's database: a sign-in attempt with a wrong password (401).
+    /// Makes the node read an org's database: a sign-in attempt with a wrong password (401),
+    /// through the real form (its server-issued token, from the node's own origin).
     pub fn touch_tenant(&self, region: &str, org: &str) -> u16 {
+        let base = self.node_url(region);
+        let form = self
+            .http
+            .get(format!("{base}/o/{org}/signin"))
+            .send()
+            .expect("sign-in form");
+        let cookie = form
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with("hv_signin="))
+            .map(|v| v.split(';').next().unwrap_or_default().to_string())
+            .unwrap_or_default();
+        let token = super::session::csrf_in(&form.text().unwrap_or_default()).unwrap_or_default();
         let resp = self
             .http
-            .post(format!("{}/o/{org}/signin", self.node_url(region)))
-            .header("cookie", "hv_signin=t0ken")
+            .post(format!("{base}/o/{org}/signin"))
+            .header("cookie", cookie)
+            .header("origin", &base)
             .form(&[
-                ("_csrf", "t0ken"),
+                ("_csrf", token.as_str()),
                 ("email", "nobody@example.com"),
                 ("password", "wrong-password"),
             ])

@@ -49,6 +49,7 @@ pub fn sign_in(base: &str, org: &str, email: &str, password: &str) -> Result<Use
     let resp = http
         .post(format!("{base}/o/{org}/signin"))
         .header("cookie", &signin_cookie)
+        .header("origin", base)
         .form(&[
             ("_csrf", token.as_str()),
             ("email", email),
@@ -116,6 +117,7 @@ impl UserSession {
         self.http
             .post(self.url(path))
             .header("cookie", &self.cookie)
+            .header("origin", &self.base)
             .form(&all)
             .send()
             .ok()
@@ -135,6 +137,7 @@ impl UserSession {
             .http
             .post(self.url(path))
             .header("cookie", &self.cookie)
+            .header("origin", &self.base)
             .form(&all)
             .send()
             .expect("POST answers");

@@ -15,6 +15,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_org_durability.sql"),
     include_str!("migrations/0003_org_data_key.sql"),
+    include_str!("migrations/0004_system_and_backups.sql"),
+    include_str!("migrations/0005_admin_tokens.sql"),
 ];
 
 pub struct Store {

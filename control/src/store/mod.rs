@@ -10,6 +10,8 @@
 //!   grows, and what each node last said it hosts.
 //! - `commands` (`commands.rs`): every command sent to a node and its state.
 //! - `audit` (`audit.rs`): the hash-chained log of every change of where data lives.
+//! - `system` (`system.rs`): the system's id, made once.
+//! - `admin_tokens` (`tokens.rs`): named, revocable admin tokens, as hashes only.
 //!
 //! Leases are not persisted: after a restart every node is unhealthy until it heartbeats again.
 //! The store interprets nothing it is handed (a residency is stored as its lists, not as a
@@ -22,6 +24,8 @@ mod error;
 mod nodes;
 mod orgs;
 mod placements;
+mod system;
+mod tokens;
 
 pub use commands::{CommandKind, CommandRecord, CommandState, NewCommand};
 pub use db::Store;
@@ -29,3 +33,4 @@ pub use error::StoreError;
 pub use nodes::{NodeRecord, RegionRecord};
 pub use orgs::{Created, NewOrg, OrgRecord, StoredResidency};
 pub use placements::ObservedRecord;
+pub use tokens::TokenRecord;

@@ -35,6 +35,8 @@ pub struct OrgRecord {
     pub durability: String,
     /// Never serialized into views; sent to the org's node and to audited key requests only.
     pub data_key: Option<String>,
+    /// When backups of the org were first reported; none yet if `None`.
+    pub backed_up_ms: Option<i64>,
 }
 
 pub struct NewOrg {
@@ -46,6 +48,8 @@ pub struct NewOrg {
     pub node_id: NodeId,
     pub durability: String,
     pub data_key: String,
+    /// Who asked for it (an admin token's name), for the audit log.
+    pub requested_by: String,
 }
 
 pub enum Created {
@@ -101,6 +105,7 @@ impl Store {
                 "generation": generation.get(),
                 "residency": new.residency,
                 "reason": new.placement_reason,
+                "requested_by": new.requested_by,
             }),
         )?;
         let created = org_in(&tx, &new.id)?
@@ -130,6 +135,24 @@ impl Store {
         rows.map(|r| check_org(r?)).collect()
     }
 
+    /// Records that backups of the org exist (the first report only); whether this was news.
+    pub fn mark_backed_up(&self, id: &OrgId, now_ms: i64) -> Result<bool> {
+        let changed = self.lock().execute(
+            "UPDATE orgs SET backed_up_ms = ?2 WHERE id = ?1 AND backed_up_ms IS NULL",
+            rusqlite::params![id.as_str(), now_ms],
+        )?;
+        Ok(changed > 0)
+    }
+
+    /// Forgets the org's data key; whether there was one. What was sealed with it can no longer
+    /// be opened by anyone.
+    pub fn destroy_data_key(&self, id: &OrgId) -> Result<bool> {
+        Ok(self.lock().execute(
+            "UPDATE orgs SET data_key = NULL WHERE id = ?1 AND data_key IS NOT NULL",
+            [id.as_str()],
+        )? > 0)
+    }
+
     pub fn count_orgs(&self) -> Result<u64> {
         Ok(self
             .lock()
@@ -139,7 +162,7 @@ impl Store {
 }
 
 const ORG_SELECT: &str = "SELECT o.id, o.name, o.home_region, o.residency, o.placement_reason,
-    o.created_ms, p.node_id, p.generation, o.durability, o.data_key FROM orgs o
+    o.created_ms, p.node_id, p.generation, o.durability, o.data_key, o.backed_up_ms FROM orgs o
     JOIN placements p ON p.org = o.id";
 
 type OrgRow = (
@@ -153,6 +176,7 @@ type OrgRow = (
     i64,
     String,
     Option<String>,
+    Option<i64>,
 );
 
 fn org_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OrgRow> {
@@ -167,12 +191,24 @@ fn org_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OrgRow> {
         r.get(7)?,
         r.get(8)?,
         r.get(9)?,
+        r.get(10)?,
     ))
 }
 
 fn check_org(row: OrgRow) -> Result<OrgRecord> {
-    let (id, name, region, residency, reason, created_ms, node, generation, durability, data_key) =
-        row;
+    let (
+        id,
+        name,
+        region,
+        residency,
+        reason,
+        created_ms,
+        node,
+        generation,
+        durability,
+        data_key,
+        backed_up_ms,
+    ) = row;
     Ok(OrgRecord {
         id: OrgId::try_from(id).map_err(StoreError::corrupt)?,
         name,
@@ -184,6 +220,7 @@ fn check_org(row: OrgRow) -> Result<OrgRecord> {
         generation: Generation::new(generation as u64).map_err(StoreError::corrupt)?,
         durability,
         data_key,
+        backed_up_ms,
     })
 }
 

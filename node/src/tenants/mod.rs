@@ -9,6 +9,7 @@
 
 pub mod schema;
 pub mod sweeper;
+pub mod trash;
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -217,7 +218,7 @@ impl TenantStore {
         if !path.exists() {
             return Ok(None);
         }
-        let trash = self.root.parent().unwrap_or(&self.root).join("trash");
+        let trash = self.trash_dir();
         std::fs::create_dir_all(&trash).map_err(|e| db_error(org, e))?;
         let dest = trash.join(format!("{org}.{label}.db"));
         for suffix in ["-wal", "-shm"] {

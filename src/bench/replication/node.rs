@@ -89,6 +89,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         capacity: args.tenants as u64,
         max_open_tenants: 1_024,
         idle_close_ms: 60_000,
+        trash_grace_secs: 7 * 24 * 3600,
         backup: Some(backup),
     };
     let node = Arc::new(Node::open(config, "http://127.0.0.1:9".into())?);
@@ -108,6 +109,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             allowed_regions: vec!["eu-north".into()],
             sync: false,
             data_key: Some(data_key(i + 1)),
+            expect_backup: false,
         })?;
     }
     if args.big_mb > 0 {

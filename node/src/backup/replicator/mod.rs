@@ -55,6 +55,8 @@ pub struct Replicator {
     tenants: Arc<TenantStore>,
     hosted: Arc<NodeState>,
     node_id: NodeId,
+    /// The store names another hemvist system (see `marker`): nothing is shipped into it.
+    foreign: std::sync::atomic::AtomicBool,
 }
 
 impl Replicator {
@@ -79,7 +81,32 @@ impl Replicator {
             tenants,
             hosted,
             node_id,
+            foreign: Default::default(),
         })
+    }
+
+    /// Makes the region's store name this system, once its id is known (at each registration
+    /// with the control plane). A store that names another system gets nothing more from this
+    /// node: shipping stops, loudly, until the configuration is fixed.
+    pub async fn claim_store(&self, system_id: &str) {
+        match super::marker::claim(&*self.store, system_id, self.node_id.as_str()).await {
+            Ok(super::marker::Claim::Ours) => {
+                self.foreign.store(false, Ordering::Relaxed);
+            }
+            Ok(super::marker::Claim::Foreign(other)) => {
+                self.foreign.store(true, Ordering::Relaxed);
+                tracing::error!(store = %self.config.url, this_system = %system_id, store_system = %other,
+                    "the backup store belongs to another hemvist system; shipping nothing into it");
+            }
+            Err(e) => {
+                tracing::warn!(store = %self.config.url, error = %e, "could not check the backup store's system marker; will check at the next registration");
+            }
+        }
+    }
+
+    /// Whether the store was found to belong to another system.
+    pub fn store_is_foreign(&self) -> bool {
+        self.foreign.load(Ordering::Relaxed)
     }
 
     fn up(&self) -> Uploader<'_> {
@@ -190,6 +217,9 @@ impl Replicator {
     /// (and its lag keeps counting) until what it had is in the store: while its upload is in
     /// flight, after a failure, and when writes came in meanwhile.
     pub async fn pass(&self) {
+        if self.store_is_foreign() {
+            return;
+        }
         let started = now_ms();
         let batch = self.dirty.batch();
         let oldest = batch.iter().map(|b| b.1.since).min();
@@ -211,7 +241,7 @@ impl Replicator {
         for (org, seen, step) in steps {
             match step {
                 Ok(Step::Done) => outcomes.push((org, seen, true)),
-                Ok(Step::More) => outcomes.push((org, seen, false)),
+                Ok(Step::More) | Ok(Step::WaitingForKey) => outcomes.push((org, seen, false)),
                 Ok(Step::Pack(p)) => packed.push((org, seen, *p)),
                 Err(e) => {
                     tracing::warn!(%org, error = %e, "backup of tenant failed; will retry");

@@ -37,6 +37,9 @@ pub enum Step {
     More,
     /// A segment for the pass's pack, and the state once the pack is stored.
     Pack(Box<Packed>),
+    /// The org's data key has not arrived yet (it is kept in memory only, and comes from the
+    /// control plane after a restart): nothing is shipped unsealed, the tenant stays dirty.
+    WaitingForKey,
 }
 
 pub struct Packed {
@@ -72,6 +75,9 @@ impl Shipper<'_> {
         {
             // Fenced: the org belongs to a newer generation elsewhere; ship nothing more.
             return Ok(Step::Done);
+        }
+        if hosted.data_key.is_none() {
+            return Ok(Step::WaitingForKey);
         }
         let generation = hosted.generation.get();
         let current = self.db.get(org).filter(|s| s.generation == generation);
