@@ -307,7 +307,7 @@ fn the_101st_wrong_guess_in_a_minute_is_refused_with_retry_after() {
     // Within the window even the right password waits: the account, not the guess, is limited.
     let resp = attempt(&http, &base, "guess", &email, PASSWORD);
     assert_eq!(resp.status().as_u16(), 429);
-    let resp = attempt(&http, &base, "guess", &" ADA@guess.example ", "x");
+    let resp = attempt(&http, &base, "guess", " ADA@guess.example ", "x");
     assert_eq!(
         resp.status().as_u16(),
         429,
