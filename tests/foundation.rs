@@ -566,67 +566,6 @@ fn tenants_open_lazily_stay_bounded_and_idle_ones_hold_no_files() {
 }
 
 /// Starts `hemvist dev` on ports the system picks, waits for its dev.json, returns it.
-// The caller owns the child and reaps it in `stop_dev`.
-#[allow(clippy::zombie_processes)]
-fn start_dev(dir: &std::path::Path, data: &std::path::Path) -> (std::process::Child, Value) {
-    let _ = std::fs::remove_file(data.join("dev.json"));
-    let mut child = std::process::Command::new(support::cluster::BIN)
-        .args([
-            "dev",
-            "--data",
-            data.to_str().unwrap(),
-            "--port-base",
-            "0",
-            "--contacts",
-            "3000",
-        ])
-        .current_dir(dir)
-        .env("HEMVIST_GEOIP", support::cluster::npm_geoip())
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(dir.join("dev.out")).unwrap())
-        .stderr(std::fs::File::create(dir.join("dev.err")).unwrap())
-        .spawn()
-        .expect("start hemvist dev");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(data.join("dev.json")) {
-            if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                return (child, v);
-            }
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "hemvist dev did not write dev.json:\n{}",
-                std::fs::read_to_string(dir.join("dev.err")).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
-fn stop_dev(mut child: std::process::Child) {
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        if let Some(exit) = child.try_wait().unwrap() {
-            assert!(exit.success(), "hemvist dev exited with {exit}");
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "Ctrl-C did not stop hemvist dev"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn hemvist_dev_runs_a_three_region_demo_that_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -687,7 +626,7 @@ fn hemvist_dev_runs_a_three_region_demo_that_survives_a_restart() {
         );
     };
 
-    let (child, dev) = start_dev(dir.path(), &data);
+    let (child, dev) = support::dev::start_dev(dir.path(), &data, &[]);
     check(&dev);
     let out = std::process::Command::new(support::cluster::BIN)
         .args(["orgs", "list", "--json"])
@@ -701,7 +640,7 @@ fn hemvist_dev_runs_a_three_region_demo_that_survives_a_restart() {
         "the CLI finds the demo through dev.json"
     );
     let before: Value = serde_json::from_slice(&out.stdout).unwrap();
-    stop_dev(child);
+    support::dev::stop_dev(child);
     let printed = std::fs::read_to_string(dir.path().join("dev.out")).unwrap();
     assert!(
         printed.contains("hemvist dev is running") && printed.contains("nordlys"),
@@ -709,7 +648,7 @@ fn hemvist_dev_runs_a_three_region_demo_that_survives_a_restart() {
     );
 
     // Again, on new ports, with the same data: nothing re-seeded, nothing re-placed.
-    let (child, dev) = start_dev(dir.path(), &data);
+    let (child, dev) = support::dev::start_dev(dir.path(), &data, &[]);
     check(&dev);
     let out = std::process::Command::new(support::cluster::BIN)
         .args(["orgs", "list", "--json"])
@@ -728,5 +667,5 @@ fn hemvist_dev_runs_a_three_region_demo_that_survives_a_restart() {
             (&b["id"], &b["generation"], &b["node"])
         );
     }
-    stop_dev(child);
+    support::dev::stop_dev(child);
 }

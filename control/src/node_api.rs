@@ -161,7 +161,7 @@ async fn handle(
                 let Ok(org) = OrgId::parse(&r.org) else {
                     continue;
                 };
-                if r.lsn > 0 {
+                if r.shipped_ms > 0 {
                     backed_up.push(org.clone());
                 }
                 plane.replication.report(

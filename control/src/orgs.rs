@@ -53,6 +53,8 @@ pub struct OrgView {
     /// Desired placement is held by the node at the current generation.
     pub ready: bool,
     pub schema_version: Option<u32>,
+    /// When backups of the org were first reported (none yet: `null`).
+    pub backed_up_ms: Option<i64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -283,6 +285,7 @@ impl Plane {
             placement_reason: org.placement_reason,
             created_ms: org.created_ms,
             durability: org.durability,
+            backed_up_ms: org.backed_up_ms,
         })
     }
 

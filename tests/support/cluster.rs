@@ -81,6 +81,12 @@ pub struct Cluster {
     tls: Option<TlsFiles>,
 }
 
+/// The store the control plane names for every region.
+struct RegionStore {
+    url: String,
+    endpoint: String,
+}
+
 #[derive(Clone)]
 struct TlsFiles {
     ca: PathBuf,
@@ -163,6 +169,22 @@ impl Cluster {
         Self::start_full(regions, Some(npm_geoip()), node_extra, Some(tls))
     }
 
+    /// Nodes that back up to `s3` (every `interval_ms`), and a control plane that names `s3` as
+    /// every region's store, so the operator's verbs find backups from the control plane alone.
+    pub fn start_with_backup(regions: &[Region], s3: &super::s3::S3, interval_ms: u64) -> Cluster {
+        let store = RegionStore {
+            url: format!("s3://{}/hemvist", super::s3::BUCKET),
+            endpoint: s3.endpoint.clone(),
+        };
+        Self::start_full_with(
+            regions,
+            Some(npm_geoip()),
+            &s3.node_backup_toml(interval_ms),
+            None,
+            Some(store),
+        )
+    }
+
     fn start_with(regions: &[Region], geoip: Option<PathBuf>, node_extra: &str) -> Cluster {
         Self::start_full(regions, geoip, node_extra, None)
     }
@@ -172,6 +194,16 @@ impl Cluster {
         geoip: Option<PathBuf>,
         node_extra: &str,
         tls: Option<TlsFiles>,
+    ) -> Cluster {
+        Self::start_full_with(regions, geoip, node_extra, tls, None)
+    }
+
+    fn start_full_with(
+        regions: &[Region],
+        geoip: Option<PathBuf>,
+        node_extra: &str,
+        tls: Option<TlsFiles>,
+        store: Option<RegionStore>,
     ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("hemvist-test-")
@@ -188,10 +220,17 @@ impl Cluster {
             config.push_str(&format!("geoip = {:?}\n", g.display().to_string()));
         }
         for r in regions {
+            let (url, endpoint) = match &store {
+                Some(s) => (
+                    s.url.clone(),
+                    format!("object_store_endpoint = {:?}\n", s.endpoint),
+                ),
+                None => (format!("file:///dev/null/{}", r.id), String::new()),
+            };
             config.push_str(&format!(
                 "\n[[regions]]\nid = \"{}\"\nname = \"{}\"\njurisdiction = \"{}\"\ncountries = {:?}\n\
-                 object_store = \"file:///dev/null/{}\"\n",
-                r.id, r.id, r.jurisdiction, r.countries, r.id
+                 object_store = {url:?}\n{endpoint}",
+                r.id, r.id, r.jurisdiction, r.countries
             ));
         }
         if let Some(t) = &tls {
@@ -366,6 +405,22 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no node in {region}"))
     }
 
+    /// The node's configuration file (scenarios may change it before a restart).
+    pub fn node_config(&self, region: &str) -> PathBuf {
+        self.nodes[&self.node_id_in(region)].config.clone()
+    }
+
+    /// Everything the node has logged, all its starts.
+    pub fn node_log(&self, region: &str) -> String {
+        let id = self.node_id_in(region);
+        std::fs::read_to_string(self.dir.path().join(format!("node-{id}.log"))).unwrap_or_default()
+    }
+
+    /// Everything the control plane has logged, all its starts.
+    pub fn control_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("control.log")).unwrap_or_default()
+    }
+
     /// The node's data folder (its tenants and its own state).
     pub fn node_data(&self, region: &str) -> PathBuf {
         self.dir.path().join("nodes").join(self.node_id_in(region))
@@ -474,6 +529,7 @@ impl Cluster {
         let mut req = match method {
             "GET" => self.http.get(url),
             "POST" => self.http.post(url),
+            "DELETE" => self.http.delete(url),
             other => panic!("method {other}"),
         };
         if let Some(t) = token {

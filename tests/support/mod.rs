@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 pub mod cluster;
+pub mod dev;
 pub mod mmdb;
 pub mod s3;
 pub mod session;

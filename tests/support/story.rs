@@ -54,6 +54,8 @@ pub struct OrgShow {
     pub ready: bool,
     pub schema_version: Option<u32>,
     #[serde(default)]
+    pub backed_up_ms: Option<i64>,
+    #[serde(default)]
     pub replication_lag_ms: Option<i64>,
     #[serde(default)]
     pub commands: Vec<CommandShow>,
