@@ -639,6 +639,7 @@ fn node_in_process() -> (
         insecure: false,
         tls: None,
         limits: Default::default(),
+        signin: Default::default(),
         data_dir: dir.path().join("node"),
         capacity: 10,
         max_open_tenants: 4,

@@ -39,6 +39,10 @@ pub struct NodeConfig {
     /// Timeouts and connection caps of the users' HTTP listener.
     #[serde(default)]
     pub limits: hemvist_net::Limits,
+    /// How many password checks run at once, and how many failed sign-ins an account and a
+    /// client address may have per minute.
+    #[serde(default)]
+    pub signin: crate::web::SigninLimits,
     /// Tenant databases and the node's own state live here.
     pub data_dir: PathBuf,
     /// How many tenants this node is willing to host.

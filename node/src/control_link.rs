@@ -427,6 +427,7 @@ mod tests {
             insecure: false,
             tls: None,
             limits: Default::default(),
+            signin: Default::default(),
             data_dir: dir.path().to_path_buf(),
             capacity: 10,
             max_open_tenants: 2,

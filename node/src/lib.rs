@@ -166,7 +166,7 @@ async fn serve(
         .clone()
         .map(|b| tokio::spawn(b.run(shutdown.clone())));
     let sweeper = tokio::spawn(node.close_idle_tenants(shutdown.clone()));
-    let app = web::router(node.clone());
+    let app = web::router_with(node.clone(), &node.config.signin);
     let http = tokio::spawn(hemvist_net::http::serve(listener, app, shutdown.clone()));
     shutdown.cancelled().await;
     let drain = async {

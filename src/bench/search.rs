@@ -217,6 +217,8 @@ fn write_contact(
         let resp = http
             .post(format!("{url}contacts"))
             .header("cookie", cookie)
+            // The node refuses form posts that do not come from its own pages.
+            .header("origin", url.split("/o/").next().unwrap_or(url))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(format!("_csrf={csrf}&name=Bench+Marker+{n}&city=Uppsala"))
             .send()
@@ -284,6 +286,7 @@ fn sign_in(
         let resp = http
             .post(format!("{base}/o/{org}/signin"))
             .header("cookie", cookie)
+            .header("origin", base)
             .header("content-type", "application/x-www-form-urlencoded")
             .body(body)
             .send()

@@ -282,6 +282,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 client_ca: None,
             }),
             limits: Default::default(),
+            signin: Default::default(),
             data_dir: data.join("nodes").join(format!("{}-1", r.id)),
             capacity: 100_000,
             max_open_tenants: 1_024,

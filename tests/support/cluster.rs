@@ -189,6 +189,12 @@ impl Cluster {
         Self::start_full(regions, geoip, node_extra, None)
     }
 
+    /// Every listener (control plane and nodes) with these `[limits]` (the table's body).
+    pub fn start_with_limits(regions: &[Region], limits: &str) -> Cluster {
+        let table = format!("\n[limits]\n{limits}");
+        Self::start_full_with_control(regions, Some(npm_geoip()), &table, None, None, &table)
+    }
+
     fn start_full(
         regions: &[Region],
         geoip: Option<PathBuf>,
@@ -204,6 +210,17 @@ impl Cluster {
         node_extra: &str,
         tls: Option<TlsFiles>,
         store: Option<RegionStore>,
+    ) -> Cluster {
+        Self::start_full_with_control(regions, geoip, node_extra, tls, store, "")
+    }
+
+    fn start_full_with_control(
+        regions: &[Region],
+        geoip: Option<PathBuf>,
+        node_extra: &str,
+        tls: Option<TlsFiles>,
+        store: Option<RegionStore>,
+        control_extra: &str,
     ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("hemvist-test-")
@@ -240,6 +257,7 @@ impl Cluster {
                 t.key.display().to_string()
             ));
         }
+        config.push_str(control_extra);
         let control_config = dir.path().join("control.toml");
         std::fs::write(&control_config, config).expect("write control config");
         let http = super::http()

@@ -85,6 +85,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         insecure: false,
         tls: None,
         limits: Default::default(),
+        signin: Default::default(),
         data_dir: args.data.clone(),
         capacity: args.tenants as u64,
         max_open_tenants: 1_024,
