@@ -153,3 +153,104 @@ fn a_node_refuses_a_control_plane_whose_certificate_it_cannot_check() {
         .collect();
     assert_eq!(ids, ["eu-north-1"], "the untrusting node never registered");
 }
+
+#[test]
+fn with_mutual_tls_a_node_without_a_certificate_never_joins() {
+    let ca = TestCa::new();
+    let mut c = Cluster::start_mutual_tls(&[EU_NORTH], &ca);
+    // The node presenting its certificate joined (start waits for it).
+    let config = c.node_config("eu-north");
+    let with_cert = std::fs::read_to_string(&config).unwrap();
+    assert!(with_cert.contains("[control_tls]") && with_cert.matches("cert = ").count() == 2);
+
+    // The same node without its client certificate: the handshake fails and the token alone
+    // is not enough.
+    c.kill_node("eu-north");
+    let lines: Vec<&str> = with_cert.lines().collect();
+    let at = lines.iter().position(|l| *l == "[control_tls]").unwrap();
+    let without: Vec<&str> = lines
+        .iter()
+        .enumerate()
+        .filter(|(i, l)| {
+            !(*i > at && *i <= at + 3 && (l.starts_with("cert") || l.starts_with("key")))
+        })
+        .map(|(_, l)| *l)
+        .collect();
+    std::fs::write(&config, without.join("\n")).unwrap();
+    let log_before = c.node_log("eu-north").len();
+    c.start_node("eu-north");
+    c.wait_for("the node to try and be refused", || {
+        let log = c.node_log("eu-north");
+        log[log_before..].contains("control link:").then_some(())
+    });
+    c.wait_for("the node's lease to run out", || {
+        let (_, nodes) = c.admin("GET", "/nodes", None);
+        (nodes[0]["healthy"] == false).then_some(())
+    });
+    let log = c.node_log("eu-north");
+    assert!(
+        !log[log_before..].contains("registered with the control plane"),
+        "a node without a client certificate registered"
+    );
+
+    // With its certificate back, it joins again.
+    c.kill_node("eu-north");
+    std::fs::write(&config, &with_cert).unwrap();
+    c.start_node("eu-north");
+    c.wait_nodes_healthy(1);
+}
+
+#[test]
+fn hemvist_dev_runs_every_link_over_tls_with_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (child, dev) = support::dev::start_dev(dir.path(), &data, &["--tls"]);
+    let ca = dev["ca_file"]
+        .as_str()
+        .expect("dev.json names the CA")
+        .to_string();
+    support::trust(std::path::Path::new(&ca));
+    let control = dev["control_url"].as_str().unwrap().to_string();
+    assert!(control.starts_with("https://"), "{control}");
+    assert!(dev["control_grpc"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://"));
+    for o in dev["orgs"].as_array().unwrap() {
+        let url = o["url"].as_str().unwrap();
+        assert!(url.starts_with("https://"), "{url}");
+        let base = url.split("/o/").next().unwrap();
+        let login = &o["login"];
+        sign_in(
+            base,
+            o["id"].as_str().unwrap(),
+            login["email"].as_str().unwrap(),
+            login["password"].as_str().unwrap(),
+        )
+        .expect("the demo login works over https");
+    }
+    // The operator's verbs trust the demo's CA from dev.json when run beside it, and need
+    // --ca when run elsewhere.
+    let empty = tempfile::tempdir().unwrap();
+    let token = dev["admin_token"].as_str().unwrap().to_string();
+    let run = |extra: &[&str]| {
+        std::process::Command::new(support::cluster::BIN)
+            .args(["orgs", "list", "--control", &control, "--token", &token])
+            .args(extra)
+            .env_remove("HEMVIST_DATA")
+            .env_remove("HEMVIST_CA")
+            .current_dir(empty.path())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--ca", &ca]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nordlys"));
+    let out = run(&[]);
+    assert!(!out.status.success(), "a CA nobody trusts was accepted");
+    support::dev::stop_dev(child);
+}

@@ -41,7 +41,14 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
                 );
                 backoff = MAX_BACKOFF;
             }
-            Err(e) => tracing::warn!(code = ?e.code(), "control link: {}", e.message()),
+            Err(e) => {
+                let causes = std::error::Error::source(&e).map(with_causes);
+                let why = match causes {
+                    Some(c) if !e.message().contains(&c) => format!("{}: {c}", e.message()),
+                    _ => e.message().to_string(),
+                };
+                tracing::warn!(code = ?e.code(), "control link: {why}");
+            }
         }
         if started.elapsed() > Duration::from_secs(10) {
             backoff = MIN_BACKOFF;
@@ -105,15 +112,11 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
             .map_err(|e| tonic::Status::invalid_argument(format!("control_tls: {e}")))?;
     }
     let channel = endpoint.connect().await.map_err(|e| {
-        // tonic's own message is only "transport error": name the cause (a certificate the
-        // node cannot check, a refused connection) so the operator can act on it.
-        let mut why = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            why.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        tonic::Status::unavailable(format!("dial {}: {why}", node.config.control_url))
+        tonic::Status::unavailable(format!(
+            "dial {}: {}",
+            node.config.control_url,
+            with_causes(&e)
+        ))
     })?;
     let mut client = NodeControlClient::new(channel);
 
@@ -248,6 +251,22 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
     drop(cmd_tx);
     worker.abort();
     result
+}
+
+/// An error with the chain of its causes: tonic's own message is often only "transport error"
+/// or "operation was canceled", while the cause (a certificate the node cannot check, one the
+/// control plane asked for and did not get) is what the operator can act on.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut why = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !why.contains(&s_text) {
+            why.push_str(&format!(": {s_text}"));
+        }
+        source = s.source();
+    }
+    why
 }
 
 /// Keeps the data keys the control plane sent, in memory (see `state`); a key for an org not

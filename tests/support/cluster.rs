@@ -92,6 +92,8 @@ struct TlsFiles {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    /// Nodes must present a client certificate.
+    mutual: bool,
 }
 
 fn spawn(args: &[&str], log: &Path, env: &[(&str, &str)]) -> Proc {
@@ -165,8 +167,21 @@ impl Cluster {
             ca: ca.ca.clone(),
             cert: ca.cert.clone(),
             key: ca.key.clone(),
+            mutual: false,
         };
         Self::start_full(regions, Some(npm_geoip()), node_extra, Some(tls))
+    }
+
+    /// As `start_tls`, and nodes must also present a certificate from `ca` (mutual TLS on the
+    /// gRPC listener); the nodes started here present `ca`'s certificate.
+    pub fn start_mutual_tls(regions: &[Region], ca: &super::tls::TestCa) -> Cluster {
+        let tls = TlsFiles {
+            ca: ca.ca.clone(),
+            cert: ca.cert.clone(),
+            key: ca.key.clone(),
+            mutual: true,
+        };
+        Self::start_full(regions, Some(npm_geoip()), "", Some(tls))
     }
 
     /// Nodes that back up to `s3` (every `interval_ms`), and a control plane that names `s3` as
@@ -256,6 +271,9 @@ impl Cluster {
                 t.cert.display().to_string(),
                 t.key.display().to_string()
             ));
+            if t.mutual {
+                config.push_str(&format!("client_ca = {:?}\n", t.ca.display().to_string()));
+            }
         }
         config.push_str(control_extra);
         let control_config = dir.path().join("control.toml");
@@ -376,8 +394,17 @@ impl Cluster {
         );
         if let Some(t) = &self.tls {
             let ca = ca.unwrap_or(&t.ca);
+            let client = if t.mutual {
+                format!(
+                    "cert = {:?}\nkey = {:?}\n",
+                    t.cert.display().to_string(),
+                    t.key.display().to_string()
+                )
+            } else {
+                String::new()
+            };
             text.push_str(&format!(
-                "\n[control_tls]\nca = {:?}\n\n[tls]\ncert = {:?}\nkey = {:?}\n",
+                "\n[control_tls]\nca = {:?}\n{client}\n[tls]\ncert = {:?}\nkey = {:?}\n",
                 ca.display().to_string(),
                 t.cert.display().to_string(),
                 t.key.display().to_string()
