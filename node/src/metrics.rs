@@ -1,26 +1,29 @@
-//! Prometheus text exposition of a node's counters and gauges. Counters only grow; every name is
-//! `hemvist_*` with its unit in it; gauges are read from the node's parts at scrape time, never
-//! kept in step by hand.
+//! A node's Prometheus metrics, through prometheus-client. Counters only grow and histograms
+//! count from start; every name is `hemvist_*` with its unit in it; gauges are read from the
+//! node's parts at scrape time, never kept in step by hand. A scrape builds one registry from
+//! the live handles and that scrape's gauges and encodes it once, in the format the scraper
+//! asks for.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-#[derive(Default)]
-pub struct Counter(AtomicU64);
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
 
-impl Counter {
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
+/// An org page request's series: its method (the usual few, else `other`) and its route's
+/// pattern (never the path itself, so an org id is no label value and the series stay few).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: String,
 }
 
-#[derive(Default)]
+type Latency = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
 pub struct Metrics {
     pub requests: Counter,
     pub served: Counter,
@@ -34,12 +37,43 @@ pub struct Metrics {
     pub signin_throttled: Counter,
     pub signin_rejected_busy: Counter,
     pub searches: Counter,
-    pub search_micros: Counter,
+    pub search_seconds: Counter<f64, AtomicU64>,
     pub commands_ok: Counter,
     pub commands_failed: Counter,
     pub link_connects: Counter,
     pub link_refused: Counter,
     pub link_up: AtomicU64,
+    /// How long the users' HTTP requests take to answer, by [`RouteLabels`].
+    pub http_latency: Latency,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Counter::default(),
+            served: Counter::default(),
+            redirected: Counter::default(),
+            not_found: Counter::default(),
+            bad_requests: Counter::default(),
+            forbidden: Counter::default(),
+            csrf_refused: Counter::default(),
+            origin_refused: Counter::default(),
+            signin_failures: Counter::default(),
+            signin_throttled: Counter::default(),
+            signin_rejected_busy: Counter::default(),
+            searches: Counter::default(),
+            search_seconds: Counter::default(),
+            commands_ok: Counter::default(),
+            commands_failed: Counter::default(),
+            link_connects: Counter::default(),
+            link_refused: Counter::default(),
+            link_up: AtomicU64::new(0),
+            // 0.5 ms to 4 s.
+            http_latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+            }),
+        }
+    }
 }
 
 pub struct Gauges {
@@ -51,189 +85,292 @@ pub struct Gauges {
     pub tenant_evictions: u64,
     pub search_index_builds: u64,
     pub search_index_catch_ups: u64,
-    pub backup: Option<std::sync::Arc<crate::backup::replicator::Replicator>>,
-    pub http: std::sync::Arc<hemvist_net::ListenerStats>,
+    pub backup: Option<Arc<crate::backup::replicator::Replicator>>,
+    pub http: Arc<hemvist_net::ListenerStats>,
     /// Password checks running or waiting for a worker.
     pub signin_checks: u64,
 }
 
+/// The two text formats a scraper may ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4, what a client that asks for nothing in particular gets.
+    Prometheus,
+    OpenMetrics,
+}
+
+impl Format {
+    /// OpenMetrics when the `Accept` header names it (as Prometheus itself does), else the
+    /// Prometheus text format.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Prometheus,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// A value read at scrape time as a gauge.
+pub(crate) fn gauge(v: u64) -> ConstGauge {
+    ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
 impl Metrics {
-    pub fn render(&self, g: &Gauges) -> String {
+    /// The exposition of every metric in `format`, with this scrape's gauges.
+    pub fn render(&self, g: &Gauges, format: Format) -> String {
+        let registry = self.registry(g);
         let mut out = String::new();
-        let mut line = |name: &str, kind: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
+        let encoded = match format {
+            Format::Prometheus => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+            }
+            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry),
         };
-        line("hemvist_node_up", "gauge", "1 while the node runs.", 1);
-        line(
+        // Writing to a String fails only if a metric's encoding does, which ours cannot.
+        debug_assert!(encoded.is_ok(), "encode metrics: {encoded:?}");
+        out
+    }
+
+    // Counters are registered without `_total` and help without its final period: the
+    // encoder adds both.
+    fn registry(&self, g: &Gauges) -> Registry {
+        let mut r = Registry::default();
+        r.register("hemvist_node_up", "1 while the node runs", gauge(1));
+        r.register(
             "hemvist_tenants_hosted",
-            "gauge",
-            "Orgs this node hosts.",
-            g.hosted,
+            "Orgs this node hosts",
+            gauge(g.hosted),
         );
-        line(
+        r.register(
             "hemvist_tenants_open",
-            "gauge",
-            "Tenants with open database files.",
-            g.open_tenants,
+            "Tenants with open database files",
+            gauge(g.open_tenants),
         );
-        line(
-            "hemvist_tenant_opens_total",
-            "counter",
-            "Tenant databases opened.",
-            g.tenant_opens,
+        r.register(
+            "hemvist_tenant_opens",
+            "Tenant databases opened",
+            ConstCounter::new(g.tenant_opens),
         );
-        line(
-            "hemvist_tenant_evictions_total",
-            "counter",
-            "Tenants closed to stay under max_open_tenants.",
-            g.tenant_evictions,
+        r.register(
+            "hemvist_tenant_evictions",
+            "Tenants closed to stay under max_open_tenants",
+            ConstCounter::new(g.tenant_evictions),
         );
-        line(
+        r.register(
             "hemvist_placements_cached",
-            "gauge",
-            "Orgs in the routing cache.",
-            g.placements,
+            "Orgs in the routing cache",
+            gauge(g.placements),
         );
-        line(
+        r.register(
             "hemvist_lease_live",
-            "gauge",
-            "1 while the node holds a live lease.",
-            g.lease_live as u64,
+            "1 while the node holds a live lease",
+            gauge(g.lease_live as u64),
         );
-        line(
+        r.register(
             "hemvist_control_link_up",
-            "gauge",
-            "1 while the stream to the control plane is open.",
-            self.link_up.load(Ordering::Relaxed),
+            "1 while the stream to the control plane is open",
+            gauge(self.link_up.load(Ordering::Relaxed)),
         );
-        line(
-            "hemvist_control_link_connects_total",
-            "counter",
-            "Sessions opened with the control plane.",
-            self.link_connects.get(),
-        );
-        line(
-            "hemvist_control_link_refused_total",
-            "counter",
-            "Sessions the control plane refused (wrong join token).",
-            self.link_refused.get(),
-        );
-        line(
-            "hemvist_commands_ok_total",
-            "counter",
-            "Commands applied.",
-            self.commands_ok.get(),
-        );
-        line(
-            "hemvist_commands_failed_total",
-            "counter",
-            "Commands refused or failed.",
-            self.commands_failed.get(),
-        );
-        line(
-            "hemvist_http_requests_total",
-            "counter",
-            "HTTP requests for org pages.",
-            self.requests.get(),
-        );
-        line(
-            "hemvist_http_served_total",
-            "counter",
-            "Org pages served here.",
-            self.served.get(),
-        );
-        line(
-            "hemvist_http_redirected_total",
-            "counter",
-            "Requests redirected to the org's home node.",
-            self.redirected.get(),
-        );
-        line(
-            "hemvist_http_not_found_total",
-            "counter",
-            "Requests for unknown orgs.",
-            self.not_found.get(),
-        );
-        line(
-            "hemvist_http_bad_requests_total",
-            "counter",
-            "Requests refused as malformed.",
-            self.bad_requests.get(),
-        );
-        line(
-            "hemvist_http_forbidden_total",
-            "counter",
-            "Requests refused because the session belongs to another org.",
-            self.forbidden.get(),
-        );
-        line(
-            "hemvist_csrf_refused_total",
-            "counter",
-            "Form posts refused by the CSRF check.",
-            self.csrf_refused.get(),
-        );
-        line(
-            "hemvist_origin_refused_total",
-            "counter",
-            "Form posts refused because they did not come from this node's pages.",
-            self.origin_refused.get(),
-        );
-        line(
-            "hemvist_signin_failures_total",
-            "counter",
-            "Sign-ins refused for a wrong email or password.",
-            self.signin_failures.get(),
-        );
-        line(
-            "hemvist_signin_throttled_total",
-            "counter",
-            "Sign-ins refused unchecked: too many failures for the account or the address.",
-            self.signin_throttled.get(),
-        );
-        line(
-            "hemvist_signin_rejected_busy_total",
-            "counter",
-            "Sign-ins refused unchecked: every password-check place was taken.",
-            self.signin_rejected_busy.get(),
-        );
-        line(
+        let counters: [(&str, &str, &Counter); 16] = [
+            (
+                "hemvist_control_link_connects",
+                "Sessions opened with the control plane",
+                &self.link_connects,
+            ),
+            (
+                "hemvist_control_link_refused",
+                "Sessions the control plane refused (wrong join token)",
+                &self.link_refused,
+            ),
+            ("hemvist_commands_ok", "Commands applied", &self.commands_ok),
+            (
+                "hemvist_commands_failed",
+                "Commands refused or failed",
+                &self.commands_failed,
+            ),
+            (
+                "hemvist_http_requests",
+                "HTTP requests for org pages",
+                &self.requests,
+            ),
+            ("hemvist_http_served", "Org pages served here", &self.served),
+            (
+                "hemvist_http_redirected",
+                "Requests redirected to the org's home node",
+                &self.redirected,
+            ),
+            (
+                "hemvist_http_not_found",
+                "Requests for unknown orgs",
+                &self.not_found,
+            ),
+            (
+                "hemvist_http_bad_requests",
+                "Requests refused as malformed",
+                &self.bad_requests,
+            ),
+            (
+                "hemvist_http_forbidden",
+                "Requests refused because the session belongs to another org",
+                &self.forbidden,
+            ),
+            (
+                "hemvist_csrf_refused",
+                "Form posts refused by the CSRF check",
+                &self.csrf_refused,
+            ),
+            (
+                "hemvist_origin_refused",
+                "Form posts refused because they did not come from this node's pages",
+                &self.origin_refused,
+            ),
+            (
+                "hemvist_signin_failures",
+                "Sign-ins refused for a wrong email or password",
+                &self.signin_failures,
+            ),
+            (
+                "hemvist_signin_throttled",
+                "Sign-ins refused unchecked: too many failures for the account or the address",
+                &self.signin_throttled,
+            ),
+            (
+                "hemvist_signin_rejected_busy",
+                "Sign-ins refused unchecked: every password-check place was taken",
+                &self.signin_rejected_busy,
+            ),
+            ("hemvist_searches", "Searches answered", &self.searches),
+        ];
+        for (name, help, counter) in counters {
+            r.register(name, help, counter.clone());
+        }
+        r.register(
             "hemvist_signin_checks",
-            "gauge",
-            "Password checks running or waiting for a worker.",
-            g.signin_checks,
+            "Password checks running or waiting for a worker",
+            gauge(g.signin_checks),
         );
-        line(
-            "hemvist_search_index_builds_total",
-            "counter",
-            "In-memory search indexes built from a tenant's database.",
-            g.search_index_builds,
+        r.register(
+            "hemvist_search_index_builds",
+            "In-memory search indexes built from a tenant's database",
+            ConstCounter::new(g.search_index_builds),
         );
-        line(
-            "hemvist_search_index_catch_ups_total",
-            "counter",
-            "Times a search index read the changes made since it last looked.",
-            g.search_index_catch_ups,
+        r.register(
+            "hemvist_search_index_catch_ups",
+            "Times a search index read the changes made since it last looked",
+            ConstCounter::new(g.search_index_catch_ups),
         );
-        line(
-            "hemvist_searches_total",
-            "counter",
-            "Searches answered.",
-            self.searches.get(),
+        r.register_with_unit(
+            "hemvist_search",
+            "Time spent answering searches",
+            Unit::Seconds,
+            self.search_seconds.clone(),
         );
-        let _ = writeln!(
-            out,
-            "# HELP hemvist_search_seconds_total Time spent answering searches.\n\
-             # TYPE hemvist_search_seconds_total counter\n\
-             hemvist_search_seconds_total {:.6}",
-            self.search_micros.get() as f64 / 1e6
+        r.register_with_unit(
+            "hemvist_http_request_duration",
+            "Time to answer a request on the users' HTTP listener, by method and route",
+            Unit::Seconds,
+            self.http_latency.clone(),
         );
         if let Some(b) = &g.backup {
-            out.push_str(&b.render());
+            b.metrics.register(&mut r, b.dirty_count());
         }
-        out.push_str(&g.http.render("hemvist_http"));
-        out
+        g.http.register(&mut r, "hemvist_http");
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gauges() -> Gauges {
+        Gauges {
+            hosted: 2,
+            open_tenants: 1,
+            placements: 3,
+            lease_live: true,
+            tenant_opens: 5,
+            tenant_evictions: 0,
+            search_index_builds: 1,
+            search_index_catch_ups: 0,
+            backup: None,
+            http: Arc::default(),
+            signin_checks: 0,
+        }
+    }
+
+    #[test]
+    fn names_and_integer_values_are_those_the_tests_and_operators_read() {
+        let m = Metrics::default();
+        m.bad_requests.inc();
+        m.searches.inc();
+        m.search_seconds.inc_by(0.012_5);
+        m.http_latency
+            .get_or_create(&RouteLabels {
+                method: "GET".into(),
+                route: "/o/{org}/".into(),
+            })
+            .observe(0.003);
+        let text = m.render(&gauges(), Format::Prometheus);
+        for line in [
+            "hemvist_node_up 1",
+            "hemvist_tenants_hosted 2",
+            "hemvist_tenants_open 1",
+            "hemvist_lease_live 1",
+            "hemvist_tenant_opens_total 5",
+            "hemvist_http_bad_requests_total 1",
+            "hemvist_searches_total 1",
+            "hemvist_search_seconds_total 0.0125",
+            "hemvist_search_index_builds_total 1",
+            "hemvist_signin_checks 0",
+            "hemvist_http_connections_open 0",
+            "hemvist_http_connections_accepted_total 0",
+            "hemvist_http_request_duration_seconds_bucket{method=\"GET\",route=\"/o/{org}/\",le=\"0.004\"} 1",
+            "hemvist_http_request_duration_seconds_count{method=\"GET\",route=\"/o/{org}/\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+        }
+        assert!(!text.contains("_total_total"), "{text}");
+        let helps = text.lines().filter(|l| l.starts_with("# HELP "));
+        assert!(
+            helps
+                .clone()
+                .all(|l| l.ends_with('.') && !l.ends_with("..")),
+            "{text}"
+        );
+        assert_eq!(helps.count(), 34, "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn openmetrics_when_asked_for_it_ending_in_one_eof() {
+        let accept = "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.1";
+        assert_eq!(Format::from_accept(Some(accept)), Format::OpenMetrics);
+        assert_eq!(Format::from_accept(Some("*/*")), Format::Prometheus);
+        assert_eq!(Format::from_accept(None), Format::Prometheus);
+
+        let m = Metrics::default();
+        // A family without series is left out: the histogram shows once a request was timed.
+        let text = m.render(&gauges(), Format::OpenMetrics);
+        assert!(!text.contains("hemvist_http_request_duration"), "{text}");
+        m.http_latency
+            .get_or_create(&RouteLabels {
+                method: "other".into(),
+                route: "unmatched".into(),
+            })
+            .observe(0.1);
+        let text = m.render(&gauges(), Format::OpenMetrics);
+        assert!(text.ends_with("\n# EOF\n"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1);
+        assert!(text.contains("# TYPE hemvist_http_bad_requests counter\n"));
+        assert!(text.contains("# UNIT hemvist_search_seconds seconds\n"));
+        assert!(text.contains("# TYPE hemvist_http_request_duration_seconds histogram\n"));
     }
 }

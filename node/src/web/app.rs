@@ -95,8 +95,8 @@ pub async fn search(a: Authed, query: QueryResult) -> Response {
     a.ctx
         .node
         .metrics
-        .search_micros
-        .add(started.elapsed().as_micros() as u64);
+        .search_seconds
+        .inc_by(started.elapsed().as_secs_f64());
     let results = match result {
         Ok(r) => r,
         Err(e) if a.ctx.htmx && e.kind != hemvist_proto::ErrorKind::Internal => {

@@ -96,6 +96,7 @@ pub fn router_with(node: Arc<Node>, limits: &SigninLimits) -> Router {
         .fallback(|| async {
             pages::error(StatusCode::NOT_FOUND, "Not found", "There is no page here.")
         })
+        .layer(middleware::from_fn_with_state(node, time_request))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(not_cached_nor_sniffed))
         .with_state(state)
@@ -117,15 +118,47 @@ async fn not_cached_nor_sniffed(req: Request, next: Next) -> Response {
     resp
 }
 
-async fn metrics(State(web): State<WebState>) -> Response {
+async fn metrics(State(web): State<WebState>, headers: axum::http::HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = crate::metrics::Format::from_accept(accept);
     let text = tokio::task::spawn_blocking(move || {
         web.node
             .metrics
-            .render(&gauges(&web.node, web.signin.as_deref()))
+            .render(&gauges(&web.node, web.signin.as_deref()), format)
     })
     .await
     .unwrap_or_default();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    ([(header::CONTENT_TYPE, format.content_type())], text).into_response()
+}
+
+/// Times every request into the latency histogram, by method and route pattern (a method
+/// outside the usual few counts as `other`, so a client cannot mint series).
+async fn time_request(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    use axum::http::Method;
+    let method = match *req.method() {
+        Method::GET
+        | Method::POST
+        | Method::PUT
+        | Method::PATCH
+        | Method::DELETE
+        | Method::HEAD => req.method().as_str(),
+        _ => "other",
+    };
+    let labels = crate::metrics::RouteLabels {
+        method: method.to_string(),
+        route: req
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map_or("unmatched", |p| p.as_str())
+            .to_string(),
+    };
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    node.metrics
+        .http_latency
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    resp
 }
 
 /// The node's gauges, read from its parts at scrape time.

@@ -1,12 +1,17 @@
-//! The replicator's counters and gauges, and their lines of the node's Prometheus metrics.
+//! The replicator's counters, gauges and lag histogram, and how they join the node's
+//! Prometheus registry.
 //!
 //! Keeps true: every number is read from the job that does the work (an upload counts itself
 //! when the store has answered), never estimated; each is named `hemvist_backup_*`.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-#[derive(Default)]
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::metrics::gauge;
+
 pub struct BackupMetrics {
     pub puts: AtomicU64,
     pub put_bytes: AtomicU64,
@@ -16,76 +21,119 @@ pub struct BackupMetrics {
     pub checkpoints: AtomicU64,
     pub deletes: AtomicU64,
     /// The oldest unshipped write among dirty tenants, as of the last pass (ms; 0 = none).
-    pub lag_ms: AtomicU64,
+    lag_ms: AtomicU64,
+    /// The same age at every pass that found something dirty.
+    lag: Histogram,
+}
+
+impl Default for BackupMetrics {
+    fn default() -> Self {
+        BackupMetrics {
+            puts: AtomicU64::default(),
+            put_bytes: AtomicU64::default(),
+            put_failures: AtomicU64::default(),
+            snapshots: AtomicU64::default(),
+            segments: AtomicU64::default(),
+            checkpoints: AtomicU64::default(),
+            deletes: AtomicU64::default(),
+            lag_ms: AtomicU64::default(),
+            // The async target is 1 s; the control plane calls an org behind at 5 s.
+            lag: Histogram::new([0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0]),
+        }
+    }
 }
 
 impl BackupMetrics {
-    /// The Prometheus lines, with the count of tenants now dirty.
-    pub fn render(&self, dirty_tenants: usize) -> String {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let metrics: [(&str, &str, &str, u64); 9] = [
+    /// A pass's lag: the age of the oldest unshipped write it found (`None`: nothing dirty).
+    pub fn record_lag(&self, oldest_ms: Option<u64>) {
+        self.lag_ms.store(oldest_ms.unwrap_or(0), Ordering::Relaxed);
+        if let Some(ms) = oldest_ms {
+            self.lag.observe(ms as f64 / 1e3);
+        }
+    }
+
+    /// Adds these metrics to `r`, with the count of tenants now dirty.
+    pub fn register(&self, r: &mut Registry, dirty_tenants: usize) {
+        let get = |a: &AtomicU64| ConstCounter::new(a.load(Ordering::Relaxed));
+        let counters = [
+            ("hemvist_backup_puts", "Objects uploaded", &self.puts),
             (
-                "hemvist_backup_puts_total",
-                "counter",
-                "Objects uploaded.",
-                get(&self.puts),
+                "hemvist_backup_put_bytes",
+                "Bytes uploaded",
+                &self.put_bytes,
             ),
             (
-                "hemvist_backup_put_bytes_total",
-                "counter",
-                "Bytes uploaded.",
-                get(&self.put_bytes),
+                "hemvist_backup_put_failures",
+                "Uploads that failed (and were retried)",
+                &self.put_failures,
             ),
             (
-                "hemvist_backup_put_failures_total",
-                "counter",
-                "Uploads that failed (and were retried).",
-                get(&self.put_failures),
+                "hemvist_backup_snapshots",
+                "Snapshots uploaded",
+                &self.snapshots,
             ),
             (
-                "hemvist_backup_snapshots_total",
-                "counter",
-                "Snapshots uploaded.",
-                get(&self.snapshots),
+                "hemvist_backup_segments",
+                "WAL segments uploaded",
+                &self.segments,
             ),
             (
-                "hemvist_backup_segments_total",
-                "counter",
-                "WAL segments uploaded.",
-                get(&self.segments),
+                "hemvist_backup_checkpoints",
+                "Checkpoints after shipping",
+                &self.checkpoints,
             ),
             (
-                "hemvist_backup_checkpoints_total",
-                "counter",
-                "Checkpoints after shipping.",
-                get(&self.checkpoints),
-            ),
-            (
-                "hemvist_backup_deletes_total",
-                "counter",
-                "Expired backup objects removed.",
-                get(&self.deletes),
-            ),
-            (
-                "hemvist_backup_dirty_tenants",
-                "gauge",
-                "Tenants with writes not yet shipped.",
-                dirty_tenants as u64,
-            ),
-            (
-                "hemvist_backup_lag_ms",
-                "gauge",
-                "Age of the oldest unshipped write at the last pass.",
-                get(&self.lag_ms),
+                "hemvist_backup_deletes",
+                "Expired backup objects removed",
+                &self.deletes,
             ),
         ];
-        let mut out = String::new();
-        for (name, kind, help, v) in metrics {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
+        for (name, help, v) in counters {
+            r.register(name, help, get(v));
         }
-        out
+        r.register(
+            "hemvist_backup_dirty_tenants",
+            "Tenants with writes not yet shipped",
+            gauge(dirty_tenants as u64),
+        );
+        r.register(
+            "hemvist_backup_lag_ms",
+            "Age of the oldest unshipped write at the last pass",
+            gauge(self.lag_ms.load(Ordering::Relaxed)),
+        );
+        r.register_with_unit(
+            "hemvist_backup_lag",
+            "Age of the oldest unshipped write at each pass that found one",
+            Unit::Seconds,
+            self.lag.clone(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_pass_with_something_dirty_observes_its_lag() {
+        let m = BackupMetrics::default();
+        m.puts.fetch_add(2, Ordering::Relaxed);
+        m.record_lag(Some(1_500));
+        m.record_lag(Some(300));
+        m.record_lag(None);
+        let mut r = Registry::default();
+        m.register(&mut r, 3);
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &r).unwrap();
+        for line in [
+            "hemvist_backup_puts_total 2",
+            "hemvist_backup_dirty_tenants 3",
+            "hemvist_backup_lag_ms 0",
+            "hemvist_backup_lag_seconds_count 2",
+            "hemvist_backup_lag_seconds_bucket{le=\"0.5\"} 1",
+            "hemvist_backup_lag_seconds_bucket{le=\"2\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+        }
     }
 }

@@ -182,11 +182,6 @@ impl Replicator {
         self.dirty.count()
     }
 
-    /// The replicator's lines of the node's Prometheus metrics.
-    pub fn render(&self) -> String {
-        self.metrics.render(self.dirty_count())
-    }
-
     /// At start: every hosted tenant whose WAL holds more than was shipped (or that was never
     /// shipped in its generation) is dirty. One `stat` per tenant, no file kept open.
     pub fn scan(&self) {
@@ -223,10 +218,8 @@ impl Replicator {
         let started = now_ms();
         let batch = self.dirty.batch();
         let oldest = batch.iter().map(|b| b.1.since).min();
-        self.metrics.lag_ms.store(
-            oldest.map_or(0, |t| (started - t).max(0) as u64),
-            Ordering::Relaxed,
-        );
+        self.metrics
+            .record_lag(oldest.map(|t| (started - t).max(0) as u64));
         let shipper = self.shipper();
         let steps: Vec<(OrgId, Dirty, Result<Step, HemvistError>)> = futures::stream::iter(batch)
             .map(|(org, seen)| async move {
