@@ -285,6 +285,19 @@ fn hostile_ids_and_bodies_get_clear_4xx_never_5xx() {
             String::from_utf8_lossy(&body[..body.len().min(80)])
         );
     }
+    // Every route answers an oversized body the same way.
+    let big = format!(
+        r#"{{"email":"a@b.example","password":"{}"}}"#,
+        "x".repeat(100_000)
+    );
+    let status = raw_status(
+        &api,
+        "POST",
+        b"/api/v1/orgs/real/users",
+        &json_h,
+        big.as_bytes(),
+    );
+    assert_eq!(status, 413, "oversized user body");
     let (_, all) = c.admin("GET", "/orgs", None);
     assert_eq!(
         all.as_array().unwrap().len(),

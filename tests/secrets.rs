@@ -439,3 +439,38 @@ fn every_verb_runs_from_an_empty_folder_with_only_control_and_token() {
     let _: Value = dev;
     support::dev::stop_dev(child);
 }
+
+#[test]
+fn a_dropped_tenant_leaves_the_trash_after_its_grace_period_and_that_is_audited() {
+    let c = Cluster::start_with_node_config(&[EU_NORTH], "trash_grace_secs = 2\n");
+    c.create_org_ready("old", json!({"region": "eu-north"}));
+    // What `drop` leaves behind: the tenant's files under their generation and drop time.
+    let trash = c.node_data("eu-north").join("trash");
+    std::fs::create_dir_all(&trash).unwrap();
+    let dropped_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let young = trash.join(format!("old.g1-{dropped_ms}.db"));
+    let aged = trash.join("old.g1-1000.db");
+    for f in [&young, &aged] {
+        std::fs::write(f, b"SQLite format 3\0").unwrap();
+    }
+    c.wait_for("the aged file to go", || (!aged.exists()).then_some(()));
+    assert!(
+        young.exists(),
+        "a file younger than the grace period was deleted"
+    );
+    let audited = c.wait_for("the purge to be audited", || {
+        let (_, org) = c.admin("GET", "/orgs/old", None);
+        org["audit"]
+            .as_array()?
+            .iter()
+            .find(|a| a["action"] == "tenant.purged")
+            .cloned()
+    });
+    assert_eq!(audited["detail"]["label"], "g1-1000", "{audited}");
+    assert_eq!(audited["actor"], "eu-north-1", "{audited}");
+    // The young one goes too, once its own grace period is over.
+    c.wait_for("the young file to go", || (!young.exists()).then_some(()));
+}
