@@ -1,7 +1,8 @@
 //! Every process's `/metrics` is valid exposition, as Prometheus's own Python parser reads it
 //! (`prometheus-client`, which `scripts/setup` installs into `.deps/python`): the control
-//! plane's in both formats it serves, a node's in the Prometheus text format; and the values
-//! operators and the other tests read are there, as integers where they count.
+//! plane's and a node's, in both formats they serve; the values operators and the other tests
+//! read are there, as integers where they count; and a node's histograms (users' request
+//! latency by route, backup lag) fill as traffic and backups happen.
 
 mod support;
 
@@ -11,6 +12,8 @@ use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 use support::cluster::{Cluster, EU_NORTH};
+use support::s3::S3;
+use support::session::sign_in;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0";
 
@@ -85,7 +88,7 @@ fn control_plane_and_node_metrics_parse_as_prometheus_exposition() {
     assert_eq!(value(&families, "hemvist_orgs", &[]), 1.0);
     assert_eq!(kind(&families, "hemvist_node_joins_refused"), "counter");
 
-    // A node's, still written by hand.
+    // A node's.
     let (content_type, text) = scrape(&eu, None);
     assert!(content_type.starts_with("text/plain"), "{content_type}");
     let families = parse(&text, "text");
@@ -96,11 +99,98 @@ fn control_plane_and_node_metrics_parse_as_prometheus_exposition() {
         "counter"
     );
 
+    let (content_type, text) = scrape(&eu, Some(OPENMETRICS));
+    assert!(
+        content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{content_type}"
+    );
+    let families = parse(&text, "openmetrics");
+    assert_eq!(value(&families, "hemvist_tenants_hosted", &[]), 1.0);
+    assert_eq!(kind(&families, "hemvist_http_bad_requests"), "counter");
+
     // The lines the other scenarios read stay `name integer`.
     assert_eq!(c.metric(&control, "hemvist_orgs"), 1);
     assert!(c.metric(&control, "hemvist_admin_requests_total") >= 2);
     assert_eq!(c.metric(&control, "hemvist_node_joins_refused_total"), 0);
     assert!(c.metric(&control, "hemvist_admin_connections_accepted_total") >= 1);
+    assert_eq!(c.metric(&eu, "hemvist_tenants_hosted"), 1);
+    assert!(c.metric(&eu, "hemvist_http_connections_accepted_total") >= 1);
+    assert_eq!(c.metric(&eu, "hemvist_http_bad_requests_total"), 0);
+    assert_eq!(c.metric(&eu, "hemvist_search_index_builds_total"), 0);
+}
+
+#[test]
+fn node_histograms_time_the_users_requests_by_route_and_the_backup_lag_of_each_pass() {
+    let s3 = S3::start();
+    let c = Cluster::start_with_node_config(&[EU_NORTH], &s3.node_backup_toml(300));
+    c.create_org_ready("lagom", json!({"region": "eu-north"}));
+    c.add_user("lagom", "ada@lagom.example", "correct horse battery");
+    let eu = c.node_url("eu-north");
+    let u = sign_in(&eu, "lagom", "ada@lagom.example", "correct horse battery").expect("sign in");
+    for name in ["Ada", "Bertil"] {
+        let (status, _, body) = u.post("/contacts", &[("name", name), ("city", "Uppsala")], None);
+        assert_eq!(status, 303, "adding {name}: {body}");
+    }
+    assert_eq!(u.get("/?q=Ada").0, 200);
+    // A method outside the usual few is counted under `other`, on the route it asked for.
+    let odd = support::session::client()
+        .request(
+            reqwest::Method::from_bytes(b"PROPFIND").expect("method"),
+            format!("{eu}/o/lagom/"),
+        )
+        .send()
+        .expect("PROPFIND answers");
+    assert_eq!(odd.status().as_u16(), 405);
+    c.wait_for("a backup pass that found the writes", || {
+        let families = parse(&scrape(&eu, None).1, "text");
+        let shipped = value(&families, "hemvist_backup_dirty_tenants", &[]) == 0.0;
+        let observed = families.get("hemvist_backup_lag_seconds").is_some();
+        (shipped && observed).then_some(())
+    });
+
+    for (accept, format) in [(None, "text"), (Some(OPENMETRICS), "openmetrics")] {
+        let families = parse(&scrape(&eu, accept).1, format);
+        let latency = "hemvist_http_request_duration_seconds";
+        assert_eq!(kind(&families, latency), "histogram", "{format}");
+        for (method, route) in [
+            ("GET", "/o/{org}/signin"),
+            ("POST", "/o/{org}/signin"),
+            ("POST", "/o/{org}/contacts"),
+            ("GET", "/o/{org}/"),
+            ("other", "/o/{org}/"),
+        ] {
+            let count = histogram(&families, latency, &[("method", method), ("route", route)]);
+            assert!(
+                count >= 1.0,
+                "{format}: {method} {route} timed {count} times"
+            );
+        }
+        let posts = histogram(
+            &families,
+            latency,
+            &[("method", "POST"), ("route", "/o/{org}/contacts")],
+        );
+        assert_eq!(posts, 2.0, "{format}");
+        // Routes are patterns: no org id, no path a client typed, is a label value.
+        let routes = families[latency]["samples"].as_array().expect("samples");
+        assert!(
+            routes
+                .iter()
+                .all(|s| !s[1]["route"].as_str().unwrap_or_default().contains("lagom")),
+            "{format}: {routes:?}"
+        );
+
+        let lag = "hemvist_backup_lag_seconds";
+        assert_eq!(kind(&families, lag), "histogram", "{format}");
+        let passes = histogram(&families, lag, &[]);
+        assert!(passes >= 1.0, "{format}: {passes} passes");
+        // A pass starts by the interval (300 ms) after the oldest write: far under a minute.
+        let (_, within_a_minute) = buckets(&families, lag, &[])
+            .into_iter()
+            .find(|(le, _)| *le == 60.0)
+            .expect("a 60 s bucket");
+        assert_eq!(within_a_minute, passes, "{format}");
+    }
 }
 
 /// (Content-Type, body) of `{base}/metrics`.
@@ -179,6 +269,55 @@ fn kind<'a>(families: &'a Value, name: &str) -> &'a str {
     families[name]["type"]
         .as_str()
         .unwrap_or_else(|| panic!("no family {name} in {families}"))
+}
+
+/// The buckets of the histogram `name`'s series with (at least) these labels, as (upper
+/// bound, cumulative count).
+fn buckets(families: &Value, name: &str, labels: &[(&str, &str)]) -> Vec<(f64, f64)> {
+    let samples = families[name]["samples"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no family {name} in {families}"));
+    let bucket = format!("{name}_bucket");
+    samples
+        .iter()
+        .filter(|s| s[0] == bucket.as_str() && labels.iter().all(|(k, v)| s[1][k] == *v))
+        .map(|s| {
+            let le = s[1]["le"].as_str().expect("le label");
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().expect("le is a number")
+            };
+            (le, s[2].as_f64().expect("bucket count"))
+        })
+        .collect()
+}
+
+/// Checks that the histogram `name`'s series with (at least) these labels is sane (bounds
+/// increasing, counts never falling, `+Inf` equal to the count, a sum that is not negative
+/// and, when nothing fell above the largest bound, at most that bound per observation) and
+/// returns its count.
+fn histogram(families: &Value, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let buckets = buckets(families, name, labels);
+    let show = format!("{name} {labels:?} buckets {buckets:?}");
+    assert!(buckets.len() >= 2, "{show}");
+    assert!(
+        buckets
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+        "{show}"
+    );
+    let (largest, under_largest) = buckets[buckets.len() - 2];
+    let (last, in_all) = buckets[buckets.len() - 1];
+    assert_eq!(last, f64::INFINITY, "{show}");
+    let count = value(families, &format!("{name}_count"), labels);
+    assert_eq!(in_all, count, "{show}");
+    let sum = value(families, &format!("{name}_sum"), labels);
+    assert!(sum >= 0.0, "{show}: sum {sum}");
+    if under_largest == count {
+        assert!(sum <= largest * count, "{show}: sum {sum}");
+    }
+    count
 }
 
 /// The value of the series `name` with (at least) these labels.
