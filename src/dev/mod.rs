@@ -18,6 +18,9 @@ use demo::Locale;
 
 pub mod demo;
 pub mod tls;
+mod welcome;
+
+use welcome::{print_welcome, DevJson, Login, NodeJson, OrgJson};
 
 #[derive(Args)]
 pub struct DevArgs {
@@ -134,47 +137,6 @@ const ORGS: &[DemoOrg] = &[
     },
 ];
 
-#[derive(Serialize)]
-struct DevJson {
-    control_url: String,
-    control_grpc: String,
-    admin_token: String,
-    /// The CA that signed every certificate of a `--tls` demo.
-    ca_file: Option<String>,
-    data_dir: String,
-    geoip: Option<String>,
-    nodes: Vec<NodeJson>,
-    orgs: Vec<OrgJson>,
-}
-
-#[derive(Serialize)]
-struct NodeJson {
-    id: String,
-    region: String,
-    region_name: String,
-    url: String,
-    /// The region's object store, where this node backs up (`hemvist backups` reads it).
-    backup_url: Option<String>,
-}
-
-#[derive(Serialize)]
-struct OrgJson {
-    id: String,
-    name: String,
-    region: String,
-    node: String,
-    url: String,
-    contacts: u64,
-    login: Login,
-}
-
-#[derive(Serialize)]
-struct Login {
-    email: String,
-    password: String,
-}
-
-/// The demo's sign-in password, the same for every demo org; printed and in dev.json.
 const DEMO_PASSWORD: &str = "hemvist-demo";
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -469,64 +431,4 @@ async fn create_org(
         .as_str()
         .unwrap_or_default()
         .to_string())
-}
-
-fn print_welcome(dev: &DevJson) {
-    println!();
-    println!(
-        "hemvist dev is running. Ctrl-C stops it; data stays in {}",
-        dev.data_dir
-    );
-    println!();
-    println!(
-        "  control plane  {}   (admin token in {}/dev.json)",
-        dev.control_url, dev.data_dir
-    );
-    for n in &dev.nodes {
-        println!(
-            "  node {:<13} {}   {} ({})",
-            n.id, n.url, n.region, n.region_name
-        );
-    }
-    println!();
-    println!("  demo orgs:");
-    for o in &dev.orgs {
-        println!(
-            "    {:<10} {:<16} {:<10} {:>6} contacts  {}",
-            o.id, o.name, o.region, o.contacts, o.url
-        );
-    }
-    println!();
-    println!("  demo logins (password {DEMO_PASSWORD}):");
-    for o in &dev.orgs {
-        println!("    {:<10} {}", o.id, o.login.email);
-    }
-    match &dev.geoip {
-        Some(g) => println!("\n  GeoIP: {g}"),
-        None => println!(
-            "\n  GeoIP: none found, so orgs created by IP go to the default region eu-central \
-             (run scripts/setup to install one)"
-        ),
-    }
-    if let (Some(org), Some(other)) = (
-        dev.orgs.first(),
-        dev.nodes.iter().find(|n| n.region != dev.orgs[0].region),
-    ) {
-        println!("\n  try:");
-        println!(
-            "    open {}   (sign in as {} / {})",
-            org.url, org.login.email, org.login.password
-        );
-        println!(
-            "    curl -i {}/o/{}/      # wrong region: 307 to {}'s home node",
-            other.url, org.id, org.id
-        );
-        println!("    cargo run --release -- orgs list");
-        println!(
-            "    cargo run --release -- orgs create acme --name \"Acme AB\" --ip 81.230.1.1 --wait"
-        );
-        println!("    cargo run --release -- nodes");
-    }
-    println!();
-    let _ = std::io::Write::flush(&mut std::io::stdout());
 }

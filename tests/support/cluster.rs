@@ -2,6 +2,9 @@
 //! plane and one node per region) on loopback ports chosen at run time, with verbs so that a test
 //! reads as a story. Processes are killed when the cluster is dropped; if the test failed, the
 //! tail of every process's log is printed.
+//!
+//! One thing in one file (the harness: processes, their configs, and the verbs over them), so
+//! it is longer than most.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
