@@ -118,7 +118,7 @@ impl Format {
 }
 
 /// A value read at scrape time as a gauge.
-pub(crate) fn gauge(v: u64) -> ConstGauge {
+fn gauge(v: u64) -> ConstGauge {
     ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX))
 }
 

@@ -7,10 +7,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-
-use crate::metrics::gauge;
 
 pub struct BackupMetrics {
     pub puts: AtomicU64,
@@ -55,6 +54,7 @@ impl BackupMetrics {
     /// Adds these metrics to `r`, with the count of tenants now dirty.
     pub fn register(&self, r: &mut Registry, dirty_tenants: usize) {
         let get = |a: &AtomicU64| ConstCounter::new(a.load(Ordering::Relaxed));
+        let gauge = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
         let counters = [
             ("hemvist_backup_puts", "Objects uploaded", &self.puts),
             (
