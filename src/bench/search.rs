@@ -3,7 +3,9 @@
 //! many first names, last names, whole names, companies and cities, one-letter, multi-word and
 //! non-ASCII ones included). Beside it, in the
 //! same run and on the same data: the plain ranked FTS5 query in-process, and Datasette serving
-//! a copy of the same database through a canned query that ranks the same way.
+//! a copy of the same database through a canned query that ranks the same way. With `--tls`, the
+//! same queries also go over HTTPS to a second `hemvist dev --tls` seeded the same way, started
+//! after the plain one stops, so each node is measured alone on the machine.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,10 @@ pub struct SearchArgs {
     /// The `datasette` executable to compare with (scripts/bench-search installs one).
     #[arg(long)]
     datasette: Option<PathBuf>,
+    /// Also measure the node over HTTPS: a second `hemvist dev --tls` with the same contacts,
+    /// its client trusting the dev's CA.
+    #[arg(long)]
+    tls: bool,
     /// Keep the working folder (the databases) instead of removing it.
     #[arg(long)]
     keep: bool,
@@ -62,6 +68,184 @@ impl Drop for Datasette {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// How the bench's clients reach a node: plain HTTP, or HTTPS trusting the dev's CA.
+#[derive(Clone, Default)]
+struct Http {
+    ca: Vec<reqwest::Certificate>,
+}
+
+impl Http {
+    fn trusting(ca: &Path) -> anyhow::Result<Self> {
+        let pem = std::fs::read(ca).with_context(|| format!("read CA file {}", ca.display()))?;
+        let ca = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("parse CA file {}", ca.display()))?;
+        Ok(Self { ca })
+    }
+
+    fn builder(&self) -> reqwest::ClientBuilder {
+        let builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        if self.ca.is_empty() {
+            builder
+        } else {
+            builder.tls_certs_merge(self.ca.clone())
+        }
+    }
+
+    /// A new client, so a run starts with no open connections; `keep_alive` as a browser
+    /// does, or a new connection (and TLS handshake) for every request.
+    fn client(&self, keep_alive: bool) -> anyhow::Result<reqwest::Client> {
+        let idle = if keep_alive { 64 } else { 0 };
+        self.builder()
+            .pool_max_idle_per_host(idle)
+            .build()
+            .context("build HTTP client")
+    }
+}
+
+/// A running `hemvist dev`, signed in as the demo user of its big org.
+struct Node {
+    /// The org's pages (ends in `/`); searches are GETs of it with `?q=`.
+    url: String,
+    /// The node's origin, `http://` or `https://`.
+    base: String,
+    org_id: String,
+    data: PathBuf,
+    session: String,
+    http: Http,
+    _dev: Dev,
+}
+
+/// Starts `hemvist dev` in `work/name` and signs in to its big org.
+fn start_node(
+    rt: &tokio::runtime::Handle,
+    work: &Path,
+    name: &str,
+    contacts: u64,
+    tls: bool,
+) -> anyhow::Result<Node> {
+    let data = work.join(name);
+    let log = work.join(format!("{name}.log"));
+    eprintln!(
+        "bench: starting hemvist dev{} with {contacts} contacts in {}",
+        if tls { " --tls" } else { "" },
+        data.display()
+    );
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args([
+        "dev",
+        "--data",
+        data.to_str().unwrap_or_default(),
+        "--port-base",
+        "0",
+    ])
+    .args(["--contacts", &contacts.to_string()]);
+    if tls {
+        cmd.arg("--tls");
+    }
+    let dev = Dev(cmd
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("start hemvist dev")?);
+    let devjson = wait_for_file(&data.join("dev.json"), Duration::from_secs(600), &log)?;
+    let http = match devjson["ca_file"].as_str() {
+        Some(ca) => Http::trusting(Path::new(ca))?,
+        None => Http::default(),
+    };
+    let org = &devjson["orgs"][0];
+    let org_id = org["id"].as_str().context("org id")?.to_string();
+    let url = org["url"].as_str().context("org url")?.to_string();
+    let scheme = if tls { "https://" } else { "http://" };
+    anyhow::ensure!(url.starts_with(scheme), "hemvist dev serves {url}");
+    let base = url.split("/o/").next().unwrap_or_default().to_string();
+    let session = sign_in(
+        rt,
+        &http,
+        &base,
+        &org_id,
+        org["login"]["email"].as_str().unwrap_or_default(),
+        org["login"]["password"].as_str().unwrap_or_default(),
+    )?;
+    Ok(Node {
+        url,
+        base,
+        org_id,
+        data,
+        session,
+        http,
+        _dev: dev,
+    })
+}
+
+/// The node's runs on the typing mix: the floor, then the mix at concurrency 1 and 16 over
+/// kept-alive connections, and with `per_request`, at concurrency 1 over a new connection for
+/// every request. Each measured run starts right after a write.
+struct Runs {
+    floor: Load,
+    one: Load,
+    sixteen: Load,
+    per_request: Option<Load>,
+}
+
+fn measure(
+    rt: &tokio::runtime::Handle,
+    node: &Node,
+    mix: &[String],
+    per_request: bool,
+) -> anyhow::Result<Runs> {
+    let urls: Arc<Vec<(String, bool)>> = Arc::new(
+        mix.iter()
+            .map(|q| {
+                (
+                    format!("{}?q={}", node.url, url_encode(q)),
+                    q.chars().count() == 1,
+                )
+            })
+            .collect(),
+    );
+    let headers = vec![
+        ("accept", "application/json".to_string()),
+        ("cookie", node.session.clone()),
+    ];
+    // Warm up: the first requests open the tenant and fill SQLite's page cache.
+    load(
+        rt,
+        node.http.client(true)?,
+        Arc::new(urls.iter().take(200).cloned().collect()),
+        4,
+        headers.clone(),
+    )?;
+    // The floor: the same client and server with no work to do (GET /healthz).
+    let floor_urls: Arc<Vec<(String, bool)>> = Arc::new(
+        (0..mix.len())
+            .map(|_| (format!("{}/healthz", node.base), false))
+            .collect(),
+    );
+    let floor = load(rt, node.http.client(true)?, floor_urls, 16, vec![])?;
+    let measured = |concurrency: usize, keep_alive: bool, n: usize| -> anyhow::Result<Load> {
+        write_contact(rt, &node.http, &node.url, &node.session, n)?;
+        load(
+            rt,
+            node.http.client(keep_alive)?,
+            urls.clone(),
+            concurrency,
+            headers.clone(),
+        )
+    };
+    Ok(Runs {
+        floor,
+        one: measured(1, true, 1)?,
+        sixteen: measured(16, true, 2)?,
+        per_request: if per_request {
+            Some(measured(1, false, 3)?)
+        } else {
+            None
+        },
+    })
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -136,14 +320,11 @@ struct Load {
 /// Sends every query once, `concurrency` at a time; latencies per request.
 fn load(
     rt: &tokio::runtime::Handle,
+    client: reqwest::Client,
     urls: Arc<Vec<(String, bool)>>,
     concurrency: usize,
     headers: Vec<(&'static str, String)>,
 ) -> anyhow::Result<Load> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(64)
-        .build()?;
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let results = rt.block_on(async {
@@ -193,12 +374,14 @@ fn load(
 /// org's index catching up after a write.
 fn write_contact(
     rt: &tokio::runtime::Handle,
+    http: &Http,
     url: &str,
     cookie: &str,
     n: usize,
 ) -> anyhow::Result<()> {
     rt.block_on(async {
-        let http = reqwest::Client::builder()
+        let http = http
+            .builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let page = http
@@ -252,13 +435,15 @@ fn wait_for_file(path: &Path, limit: Duration, log: &Path) -> anyhow::Result<Val
 
 fn sign_in(
     rt: &tokio::runtime::Handle,
+    http: &Http,
     base: &str,
     org: &str,
     email: &str,
     password: &str,
 ) -> anyhow::Result<String> {
     rt.block_on(async {
-        let http = reqwest::Client::builder()
+        let http = http
+            .builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let form = http.get(format!("{base}/o/{org}/signin")).send().await?;
@@ -308,44 +493,11 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Handle::current();
     let work = std::env::temp_dir().join(format!("hemvist-bench-search-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let data = work.join("data");
-    let log = work.join("dev.log");
-    eprintln!(
-        "bench: starting hemvist dev with {} contacts in {}",
-        args.contacts,
-        work.display()
-    );
-    let dev = Dev(Command::new(std::env::current_exe()?)
-        .args([
-            "dev",
-            "--data",
-            data.to_str().unwrap_or_default(),
-            "--port-base",
-            "0",
-        ])
-        .args(["--contacts", &args.contacts.to_string()])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()
-        .context("start hemvist dev")?);
-    let devjson = wait_for_file(&data.join("dev.json"), Duration::from_secs(600), &log)?;
-    let org = &devjson["orgs"][0];
-    let org_id = org["id"].as_str().context("org id")?.to_string();
-    let url = org["url"].as_str().context("org url")?.to_string();
-    let base = url.split("/o/").next().unwrap_or_default().to_string();
-    let session = sign_in(
-        &rt,
-        &base,
-        &org_id,
-        org["login"]["email"].as_str().unwrap_or_default(),
-        org["login"]["password"].as_str().unwrap_or_default(),
-    )?;
+    let node = start_node(&rt, &work, "http", args.contacts, false)?;
 
     let tenant =
-        hemvist_node::tenants::TenantStore::new(&data.join("nodes").join("eu-north-1"), 1)?
-            .path(&OrgId::parse(&org_id)?);
+        hemvist_node::tenants::TenantStore::new(&node.data.join("nodes").join("eu-north-1"), 1)?
+            .path(&OrgId::parse(&node.org_id)?);
     let copy = work.join("contacts.db");
     rusqlite::Connection::open_with_flags(&tenant, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?
         .execute("VACUUM INTO ?1", [copy.to_str().unwrap_or_default()])
@@ -414,37 +566,16 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
     let plain_stats = stats(plain);
     let plain_one_stats = stats(plain_one);
 
-    let hv_urls: Arc<Vec<(String, bool)>> = Arc::new(
-        mix.iter()
-            .map(|q| (format!("{url}?q={}", url_encode(q)), q.chars().count() == 1))
-            .collect(),
-    );
-    let headers = vec![
-        ("accept", "application/json".to_string()),
-        ("cookie", session),
-    ];
-    // Warm up: the first requests open the tenant and fill SQLite's page cache.
-    load(
-        &rt,
-        Arc::new(hv_urls.iter().take(200).cloned().collect()),
-        4,
-        headers.clone(),
-    )?;
-    // The floor: the same client and server with no work to do (GET /healthz).
-    let floor_urls: Arc<Vec<(String, bool)>> = Arc::new(
-        (0..mix.len())
-            .map(|_| (format!("{base}/healthz"), false))
-            .collect(),
-    );
-    let floor = load(&rt, floor_urls, 16, vec![])?;
-    let cookie = headers[1].1.clone();
-    let measured = |concurrency: usize, n: usize| -> anyhow::Result<Load> {
-        write_contact(&rt, &url, &cookie, n)?;
-        load(&rt, hv_urls.clone(), concurrency, headers.clone())
+    let http = measure(&rt, &node, &mix, args.tls)?;
+    drop(node);
+    let https = if args.tls {
+        let node = start_node(&rt, &work, "https", args.contacts, true)?;
+        Some(measure(&rt, &node, &mix, true)?)
+    } else {
+        None
     };
-    let hv1 = measured(1, 1)?;
-    let hv16 = measured(16, 2)?;
 
+    let node_row = |what: &str, l: &Load| row(what, l.rps, &l.all, Some(&l.one_letter), l.errors);
     let mut rows = vec![
         row(
             "plain FTS5 bm25 LIMIT 30, in-process, 1 thread",
@@ -462,28 +593,52 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
         ),
         row("  of which one word", 0.0, &word_stats, None, 0),
         row("  of which several words", 0.0, &words_stats, None, 0),
-        row(
-            "hemvist node, HTTP + JSON, concurrency 1",
-            hv1.rps,
-            &hv1.all,
-            Some(&hv1.one_letter),
-            hv1.errors,
-        ),
-        row(
-            "hemvist node, HTTP + JSON, concurrency 16",
-            hv16.rps,
-            &hv16.all,
-            Some(&hv16.one_letter),
-            hv16.errors,
-        ),
-        row(
-            "floor: same client, GET /healthz, concurrency 16",
-            floor.rps,
-            &floor.all,
-            None,
-            floor.errors,
-        ),
+        node_row("hemvist node, HTTP + JSON, concurrency 1", &http.one),
     ];
+    if let Some(s) = &https {
+        rows.push(node_row(
+            "hemvist node, HTTPS + JSON, concurrency 1",
+            &s.one,
+        ));
+    }
+    rows.push(node_row(
+        "hemvist node, HTTP + JSON, concurrency 16",
+        &http.sixteen,
+    ));
+    if let Some(s) = &https {
+        rows.push(node_row(
+            "hemvist node, HTTPS + JSON, concurrency 16",
+            &s.sixteen,
+        ));
+    }
+    if let Some(l) = &http.per_request {
+        rows.push(node_row(
+            "hemvist node, HTTP + JSON, new connection per request, concurrency 1",
+            l,
+        ));
+    }
+    if let Some(l) = https.as_ref().and_then(|s| s.per_request.as_ref()) {
+        rows.push(node_row(
+            "hemvist node, HTTPS + JSON, new connection per request, concurrency 1",
+            l,
+        ));
+    }
+    rows.push(row(
+        "floor: same client, GET /healthz, concurrency 16",
+        http.floor.rps,
+        &http.floor.all,
+        None,
+        http.floor.errors,
+    ));
+    if let Some(s) = &https {
+        rows.push(row(
+            "floor: same client, GET /healthz over HTTPS, concurrency 16",
+            s.floor.rps,
+            &s.floor.all,
+            None,
+            s.floor.errors,
+        ));
+    }
 
     let mut ratio = None;
     match &args.datasette {
@@ -555,15 +710,17 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
                     })
                     .collect(),
             );
+            let client = || Http::default().client(true);
             load(
                 &rt,
+                client()?,
                 Arc::new(ds_urls.iter().take(50).cloned().collect()),
                 4,
                 vec![],
             )?;
-            let ds1 = load(&rt, ds_urls.clone(), 1, vec![])?;
-            let ds16 = load(&rt, ds_urls.clone(), 16, vec![])?;
-            ratio = Some(hv16.rps / ds16.rps);
+            let ds1 = load(&rt, client()?, ds_urls.clone(), 1, vec![])?;
+            let ds16 = load(&rt, client()?, ds_urls.clone(), 16, vec![])?;
+            ratio = Some(http.sixteen.rps / ds16.rps);
             rows.push(row(
                 "Datasette canned query, HTTP + JSON, concurrency 1",
                 ds1.rps,
@@ -580,7 +737,6 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
             ));
         }
     }
-    drop(dev);
 
     println!(
         "hemvist bench search: {} contacts, {} typing queries ({one_letter} one-letter, {multi_word} multi-word, {non_ascii} non-ASCII)",
@@ -607,6 +763,24 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
          above is answered from the index, and each run starts right after a write.",
         ms(build)
     );
+    if let Some(s) = &https {
+        println!(
+            "\nHTTPS rows: a second `hemvist dev --tls` seeded the same way, measured after the plain \
+             one stopped, with the same queries and the same steps; TLS 1.3 by rustls with ring at \
+             both ends, an ECDSA P-256 certificate, HTTP/1.1. The client keeps its connections \
+             alive, as a browser does, so those rows show the steady-state cost of TLS (a run opens \
+             at most as many connections as its concurrency). The \"new connection per request\" \
+             rows connect anew for every request, over HTTPS with a TLS handshake each time \
+             (rustls's defaults at both ends, which allow session resumption)."
+        );
+        println!(
+            "HTTPS / HTTP requests per second at concurrency 16: {:.2}x; p50 at concurrency 1: {} \
+             over HTTPS, {} over HTTP",
+            s.sixteen.rps / http.sixteen.rps,
+            ms(s.one.all.p50),
+            ms(http.one.all.p50)
+        );
+    }
     if let Some(r) = ratio {
         println!("\nhemvist / Datasette requests per second at concurrency 16: {r:.1}x");
     }
