@@ -356,24 +356,7 @@ async fn metrics(
 /// Times every request into the latency histogram, by method and route pattern (a method
 /// outside the usual few counts as `other`, so a client cannot mint series).
 async fn time_request(State(plane): State<Arc<Plane>>, req: Request, next: Next) -> Response {
-    use axum::http::Method;
-    let method = match *req.method() {
-        Method::GET
-        | Method::POST
-        | Method::PUT
-        | Method::PATCH
-        | Method::DELETE
-        | Method::HEAD => req.method().as_str(),
-        _ => "other",
-    };
-    let labels = crate::metrics::RouteLabels {
-        method: method.to_string(),
-        route: req
-            .extensions()
-            .get::<axum::extract::MatchedPath>()
-            .map_or("unmatched", |p| p.as_str())
-            .to_string(),
-    };
+    let labels = crate::metrics::RouteLabels::of(&req);
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
     plane

@@ -6,22 +6,12 @@
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-/// An admin API request's series: its method and its route's pattern (never the path itself,
-/// so an org id is no label value and the series stay few).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
-    pub method: String,
-    pub route: String,
-}
-
-type Latency = Family<RouteLabels, Histogram, fn() -> Histogram>;
+use hemvist_net::metrics::Latency;
+pub use hemvist_net::metrics::{Format, RouteLabels};
 
 pub struct Metrics {
     pub orgs_created: Counter,
@@ -44,10 +34,7 @@ impl Default for Metrics {
             api_requests: Counter::default(),
             api_errors: Counter::default(),
             api_unauthorized: Counter::default(),
-            // 0.5 ms to 4 s.
-            api_latency: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.0005, 2.0, 14))
-            }),
+            api_latency: hemvist_net::metrics::latency(),
             api_connections: Arc::default(),
             grpc_connections: Arc::default(),
         }
@@ -64,52 +51,17 @@ pub struct Gauges {
     pub replication_behind: u64,
 }
 
-/// The two text formats a scraper may ask for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// Prometheus text format 0.0.4, what a client that asks for nothing in particular gets.
-    Prometheus,
-    OpenMetrics,
-}
-
-impl Format {
-    /// OpenMetrics when the `Accept` header names it (as Prometheus itself does), else the
-    /// Prometheus text format.
-    pub fn from_accept(accept: Option<&str>) -> Format {
-        match accept {
-            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
-            _ => Format::Prometheus,
-        }
-    }
-
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        }
-    }
-}
-
 impl Metrics {
     /// The exposition of every metric in `format`, with this scrape's gauges and the lag
     /// histogram of what nodes reported.
     pub fn render(&self, g: &Gauges, replication_lag: &Histogram, format: Format) -> String {
         let registry = self.registry(g, replication_lag);
-        let mut out = String::new();
-        let encoded = match format {
-            Format::Prometheus => {
-                prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
-            }
-            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry),
-        };
-        // Writing to a String fails only if a metric's encoding does, which ours cannot.
-        debug_assert!(encoded.is_ok(), "encode metrics: {encoded:?}");
-        out
+        hemvist_net::metrics::encode(&registry, format)
     }
 
     fn registry(&self, g: &Gauges, replication_lag: &Histogram) -> Registry {
         let mut r = Registry::default();
-        let gauge = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+        let gauge = hemvist_net::metrics::gauge;
         r.register(
             "hemvist_replication_lag_max_ms",
             "The largest backup lag any node reports for an org (oldest unshipped write)",
@@ -193,7 +145,7 @@ impl Metrics {
 /// The buckets of [`Replication`](crate::replication::Replication)'s lag histogram: the
 /// async target is 1 s; 5 s makes an org "behind".
 pub fn replication_lag_histogram() -> Histogram {
-    Histogram::new([0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0])
+    hemvist_net::metrics::lag_histogram()
 }
 
 #[cfg(test)]

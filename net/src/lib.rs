@@ -9,6 +9,7 @@
 pub mod http;
 pub mod limits;
 pub mod listener;
+pub mod metrics;
 pub mod tls;
 
 pub use limits::Limits;

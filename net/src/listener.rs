@@ -16,7 +16,6 @@ use futures::Stream;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -97,7 +96,7 @@ impl Collector for StatsCollector {
                 let c = ConstCounter::new(v);
                 c.encode(encoder.encode_descriptor(&name, help, None, c.metric_type())?)?;
             } else {
-                let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+                let g = crate::metrics::gauge(v);
                 g.encode(encoder.encode_descriptor(&name, help, None, g.metric_type())?)?;
             }
         }

@@ -7,22 +7,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-/// An org page request's series: its method (the usual few, else `other`) and its route's
-/// pattern (never the path itself, so an org id is no label value and the series stay few).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
-    pub method: String,
-    pub route: String,
-}
-
-type Latency = Family<RouteLabels, Histogram, fn() -> Histogram>;
+use hemvist_net::metrics::{gauge, Latency};
+pub use hemvist_net::metrics::{Format, RouteLabels};
 
 pub struct Metrics {
     pub requests: Counter,
@@ -68,10 +57,7 @@ impl Default for Metrics {
             link_connects: Counter::default(),
             link_refused: Counter::default(),
             link_up: AtomicU64::new(0),
-            // 0.5 ms to 4 s.
-            http_latency: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.0005, 2.0, 14))
-            }),
+            http_latency: hemvist_net::metrics::latency(),
         }
     }
 }
@@ -91,51 +77,11 @@ pub struct Gauges {
     pub signin_checks: u64,
 }
 
-/// The two text formats a scraper may ask for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// Prometheus text format 0.0.4, what a client that asks for nothing in particular gets.
-    Prometheus,
-    OpenMetrics,
-}
-
-impl Format {
-    /// OpenMetrics when the `Accept` header names it (as Prometheus itself does), else the
-    /// Prometheus text format.
-    pub fn from_accept(accept: Option<&str>) -> Format {
-        match accept {
-            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
-            _ => Format::Prometheus,
-        }
-    }
-
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        }
-    }
-}
-
-/// A value read at scrape time as a gauge.
-fn gauge(v: u64) -> ConstGauge {
-    ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX))
-}
-
 impl Metrics {
     /// The exposition of every metric in `format`, with this scrape's gauges.
     pub fn render(&self, g: &Gauges, format: Format) -> String {
         let registry = self.registry(g);
-        let mut out = String::new();
-        let encoded = match format {
-            Format::Prometheus => {
-                prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
-            }
-            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry),
-        };
-        // Writing to a String fails only if a metric's encoding does, which ours cannot.
-        debug_assert!(encoded.is_ok(), "encode metrics: {encoded:?}");
-        out
+        hemvist_net::metrics::encode(&registry, format)
     }
 
     // Counters are registered without `_total` and help without its final period: the

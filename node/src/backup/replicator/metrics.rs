@@ -7,7 +7,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
@@ -37,7 +36,7 @@ impl Default for BackupMetrics {
             deletes: AtomicU64::default(),
             lag_ms: AtomicU64::default(),
             // The async target is 1 s; the control plane calls an org behind at 5 s.
-            lag: Histogram::new([0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0]),
+            lag: hemvist_net::metrics::lag_histogram(),
         }
     }
 }
@@ -54,7 +53,7 @@ impl BackupMetrics {
     /// Adds these metrics to `r`, with the count of tenants now dirty.
     pub fn register(&self, r: &mut Registry, dirty_tenants: usize) {
         let get = |a: &AtomicU64| ConstCounter::new(a.load(Ordering::Relaxed));
-        let gauge = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+        let gauge = hemvist_net::metrics::gauge;
         let counters = [
             ("hemvist_backup_puts", "Objects uploaded", &self.puts),
             (
