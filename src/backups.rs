@@ -76,8 +76,8 @@ async fn open_store(org: &OrgId, args: &StoreArgs) -> anyhow::Result<Arc<dyn Obj
             .with_context(|| format!("{} has no [backup] section", path.display()))?
             .open();
     }
-    let (url, endpoint) = match &args.store {
-        Some(url) => (url.clone(), args.endpoint.clone()),
+    let (url, endpoint, s3_region) = match &args.store {
+        Some(url) => (url.clone(), args.endpoint.clone(), None),
         None => {
             // The control plane names every region's store; the org's home region's is the one.
             let client = Client::new(&args.api)
@@ -97,12 +97,16 @@ async fn open_store(org: &OrgId, args: &StoreArgs) -> anyhow::Result<Arc<dyn Obj
                 .endpoint
                 .clone()
                 .or_else(|| r["object_store_endpoint"].as_str().map(str::to_string));
-            (url.to_string(), endpoint)
+            let s3_region = r["object_store_s3_region"].as_str().map(str::to_string);
+            (url.to_string(), endpoint, s3_region)
         }
     };
     let mut config = BackupConfig::local(std::path::Path::new(""));
     config.url = url;
     config.endpoint = endpoint;
+    if let Some(r) = s3_region {
+        config.s3_region = r;
+    }
     config.ca_file = args.store_ca.clone();
     let store = config.open()?;
     check_system(&store, &args.api).await?;

@@ -140,6 +140,7 @@ struct RegionView {
     countries: Vec<String>,
     object_store: String,
     object_store_endpoint: Option<String>,
+    object_store_s3_region: Option<String>,
     nodes: usize,
     healthy_nodes: usize,
     default: bool,
@@ -164,6 +165,7 @@ async fn regions(State(plane): State<Arc<Plane>>) -> Result<Json<Vec<RegionView>
                 countries: r.countries.clone(),
                 object_store: r.object_store.clone(),
                 object_store_endpoint: r.object_store_endpoint.clone(),
+                object_store_s3_region: r.object_store_s3_region.clone(),
                 nodes: nodes.iter().filter(|n| n.region == r.id).count(),
                 healthy_nodes: nodes
                     .iter()

@@ -65,6 +65,10 @@ pub struct RegionConfig {
     /// The S3 endpoint of an `s3://` store, `https://host[:port]`.
     #[serde(default)]
     pub object_store_endpoint: Option<String>,
+    /// The region an `s3://` store's requests are signed for (`eu-north-1`); `us-east-1` if
+    /// not given, which S3-compatible servers other than AWS accept.
+    #[serde(default)]
+    pub object_store_s3_region: Option<String>,
 }
 
 fn default_api_listen() -> SocketAddr {

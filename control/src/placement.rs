@@ -147,6 +147,7 @@ mod tests {
             countries: countries.iter().map(|c| c.to_string()).collect(),
             object_store: format!("file:///tmp/{id}"),
             object_store_endpoint: None,
+            object_store_s3_region: None,
         }
     }
 

@@ -113,6 +113,7 @@ mod tests {
             countries: vec!["SE".into()],
             object_store: "file:///tmp/eu-north".into(),
             object_store_endpoint: None,
+            object_store_s3_region: None,
         }];
         let policy = ResidencyPolicy::parse("EU,eu-north", &regions).unwrap();
         let stored = policy.to_stored();
@@ -133,6 +134,7 @@ mod tests {
             countries: vec!["SE".into()],
             object_store: "file:///tmp/eu-north".into(),
             object_store_endpoint: None,
+            object_store_s3_region: None,
         }];
         for spec in [",", " ", "", " , ,"] {
             let err = ResidencyPolicy::parse(spec, &regions).unwrap_err();

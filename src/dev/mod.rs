@@ -183,6 +183,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 countries: r.countries.iter().map(|c| c.to_string()).collect(),
                 object_store: format!("file://{}", objects.display()),
                 object_store_endpoint: None,
+                object_store_s3_region: None,
             })
         })
         .collect::<anyhow::Result<_>>()?;
