@@ -391,7 +391,10 @@ pub async fn orgs(command: OrgsCommand) -> anyhow::Result<()> {
                         s(c, "id"),
                         s(c, "state"),
                         s(c, "attempts"),
-                        c.get("error").and_then(|e| e.as_str()).unwrap_or("")
+                        match (c["error_kind"].as_str(), c["error"].as_str()) {
+                            (Some(kind), Some(e)) => format!("{kind}: {e}"),
+                            (_, e) => e.unwrap_or("").to_string(),
+                        }
                     );
                 }
             }

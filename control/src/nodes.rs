@@ -3,7 +3,7 @@
 //! configured region with an http(s) URL; what it reports hosting replaces what it reported
 //! before; an ack records the command's outcome, and on success its effect and audit entry.
 
-use hemvist_proto::{Generation, HemvistError, NodeId, OrgId, RegionId};
+use hemvist_proto::{ErrorKind, Generation, HemvistError, NodeId, OrgId, RegionId};
 
 use crate::link::{OrgKey, Placement, PlacementUpdate};
 use crate::plane::Plane;
@@ -169,12 +169,15 @@ impl Plane {
                 } else {
                     CommandState::Failed
                 };
-                (state, Some(format!("{:?}: {message}", e.kind)))
+                (state, Some((e.kind, message)))
             }
         };
-        let Some(cmd) = self
-            .store
-            .ack_command(node, &ack.id, state, error.as_deref())?
+        let Some(cmd) = self.store.ack_command(
+            node,
+            &ack.id,
+            state,
+            error.as_ref().map(|(k, m)| (*k, m.as_str())),
+        )?
         else {
             return Err(HemvistError::not_found(format!(
                 "ack for unknown command {}",
@@ -184,8 +187,8 @@ impl Plane {
         let schema = match ack.outcome {
             Ok(schema) => schema,
             Err(_) => {
-                let e = error.unwrap_or_default();
-                tracing::warn!(%node, command = %cmd.id, error = %e, "node refused command");
+                let (kind, e) = error.unwrap_or((ErrorKind::Internal, String::new()));
+                tracing::warn!(%node, command = %cmd.id, kind = kind.as_str(), error = %e, "node refused command");
                 return Ok(());
             }
         };

@@ -168,10 +168,9 @@ impl Plane {
                 }
                 CommandState::Failed => {
                     let message = now.error.unwrap_or_default();
-                    let kind = if message.starts_with("Conflict") {
-                        ErrorKind::Conflict
-                    } else {
-                        ErrorKind::InvalidArgument
+                    let kind = match now.error_kind {
+                        Some(ErrorKind::Conflict) => ErrorKind::Conflict,
+                        _ => ErrorKind::InvalidArgument,
                     };
                     return Err(HemvistError::new(
                         kind,

@@ -23,6 +23,40 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    pub const ALL: [ErrorKind; 10] = [
+        ErrorKind::InvalidArgument,
+        ErrorKind::NotFound,
+        ErrorKind::Conflict,
+        ErrorKind::Unauthenticated,
+        ErrorKind::Forbidden,
+        ErrorKind::Unavailable,
+        ErrorKind::Residency,
+        ErrorKind::Fenced,
+        ErrorKind::TooLarge,
+        ErrorKind::Internal,
+    ];
+
+    /// The kind's name, as JSON and stored records spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Residency => "residency",
+            ErrorKind::Fenced => "fenced",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    /// The kind named `s` (see [`ErrorKind::as_str`]).
+    pub fn parse(s: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
     pub fn retryable(self) -> bool {
         matches!(self, ErrorKind::Unavailable | ErrorKind::Internal)
     }
@@ -133,5 +167,22 @@ impl From<crate::IdError> for HemvistError {
 impl From<HemvistError> for tonic::Status {
     fn from(e: HemvistError) -> Self {
         tonic::Status::new(e.kind.grpc_code(), e.message)
+    }
+}
+
+#[cfg(test)]
+mod names {
+    use super::ErrorKind;
+
+    #[test]
+    fn names_round_trip_and_match_the_json_spelling() {
+        for k in ErrorKind::ALL {
+            assert_eq!(ErrorKind::parse(k.as_str()), Some(k));
+            assert_eq!(
+                serde_json::to_string(&k).ok(),
+                Some(format!("\"{}\"", k.as_str()))
+            );
+        }
+        assert_eq!(ErrorKind::parse("host"), None);
     }
 }

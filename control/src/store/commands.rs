@@ -2,7 +2,7 @@
 //! either side the reconciler re-drives exactly what is unfinished, under the same ids. Kind and
 //! state are closed enums: a value this binary does not know is a corrupt row, never a guess.
 
-use hemvist_proto::{Generation, NodeId, OrgId};
+use hemvist_proto::{ErrorKind, Generation, NodeId, OrgId};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
@@ -94,6 +94,8 @@ pub struct CommandRecord {
     pub generation: Generation,
     pub state: CommandState,
     pub attempts: u32,
+    /// Why the node refused it, when it did: the kind, and the node's message.
+    pub error_kind: Option<ErrorKind>,
     pub error: Option<String>,
     pub updated_ms: i64,
     /// What the command carries beyond its kind (JSON); never shown by the API, as it may hold
@@ -161,13 +163,20 @@ impl Store {
         node: &NodeId,
         id: &str,
         state: CommandState,
-        error: Option<&str>,
+        error: Option<(ErrorKind, &str)>,
     ) -> Result<Option<CommandRecord>> {
         let conn = self.lock();
         conn.execute(
-            "UPDATE commands SET state = ?3, error = ?4, updated_ms = ?5
+            "UPDATE commands SET state = ?3, error_kind = ?4, error = ?5, updated_ms = ?6
              WHERE id = ?1 AND node_id = ?2",
-            params![id, node.as_str(), state.as_str(), error, now_ms()],
+            params![
+                id,
+                node.as_str(),
+                state.as_str(),
+                error.map(|e| e.0.as_str()),
+                error.map(|e| e.1),
+                now_ms()
+            ],
         )?;
         command_by_id(&conn, id)
     }
@@ -224,7 +233,8 @@ impl Store {
 fn command_by_id(conn: &Connection, id: &str) -> Result<Option<CommandRecord>> {
     let row = conn
         .query_row(
-            "SELECT id, node_id, org, kind, generation, state, attempts, error, updated_ms, payload
+            "SELECT id, node_id, org, kind, generation, state, attempts, error, updated_ms, payload,
+               error_kind
              FROM commands WHERE id = ?1",
             [id],
             |r| {
@@ -239,14 +249,33 @@ fn command_by_id(conn: &Connection, id: &str) -> Result<Option<CommandRecord>> {
                     r.get::<_, Option<String>>(7)?,
                     r.get::<_, i64>(8)?,
                     r.get::<_, Option<String>>(9)?,
+                    r.get::<_, Option<String>>(10)?,
                 ))
             },
         )
         .optional()?;
-    let Some((id, node, org, kind, generation, state, attempts, error, updated_ms, payload)) = row
+    let Some((
+        id,
+        node,
+        org,
+        kind,
+        generation,
+        state,
+        attempts,
+        error,
+        updated_ms,
+        payload,
+        error_kind,
+    )) = row
     else {
         return Ok(None);
     };
+    let error_kind = error_kind
+        .map(|k| {
+            ErrorKind::parse(&k)
+                .ok_or_else(|| StoreError::corrupt(format!("unknown error kind {k:?}")))
+        })
+        .transpose()?;
     Ok(Some(CommandRecord {
         node_id: NodeId::try_from(node).map_err(StoreError::corrupt)?,
         org: OrgId::try_from(org).map_err(StoreError::corrupt)?,
@@ -255,6 +284,7 @@ fn command_by_id(conn: &Connection, id: &str) -> Result<Option<CommandRecord>> {
         state: CommandState::parse(&state)?,
         id,
         attempts,
+        error_kind,
         error,
         updated_ms,
         payload,
@@ -314,5 +344,40 @@ mod tests {
         let err = store.command("c1").unwrap_err();
         assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
         assert!(!err.retryable());
+    }
+
+    #[test]
+    fn a_refusal_keeps_its_kind_beside_its_message() {
+        let (store, _) = super::super::db::temp_store();
+        let (node, org) = (NodeId::parse("n1").unwrap(), OrgId::parse("acme").unwrap());
+        store
+            .ensure_command(&NewCommand {
+                id: "c2",
+                node: &node,
+                org: &org,
+                kind: CommandKind::AddUser,
+                generation: Generation::new(1).unwrap(),
+                payload: None,
+            })
+            .unwrap();
+        let cmd = store
+            .ack_command(
+                &node,
+                "c2",
+                CommandState::Failed,
+                Some((ErrorKind::Conflict, "a different user ada@x exists")),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(cmd.error_kind, Some(ErrorKind::Conflict));
+        assert_eq!(cmd.error.as_deref(), Some("a different user ada@x exists"));
+        store
+            .lock()
+            .execute(
+                "UPDATE commands SET error_kind = 'oops' WHERE id = 'c2'",
+                [],
+            )
+            .unwrap();
+        assert!(matches!(store.command("c2"), Err(StoreError::Corrupt(_))));
     }
 }

@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_org_data_key.sql"),
     include_str!("migrations/0004_system_and_backups.sql"),
     include_str!("migrations/0005_admin_tokens.sql"),
+    include_str!("migrations/0006_command_error_kind.sql"),
 ];
 
 pub struct Store {
