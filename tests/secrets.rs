@@ -213,6 +213,35 @@ fn destroying_the_control_planes_key_makes_a_restore_fail_clearly() {
     let err = restore_from_control(&c, "gone", &dir.path().join("after.db")).unwrap_err();
     assert!(err.contains("destroyed"), "{err}");
     assert!(!dir.path().join("after.db").exists());
+
+    // The node forgets its copy too: what is written now is not sealed with a key nobody holds
+    // any more, and nothing goes out unsealed either.
+    c.wait_for("the node to forget the key", || {
+        c.node_log("eu-north")
+            .contains("data key revoked")
+            .then_some(())
+    });
+    let objects = s3.objects("hemvist").len();
+    let u = sign_in(
+        &c.node_url("eu-north"),
+        "gone",
+        "ada@gone.example",
+        PASSWORDS[0],
+    )
+    .unwrap();
+    let after = c.write_n(&u, "Unsealed", 3, Duration::ZERO);
+    assert_eq!(after.acked.len(), 3, "the org still serves its users");
+    let eu = c.node_url("eu-north");
+    c.wait_for("the writes to wait for a key", || {
+        (c.metric(&eu, "hemvist_backup_dirty_tenants") == 1).then_some(())
+    });
+    // Five backup intervals: long enough for a pass to have shipped them, had it had a key.
+    std::thread::sleep(Duration::from_millis(1_000));
+    assert_eq!(
+        s3.objects("hemvist").len(),
+        objects,
+        "something was shipped"
+    );
     let (_, org) = c.admin("GET", "/orgs/gone", None);
     let actions: Vec<&str> = org["audit"]
         .as_array()

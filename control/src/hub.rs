@@ -101,6 +101,16 @@ impl Hub {
         outbox.try_send(message).is_ok()
     }
 
+    /// Queues a message for one node's session `epoch`, waiting for room: for what no later
+    /// pass would send again (data keys). False if that session is gone.
+    pub async fn send_waiting(&self, node: &NodeId, epoch: u64, message: Outgoing) -> bool {
+        let outbox = match self.lock().get(node).filter(|s| s.epoch == epoch) {
+            Some(s) => s.outbox.clone(),
+            None => return false,
+        };
+        outbox.send(message).await.is_ok()
+    }
+
     /// Drops every session, which ends every node's stream (used at shutdown).
     pub fn close_all(&self) {
         self.lock().clear();
@@ -151,6 +161,10 @@ impl NodeLink for Hub {
 
     fn send_placements(&self, node: &NodeId, update: PlacementUpdate) -> bool {
         self.send(node, Outgoing::Placements(update))
+    }
+
+    fn send_keys(&self, node: &NodeId, keys: Vec<OrgKey>) -> bool {
+        self.send(node, Outgoing::DataKeys(keys))
     }
 
     /// A node whose queue is full is marked for a full resync instead, so no node's routing

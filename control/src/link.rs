@@ -8,8 +8,8 @@ use hemvist_proto::{Generation, NodeId, OrgId, RegionId};
 pub const PLACEMENT_CHUNK: usize = 2_000;
 
 /// A command to one node. Every command is persisted before it is sent and carries a stable id,
-/// so a node applies each at most once in effect.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// so a node applies each at most once in effect. Its `Debug` shows no key and no hash.
+#[derive(Clone, PartialEq, Eq)]
 pub enum NodeCommand {
     /// Host the org at this generation, in one of the regions its residency allows.
     Host {
@@ -37,7 +37,8 @@ pub enum NodeCommand {
 /// Keys go to a node in chunks of this many.
 pub const KEY_CHUNK: usize = 1_000;
 
-/// An org's data key, for the node that hosts it (nodes keep keys in memory only).
+/// An org's data key, for the node that hosts it (nodes keep keys in memory only); an empty
+/// `data_key` revokes it (the control plane's copy was destroyed).
 #[derive(Clone, PartialEq, Eq)]
 pub struct OrgKey {
     pub org: OrgId,
@@ -48,6 +49,22 @@ pub struct OrgKey {
 impl std::fmt::Debug for OrgKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "OrgKey({}, {}, ..)", self.org, self.generation)
+    }
+}
+
+impl std::fmt::Debug for NodeCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeCommand::Host {
+                org, generation, ..
+            } => write!(f, "Host({org}, {generation}, ..)"),
+            NodeCommand::AddUser {
+                org, generation, ..
+            } => {
+                write!(f, "AddUser({org}, {generation}, ..)")
+            }
+            NodeCommand::Drop { org, generation } => write!(f, "Drop({org}, {generation})"),
+        }
     }
 }
 
@@ -102,6 +119,8 @@ pub trait NodeLink: Send + Sync {
     fn sessions(&self) -> Vec<(NodeId, u64)>;
     fn send_command(&self, node: &NodeId, id: &str, command: NodeCommand) -> bool;
     fn send_placements(&self, node: &NodeId, update: PlacementUpdate) -> bool;
+    /// Data keys for the node's memory; an empty key makes the node forget the org's key.
+    fn send_keys(&self, node: &NodeId, keys: Vec<OrgKey>) -> bool;
     /// To every node; one whose queue is full is marked for a full resync instead.
     fn broadcast_placements(&self, update: PlacementUpdate);
     fn mark_resync(&self, node: &NodeId);

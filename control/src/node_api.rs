@@ -211,8 +211,15 @@ async fn handle(
             let keys = tokio::task::spawn_blocking(move || p.state_reported(&n, &tenants))
                 .await
                 .map_err(|e| HemvistError::internal(e.to_string()))??;
+            // Keys are sent only here (no later pass repeats them): wait for room in the
+            // session's queue rather than drop a chunk when it is full.
             for chunk in keys.chunks(KEY_CHUNK) {
-                hub.send(node, Outgoing::DataKeys(chunk.to_vec()));
+                if !hub
+                    .send_waiting(node, epoch, Outgoing::DataKeys(chunk.to_vec()))
+                    .await
+                {
+                    break;
+                }
             }
         }
         Some(In::Ack(ack)) => {

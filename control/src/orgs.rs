@@ -322,11 +322,23 @@ impl Plane {
     /// node's restart: the org's backups become unreadable everywhere. Audited.
     pub fn destroy_data_key(&self, id: &str, actor: &str) -> Result<(), HemvistError> {
         let id = OrgId::parse(id)?;
-        if self.store.org(&id)?.is_none() {
-            return Err(HemvistError::not_found(format!("no org {id}")));
-        }
+        let org = self
+            .store
+            .org(&id)?
+            .ok_or_else(|| HemvistError::not_found(format!("no org {id}")))?;
         if self.store.destroy_data_key(&id)? {
-            tracing::warn!(org = %id, %actor, "data key destroyed: the org's backups are unreadable");
+            // The node's copy in memory goes too: nothing more is sealed with a key nobody
+            // will ever hold again (its backups stop until the org is erased or given a new key).
+            let revoked = self.nodes.send_keys(
+                &org.node_id,
+                vec![crate::link::OrgKey {
+                    org: id.clone(),
+                    generation: org.generation,
+                    data_key: String::new(),
+                }],
+            );
+            tracing::warn!(org = %id, %actor, node_told = revoked,
+                "data key destroyed: the org's backups are unreadable");
             self.store.audit(
                 actor,
                 "data_key.destroyed",

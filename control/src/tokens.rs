@@ -14,7 +14,7 @@ use crate::store::TokenRecord;
 pub const CONFIG_ACTOR: &str = "config";
 
 /// A token just made: the only time it is ever shown.
-#[derive(Debug, Serialize)]
+#[derive(Serialize)]
 pub struct NewToken {
     pub name: String,
     pub token: String,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::plane::Plane;
 use crate::store::{CommandKind, CommandRecord, CommandState, NewCommand};
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddUser {
     pub email: String,
@@ -21,7 +21,15 @@ pub struct AddUser {
     pub password: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+impl std::fmt::Debug for AddUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AddUser")
+            .field("email", &self.email)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
 pub struct UserPayload {
     pub email: String,
     pub name: String,

@@ -51,9 +51,10 @@ impl Limits {
         anyhow::ensure!(
             self.handshake_timeout_ms >= 100
                 && self.header_read_timeout_ms >= 100
-                && self.idle_timeout_ms >= 1_000,
+                && self.idle_timeout_ms >= 30_000,
             "limits: timeouts this short would close healthy connections (handshake and headers \
-             at least 100 ms, idle at least 1000 ms)"
+             at least 100 ms; idle at least 30000 ms, since a request may wait that long for its \
+             answer without the client sending anything)"
         );
         Ok(())
     }

@@ -132,7 +132,15 @@ fn half_sent_and_idle_connections_are_closed_within_the_header_timeout() {
 
 #[test]
 fn a_client_over_its_connection_cap_is_refused_while_others_are_served() {
-    let (addr, _server) = serve(limits(), None);
+    // The held connections send nothing: a long handshake timeout keeps them open however
+    // slowly this runs.
+    let (addr, _server) = serve(
+        Limits {
+            handshake_timeout_ms: 10_000,
+            ..limits()
+        },
+        None,
+    );
     let mut held: Vec<TcpStream> = (0..4).map(|_| connect_from("127.0.0.2", addr)).collect();
     // Let the accept loop count them.
     assert!(get(&mut held[0]).is_some_and(|r| r.starts_with("HTTP/1.1 200")));

@@ -274,6 +274,14 @@ fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
 fn take_keys(node: &Node, keys: pb::DataKeys) {
     let (mut taken, mut bad) = (0usize, 0usize);
     for k in keys.keys {
+        if k.data_key.is_empty() {
+            // Revoked: the control plane destroyed the org's key; forget ours too.
+            if let Ok(org) = OrgId::try_from(k.org) {
+                node.state.forget_data_key(&org);
+                tracing::warn!(%org, "data key revoked by the control plane; its backups stop");
+            }
+            continue;
+        }
         match (
             OrgId::try_from(k.org),
             hemvist_proto::DataKey::from_hex(&k.data_key),

@@ -131,6 +131,12 @@ impl Hosting {
         let Some(b) = &self.backup else {
             return Ok(false);
         };
+        if b.store_is_foreign() {
+            return Err(HemvistError::unavailable(format!(
+                "org {org} has no local file, and the backup store belongs to another hemvist \
+                 system: nothing is restored from it"
+            )));
+        }
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| HemvistError::internal("restore needs the runtime"))?;
         let path = self.tenants.path(org);

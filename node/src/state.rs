@@ -209,6 +209,14 @@ impl NodeState {
         }
     }
 
+    /// Forgets a hosted org's data key (it was destroyed at the control plane).
+    pub fn forget_data_key(&self, org: &OrgId) {
+        let mut map = self.hosted.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = map.get_mut(org) {
+            h.data_key = None;
+        }
+    }
+
     pub fn remove_hosted(&self, org: &OrgId) -> Result<(), HemvistError> {
         self.db()
             .execute("DELETE FROM hosted WHERE org = ?1", [org.as_str()])

@@ -22,7 +22,7 @@ pub struct StoredResidency {
     pub regions: Vec<RegionId>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct OrgRecord {
     pub id: OrgId,
     pub name: String,
@@ -34,6 +34,7 @@ pub struct OrgRecord {
     pub generation: Generation,
     pub durability: String,
     /// Never serialized into views; sent to the org's node and to audited key requests only.
+    #[serde(skip)]
     pub data_key: Option<String>,
     /// When backups of the org were first reported; none yet if `None`.
     pub backed_up_ms: Option<i64>,
@@ -57,6 +58,17 @@ pub enum Created {
     /// An org under this id already existed; nothing was written. Whether it is the same org
     /// is the caller's judgement.
     Existing(OrgRecord),
+}
+
+impl std::fmt::Debug for OrgRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrgRecord")
+            .field("id", &self.id)
+            .field("node_id", &self.node_id)
+            .field("generation", &self.generation)
+            .field("data_key", &self.data_key.as_ref().map(|_| ".."))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Store {

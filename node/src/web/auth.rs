@@ -215,20 +215,9 @@ pub async fn sign_in(
     let tag = signin::tag(&account);
     let now = Instant::now();
     let address = signin::address(client);
-    if let Err(t) = signin.accounts.charge(&account, now) {
-        ctx.node.metrics.signin_throttled.inc();
-        if t.first {
-            tracing::warn!(org = %ctx.org, client = %client, account = %tag,
-                "sign-in throttled: too many failures for this account");
-        }
-        return too_many(
-            &ctx,
-            t.retry_after,
-            "too many failed sign-ins for this account; wait a moment and try again",
-        );
-    }
+    // The address first: an attempt it refuses must not make an entry for its (perhaps made-up)
+    // account, or a flood of them could push a real account's failures out of memory.
     if let Err(t) = signin.addresses.charge(&address, now) {
-        signin.accounts.refund(&account);
         ctx.node.metrics.signin_throttled.inc();
         if t.first {
             tracing::warn!(org = %ctx.org, client = %client,
@@ -238,6 +227,19 @@ pub async fn sign_in(
             &ctx,
             t.retry_after,
             "too many failed sign-ins from your address; wait a moment and try again",
+        );
+    }
+    if let Err(t) = signin.accounts.charge(&account, now) {
+        signin.addresses.refund(&address);
+        ctx.node.metrics.signin_throttled.inc();
+        if t.first {
+            tracing::warn!(org = %ctx.org, client = %client, account = %tag,
+                "sign-in throttled: too many failures for this account");
+        }
+        return too_many(
+            &ctx,
+            t.retry_after,
+            "too many failed sign-ins for this account; wait a moment and try again",
         );
     }
     let mut charged = Charged {

@@ -61,6 +61,16 @@ pub struct Shipper<'a> {
     pub hosted: &'a NodeState,
 }
 
+/// The org's data key as of now. Read again after every wait, since a `drop` or a destroyed key
+/// may have taken it meanwhile: no object is ever encoded without one.
+fn key_of(hosted: &NodeState, org: &OrgId) -> Result<hemvist_proto::DataKey, HemvistError> {
+    hosted.hosted(org).and_then(|h| h.data_key).ok_or_else(|| {
+        HemvistError::unavailable(format!(
+            "backup of {org}: its data key is gone (dropped, or destroyed); nothing is shipped unsealed"
+        ))
+    })
+}
+
 impl Shipper<'_> {
     /// Ships what one tenant has not shipped yet, or prepares its segment for the pack.
     pub async fn ship(&self, org: &OrgId) -> Result<Step, HemvistError> {
@@ -191,7 +201,7 @@ impl Shipper<'_> {
                         end: state.lsn + changes.frames,
                         time_ms: now_ms(),
                     };
-                    let key = self.hosted.hosted(&o).and_then(|h| h.data_key);
+                    let key = Some(key_of(self.hosted, &o)?);
                     let bytes = format::encode_segment(
                         &name,
                         changes.page_size,
@@ -276,7 +286,7 @@ impl Shipper<'_> {
             end: lsn,
             time_ms: now_ms(),
         };
-        let key = self.hosted.hosted(org).and_then(|h| h.data_key);
+        let key = Some(key_of(self.hosted, org)?);
         let (bytes, page_size) = tokio::task::spawn_blocking({
             let name = name.clone();
             move || -> Result<(Vec<u8>, u32), HemvistError> {
