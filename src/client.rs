@@ -25,7 +25,9 @@ pub fn dev_json() -> Option<serde_json::Value> {
 
 impl Client {
     pub fn new(args: &ApiArgs) -> anyhow::Result<Self> {
-        let dev = if args.control.is_none() || args.token.is_none() {
+        // The running dev's dev.json only when no control plane is named at all: a token meant
+        // for one system is never sent to another.
+        let dev = if args.control.is_none() && args.token.is_none() {
             dev_json()
         } else {
             None

@@ -134,6 +134,9 @@ impl ControlConfig {
         if self.admin_token.len() < 16 || self.join_token.len() < 16 {
             bail!("admin_token and join_token must be at least 16 characters");
         }
+        if crate::auth::tokens_equal(&self.admin_token, &self.join_token) {
+            bail!("admin_token and join_token must differ: a node's token must not open the admin API");
+        }
         if self.heartbeat_interval_ms == 0 || self.lease_ttl_ms < 2 * self.heartbeat_interval_ms {
             bail!("lease_ttl_ms must be at least twice heartbeat_interval_ms");
         }
