@@ -33,6 +33,8 @@ pub fn router(plane: Arc<Plane>) -> Router {
         .route("/tokens/{name}/revoke", axum::routing::post(revoke_token))
         .route("/audit/verify", get(verify_audit))
         .route("/system", get(system))
+        .route("/operations", get(list_operations))
+        .route("/operations/{id}", get(show_operation))
         .fallback(|| async { ApiError(HemvistError::not_found("no such API route")) })
         .layer(middleware::from_fn_with_state(plane.clone(), require_token));
     Router::new()
@@ -144,6 +146,23 @@ struct RegionView {
     nodes: usize,
     healthy_nodes: usize,
     default: bool,
+}
+
+async fn list_operations(State(plane): State<Arc<Plane>>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(blocking(&plane, |c| c.operations()).await?))
+}
+
+async fn show_operation(
+    State(plane): State<Arc<Plane>>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
+    if id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(ApiError(HemvistError::invalid(
+            "an operation id is letters, digits and '-'",
+        )));
+    }
+    Ok(Json(blocking(&plane, move |c| c.operation(&id)).await?))
 }
 
 /// Which hemvist system this is: the id its nodes write into every region's store, so the

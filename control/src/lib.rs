@@ -20,6 +20,7 @@ pub mod link;
 pub mod metrics;
 pub mod node_api;
 pub mod nodes;
+pub mod operations;
 pub mod orgs;
 pub mod placement;
 pub mod plane;

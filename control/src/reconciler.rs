@@ -98,9 +98,11 @@ fn reconcile_node(plane: &Plane, node: &NodeId, epoch: u64) -> Result<(), Hemvis
         .map(|c| (c.id.clone(), c))
         .collect();
     let desired_ids: HashSet<&OrgId> = desired.iter().map(|o| &o.id).collect();
+    // An org an operation owns is the operation's to change (a move hosts and drops it itself).
+    let owned = plane.owned_orgs()?;
 
     for org in &desired {
-        if observed.get(&org.id) == Some(&org.generation) {
+        if observed.get(&org.id) == Some(&org.generation) || owned.contains(&org.id) {
             continue;
         }
         let cmd = ensure(plane, node, &org.id, CommandKind::Host, org.generation)?;
@@ -140,7 +142,7 @@ fn reconcile_node(plane: &Plane, node: &NodeId, epoch: u64) -> Result<(), Hemvis
     }
 
     for (org, generation) in &observed {
-        if desired_ids.contains(org) {
+        if desired_ids.contains(org) || owned.contains(org) {
             continue;
         }
         match plane.store.org(org)? {

@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_system_and_backups.sql"),
     include_str!("migrations/0005_admin_tokens.sql"),
     include_str!("migrations/0006_command_error_kind.sql"),
+    include_str!("migrations/0007_operations.sql"),
 ];
 
 pub struct Store {

@@ -12,6 +12,8 @@
 //! - `audit` (`audit.rs`): the hash-chained log of every change of where data lives.
 //! - `system` (`system.rs`): the system's id, made once.
 //! - `admin_tokens` (`tokens.rs`): named, revocable admin tokens, as hashes only.
+//! - `operations` (`operations.rs`): moves and the like, their phases changed by compare and set
+//!   together with their audit entries.
 //!
 //! Leases are not persisted: after a restart every node is unhealthy until it heartbeats again.
 //! The store interprets nothing it is handed (a residency is stored as its lists, not as a
@@ -22,6 +24,7 @@ mod commands;
 mod db;
 mod error;
 mod nodes;
+mod operations;
 mod orgs;
 mod placements;
 mod system;
@@ -31,6 +34,7 @@ pub use commands::{CommandKind, CommandRecord, CommandState, NewCommand};
 pub use db::Store;
 pub use error::StoreError;
 pub use nodes::{NodeRecord, RegionRecord};
+pub use operations::{NewOperation, OperationRecord, Transition};
 pub use orgs::{Created, NewOrg, OrgRecord, StoredResidency};
 pub use placements::ObservedRecord;
 pub use tokens::TokenRecord;

@@ -1,0 +1,311 @@
+//! Operations: the changes of where data lives that span machines and time (moves, failovers,
+//! drains, rollouts, branches, erasures), each a persisted state machine. One file per kind;
+//! this module is what they all share.
+//!
+//! Keeps true:
+//! - an operation's phase is recorded, with its audit entry, in one transaction before any side
+//!   effect of that phase is acknowledged ([`Plane::advance`]); a transition is a compare and set
+//!   from the phase last seen, so a restarted or racing driver never repeats one;
+//! - at most one unfinished operation owns an org, and the reconciler leaves an owned org alone;
+//! - phases are an enum per kind ([`Phase`]); the store keeps their names and nothing else.
+
+use hemvist_proto::{ErrorKind, HemvistError, OrgId};
+
+use crate::plane::Plane;
+use crate::store::{NewOperation, OperationRecord, Transition};
+
+/// The kinds of operation (one file each, as they are built).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperationKind {
+    Move,
+}
+
+impl OperationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationKind::Move => "move",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OperationKind> {
+        [OperationKind::Move].into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A kind's phases.
+pub trait Phase: Copy + Eq + std::fmt::Debug + Sized + 'static {
+    const KIND: OperationKind;
+    const ALL: &'static [Self];
+    fn as_str(self) -> &'static str;
+    /// The operation ends here (done, or rolled back).
+    fn is_final(self) -> bool;
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|p| p.as_str() == s)
+    }
+}
+
+/// An operation as its kind sees it: its record, with the phase typed.
+#[derive(Debug, Clone)]
+pub struct Operation<P: Phase> {
+    pub record: OperationRecord,
+    pub phase: P,
+}
+
+impl<P: Phase> TryFrom<OperationRecord> for Operation<P> {
+    type Error = HemvistError;
+
+    fn try_from(record: OperationRecord) -> Result<Self, HemvistError> {
+        if record.kind != P::KIND.as_str() {
+            return Err(HemvistError::internal(format!(
+                "operation {} is a {}, not a {}",
+                record.id,
+                record.kind,
+                P::KIND.as_str()
+            )));
+        }
+        let phase = P::parse(&record.phase).ok_or_else(|| {
+            HemvistError::internal(format!(
+                "operation {} is in phase {:?}, which a {} does not have",
+                record.id,
+                record.phase,
+                P::KIND.as_str()
+            ))
+        })?;
+        Ok(Operation { record, phase })
+    }
+}
+
+impl Plane {
+    /// Starts an operation of `P`'s kind on `org` in phase `first`, audited as requested by
+    /// `actor`. A conflict if another unfinished operation owns the org.
+    pub fn begin<P: Phase>(
+        &self,
+        org: &OrgId,
+        first: P,
+        actor: &str,
+        detail: serde_json::Value,
+    ) -> Result<Operation<P>, HemvistError> {
+        if let Some(open) = self
+            .store
+            .open_operations()?
+            .into_iter()
+            .find(|o| &o.org == org)
+        {
+            return Err(HemvistError::conflict(format!(
+                "org {org} is busy: {} {} is in phase {}",
+                open.kind, open.id, open.phase
+            )));
+        }
+        let id = format!(
+            "{}-{org}-{}",
+            P::KIND.as_str(),
+            hemvist_proto::random::hex(6)?
+        );
+        let record = self.store.start_operation(
+            &NewOperation {
+                id: &id,
+                kind: P::KIND.as_str(),
+                org,
+                phase: first.as_str(),
+                requested_by: actor,
+                detail: &detail,
+            },
+            &format!("{}.started", P::KIND.as_str()),
+            &serde_json::json!({ "operation": id, "phase": first.as_str(), "detail": detail }),
+        )?;
+        tracing::info!(operation = %id, %org, phase = first.as_str(), %actor, "operation started");
+        record.try_into()
+    }
+
+    /// Records `op`'s move to phase `to` (with `detail` replacing its detail, when given), audited
+    /// in the same transaction. `None` if the operation was no longer where `op` saw it: read it
+    /// again rather than repeat the side effects of `to`.
+    pub fn advance<P: Phase>(
+        &self,
+        op: &Operation<P>,
+        to: P,
+        detail: Option<serde_json::Value>,
+    ) -> Result<Option<Operation<P>>, HemvistError> {
+        self.transition(op, to, None, detail)
+    }
+
+    /// Ends `op` in the final phase `to` with the error that brought it there.
+    pub fn fail<P: Phase>(
+        &self,
+        op: &Operation<P>,
+        to: P,
+        error: &HemvistError,
+    ) -> Result<Option<Operation<P>>, HemvistError> {
+        self.transition(op, to, Some((error.kind, error.message.as_str())), None)
+    }
+
+    fn transition<P: Phase>(
+        &self,
+        op: &Operation<P>,
+        to: P,
+        error: Option<(ErrorKind, &str)>,
+        detail: Option<serde_json::Value>,
+    ) -> Result<Option<Operation<P>>, HemvistError> {
+        let audit = serde_json::json!({
+            "operation": op.record.id,
+            "from": op.phase.as_str(),
+            "to": to.as_str(),
+            "error": error.map(|(k, m)| serde_json::json!({"kind": k.as_str(), "message": m})),
+        });
+        let moved = self.store.advance_operation(&Transition {
+            id: &op.record.id,
+            from: op.phase.as_str(),
+            to: to.as_str(),
+            finished: to.is_final(),
+            error,
+            detail: detail.as_ref(),
+            actor: "control",
+            action: &format!("{}.{}", P::KIND.as_str(), to.as_str()),
+            audit: &audit,
+        })?;
+        if moved.is_some() {
+            tracing::info!(operation = %op.record.id, org = %op.record.org,
+                from = op.phase.as_str(), to = to.as_str(), "operation phase");
+        }
+        moved.map(Operation::try_from).transpose()
+    }
+
+    /// The orgs an unfinished operation owns: the reconciler leaves them to it.
+    pub fn owned_orgs(&self) -> Result<std::collections::HashSet<OrgId>, HemvistError> {
+        Ok(self
+            .store
+            .open_operations()?
+            .into_iter()
+            .map(|o| o.org)
+            .collect())
+    }
+
+    pub fn operations(&self) -> Result<Vec<OperationRecord>, HemvistError> {
+        Ok(self.store.operations()?)
+    }
+
+    pub fn operation(&self, id: &str) -> Result<OperationRecord, HemvistError> {
+        self.store
+            .operation(id)?
+            .ok_or_else(|| HemvistError::not_found(format!("no operation {id}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A kind's phases as a move will have them (the real ones come with `move_org.rs`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Steps {
+        Preparing,
+        Copying,
+        Done,
+        RolledBack,
+    }
+
+    impl Phase for Steps {
+        const KIND: OperationKind = OperationKind::Move;
+        const ALL: &'static [Self] = &[
+            Steps::Preparing,
+            Steps::Copying,
+            Steps::Done,
+            Steps::RolledBack,
+        ];
+        fn as_str(self) -> &'static str {
+            match self {
+                Steps::Preparing => "preparing",
+                Steps::Copying => "copying",
+                Steps::Done => "done",
+                Steps::RolledBack => "rolled_back",
+            }
+        }
+        fn is_final(self) -> bool {
+            matches!(self, Steps::Done | Steps::RolledBack)
+        }
+    }
+
+    fn plane() -> (Plane, tempfile_dir::Dir) {
+        let dir = tempfile_dir::Dir::new();
+        let text = format!(
+            "data_dir = {:?}\nadmin_token = \"admin-token-0123456789\"\n\
+             join_token = \"join-token-0123456789\"\ndefault_region = \"eu-north\"\n\
+             [[regions]]\nid = \"eu-north\"\nname = \"Stockholm\"\njurisdiction = \"EU\"\n\
+             object_store = \"file:///dev/null\"\n",
+            dir.0.display().to_string()
+        );
+        let config: crate::ControlConfig = toml::from_str(&text).unwrap();
+        let plane = Plane::open(config, Arc::new(crate::hub::Hub::default())).unwrap();
+        (plane, dir)
+    }
+
+    mod tempfile_dir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                use std::sync::atomic::{AtomicU64, Ordering};
+                static N: AtomicU64 = AtomicU64::new(0);
+                let p = std::env::temp_dir().join(format!(
+                    "hemvist-ops-{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::create_dir_all(&p).unwrap();
+                Dir(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn an_operation_owns_its_org_until_it_ends_and_each_phase_is_recorded_once() {
+        let (plane, _dir) = plane();
+        let org = OrgId::parse("acme").unwrap();
+        let op = plane
+            .begin(
+                &org,
+                Steps::Preparing,
+                "ops-laptop",
+                serde_json::json!({"to": "x"}),
+            )
+            .unwrap();
+        assert!(op.record.id.starts_with("move-acme-"));
+        assert!(plane.owned_orgs().unwrap().contains(&org));
+        let err = plane
+            .begin(
+                &org,
+                Steps::Preparing,
+                "ops-laptop",
+                serde_json::Value::Null,
+            )
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Conflict, "{err}");
+
+        let copying = plane.advance(&op, Steps::Copying, None).unwrap().unwrap();
+        assert_eq!(copying.phase, Steps::Copying);
+        // A driver that restarted holding the old view repeats nothing.
+        assert!(plane.advance(&op, Steps::Copying, None).unwrap().is_none());
+
+        let why = HemvistError::unavailable("the target node died");
+        let ended = plane
+            .fail(&copying, Steps::RolledBack, &why)
+            .unwrap()
+            .unwrap();
+        assert_eq!(ended.phase, Steps::RolledBack);
+        assert_eq!(ended.record.error_kind, Some(ErrorKind::Unavailable));
+        assert!(plane.owned_orgs().unwrap().is_empty());
+
+        let audit = plane.store.audit_for_org(&org).unwrap();
+        let actions: Vec<&str> = audit.iter().filter_map(|a| a["action"].as_str()).collect();
+        assert_eq!(
+            actions,
+            ["move.started", "move.copying", "move.rolled_back"]
+        );
+        assert_eq!(audit[0]["actor"], "ops-laptop");
+    }
+}

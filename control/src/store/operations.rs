@@ -1,0 +1,290 @@
+//! The `operations` table: one row per operation, its kind and phase stored as the domain names
+//! them (the store interprets neither). A phase changes only from the phase the caller last saw
+//! (compare and set), in the same transaction as its audit entry, so a transition is recorded
+//! once, before its side effects, whoever races for it.
+
+use hemvist_proto::{ErrorKind, OrgId};
+use rusqlite::{params, OptionalExtension, Transaction};
+use serde::Serialize;
+
+use super::audit::append_audit;
+use super::db::Store;
+use super::error::{Result, StoreError};
+use crate::clock::now_ms;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OperationRecord {
+    pub id: String,
+    pub kind: String,
+    pub org: OrgId,
+    pub phase: String,
+    pub requested_by: String,
+    pub started_ms: i64,
+    pub updated_ms: i64,
+    pub finished_ms: Option<i64>,
+    pub error_kind: Option<ErrorKind>,
+    pub error: Option<String>,
+    /// What the operation carries beyond its phase (JSON; the domain's to read).
+    pub detail: serde_json::Value,
+}
+
+/// An operation to start in its first phase.
+pub struct NewOperation<'a> {
+    pub id: &'a str,
+    pub kind: &'a str,
+    pub org: &'a OrgId,
+    pub phase: &'a str,
+    pub requested_by: &'a str,
+    pub detail: &'a serde_json::Value,
+}
+
+/// A phase change: from the phase last seen, to the next one, with its audit entry.
+pub struct Transition<'a> {
+    pub id: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    /// The operation ends in `to`.
+    pub finished: bool,
+    pub error: Option<(ErrorKind, &'a str)>,
+    pub detail: Option<&'a serde_json::Value>,
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub audit: &'a serde_json::Value,
+}
+
+const SELECT: &str = "SELECT id, kind, org, phase, requested_by, started_ms, updated_ms,
+    finished_ms, error_kind, error, detail FROM operations";
+
+type Row = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    String,
+);
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+    ))
+}
+
+fn check(row: Row) -> Result<OperationRecord> {
+    let (
+        id,
+        kind,
+        org,
+        phase,
+        requested_by,
+        started_ms,
+        updated_ms,
+        finished_ms,
+        error_kind,
+        error,
+        detail,
+    ) = row;
+    Ok(OperationRecord {
+        id,
+        kind,
+        org: OrgId::try_from(org).map_err(StoreError::corrupt)?,
+        phase,
+        requested_by,
+        started_ms,
+        updated_ms,
+        finished_ms,
+        error_kind: error_kind
+            .map(|k| {
+                ErrorKind::parse(&k)
+                    .ok_or_else(|| StoreError::corrupt(format!("unknown error kind {k:?}")))
+            })
+            .transpose()?,
+        error,
+        detail: serde_json::from_str(&detail).map_err(StoreError::corrupt)?,
+    })
+}
+
+fn by_id(tx: &Transaction<'_>, id: &str) -> Result<Option<OperationRecord>> {
+    tx.query_row(&format!("{SELECT} WHERE id = ?1"), [id], row)
+        .optional()?
+        .map(check)
+        .transpose()
+}
+
+impl Store {
+    /// Records a new operation and its audit entry; a conflict if another unfinished operation
+    /// owns the org.
+    pub fn start_operation(
+        &self,
+        new: &NewOperation<'_>,
+        action: &str,
+        audit: &serde_json::Value,
+    ) -> Result<OperationRecord> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        // The partial unique index refuses a second unfinished operation of the org: Conflict.
+        tx.execute(
+            "INSERT INTO operations (id, kind, org, phase, requested_by, started_ms, updated_ms,
+               detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
+            params![
+                new.id,
+                new.kind,
+                new.org.as_str(),
+                new.phase,
+                new.requested_by,
+                now,
+                new.detail.to_string()
+            ],
+        )?;
+        append_audit(&tx, new.requested_by, action, Some(new.org), audit)?;
+        let op = by_id(&tx, new.id)?
+            .ok_or_else(|| StoreError::corrupt(format!("operation {} vanished", new.id)))?;
+        tx.commit()?;
+        Ok(op)
+    }
+
+    /// Moves an operation from the phase the caller saw to the next, with its audit entry, in
+    /// one transaction. `None` if it is no longer in `from` (someone else moved it on, or it
+    /// finished): the caller reads it again instead of repeating a side effect.
+    pub fn advance_operation(&self, t: &Transition<'_>) -> Result<Option<OperationRecord>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let Some(op) = by_id(&tx, t.id)? else {
+            return Ok(None);
+        };
+        if op.phase != t.from || op.finished_ms.is_some() {
+            return Ok(None);
+        }
+        let now = now_ms();
+        tx.execute(
+            "UPDATE operations SET phase = ?2, updated_ms = ?3, finished_ms = ?4,
+               error_kind = ?5, error = ?6, detail = COALESCE(?7, detail)
+             WHERE id = ?1",
+            params![
+                t.id,
+                t.to,
+                now,
+                t.finished.then_some(now),
+                t.error.map(|e| e.0.as_str()),
+                t.error.map(|e| e.1),
+                t.detail.map(|d| d.to_string()),
+            ],
+        )?;
+        append_audit(&tx, t.actor, t.action, Some(&op.org), t.audit)?;
+        let op = by_id(&tx, t.id)?;
+        tx.commit()?;
+        Ok(op)
+    }
+
+    pub fn operation(&self, id: &str) -> Result<Option<OperationRecord>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        by_id(&tx, id)
+    }
+
+    /// Every operation, newest first.
+    pub fn operations(&self) -> Result<Vec<OperationRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!("{SELECT} ORDER BY started_ms DESC, id"))?;
+        let rows = stmt.query_map([], row)?;
+        rows.map(|r| check(r?)).collect()
+    }
+
+    /// The unfinished operations: the orgs they own are left alone by the reconciler.
+    pub fn open_operations(&self) -> Result<Vec<OperationRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!("{SELECT} WHERE finished_ms IS NULL ORDER BY id"))?;
+        let rows = stmt.query_map([], row)?;
+        rows.map(|r| check(r?)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn start(store: &Store, id: &str, org: &OrgId) -> Result<OperationRecord> {
+        store.start_operation(
+            &NewOperation {
+                id,
+                kind: "move",
+                org,
+                phase: "preparing",
+                requested_by: "ops",
+                detail: &json!({"to": "eu-central"}),
+            },
+            "move.started",
+            &json!({"to": "eu-central"}),
+        )
+    }
+
+    fn step<'a>(id: &'a str, from: &'a str, to: &'a str, finished: bool) -> Transition<'a> {
+        Transition {
+            id,
+            from,
+            to,
+            finished,
+            error: None,
+            detail: None,
+            actor: "control",
+            action: "move.phase",
+            audit: &serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn one_open_operation_per_org_and_phases_change_only_from_the_one_seen() {
+        let (store, _) = super::super::db::temp_store();
+        let org = OrgId::parse("acme").unwrap();
+        let op = start(&store, "op-1", &org).unwrap();
+        assert_eq!((op.phase.as_str(), op.finished_ms), ("preparing", None));
+        assert!(matches!(
+            start(&store, "op-2", &org),
+            Err(StoreError::Conflict(_))
+        ));
+
+        let moved = store
+            .advance_operation(&step("op-1", "preparing", "copying", false))
+            .unwrap()
+            .unwrap();
+        assert_eq!(moved.phase, "copying");
+        // A second caller that still saw `preparing` changes nothing.
+        assert!(store
+            .advance_operation(&step("op-1", "preparing", "copying", false))
+            .unwrap()
+            .is_none());
+        let mut failed = step("op-1", "copying", "rolled_back", true);
+        failed.error = Some((ErrorKind::Unavailable, "the target died"));
+        let done = store.advance_operation(&failed).unwrap().unwrap();
+        assert_eq!(done.error_kind, Some(ErrorKind::Unavailable));
+        assert!(done.finished_ms.is_some());
+        assert_eq!(done.detail, json!({"to": "eu-central"}));
+        // A finished operation moves no further, and the org is free for the next one.
+        assert!(store
+            .advance_operation(&step("op-1", "rolled_back", "copying", false))
+            .unwrap()
+            .is_none());
+        assert!(store.open_operations().unwrap().is_empty());
+        start(&store, "op-3", &org).unwrap();
+        assert_eq!(store.operations().unwrap().len(), 2);
+        // Every start and transition is in the audit chain, which still verifies.
+        assert_eq!(store.verify_audit().unwrap(), Ok(4));
+    }
+}
