@@ -45,6 +45,16 @@ fn wait_shipped(c: &Cluster) {
     });
 }
 
+/// An org in Stockholm with a user, `n` contacts written by them, all shipped.
+fn org_with_shipped_writes(c: &Cluster, org: &str, n: usize) {
+    c.create_org_ready(org, json!({"region": "eu-north"}));
+    let email = format!("ada@{org}.example");
+    c.add_user(org, &email, PASSWORDS[0]);
+    let u = sign_in(&c.node_url("eu-north"), org, &email, PASSWORDS[0]).unwrap();
+    c.write_n(&u, "Kept", n, Duration::ZERO);
+    wait_shipped(c);
+}
+
 /// `hemvist restore ORG` with only the control plane's URL and a token (the store comes from
 /// the control plane), into `out`; the CLI's stderr on failure.
 fn restore_from_control(c: &Cluster, org: &str, out: &Path) -> Result<(), String> {
@@ -189,17 +199,7 @@ mod sha2_digest {
 fn destroying_the_control_planes_key_makes_a_restore_fail_clearly() {
     let s3 = S3::start();
     let c = Cluster::start_with_backup(&[EU_NORTH], &s3, 200);
-    c.create_org_ready("gone", json!({"region": "eu-north"}));
-    c.add_user("gone", "ada@gone.example", PASSWORDS[0]);
-    let u = sign_in(
-        &c.node_url("eu-north"),
-        "gone",
-        "ada@gone.example",
-        PASSWORDS[0],
-    )
-    .unwrap();
-    c.write_n(&u, "Kept", 5, Duration::ZERO);
-    wait_shipped(&c);
+    org_with_shipped_writes(&c, "gone", 5);
     let dir = tempfile::tempdir().unwrap();
     restore_from_control(&c, "gone", &dir.path().join("before.db")).expect("restore");
 
@@ -314,17 +314,7 @@ fn admin_tokens_are_named_hashed_revocable_and_named_in_the_audit_log() {
 fn a_store_of_another_system_or_a_missing_backup_is_never_used_silently() {
     let s3 = S3::start();
     let mut c = Cluster::start_with_backup(&[EU_NORTH], &s3, 200);
-    c.create_org_ready("safe", json!({"region": "eu-north"}));
-    c.add_user("safe", "ada@safe.example", PASSWORDS[0]);
-    let u = sign_in(
-        &c.node_url("eu-north"),
-        "safe",
-        "ada@safe.example",
-        PASSWORDS[0],
-    )
-    .unwrap();
-    c.write_n(&u, "Kept", 5, Duration::ZERO);
-    wait_shipped(&c);
+    org_with_shipped_writes(&c, "safe", 5);
     // The node wrote the system's id into the store when it registered.
     let marker = s3.bucket_dir.join("hemvist/hemvist-system.json");
     c.wait_for("the system marker", || marker.is_file().then_some(()));

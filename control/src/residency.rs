@@ -104,9 +104,8 @@ impl ResidencyPolicy {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_stored_form_is_the_json_of_the_policy() {
-        let regions = vec![RegionConfig {
+    fn stockholm() -> Vec<RegionConfig> {
+        vec![RegionConfig {
             id: RegionId::parse("eu-north").unwrap(),
             name: "Stockholm".into(),
             jurisdiction: "EU".into(),
@@ -114,7 +113,12 @@ mod tests {
             object_store: "file:///tmp/eu-north".into(),
             object_store_endpoint: None,
             object_store_s3_region: None,
-        }];
+        }]
+    }
+
+    #[test]
+    fn the_stored_form_is_the_json_of_the_policy() {
+        let regions = stockholm();
         let policy = ResidencyPolicy::parse("EU,eu-north", &regions).unwrap();
         let stored = policy.to_stored();
         assert_eq!(
@@ -127,15 +131,7 @@ mod tests {
 
     #[test]
     fn a_policy_that_names_nothing_is_refused_not_read_as_anywhere() {
-        let regions = vec![RegionConfig {
-            id: RegionId::parse("eu-north").unwrap(),
-            name: "Stockholm".into(),
-            jurisdiction: "EU".into(),
-            countries: vec!["SE".into()],
-            object_store: "file:///tmp/eu-north".into(),
-            object_store_endpoint: None,
-            object_store_s3_region: None,
-        }];
+        let regions = stockholm();
         for spec in [",", " ", "", " , ,"] {
             let err = ResidencyPolicy::parse(spec, &regions).unwrap_err();
             assert!(err.message.contains("names no region"), "{spec:?}: {err}");

@@ -270,12 +270,7 @@ fn command_by_id(conn: &Connection, id: &str) -> Result<Option<CommandRecord>> {
     else {
         return Ok(None);
     };
-    let error_kind = error_kind
-        .map(|k| {
-            ErrorKind::parse(&k)
-                .ok_or_else(|| StoreError::corrupt(format!("unknown error kind {k:?}")))
-        })
-        .transpose()?;
+    let error_kind = super::error::stored_error_kind(error_kind)?;
     Ok(Some(CommandRecord {
         node_id: NodeId::try_from(node).map_err(StoreError::corrupt)?,
         org: OrgId::try_from(org).map_err(StoreError::corrupt)?,

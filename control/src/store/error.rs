@@ -31,6 +31,14 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// A stored error kind's name read back; a name this binary does not know is a corrupt row.
+pub(super) fn stored_error_kind(name: Option<String>) -> Result<Option<ErrorKind>> {
+    name.map(|k| {
+        ErrorKind::parse(&k).ok_or_else(|| StoreError::corrupt(format!("unknown error kind {k:?}")))
+    })
+    .transpose()
+}
+
 impl StoreError {
     pub(super) fn corrupt(e: impl std::fmt::Display) -> Self {
         StoreError::Corrupt(e.to_string())

@@ -108,12 +108,7 @@ fn check(row: Row) -> Result<OperationRecord> {
         started_ms,
         updated_ms,
         finished_ms,
-        error_kind: error_kind
-            .map(|k| {
-                ErrorKind::parse(&k)
-                    .ok_or_else(|| StoreError::corrupt(format!("unknown error kind {k:?}")))
-            })
-            .transpose()?,
+        error_kind: super::error::stored_error_kind(error_kind)?,
         error,
         detail: serde_json::from_str(&detail).map_err(StoreError::corrupt)?,
     })
