@@ -197,6 +197,26 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
                     }
                 }
             }
+            _ = node.moves_in.reported.notified() => {
+                for p in node.moves_in.take_progress() {
+                    let (code, message) = match &p.error {
+                        Some(e) => (e.kind.to_wire() as i32, e.message.clone()),
+                        None => (0, String::new()),
+                    };
+                    let msg = pb::MoveProgress {
+                        operation: p.operation,
+                        org: p.org.to_string(),
+                        state: p.state.to_string(),
+                        lsn: p.lsn,
+                        bytes: p.bytes,
+                        code,
+                        message,
+                    };
+                    if tx.send(out(Out::MoveProgress(msg))).await.is_err() {
+                        break;
+                    }
+                }
+            }
             _ = heartbeat.tick() => {
                 seq += 1;
                 in_flight.insert(seq, Instant::now());
@@ -235,6 +255,7 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
                     In::Placements(update) => {
                         let n = node.clone();
                         let applied = tokio::task::spawn_blocking(move || apply_placements(&n, update)).await;
+                        node.gate.wake();
                         match applied {
                             Ok(Ok(count)) => tracing::debug!(count, "placements updated"),
                             Ok(Err(e)) => tracing::warn!(error = %e, "bad placement update"),
@@ -325,9 +346,14 @@ fn apply(node: &Node, cmd: pb::Command) -> pb::CommandAck {
     let id = cmd.id.clone();
     let _span = tracing::info_span!("command", id = %id, node = %node.config.id).entered();
     let result = match cmd.action {
-        Some(Action::Host(h)) => host(node, h).map(Some),
-        Some(Action::Drop(d)) => drop_tenant(node, d).map(|_| None),
-        Some(Action::AddUser(u)) => add_user(node, u).map(|_| None),
+        Some(Action::Host(h)) => host(node, h).map(Done::hosted),
+        Some(Action::Drop(d)) => drop_tenant(node, d).map(|_| Done::default()),
+        Some(Action::AddUser(u)) => add_user(node, u).map(|_| Done::default()),
+        Some(Action::MoveOut(m)) => move_out(node, &cmd.operation, m).map(|_| Done::default()),
+        Some(Action::MoveIn(m)) => move_in(node, &cmd.operation, m).map(|_| Done::default()),
+        Some(Action::Fence(f)) => fence(node, &cmd.operation, f).map(Done::moved),
+        Some(Action::FinishMove(f)) => finish_move(node, &cmd.operation, f).map(Done::moved),
+        Some(Action::EndMove(e)) => end_move(node, e).map(|_| Done::default()),
         // A kind added to the contract after this node was built decodes as no action: refuse
         // it by name and tell the control plane, never guess what it meant.
         None => Err(HemvistError::invalid(format!(
@@ -336,14 +362,15 @@ fn apply(node: &Node, cmd: pb::Command) -> pb::CommandAck {
         ))),
     };
     match result {
-        Ok(tenant) => {
+        Ok(done) => {
             node.metrics.commands_ok.inc();
             pb::CommandAck {
                 id,
                 ok: true,
                 code: 0,
                 message: String::new(),
-                tenant,
+                tenant: done.tenant,
+                moved: done.moved,
             }
         }
         Err(e) => {
@@ -355,9 +382,121 @@ fn apply(node: &Node, cmd: pb::Command) -> pb::CommandAck {
                 code: e.kind.to_wire() as i32,
                 message: e.message,
                 tenant: None,
+                moved: None,
             }
         }
     }
+}
+
+/// What a command did, for its ack.
+#[derive(Default)]
+struct Done {
+    tenant: Option<pb::HostedTenant>,
+    moved: Option<pb::MoveReport>,
+}
+
+impl Done {
+    fn hosted(t: pb::HostedTenant) -> Done {
+        Done {
+            tenant: Some(t),
+            ..Done::default()
+        }
+    }
+
+    fn moved((lsn, bytes): (u64, u64)) -> Done {
+        Done {
+            moved: Some(pb::MoveReport { lsn, bytes }),
+            ..Done::default()
+        }
+    }
+}
+
+fn operation_of(id: &str) -> Result<&str, HemvistError> {
+    if id.is_empty() || id.len() > 200 || id.chars().any(|c| c.is_control()) {
+        return Err(HemvistError::invalid(
+            "a move's command must name its operation",
+        ));
+    }
+    Ok(id)
+}
+
+fn data_key(hex: &str) -> Result<hemvist_proto::DataKey, HemvistError> {
+    hemvist_proto::DataKey::from_hex(hex)
+        .map_err(|e| HemvistError::invalid(format!("data key: {e}")))
+}
+
+fn move_out(node: &Node, operation: &str, m: pb::MoveOut) -> Result<(), HemvistError> {
+    node.moves_out.open(
+        &node.state,
+        &OrgId::try_from(m.org)?,
+        Generation::new(m.generation)?,
+        operation_of(operation)?,
+        NodeId::try_from(m.target_node)?,
+        &m.secret,
+    )
+}
+
+fn move_in(node: &Node, operation: &str, m: pb::MoveIn) -> Result<(), HemvistError> {
+    if !m
+        .allowed_regions
+        .iter()
+        .any(|r| r == node.config.region.as_str())
+    {
+        return Err(HemvistError::new(
+            ErrorKind::Residency,
+            format!(
+                "org {} may not be stored in region {}",
+                m.org, node.config.region
+            ),
+        ));
+    }
+    if !(m.source_url.starts_with("http://") || m.source_url.starts_with("https://")) {
+        return Err(HemvistError::invalid("a move's source must be an http(s) URL"));
+    }
+    node.moves_in.start(crate::moves::target::CopyRequest {
+        operation: operation_of(operation)?.to_string(),
+        org: OrgId::try_from(m.org)?,
+        generation: Generation::new(m.generation)?,
+        source_url: m.source_url,
+        secret: m.secret,
+        data_key: data_key(&m.data_key)?,
+    })
+}
+
+fn fence(node: &Node, operation: &str, f: pb::Fence) -> Result<(u64, u64), HemvistError> {
+    let org = OrgId::try_from(f.org)?;
+    let position = crate::moves::source::fence(
+        &node.state,
+        &node.tenants,
+        node.backup.as_ref(),
+        &org,
+        Generation::new(f.generation)?,
+        operation_of(operation)?,
+    )?;
+    Ok((position.lsn, 0))
+}
+
+fn finish_move(
+    node: &Node,
+    operation: &str,
+    f: pb::FinishMove,
+) -> Result<(u64, u64), HemvistError> {
+    let org = OrgId::try_from(f.org)?;
+    let handle = tokio::runtime::Handle::try_current()
+        .map_err(|_| HemvistError::internal("finishing a move needs the runtime"))?;
+    handle.block_on(node.moves_in.finish(operation_of(operation)?, &org, f.lsn))
+}
+
+fn end_move(node: &Node, e: pb::EndMove) -> Result<(), HemvistError> {
+    let org = OrgId::try_from(e.org)?;
+    node.moves_out.close(&org);
+    node.moves_in.end(&org, e.rolled_back)?;
+    if e.rolled_back && node.state.fenced(&org).is_some() {
+        node.state.unfence(&org)?;
+        node.gate.wake();
+        tracing::info!(%org, "move rolled back: fence lifted, writes go ahead");
+    }
+    Ok(())
 }
 
 fn host(node: &Node, h: pb::HostTenant) -> Result<pb::HostedTenant, HemvistError> {
@@ -370,10 +509,7 @@ fn host(node: &Node, h: pb::HostTenant) -> Result<pb::HostedTenant, HemvistError
         data_key: if h.data_key.is_empty() {
             None
         } else {
-            Some(
-                hemvist_proto::DataKey::from_hex(&h.data_key)
-                    .map_err(|e| HemvistError::invalid(format!("data key: {e}")))?,
-            )
+            Some(data_key(&h.data_key)?)
         },
         expect_backup: h.expect_backup,
     };

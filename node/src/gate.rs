@@ -1,17 +1,29 @@
 //! The write gate: invariant 1 (one writer per tenant) on the node's side. A write for an org is
 //! acknowledged only while this node hosts the org's current generation (as far as it knows)
 //! and holds a live lease from the control plane.
+//!
+//! While a move fences an org here, a write is held up to [`FENCE_HOLD`]: if the move completes
+//! meanwhile, the org now belongs elsewhere (`Fenced`, which the web layer answers with a 307 to
+//! the new home); if it is rolled back, the write goes ahead; otherwise it is refused as
+//! retryable (503 with `Retry-After`). The last check runs under the tenant's writer lock
+//! ([`WriteGate::check_now`]), so no write commits after the fence was reported.
 
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use hemvist_proto::{ErrorKind, Generation, HemvistError, OrgId};
 
 use crate::lease::Lease;
 use crate::state::NodeState;
 
+/// How long a write waits at a fence for the move to finish before it is refused.
+pub const FENCE_HOLD: Duration = Duration::from_secs(1);
+
 pub struct WriteGate {
     hosted: Arc<NodeState>,
     pub lease: Lease,
+    /// Woken whenever a fence lifts or placements change.
+    changed: (Mutex<u64>, Condvar),
 }
 
 impl WriteGate {
@@ -19,11 +31,50 @@ impl WriteGate {
         WriteGate {
             hosted,
             lease: Lease::default(),
+            changed: (Mutex::new(0), Condvar::new()),
+        }
+    }
+
+    /// Something a held write waits for happened (a fence lifted, placements changed).
+    pub fn wake(&self) {
+        let (lock, cvar) = &self.changed;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        cvar.notify_all();
+    }
+
+    /// The generation this node may write `org` at, waiting up to [`FENCE_HOLD`] at a fence.
+    pub fn check(&self, org: &OrgId) -> Result<Generation, HemvistError> {
+        let deadline = Instant::now() + FENCE_HOLD;
+        loop {
+            let (lock, cvar) = &self.changed;
+            let seen = *lock.lock().unwrap_or_else(|p| p.into_inner());
+            match self.check_now(org) {
+                Err(e) if e.kind == ErrorKind::Unavailable && self.is_fenced(org) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(e);
+                    }
+                    let guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    if *guard == seen {
+                        let _ = cvar
+                            .wait_timeout(guard, deadline - now)
+                            .unwrap_or_else(|p| p.into_inner());
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn is_fenced(&self, org: &OrgId) -> bool {
+        match (self.hosted.fenced(org), self.hosted.hosted(org)) {
+            (Some(f), Some(h)) => f == h.generation,
+            _ => false,
         }
     }
 
     /// The generation this node may write `org` at right now, or why it may not.
-    pub fn check(&self, org: &OrgId) -> Result<Generation, HemvistError> {
+    pub fn check_now(&self, org: &OrgId) -> Result<Generation, HemvistError> {
         let hosted = self
             .hosted
             .hosted(org)
@@ -35,6 +86,11 @@ impl WriteGate {
                     format!("org {org} now belongs to {} at {}", p.node_id, p.generation),
                 ));
             }
+        }
+        if self.is_fenced(org) {
+            return Err(HemvistError::unavailable(format!(
+                "org {org} is being moved to another node; try again in a moment"
+            )));
         }
         if !self.lease.is_live() {
             return Err(HemvistError::unavailable(

@@ -17,6 +17,7 @@ pub mod gate;
 pub mod hosting;
 pub mod lease;
 pub mod metrics;
+pub mod moves;
 pub mod routing;
 pub mod search;
 pub mod state;
@@ -61,6 +62,9 @@ pub struct Node {
     pub backup: Option<Arc<Replicator>>,
     /// The users' HTTP listener's connection counts.
     pub http_stats: Arc<hemvist_net::ListenerStats>,
+    /// Moves this node is the source of, and the target of.
+    pub moves_out: moves::source::Outgoing,
+    pub moves_in: Arc<moves::target::Incoming>,
 }
 
 impl Node {
@@ -81,7 +85,14 @@ impl Node {
         };
         let gate = Arc::new(WriteGate::new(state.clone()));
         let data_versions = Arc::new(DataVersions::default());
+        let moves_in = Arc::new(moves::target::Incoming::new(
+            tenants.clone(),
+            state.clone(),
+            peer_client(&config)?,
+        ));
         Ok(Node {
+            moves_out: Default::default(),
+            moves_in,
             hosting: Hosting::new(
                 config.region.clone(),
                 tenants.clone(),
@@ -119,6 +130,23 @@ impl Node {
             shutdown,
         )
     }
+}
+
+/// The client a move's target reads its source with: the fleet's CA (`[control_tls] ca`) is
+/// trusted besides the system's roots, as nodes' certificates usually come from it too.
+fn peer_client(config: &NodeConfig) -> anyhow::Result<reqwest::Client> {
+    hemvist_net::tls::install_crypto();
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(120));
+    if let Some(ca) = &config.control_tls.ca {
+        let pem = std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?;
+        builder = builder.tls_certs_merge(
+            reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("parse {}", ca.display()))?,
+        );
+    }
+    Ok(builder.build()?)
 }
 
 /// A started node: where it listens, and the handle to wait for it to stop.

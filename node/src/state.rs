@@ -8,6 +8,10 @@
 //!   (serve, redirect, 404) without asking the control plane, even while the control plane is
 //!   unreachable or right after a restart.
 //!
+//! - `fences`: orgs this node must not acknowledge writes for while a move hands them to another
+//!   node (the source reported its final position; a write after it would be lost). A fence
+//!   survives a restart and ends when the move is rolled back or the org is dropped.
+//!
 //! What is not persisted: the orgs' data keys. They live in memory only, arrive with `host`
 //! commands and again after every (re)connection (`DataKeys`, over the authenticated, TLS-able
 //! stream), and go with the process. Wrapping them with a node key instead would put that key on
@@ -46,6 +50,8 @@ pub struct Placement {
 pub struct NodeState {
     db: Mutex<Connection>,
     hosted: RwLock<HashMap<OrgId, Hosted>>,
+    /// Fenced orgs, and the generation the fence holds for.
+    fences: RwLock<HashMap<OrgId, Generation>>,
     placements: RwLock<HashMap<OrgId, Placement>>,
 }
 
@@ -64,7 +70,9 @@ impl NodeState {
                schema_version INTEGER NOT NULL, name TEXT NOT NULL, hosted_ms INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS placements (
                org TEXT PRIMARY KEY, region TEXT NOT NULL, node_id TEXT NOT NULL,
-               node_url TEXT NOT NULL, generation INTEGER NOT NULL);",
+               node_url TEXT NOT NULL, generation INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS fences (
+               org TEXT PRIMARY KEY, generation INTEGER NOT NULL, operation TEXT NOT NULL);",
         )?;
         let has_sync: bool = conn
             .prepare("SELECT 1 FROM pragma_table_info('hosted') WHERE name = 'sync'")?
@@ -143,9 +151,19 @@ impl NodeState {
                 );
             }
         }
+        let mut fences = HashMap::new();
+        {
+            let mut stmt = conn.prepare("SELECT org, generation FROM fences")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            for row in rows {
+                let (org, g) = row?;
+                fences.insert(OrgId::try_from(org)?, Generation::new(g as u64)?);
+            }
+        }
         Ok(Self {
             db: Mutex::new(conn),
             hosted: RwLock::new(hosted),
+            fences: RwLock::new(fences),
             placements: RwLock::new(placements),
         })
     }
@@ -217,10 +235,53 @@ impl NodeState {
         }
     }
 
+    /// Fences `org` at `generation` (persisted before this returns): no write is acknowledged
+    /// for it until [`NodeState::unfence`].
+    pub fn fence(
+        &self,
+        org: &OrgId,
+        generation: Generation,
+        operation: &str,
+    ) -> Result<(), HemvistError> {
+        self.db()
+            .execute(
+                "INSERT INTO fences (org, generation, operation) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(org) DO UPDATE SET generation = ?2, operation = ?3",
+                params![org.as_str(), generation.get() as i64, operation],
+            )
+            .map_err(internal)?;
+        self.fences
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(org.clone(), generation);
+        Ok(())
+    }
+
+    pub fn unfence(&self, org: &OrgId) -> Result<(), HemvistError> {
+        self.db()
+            .execute("DELETE FROM fences WHERE org = ?1", [org.as_str()])
+            .map_err(internal)?;
+        self.fences
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(org);
+        Ok(())
+    }
+
+    /// The generation `org` is fenced at, if it is.
+    pub fn fenced(&self, org: &OrgId) -> Option<Generation> {
+        self.fences
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(org)
+            .copied()
+    }
+
     pub fn remove_hosted(&self, org: &OrgId) -> Result<(), HemvistError> {
         self.db()
             .execute("DELETE FROM hosted WHERE org = ?1", [org.as_str()])
             .map_err(internal)?;
+        self.unfence(org)?;
         self.hosted
             .write()
             .unwrap_or_else(|p| p.into_inner())

@@ -48,7 +48,10 @@ impl Writer {
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, HemvistError> {
         self.gate.check(org)?;
-        let out = self.tenants.write(org, f)?;
+        // Checked again under the writer lock: a fence taken meanwhile wins.
+        let out = self
+            .tenants
+            .write_checked(org, || self.gate.check_now(org).map(|_| ()), f)?;
         self.versions.bump(org);
         if let Some(b) = &self.backup {
             let mark = b.mark_dirty(org);

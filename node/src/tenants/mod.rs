@@ -159,6 +159,25 @@ impl TenantStore {
         self.tenant(org)?.read(f)
     }
 
+    /// As [`TenantStore::write`], with `check` run first under the writer lock: a write it
+    /// refuses never starts.
+    pub fn write_checked<T>(
+        &self,
+        org: &OrgId,
+        check: impl FnOnce() -> Result<(), HemvistError>,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, HemvistError> {
+        let tenant = self.tenant(org)?;
+        let mut conn = tenant.writer.lock().unwrap_or_else(|p| p.into_inner());
+        check()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| db_error(org, e))?;
+        let out = f(&tx).map_err(|e| db_error(org, e))?;
+        tx.commit().map_err(|e| db_error(org, e))?;
+        Ok(out)
+    }
+
     /// Runs `f` in a write transaction on the tenant's single writer connection. Callers decide
     /// whether this node may write at all (generation and lease); see `writes::Writer`.
     pub fn write<T>(
@@ -166,14 +185,7 @@ impl TenantStore {
         org: &OrgId,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, HemvistError> {
-        let tenant = self.tenant(org)?;
-        let mut conn = tenant.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| db_error(org, e))?;
-        let out = f(&tx).map_err(|e| db_error(org, e))?;
-        tx.commit().map_err(|e| db_error(org, e))?;
-        Ok(out)
+        self.write_checked(org, || Ok(()), f)
     }
 
     /// Runs `f` on the tenant's writer connection, with no transaction: nothing else writes

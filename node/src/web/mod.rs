@@ -13,6 +13,7 @@ mod app;
 mod auth;
 mod context;
 mod form;
+mod moves;
 mod origin;
 mod pages;
 mod signin;
@@ -82,6 +83,8 @@ pub fn router_with(node: Arc<Node>, limits: &SigninLimits) -> Router {
         .route("/metrics", get(metrics))
         .route(HTMX_PATH, get(htmx))
         .route("/static/htmx-LICENSE.txt", get(|| async { HTMX_LICENSE }))
+        .route("/internal/v1/moves/{org}/catalog", get(moves::catalog))
+        .route("/internal/v1/moves/{org}/objects/{*key}", get(moves::object))
         .route("/o/{org}", get(app::org_root))
         .route("/o/{org}/", get(app::search))
         .route("/o/{org}/signin", get(auth::form).post(auth::sign_in))
@@ -96,6 +99,7 @@ pub fn router_with(node: Arc<Node>, limits: &SigninLimits) -> Router {
         .fallback(|| async {
             pages::error(StatusCode::NOT_FOUND, "Not found", "There is no page here.")
         })
+        .layer(middleware::from_fn_with_state(node.clone(), redirect_fenced))
         .layer(middleware::from_fn_with_state(node, time_request))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(not_cached_nor_sniffed))
@@ -192,7 +196,50 @@ pub(crate) fn error_response(json: bool, e: &HemvistError) -> Response {
         ErrorKind::InvalidArgument => "Bad request",
         _ => "Refused",
     };
-    context::refuse(json, status, title, &e.message)
+    let mut resp = context::refuse(json, status, title, &e.message);
+    if e.kind == ErrorKind::Unavailable {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if e.kind == ErrorKind::Fenced {
+        resp.extensions_mut().insert(Fenced);
+    }
+    resp
+}
+
+/// Marks an answer refused because the org now belongs to another node.
+#[derive(Clone, Copy)]
+struct Fenced;
+
+/// A request refused because the org moved away meanwhile (a write held at a move's fence,
+/// say) is sent to the org's new home instead: a 307, so a POST keeps its method and body.
+async fn redirect_fenced(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let target = req.uri().path_and_query().map(|p| p.as_str().to_string());
+    let resp = next.run(req).await;
+    if resp.extensions().get::<Fenced>().is_none() {
+        return resp;
+    }
+    let Some(target) = target else {
+        return resp;
+    };
+    let org = target
+        .strip_prefix("/o/")
+        .and_then(|r| r.split(['/', '?']).next())
+        .and_then(|o| hemvist_proto::OrgId::parse(o).ok());
+    let Some(home) = org
+        .and_then(|o| node.state.placement(&o))
+        .filter(|p| p.node_id != node.config.id)
+    else {
+        return resp;
+    };
+    let location = format!("{}{target}", home.node_url.trim_end_matches('/'));
+    let Ok(value) = HeaderValue::from_str(&location) else {
+        return resp;
+    };
+    node.metrics.redirected.inc();
+    let mut moved = html(StatusCode::TEMPORARY_REDIRECT, pages::moved(&location));
+    moved.headers_mut().insert(header::LOCATION, value);
+    moved
 }
 
 pub(crate) fn html(status: StatusCode, body: String) -> Response {

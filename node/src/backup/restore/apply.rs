@@ -189,6 +189,87 @@ async fn restore_snapshot(
     Ok(downloaded)
 }
 
+/// Why writing segments stopped: the one at `index` is damaged (missing, or failing its checks),
+/// or something else went wrong (the store, the disk).
+pub enum SegmentError {
+    Damaged { index: usize, reason: String },
+    Other(anyhow::Error),
+}
+
+impl std::fmt::Display for SegmentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SegmentError::Damaged { index, reason } => write!(f, "segment {index}: {reason}"),
+            SegmentError::Other(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+/// Fetches `segments` (downloads run up to 4 objects ahead) and writes each one's pages into
+/// `file`, in order, each verified before its bytes are used. Returns the bytes downloaded.
+pub async fn write_segments(
+    store: &Arc<dyn ObjectStore>,
+    catalog: &Catalog,
+    segments: &[(ObjectName, u64)],
+    file: &std::fs::File,
+    key: Option<&DataKey>,
+) -> Result<u64, SegmentError> {
+    use std::os::unix::fs::FileExt;
+    let mut fetched = futures::stream::iter(segments.iter().cloned().map(|(name, len)| {
+        let store = store.clone();
+        let packed = catalog.packed.get(&name.key()).cloned();
+        async move {
+            match packed {
+                Some((pack, offset)) => {
+                    store
+                        .get_range(&ObjectPath::from(pack.as_str()), offset..offset + len)
+                        .await
+                }
+                None => match store.get(&ObjectPath::from(name.key())).await {
+                    Ok(r) => r.bytes().await,
+                    Err(e) => Err(e),
+                },
+            }
+        }
+    }))
+    .buffered(4);
+    let mut downloaded = 0;
+    let mut index = 0;
+    while let Some(bytes) = fetched.next().await {
+        let name = &segments[index].0;
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(SegmentError::Damaged {
+                    index,
+                    reason: "it is missing".into(),
+                })
+            }
+            Err(e) => {
+                return Err(SegmentError::Other(
+                    anyhow::Error::new(e).context(format!("download {}", name.key())),
+                ))
+            }
+        };
+        downloaded += bytes.len() as u64;
+        let decoded = format::decode(name, &bytes, key).map_err(|e| SegmentError::Damaged {
+            index,
+            reason: format!("{e:#}"),
+        })?;
+        if let Body::Pages(pages) = decoded.body {
+            let write = || -> std::io::Result<()> {
+                for (page, data) in pages {
+                    file.write_all_at(&data, (page as u64 - 1) * decoded.page_size as u64)?;
+                }
+                file.set_len(decoded.db_pages as u64 * decoded.page_size as u64)
+            };
+            write().map_err(|e| SegmentError::Other(e.into()))?;
+        }
+        index += 1;
+    }
+    Ok(downloaded)
+}
+
 /// Restores the plan into `out` (which must not exist): written beside it, verified, renamed.
 pub async fn restore(
     store: &Arc<dyn ObjectStore>,
@@ -239,54 +320,19 @@ pub async fn restore(
             return Err(e);
         }
     };
-    // Segments: downloads run ahead of the writes (up to 4 objects), applied in order.
-    let mut fetched =
-        futures::stream::iter(plan.segments.clone().into_iter().map(|(name, len)| {
-            let store = store.clone();
-            let packed = catalog.packed.get(&name.key()).cloned();
-            async move {
-                let bytes = match packed {
-                    Some((pack, offset)) => {
-                        store
-                            .get_range(&ObjectPath::from(pack.as_str()), offset..offset + len)
-                            .await
-                    }
-                    None => match store.get(&ObjectPath::from(name.key())).await {
-                        Ok(r) => r.bytes().await,
-                        Err(e) => Err(e),
-                    },
-                };
-                (name, bytes)
-            }
-        }))
-        .buffered(4);
-    let mut applied: &(ObjectName, u64) = &plan.snapshot;
-    let mut index = 0;
-    while let Some((name, bytes)) = fetched.next().await {
-        let bytes = match bytes {
-            Ok(b) => b,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(damaged(&name, Some(applied), "it is missing".into()))
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(&partial);
-                return Err(anyhow::Error::new(e).context(format!("download {}", name.key())));
-            }
-        };
-        downloaded += bytes.len() as u64;
-        let decoded = match format::decode(&name, &bytes, key) {
-            Ok(d) => d,
-            Err(e) => return Err(damaged(&name, Some(applied), format!("{e:#}"))),
-        };
-        if let Body::Pages(pages) = decoded.body {
-            use std::os::unix::fs::FileExt;
-            for (page, data) in pages {
-                file.write_all_at(&data, (page as u64 - 1) * decoded.page_size as u64)?;
-            }
-            file.set_len(decoded.db_pages as u64 * decoded.page_size as u64)?;
+    match write_segments(store, catalog, &plan.segments, &file, key).await {
+        Ok(n) => downloaded += n,
+        Err(SegmentError::Damaged { index, reason }) => {
+            let applied = match index {
+                0 => &plan.snapshot,
+                i => &plan.segments[i - 1],
+            };
+            return Err(damaged(&plan.segments[index].0, Some(applied), reason));
         }
-        applied = &plan.segments[index];
-        index += 1;
+        Err(SegmentError::Other(e)) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
     }
     let file = Arc::try_unwrap(file).map_err(|_| anyhow::anyhow!("restore file still shared"))?;
     file.sync_all()?;

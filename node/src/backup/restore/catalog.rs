@@ -209,3 +209,53 @@ impl Catalog {
         }
     }
 }
+
+/// A catalog as it crosses from a move's source to its target: object keys with their sizes,
+/// and where the packed ones are.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct WireCatalog {
+    pub objects: Vec<(String, u64)>,
+    pub packed: std::collections::HashMap<String, (String, u64)>,
+}
+
+impl Catalog {
+    /// Only what belongs to `generation` (what a move copies).
+    pub fn to_wire(&self, generation: u64) -> WireCatalog {
+        let objects: Vec<(String, u64)> = self
+            .objects
+            .iter()
+            .filter(|o| o.0.generation == generation)
+            .map(|(n, size)| (n.key(), *size))
+            .collect();
+        let packed = objects
+            .iter()
+            .filter_map(|(k, _)| self.packed.get(k).map(|p| (k.clone(), p.clone())))
+            .collect();
+        WireCatalog { objects, packed }
+    }
+
+    /// The catalog a source sent, for `org`: a name that is not an object of `org`, or a packed
+    /// place for an object the list does not hold, is refused.
+    pub fn from_wire(org: &OrgId, wire: WireCatalog) -> anyhow::Result<Catalog> {
+        let mut catalog = Catalog::default();
+        for (key, size) in wire.objects {
+            let name = ObjectName::parse(&key)
+                .filter(|n| &n.org == org)
+                .with_context(|| format!("{key:?} is not a backup object of {org}"))?;
+            catalog.objects.push((name, size));
+        }
+        for (key, place) in wire.packed {
+            anyhow::ensure!(
+                catalog.objects.iter().any(|o| o.0.key() == key),
+                "a packed place for {key:?}, which the catalog does not list"
+            );
+            anyhow::ensure!(
+                format::parse_pack_key(&place.0).is_some(),
+                "{:?} is not a pack",
+                place.0
+            );
+            catalog.packed.insert(key, place);
+        }
+        Ok(catalog)
+    }
+}

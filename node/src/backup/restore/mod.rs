@@ -11,6 +11,6 @@ mod apply;
 mod catalog;
 mod plan;
 
-pub use apply::{restore, Damaged, Restored};
-pub use catalog::{catalog, catalog_with, listed, Catalog};
+pub use apply::{restore, write_segments, Damaged, Restored, SegmentError};
+pub use catalog::{catalog, catalog_with, listed, Catalog, WireCatalog};
 pub use plan::{GenerationSummary, Plan};

@@ -59,7 +59,7 @@ impl Catalog {
     /// The chain of segments in `generation` continuing from `lsn`, none newer than `at_ms`
     /// and none in `avoid`. Where two segments start at the same LSN (one re-shipped after a
     /// crash), the longer one is taken.
-    fn chain(
+    pub fn chain(
         &self,
         generation: u64,
         mut lsn: u64,
@@ -136,7 +136,8 @@ impl Catalog {
             .collect()
     }
 
-    fn plan_in(&self, generation: u64) -> Option<Plan> {
+    /// The newest point of `generation` alone.
+    pub fn plan_in(&self, generation: u64) -> Option<Plan> {
         let only = Catalog {
             objects: self
                 .objects
