@@ -35,6 +35,11 @@ pub fn router(plane: Arc<Plane>) -> Router {
         .route("/system", get(system))
         .route("/operations", get(list_operations))
         .route("/operations/{id}", get(show_operation))
+        .route(
+            "/operations/{id}/cancel",
+            axum::routing::post(cancel_operation),
+        )
+        .route("/orgs/{id}/move", axum::routing::post(move_org))
         .fallback(|| async { ApiError(HemvistError::not_found("no such API route")) })
         .layer(middleware::from_fn_with_state(plane.clone(), require_token));
     Router::new()
@@ -152,17 +157,55 @@ async fn list_operations(State(plane): State<Arc<Plane>>) -> Result<impl IntoRes
     Ok(Json(blocking(&plane, |c| c.operations()).await?))
 }
 
-async fn show_operation(
-    State(plane): State<Arc<Plane>>,
+fn operation_id(
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<String, ApiError> {
     let Path(id) = id.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
     if id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         return Err(ApiError(HemvistError::invalid(
             "an operation id is letters, digits and '-'",
         )));
     }
-    Ok(Json(blocking(&plane, move |c| c.operation(&id)).await?))
+    Ok(id)
+}
+
+/// An operation with its steps (the commands it sent) and, while it copies, its progress.
+async fn show_operation(
+    State(plane): State<Arc<Plane>>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = operation_id(id)?;
+    Ok(Json(
+        blocking(&plane, move |c| c.operation_view(&id)).await?,
+    ))
+}
+
+async fn cancel_operation(
+    State(plane): State<Arc<Plane>>,
+    axum::Extension(Actor(actor)): axum::Extension<Actor>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = operation_id(id)?;
+    Ok(Json(
+        blocking(&plane, move |c| c.cancel_operation(&id, &actor)).await?,
+    ))
+}
+
+/// `POST /orgs/{id}/move {"to": REGION, "node"?: NODE, "reason"?: TEXT}`: 202 with the move's
+/// operation; 422 if its residency policy forbids the region (nothing changes).
+async fn move_org(
+    State(plane): State<Arc<Plane>>,
+    axum::Extension(Actor(actor)): axum::Extension<Actor>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: Result<
+        Json<crate::operations::move_org::MoveRequest>,
+        axum::extract::rejection::JsonRejection,
+    >,
+) -> Result<Response, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
+    let req = json_body(body)?;
+    let op = blocking(&plane, move |c| c.request_move(&id, req, &actor)).await?;
+    Ok((StatusCode::ACCEPTED, Json(op)).into_response())
 }
 
 /// Which hemvist system this is: the id its nodes write into every region's store, so the

@@ -25,6 +25,7 @@ pub enum Outgoing {
     },
     Command {
         id: String,
+        operation: Option<String>,
         command: NodeCommand,
     },
     Placements(PlacementUpdate),
@@ -149,11 +150,18 @@ impl NodeLink for Hub {
             .collect()
     }
 
-    fn send_command(&self, node: &NodeId, id: &str, command: NodeCommand) -> bool {
+    fn send_command(
+        &self,
+        node: &NodeId,
+        id: &str,
+        operation: Option<&str>,
+        command: NodeCommand,
+    ) -> bool {
         self.send(
             node,
             Outgoing::Command {
                 id: id.to_string(),
+                operation: operation.map(str::to_string),
                 command,
             },
         )

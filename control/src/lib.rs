@@ -119,6 +119,7 @@ async fn serve(
         shutdown,
     } = control;
     let reconciler = tokio::spawn(reconciler::run(plane.clone(), shutdown.clone()));
+    let operations = tokio::spawn(operations::driver::run(plane.clone(), shutdown.clone()));
 
     let api = tokio::spawn(hemvist_net::http::serve(
         api_listener,
@@ -151,6 +152,7 @@ async fn serve(
     hub.close_all();
     let drain = async {
         let _ = reconciler.await;
+        let _ = operations.await;
         let _ = api.await;
         let _ = grpc.await;
     };

@@ -32,6 +32,33 @@ pub enum NodeCommand {
     },
     /// Stop hosting the org at this (older) generation.
     Drop { org: OrgId, generation: Generation },
+    /// A move's source: let `target` read the org's backups with `secret`.
+    MoveOut {
+        org: OrgId,
+        generation: Generation,
+        target: NodeId,
+        secret: String,
+    },
+    /// A move's target: copy the org from its source and keep tailing it.
+    MoveIn {
+        org: OrgId,
+        generation: Generation,
+        source: NodeId,
+        source_url: String,
+        secret: String,
+        data_key: String,
+        allowed_regions: Vec<RegionId>,
+    },
+    /// A move's source: stop acknowledging writes, ship everything, report the final position.
+    Fence { org: OrgId, generation: Generation },
+    /// A move's target: reach exactly `lsn`, verify, put the file in place (unhosted).
+    FinishMove {
+        org: OrgId,
+        generation: Generation,
+        lsn: u64,
+    },
+    /// The move is over on this node (rolled back: lift the fence, discard the copy).
+    EndMove { org: OrgId, rolled_back: bool },
 }
 
 /// Keys go to a node in chunks of this many.
@@ -64,6 +91,27 @@ impl std::fmt::Debug for NodeCommand {
                 write!(f, "AddUser({org}, {generation}, ..)")
             }
             NodeCommand::Drop { org, generation } => write!(f, "Drop({org}, {generation})"),
+            NodeCommand::MoveOut {
+                org,
+                generation,
+                target,
+                ..
+            } => write!(f, "MoveOut({org}, {generation}, to {target}, ..)"),
+            NodeCommand::MoveIn {
+                org,
+                generation,
+                source,
+                ..
+            } => write!(f, "MoveIn({org}, {generation}, from {source}, ..)"),
+            NodeCommand::Fence { org, generation } => write!(f, "Fence({org}, {generation})"),
+            NodeCommand::FinishMove {
+                org,
+                generation,
+                lsn,
+            } => write!(f, "FinishMove({org}, {generation}, {lsn})"),
+            NodeCommand::EndMove { org, rolled_back } => {
+                write!(f, "EndMove({org}, rolled back: {rolled_back})")
+            }
         }
     }
 }
@@ -117,7 +165,14 @@ pub trait NodeLink: Send + Sync {
     fn session(&self, node: &NodeId) -> SessionInfo;
     /// Every connected node with its session's epoch (a new session has a new epoch).
     fn sessions(&self) -> Vec<(NodeId, u64)>;
-    fn send_command(&self, node: &NodeId, id: &str, command: NodeCommand) -> bool;
+    /// `operation`: the operation the command is a step of, if any (the node is told).
+    fn send_command(
+        &self,
+        node: &NodeId,
+        id: &str,
+        operation: Option<&str>,
+        command: NodeCommand,
+    ) -> bool;
     fn send_placements(&self, node: &NodeId, update: PlacementUpdate) -> bool;
     /// Data keys for the node's memory; an empty key makes the node forget the org's key.
     fn send_keys(&self, node: &NodeId, keys: Vec<OrgKey>) -> bool;

@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
@@ -24,10 +26,44 @@ pub struct Metrics {
     /// The two listeners' connection counts.
     pub api_connections: Arc<hemvist_net::ListenerStats>,
     pub grpc_connections: Arc<hemvist_net::ListenerStats>,
+    /// Moves ended, by outcome (`done`, `rolled_back`).
+    pub moves: Family<OutcomeLabels, Counter>,
+    /// The write pause of each move, from its fence to its new home serving.
+    pub move_pause: Histogram,
+    /// Bytes the targets of finished moves copied.
+    pub move_bytes: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+impl Metrics {
+    pub fn record_move(&self, outcome: &str, bytes: u64) {
+        self.moves
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        self.move_bytes.inc_by(bytes);
+    }
+
+    pub fn record_move_pause(&self, pause_ms: Option<i64>) {
+        if let Some(ms) = pause_ms {
+            self.move_pause.observe(ms.max(0) as f64 / 1000.0);
+        }
+    }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        let moves = Family::<OutcomeLabels, Counter>::default();
+        for outcome in ["done", "rolled_back"] {
+            moves.get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            });
+        }
         Metrics {
             orgs_created: Counter::default(),
             refused_joins: Counter::default(),
@@ -37,6 +73,9 @@ impl Default for Metrics {
             api_latency: hemvist_net::metrics::latency(),
             api_connections: Arc::default(),
             grpc_connections: Arc::default(),
+            moves,
+            move_pause: Histogram::new([0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0]),
+            move_bytes: Counter::default(),
         }
     }
 }
@@ -136,6 +175,23 @@ impl Metrics {
             Unit::Seconds,
             self.api_latency.clone(),
         );
+        r.register(
+            "hemvist_moves",
+            "Moves ended since start, by outcome (done, rolled_back)",
+            self.moves.clone(),
+        );
+        r.register_with_unit(
+            "hemvist_move_pause",
+            "Write pause of each move, from its fence until its new home serves",
+            Unit::Seconds,
+            self.move_pause.clone(),
+        );
+        r.register_with_unit(
+            "hemvist_move_copied",
+            "Bytes the targets of finished moves copied",
+            Unit::Bytes,
+            self.move_bytes.clone(),
+        );
         self.api_connections.register(&mut r, "hemvist_admin");
         self.grpc_connections.register(&mut r, "hemvist_grpc");
         r
@@ -182,6 +238,7 @@ mod tests {
             "hemvist_node_joins_refused_total 1",
             "hemvist_orgs_created_total 0",
             "hemvist_control_up 1",
+            "hemvist_moves_total{outcome=\"rolled_back\"} 0",
             "hemvist_admin_connections_open 0",
             "hemvist_grpc_connections_accepted_total 0",
             "hemvist_replication_reported_lag_seconds_count 1",
@@ -197,7 +254,7 @@ mod tests {
                 .all(|l| l.ends_with('.') && !l.ends_with("..")),
             "{text}"
         );
-        assert_eq!(helps.count(), 24, "{text}");
+        assert_eq!(helps.count(), 27, "{text}");
         assert!(!text.contains("# EOF"), "{text}");
     }
 

@@ -235,6 +235,24 @@ async fn handle(
                 .await
                 .map_err(|e| HemvistError::internal(e.to_string()))??;
         }
+        Some(In::MoveProgress(p)) => {
+            let progress = crate::operations::CopyProgress {
+                operation: p.operation.chars().take(200).collect(),
+                node: node.clone(),
+                state: p.state.chars().take(20).collect(),
+                lsn: p.lsn,
+                bytes: p.bytes,
+                error: (p.code != 0 || !p.message.is_empty()).then(|| {
+                    HemvistError::new(
+                        ErrorKind::from_wire(pb::ErrorCode::try_from(p.code).unwrap_or_default()),
+                        p.message.chars().take(500).collect::<String>(),
+                    )
+                }),
+                at_ms: crate::clock::now_ms(),
+                failing_since_ms: 0,
+            };
+            plane.copy_progress(progress);
+        }
         Some(In::Register(_)) => return Err(HemvistError::invalid("register sent twice")),
         None => return Err(HemvistError::invalid("empty message")),
     }
@@ -257,6 +275,10 @@ impl TryFrom<pb::Register> for Registration {
 
 impl From<pb::CommandAck> for CommandAck {
     fn from(ack: pb::CommandAck) -> Self {
+        let moved = ack.moved.map(|m| crate::nodes::Moved {
+            lsn: m.lsn,
+            bytes: m.bytes,
+        });
         let outcome = if ack.ok {
             Ok(ack.tenant.map(|t| t.schema_version))
         } else {
@@ -268,6 +290,7 @@ impl From<pb::CommandAck> for CommandAck {
         CommandAck {
             id: ack.id,
             outcome,
+            moved,
         }
     }
 }
@@ -297,9 +320,14 @@ impl From<Outgoing> for pb::ControlMessage {
             Outgoing::HeartbeatAck { seq, lease_ttl_ms } => {
                 Out::HeartbeatAck(pb::HeartbeatAck { seq, lease_ttl_ms })
             }
-            Outgoing::Command { id, command } => Out::Command(pb::Command {
+            Outgoing::Command {
+                id,
+                operation,
+                command,
+            } => Out::Command(pb::Command {
                 id,
                 action: Some(action(command)),
+                operation: operation.unwrap_or_default(),
             }),
             Outgoing::Placements(update) => Out::Placements(pb::PlacementUpdate {
                 full: update.full,
@@ -347,6 +375,51 @@ fn action(command: NodeCommand) -> pb::command::Action {
         NodeCommand::Drop { org, generation } => Action::Drop(pb::DropTenant {
             org: org.to_string(),
             generation: generation.get(),
+        }),
+        NodeCommand::MoveOut {
+            org,
+            generation,
+            target,
+            secret,
+        } => Action::MoveOut(pb::MoveOut {
+            org: org.to_string(),
+            generation: generation.get(),
+            target_node: target.to_string(),
+            secret,
+        }),
+        NodeCommand::MoveIn {
+            org,
+            generation,
+            source,
+            source_url,
+            secret,
+            data_key,
+            allowed_regions,
+        } => Action::MoveIn(pb::MoveIn {
+            org: org.to_string(),
+            generation: generation.get(),
+            source_node: source.to_string(),
+            source_url,
+            secret,
+            data_key,
+            allowed_regions: allowed_regions.iter().map(ToString::to_string).collect(),
+        }),
+        NodeCommand::Fence { org, generation } => Action::Fence(pb::Fence {
+            org: org.to_string(),
+            generation: generation.get(),
+        }),
+        NodeCommand::FinishMove {
+            org,
+            generation,
+            lsn,
+        } => Action::FinishMove(pb::FinishMove {
+            org: org.to_string(),
+            generation: generation.get(),
+            lsn,
+        }),
+        NodeCommand::EndMove { org, rolled_back } => Action::EndMove(pb::EndMove {
+            org: org.to_string(),
+            rolled_back,
         }),
     }
 }

@@ -24,6 +24,15 @@ pub struct CommandAck {
     pub id: String,
     /// The schema version the org is at after a `host`, or why the node refused.
     pub outcome: Result<Option<u32>, HemvistError>,
+    /// The position a move's step reached (`fence`, `finish_move`).
+    pub moved: Option<Moved>,
+}
+
+/// A position a move's step reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Moved {
+    pub lsn: u64,
+    pub bytes: u64,
 }
 
 impl Plane {
@@ -155,6 +164,7 @@ impl Plane {
     pub fn command_acked(&self, node: &NodeId, ack: CommandAck) -> Result<(), HemvistError> {
         self.record_ack(node, ack)?;
         self.reconcile_soon(node);
+        self.wake_operations.notify_one();
         Ok(())
     }
 
@@ -172,11 +182,16 @@ impl Plane {
                 (state, Some((e.kind, message)))
             }
         };
+        let result = ack
+            .moved
+            .filter(|_| ack.outcome.is_ok())
+            .map(|m| serde_json::json!(m));
         let Some(cmd) = self.store.ack_command(
             node,
             &ack.id,
             state,
             error.as_ref().map(|(k, m)| (*k, m.as_str())),
+            result.as_ref(),
         )?
         else {
             return Err(HemvistError::not_found(format!(
@@ -225,6 +240,12 @@ impl Plane {
                     &serde_json::json!({"node": node, "generation": cmd.generation.get()}),
                 )?;
             }
+            // A move's steps: the operation reads their outcome and audits its own phases.
+            CommandKind::MoveOut
+            | CommandKind::MoveIn
+            | CommandKind::Fence
+            | CommandKind::FinishMove
+            | CommandKind::EndMove => {}
         }
         Ok(())
     }

@@ -67,6 +67,8 @@ pub struct OrgDetail {
     pub replication_lag_ms: Option<i64>,
     pub commands: Vec<CommandRecord>,
     pub audit: Vec<serde_json::Value>,
+    /// Every placement the org has had, oldest first (the last is where it lives now).
+    pub locations: Vec<crate::store::PlacementSpan>,
 }
 
 fn check_name(name: &str) -> Result<String, HemvistError> {
@@ -364,6 +366,7 @@ impl Plane {
             observed: self.store.observed_for_org(&id)?,
             commands: self.store.commands_for_org(&id)?,
             audit: self.store.audit_for_org(&id)?,
+            locations: self.store.placement_history(&id)?,
             org: self.view(org)?,
         })
     }

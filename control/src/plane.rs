@@ -27,6 +27,10 @@ pub struct Plane {
     pub metrics: Metrics,
     pub replication: Replication,
     pub(crate) wake_reconciler: Notify,
+    /// Wakes the operations' driver (an ack or a progress report arrived).
+    pub(crate) wake_operations: Notify,
+    /// What the operations keep in memory only (secrets, progress, deliveries).
+    pub(crate) ops: crate::operations::Memory,
     /// This system's id (see `store::system`).
     pub system_id: String,
     /// Orgs whose backups are known to be recorded, so reports do not rewrite it.
@@ -77,6 +81,8 @@ impl Plane {
             metrics: Metrics::default(),
             replication: Replication::default(),
             wake_reconciler: Notify::new(),
+            wake_operations: Notify::new(),
+            ops: Default::default(),
             sent: Mutex::new(HashSet::new()),
             dirty: Mutex::new(HashSet::new()),
         })

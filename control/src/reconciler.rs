@@ -84,6 +84,7 @@ fn ensure(
         kind,
         generation,
         payload: None,
+        operation: None,
     })?)
 }
 
@@ -187,7 +188,7 @@ fn send_if_due(
     if !due {
         return Ok(());
     }
-    if plane.nodes.send_command(node, &cmd.id, command) {
+    if plane.nodes.send_command(node, &cmd.id, None, command) {
         tracing::info!(%node, command = %cmd.id, attempt = cmd.attempts + 1, "sent command");
         plane.store.mark_command_sent(&cmd.id)?;
         plane.note_sent(epoch, &cmd.id);

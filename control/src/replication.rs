@@ -54,6 +54,13 @@ impl Replication {
         self.reported_lag
             .observe(view.lag_ms(view.reported_ms) as f64 / 1000.0);
         let mut orgs = self.orgs.lock().unwrap_or_else(|p| p.into_inner());
+        // A node still holding an older generation (a move's source) never hides the new one.
+        if orgs
+            .get(&org)
+            .is_some_and(|old| old.generation > view.generation)
+        {
+            return;
+        }
         orgs.insert(org, view);
     }
 

@@ -154,6 +154,7 @@ impl Plane {
                     kind: CommandKind::AddUser,
                     generation: placed.generation,
                     payload: Some(&payload),
+                    operation: None,
                 })?
             }
         };

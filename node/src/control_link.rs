@@ -451,7 +451,9 @@ fn move_in(node: &Node, operation: &str, m: pb::MoveIn) -> Result<(), HemvistErr
         ));
     }
     if !(m.source_url.starts_with("http://") || m.source_url.starts_with("https://")) {
-        return Err(HemvistError::invalid("a move's source must be an http(s) URL"));
+        return Err(HemvistError::invalid(
+            "a move's source must be an http(s) URL",
+        ));
     }
     node.moves_in.start(crate::moves::target::CopyRequest {
         operation: operation_of(operation)?.to_string(),

@@ -9,10 +9,64 @@
 //! - at most one unfinished operation owns an org, and the reconciler leaves an owned org alone;
 //! - phases are an enum per kind ([`Phase`]); the store keeps their names and nothing else.
 
-use hemvist_proto::{ErrorKind, HemvistError, OrgId};
+pub mod driver;
+pub mod move_org;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use hemvist_proto::{ErrorKind, Generation, HemvistError, NodeId, OrgId};
+
+use crate::clock::now_ms;
+use crate::link::NodeCommand;
 use crate::plane::Plane;
-use crate::store::{NewOperation, OperationRecord, Transition};
+use crate::store::{
+    CommandKind, CommandRecord, CommandState, NewCommand, NewOperation, OperationRecord,
+    PlacementSwitch, Transition,
+};
+
+/// How a node says a copy is going (a move's target), as last heard.
+#[derive(Debug, Clone)]
+pub struct CopyProgress {
+    pub operation: String,
+    pub node: NodeId,
+    /// "copying", "caught_up" or "failed".
+    pub state: String,
+    pub lsn: u64,
+    pub bytes: u64,
+    pub error: Option<HemvistError>,
+    pub at_ms: i64,
+    /// Since when the copy has been failing without a good round between (when it is).
+    pub failing_since_ms: i64,
+}
+
+/// What operations keep in memory only: secrets (never stored: a restarted control plane makes
+/// new ones and sends them again), the progress nodes report, and which session of a node got
+/// each step (a step whose effect lives in a node's memory is sent again to a new session).
+#[derive(Default)]
+pub struct Memory {
+    secrets: Mutex<HashMap<String, String>>,
+    progress: Mutex<HashMap<String, CopyProgress>>,
+    delivered: Mutex<HashMap<String, u64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One step of an operation: a command to one node, under an id stable across re-sends
+/// (`{operation}.{name}`), so the node applies it at most once in effect.
+pub struct Step<'a> {
+    pub operation: &'a str,
+    pub name: &'a str,
+    pub node: &'a NodeId,
+    pub org: &'a OrgId,
+    pub kind: CommandKind,
+    pub generation: Generation,
+    /// Its effect lives in the node's memory (a credential, a running copy): a node that
+    /// reconnected (maybe restarted) gets it again, even after it was done.
+    pub again_on_new_session: bool,
+}
 
 /// The kinds of operation (one file each, as they are built).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,12 +193,53 @@ impl Plane {
         self.transition(op, to, Some((error.kind, error.message.as_str())), None)
     }
 
+    /// As [`Plane::fail`], into a phase that may not be final (a rollback under way), with
+    /// `detail` replacing the operation's.
+    pub fn fail_with<P: Phase>(
+        &self,
+        op: &Operation<P>,
+        to: P,
+        error: &HemvistError,
+        detail: serde_json::Value,
+    ) -> Result<Option<Operation<P>>, HemvistError> {
+        self.transition_with(
+            op,
+            to,
+            Some((error.kind, error.message.as_str())),
+            Some(detail),
+            None,
+        )
+    }
+
+    /// Records `op`'s move to phase `to` and, in the same transaction, the org's placement
+    /// switch to `placement`: the one moment its writer changes.
+    pub fn advance_switching<P: Phase>(
+        &self,
+        op: &Operation<P>,
+        to: P,
+        detail: serde_json::Value,
+        placement: PlacementSwitch<'_>,
+    ) -> Result<Option<Operation<P>>, HemvistError> {
+        self.transition_with(op, to, None, Some(detail), Some(placement))
+    }
+
     fn transition<P: Phase>(
         &self,
         op: &Operation<P>,
         to: P,
         error: Option<(ErrorKind, &str)>,
         detail: Option<serde_json::Value>,
+    ) -> Result<Option<Operation<P>>, HemvistError> {
+        self.transition_with(op, to, error, detail, None)
+    }
+
+    fn transition_with<P: Phase>(
+        &self,
+        op: &Operation<P>,
+        to: P,
+        error: Option<(ErrorKind, &str)>,
+        detail: Option<serde_json::Value>,
+        placement: Option<PlacementSwitch<'_>>,
     ) -> Result<Option<Operation<P>>, HemvistError> {
         let audit = serde_json::json!({
             "operation": op.record.id,
@@ -162,6 +257,7 @@ impl Plane {
             actor: "control",
             action: &format!("{}.{}", P::KIND.as_str(), to.as_str()),
             audit: &audit,
+            placement,
         })?;
         if moved.is_some() {
             tracing::info!(operation = %op.record.id, org = %op.record.org,
@@ -182,6 +278,135 @@ impl Plane {
 
     pub fn operations(&self) -> Result<Vec<OperationRecord>, HemvistError> {
         Ok(self.store.operations()?)
+    }
+
+    /// A node's report on a copy: kept (in memory) for the operation's driver, which it wakes.
+    pub fn copy_progress(&self, mut p: CopyProgress) {
+        let mut all = lock(&self.ops.progress);
+        p.failing_since_ms = match all.get(&p.operation) {
+            Some(old) if old.state == "failed" && p.state == "failed" => old.failing_since_ms,
+            _ => p.at_ms,
+        };
+        all.insert(p.operation.clone(), p);
+        drop(all);
+        self.wake_operations.notify_one();
+    }
+
+    /// The last report on `operation`'s copy from `node`.
+    pub fn progress_of(&self, operation: &str, node: &NodeId) -> Option<CopyProgress> {
+        lock(&self.ops.progress)
+            .get(operation)
+            .filter(|p| &p.node == node)
+            .cloned()
+    }
+
+    /// The operation's secret, made when first asked for; `true` if it is new (every step that
+    /// carries it must be sent again).
+    pub fn secret_of(&self, operation: &str) -> Result<(String, bool), HemvistError> {
+        let mut secrets = lock(&self.ops.secrets);
+        if let Some(s) = secrets.get(operation) {
+            return Ok((s.clone(), false));
+        }
+        let s = hemvist_proto::random::hex(32)?;
+        secrets.insert(operation.to_string(), s.clone());
+        Ok((s, true))
+    }
+
+    /// Forgets what an ended operation kept in memory.
+    pub fn forget_operation(&self, operation: &str) {
+        lock(&self.ops.secrets).remove(operation);
+        lock(&self.ops.progress).remove(operation);
+        let prefix = format!("{operation}.");
+        lock(&self.ops.delivered).retain(|id, _| !id.starts_with(&prefix));
+    }
+
+    /// Drives one step: persisted before it is first sent, sent when due (never sent, unanswered
+    /// for `command_retry_ms`, answered "retry" that long ago, `force`d, or — for a step kept in
+    /// a node's memory — the node has a new session since), and its record returned.
+    pub fn drive_step(
+        &self,
+        step: &Step<'_>,
+        force: bool,
+        command: impl FnOnce() -> NodeCommand,
+    ) -> Result<CommandRecord, HemvistError> {
+        let id = format!("{}.{}", step.operation, step.name);
+        let cmd = self.store.ensure_command(&NewCommand {
+            id: &id,
+            node: step.node,
+            org: step.org,
+            kind: step.kind,
+            generation: step.generation,
+            payload: None,
+            operation: Some(step.operation),
+        })?;
+        let Some(epoch) = self
+            .nodes
+            .sessions()
+            .into_iter()
+            .find(|(n, _)| n == step.node)
+            .map(|(_, e)| e)
+        else {
+            return Ok(cmd);
+        };
+        let delivered = lock(&self.ops.delivered).get(&id).copied();
+        let stale = now_ms() - cmd.updated_ms > self.config.command_retry_ms as i64;
+        let due = force
+            || match cmd.state {
+                CommandState::Pending => true,
+                CommandState::Sent => stale || delivered != Some(epoch),
+                CommandState::Retry => stale,
+                CommandState::Done => step.again_on_new_session && delivered != Some(epoch),
+                CommandState::Failed => false,
+            };
+        if due
+            && self
+                .nodes
+                .send_command(step.node, &id, Some(step.operation), command())
+        {
+            tracing::info!(node = %step.node, command = %id, attempt = cmd.attempts + 1, "sent operation step");
+            self.store.mark_command_sent(&id)?;
+            lock(&self.ops.delivered).insert(id.clone(), epoch);
+            if cmd.state == CommandState::Done {
+                // Sent again to a new session: open until it answers again.
+                self.store
+                    .ack_command(step.node, &id, CommandState::Sent, None, None)?;
+            }
+        }
+        Ok(self.store.command(&id)?.unwrap_or(cmd))
+    }
+
+    /// An operation as the API shows it: its record, its steps, and its copy's progress.
+    pub fn operation_view(&self, id: &str) -> Result<serde_json::Value, HemvistError> {
+        let record = self.operation(id)?;
+        let steps: Vec<CommandRecord> = self
+            .store
+            .commands_for_org(&record.org)?
+            .into_iter()
+            .filter(|c| c.operation.as_deref() == Some(id))
+            .collect();
+        let progress = lock(&self.ops.progress).get(id).map(|p| {
+            serde_json::json!({
+                "node": p.node,
+                "state": p.state,
+                "lsn": p.lsn,
+                "bytes": p.bytes,
+                "error": p.error.as_ref().map(|e| e.message.clone()),
+                "at_ms": p.at_ms,
+            })
+        });
+        let source_lsn = self
+            .replication
+            .get(&record.org)
+            .map(|r| (r.generation, r.lsn));
+        let mut v =
+            serde_json::to_value(&record).map_err(|e| HemvistError::internal(e.to_string()))?;
+        v["steps"] =
+            serde_json::to_value(steps).map_err(|e| HemvistError::internal(e.to_string()))?;
+        v["progress"] = progress.unwrap_or(serde_json::Value::Null);
+        v["replication"] = source_lsn
+            .map(|(g, l)| serde_json::json!({"generation": g, "lsn": l}))
+            .unwrap_or(serde_json::Value::Null);
+        Ok(v)
     }
 
     pub fn operation(&self, id: &str) -> Result<OperationRecord, HemvistError> {

@@ -16,6 +16,12 @@ pub enum CommandKind {
     Host,
     Drop,
     AddUser,
+    /// The steps of a move (see `operations::move_org`).
+    MoveOut,
+    MoveIn,
+    Fence,
+    FinishMove,
+    EndMove,
 }
 
 impl CommandKind {
@@ -24,18 +30,30 @@ impl CommandKind {
             CommandKind::Host => "host",
             CommandKind::Drop => "drop",
             CommandKind::AddUser => "add_user",
+            CommandKind::MoveOut => "move_out",
+            CommandKind::MoveIn => "move_in",
+            CommandKind::Fence => "fence",
+            CommandKind::FinishMove => "finish_move",
+            CommandKind::EndMove => "end_move",
         }
     }
 
+    pub const ALL: [CommandKind; 8] = [
+        CommandKind::Host,
+        CommandKind::Drop,
+        CommandKind::AddUser,
+        CommandKind::MoveOut,
+        CommandKind::MoveIn,
+        CommandKind::Fence,
+        CommandKind::FinishMove,
+        CommandKind::EndMove,
+    ];
+
     pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "host" => Ok(CommandKind::Host),
-            "drop" => Ok(CommandKind::Drop),
-            "add_user" => Ok(CommandKind::AddUser),
-            other => Err(StoreError::corrupt(format!(
-                "unknown command kind {other:?}"
-            ))),
-        }
+        CommandKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| StoreError::corrupt(format!("unknown command kind {s:?}")))
     }
 }
 
@@ -102,6 +120,10 @@ pub struct CommandRecord {
     /// a password hash.
     #[serde(skip)]
     pub payload: Option<String>,
+    /// The operation this command is a step of.
+    pub operation: Option<String>,
+    /// What the node reported doing it (JSON), for an operation's step.
+    pub result: Option<serde_json::Value>,
 }
 
 /// A command to record in state `pending`.
@@ -112,6 +134,7 @@ pub struct NewCommand<'a> {
     pub kind: CommandKind,
     pub generation: Generation,
     pub payload: Option<&'a str>,
+    pub operation: Option<&'a str>,
 }
 
 impl Store {
@@ -121,7 +144,7 @@ impl Store {
         let conn = self.lock();
         conn.execute(
             "INSERT OR IGNORE INTO commands (id, node_id, org, kind, generation, state, created_ms,
-               updated_ms, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
+               updated_ms, payload, operation) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
             params![
                 new.id,
                 new.node.as_str(),
@@ -130,7 +153,8 @@ impl Store {
                 new.generation.get() as i64,
                 CommandState::Pending.as_str(),
                 now_ms(),
-                new.payload
+                new.payload,
+                new.operation
             ],
         )?;
         command_by_id(&conn, new.id)?
@@ -164,10 +188,12 @@ impl Store {
         id: &str,
         state: CommandState,
         error: Option<(ErrorKind, &str)>,
+        result: Option<&serde_json::Value>,
     ) -> Result<Option<CommandRecord>> {
         let conn = self.lock();
         conn.execute(
-            "UPDATE commands SET state = ?3, error_kind = ?4, error = ?5, updated_ms = ?6
+            "UPDATE commands SET state = ?3, error_kind = ?4, error = ?5, updated_ms = ?6,
+               result = COALESCE(?7, result)
              WHERE id = ?1 AND node_id = ?2",
             params![
                 id,
@@ -175,7 +201,8 @@ impl Store {
                 state.as_str(),
                 error.map(|e| e.0.as_str()),
                 error.map(|e| e.1),
-                now_ms()
+                now_ms(),
+                result.map(|r| r.to_string())
             ],
         )?;
         command_by_id(&conn, id)
@@ -234,7 +261,7 @@ fn command_by_id(conn: &Connection, id: &str) -> Result<Option<CommandRecord>> {
     let row = conn
         .query_row(
             "SELECT id, node_id, org, kind, generation, state, attempts, error, updated_ms, payload,
-               error_kind
+               error_kind, operation, result
              FROM commands WHERE id = ?1",
             [id],
             |r| {
@@ -250,6 +277,8 @@ fn command_by_id(conn: &Connection, id: &str) -> Result<Option<CommandRecord>> {
                     r.get::<_, i64>(8)?,
                     r.get::<_, Option<String>>(9)?,
                     r.get::<_, Option<String>>(10)?,
+                    r.get::<_, Option<String>>(11)?,
+                    r.get::<_, Option<String>>(12)?,
                 ))
             },
         )
@@ -266,10 +295,15 @@ fn command_by_id(conn: &Connection, id: &str) -> Result<Option<CommandRecord>> {
         updated_ms,
         payload,
         error_kind,
+        operation,
+        result,
     )) = row
     else {
         return Ok(None);
     };
+    let result = result
+        .map(|r| serde_json::from_str(&r).map_err(StoreError::corrupt))
+        .transpose()?;
     let error_kind = super::error::stored_error_kind(error_kind)?;
     Ok(Some(CommandRecord {
         node_id: NodeId::try_from(node).map_err(StoreError::corrupt)?,
@@ -283,6 +317,8 @@ fn command_by_id(conn: &Connection, id: &str) -> Result<Option<CommandRecord>> {
         error,
         updated_ms,
         payload,
+        operation,
+        result,
     }))
 }
 
@@ -292,7 +328,7 @@ mod tests {
 
     #[test]
     fn kinds_and_states_round_trip_and_unknown_ones_are_corrupt() {
-        for kind in [CommandKind::Host, CommandKind::Drop, CommandKind::AddUser] {
+        for kind in CommandKind::ALL {
             assert_eq!(CommandKind::parse(kind.as_str()).unwrap(), kind);
         }
         for state in [
@@ -326,6 +362,7 @@ mod tests {
                 kind: CommandKind::Drop,
                 generation: Generation::new(3).unwrap(),
                 payload: None,
+                operation: None,
             })
             .unwrap();
         assert_eq!(
@@ -353,6 +390,7 @@ mod tests {
                 kind: CommandKind::AddUser,
                 generation: Generation::new(1).unwrap(),
                 payload: None,
+                operation: None,
             })
             .unwrap();
         let cmd = store
@@ -361,6 +399,7 @@ mod tests {
                 "c2",
                 CommandState::Failed,
                 Some((ErrorKind::Conflict, "a different user ada@x exists")),
+                None,
             )
             .unwrap()
             .unwrap();

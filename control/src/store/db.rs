@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_admin_tokens.sql"),
     include_str!("migrations/0006_command_error_kind.sql"),
     include_str!("migrations/0007_operations.sql"),
+    include_str!("migrations/0008_moves.sql"),
 ];
 
 pub struct Store {

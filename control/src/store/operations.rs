@@ -3,7 +3,7 @@
 //! (compare and set), in the same transaction as its audit entry, so a transition is recorded
 //! once, before its side effects, whoever races for it.
 
-use hemvist_proto::{ErrorKind, OrgId};
+use hemvist_proto::{ErrorKind, Generation, NodeId, OrgId, RegionId};
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::Serialize;
 
@@ -50,6 +50,16 @@ pub struct Transition<'a> {
     pub actor: &'a str,
     pub action: &'a str,
     pub audit: &'a serde_json::Value,
+    /// The org's placement changes in the same transaction (a move's switch).
+    pub placement: Option<PlacementSwitch<'a>>,
+}
+
+/// Where an org is placed from now on, and under which (already issued) generation.
+#[derive(Debug, Clone, Copy)]
+pub struct PlacementSwitch<'a> {
+    pub region: &'a RegionId,
+    pub node: &'a NodeId,
+    pub generation: Generation,
 }
 
 const SELECT: &str = "SELECT id, kind, org, phase, requested_by, started_ms, updated_ms,
@@ -181,6 +191,9 @@ impl Store {
                 t.detail.map(|d| d.to_string()),
             ],
         )?;
+        if let Some(sw) = t.placement {
+            super::placements::switch_placement(&tx, &op.org, &sw, t.id, now)?;
+        }
         append_audit(&tx, t.actor, t.action, Some(&op.org), t.audit)?;
         let op = by_id(&tx, t.id)?;
         tx.commit()?;
@@ -241,6 +254,7 @@ mod tests {
             actor: "control",
             action: "move.phase",
             audit: &serde_json::Value::Null,
+            placement: None,
         }
     }
 

@@ -106,6 +106,14 @@ impl Store {
                 now
             ],
         )?;
+        super::placements::open_history(
+            &tx,
+            &new.id,
+            &new.home_region,
+            &new.node_id,
+            generation,
+            now,
+        )?;
         append_audit(
             &tx,
             "control",

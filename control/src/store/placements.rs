@@ -2,7 +2,7 @@
 //! only ever grows, so a generation is never issued twice, even across restarts), the load per
 //! node, and `observed` — what each node last said it hosts, so desired can be told from actual.
 
-use hemvist_proto::{Generation, NodeId, OrgId};
+use hemvist_proto::{Generation, NodeId, OrgId, RegionId};
 use rusqlite::{params, Transaction};
 use serde::Serialize;
 
@@ -16,6 +16,72 @@ pub struct ObservedRecord {
     pub schema_version: u32,
 }
 
+/// One placement an org had (or has: `to_ms` is `None`), and what ended it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlacementSpan {
+    pub region: RegionId,
+    pub node_id: NodeId,
+    pub generation: Generation,
+    pub from_ms: i64,
+    pub to_ms: Option<i64>,
+    pub operation: Option<String>,
+}
+
+/// Opens the org's placement history at its first placement (in the caller's transaction).
+pub(super) fn open_history(
+    tx: &Transaction<'_>,
+    org: &OrgId,
+    region: &RegionId,
+    node: &NodeId,
+    generation: Generation,
+    now: i64,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO placement_history (org, region, node_id, generation, from_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            org.as_str(),
+            region.as_str(),
+            node.as_str(),
+            generation.get() as i64,
+            now
+        ],
+    )?;
+    Ok(())
+}
+
+/// Places the org elsewhere, in the caller's transaction: its placement, home region and
+/// history change together, the old span closed by `operation`.
+pub(super) fn switch_placement(
+    tx: &Transaction<'_>,
+    org: &OrgId,
+    to: &super::operations::PlacementSwitch<'_>,
+    operation: &str,
+    now: i64,
+) -> Result<()> {
+    let changed = tx.execute(
+        "UPDATE placements SET node_id = ?2, generation = ?3, updated_ms = ?4 WHERE org = ?1",
+        params![
+            org.as_str(),
+            to.node.as_str(),
+            to.generation.get() as i64,
+            now
+        ],
+    )?;
+    if changed != 1 {
+        return Err(StoreError::corrupt(format!("org {org} has no placement")));
+    }
+    tx.execute(
+        "UPDATE orgs SET home_region = ?2 WHERE id = ?1",
+        params![org.as_str(), to.region.as_str()],
+    )?;
+    tx.execute(
+        "UPDATE placement_history SET to_ms = ?2, operation = ?3 WHERE org = ?1 AND to_ms IS NULL",
+        params![org.as_str(), now, operation],
+    )?;
+    open_history(tx, org, to.region, to.node, to.generation, now)
+}
+
 /// Issues the next generation inside the caller's transaction.
 pub(super) fn next_generation(tx: &Transaction<'_>) -> Result<Generation> {
     let n: i64 = tx.query_row(
@@ -27,6 +93,47 @@ pub(super) fn next_generation(tx: &Transaction<'_>) -> Result<Generation> {
 }
 
 impl Store {
+    /// Issues a generation on its own (for an operation that records it before using it).
+    pub fn issue_generation(&self) -> Result<Generation> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let g = next_generation(&tx)?;
+        tx.commit()?;
+        Ok(g)
+    }
+
+    /// Every placement the org has had, oldest first.
+    pub fn placement_history(&self, org: &OrgId) -> Result<Vec<PlacementSpan>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT region, node_id, generation, from_ms, to_ms, operation
+             FROM placement_history WHERE org = ?1 ORDER BY from_ms, generation",
+        )?;
+        let rows = stmt.query_map([org.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+                r.get::<_, Option<String>>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (region, node, g, from_ms, to_ms, operation) = row?;
+            out.push(PlacementSpan {
+                region: RegionId::try_from(region).map_err(StoreError::corrupt)?,
+                node_id: NodeId::try_from(node).map_err(StoreError::corrupt)?,
+                generation: Generation::new(g as u64).map_err(StoreError::corrupt)?,
+                from_ms,
+                to_ms,
+                operation,
+            });
+        }
+        Ok(out)
+    }
+
     /// Tenants placed on each node: the load placement balances.
     pub fn tenants_per_node(&self) -> Result<Vec<(NodeId, u64)>> {
         let conn = self.lock();

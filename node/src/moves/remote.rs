@@ -158,7 +158,11 @@ impl ObjectStore for SourceObjects {
             .get(OBJECT_SIZE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| generic(Answer("the move source did not say the object's size".into())))?;
+            .ok_or_else(|| {
+                generic(Answer(
+                    "the move source did not say the object's size".into(),
+                ))
+            })?;
         let bytes = resp.bytes().await.map_err(generic)?;
         let start = asked.as_ref().map_or(0, |r| r.start);
         let range = start..start + bytes.len() as u64;
@@ -169,7 +173,9 @@ impl ObjectStore for SourceObjects {
             ))));
         }
         Ok(GetResult {
-            payload: GetResultPayload::Stream(futures::stream::once(async move { Ok(bytes) }).boxed()),
+            payload: GetResultPayload::Stream(
+                futures::stream::once(async move { Ok(bytes) }).boxed(),
+            ),
             meta: ObjectMeta {
                 location: location.clone(),
                 last_modified: Default::default(),

@@ -127,9 +127,9 @@ impl Outgoing {
         bearer: Option<&str>,
     ) -> Result<WireCatalog, HemvistError> {
         let generation = self.authorize(org, bearer)?;
-        let catalog = restore::catalog(store, org).await.map_err(|e| {
-            HemvistError::unavailable(format!("list the backups of {org}: {e:#}"))
-        })?;
+        let catalog = restore::catalog(store, org)
+            .await
+            .map_err(|e| HemvistError::unavailable(format!("list the backups of {org}: {e:#}")))?;
         for w in &catalog.warnings {
             tracing::warn!(%org, warning = %w, "while listing a move's copy");
         }

@@ -192,7 +192,11 @@ impl Incoming {
                     self.report(Progress {
                         operation: req.operation.clone(),
                         org: req.org.clone(),
-                        state: if staged.lsn >= newest { "caught_up" } else { "copying" },
+                        state: if staged.lsn >= newest {
+                            "caught_up"
+                        } else {
+                            "copying"
+                        },
                         lsn: staged.lsn,
                         bytes: staged.bytes,
                         error: None,
@@ -230,10 +234,9 @@ impl Incoming {
             req.org.as_str(),
             req.secret.clone(),
         );
-        let wire: WireCatalog = serde_json::from_value(
-            source.get_json("catalog").await.map_err(unavailable)?,
-        )
-        .map_err(|e| unavailable(format!("the move source's catalog: {e}")))?;
+        let wire: WireCatalog =
+            serde_json::from_value(source.get_json("catalog").await.map_err(unavailable)?)
+                .map_err(|e| unavailable(format!("the move source's catalog: {e}")))?;
         let catalog = Catalog::from_wire(&req.org, wire).map_err(unavailable)?;
         let generation = req.generation.get();
         let Some(newest) = catalog.plan_in(generation) else {
@@ -264,10 +267,12 @@ impl Incoming {
                 let downloaded = restore::write_segments(&store, &catalog, &segments, &file, key)
                     .await
                     .map_err(|e| match e {
-                        SegmentError::Damaged { index, reason } => HemvistError::unavailable(format!(
-                            "the source's backup object {} is unusable: {reason}",
-                            segments[index].0.key()
-                        )),
+                        SegmentError::Damaged { index, reason } => {
+                            HemvistError::unavailable(format!(
+                                "the source's backup object {} is unusable: {reason}",
+                                segments[index].0.key()
+                            ))
+                        }
                         SegmentError::Other(e) => unavailable(e),
                     })?;
                 file.sync_all().map_err(unavailable)?;
@@ -357,14 +362,20 @@ impl Incoming {
         let verdict = tokio::task::spawn_blocking({
             let staging = staging.clone();
             move || -> Result<String, HemvistError> {
-                let big = std::fs::metadata(&staging).map(|m| m.len()).unwrap_or(0) > FULL_CHECK_BYTES;
+                let big =
+                    std::fs::metadata(&staging).map(|m| m.len()).unwrap_or(0) > FULL_CHECK_BYTES;
                 let conn = rusqlite::Connection::open_with_flags(
                     &staging,
                     rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
                 )
                 .map_err(unavailable)?;
-                let pragma = if big { "PRAGMA quick_check" } else { "PRAGMA integrity_check" };
-                conn.query_row(pragma, [], |r| r.get(0)).map_err(unavailable)
+                let pragma = if big {
+                    "PRAGMA quick_check"
+                } else {
+                    "PRAGMA integrity_check"
+                };
+                conn.query_row(pragma, [], |r| r.get(0))
+                    .map_err(unavailable)
             }
         })
         .await

@@ -84,7 +84,10 @@ pub fn router_with(node: Arc<Node>, limits: &SigninLimits) -> Router {
         .route(HTMX_PATH, get(htmx))
         .route("/static/htmx-LICENSE.txt", get(|| async { HTMX_LICENSE }))
         .route("/internal/v1/moves/{org}/catalog", get(moves::catalog))
-        .route("/internal/v1/moves/{org}/objects/{*key}", get(moves::object))
+        .route(
+            "/internal/v1/moves/{org}/objects/{*key}",
+            get(moves::object),
+        )
         .route("/o/{org}", get(app::org_root))
         .route("/o/{org}/", get(app::search))
         .route("/o/{org}/signin", get(auth::form).post(auth::sign_in))
@@ -99,7 +102,10 @@ pub fn router_with(node: Arc<Node>, limits: &SigninLimits) -> Router {
         .fallback(|| async {
             pages::error(StatusCode::NOT_FOUND, "Not found", "There is no page here.")
         })
-        .layer(middleware::from_fn_with_state(node.clone(), redirect_fenced))
+        .layer(middleware::from_fn_with_state(
+            node.clone(),
+            redirect_fenced,
+        ))
         .layer(middleware::from_fn_with_state(node, time_request))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(not_cached_nor_sniffed))

@@ -1,0 +1,809 @@
+//! Moving an org to another region (or node) while it serves. The whole move is in this file.
+//!
+//! ```text
+//! copying ──► fencing ──► finishing ──► switching ──► releasing ──► done
+//!    │           │            │
+//!    └───────────┴────────────┴──► rolling_back ──► rolled_back
+//! ```
+//!
+//! - **copying**: the source serves the org's backups to the target (`MoveOut`), which copies
+//!   and tails them (`MoveIn`) until it reports it has caught up.
+//! - **fencing**: the source stops acknowledging writes and ships everything (`Fence`); its
+//!   answer is the final position. Writes wait at the fence (up to 1 s on the node).
+//! - **finishing**: the target reaches exactly that position and verifies it (`FinishMove`).
+//! - **switching**: recorded in the same transaction as the placement switch to the target
+//!   under a new generation: the one moment the writer changes. The target hosts the org
+//!   (`Host`); every node learns the new placement, so the source's held writes are sent there.
+//! - **releasing**: once the target's first backup in its region's store is reported, the
+//!   source drops its copy (to its trash) and both forget the move.
+//! - **rolling_back**: before the switch, any failure (or a cancel) lifts the source's fence
+//!   and discards the target's copy; the source never stopped being the owner.
+//!
+//! Keeps true: never two writers — the target writes only after the switch, the source not
+//! after its fence, and the fence comes before the final position is known; never none for
+//! long — a stuck phase rolls back before the switch, and after the switch only goes forward;
+//! no acknowledged write lost — the final position covers everything the source committed.
+
+use hemvist_proto::{ErrorKind, Generation, HemvistError, NodeId, OrgId, RegionId};
+use serde::{Deserialize, Serialize};
+
+use super::{Operation, OperationKind, Phase, Step};
+use crate::clock::now_ms;
+use crate::link::{NodeCommand, Placement, PlacementUpdate};
+use crate::nodes::Moved;
+use crate::plane::Plane;
+use crate::residency::ResidencyPolicy;
+use crate::store::{CommandKind, CommandRecord, CommandState, OperationRecord, PlacementSwitch};
+
+/// How long the source may take to fence and ship everything.
+const FENCE_LIMIT_MS: i64 = 15_000;
+/// How long the target may take to finish at the final position.
+const FINISH_LIMIT_MS: i64 = 30_000;
+/// How long a copy may fail (or the target stay silent) before the move rolls back.
+const COPY_STALL_MS: i64 = 30_000;
+/// How long a rollback waits for the target to discard its copy once the source is serving.
+const CLEANUP_LIMIT_MS: i64 = 60_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MovePhase {
+    Copying,
+    Fencing,
+    Finishing,
+    Switching,
+    Releasing,
+    Done,
+    RollingBack,
+    RolledBack,
+}
+
+impl Phase for MovePhase {
+    const KIND: OperationKind = OperationKind::Move;
+    const ALL: &'static [Self] = &[
+        MovePhase::Copying,
+        MovePhase::Fencing,
+        MovePhase::Finishing,
+        MovePhase::Switching,
+        MovePhase::Releasing,
+        MovePhase::Done,
+        MovePhase::RollingBack,
+        MovePhase::RolledBack,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            MovePhase::Copying => "copying",
+            MovePhase::Fencing => "fencing",
+            MovePhase::Finishing => "finishing",
+            MovePhase::Switching => "switching",
+            MovePhase::Releasing => "releasing",
+            MovePhase::Done => "done",
+            MovePhase::RollingBack => "rolling_back",
+            MovePhase::RolledBack => "rolled_back",
+        }
+    }
+
+    fn is_final(self) -> bool {
+        matches!(self, MovePhase::Done | MovePhase::RolledBack)
+    }
+}
+
+impl MovePhase {
+    /// Before the switch: the source still owns the org, and the move can roll back.
+    fn before_switch(self) -> bool {
+        matches!(
+            self,
+            MovePhase::Copying | MovePhase::Fencing | MovePhase::Finishing
+        )
+    }
+}
+
+/// What a move records beyond its phase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MoveDetail {
+    pub from_region: RegionId,
+    pub from_node: NodeId,
+    pub from_generation: Generation,
+    pub to_region: RegionId,
+    pub to_node: NodeId,
+    /// Issued when the source has fenced; the org's generation from the switch on.
+    #[serde(default)]
+    pub to_generation: Option<Generation>,
+    pub reason: String,
+    /// The source's final position, from its fence.
+    #[serde(default)]
+    pub final_lsn: Option<u64>,
+    /// Bytes the target downloaded for its copy.
+    #[serde(default)]
+    pub bytes: u64,
+    /// When fencing began (writes stop being acknowledged from here, at the latest).
+    #[serde(default)]
+    pub fencing_ms: Option<i64>,
+    #[serde(default)]
+    pub switched_ms: Option<i64>,
+    /// When the target took the org (writes are acknowledged again).
+    #[serde(default)]
+    pub serving_ms: Option<i64>,
+    /// The write pause: from fencing to serving.
+    #[serde(default)]
+    pub pause_ms: Option<i64>,
+    /// The phase a rollback started from.
+    #[serde(default)]
+    pub rolled_back_from: Option<String>,
+}
+
+/// An operator's request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveRequest {
+    /// The region to move to.
+    pub to: String,
+    /// A node of that region; the least loaded healthy one if absent.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Why (for the audit log and `orgs show`).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+type Move = Operation<MovePhase>;
+
+fn internal(e: impl std::fmt::Display) -> HemvistError {
+    HemvistError::internal(format!("move: {e}"))
+}
+
+fn detail_json(d: &MoveDetail) -> Result<serde_json::Value, HemvistError> {
+    serde_json::to_value(d).map_err(internal)
+}
+
+impl Plane {
+    /// Starts moving `org` to a region (and node): refused, with nothing changed, when the
+    /// region is outside its residency policy (422), unknown (400), has no healthy node, or the
+    /// org is already there or busy with another operation (409).
+    pub fn request_move(
+        &self,
+        org: &str,
+        req: MoveRequest,
+        actor: &str,
+    ) -> Result<OperationRecord, HemvistError> {
+        let org = OrgId::parse(org)?;
+        let to_region = RegionId::parse(&req.to)?;
+        let record = self
+            .store
+            .org(&org)?
+            .ok_or_else(|| HemvistError::not_found(format!("no org {org}")))?;
+        let region = self
+            .config
+            .regions
+            .iter()
+            .find(|r| r.id == to_region)
+            .ok_or_else(|| {
+                HemvistError::invalid(format!("region {to_region} is not configured"))
+            })?;
+        let policy = ResidencyPolicy::from_stored(&record.residency);
+        if !policy.allows(region) {
+            return Err(HemvistError::new(
+                ErrorKind::Residency,
+                format!(
+                    "org {org} may not live in {to_region}: its residency policy allows {}; \
+                     nothing was changed",
+                    policy.describe()
+                ),
+            ));
+        }
+        let reason: String = req
+            .reason
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(200)
+            .collect();
+        let nodes = self.store.nodes()?;
+        let to_node = match req.node {
+            Some(n) => {
+                let n = NodeId::parse(&n)?;
+                let node = nodes
+                    .iter()
+                    .find(|r| r.id == n)
+                    .ok_or_else(|| HemvistError::not_found(format!("no node {n}")))?;
+                if node.region != to_region {
+                    return Err(HemvistError::invalid(format!(
+                        "node {n} is in {}, not {to_region}",
+                        node.region
+                    )));
+                }
+                if !self.nodes.healthy(&n) {
+                    return Err(HemvistError::unavailable(format!(
+                        "node {n} is not connected with a live lease"
+                    )));
+                }
+                n
+            }
+            None => {
+                let load: std::collections::HashMap<NodeId, u64> =
+                    self.store.tenants_per_node()?.into_iter().collect();
+                nodes
+                    .iter()
+                    .filter(|n| n.region == to_region && n.id != record.node_id)
+                    .filter(|n| self.nodes.healthy(&n.id))
+                    .min_by_key(|n| (load.get(&n.id).copied().unwrap_or(0), n.id.clone()))
+                    .map(|n| n.id.clone())
+                    .ok_or_else(|| {
+                        HemvistError::unavailable(format!(
+                            "region {to_region} has no healthy node to move {org} to"
+                        ))
+                    })?
+            }
+        };
+        if to_node == record.node_id {
+            return Err(HemvistError::conflict(format!(
+                "org {org} already lives on {to_node}"
+            )));
+        }
+        if !self.nodes.healthy(&record.node_id) {
+            return Err(HemvistError::unavailable(format!(
+                "org {org}'s node {} is not connected: a live move needs its source",
+                record.node_id
+            )));
+        }
+        let detail = MoveDetail {
+            from_region: record.home_region.clone(),
+            from_node: record.node_id.clone(),
+            from_generation: record.generation,
+            to_region,
+            to_node,
+            to_generation: None,
+            reason,
+            final_lsn: None,
+            bytes: 0,
+            fencing_ms: None,
+            switched_ms: None,
+            serving_ms: None,
+            pause_ms: None,
+            rolled_back_from: None,
+        };
+        let op = self.begin(&org, MovePhase::Copying, actor, detail_json(&detail)?)?;
+        self.wake_operations.notify_one();
+        Ok(op.record)
+    }
+
+    /// Cancels a move before its switch (it rolls back); after it, a move only goes forward.
+    pub fn cancel_operation(&self, id: &str, actor: &str) -> Result<OperationRecord, HemvistError> {
+        for _ in 0..5 {
+            let record = self.operation(id)?;
+            if record.finished_ms.is_some() {
+                return Err(HemvistError::conflict(format!(
+                    "operation {id} has already ended ({})",
+                    record.phase
+                )));
+            }
+            let op: Move = record.try_into()?;
+            if !op.phase.before_switch() {
+                return Err(HemvistError::conflict(format!(
+                    "operation {id} is {}: the org has switched to its new home, so the move \
+                     can only finish",
+                    op.phase.as_str()
+                )));
+            }
+            let why = HemvistError::conflict(format!("cancelled by {actor}"));
+            if let Some(rolling) = roll_back(self, &op, &why)? {
+                return Ok(rolling.record);
+            }
+        }
+        Err(HemvistError::conflict(format!(
+            "operation {id} kept changing; try again"
+        )))
+    }
+}
+
+/// Does what the move's phase needs next.
+pub fn step(plane: &Plane, record: OperationRecord) -> Result<(), HemvistError> {
+    let op: Move = record.try_into()?;
+    let d: MoveDetail = serde_json::from_value(op.record.detail.clone()).map_err(internal)?;
+    match op.phase {
+        MovePhase::Copying => copying(plane, &op, &d),
+        MovePhase::Fencing => fencing(plane, &op, d),
+        MovePhase::Finishing => finishing(plane, &op, d),
+        MovePhase::Switching => switching(plane, &op, d),
+        MovePhase::Releasing => releasing(plane, &op, &d),
+        MovePhase::RollingBack => rolling_back(plane, &op, &d),
+        MovePhase::Done | MovePhase::RolledBack => Ok(()),
+    }
+}
+
+fn step_of<'a>(
+    op: &'a Move,
+    name: &'a str,
+    node: &'a NodeId,
+    kind: CommandKind,
+    generation: Generation,
+    again_on_new_session: bool,
+) -> Step<'a> {
+    Step {
+        operation: &op.record.id,
+        name,
+        node,
+        org: &op.record.org,
+        kind,
+        generation,
+        again_on_new_session,
+    }
+}
+
+/// Why a step failed, as its node said.
+fn refusal(cmd: &CommandRecord) -> HemvistError {
+    HemvistError::new(
+        cmd.error_kind.unwrap_or(ErrorKind::Internal),
+        format!(
+            "{} on {}: {}",
+            cmd.kind.as_str(),
+            cmd.node_id,
+            cmd.error.as_deref().unwrap_or("refused")
+        ),
+    )
+}
+
+fn moved(cmd: &CommandRecord) -> Option<Moved> {
+    serde_json::from_value(cmd.result.clone()?).ok()
+}
+
+/// Keeps the copy channel up (both ends hold it in memory): the source's credential and the
+/// target's copy, sent again to a node that reconnected or after this control plane restarted.
+fn keep_copying(
+    plane: &Plane,
+    op: &Move,
+    d: &MoveDetail,
+) -> Result<(CommandRecord, CommandRecord), HemvistError> {
+    let (secret, fresh) = plane.secret_of(&op.record.id)?;
+    let org = plane
+        .store
+        .org(&op.record.org)?
+        .ok_or_else(|| internal(format!("org {} vanished", op.record.org)))?;
+    let source_url = plane
+        .store
+        .node(&d.from_node)?
+        .ok_or_else(|| internal(format!("node {} is unknown", d.from_node)))?
+        .public_url;
+    let out = plane.drive_step(
+        &step_of(
+            op,
+            "out",
+            &d.from_node,
+            CommandKind::MoveOut,
+            d.from_generation,
+            true,
+        ),
+        fresh,
+        || NodeCommand::MoveOut {
+            org: op.record.org.clone(),
+            generation: d.from_generation,
+            target: d.to_node.clone(),
+            secret: secret.clone(),
+        },
+    )?;
+    let allowed_regions = ResidencyPolicy::from_stored(&org.residency)
+        .allowed_regions(&plane.config.regions)
+        .into_iter()
+        .map(|r| r.id.clone())
+        .collect();
+    let inn = plane.drive_step(
+        &step_of(
+            op,
+            "in",
+            &d.to_node,
+            CommandKind::MoveIn,
+            d.from_generation,
+            true,
+        ),
+        fresh,
+        || NodeCommand::MoveIn {
+            org: op.record.org.clone(),
+            generation: d.from_generation,
+            source: d.from_node.clone(),
+            source_url,
+            secret,
+            data_key: org.data_key.clone().unwrap_or_default(),
+            allowed_regions,
+        },
+    )?;
+    Ok((out, inn))
+}
+
+/// Starts rolling back (the phase it started from is recorded). `None` if the move had moved on.
+fn roll_back(plane: &Plane, op: &Move, why: &HemvistError) -> Result<Option<Move>, HemvistError> {
+    let mut d: MoveDetail = serde_json::from_value(op.record.detail.clone()).map_err(internal)?;
+    d.rolled_back_from = Some(op.phase.as_str().to_string());
+    tracing::warn!(operation = %op.record.id, org = %op.record.org, phase = op.phase.as_str(), error = %why, "move rolling back");
+    let Some(rolling) = plane.fail_with(op, MovePhase::RollingBack, why, detail_json(&d)?)? else {
+        return Ok(None);
+    };
+    plane.wake_operations.notify_one();
+    Ok(Some(rolling))
+}
+
+fn copying(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistError> {
+    let (out, inn) = keep_copying(plane, op, d)?;
+    for cmd in [&out, &inn] {
+        if cmd.state == CommandState::Failed {
+            roll_back(plane, op, &refusal(cmd))?;
+            return Ok(());
+        }
+    }
+    let now = now_ms();
+    let progress = plane.progress_of(&op.record.id, &d.to_node);
+    match &progress {
+        Some(p) if p.state == "caught_up" && out.state == CommandState::Done => {
+            let mut next = d.clone();
+            next.bytes = p.bytes;
+            next.fencing_ms = Some(now);
+            if plane
+                .advance(op, MovePhase::Fencing, Some(detail_json(&next)?))?
+                .is_some()
+            {
+                plane.wake_operations.notify_one();
+            }
+        }
+        Some(p) if p.state == "failed" && now - p.failing_since_ms > COPY_STALL_MS => {
+            let e = p
+                .error
+                .clone()
+                .unwrap_or_else(|| internal("the copy failed"));
+            roll_back(plane, op, &e)?;
+        }
+        Some(p) if now - p.at_ms > COPY_STALL_MS => {
+            roll_back(
+                plane,
+                op,
+                &HemvistError::unavailable(format!(
+                    "the target {} has said nothing about its copy for {} s",
+                    d.to_node,
+                    (now - p.at_ms) / 1000
+                )),
+            )?;
+        }
+        None if now - op.record.updated_ms > COPY_STALL_MS => {
+            roll_back(
+                plane,
+                op,
+                &HemvistError::unavailable(format!(
+                    "the target {} never reported its copy",
+                    d.to_node
+                )),
+            )?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn fencing(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistError> {
+    keep_copying(plane, op, &d)?;
+    let fence = plane.drive_step(
+        &step_of(
+            op,
+            "fence",
+            &d.from_node,
+            CommandKind::Fence,
+            d.from_generation,
+            false,
+        ),
+        false,
+        || NodeCommand::Fence {
+            org: op.record.org.clone(),
+            generation: d.from_generation,
+        },
+    )?;
+    match fence.state {
+        CommandState::Done => {
+            let Some(position) = moved(&fence) else {
+                roll_back(plane, op, &internal("the source fenced without a position"))?;
+                return Ok(());
+            };
+            d.final_lsn = Some(position.lsn);
+            d.to_generation = Some(plane.store.issue_generation()?);
+            if plane
+                .advance(op, MovePhase::Finishing, Some(detail_json(&d)?))?
+                .is_some()
+            {
+                plane.wake_operations.notify_one();
+            }
+        }
+        CommandState::Failed => {
+            roll_back(plane, op, &refusal(&fence))?;
+        }
+        _ if now_ms() - op.record.updated_ms > FENCE_LIMIT_MS => {
+            let why = match fence.error_kind {
+                Some(_) => refusal(&fence),
+                None => HemvistError::unavailable(format!(
+                    "the source {} did not fence within {} s",
+                    d.from_node,
+                    FENCE_LIMIT_MS / 1000
+                )),
+            };
+            roll_back(plane, op, &why)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn finishing(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistError> {
+    keep_copying(plane, op, &d)?;
+    let (Some(lsn), Some(to_generation)) = (d.final_lsn, d.to_generation) else {
+        roll_back(plane, op, &internal("finishing without a final position"))?;
+        return Ok(());
+    };
+    let finish = plane.drive_step(
+        &step_of(
+            op,
+            "finish",
+            &d.to_node,
+            CommandKind::FinishMove,
+            d.from_generation,
+            false,
+        ),
+        false,
+        || NodeCommand::FinishMove {
+            org: op.record.org.clone(),
+            generation: d.from_generation,
+            lsn,
+        },
+    )?;
+    match finish.state {
+        CommandState::Done => {
+            if moved(&finish).map(|m| m.lsn) != Some(lsn) {
+                roll_back(
+                    plane,
+                    op,
+                    &internal(format!("the target finished elsewhere than {lsn}")),
+                )?;
+                return Ok(());
+            }
+            d.switched_ms = Some(now_ms());
+            let switched = plane.advance_switching(
+                op,
+                MovePhase::Switching,
+                detail_json(&d)?,
+                PlacementSwitch {
+                    region: &d.to_region,
+                    node: &d.to_node,
+                    generation: to_generation,
+                },
+            )?;
+            if let Some(switched) = switched {
+                tracing::info!(operation = %op.record.id, org = %op.record.org, node = %d.to_node,
+                    generation = %to_generation, "move switched: the org's writer is now its target");
+                tell_every_node(plane, &op.record.org, &d, to_generation)?;
+                switching(plane, &switched, d)?;
+            }
+        }
+        CommandState::Failed => {
+            roll_back(plane, op, &refusal(&finish))?;
+        }
+        _ if now_ms() - op.record.updated_ms > FINISH_LIMIT_MS => {
+            let why = match finish.error_kind {
+                Some(_) => refusal(&finish),
+                None => HemvistError::unavailable(format!(
+                    "the target {} did not finish within {} s",
+                    d.to_node,
+                    FINISH_LIMIT_MS / 1000
+                )),
+            };
+            roll_back(plane, op, &why)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Every node's routing cache learns the org's new home (one that misses it is resynced).
+fn tell_every_node(
+    plane: &Plane,
+    org: &OrgId,
+    d: &MoveDetail,
+    generation: Generation,
+) -> Result<(), HemvistError> {
+    let node_url = plane
+        .store
+        .node(&d.to_node)?
+        .map(|n| n.public_url)
+        .unwrap_or_default();
+    plane.nodes.broadcast_placements(PlacementUpdate {
+        full: false,
+        placements: vec![Placement {
+            org: org.clone(),
+            region: d.to_region.clone(),
+            node: d.to_node.clone(),
+            node_url,
+            generation,
+        }],
+    });
+    Ok(())
+}
+
+fn switching(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistError> {
+    let Some(to_generation) = d.to_generation else {
+        return Err(internal("switched without a generation"));
+    };
+    let org = plane
+        .store
+        .org(&op.record.org)?
+        .ok_or_else(|| internal(format!("org {} vanished", op.record.org)))?;
+    let allowed_regions = ResidencyPolicy::from_stored(&org.residency)
+        .allowed_regions(&plane.config.regions)
+        .into_iter()
+        .map(|r| r.id.clone())
+        .collect();
+    let host = plane.drive_step(
+        &step_of(
+            op,
+            "host",
+            &d.to_node,
+            CommandKind::Host,
+            to_generation,
+            false,
+        ),
+        false,
+        || NodeCommand::Host {
+            org: org.id.clone(),
+            generation: to_generation,
+            name: org.name.clone(),
+            allowed_regions,
+            durability: org.durability.clone(),
+            data_key: org.data_key.clone().unwrap_or_default(),
+            // The copy is in place: finding no file would mean a lost copy, never "new org".
+            expect_backup: true,
+        },
+    )?;
+    match host.state {
+        CommandState::Done => {
+            let serving = host.updated_ms;
+            d.serving_ms = Some(serving);
+            d.pause_ms = d.fencing_ms.map(|f| (serving - f).max(0));
+            if plane
+                .advance(op, MovePhase::Releasing, Some(detail_json(&d)?))?
+                .is_some()
+            {
+                plane.metrics.record_move_pause(d.pause_ms);
+                tracing::info!(operation = %op.record.id, org = %op.record.org,
+                    pause_ms = ?d.pause_ms, "moved org serving at its new home");
+                plane.wake_operations.notify_one();
+            }
+        }
+        CommandState::Failed => {
+            // Past the switch there is no way back to the source: keep asking, loudly.
+            tracing::error!(operation = %op.record.id, error = %refusal(&host),
+                "the move's target refused to host the switched org; retrying");
+            plane.store.ack_command(
+                &d.to_node,
+                &host.id,
+                CommandState::Retry,
+                host.error_kind
+                    .map(|k| (k, host.error.as_deref().unwrap_or(""))),
+                None,
+            )?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn releasing(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistError> {
+    let Some(to_generation) = d.to_generation else {
+        return Err(internal("releasing without a generation"));
+    };
+    // The source keeps its copy until the new home's first backup is in its region's store.
+    let backed_up = plane.replication.get(&op.record.org).is_some_and(|r| {
+        r.node == d.to_node && r.generation == to_generation.get() && r.shipped_ms > 0
+    });
+    if !backed_up {
+        return Ok(());
+    }
+    let end_in = plane.drive_step(
+        &step_of(
+            op,
+            "end-in",
+            &d.to_node,
+            CommandKind::EndMove,
+            to_generation,
+            false,
+        ),
+        false,
+        || NodeCommand::EndMove {
+            org: op.record.org.clone(),
+            rolled_back: false,
+        },
+    )?;
+    let end_out = plane.drive_step(
+        &step_of(
+            op,
+            "end-out",
+            &d.from_node,
+            CommandKind::EndMove,
+            d.from_generation,
+            false,
+        ),
+        false,
+        || NodeCommand::EndMove {
+            org: op.record.org.clone(),
+            rolled_back: false,
+        },
+    )?;
+    let drop = plane.drive_step(
+        &step_of(
+            op,
+            "drop",
+            &d.from_node,
+            CommandKind::Drop,
+            d.from_generation,
+            false,
+        ),
+        false,
+        || NodeCommand::Drop {
+            org: op.record.org.clone(),
+            generation: d.from_generation,
+        },
+    )?;
+    if [&end_in, &end_out, &drop]
+        .iter()
+        .all(|c| c.state == CommandState::Done)
+        && plane.advance(op, MovePhase::Done, None)?.is_some()
+    {
+        plane.forget_operation(&op.record.id);
+        plane.metrics.record_move("done", d.bytes);
+        tracing::info!(operation = %op.record.id, org = %op.record.org, from = %d.from_node,
+            to = %d.to_node, "move done");
+    }
+    Ok(())
+}
+
+fn rolling_back(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistError> {
+    let end_out = plane.drive_step(
+        &step_of(
+            op,
+            "rollback-out",
+            &d.from_node,
+            CommandKind::EndMove,
+            d.from_generation,
+            false,
+        ),
+        false,
+        || NodeCommand::EndMove {
+            org: op.record.org.clone(),
+            rolled_back: true,
+        },
+    )?;
+    let end_in = plane.drive_step(
+        &step_of(
+            op,
+            "rollback-in",
+            &d.to_node,
+            CommandKind::EndMove,
+            d.from_generation,
+            false,
+        ),
+        false,
+        || NodeCommand::EndMove {
+            org: op.record.org.clone(),
+            rolled_back: true,
+        },
+    )?;
+    let source_serving = end_out.state == CommandState::Done;
+    let target_clean = end_in.state == CommandState::Done;
+    let waited = now_ms() - op.record.updated_ms > CLEANUP_LIMIT_MS;
+    if source_serving && (target_clean || waited) {
+        if !target_clean {
+            tracing::warn!(operation = %op.record.id, node = %d.to_node,
+                "the move's target did not discard its copy; it stays in its staging file");
+        }
+        let why = HemvistError::new(
+            op.record.error_kind.unwrap_or(ErrorKind::Internal),
+            op.record.error.clone().unwrap_or_default(),
+        );
+        if plane.fail(op, MovePhase::RolledBack, &why)?.is_some() {
+            plane.forget_operation(&op.record.id);
+            plane.metrics.record_move("rolled_back", 0);
+            tracing::info!(operation = %op.record.id, org = %op.record.org, "move rolled back; the org stays on its source");
+        }
+    }
+    Ok(())
+}
