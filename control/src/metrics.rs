@@ -60,7 +60,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let moves = Family::<OutcomeLabels, Counter>::default();
         for outcome in ["done", "rolled_back"] {
-            moves.get_or_create(&OutcomeLabels {
+            let _ = moves.get_or_create(&OutcomeLabels {
                 outcome: outcome.to_string(),
             });
         }

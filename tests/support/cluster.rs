@@ -48,6 +48,11 @@ pub const EU_NORTH: Region = Region {
     jurisdiction: "EU",
     countries: &["SE", "NO", "FI", "DK"],
 };
+pub const EU_CENTRAL: Region = Region {
+    id: "eu-central",
+    jurisdiction: "EU",
+    countries: &["DE", "AT", "CH", "NL"],
+};
 pub const US_EAST: Region = Region {
     id: "us-east",
     jurisdiction: "US",

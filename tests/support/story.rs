@@ -107,6 +107,40 @@ impl Cluster {
         })
     }
 
+    /// Starts moving `org` to `region` through the admin API; the move's operation id.
+    pub fn move_org(&self, org: &str, region: &str) -> String {
+        let (status, body) = self.admin(
+            "POST",
+            &format!("/orgs/{org}/move"),
+            Some(serde_json::json!({"to": region, "reason": "test"})),
+        );
+        assert_eq!(status, 202, "move {org} to {region}: {body}");
+        body["id"].as_str().expect("operation id").to_string()
+    }
+
+    /// `GET /operations/{id}`: the record with its steps and progress.
+    pub fn operation(&self, id: &str) -> serde_json::Value {
+        let (status, body) = self.admin("GET", &format!("/operations/{id}"), None);
+        assert_eq!(status, 200, "operation {id}: {body}");
+        body
+    }
+
+    /// Waits (up to `limit`) until the operation has ended; its last record.
+    pub fn wait_operation_end(&self, id: &str, limit: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let op = self.operation(id);
+            if !op["finished_ms"].is_null() {
+                return op;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "operation {id} did not end within {limit:?}: {op:#}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Adds `n` contacts named `{prefix} {i}` as `user`, one every `every`, recording which the
     /// node acknowledged. A refusal or a node that does not answer is recorded, not a failure:
     /// scenarios that kill or move things mid-write decide what they expect.

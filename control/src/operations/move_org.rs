@@ -228,9 +228,16 @@ impl Plane {
                     .min_by_key(|n| (load.get(&n.id).copied().unwrap_or(0), n.id.clone()))
                     .map(|n| n.id.clone())
                     .ok_or_else(|| {
-                        HemvistError::unavailable(format!(
-                            "region {to_region} has no healthy node to move {org} to"
-                        ))
+                        if to_region == record.home_region {
+                            HemvistError::conflict(format!(
+                                "org {org} already lives in {to_region}, and the region has no \
+                                 other healthy node"
+                            ))
+                        } else {
+                            HemvistError::unavailable(format!(
+                                "region {to_region} has no healthy node to move {org} to"
+                            ))
+                        }
                     })?
             }
         };

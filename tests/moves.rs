@@ -1,0 +1,249 @@
+//! Live moves, with real processes and a real S3-compatible server: an org under continuous
+//! writes moves from Stockholm to Frankfurt; every acknowledged write is at the new home exactly
+//! once, the old node answers writes only with 307 or 503 once it fenced, search finds the data
+//! at once, and the old region's copy goes only after the new home's first backup.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::cluster::{Cluster, EU_CENTRAL, EU_NORTH, US_EAST};
+use support::s3::S3;
+use support::session::sign_in;
+
+const PASSWORD: &str = "correct horse battery";
+const INTERVAL_MS: u64 = 300;
+
+fn names_in(db: &std::path::Path) -> Vec<String> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open the tenant's file");
+    let mut names: Vec<String> = conn
+        .prepare("SELECT name FROM contacts")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    names.sort();
+    names
+}
+
+fn tenant_file(c: &Cluster, region: &str, org: &str) -> std::path::PathBuf {
+    c.node_data(region)
+        .join("tenants")
+        .join(&org[..2])
+        .join(format!("{org}.db"))
+}
+
+/// What a writer saw: each write's name and the status it got (0: no answer).
+type Answers = Vec<(String, u16, Option<String>)>;
+
+/// Writes a contact every few milliseconds through the real form until `stop`, recording every
+/// answer; it never follows a redirect.
+fn writer(
+    base: String,
+    org: &str,
+    email: &str,
+    prefix: &'static str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Answers> {
+    let user = sign_in(&base, org, email, PASSWORD).expect("sign in");
+    std::thread::spawn(move || {
+        let http = support::session::client();
+        let mut answers = Vec::new();
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let name = format!("{prefix} {i:05}");
+            i += 1;
+            let got = http
+                .post(format!("{}/o/{}/contacts", user.base, user.org))
+                .header("cookie", &user.cookie)
+                .header("origin", &user.base)
+                .form(&[
+                    ("name", name.as_str()),
+                    ("city", "Uppsala"),
+                    ("_csrf", user.csrf.as_str()),
+                ])
+                .send();
+            match got {
+                Ok(r) => {
+                    let location = r
+                        .headers()
+                        .get("location")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    answers.push((name, r.status().as_u16(), location));
+                }
+                Err(_) => answers.push((name, 0, None)),
+            }
+            std::thread::sleep(Duration::from_millis(15));
+        }
+        answers
+    })
+}
+
+#[test]
+fn an_org_under_writes_moves_to_another_region_and_loses_no_acknowledged_write() {
+    let s3 = S3::start();
+    let c = Cluster::start_with_backup(&[EU_NORTH, EU_CENTRAL], &s3, INTERVAL_MS);
+    c.create_org_ready(
+        "acme",
+        json!({"region": "eu-north", "residency": "EU", "name": "Acme AB"}),
+    );
+    let email = "ada@acme.example";
+    c.add_user("acme", email, PASSWORD);
+    let before = c.org("acme").expect("org");
+    assert_eq!(before.node, "eu-north-1");
+
+    // Writes already there, then writes all through the move.
+    let user = sign_in(&c.node_url("eu-north"), "acme", email, PASSWORD).expect("sign in");
+    let early = c.write_n(&user, "early", 40, Duration::ZERO);
+    assert_eq!(early.acked.len(), 40, "{:?}", early.refused);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writing = writer(
+        c.node_url("eu-north"),
+        "acme",
+        email,
+        "during",
+        stop.clone(),
+    );
+    std::thread::sleep(Duration::from_millis(800));
+
+    let id = c.move_org("acme", "eu-central");
+    let op = c.wait_operation_end(&id, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let answers = writing.join().expect("writer");
+    assert_eq!(op["phase"], "done", "the move ended: {op:#}");
+    let count = |s: u16| answers.iter().filter(|a| a.1 == s).count();
+    eprintln!(
+        "move {id}: {} writes during it: {} acknowledged, {} sent on (307), {} retryable (503); detail {}",
+        answers.len(),
+        count(303),
+        count(307),
+        count(503),
+        op["detail"]
+    );
+
+    // The old node never acknowledged a write it no longer owned: after its first refusal,
+    // every answer is a redirect to the new home or a retryable 503.
+    let new_home = c.node_url("eu-central");
+    let first_refusal = answers
+        .iter()
+        .position(|a| a.1 != 303)
+        .expect("the writer met the fence");
+    for (name, status, location) in &answers[first_refusal..] {
+        match status {
+            307 => assert!(
+                location
+                    .as_deref()
+                    .is_some_and(|l| l.starts_with(&new_home)),
+                "{name}: 307 to {location:?}, not to {new_home}"
+            ),
+            503 => {}
+            other => panic!("{name}: the old node answered {other} after fencing: {answers:?}"),
+        }
+    }
+    assert!(
+        answers.iter().any(|a| a.1 == 307),
+        "writes after the switch are sent to the new home"
+    );
+
+    // Every acknowledged write is at the new home, exactly once, and nothing else is.
+    let mut acked: Vec<String> = early.names().iter().map(|s| s.to_string()).collect();
+    acked.extend(answers.iter().filter(|a| a.1 == 303).map(|a| a.0.clone()));
+    acked.sort();
+    assert!(
+        acked.len() > 45,
+        "writes went on during the copy: {}",
+        acked.len()
+    );
+    let after = c.org("acme").expect("org");
+    assert_eq!(after.home_region, "eu-central");
+    assert_eq!(after.node, "eu-central-1");
+    assert!(after.generation > before.generation);
+    let at_new_home = names_in(&tenant_file(&c, "eu-central", "acme"));
+    assert_eq!(
+        at_new_home, acked,
+        "the new home holds exactly the acknowledged writes"
+    );
+
+    // Search at the new home finds them at once; the old node sends users there.
+    let moved_user = sign_in(&new_home, "acme", email, PASSWORD).expect("sign in at the new home");
+    let last = acked.last().unwrap().clone();
+    let (status, found) = moved_user.json(&format!("/?q={}", last.replace(' ', "+")));
+    assert_eq!(status, 200, "{found}");
+    assert!(found.to_string().contains(&last), "{last} in {found}");
+    let (status, location, _) = c.get(&format!("{}/o/acme/", c.node_url("eu-north")));
+    assert_eq!(status, 307);
+    assert!(location.unwrap().starts_with(&new_home));
+
+    // The move's record: its phases audited, the pause measured, the past location kept.
+    let detail = &op["detail"];
+    assert_eq!(detail["from_node"], "eu-north-1");
+    assert_eq!(detail["to_node"], "eu-central-1");
+    assert!(detail["pause_ms"].as_i64().is_some(), "{detail}");
+    assert!(detail["final_lsn"].as_u64().unwrap() > 0);
+    let (_, show) = c.admin("GET", "/orgs/acme", None);
+    let locations = show["locations"].as_array().expect("locations");
+    assert_eq!(locations.len(), 2, "{locations:?}");
+    assert_eq!(locations[0]["region"], "eu-north");
+    assert!(locations[0]["to_ms"].as_i64().is_some());
+    assert_eq!(locations[0]["operation"], Value::String(id.clone()));
+    assert_eq!(locations[1]["region"], "eu-central");
+    assert!(locations[1]["to_ms"].is_null());
+    let actions: Vec<&str> = show["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["action"].as_str())
+        .collect();
+    for phase in [
+        "move.started",
+        "move.fencing",
+        "move.finishing",
+        "move.switching",
+        "move.releasing",
+        "move.done",
+    ] {
+        assert!(actions.contains(&phase), "{phase} audited: {actions:?}");
+    }
+
+    // The source dropped its copy (to its trash) only after the new home's first backup.
+    assert!(!tenant_file(&c, "eu-north", "acme").exists());
+    let backup = after.backed_up_ms;
+    assert!(backup.is_some());
+    assert_eq!(
+        c.metric(&c.control_url(), "hemvist_moves_total{outcome=\"done\"}"),
+        1
+    );
+}
+
+#[test]
+fn a_move_outside_the_residency_policy_is_refused_and_changes_nothing() {
+    let s3 = S3::start();
+    let c = Cluster::start_with_backup(&[EU_NORTH, US_EAST], &s3, INTERVAL_MS);
+    c.create_org_ready("acme", json!({"region": "eu-north", "residency": "EU"}));
+    let (status, body) = c.admin("POST", "/orgs/acme/move", Some(json!({"to": "us-east"})));
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["kind"], "residency");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("residency policy"),
+        "{body}"
+    );
+    let (_, ops) = c.admin("GET", "/operations", None);
+    assert_eq!(ops, json!([]), "no operation was started");
+    let org = c.org("acme").unwrap();
+    assert_eq!(org.node, "eu-north-1");
+    for (to, want) in [("mars", 400), ("eu-north", 409)] {
+        let (status, body) = c.admin("POST", "/orgs/acme/move", Some(json!({"to": to})));
+        assert_eq!(status, want, "move to {to}: {body}");
+    }
+}
