@@ -5,86 +5,16 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::cluster::{Cluster, EU_CENTRAL, EU_NORTH, US_EAST};
 use support::s3::S3;
 use support::session::sign_in;
+use support::story::{acked, assert_fenced_after_first_refusal, names_in, Writer};
 
 const PASSWORD: &str = "correct horse battery";
 const INTERVAL_MS: u64 = 300;
-
-fn names_in(db: &std::path::Path) -> Vec<String> {
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .expect("open the tenant's file");
-    let mut names: Vec<String> = conn
-        .prepare("SELECT name FROM contacts")
-        .expect("prepare")
-        .query_map([], |r| r.get(0))
-        .expect("query")
-        .collect::<Result<_, _>>()
-        .expect("rows");
-    names.sort();
-    names
-}
-
-fn tenant_file(c: &Cluster, region: &str, org: &str) -> std::path::PathBuf {
-    c.node_data(region)
-        .join("tenants")
-        .join(&org[..2])
-        .join(format!("{org}.db"))
-}
-
-/// What a writer saw: each write's name and the status it got (0: no answer).
-type Answers = Vec<(String, u16, Option<String>)>;
-
-/// Writes a contact every few milliseconds through the real form until `stop`, recording every
-/// answer; it never follows a redirect.
-fn writer(
-    base: String,
-    org: &str,
-    email: &str,
-    prefix: &'static str,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Answers> {
-    let user = sign_in(&base, org, email, PASSWORD).expect("sign in");
-    std::thread::spawn(move || {
-        let http = support::session::client();
-        let mut answers = Vec::new();
-        let mut i = 0;
-        while !stop.load(Ordering::Relaxed) {
-            let name = format!("{prefix} {i:05}");
-            i += 1;
-            let got = http
-                .post(format!("{}/o/{}/contacts", user.base, user.org))
-                .header("cookie", &user.cookie)
-                .header("origin", &user.base)
-                .form(&[
-                    ("name", name.as_str()),
-                    ("city", "Uppsala"),
-                    ("_csrf", user.csrf.as_str()),
-                ])
-                .send();
-            match got {
-                Ok(r) => {
-                    let location = r
-                        .headers()
-                        .get("location")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string);
-                    answers.push((name, r.status().as_u16(), location));
-                }
-                Err(_) => answers.push((name, 0, None)),
-            }
-            std::thread::sleep(Duration::from_millis(15));
-        }
-        answers
-    })
-}
 
 #[test]
 fn an_org_under_writes_moves_to_another_region_and_loses_no_acknowledged_write() {
@@ -103,21 +33,16 @@ fn an_org_under_writes_moves_to_another_region_and_loses_no_acknowledged_write()
     let user = sign_in(&c.node_url("eu-north"), "acme", email, PASSWORD).expect("sign in");
     let early = c.write_n(&user, "early", 40, Duration::ZERO);
     assert_eq!(early.acked.len(), 40, "{:?}", early.refused);
-    let stop = Arc::new(AtomicBool::new(false));
-    let writing = writer(
-        c.node_url("eu-north"),
-        "acme",
-        email,
+    let writing = Writer::start(
+        sign_in(&c.node_url("eu-north"), "acme", email, PASSWORD).expect("sign in"),
         "during",
-        stop.clone(),
     );
     std::thread::sleep(Duration::from_millis(800));
 
     let id = c.move_org("acme", "eu-central");
     let op = c.wait_operation_end(&id, Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let answers = writing.join().expect("writer");
+    let answers = writing.stop();
     assert_eq!(op["phase"], "done", "the move ended: {op:#}");
     let count = |s: u16| answers.iter().filter(|a| a.1 == s).count();
     eprintln!(
@@ -132,49 +57,34 @@ fn an_org_under_writes_moves_to_another_region_and_loses_no_acknowledged_write()
     // The old node never acknowledged a write it no longer owned: after its first refusal,
     // every answer is a redirect to the new home or a retryable 503.
     let new_home = c.node_url("eu-central");
-    let first_refusal = answers
-        .iter()
-        .position(|a| a.1 != 303)
-        .expect("the writer met the fence");
-    for (name, status, location) in &answers[first_refusal..] {
-        match status {
-            307 => assert!(
-                location
-                    .as_deref()
-                    .is_some_and(|l| l.starts_with(&new_home)),
-                "{name}: 307 to {location:?}, not to {new_home}"
-            ),
-            503 => {}
-            other => panic!("{name}: the old node answered {other} after fencing: {answers:?}"),
-        }
-    }
+    assert_fenced_after_first_refusal(&answers, &new_home);
     assert!(
         answers.iter().any(|a| a.1 == 307),
         "writes after the switch are sent to the new home"
     );
 
     // Every acknowledged write is at the new home, exactly once, and nothing else is.
-    let mut acked: Vec<String> = early.names().iter().map(|s| s.to_string()).collect();
-    acked.extend(answers.iter().filter(|a| a.1 == 303).map(|a| a.0.clone()));
-    acked.sort();
+    let mut all_acked: Vec<String> = early.names().iter().map(|s| s.to_string()).collect();
+    all_acked.extend(acked(&answers));
+    all_acked.sort();
     assert!(
-        acked.len() > 45,
+        all_acked.len() > 45,
         "writes went on during the copy: {}",
-        acked.len()
+        all_acked.len()
     );
     let after = c.org("acme").expect("org");
     assert_eq!(after.home_region, "eu-central");
     assert_eq!(after.node, "eu-central-1");
     assert!(after.generation > before.generation);
-    let at_new_home = names_in(&tenant_file(&c, "eu-central", "acme"));
+    let at_new_home = names_in(&c.tenant_file("eu-central", "acme"));
     assert_eq!(
-        at_new_home, acked,
+        at_new_home, all_acked,
         "the new home holds exactly the acknowledged writes"
     );
 
     // Search at the new home finds them at once; the old node sends users there.
     let moved_user = sign_in(&new_home, "acme", email, PASSWORD).expect("sign in at the new home");
-    let last = acked.last().unwrap().clone();
+    let last = all_acked.last().unwrap().clone();
     let (status, found) = moved_user.json(&format!("/?q={}", last.replace(' ', "+")));
     assert_eq!(status, 200, "{found}");
     assert!(found.to_string().contains(&last), "{last} in {found}");
@@ -214,7 +124,7 @@ fn an_org_under_writes_moves_to_another_region_and_loses_no_acknowledged_write()
     }
 
     // The source dropped its copy (to its trash) only after the new home's first backup.
-    assert!(!tenant_file(&c, "eu-north", "acme").exists());
+    assert!(!c.tenant_file("eu-north", "acme").exists());
     let backup = after.backed_up_ms;
     assert!(backup.is_some());
     assert_eq!(

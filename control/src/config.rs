@@ -36,6 +36,10 @@ pub struct ControlConfig {
     /// after this long.
     #[serde(default = "default_command_retry_ms")]
     pub command_retry_ms: u64,
+    /// How long a move's step may stall before the move rolls back (before its switch): a
+    /// copy failing or silent this long, a fence or a finish taking half of it.
+    #[serde(default = "default_move_stall_ms")]
+    pub move_stall_ms: u64,
     pub regions: Vec<RegionConfig>,
     /// TLS for both listeners (one certificate for the control plane's host). With
     /// `client_ca`, nodes must also present a certificate from that CA on the gRPC listener, in
@@ -85,6 +89,9 @@ fn default_heartbeat_ms() -> u64 {
 }
 fn default_command_retry_ms() -> u64 {
     5_000
+}
+fn default_move_stall_ms() -> u64 {
+    30_000
 }
 
 impl ControlConfig {

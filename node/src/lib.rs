@@ -12,7 +12,6 @@ pub mod clock;
 pub mod config;
 pub mod contacts;
 pub mod control_link;
-pub mod failpoints;
 pub mod gate;
 pub mod hosting;
 pub mod lease;
@@ -37,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use clock::now_ms;
 pub use config::NodeConfig;
+pub use hemvist_proto::failpoints;
 pub use hosting::HostRequest;
 
 use backup::replicator::Replicator;

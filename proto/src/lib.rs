@@ -6,6 +6,7 @@
 
 mod data_key;
 mod error;
+pub mod failpoints;
 mod ids;
 pub mod random;
 

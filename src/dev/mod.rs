@@ -198,6 +198,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         lease_ttl_ms: 10_000,
         heartbeat_interval_ms: 1_000,
         command_retry_ms: 5_000,
+        move_stall_ms: 30_000,
         regions,
         tls: tls.as_ref().map(|t| hemvist_net::tls::ServerTls {
             cert: t.cert.clone(),

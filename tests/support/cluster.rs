@@ -334,12 +334,17 @@ impl Cluster {
     }
 
     pub fn start_control(&mut self) {
+        self.start_control_with_env(&[]);
+    }
+
+    /// Starts the control plane with extra environment (failpoints, say).
+    pub fn start_control_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.control.is_none(), "control plane already running");
         let log = self.log("control");
         let p = spawn(
             &["control", "--config", self.control_config.to_str().unwrap()],
             &log,
-            &[],
+            env,
         );
         let (api, grpc) = (addr(&p.ready, "api"), addr(&p.ready, "grpc"));
         if self.api.port() == 0 {
@@ -367,6 +372,48 @@ impl Cluster {
             let _ = p.child.kill();
             let _ = p.child.wait();
         }
+    }
+
+    /// Waits (up to 30 s) for the control plane to exit on its own (a failpoint crashed it);
+    /// whether it did.
+    pub fn wait_control_exit(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(p) = self.control.as_mut() {
+                if p.child.try_wait().ok().flatten().is_some() {
+                    self.control = None;
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Appends to the control plane's config (takes effect at its next start).
+    pub fn add_control_config(&self, extra: &str) {
+        let mut text = std::fs::read_to_string(&self.control_config).unwrap();
+        text = match text.find("\n[[regions]]") {
+            Some(at) => format!("{}{extra}\n{}", &text[..at], &text[at..]),
+            None => format!("{extra}\n{text}"),
+        };
+        std::fs::write(&self.control_config, text).unwrap();
+    }
+
+    /// Stops (SIGSTOP) or resumes (SIGCONT) a region's node process, as a partition would.
+    pub fn signal_node(&self, region: &str, signal: &str) {
+        let pid = self.nodes[&self.node_id_in(region)]
+            .proc
+            .as_ref()
+            .expect("node running")
+            .child
+            .id();
+        let ok = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {signal} {pid}");
     }
 
     pub fn restart_control(&mut self) {

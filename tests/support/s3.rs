@@ -24,6 +24,8 @@ pub struct Faults {
     pub drop: AtomicU32,
     /// Added to every request while non-zero.
     pub delay_ms: AtomicU64,
+    /// Every request, read or write, is answered 503 while set (the store is unreachable).
+    pub down: std::sync::atomic::AtomicBool,
 }
 
 fn take(counter: &AtomicU32) -> bool {
@@ -103,6 +105,12 @@ impl S3 {
                                     let delay = faults.delay_ms.load(Ordering::SeqCst);
                                     if delay > 0 {
                                         tokio::time::sleep(Duration::from_millis(delay)).await;
+                                    }
+                                    if faults.down.load(Ordering::SeqCst) {
+                                        return Ok(http::Response::builder()
+                                            .status(503)
+                                            .body(s3s::Body::from("ServiceUnavailable".to_string()))
+                                            .expect("response"));
                                     }
                                     let write = method == "PUT";
                                     if write && take(&faults.drop) {

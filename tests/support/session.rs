@@ -124,6 +124,30 @@ impl UserSession {
             .map(|r| r.status().as_u16())
     }
 
+    /// As [`UserSession::try_post`], with the answer's Location.
+    pub fn try_post_seen(
+        &self,
+        path: &str,
+        fields: &[(&str, &str)],
+    ) -> Option<(u16, Option<String>)> {
+        let mut all: Vec<(&str, &str)> = fields.to_vec();
+        all.push(("_csrf", &self.csrf));
+        let resp = self
+            .http
+            .post(self.url(path))
+            .header("cookie", &self.cookie)
+            .header("origin", &self.base)
+            .form(&all)
+            .send()
+            .ok()?;
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        Some((resp.status().as_u16(), location))
+    }
+
     /// POST a form (the session's CSRF token added unless `csrf` is given).
     pub fn post(
         &self,

@@ -2,6 +2,8 @@
 //! typed, and waiting for an org to reach a phase. A move, a failover or a rollout test reads as
 //! "write, act, wait for the phase, check that every acknowledged write is there".
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -161,5 +163,96 @@ impl Cluster {
             }
         }
         out
+    }
+}
+
+/// Every contact name in a tenant's file, sorted.
+pub fn names_in(db: &std::path::Path) -> Vec<String> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open the tenant's file");
+    let mut names: Vec<String> = conn
+        .prepare("SELECT name FROM contacts")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    names.sort();
+    names
+}
+
+/// One answer a writer got: the write's name, the status (0: no answer) and its Location.
+pub type Answer = (String, u16, Option<String>);
+
+/// A writer adding a contact every few milliseconds through the real form, recording every
+/// answer; it never follows a redirect.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Answer>>,
+}
+
+impl Writer {
+    pub fn start(user: UserSession, prefix: &'static str) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            let mut i = 0;
+            while !flag.load(Ordering::Relaxed) {
+                let name = format!("{prefix} {i:05}");
+                i += 1;
+                let (status, location) = user
+                    .try_post_seen("/contacts", &[("name", &name), ("city", "Uppsala")])
+                    .unwrap_or((0, None));
+                answers.push((name, status, location));
+                std::thread::sleep(Duration::from_millis(15));
+            }
+            answers
+        });
+        Writer { stop, thread }
+    }
+
+    /// Stops writing; every answer, in order.
+    pub fn stop(self) -> Vec<Answer> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("writer")
+    }
+}
+
+/// The names the node acknowledged (303).
+pub fn acked(answers: &[Answer]) -> Vec<String> {
+    answers
+        .iter()
+        .filter(|a| a.1 == 303)
+        .map(|a| a.0.clone())
+        .collect()
+}
+
+/// Once a node first refused a write (the fence), it never acknowledged another: every later
+/// answer is a 307 to `new_home` or a retryable 503 (or no answer, while it is down).
+pub fn assert_fenced_after_first_refusal(answers: &[Answer], new_home: &str) {
+    let Some(first) = answers.iter().position(|a| a.1 != 303) else {
+        return;
+    };
+    for (name, status, location) in &answers[first..] {
+        match status {
+            307 => assert!(
+                location.as_deref().is_some_and(|l| l.starts_with(new_home)),
+                "{name}: 307 to {location:?}, not to {new_home}"
+            ),
+            503 | 0 => {}
+            other => panic!("{name}: the old node answered {other} after fencing: {answers:?}"),
+        }
+    }
+}
+
+impl Cluster {
+    /// A tenant's file on a region's node.
+    pub fn tenant_file(&self, region: &str, org: &str) -> std::path::PathBuf {
+        self.node_data(region)
+            .join("tenants")
+            .join(&org[..2])
+            .join(format!("{org}.db"))
     }
 }

@@ -168,6 +168,11 @@ impl Plane {
             &serde_json::json!({ "operation": id, "phase": first.as_str(), "detail": detail }),
         )?;
         tracing::info!(operation = %id, %org, phase = first.as_str(), %actor, "operation started");
+        hemvist_proto::failpoints::check(&format!(
+            "control.{}.{}",
+            P::KIND.as_str(),
+            first.as_str()
+        ))?;
         record.try_into()
     }
 
@@ -262,6 +267,12 @@ impl Plane {
         if moved.is_some() {
             tracing::info!(operation = %op.record.id, org = %op.record.org,
                 from = op.phase.as_str(), to = to.as_str(), "operation phase");
+            // A crash here is a crash after the phase is recorded, before any of its effects.
+            hemvist_proto::failpoints::check(&format!(
+                "control.{}.{}",
+                P::KIND.as_str(),
+                to.as_str()
+            ))?;
         }
         moved.map(Operation::try_from).transpose()
     }

@@ -35,14 +35,12 @@ use crate::plane::Plane;
 use crate::residency::ResidencyPolicy;
 use crate::store::{CommandKind, CommandRecord, CommandState, OperationRecord, PlacementSwitch};
 
-/// How long the source may take to fence and ship everything.
-const FENCE_LIMIT_MS: i64 = 15_000;
-/// How long the target may take to finish at the final position.
-const FINISH_LIMIT_MS: i64 = 30_000;
-/// How long a copy may fail (or the target stay silent) before the move rolls back.
-const COPY_STALL_MS: i64 = 30_000;
-/// How long a rollback waits for the target to discard its copy once the source is serving.
-const CLEANUP_LIMIT_MS: i64 = 60_000;
+/// How long a copy may fail (or the target stay silent) before the move rolls back; the fence
+/// and the finish may take half of it, and a rollback waits twice as long for the target to
+/// discard its copy once the source serves again (`move_stall_ms`).
+fn stall_ms(plane: &Plane) -> i64 {
+    plane.config.move_stall_ms as i64
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MovePhase {
@@ -449,25 +447,25 @@ fn copying(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistError>
                 plane.wake_operations.notify_one();
             }
         }
-        Some(p) if p.state == "failed" && now - p.failing_since_ms > COPY_STALL_MS => {
+        Some(p) if p.state == "failed" && now - p.failing_since_ms > stall_ms(plane) => {
             let e = p
                 .error
                 .clone()
                 .unwrap_or_else(|| internal("the copy failed"));
             roll_back(plane, op, &e)?;
         }
-        Some(p) if now - p.at_ms > COPY_STALL_MS => {
+        Some(p) if now - p.at_ms > stall_ms(plane) => {
             roll_back(
                 plane,
                 op,
                 &HemvistError::unavailable(format!(
-                    "the target {} has said nothing about its copy for {} s",
+                    "the target {} has said nothing about its copy for {} ms",
                     d.to_node,
-                    (now - p.at_ms) / 1000
+                    now - p.at_ms
                 )),
             )?;
         }
-        None if now - op.record.updated_ms > COPY_STALL_MS => {
+        None if now - op.record.updated_ms > stall_ms(plane) => {
             roll_back(
                 plane,
                 op,
@@ -517,13 +515,13 @@ fn fencing(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistErr
         CommandState::Failed => {
             roll_back(plane, op, &refusal(&fence))?;
         }
-        _ if now_ms() - op.record.updated_ms > FENCE_LIMIT_MS => {
+        _ if now_ms() - op.record.updated_ms > stall_ms(plane) / 2 => {
             let why = match fence.error_kind {
                 Some(_) => refusal(&fence),
                 None => HemvistError::unavailable(format!(
-                    "the source {} did not fence within {} s",
+                    "the source {} did not fence within {} ms",
                     d.from_node,
-                    FENCE_LIMIT_MS / 1000
+                    stall_ms(plane) / 2
                 )),
             };
             roll_back(plane, op, &why)?;
@@ -579,20 +577,19 @@ fn finishing(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
             if let Some(switched) = switched {
                 tracing::info!(operation = %op.record.id, org = %op.record.org, node = %d.to_node,
                     generation = %to_generation, "move switched: the org's writer is now its target");
-                tell_every_node(plane, &op.record.org, &d, to_generation)?;
                 switching(plane, &switched, d)?;
             }
         }
         CommandState::Failed => {
             roll_back(plane, op, &refusal(&finish))?;
         }
-        _ if now_ms() - op.record.updated_ms > FINISH_LIMIT_MS => {
+        _ if now_ms() - op.record.updated_ms > stall_ms(plane) / 2 => {
             let why = match finish.error_kind {
                 Some(_) => refusal(&finish),
                 None => HemvistError::unavailable(format!(
-                    "the target {} did not finish within {} s",
+                    "the target {} did not finish within {} ms",
                     d.to_node,
-                    FINISH_LIMIT_MS / 1000
+                    stall_ms(plane) / 2
                 )),
             };
             roll_back(plane, op, &why)?;
@@ -661,6 +658,11 @@ fn switching(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
             expect_backup: true,
         },
     )?;
+    if host.state != CommandState::Done {
+        // Again until the target serves: a control plane that restarted right after the switch
+        // has told nobody yet.
+        tell_every_node(plane, &op.record.org, &d, to_generation)?;
+    }
     match host.state {
         CommandState::Done => {
             let serving = host.updated_ms;
@@ -796,7 +798,7 @@ fn rolling_back(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistE
     )?;
     let source_serving = end_out.state == CommandState::Done;
     let target_clean = end_in.state == CommandState::Done;
-    let waited = now_ms() - op.record.updated_ms > CLEANUP_LIMIT_MS;
+    let waited = now_ms() - op.record.updated_ms > 2 * stall_ms(plane);
     if source_serving && (target_clean || waited) {
         if !target_clean {
             tracing::warn!(operation = %op.record.id, node = %d.to_node,

@@ -134,6 +134,13 @@ impl Incoming {
                 req.org
             )));
         }
+        let tenant = self.tenants.path(&req.org);
+        if read_marker(&marker_path(&tenant, "moved"))
+            .is_some_and(|m| m.operation == req.operation && tenant.is_file())
+        {
+            // Finished already (the ack was lost): nothing more to copy.
+            return Ok(());
+        }
         let mut copies = self.copies.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = copies.get(&req.org) {
             let mut current = c.req.lock().unwrap_or_else(|p| p.into_inner());
@@ -394,6 +401,7 @@ impl Incoming {
         write_marker(&moved, &staged)?;
         let _ = std::fs::remove_file(marker_path(&tenant, "moving"));
         copy.stop.cancel();
+        failpoints::check("node.move.finished")?;
         tracing::info!(%org, operation, lsn, bytes = staged.bytes, "copy finished at the source's final position");
         Ok((staged.lsn, staged.bytes))
     }
