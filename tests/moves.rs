@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use support::cluster::{Cluster, EU_CENTRAL, EU_NORTH, US_EAST};
 use support::s3::S3;
 use support::session::sign_in;
-use support::story::{acked, assert_fenced_after_first_refusal, names_in, Writer};
+use support::story::{acked, assert_old_home_answers, names_in, Writer};
 
 const PASSWORD: &str = "correct horse battery";
 const INTERVAL_MS: u64 = 300;
@@ -57,7 +57,7 @@ fn an_org_under_writes_moves_to_another_region_and_loses_no_acknowledged_write()
     // The old node never acknowledged a write it no longer owned: after its first refusal,
     // every answer is a redirect to the new home or a retryable 503.
     let new_home = c.node_url("eu-central");
-    assert_fenced_after_first_refusal(&answers, &new_home);
+    assert_old_home_answers(&answers, &new_home);
     assert!(
         answers.iter().any(|a| a.1 == 307),
         "writes after the switch are sent to the new home"

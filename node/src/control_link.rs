@@ -353,7 +353,7 @@ fn apply(node: &Node, cmd: pb::Command) -> pb::CommandAck {
         Some(Action::MoveIn(m)) => move_in(node, &cmd.operation, m).map(|_| Done::default()),
         Some(Action::Fence(f)) => fence(node, &cmd.operation, f).map(Done::moved),
         Some(Action::FinishMove(f)) => finish_move(node, &cmd.operation, f).map(Done::moved),
-        Some(Action::EndMove(e)) => end_move(node, e).map(|_| Done::default()),
+        Some(Action::EndMove(e)) => end_move(node, &cmd.operation, e).map(|_| Done::default()),
         // A kind added to the contract after this node was built decodes as no action: refuse
         // it by name and tell the control plane, never guess what it meant.
         None => Err(HemvistError::invalid(format!(
@@ -468,6 +468,7 @@ fn move_in(node: &Node, operation: &str, m: pb::MoveIn) -> Result<(), HemvistErr
 fn fence(node: &Node, operation: &str, f: pb::Fence) -> Result<(u64, u64), HemvistError> {
     let org = OrgId::try_from(f.org)?;
     let position = crate::moves::source::fence(
+        &node.moves_out,
         &node.state,
         &node.tenants,
         node.backup.as_ref(),
@@ -489,14 +490,16 @@ fn finish_move(
     handle.block_on(node.moves_in.finish(operation_of(operation)?, &org, f.lsn))
 }
 
-fn end_move(node: &Node, e: pb::EndMove) -> Result<(), HemvistError> {
+fn end_move(node: &Node, operation: &str, e: pb::EndMove) -> Result<(), HemvistError> {
     let org = OrgId::try_from(e.org)?;
-    node.moves_out.close(&org);
+    let operation = operation_of(operation)?;
     node.moves_in.end(&org, e.rolled_back)?;
-    if e.rolled_back && node.state.fenced(&org).is_some() {
-        node.state.unfence(&org)?;
+    if node
+        .moves_out
+        .end(&node.state, &org, operation, e.rolled_back)?
+    {
         node.gate.wake();
-        tracing::info!(%org, "move rolled back: fence lifted, writes go ahead");
+        tracing::info!(%org, operation, "move rolled back: fence lifted, writes go ahead");
     }
     Ok(())
 }

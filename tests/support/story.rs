@@ -229,20 +229,24 @@ pub fn acked(answers: &[Answer]) -> Vec<String> {
         .collect()
 }
 
-/// Once a node first refused a write (the fence), it never acknowledged another: every later
-/// answer is a 307 to `new_home` or a retryable 503 (or no answer, while it is down).
-pub fn assert_fenced_after_first_refusal(answers: &[Answer], new_home: &str) {
-    let Some(first) = answers.iter().position(|a| a.1 != 303) else {
-        return;
-    };
-    for (name, status, location) in &answers[first..] {
+/// What a writer of a moving org may hear from its old node: 303 (acknowledged) until the move
+/// switches, then only 307s to `new_home`; a retryable 503 (fenced, or no lease while the
+/// control plane restarts) or no answer (the node is down) at any time; nothing else, ever.
+/// (That no write was acknowledged after the fence is checked where it counts: every 303 must
+/// be at the new home.)
+pub fn assert_old_home_answers(answers: &[Answer], new_home: &str) {
+    let switched = answers.iter().position(|a| a.1 == 307);
+    for (i, (name, status, location)) in answers.iter().enumerate() {
         match status {
             307 => assert!(
                 location.as_deref().is_some_and(|l| l.starts_with(new_home)),
                 "{name}: 307 to {location:?}, not to {new_home}"
             ),
-            503 | 0 => {}
-            other => panic!("{name}: the old node answered {other} after fencing: {answers:?}"),
+            303 if switched.is_some_and(|s| i > s) => {
+                panic!("{name}: the old node acknowledged a write after it sent writes away")
+            }
+            303 | 503 | 0 => {}
+            other => panic!("{name}: the old node answered {other}: {answers:?}"),
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct Memory {
     secrets: Mutex<HashMap<String, String>>,
     progress: Mutex<HashMap<String, CopyProgress>>,
     delivered: Mutex<HashMap<String, u64>>,
+    /// When this process first stepped each operation's current phase.
+    stepping: Mutex<HashMap<String, (String, i64)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -323,10 +325,29 @@ impl Plane {
         Ok((s, true))
     }
 
+    /// How long `op`'s current phase has been driven by this process: a phase's time limits
+    /// count from the later of when it was recorded and when this control plane (maybe just
+    /// restarted, its nodes still reconnecting) first stepped it.
+    pub fn in_phase_ms<P: Phase>(&self, op: &Operation<P>) -> i64 {
+        let now = now_ms();
+        let mut stepping = lock(&self.ops.stepping);
+        let seen = stepping
+            .entry(op.record.id.clone())
+            .and_modify(|(phase, since)| {
+                if phase != op.phase.as_str() {
+                    *phase = op.phase.as_str().to_string();
+                    *since = now;
+                }
+            })
+            .or_insert_with(|| (op.phase.as_str().to_string(), now));
+        now - seen.1.max(op.record.updated_ms)
+    }
+
     /// Forgets what an ended operation kept in memory.
     pub fn forget_operation(&self, operation: &str) {
         lock(&self.ops.secrets).remove(operation);
         lock(&self.ops.progress).remove(operation);
+        lock(&self.ops.stepping).remove(operation);
         let prefix = format!("{operation}.");
         lock(&self.ops.delivered).retain(|id, _| !id.starts_with(&prefix));
     }

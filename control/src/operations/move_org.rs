@@ -465,7 +465,7 @@ fn copying(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistError>
                 )),
             )?;
         }
-        None if now - op.record.updated_ms > stall_ms(plane) => {
+        None if plane.in_phase_ms(op) > stall_ms(plane) => {
             roll_back(
                 plane,
                 op,
@@ -515,7 +515,7 @@ fn fencing(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistErr
         CommandState::Failed => {
             roll_back(plane, op, &refusal(&fence))?;
         }
-        _ if now_ms() - op.record.updated_ms > stall_ms(plane) / 2 => {
+        _ if plane.in_phase_ms(op) > stall_ms(plane) / 2 => {
             let why = match fence.error_kind {
                 Some(_) => refusal(&fence),
                 None => HemvistError::unavailable(format!(
@@ -583,7 +583,7 @@ fn finishing(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
         CommandState::Failed => {
             roll_back(plane, op, &refusal(&finish))?;
         }
-        _ if now_ms() - op.record.updated_ms > stall_ms(plane) / 2 => {
+        _ if plane.in_phase_ms(op) > stall_ms(plane) / 2 => {
             let why = match finish.error_kind {
                 Some(_) => refusal(&finish),
                 None => HemvistError::unavailable(format!(
@@ -798,7 +798,7 @@ fn rolling_back(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistE
     )?;
     let source_serving = end_out.state == CommandState::Done;
     let target_clean = end_in.state == CommandState::Done;
-    let waited = now_ms() - op.record.updated_ms > 2 * stall_ms(plane);
+    let waited = plane.in_phase_ms(op) > 2 * stall_ms(plane);
     if source_serving && (target_clean || waited) {
         if !target_clean {
             tracing::warn!(operation = %op.record.id, node = %d.to_node,

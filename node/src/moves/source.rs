@@ -40,6 +40,10 @@ struct Session {
 #[derive(Default)]
 pub struct Outgoing {
     sessions: Mutex<HashMap<OrgId, Session>>,
+    /// Operations ended here. A fence of one of them is refused: a rolled-back move's fence
+    /// applied late (a stalled thread, a command from an old session) would hold the org
+    /// forever. Taken around both the fence and its lifting, so neither can slip between.
+    ended: Mutex<HashSet<String>>,
 }
 
 fn digest(secret: &str) -> [u8; 32] {
@@ -95,11 +99,25 @@ impl Outgoing {
         Ok(())
     }
 
-    /// The move is over here: the target's credential is forgotten.
-    pub fn close(&self, org: &OrgId) {
+    /// The move is over here: the target's credential is forgotten and, if it was rolled
+    /// back, the org's fence lifted (no later fence of this operation is taken).
+    pub fn end(
+        &self,
+        state: &NodeState,
+        org: &OrgId,
+        operation: &str,
+        rolled_back: bool,
+    ) -> Result<bool, HemvistError> {
         if let Some(s) = self.lock().remove(org) {
             tracing::info!(%org, operation = %s.operation, target = %s.target, "move's copy no longer served");
         }
+        let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        ended.insert(operation.to_string());
+        if rolled_back && state.fenced(org).is_some() {
+            state.unfence(org)?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<OrgId, Session>> {
@@ -185,8 +203,9 @@ impl Outgoing {
 /// Fences `org` at `generation` for `operation`: persisted first, then every write that got
 /// past the gate before it is let finish (the writer lock, once), then everything committed is
 /// shipped; the position after it is final. Asking again repeats nothing and gives the same
-/// position.
+/// position. Refused for an operation that already ended here.
 pub fn fence(
+    outgoing: &Outgoing,
     state: &NodeState,
     tenants: &TenantStore,
     backup: Option<&Arc<Replicator>>,
@@ -208,9 +227,17 @@ pub fn fence(
             "this node has no [backup]: a move copies through the backups",
         ));
     };
-    if state.fenced(org) != Some(generation) {
-        state.fence(org, generation, operation)?;
-        tracing::info!(%org, %generation, operation, "fenced: writes are held, then sent to the new home");
+    {
+        let ended = outgoing.ended.lock().unwrap_or_else(|p| p.into_inner());
+        if ended.contains(operation) {
+            return Err(HemvistError::conflict(format!(
+                "the move {operation} has ended here; its fence is not taken"
+            )));
+        }
+        if state.fenced(org) != Some(generation) {
+            state.fence(org, generation, operation)?;
+            tracing::info!(%org, %generation, operation, "fenced: writes are held, then sent to the new home");
+        }
     }
     failpoints::check("node.fence.fenced")?;
     tenants.with_writer(org, |_| Ok(()))?;
@@ -222,6 +249,11 @@ pub fn fence(
         .ok_or_else(|| {
             HemvistError::unavailable(format!("org {org} has nothing shipped at {generation}"))
         })?;
+    if state.fenced(org) != Some(generation) {
+        return Err(HemvistError::conflict(format!(
+            "the fence of {org} was lifted meanwhile (the move was rolled back)"
+        )));
+    }
     failpoints::check("node.fence.shipped")?;
     Ok(FinalPosition { lsn: shipped.lsn })
 }

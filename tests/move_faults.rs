@@ -1,0 +1,253 @@
+//! Moves under faults, with real processes and a real S3-compatible server: the control plane
+//! killed right after it records each phase, the source and the target killed at each of their
+//! steps, a source stopped past its lease during the fence, a store unreachable during the
+//! copy. Each time the move completes or rolls back (and says which), no acknowledged write is
+//! lost, and the old node never acknowledges a write after its fence.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::cluster::{Cluster, EU_CENTRAL, EU_NORTH};
+use support::s3::S3;
+use support::session::sign_in;
+use support::story::{acked, assert_old_home_answers, names_in, Writer};
+
+const PASSWORD: &str = "correct horse battery";
+const EMAIL: &str = "ada@acme.example";
+const INTERVAL_MS: u64 = 300;
+
+/// A two-region cluster with backups, and an org with a user in eu-north.
+fn cluster(s3: &S3, stall_ms: u64) -> Cluster {
+    let mut c = Cluster::start_with_backup(&[EU_NORTH, EU_CENTRAL], s3, INTERVAL_MS);
+    c.add_control_config(&format!("move_stall_ms = {stall_ms}"));
+    c.restart_control();
+    c.wait_nodes_healthy(2);
+    c.create_org_ready("acme", json!({"region": "eu-north", "residency": "EU"}));
+    c.add_user("acme", EMAIL, PASSWORD);
+    c
+}
+
+fn other(region: &str) -> &'static str {
+    if region == "eu-north" {
+        "eu-central"
+    } else {
+        "eu-north"
+    }
+}
+
+/// Asks for a move without expecting an answer (the control plane may die answering).
+fn request_move(c: &Cluster, to: &str) {
+    let _ = support::http()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+        .post(format!("{}/api/v1/orgs/acme/move", c.control_url()))
+        .bearer_auth(support::cluster::ADMIN_TOKEN)
+        .json(&json!({"to": to}))
+        .send();
+}
+
+/// The org's one operation that has not ended, or its newest.
+fn the_move(c: &Cluster) -> Value {
+    c.wait_for("the move's operation", || {
+        let (status, ops) = c.admin("GET", "/operations", None);
+        (status == 200)
+            .then(|| ops.as_array().and_then(|a| a.first().cloned()))
+            .flatten()
+    })
+}
+
+fn home(c: &Cluster) -> String {
+    c.org("acme").expect("org").home_region
+}
+
+/// Every acknowledged write is at the org's home exactly once, and nothing else is.
+fn assert_exactly(c: &Cluster, acked: &mut [String]) {
+    acked.sort();
+    let region = home(c);
+    let names = names_in(&c.tenant_file(&region, "acme"));
+    assert_eq!(names.len(), acked.len(), "count at {region}");
+    assert_eq!(
+        names, acked,
+        "the home holds exactly the acknowledged writes"
+    );
+}
+
+#[test]
+fn a_control_plane_killed_after_recording_each_phase_resumes_the_move() {
+    let s3 = S3::start();
+    let mut c = cluster(&s3, 12_000);
+    let mut all_acked = Vec::new();
+    for phase in ["copying", "fencing", "finishing", "switching", "releasing"] {
+        let from = home(&c);
+        let to = other(&from);
+        let point = format!("control.move.{phase}=crash");
+        c.kill_control();
+        c.start_control_with_env(&[("HEMVIST_FAILPOINTS", &point)]);
+        c.wait_nodes_healthy(2);
+        let user = sign_in(&c.node_url(&from), "acme", EMAIL, PASSWORD).expect("sign in");
+        let writing = Writer::start(user, phase);
+        std::thread::sleep(Duration::from_millis(300));
+        request_move(&c, to);
+        assert!(
+            c.wait_control_exit(),
+            "the control plane crashed at {phase}"
+        );
+        c.start_control();
+        let op = the_move(&c);
+        let id = op["id"].as_str().unwrap().to_string();
+        let ended = c.wait_operation_end(&id, Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(300));
+        let answers = writing.stop();
+        assert_eq!(ended["phase"], "done", "killed at {phase}: {ended:#}");
+        assert_eq!(home(&c), to, "killed at {phase}");
+        assert_old_home_answers(&answers, &c.node_url(to));
+        all_acked.extend(acked(&answers));
+        assert_exactly(&c, &mut all_acked);
+    }
+}
+
+#[test]
+fn a_source_or_target_killed_at_each_step_comes_back_and_the_move_completes() {
+    let s3 = S3::start();
+    let mut c = cluster(&s3, 15_000);
+    let mut all_acked = Vec::new();
+    // (which node dies, where)
+    for (side, point) in [
+        ("target", "node.move.copied"),
+        ("source", "node.fence.fenced"),
+        ("source", "node.fence.shipped"),
+        ("target", "node.move.finish"),
+        ("target", "node.move.finished"),
+    ] {
+        let from = home(&c);
+        let to = other(&from);
+        let victim = if side == "source" {
+            from.clone()
+        } else {
+            to.to_string()
+        };
+        c.kill_node(&victim);
+        let spec = format!("{point}=crash");
+        c.start_node_with_env(&victim, &[("HEMVIST_FAILPOINTS", &spec)]);
+        c.wait_nodes_healthy(2);
+        let user = sign_in(&c.node_url(&from), "acme", EMAIL, PASSWORD).expect("sign in");
+        let writing = Writer::start(user, "w");
+        std::thread::sleep(Duration::from_millis(300));
+        let id = c.move_org("acme", to);
+        assert!(c.wait_node_exit(&victim), "{side} crashed at {point}");
+        c.start_node(&victim);
+        let ended = c.wait_operation_end(&id, Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(300));
+        let answers = writing.stop();
+        assert_eq!(
+            ended["phase"], "done",
+            "{side} killed at {point}: {ended:#}"
+        );
+        assert_eq!(home(&c), to);
+        assert_old_home_answers(&answers, &c.node_url(to));
+        all_acked.extend(acked(&answers));
+        assert_exactly(&c, &mut all_acked);
+    }
+}
+
+#[test]
+fn a_source_stopped_past_its_lease_during_the_fence_rolls_back_with_one_writer() {
+    let s3 = S3::start();
+    let mut c = cluster(&s3, 4_000);
+    c.kill_node("eu-north");
+    c.start_node_with_env(
+        "eu-north",
+        &[("HEMVIST_FAILPOINTS", "node.fence.fenced=sleep:1500")],
+    );
+    c.wait_nodes_healthy(2);
+    let generation = c.org("acme").unwrap().generation;
+    let user = sign_in(&c.node_url("eu-north"), "acme", EMAIL, PASSWORD).expect("sign in");
+    let writing = Writer::start(user, "w");
+    std::thread::sleep(Duration::from_millis(300));
+    let id = c.move_org("acme", "eu-central");
+    c.wait_for("the fence", || {
+        (c.operation(&id)["phase"] == "fencing").then_some(())
+    });
+    c.signal_node("eu-north", "-STOP");
+    // The fence cannot be confirmed; the move gives up on it, and must not hand the org over.
+    let rolling = c.wait_for("the rollback", || {
+        let op = c.operation(&id);
+        (op["phase"] == "rolling_back").then_some(op)
+    });
+    assert!(
+        rolling["error"].as_str().unwrap().contains("did not fence"),
+        "{rolling:#}"
+    );
+    // Past its lease (3 s) while stopped.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        c.org("acme").unwrap().node,
+        "eu-north-1",
+        "never handed over"
+    );
+    c.signal_node("eu-north", "-CONT");
+    let ended = c.wait_operation_end(&id, Duration::from_secs(60));
+    assert_eq!(ended["phase"], "rolled_back", "{ended:#}");
+    assert_eq!(ended["detail"]["rolled_back_from"], "fencing");
+    // The source takes writes again once its fence is lifted.
+    c.wait_for("writes acknowledged again", || {
+        let user = sign_in(&c.node_url("eu-north"), "acme", EMAIL, PASSWORD).ok()?;
+        (user.try_post("/contacts", &[("name", "after"), ("city", "Lund")]) == Some(303))
+            .then_some(())
+    });
+    let answers = writing.stop();
+    let org = c.org("acme").unwrap();
+    assert_eq!(org.home_region, "eu-north");
+    assert_eq!(
+        org.generation, generation,
+        "no new generation was handed out"
+    );
+    assert!(
+        !c.tenant_file("eu-central", "acme").exists(),
+        "the target kept nothing in place"
+    );
+    let mut all: Vec<String> = acked(&answers);
+    all.push("after".into());
+    assert_exactly(&c, &mut all);
+}
+
+#[test]
+fn an_unreachable_store_stalls_the_copy_which_resumes_or_rolls_back() {
+    let s3 = S3::start();
+    let c = cluster(&s3, 4_000);
+    let user = sign_in(&c.node_url("eu-north"), "acme", EMAIL, PASSWORD).expect("sign in");
+    let early = c.write_n(&user, "early", 20, Duration::ZERO);
+    assert_eq!(early.acked.len(), 20);
+    let mut all = early
+        .names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>();
+
+    // Down longer than the move may stall: it rolls back, and the org serves where it was.
+    s3.faults
+        .down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let id = c.move_org("acme", "eu-central");
+    let ended = c.wait_operation_end(&id, Duration::from_secs(60));
+    assert_eq!(ended["phase"], "rolled_back", "{ended:#}");
+    assert_eq!(ended["detail"]["rolled_back_from"], "copying");
+    let more = c.write_n(&user, "while down", 5, Duration::ZERO);
+    assert_eq!(more.acked.len(), 5, "the source serves after the rollback");
+    all.extend(more.names().iter().map(|s| s.to_string()));
+
+    // Down for less: the copy waits, then resumes, and the move completes.
+    let id = c.move_org("acme", "eu-central");
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(c.operation(&id)["phase"], "copying");
+    s3.faults
+        .down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let ended = c.wait_operation_end(&id, Duration::from_secs(60));
+    assert_eq!(ended["phase"], "done", "{ended:#}");
+    assert_eq!(home(&c), "eu-central");
+    assert_exactly(&c, &mut all);
+}
