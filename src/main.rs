@@ -4,6 +4,8 @@ mod backups;
 mod bench;
 mod client;
 mod dev;
+mod moves;
+mod operations;
 mod ops;
 mod out;
 mod table;
@@ -44,15 +46,20 @@ enum Command {
     Regions(ApiArgs),
     /// List nodes and their health.
     Nodes(ApiArgs),
-    /// Create, list and show orgs.
+    /// Create, list, show and move orgs.
     Orgs {
         #[command(subcommand)]
-        command: ops::OrgsCommand,
+        command: OrgsVerb,
     },
     /// Manage an org's users.
     Users {
         #[command(subcommand)]
         command: ops::UsersCommand,
+    },
+    /// Operations (moves): list, show, cancel.
+    Ops {
+        #[command(subcommand)]
+        command: operations::OpsCommand,
     },
     /// Named admin tokens: create (shown once), list, revoke.
     Tokens {
@@ -68,6 +75,15 @@ enum Command {
         #[command(subcommand)]
         command: bench::BenchCommand,
     },
+}
+
+/// `hemvist orgs ...`: the org's own verbs, and `move`, which starts an operation.
+#[derive(Subcommand)]
+enum OrgsVerb {
+    #[command(flatten)]
+    Org(ops::OrgsCommand),
+    /// Move an org to another region (or node) while it serves: copy, fence, switch.
+    Move(moves::MoveArgs),
 }
 
 /// How an operator's verb reaches the control plane.
@@ -147,8 +163,14 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Regions(api) => ops::regions(&api).await,
         Command::Nodes(api) => ops::nodes(&api).await,
-        Command::Orgs { command } => ops::orgs(command).await,
+        Command::Orgs {
+            command: OrgsVerb::Org(command),
+        } => ops::orgs(command).await,
+        Command::Orgs {
+            command: OrgsVerb::Move(args),
+        } => moves::run(args).await,
         Command::Users { command } => ops::users(command).await,
+        Command::Ops { command } => operations::ops(command).await,
         Command::Tokens { command } => tokens::tokens(command).await,
         Command::Backups(args) => backups::backups(args).await,
         Command::Restore(args) => backups::restore(args).await,

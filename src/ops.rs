@@ -1,9 +1,11 @@
-//! The operator's verbs: `regions`, `nodes`, `orgs create|list|show`.
+//! The operator's verbs: `regions`, `nodes`, `orgs create|list|show`, and the small readers of
+//! the API's JSON the verbs share (`orgs move` is in `moves`).
 
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Subcommand;
+use hemvist_proto::OrgId;
 use serde_json::Value;
 
 use crate::client::Client;
@@ -49,7 +51,8 @@ pub enum OrgsCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// One org in detail: placement, generation, schema version, commands, audit trail.
+    /// One org in detail: placement, generation, schema version, past locations, commands,
+    /// audit trail.
     Show {
         id: String,
         #[command(flatten)]
@@ -93,6 +96,7 @@ pub async fn users(command: UsersCommand) -> anyhow::Result<()> {
             password,
             api,
         } => {
+            let org = OrgId::parse(&org)?;
             let (password, generated) = match password {
                 Some(p) => (p, false),
                 None => (generate_password()?, true),
@@ -121,7 +125,8 @@ pub async fn users(command: UsersCommand) -> anyhow::Result<()> {
     }
 }
 
-fn s(v: &Value, key: &str) -> String {
+/// A field of an API answer as text; `-` when absent or null.
+pub(crate) fn s(v: &Value, key: &str) -> String {
     match v.get(key) {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Null) | None => "-".into(),
@@ -129,7 +134,22 @@ fn s(v: &Value, key: &str) -> String {
     }
 }
 
-fn print_json(v: &Value) -> anyhow::Result<()> {
+/// A time in milliseconds as the verbs print it (RFC 3339, UTC); `-` when absent or null.
+pub(crate) fn time(v: &Value) -> String {
+    v.as_i64()
+        .map(hemvist_node::backup::format_time)
+        .unwrap_or_else(|| "-".into())
+}
+
+/// A refusal's kind and message, as the verbs print one; empty when there is none.
+pub(crate) fn error_of(v: &Value) -> String {
+    match (v["error_kind"].as_str(), v["error"].as_str()) {
+        (Some(kind), Some(e)) => format!("{kind}: {e}"),
+        (_, e) => e.unwrap_or("").to_string(),
+    }
+}
+
+pub(crate) fn print_json(v: &Value) -> anyhow::Result<()> {
     outln!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -227,6 +247,29 @@ fn backup_line(org: &Value) -> String {
         },
         org["replication_lag_ms"].as_i64().unwrap_or(0) as f64 / 1000.0
     )
+}
+
+/// Where the org has lived, and when: one row per placement, the last one open ("now"), each
+/// closed one with the operation that moved the org away.
+fn print_locations(locations: &[Value]) {
+    let rows: Vec<Vec<String>> = locations
+        .iter()
+        .map(|l| {
+            vec![
+                s(l, "region"),
+                s(l, "node_id"),
+                s(l, "generation"),
+                time(&l["from_ms"]),
+                if l["to_ms"].is_null() {
+                    "now".into()
+                } else {
+                    time(&l["to_ms"])
+                },
+                s(l, "operation"),
+            ]
+        })
+        .collect();
+    table::print(&["REGION", "NODE", "GEN", "FROM", "TO", "ENDED BY"], &rows);
 }
 
 pub async fn orgs(command: OrgsCommand) -> anyhow::Result<()> {
@@ -355,6 +398,7 @@ pub async fn orgs(command: OrgsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         OrgsCommand::Show { id, api } => {
+            let id = OrgId::parse(&id)?;
             let org: Value = Client::new(&api)?.get(&format!("/orgs/{id}")).await?;
             if api.json {
                 return print_json(&org);
@@ -383,6 +427,10 @@ pub async fn orgs(command: OrgsCommand) -> anyhow::Result<()> {
             for (k, v) in rows {
                 outln!("{k:<16}{v}");
             }
+            if let Some(locations) = org["locations"].as_array() {
+                outln!("\nlocations (oldest first):");
+                print_locations(locations);
+            }
             if let Some(cmds) = org["commands"].as_array() {
                 outln!("\ncommands:");
                 for c in cmds {
@@ -391,10 +439,7 @@ pub async fn orgs(command: OrgsCommand) -> anyhow::Result<()> {
                         s(c, "id"),
                         s(c, "state"),
                         s(c, "attempts"),
-                        match (c["error_kind"].as_str(), c["error"].as_str()) {
-                            (Some(kind), Some(e)) => format!("{kind}: {e}"),
-                            (_, e) => e.unwrap_or("").to_string(),
-                        }
+                        error_of(c)
                     );
                 }
             }
