@@ -250,7 +250,7 @@ fn backup_line(org: &Value) -> String {
 }
 
 /// Where the org has lived, and when: one row per placement, the last one open ("now"), each
-/// closed one with the operation that moved the org away.
+/// one with the operation that moved the org there (none for its first placement).
 fn print_locations(locations: &[Value]) {
     let rows: Vec<Vec<String>> = locations
         .iter()
@@ -269,7 +269,10 @@ fn print_locations(locations: &[Value]) {
             ]
         })
         .collect();
-    table::print(&["REGION", "NODE", "GEN", "FROM", "TO", "ENDED BY"], &rows);
+    table::print(
+        &["REGION", "NODE", "GEN", "FROM", "TO", "MOVED HERE BY"],
+        &rows,
+    );
 }
 
 pub async fn orgs(command: OrgsCommand) -> anyhow::Result<()> {

@@ -18,11 +18,20 @@ const INTERVAL_MS: u64 = 300;
 
 #[test]
 fn an_org_under_writes_moves_to_another_region_and_loses_no_acknowledged_write() {
+    move_under_writes("async");
+}
+
+#[test]
+fn a_sync_org_under_writes_moves_and_loses_no_acknowledged_write() {
+    move_under_writes("sync");
+}
+
+fn move_under_writes(durability: &str) {
     let s3 = S3::start();
     let c = Cluster::start_with_backup(&[EU_NORTH, EU_CENTRAL], &s3, INTERVAL_MS);
     c.create_org_ready(
         "acme",
-        json!({"region": "eu-north", "residency": "EU", "name": "Acme AB"}),
+        json!({"region": "eu-north", "residency": "EU", "name": "Acme AB", "durability": durability}),
     );
     let email = "ada@acme.example";
     c.add_user("acme", email, PASSWORD);
@@ -43,6 +52,20 @@ fn an_org_under_writes_moves_to_another_region_and_loses_no_acknowledged_write()
     let op = c.wait_operation_end(&id, Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(300));
     let answers = writing.stop();
+    if std::env::var("MOVE_DEBUG").is_ok() {
+        for l in c.control_log().lines().filter(|l| l.contains("move-acme")) {
+            eprintln!("C {l}");
+        }
+        for r in ["eu-north", "eu-central"] {
+            for l in c
+                .node_log(r)
+                .lines()
+                .filter(|l| l.contains("move") || l.contains("fence") || l.contains("copy"))
+            {
+                eprintln!("{r} {l}");
+            }
+        }
+    }
     assert_eq!(op["phase"], "done", "the move ended: {op:#}");
     let count = |s: u16| answers.iter().filter(|a| a.1 == s).count();
     eprintln!(
@@ -74,6 +97,10 @@ fn an_org_under_writes_moves_to_another_region_and_loses_no_acknowledged_write()
     );
     let after = c.org("acme").expect("org");
     assert_eq!(after.home_region, "eu-central");
+    assert_eq!(
+        after.durability, durability,
+        "the durability moved with the org"
+    );
     assert_eq!(after.node, "eu-central-1");
     assert!(after.generation > before.generation);
     let at_new_home = names_in(&c.tenant_file("eu-central", "acme"));
@@ -103,7 +130,8 @@ fn an_org_under_writes_moves_to_another_region_and_loses_no_acknowledged_write()
     assert_eq!(locations.len(), 2, "{locations:?}");
     assert_eq!(locations[0]["region"], "eu-north");
     assert!(locations[0]["to_ms"].as_i64().is_some());
-    assert_eq!(locations[0]["operation"], Value::String(id.clone()));
+    assert!(locations[0]["operation"].is_null(), "its first placement");
+    assert_eq!(locations[1]["operation"], Value::String(id.clone()));
     assert_eq!(locations[1]["region"], "eu-central");
     assert!(locations[1]["to_ms"].is_null());
     let actions: Vec<&str> = show["audit"]

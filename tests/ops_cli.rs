@@ -176,13 +176,14 @@ fn a_move_followed_with_wait_shows_every_phase_and_ends_done() {
     assert!(PHASES.ends_with(&phases), "{phases:?}");
     assert_eq!(phases.first(), Some(&"copying"), "{phases:?}");
 
-    // The org lives in Frankfurt now; its Stockholm span was ended by this move.
+    // The org lives in Frankfurt now, brought there by this move; its Stockholm span is closed.
     let org = cli_json(&c, &["orgs", "show", "acme"]);
     assert_eq!(org["home_region"], "eu-central");
     let spans = org["locations"].as_array().expect("locations");
     assert_eq!(spans.len(), 2, "{org}");
     assert_eq!(spans[0]["region"], "eu-north");
-    assert_eq!(spans[0]["operation"], id.as_str());
+    assert!(spans[0]["operation"].is_null() && !spans[0]["to_ms"].is_null());
+    assert_eq!(spans[1]["operation"], id.as_str());
     assert!(spans[1]["to_ms"].is_null() && spans[1]["region"] == "eu-central");
     let (ok, shown, err) = c.cli(&["ops", "show", &id]);
     assert!(ok, "{err}");

@@ -4,12 +4,12 @@
 //! session — kept here so any domain module can ask for a reconcile without knowing the
 //! reconciler. Domain modules add their operations as `impl Plane` blocks.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use hemvist_proto::NodeId;
+use hemvist_proto::{HemvistError, NodeId};
 use tokio::sync::Notify;
 
 use crate::config::ControlConfig;
@@ -18,6 +18,35 @@ use crate::link::NodeLink;
 use crate::metrics::Metrics;
 use crate::replication::Replication;
 use crate::store::{RegionRecord, Store};
+
+/// How a node says a copy is going (a move's target), as last heard.
+#[derive(Debug, Clone)]
+pub struct CopyProgress {
+    pub operation: String,
+    pub node: NodeId,
+    /// "copying", "caught_up" or "failed".
+    pub state: String,
+    pub lsn: u64,
+    pub bytes: u64,
+    pub error: Option<HemvistError>,
+    pub at_ms: i64,
+    /// Since when the copy has been failing without a good round between (when it is).
+    pub failing_since_ms: i64,
+}
+
+/// What operations (`operations/`) keep in memory only: secrets (never stored: a restarted control plane makes
+/// new ones and sends them again), the progress nodes report, and which session of a node got
+/// each step (a step whose effect lives in a node's memory is sent again to a new session).
+#[derive(Default)]
+pub struct OperationsMemory {
+    pub(crate) secrets: Mutex<HashMap<String, String>>,
+    pub(crate) progress: Mutex<HashMap<String, CopyProgress>>,
+    pub(crate) delivered: Mutex<HashMap<String, u64>>,
+    /// When this process first stepped each operation's current phase.
+    /// Operations that ended in this process: a late report about one is dropped.
+    pub(crate) ended: Mutex<HashSet<String>>,
+    pub(crate) stepping: Mutex<HashMap<String, (String, i64)>>,
+}
 
 pub struct Plane {
     pub config: ControlConfig,
@@ -30,7 +59,7 @@ pub struct Plane {
     /// Wakes the operations' driver (an ack or a progress report arrived).
     pub(crate) wake_operations: Notify,
     /// What the operations keep in memory only (secrets, progress, deliveries).
-    pub(crate) ops: crate::operations::Memory,
+    pub(crate) ops: OperationsMemory,
     /// This system's id (see `store::system`).
     pub system_id: String,
     /// Orgs whose backups are known to be recorded, so reports do not rewrite it.

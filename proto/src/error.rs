@@ -20,10 +20,12 @@ pub enum ErrorKind {
     /// The request or its body is larger than allowed.
     TooLarge,
     Internal,
+    /// Someone called it off (an operator cancelled an operation).
+    Cancelled,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::InvalidArgument,
         ErrorKind::NotFound,
         ErrorKind::Conflict,
@@ -34,6 +36,7 @@ impl ErrorKind {
         ErrorKind::Fenced,
         ErrorKind::TooLarge,
         ErrorKind::Internal,
+        ErrorKind::Cancelled,
     ];
 
     /// The kind's name, as JSON and stored records spell it.
@@ -49,6 +52,7 @@ impl ErrorKind {
             ErrorKind::Fenced => "fenced",
             ErrorKind::TooLarge => "too_large",
             ErrorKind::Internal => "internal",
+            ErrorKind::Cancelled => "cancelled",
         }
     }
 
@@ -67,7 +71,7 @@ impl ErrorKind {
             ErrorKind::Unauthenticated => 401,
             ErrorKind::Forbidden => 403,
             ErrorKind::NotFound => 404,
-            ErrorKind::Conflict | ErrorKind::Fenced => 409,
+            ErrorKind::Conflict | ErrorKind::Fenced | ErrorKind::Cancelled => 409,
             ErrorKind::Residency => 422,
             ErrorKind::TooLarge => 413,
             ErrorKind::Unavailable => 503,
@@ -85,6 +89,7 @@ impl ErrorKind {
             ErrorKind::Fenced => tonic::Code::Aborted,
             ErrorKind::Residency => tonic::Code::FailedPrecondition,
             ErrorKind::TooLarge => tonic::Code::ResourceExhausted,
+            ErrorKind::Cancelled => tonic::Code::Cancelled,
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::Internal => tonic::Code::Internal,
         }
@@ -101,6 +106,7 @@ impl ErrorKind {
             ErrorKind::Residency => pb::ErrorCode::Residency,
             ErrorKind::Fenced => pb::ErrorCode::Fenced,
             ErrorKind::TooLarge => pb::ErrorCode::TooLarge,
+            ErrorKind::Cancelled => pb::ErrorCode::Cancelled,
             ErrorKind::Internal => pb::ErrorCode::Internal,
         }
     }
@@ -116,6 +122,7 @@ impl ErrorKind {
             pb::ErrorCode::Residency => ErrorKind::Residency,
             pb::ErrorCode::Fenced => ErrorKind::Fenced,
             pb::ErrorCode::TooLarge => ErrorKind::TooLarge,
+            pb::ErrorCode::Cancelled => ErrorKind::Cancelled,
             pb::ErrorCode::Internal | pb::ErrorCode::Unspecified => ErrorKind::Internal,
         }
     }

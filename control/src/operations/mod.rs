@@ -12,7 +12,6 @@
 pub mod driver;
 pub mod move_org;
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use hemvist_proto::{ErrorKind, Generation, HemvistError, NodeId, OrgId};
@@ -20,37 +19,11 @@ use hemvist_proto::{ErrorKind, Generation, HemvistError, NodeId, OrgId};
 use crate::clock::now_ms;
 use crate::link::NodeCommand;
 use crate::plane::Plane;
+pub use crate::plane::{CopyProgress, OperationsMemory as Memory};
 use crate::store::{
     CommandKind, CommandRecord, CommandState, NewCommand, NewOperation, OperationRecord,
     PlacementSwitch, Transition,
 };
-
-/// How a node says a copy is going (a move's target), as last heard.
-#[derive(Debug, Clone)]
-pub struct CopyProgress {
-    pub operation: String,
-    pub node: NodeId,
-    /// "copying", "caught_up" or "failed".
-    pub state: String,
-    pub lsn: u64,
-    pub bytes: u64,
-    pub error: Option<HemvistError>,
-    pub at_ms: i64,
-    /// Since when the copy has been failing without a good round between (when it is).
-    pub failing_since_ms: i64,
-}
-
-/// What operations keep in memory only: secrets (never stored: a restarted control plane makes
-/// new ones and sends them again), the progress nodes report, and which session of a node got
-/// each step (a step whose effect lives in a node's memory is sent again to a new session).
-#[derive(Default)]
-pub struct Memory {
-    secrets: Mutex<HashMap<String, String>>,
-    progress: Mutex<HashMap<String, CopyProgress>>,
-    delivered: Mutex<HashMap<String, u64>>,
-    /// When this process first stepped each operation's current phase.
-    stepping: Mutex<HashMap<String, (String, i64)>>,
-}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -295,6 +268,9 @@ impl Plane {
 
     /// A node's report on a copy: kept (in memory) for the operation's driver, which it wakes.
     pub fn copy_progress(&self, mut p: CopyProgress) {
+        if lock(&self.ops.ended).contains(&p.operation) {
+            return;
+        }
         let mut all = lock(&self.ops.progress);
         p.failing_since_ms = match all.get(&p.operation) {
             Some(old) if old.state == "failed" && p.state == "failed" => old.failing_since_ms,
@@ -345,6 +321,7 @@ impl Plane {
 
     /// Forgets what an ended operation kept in memory.
     pub fn forget_operation(&self, operation: &str) {
+        lock(&self.ops.ended).insert(operation.to_string());
         lock(&self.ops.secrets).remove(operation);
         lock(&self.ops.progress).remove(operation);
         lock(&self.ops.stepping).remove(operation);

@@ -289,7 +289,7 @@ impl Plane {
                     op.phase.as_str()
                 )));
             }
-            let why = HemvistError::conflict(format!("cancelled by {actor}"));
+            let why = HemvistError::new(ErrorKind::Cancelled, format!("cancelled by {actor}"));
             if let Some(rolling) = roll_back(self, &op, &why)? {
                 return Ok(rolling.record);
             }
@@ -417,6 +417,9 @@ fn keep_copying(
 fn roll_back(plane: &Plane, op: &Move, why: &HemvistError) -> Result<Option<Move>, HemvistError> {
     let mut d: MoveDetail = serde_json::from_value(op.record.detail.clone()).map_err(internal)?;
     d.rolled_back_from = Some(op.phase.as_str().to_string());
+    if let Some(p) = plane.progress_of(&op.record.id, &d.to_node) {
+        d.bytes = d.bytes.max(p.bytes);
+    }
     tracing::warn!(operation = %op.record.id, org = %op.record.org, phase = op.phase.as_str(), error = %why, "move rolling back");
     let Some(rolling) = plane.fail_with(op, MovePhase::RollingBack, why, detail_json(&d)?)? else {
         return Ok(None);
@@ -564,11 +567,22 @@ fn finishing(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
                 return Ok(());
             }
             d.switched_ms = Some(now_ms());
+            let reason = format!(
+                "moved from {} by {}{}",
+                d.from_region,
+                op.record.requested_by,
+                if d.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", d.reason)
+                }
+            );
             let switched = plane.advance_switching(
                 op,
                 MovePhase::Switching,
                 detail_json(&d)?,
                 PlacementSwitch {
+                    reason: &reason,
                     region: &d.to_region,
                     node: &d.to_node,
                     generation: to_generation,

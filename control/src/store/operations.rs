@@ -3,7 +3,7 @@
 //! (compare and set), in the same transaction as its audit entry, so a transition is recorded
 //! once, before its side effects, whoever races for it.
 
-use hemvist_proto::{ErrorKind, Generation, NodeId, OrgId, RegionId};
+use hemvist_proto::{ErrorKind, OrgId};
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::Serialize;
 
@@ -51,15 +51,7 @@ pub struct Transition<'a> {
     pub action: &'a str,
     pub audit: &'a serde_json::Value,
     /// The org's placement changes in the same transaction (a move's switch).
-    pub placement: Option<PlacementSwitch<'a>>,
-}
-
-/// Where an org is placed from now on, and under which (already issued) generation.
-#[derive(Debug, Clone, Copy)]
-pub struct PlacementSwitch<'a> {
-    pub region: &'a RegionId,
-    pub node: &'a NodeId,
-    pub generation: Generation,
+    pub placement: Option<super::placements::PlacementSwitch<'a>>,
 }
 
 const SELECT: &str = "SELECT id, kind, org, phase, requested_by, started_ms, updated_ms,

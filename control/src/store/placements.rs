@@ -16,6 +16,16 @@ pub struct ObservedRecord {
     pub schema_version: u32,
 }
 
+/// Where an org is placed from now on, and under which (already issued) generation.
+#[derive(Debug, Clone, Copy)]
+pub struct PlacementSwitch<'a> {
+    /// Why, for `orgs show` ("moved by … from …").
+    pub reason: &'a str,
+    pub region: &'a RegionId,
+    pub node: &'a NodeId,
+    pub generation: Generation,
+}
+
 /// One placement an org had (or has: `to_ms` is `None`), and what ended it.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlacementSpan {
@@ -24,6 +34,7 @@ pub struct PlacementSpan {
     pub generation: Generation,
     pub from_ms: i64,
     pub to_ms: Option<i64>,
+    /// The operation that brought the org here (a move); none for its first placement.
     pub operation: Option<String>,
 }
 
@@ -50,12 +61,12 @@ pub(super) fn open_history(
     Ok(())
 }
 
-/// Places the org elsewhere, in the caller's transaction: its placement, home region and
-/// history change together, the old span closed by `operation`.
+/// Places the org elsewhere, in the caller's transaction: its placement, home region, placement
+/// reason and history change together; the new span names `operation`, which brought it there.
 pub(super) fn switch_placement(
     tx: &Transaction<'_>,
     org: &OrgId,
-    to: &super::operations::PlacementSwitch<'_>,
+    to: &PlacementSwitch<'_>,
     operation: &str,
     now: i64,
 ) -> Result<()> {
@@ -72,14 +83,19 @@ pub(super) fn switch_placement(
         return Err(StoreError::corrupt(format!("org {org} has no placement")));
     }
     tx.execute(
-        "UPDATE orgs SET home_region = ?2 WHERE id = ?1",
-        params![org.as_str(), to.region.as_str()],
+        "UPDATE orgs SET home_region = ?2, placement_reason = ?3 WHERE id = ?1",
+        params![org.as_str(), to.region.as_str(), to.reason],
     )?;
     tx.execute(
-        "UPDATE placement_history SET to_ms = ?2, operation = ?3 WHERE org = ?1 AND to_ms IS NULL",
-        params![org.as_str(), now, operation],
+        "UPDATE placement_history SET to_ms = ?2 WHERE org = ?1 AND to_ms IS NULL",
+        params![org.as_str(), now],
     )?;
-    open_history(tx, org, to.region, to.node, to.generation, now)
+    open_history(tx, org, to.region, to.node, to.generation, now)?;
+    tx.execute(
+        "UPDATE placement_history SET operation = ?3 WHERE org = ?1 AND generation = ?2",
+        params![org.as_str(), to.generation.get() as i64, operation],
+    )?;
+    Ok(())
 }
 
 /// Issues the next generation inside the caller's transaction.

@@ -11,7 +11,7 @@ CREATE TABLE placement_history (
   from_ms INTEGER NOT NULL,
   -- NULL while it is the org's placement.
   to_ms INTEGER,
-  -- The operation that ended it (a move), if one did.
+  -- The operation that brought the org here (a move); NULL for its first placement.
   operation TEXT,
   PRIMARY KEY (org, generation)
 );
