@@ -137,15 +137,26 @@ impl Outgoing {
         }
     }
 
-    /// What the target can copy: the org's backups of the moved generation.
+    /// What the target can copy: the org's backups of the moved generation, as this node (their
+    /// writer) knows them: its own objects, its index objects (with `since_ms`, a target
+    /// catching up, only those written since) and the packed segments no index lists yet, from
+    /// its own record — no scan of every node's packs.
     pub async fn catalog(
         &self,
-        store: &Arc<dyn ObjectStore>,
+        backup: &Replicator,
         org: &OrgId,
         bearer: Option<&str>,
+        since_ms: Option<i64>,
     ) -> Result<WireCatalog, HemvistError> {
         let generation = self.authorize(org, bearer)?;
-        let catalog = restore::catalog(store, org)
+        let pending = backup
+            .shipped(org)
+            .filter(|s| s.generation == generation.get())
+            .map(|s| s.pending)
+            .unwrap_or_default();
+        // An index written a little before `since_ms` may list what came after it.
+        let index_since = since_ms.map_or(i64::MIN, |t| t - 5_000);
+        let catalog = restore::catalog_known(&backup.store, org, index_since, &pending)
             .await
             .map_err(|e| HemvistError::unavailable(format!("list the backups of {org}: {e:#}")))?;
         for w in &catalog.warnings {

@@ -49,6 +49,9 @@ struct Staged {
     operation: String,
     generation: u64,
     lsn: u64,
+    /// When the last object applied was shipped: a catch-up asks for what came after.
+    #[serde(default)]
+    since_ms: i64,
     bytes: u64,
 }
 
@@ -108,6 +111,33 @@ fn write_marker(path: &Path, staged: &Staged) -> Result<(), HemvistError> {
 
 fn unavailable(e: impl std::fmt::Display) -> HemvistError {
     HemvistError::unavailable(format!("{e:#}"))
+}
+
+/// The source's catalog of the moved org (`since_ms`: only what a copy staged up to then needs).
+async fn source_catalog(
+    source: &SourceObjects,
+    org: &OrgId,
+    since_ms: Option<i64>,
+) -> Result<Catalog, HemvistError> {
+    let path = match since_ms {
+        Some(t) => format!("catalog?since_ms={t}"),
+        None => "catalog".to_string(),
+    };
+    let wire: WireCatalog =
+        serde_json::from_value(source.get_json(&path).await.map_err(unavailable)?)
+            .map_err(|e| unavailable(format!("the move source's catalog: {e}")))?;
+    Catalog::from_wire(org, wire).map_err(unavailable)
+}
+
+/// The newest position any object of `generation` reaches.
+fn newest_end(catalog: &Catalog, generation: u64) -> u64 {
+    catalog
+        .objects
+        .iter()
+        .filter(|o| o.0.generation == generation)
+        .map(|o| o.0.end)
+        .max()
+        .unwrap_or(0)
 }
 
 impl Incoming {
@@ -241,30 +271,40 @@ impl Incoming {
             req.org.as_str(),
             req.secret.clone(),
         );
-        let wire: WireCatalog =
-            serde_json::from_value(source.get_json("catalog").await.map_err(unavailable)?)
-                .map_err(|e| unavailable(format!("the move source's catalog: {e}")))?;
-        let catalog = Catalog::from_wire(&req.org, wire).map_err(unavailable)?;
+        let tenant = self.tenants.path(&req.org);
+        let staging = staging_path(&tenant);
+        let marker = marker_path(&tenant, "moving");
         let generation = req.generation.get();
+        let staged = read_marker(&marker)
+            .filter(|s| s.operation == req.operation && s.generation == generation)
+            .filter(|_| staging.is_file());
+        // With something staged, only what came since; the whole catalog if that does not
+        // reach the newest point the source has.
+        let mut catalog =
+            source_catalog(&source, &req.org, staged.as_ref().map(|s| s.since_ms)).await?;
+        if let Some(s) = &staged {
+            let reached = catalog
+                .chain(generation, s.lsn, i64::MAX, &[])
+                .last()
+                .map_or(s.lsn, |l| l.0.end);
+            if reached < newest_end(&catalog, generation) {
+                catalog = source_catalog(&source, &req.org, None).await?;
+            }
+        }
         let Some(newest) = catalog.plan_in(generation) else {
             return Err(HemvistError::unavailable(format!(
                 "the source has no backup of {} at {} yet",
                 req.org, req.generation
             )));
         };
-        let tenant = self.tenants.path(&req.org);
-        let staging = staging_path(&tenant);
-        let marker = marker_path(&tenant, "moving");
+        let newest_lsn = newest_end(&catalog, generation);
         let store: Arc<dyn ObjectStore> = Arc::new(source);
-        let staged = read_marker(&marker)
-            .filter(|s| s.operation == req.operation && s.generation == generation)
-            .filter(|_| staging.is_file());
         if let Some(dir) = tenant.parent() {
             std::fs::create_dir_all(dir).map_err(unavailable)?;
         }
         let key = Some(&req.data_key);
         let staged = match staged {
-            Some(s) if s.lsn == newest.lsn() => s,
+            Some(s) if s.lsn >= newest_lsn => s,
             Some(s) if !catalog.chain(generation, s.lsn, i64::MAX, &[]).is_empty() => {
                 let segments = catalog.chain(generation, s.lsn, i64::MAX, &[]);
                 let file = std::fs::OpenOptions::new()
@@ -283,8 +323,10 @@ impl Incoming {
                         SegmentError::Other(e) => unavailable(e),
                     })?;
                 file.sync_all().map_err(unavailable)?;
+                let last = segments.last().map(|l| &l.0);
                 let s = Staged {
-                    lsn: segments.last().map_or(s.lsn, |l| l.0.end),
+                    lsn: last.map_or(s.lsn, |l| l.end),
+                    since_ms: last.map_or(s.since_ms, |l| l.time_ms),
                     bytes: s.bytes + downloaded,
                     ..s
                 };
@@ -302,13 +344,14 @@ impl Incoming {
                     operation: req.operation.clone(),
                     generation,
                     lsn: restored.lsn,
+                    since_ms: restored.time_ms,
                     bytes: previous.map_or(0, |p| p.bytes) + restored.downloaded,
                 };
                 write_marker(&marker, &s)?;
                 s
             }
         };
-        Ok((staged, newest.lsn()))
+        Ok((staged, newest_lsn))
     }
 
     /// Takes the copy to exactly `lsn`, verifies it and puts it where the tenant lives,

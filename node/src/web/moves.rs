@@ -1,12 +1,13 @@
 //! The node-to-node side of a move: the target reads the moved org's backup objects from its
 //! source here, with the move's bearer credential. `GET /internal/v1/moves/{org}/catalog`
-//! lists what it may copy; `GET /internal/v1/moves/{org}/objects/{key}` (with an optional
+//! lists what it may copy (`?since_ms=T`: only what a target that has everything up to T
+//! needs); `GET /internal/v1/moves/{org}/objects/{key}` (with an optional
 //! `Range: bytes=a-b`) reads one object, its whole size in `x-hemvist-object-size`.
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hemvist_proto::{HemvistError, OrgId};
@@ -49,15 +50,27 @@ fn store(node: &Node) -> Result<&Arc<dyn object_store::ObjectStore>, HemvistErro
         .ok_or_else(|| HemvistError::unavailable("this node keeps no backups to move from"))
 }
 
+#[derive(serde::Deserialize)]
+pub struct Since {
+    since_ms: Option<i64>,
+}
+
 pub async fn catalog(
     State(node): State<Arc<Node>>,
     Path(org): Path<String>,
+    since: Result<Query<Since>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
     let answer = async {
         let org = OrgId::parse(&org)?;
+        let Query(since) =
+            since.map_err(|_| HemvistError::invalid("since_ms must be milliseconds"))?;
+        let backup = node
+            .backup
+            .as_ref()
+            .ok_or_else(|| HemvistError::unavailable("this node keeps no backups to move from"))?;
         node.moves_out
-            .catalog(store(&node)?, &org, bearer(&headers))
+            .catalog(backup, &org, bearer(&headers), since.since_ms)
             .await
     }
     .await;

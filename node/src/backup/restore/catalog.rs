@@ -61,12 +61,47 @@ pub async fn catalog_with(
     org: &OrgId,
     scan_packs: bool,
 ) -> anyhow::Result<Catalog> {
+    let mut catalog = listed_and_indexed(store, org, i64::MIN).await?;
+    if scan_packs {
+        scan_recent_packs(store, org, &mut catalog).await?;
+    }
+    catalog.sort();
+    Ok(catalog)
+}
+
+/// The catalog as the node that ships the org knows it: what its prefix holds and its index
+/// objects list (only those written since `index_since_ms`), plus `pending`, the packed
+/// segments it shipped that no index lists yet — instead of scanning every node's recent packs.
+/// The caller reads `pending` before this lists, so a segment indexed meanwhile is in one or
+/// both. A move's source answers its target with it.
+pub async fn catalog_known(
+    store: &Arc<dyn ObjectStore>,
+    org: &OrgId,
+    index_since_ms: i64,
+    pending: &[format::PackRef],
+) -> anyhow::Result<Catalog> {
+    let mut catalog = listed_and_indexed(store, org, index_since_ms).await?;
+    for r in pending {
+        catalog.add_packed(&r.segment, &r.pack, r.offset, r.len);
+    }
+    catalog.sort();
+    Ok(catalog)
+}
+
+/// The org's own objects (one LIST) and the packed segments its index objects written since
+/// `index_since_ms` list (one GET each).
+async fn listed_and_indexed(
+    store: &Arc<dyn ObjectStore>,
+    org: &OrgId,
+    index_since_ms: i64,
+) -> anyhow::Result<Catalog> {
     let names = listed(store, org).await?;
     let mut catalog = Catalog::default();
     let mut indexes = Vec::new();
     for (name, size) in names {
         match name.kind {
-            Kind::Index => indexes.push(name),
+            Kind::Index if name.time_ms >= index_since_ms => indexes.push(name),
+            Kind::Index => {}
             _ => catalog.objects.push((name, size)),
         }
     }
@@ -101,17 +136,6 @@ pub async fn catalog_with(
                 .push(format!("index {} unreadable: {e:#}", name.key())),
         }
     }
-    if scan_packs {
-        scan_recent_packs(store, org, &mut catalog).await?;
-    }
-    catalog.objects.sort_by(|a, b| {
-        (a.0.generation, a.0.start, a.0.end, a.0.time_ms).cmp(&(
-            b.0.generation,
-            b.0.start,
-            b.0.end,
-            b.0.time_ms,
-        ))
-    });
     Ok(catalog)
 }
 
@@ -198,6 +222,18 @@ async fn scan_recent_packs(
 }
 
 impl Catalog {
+    /// Objects in the order plans read them: by generation, then position.
+    fn sort(&mut self) {
+        self.objects.sort_by(|a, b| {
+            (a.0.generation, a.0.start, a.0.end, a.0.time_ms).cmp(&(
+                b.0.generation,
+                b.0.start,
+                b.0.end,
+                b.0.time_ms,
+            ))
+        });
+    }
+
     fn add_packed(&mut self, segment: &str, pack: &str, offset: u64, len: u64) {
         if self.packed.contains_key(segment) {
             return;

@@ -12,5 +12,5 @@ mod catalog;
 mod plan;
 
 pub use apply::{restore, write_segments, Damaged, Restored, SegmentError};
-pub use catalog::{catalog, catalog_with, listed, Catalog, WireCatalog};
+pub use catalog::{catalog, catalog_known, catalog_with, listed, Catalog, WireCatalog};
 pub use plan::{GenerationSummary, Plan};
