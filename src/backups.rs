@@ -1,5 +1,7 @@
 //! `hemvist backups ORG` and `hemvist restore ORG --at TIME`: read an org's backups straight from
-//! its region's object store (the control plane is not needed to restore).
+//! the object stores of the regions it has lived in (the control plane names them; it is not
+//! needed to restore from a store given by hand). An org that moved keeps its old region's
+//! backups there, restorable, until they expire.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -68,39 +70,116 @@ pub struct RestoreArgs {
     pub store: StoreArgs,
 }
 
-async fn open_store(org: &OrgId, args: &StoreArgs) -> anyhow::Result<Arc<dyn ObjectStore>> {
+/// A store that holds backups of the org, and the regions (with the times the org lived there)
+/// it serves; several regions may share one store.
+struct RegionStore {
+    regions: Vec<String>,
+    /// When the org lived in those regions: (from, to), `to` open for its current home.
+    spans: Vec<(i64, Option<i64>)>,
+    store: Arc<dyn ObjectStore>,
+}
+
+impl RegionStore {
+    fn held_at(&self, at_ms: i64) -> bool {
+        self.spans
+            .iter()
+            .any(|(from, to)| *from <= at_ms && to.is_none_or(|t| at_ms < t))
+    }
+}
+
+/// The stores to read: the one given (`--store`, `--node-config`), or every region's the org has
+/// lived in, as the control plane names them, its home first.
+async fn open_stores(org: &OrgId, args: &StoreArgs) -> anyhow::Result<Vec<RegionStore>> {
     if let Some(path) = &args.node_config {
         let config = NodeConfig::load(path)?;
-        return config
+        let store = config
             .backup
             .with_context(|| format!("{} has no [backup] section", path.display()))?
-            .open();
+            .open()?;
+        return Ok(vec![given(store)]);
     }
-    let (url, endpoint, s3_region) = match &args.store {
-        Some(url) => (url.clone(), args.endpoint.clone(), None),
-        None => {
-            // The control plane names every region's store; the org's home region's is the one.
-            let client = Client::new(&args.api)
-                .context("no --store given, and no control plane to ask for the org's store")?;
-            let shown: serde_json::Value = client.get(&format!("/orgs/{org}")).await?;
-            let region = shown["home_region"].as_str().unwrap_or_default();
-            let regions: Vec<serde_json::Value> = client.get("/regions").await?;
-            let r = regions
-                .iter()
-                .find(|r| r["id"] == region)
-                .with_context(|| format!("the control plane lists no region {region}"))?;
-            let url = r["object_store"]
-                .as_str()
-                .filter(|u| !u.is_empty())
-                .with_context(|| format!("region {region} names no object store"))?;
-            let endpoint = args
-                .endpoint
-                .clone()
-                .or_else(|| r["object_store_endpoint"].as_str().map(str::to_string));
-            let s3_region = r["object_store_s3_region"].as_str().map(str::to_string);
-            (url.to_string(), endpoint, s3_region)
+    if let Some(url) = &args.store {
+        let store = open_url(args, url.clone(), args.endpoint.clone(), None)?;
+        check_system(&store, &args.api).await?;
+        return Ok(vec![given(store)]);
+    }
+    let client = Client::new(&args.api)
+        .context("no --store given, and no control plane to ask for the org's stores")?;
+    let shown: serde_json::Value = client.get(&format!("/orgs/{org}")).await?;
+    let regions: Vec<serde_json::Value> = client.get("/regions").await?;
+    // Newest stay first; each region once, with every span it held the org.
+    let mut lived: Vec<(String, i64, Option<i64>)> = shown["locations"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|s| {
+                    (
+                        s["region"].as_str().unwrap_or_default().to_string(),
+                        s["from_ms"].as_i64().unwrap_or(0),
+                        s["to_ms"].as_i64(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if lived.is_empty() {
+        let home = shown["home_region"].as_str().unwrap_or_default();
+        lived.push((home.to_string(), i64::MIN, None));
+    }
+    lived.reverse();
+    let mut out: Vec<(String, RegionStore)> = Vec::new();
+    for (region, from, to) in lived {
+        let r = regions
+            .iter()
+            .find(|r| r["id"] == region.as_str())
+            .with_context(|| format!("the control plane lists no region {region}"))?;
+        let url = r["object_store"]
+            .as_str()
+            .filter(|u| !u.is_empty())
+            .with_context(|| format!("region {region} names no object store"))?
+            .to_string();
+        let endpoint = args
+            .endpoint
+            .clone()
+            .or_else(|| r["object_store_endpoint"].as_str().map(str::to_string));
+        let identity = format!("{url} {}", endpoint.clone().unwrap_or_default());
+        if let Some((_, known)) = out.iter_mut().find(|(id, _)| *id == identity) {
+            if !known.regions.contains(&region) {
+                known.regions.push(region);
+            }
+            known.spans.push((from, to));
+            continue;
         }
-    };
+        let s3_region = r["object_store_s3_region"].as_str().map(str::to_string);
+        let store = open_url(args, url, endpoint, s3_region)?;
+        check_system(&store, &args.api).await?;
+        out.push((
+            identity,
+            RegionStore {
+                regions: vec![region],
+                spans: vec![(from, to)],
+                store,
+            },
+        ));
+    }
+    Ok(out.into_iter().map(|(_, s)| s).collect())
+}
+
+/// A store named by hand: it is asked about every time.
+fn given(store: Arc<dyn ObjectStore>) -> RegionStore {
+    RegionStore {
+        regions: vec!["(given)".into()],
+        spans: vec![(i64::MIN, None)],
+        store,
+    }
+}
+
+fn open_url(
+    args: &StoreArgs,
+    url: String,
+    endpoint: Option<String>,
+    s3_region: Option<String>,
+) -> anyhow::Result<Arc<dyn ObjectStore>> {
     let mut config = BackupConfig::local(std::path::Path::new(""));
     config.url = url;
     config.endpoint = endpoint;
@@ -108,9 +187,7 @@ async fn open_store(org: &OrgId, args: &StoreArgs) -> anyhow::Result<Arc<dyn Obj
         config.s3_region = r;
     }
     config.ca_file = args.store_ca.clone();
-    let store = config.open()?;
-    check_system(&store, &args.api).await?;
-    Ok(store)
+    config.open()
 }
 
 /// Refuses a store that belongs to another hemvist system than the control plane asked (their
@@ -143,20 +220,33 @@ async fn check_system(store: &Arc<dyn ObjectStore>, api: &ApiArgs) -> anyhow::Re
 
 pub async fn backups(args: BackupsArgs) -> anyhow::Result<()> {
     let org = OrgId::parse(&args.org)?;
-    let store = open_store(&org, &args.store).await?;
-    let catalog = restore::catalog(&store, &org).await?;
-    let summary = catalog.summary();
+    let mut listed = Vec::new();
+    for rs in open_stores(&org, &args.store).await? {
+        let catalog = restore::catalog(&rs.store, &org).await?;
+        for g in catalog.summary() {
+            listed.push((rs.regions.join(", "), g));
+        }
+    }
     if args.store.api.json {
-        outln!("{}", serde_json::to_string_pretty(&summary)?);
+        let rows: Vec<serde_json::Value> = listed
+            .iter()
+            .map(|(regions, g)| {
+                let mut v = serde_json::to_value(g).unwrap_or_default();
+                v["regions"] = serde_json::json!(regions.split(", ").collect::<Vec<_>>());
+                v
+            })
+            .collect();
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    if summary.is_empty() {
-        bail!("no backups of {org} in this store");
+    if listed.is_empty() {
+        bail!("no backups of {org} in its stores");
     }
-    let rows: Vec<Vec<String>> = summary
+    let rows: Vec<Vec<String>> = listed
         .iter()
-        .map(|g| {
+        .map(|(regions, g)| {
             vec![
+                regions.clone(),
                 g.generation.to_string(),
                 g.snapshots.to_string(),
                 g.segments.to_string(),
@@ -169,6 +259,7 @@ pub async fn backups(args: BackupsArgs) -> anyhow::Result<()> {
         .collect();
     crate::table::print(
         &[
+            "REGION",
             "GENERATION",
             "SNAPSHOTS",
             "SEGMENTS",
@@ -180,9 +271,13 @@ pub async fn backups(args: BackupsArgs) -> anyhow::Result<()> {
         &rows,
     );
     outln!("\nrestore points start at each snapshot:");
-    for g in &summary {
+    for (regions, g) in &listed {
         for t in &g.snapshot_times_ms {
-            outln!("  generation {}  {}", g.generation, format_time(*t));
+            outln!(
+                "  {regions}  generation {}  {}",
+                g.generation,
+                format_time(*t)
+            );
         }
     }
     Ok(())
@@ -214,7 +309,13 @@ async fn data_key(org: &OrgId, args: &RestoreArgs) -> anyhow::Result<Option<Data
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let org = OrgId::parse(&args.org)?;
     let at = parse_time(&args.at).map_err(anyhow::Error::msg)?;
-    let store = open_store(&org, &args.store).await?;
+    // The store of the region the org lived in at that time (its home, for "now").
+    let stores = open_stores(&org, &args.store).await?;
+    let chosen = stores.iter().position(|s| s.held_at(at)).unwrap_or(0);
+    let Some(rs) = stores.into_iter().nth(chosen) else {
+        bail!("no store holds backups of {org}");
+    };
+    let store = rs.store;
     let catalog: Catalog = restore::catalog_with(&store, &org, !args.indexes_only).await?;
     for w in &catalog.warnings {
         eprintln!("warning: {w}");

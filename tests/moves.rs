@@ -151,6 +151,33 @@ fn move_under_writes(durability: &str) {
         assert!(actions.contains(&phase), "{phase} audited: {actions:?}");
     }
 
+    // Both generations' backups stay restorable: `backups` reads every region the org lived in.
+    let out = std::process::Command::new(support::cluster::BIN)
+        .args(["backups", "acme", "--json"])
+        .env("HEMVIST_CONTROL", c.control_url())
+        .env("HEMVIST_TOKEN", support::cluster::ADMIN_TOKEN)
+        .env("HEMVIST_S3_ACCESS_KEY_ID", support::s3::ACCESS_KEY)
+        .env("HEMVIST_S3_SECRET_ACCESS_KEY", support::s3::SECRET_KEY)
+        .output()
+        .expect("hemvist backups");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).expect("backups JSON");
+    let generations: Vec<u64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|g| g["generation"].as_u64())
+        .collect();
+    assert!(
+        generations.contains(&before.generation) && generations.contains(&after.generation),
+        "{listed:#}"
+    );
+    assert!(listed.to_string().contains("eu-north"), "{listed}");
+
     // The source dropped its copy (to its trash) only after the new home's first backup.
     assert!(!c.tenant_file("eu-north", "acme").exists());
     let backup = after.backed_up_ms;
