@@ -251,3 +251,43 @@ fn an_unreachable_store_stalls_the_copy_which_resumes_or_rolls_back() {
     assert_eq!(home(&c), "eu-central");
     assert_exactly(&c, &mut all);
 }
+
+#[test]
+fn a_target_that_dies_for_good_rolls_the_move_back_and_the_source_keeps_serving() {
+    let s3 = S3::start();
+    let mut c = cluster(&s3, 3_000);
+    c.kill_node("eu-central");
+    c.start_node_with_env(
+        "eu-central",
+        &[("HEMVIST_FAILPOINTS", "node.move.copied=crash")],
+    );
+    c.wait_nodes_healthy(2);
+    let user = sign_in(&c.node_url("eu-north"), "acme", EMAIL, PASSWORD).expect("sign in");
+    let writing = Writer::start(user, "w");
+    std::thread::sleep(Duration::from_millis(300));
+    let id = c.move_org("acme", "eu-central");
+    // While it copies, `orgs show` names the move and where the second copy is prepared.
+    let (_, shown) = c.admin("GET", "/orgs/acme", None);
+    assert_eq!(shown["operation"]["id"], id.as_str(), "{shown}");
+    assert_eq!(shown["operation"]["detail"]["to_node"], "eu-central-1");
+    assert!(c.wait_node_exit("eu-central"), "the target died");
+    let ended = c.wait_operation_end(&id, Duration::from_secs(60));
+    assert_eq!(ended["phase"], "rolled_back", "{ended:#}");
+    assert_eq!(ended["detail"]["rolled_back_from"], "copying");
+    let answers = writing.stop();
+    assert!(
+        answers.iter().all(|a| a.1 == 303),
+        "the source never stopped serving: {answers:?}"
+    );
+    let (_, shown) = c.admin("GET", "/orgs/acme", None);
+    assert!(shown["operation"].is_null(), "{shown}");
+    assert_eq!(shown["node"], "eu-north-1");
+    assert_exactly(&c, &mut acked(&answers));
+    assert_eq!(
+        c.metric(
+            &c.control_url(),
+            "hemvist_moves_total{outcome=\"rolled_back\"}"
+        ),
+        1
+    );
+}

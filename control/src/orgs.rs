@@ -69,6 +69,9 @@ pub struct OrgDetail {
     pub audit: Vec<serde_json::Value>,
     /// Every placement the org has had, oldest first (the last is where it lives now).
     pub locations: Vec<crate::store::PlacementSpan>,
+    /// The unfinished operation that owns the org, if any (a move: its secondary copy, where it
+    /// is being prepared, is in its detail's `to_node`).
+    pub operation: Option<crate::store::OperationRecord>,
 }
 
 fn check_name(name: &str) -> Result<String, HemvistError> {
@@ -367,6 +370,11 @@ impl Plane {
             commands: self.store.commands_for_org(&id)?,
             audit: self.store.audit_for_org(&id)?,
             locations: self.store.placement_history(&id)?,
+            operation: self
+                .store
+                .open_operations()?
+                .into_iter()
+                .find(|o| o.org == id),
             org: self.view(org)?,
         })
     }
