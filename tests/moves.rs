@@ -212,3 +212,54 @@ fn a_move_outside_the_residency_policy_is_refused_and_changes_nothing() {
         assert_eq!(status, want, "move to {to}: {body}");
     }
 }
+
+#[test]
+fn the_old_regions_backups_stay_restorable_and_go_when_the_retention_window_has_passed_them() {
+    let s3 = S3::start();
+    let c = Cluster::start_with_store_per_region(
+        &[EU_NORTH, EU_CENTRAL],
+        &s3,
+        INTERVAL_MS,
+        "retention_secs = 4\n",
+    );
+    c.create_org_ready("acme", json!({"region": "eu-north", "residency": "EU"}));
+    c.add_user("acme", "ada@acme.example", PASSWORD);
+    let user = sign_in(
+        &c.node_url("eu-north"),
+        "acme",
+        "ada@acme.example",
+        PASSWORD,
+    )
+    .unwrap();
+    assert_eq!(c.write_n(&user, "w", 30, Duration::ZERO).acked.len(), 30);
+    let id = c.move_org("acme", "eu-central");
+    assert_eq!(
+        c.wait_operation_end(&id, Duration::from_secs(60))["phase"],
+        "done"
+    );
+    let old = |what: &str| s3.objects(&format!("hemvist/eu-north/{what}"));
+    assert!(
+        !old("tenants/acme").is_empty(),
+        "the old region keeps its backups: {:?}",
+        s3.objects("hemvist")
+    );
+    assert!(!old("packs/eu-north-1").is_empty());
+    // Past the retention window, the node that dropped the generation removes what it shipped.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !(old("tenants/acme").is_empty() && old("packs/eu-north-1").is_empty()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old region still holds {:?} and {:?}",
+            old("tenants/acme"),
+            old("packs/eu-north-1")
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        !s3.objects("hemvist/eu-central/tenants/acme").is_empty(),
+        "the new home's backups stay"
+    );
+    assert!(c
+        .node_log("eu-north")
+        .contains("removed the expired backups"));
+}

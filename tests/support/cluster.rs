@@ -194,6 +194,30 @@ impl Cluster {
 
     /// Nodes that back up to `s3` (every `interval_ms`), and a control plane that names `s3` as
     /// every region's store, so the operator's verbs find backups from the control plane alone.
+    /// As `start_with_backup`, each region with a store of its own (a prefix of the bucket:
+    /// `hemvist/{region}`), and `backup_extra` added to every node's `[backup]`.
+    pub fn start_with_store_per_region(
+        regions: &[Region],
+        s3: &super::s3::S3,
+        interval_ms: u64,
+        backup_extra: &str,
+    ) -> Cluster {
+        let store = RegionStore {
+            url: format!("s3://{}/hemvist/{{region}}", super::s3::BUCKET),
+            endpoint: s3.endpoint.clone(),
+        };
+        let node = s3
+            .node_backup_toml(interval_ms)
+            .replace("/hemvist\"", "/hemvist/{region}\"");
+        Self::start_full_with(
+            regions,
+            Some(npm_geoip()),
+            &format!("{node}{backup_extra}"),
+            None,
+            Some(store),
+        )
+    }
+
     pub fn start_with_backup(regions: &[Region], s3: &super::s3::S3, interval_ms: u64) -> Cluster {
         let store = RegionStore {
             url: format!("s3://{}/hemvist", super::s3::BUCKET),
@@ -262,7 +286,7 @@ impl Cluster {
         for r in regions {
             let (url, endpoint) = match &store {
                 Some(s) => (
-                    s.url.clone(),
+                    s.url.replace("{region}", r.id),
                     format!("object_store_endpoint = {:?}\n", s.endpoint),
                 ),
                 None => (format!("file:///dev/null/{}", r.id), String::new()),
@@ -445,7 +469,7 @@ impl Cluster {
             self.scheme(),
             self.grpc,
             data.display().to_string(),
-            self.node_extra
+            self.node_extra.replace("{region}", region)
         );
         if let Some(t) = &self.tls {
             let ca = ca.unwrap_or(&t.ca);

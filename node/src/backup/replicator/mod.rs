@@ -57,6 +57,8 @@ pub struct Replicator {
     node_id: NodeId,
     /// The store names another hemvist system (see `marker`): nothing is shipped into it.
     foreign: std::sync::atomic::AtomicBool,
+    /// When dropped generations were last looked at for expiry.
+    departed_checked: std::sync::atomic::AtomicI64,
 }
 
 impl Replicator {
@@ -82,6 +84,7 @@ impl Replicator {
             hosted,
             node_id,
             foreign: Default::default(),
+            departed_checked: Default::default(),
         })
     }
 
@@ -332,6 +335,7 @@ impl Replicator {
             if self.packs.due_now(self.config.index_every_ms as i64) {
                 self.write_indexes(false).await;
             }
+            self.expire_departed().await;
             let wait = due.map_or(interval, |d| (d - now).clamp(1, interval));
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -346,9 +350,40 @@ impl Replicator {
         self.write_indexes(true).await;
     }
 
-    /// Forgets an org this node no longer hosts.
+    /// Forgets an org this node no longer hosts; what it shipped of it is removed from the
+    /// store once the retention window has passed it ([`Replicator::expire_departed`]).
     pub fn forget(&self, org: &OrgId) -> Result<(), HemvistError> {
         self.dirty.remove(org);
+        if let Some(state) = self.db.get(org) {
+            self.db.note_departed(org, &state, now_ms())?;
+        }
         self.db.persist(org, None)
+    }
+
+    /// Removes the backups of generations dropped here longer ago than the retention window
+    /// (every point they restore is older than it). Checked at most once a minute (or half the
+    /// window, if shorter), from `backup.db` alone: no request unless something is due.
+    async fn expire_departed(&self) {
+        let now = now_ms();
+        let every = (self.config.retention_secs as i64 * 500).clamp(1_000, 60_000);
+        if now - self.departed_checked.load(Ordering::Relaxed) < every {
+            return;
+        }
+        self.departed_checked.store(now, Ordering::Relaxed);
+        let horizon = now - self.config.retention_secs as i64 * 1000;
+        for (org, generation, pending) in self.db.departed_before(horizon) {
+            match retention::expire_departed(self.up(), &self.db, &org, generation, &pending).await
+            {
+                Ok(()) => {
+                    tracing::info!(%org, generation, "removed the expired backups of a generation this node dropped");
+                    if let Err(e) = self.db.forget_departed(&org, generation) {
+                        tracing::warn!(%org, error = %e, "could not forget a departed generation");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%org, generation, error = %e, "could not remove expired backups; will try again")
+                }
+            }
+        }
     }
 }

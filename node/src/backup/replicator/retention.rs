@@ -51,18 +51,50 @@ pub async fn prune(
                     })
         })
         .collect();
-    if expired.is_empty() {
+    remove(up, db, &expired, &[]).await
+}
+
+/// Removes the backups of a generation this node shipped and then dropped (the org moved away,
+/// or was dropped here), once every point they restore is older than the retention window:
+/// every object of that generation or older under the org's prefix, and the packed segments
+/// they (and `pending`, what no index listed at the drop) hold.
+pub async fn expire_departed(
+    up: Uploader<'_>,
+    db: &BackupDb,
+    org: &OrgId,
+    generation: u64,
+    pending: &[format::PackRef],
+) -> anyhow::Result<()> {
+    let listed = restore::listed(up.store, org).await?;
+    let expired: Vec<&ObjectName> = listed
+        .iter()
+        .map(|(n, _)| n)
+        .filter(|n| n.generation <= generation)
+        .collect();
+    remove(up, db, &expired, pending).await
+}
+
+/// Deletes `expired` and releases the packed segments their indexes (and `more`) list.
+async fn remove(
+    up: Uploader<'_>,
+    db: &BackupDb,
+    expired: &[&ObjectName],
+    more: &[format::PackRef],
+) -> anyhow::Result<()> {
+    if expired.is_empty() && more.is_empty() {
         return Ok(());
     }
     // Indexes are read, then everything is deleted (in bulk requests), then the indexes'
     // segments released: a crash in between leaves a pack behind (storage), never frees
     // one twice (data).
-    let mut refs = Vec::new();
+    let mut refs = more.to_vec();
     for name in expired.iter().filter(|n| n.kind == Kind::Index) {
         let key = ObjectPath::from(name.key());
         let bytes = up.store.get(&key).await?.bytes().await?;
         refs.extend(format::decode_index(name, &bytes)?);
     }
+    refs.sort_by(|a, b| a.segment.cmp(&b.segment));
+    refs.dedup_by(|a, b| a.segment == b.segment);
     let keys: Vec<object_store::Result<ObjectPath>> = expired
         .iter()
         .map(|n| Ok(ObjectPath::from(n.key())))

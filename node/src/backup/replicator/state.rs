@@ -56,7 +56,12 @@ impl BackupDb {
             "CREATE TABLE IF NOT EXISTS shipped (org TEXT PRIMARY KEY, state TEXT NOT NULL);
              -- Packs this node wrote, and how many of their segments a restore may still need.
              CREATE TABLE IF NOT EXISTS packs (key TEXT PRIMARY KEY, time_ms INTEGER NOT NULL,
-               live INTEGER NOT NULL);",
+               live INTEGER NOT NULL);
+             -- Generations this node shipped and then dropped (the org moved away): their
+             -- backups go once the retention window has passed them.
+             CREATE TABLE IF NOT EXISTS departed (org TEXT NOT NULL, generation INTEGER NOT NULL,
+               dropped_ms INTEGER NOT NULL, pending TEXT NOT NULL,
+               PRIMARY KEY (org, generation));",
         )?;
         let mut shipped = HashMap::new();
         {
@@ -140,6 +145,63 @@ impl BackupDb {
             |r| r.get(0),
         )
         .optional()
+    }
+
+    /// Records a generation this node dropped after shipping it (with the packed segments no
+    /// index lists), so its backups can go when they leave the retention window.
+    pub fn note_departed(
+        &self,
+        org: &OrgId,
+        state: &Shipped,
+        now_ms: i64,
+    ) -> Result<(), HemvistError> {
+        let pending = serde_json::to_string(&state.pending).map_err(internal)?;
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        db.execute(
+            "INSERT OR REPLACE INTO departed (org, generation, dropped_ms, pending) VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![org.as_str(), state.generation as i64, now_ms, pending],
+        )
+        .map_err(internal)?;
+        Ok(())
+    }
+
+    /// Departed generations dropped before `before_ms`.
+    pub fn departed_before(&self, before_ms: i64) -> Vec<(OrgId, u64, Vec<PackRef>)> {
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let Ok(mut stmt) =
+            db.prepare("SELECT org, generation, pending FROM departed WHERE dropped_ms < ?1")
+        else {
+            return Vec::new();
+        };
+        stmt.query_map([before_ms], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .map(|rows| {
+            rows.filter_map(Result::ok)
+                .filter_map(|(o, g, p)| {
+                    Some((
+                        OrgId::parse(&o).ok()?,
+                        g as u64,
+                        serde_json::from_str(&p).unwrap_or_default(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
+    pub fn forget_departed(&self, org: &OrgId, generation: u64) -> Result<(), HemvistError> {
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        db.execute(
+            "DELETE FROM departed WHERE org = ?1 AND generation = ?2",
+            rusqlite::params![org.as_str(), generation as i64],
+        )
+        .map_err(internal)?;
+        Ok(())
     }
 
     pub fn forget_pack(&self, key: &str) -> rusqlite::Result<()> {
