@@ -221,11 +221,15 @@ impl Plane {
         detail: Option<serde_json::Value>,
         placement: Option<PlacementSwitch<'_>>,
     ) -> Result<Option<Operation<P>>, HemvistError> {
+        // Who asked, and everything the operation knows at this step (for a move: from and to,
+        // generations, the final position, the pause): each phase's entry tells its own story.
         let audit = serde_json::json!({
             "operation": op.record.id,
+            "requested_by": op.record.requested_by,
             "from": op.phase.as_str(),
             "to": to.as_str(),
             "error": error.map(|(k, m)| serde_json::json!({"kind": k.as_str(), "message": m})),
+            "detail": detail.as_ref().unwrap_or(&op.record.detail),
         });
         let moved = self.store.advance_operation(&Transition {
             id: &op.record.id,
