@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hemvist_proto::HemvistError;
+use hemvist_proto::{HemvistError, OrgId};
 use subtle::ConstantTimeEq;
 
 use super::context::{cookie, refuse, Authed, OrgCtx, SESSION_COOKIE};
 use super::form::{Fields, Form};
+use super::handoff::MOVED_PARAM;
 use super::signin::{self, Signin};
 use super::tokens::Refused;
 use super::{error_response, origin, pages};
@@ -25,11 +26,25 @@ use crate::users;
 const SIGNIN_CSRF: &str = "hv_signin";
 
 fn secure(ctx: &OrgCtx) -> &'static str {
-    if ctx.node.public_url.starts_with("https://") {
+    secure_for(&ctx.node.public_url)
+}
+
+fn secure_for(public_url: &str) -> &'static str {
+    if public_url.starts_with("https://") {
         "; Secure"
     } else {
         ""
     }
+}
+
+/// The `Set-Cookie` value that signs a browser in to `org` on the node at `public_url`: the same
+/// at sign-in and when a session is handed over from the org's old home.
+pub(super) fn session_cookie(public_url: &str, org: &OrgId, token: &str) -> String {
+    format!(
+        "{SESSION_COOKIE}={token}; Path=/o/{org}/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+        users::SESSION_TTL_MS / 1000,
+        secure_for(public_url)
+    )
 }
 
 /// Where to go after signing in: `next` if it is a plain path under the org, else the org's
@@ -86,6 +101,7 @@ fn form_page(
     ctx: &OrgCtx,
     signin: &Signin,
     next: &str,
+    notice: Option<&str>,
     problem: Option<&str>,
     status: StatusCode,
 ) -> Response {
@@ -93,7 +109,7 @@ fn form_page(
         Ok(t) => t,
         Err(e) => return error_response(ctx.wants_json, &e),
     };
-    let mut resp = pages::sign_in(&ctx.org, &org_name(ctx), &token, next, problem);
+    let mut resp = pages::sign_in(&ctx.org, &org_name(ctx), &token, next, notice, problem);
     *resp.status_mut() = status;
     set_cookie(
         &mut resp,
@@ -117,7 +133,10 @@ pub async fn form(
         Err(resp) => return resp,
     };
     let next = safe_next(&ctx, q.get("next"));
-    form_page(&ctx, &signin, &next, None, StatusCode::OK)
+    // Sent here from the org's old home without the session: say why signing in again.
+    let notice =
+        (q.get(MOVED_PARAM).map(String::as_str) == Some("1")).then_some(pages::MOVED_NOTICE);
+    form_page(&ctx, &signin, &next, notice, None, StatusCode::OK)
 }
 
 fn set_cookie(resp: &mut Response, value: &str) {
@@ -295,6 +314,7 @@ pub async fn sign_in(
                 &ctx,
                 &signin,
                 &next,
+                None,
                 Some("wrong email or password"),
                 StatusCode::UNAUTHORIZED,
             );
@@ -308,12 +328,7 @@ pub async fn sign_in(
             let mut resp = see_other(&next);
             set_cookie(
                 &mut resp,
-                &format!(
-                    "{SESSION_COOKIE}={token}; Path=/o/{}/; HttpOnly; SameSite=Lax; Max-Age={}{}",
-                    ctx.org,
-                    users::SESSION_TTL_MS / 1000,
-                    secure(&ctx)
-                ),
+                &session_cookie(&ctx.node.public_url, &ctx.org, &token),
             );
             set_cookie(
                 &mut resp,
@@ -354,9 +369,15 @@ pub async fn sign_out(a: Authed, headers: HeaderMap, form: Result<Form, Response
     resp
 }
 
-/// A form post must come from this node's own pages (403 otherwise).
+/// A form post must come from this node's own pages (403 otherwise), or, when its session was
+/// handed over from the org's old home, from the pages of the node that made that hand-off
+/// (sealed in it with the org's key, so no one else can name a node there).
 fn check_origin(ctx: &OrgCtx, headers: &HeaderMap) -> Result<(), Response> {
-    if origin::from_our_pages(headers, &ctx.node.public_url) {
+    let handed_off = ctx
+        .handed_off_from
+        .as_deref()
+        .is_some_and(|from| origin::from_our_pages(headers, from));
+    if handed_off || origin::from_our_pages(headers, &ctx.node.public_url) {
         return Ok(());
     }
     ctx.node.metrics.csrf_refused.inc();

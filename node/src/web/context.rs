@@ -1,7 +1,8 @@
 //! What every org route needs before its handler runs, as axum extractors:
 //! [`OrgCtx`] parses the org id (400), refuses a session of another org (403) and routes the
 //! request (307 to the home node, 404, 503) from the node's cached placement; [`Authed`] adds
-//! the signed-in user (or sends them to sign in).
+//! the signed-in user (or sends them to sign in). The 307 is marked ([`MovedAway`]) so
+//! `super::moved` can give it the form the client follows, with the user's session.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hemvist_proto::OrgId;
 
+use super::handoff::{self, HandedOff, MovedAway, MOVED_PARAM, PARAM};
 use super::pages;
 use crate::routing::{route, Route};
 use crate::users::{self, Session};
@@ -26,6 +28,8 @@ pub struct OrgCtx {
     pub htmx: bool,
     /// The client's address, as the listener saw it (absent only when no listener served it).
     pub client: Option<IpAddr>,
+    /// The public URL of the node that handed this request's session over, if one did.
+    pub handed_off_from: Option<String>,
 }
 
 pub struct Authed {
@@ -133,6 +137,7 @@ where
                     .extensions
                     .get::<ConnectInfo<SocketAddr>>()
                     .map(|c| c.0.ip()),
+                handed_off_from: parts.extensions.get::<HandedOff>().map(|h| h.from.clone()),
             }),
             Route::Elsewhere { node_url } => {
                 node.metrics.redirected.inc();
@@ -157,6 +162,7 @@ where
                 resp.headers_mut().insert(header::LOCATION, location);
                 resp.headers_mut()
                     .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                resp.extensions_mut().insert(MovedAway { node_url });
                 Err(resp)
             }
             Route::Unknown => {
@@ -222,8 +228,15 @@ where
     }
 }
 
+/// Sends a user who is not signed in to the sign-in form; one sent from the org's old home
+/// without their session (`hv_moved=1`) is told why.
 fn sign_in_first(ctx: &OrgCtx, parts: &Parts) -> Response {
-    let signin = format!("/o/{}/signin", ctx.org);
+    let moved = handoff::came_moved(&parts.uri);
+    let signin = if moved {
+        format!("/o/{}/signin?{MOVED_PARAM}=1", ctx.org)
+    } else {
+        format!("/o/{}/signin", ctx.org)
+    };
     if ctx.wants_json {
         return refuse(true, StatusCode::UNAUTHORIZED, "Sign in", "sign in first");
     }
@@ -235,19 +248,20 @@ fn sign_in_first(ctx: &OrgCtx, parts: &Parts) -> Response {
         return resp;
     }
     if parts.method != axum::http::Method::GET {
-        return refuse(
-            false,
-            StatusCode::UNAUTHORIZED,
-            "Sign in",
-            "Your session has ended; sign in again.",
-        );
+        let why = if moved {
+            pages::MOVED_NOTICE
+        } else {
+            "Your session has ended; sign in again."
+        };
+        return refuse(false, StatusCode::UNAUTHORIZED, "Sign in", why);
     }
     let next = parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let location = format!("{signin}?next={}", pages::url_encode(next));
+        .map(|p| handoff::without(p.as_str(), &[MOVED_PARAM, PARAM]))
+        .unwrap_or_else(|| "/".into());
+    let sep = if moved { '&' } else { '?' };
+    let location = format!("{signin}{sep}next={}", pages::url_encode(&next));
     let mut resp = StatusCode::SEE_OTHER.into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);

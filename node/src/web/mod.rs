@@ -3,7 +3,8 @@
 //! a 500 or a panic; a form field that is not UTF-8 is refused ([`form`]); everything a user
 //! typed is escaped when shown ([`pages`]); every form post comes from this node's pages
 //! ([`origin`]) with a token ([`auth`]); signing in costs bounded memory and is throttled
-//! ([`signin`]). No answer about an org is cached or sniffed by a browser.
+//! ([`signin`]). No answer about an org is cached or sniffed by a browser. A user of an org that
+//! moved is sent to its new home still signed in ([`moved`], [`handoff`]).
 
 // Helpers here return `Err(Response)` to end a handler early; that path is cold, so boxing
 // the response would buy nothing.
@@ -13,6 +14,8 @@ mod app;
 mod auth;
 mod context;
 mod form;
+mod handoff;
+mod moved;
 mod moves;
 mod origin;
 mod pages;
@@ -42,12 +45,14 @@ const HTMX_PATH: &str = "/static/htmx-2.0.11.min.js";
 static HTMX: &[u8] = include_bytes!("../../static/htmx-2.0.11.min.js");
 static HTMX_LICENSE: &str = include_str!("../../static/htmx-LICENSE.txt");
 
-/// What the handlers share: the node, and the sign-in guard (absent only if the operating
-/// system gave no randomness for its keys; signing in then answers 503).
+/// What the handlers share: the node, the sign-in guard (absent only if the operating
+/// system gave no randomness for its keys; signing in then answers 503), and what the node
+/// remembers of session hand-offs.
 #[derive(Clone)]
 struct WebState {
     node: Arc<Node>,
     signin: Option<Arc<signin::Signin>>,
+    handoffs: Arc<handoff::Handoffs>,
 }
 
 impl FromRef<WebState> for Arc<Node> {
@@ -77,12 +82,14 @@ pub fn router_with(node: Arc<Node>, limits: &SigninLimits) -> Router {
     let state = WebState {
         node: node.clone(),
         signin: signin.clone(),
+        handoffs: Arc::new(handoff::Handoffs::default()),
     };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route(HTMX_PATH, get(htmx))
         .route("/static/htmx-LICENSE.txt", get(|| async { HTMX_LICENSE }))
+        .route(pages::CONTINUE_JS_PATH, get(continue_js))
         .route("/internal/v1/moves/{org}/catalog", get(moves::catalog))
         .route(
             "/internal/v1/moves/{org}/objects/{*key}",
@@ -103,8 +110,12 @@ pub fn router_with(node: Arc<Node>, limits: &SigninLimits) -> Router {
             pages::error(StatusCode::NOT_FOUND, "Not found", "There is no page here.")
         })
         .layer(middleware::from_fn_with_state(
-            node.clone(),
-            redirect_fenced,
+            state.clone(),
+            moved::send_home,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            moved::accept_handoff,
         ))
         .layer(middleware::from_fn_with_state(node, time_request))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -172,6 +183,17 @@ fn gauges(node: &Node, signin: Option<&signin::Signin>) -> crate::metrics::Gauge
     }
 }
 
+async fn continue_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+        ],
+        pages::CONTINUE_JS,
+    )
+        .into_response()
+}
+
 async fn htmx() -> Response {
     (
         [
@@ -213,40 +235,10 @@ pub(crate) fn error_response(json: bool, e: &HemvistError) -> Response {
     resp
 }
 
-/// Marks an answer refused because the org now belongs to another node.
+/// Marks an answer refused because the org now belongs to another node: [`moved::send_home`]
+/// sends the request there instead (a write held at a move's fence, say).
 #[derive(Clone, Copy)]
 struct Fenced;
-
-/// A request refused because the org moved away meanwhile (a write held at a move's fence,
-/// say) is sent to the org's new home instead: a 307, so a POST keeps its method and body.
-async fn redirect_fenced(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
-    let target = req.uri().path_and_query().map(|p| p.as_str().to_string());
-    let resp = next.run(req).await;
-    if resp.extensions().get::<Fenced>().is_none() {
-        return resp;
-    }
-    let Some(target) = target else {
-        return resp;
-    };
-    let org = target
-        .strip_prefix("/o/")
-        .and_then(|r| r.split(['/', '?']).next())
-        .and_then(|o| hemvist_proto::OrgId::parse(o).ok());
-    let Some(home) = org
-        .and_then(|o| node.state.placement(&o))
-        .filter(|p| p.node_id != node.config.id)
-    else {
-        return resp;
-    };
-    let location = format!("{}{target}", home.node_url.trim_end_matches('/'));
-    let Ok(value) = HeaderValue::from_str(&location) else {
-        return resp;
-    };
-    node.metrics.redirected.inc();
-    let mut moved = html(StatusCode::TEMPORARY_REDIRECT, pages::moved(&location));
-    moved.headers_mut().insert(header::LOCATION, value);
-    moved
-}
 
 pub(crate) fn html(status: StatusCode, body: String) -> Response {
     let mut resp = (status, Body::from(body)).into_response();

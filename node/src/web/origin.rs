@@ -20,8 +20,9 @@ pub fn from_our_pages(headers: &HeaderMap, public_url: &str) -> bool {
 }
 
 /// `scheme://host[:port]` of an absolute http(s) URL, lower-cased, without a default port;
-/// `None` for anything else (`null`, a relative reference, credentials in the authority).
-fn origin_of(url: &str) -> Option<String> {
+/// `None` for anything else (`null`, a relative reference, credentials in the authority, a
+/// character no host or port has). Safe to put in a header or a CSP source list.
+pub fn origin_of(url: &str) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
     let scheme = scheme.to_ascii_lowercase();
     let default_port = match scheme.as_str() {
@@ -30,7 +31,8 @@ fn origin_of(url: &str) -> Option<String> {
         _ => return None,
     };
     let authority = rest.split(['/', '?', '#']).next()?;
-    if authority.is_empty() || authority.contains('@') || !authority.is_ascii() {
+    let host_or_port = |b: u8| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b);
+    if authority.is_empty() || !authority.bytes().all(host_or_port) {
         return None;
     }
     let authority = authority.to_ascii_lowercase();
@@ -92,5 +94,29 @@ mod tests {
             HeaderValue::from_static("http://127.0.0.1:7710/"),
         );
         assert!(!from_our_pages(&both, ours), "Origin wins over Referer");
+    }
+
+    #[test]
+    fn an_origin_is_safe_for_a_header_or_a_csp_source_list() {
+        assert_eq!(
+            origin_of("http://LocalHost:7711/o/a/").as_deref(),
+            Some("http://localhost:7711")
+        );
+        assert_eq!(
+            origin_of("http://[::1]:80").as_deref(),
+            Some("http://[::1]")
+        );
+        for odd in [
+            "http://a b",
+            "http://a;script-src",
+            "http://a'b",
+            "http://a\"b",
+            "http://a,b",
+            "http://a*",
+            "http://",
+            "ftp://a",
+        ] {
+            assert_eq!(origin_of(odd), None, "{odd}");
+        }
     }
 }

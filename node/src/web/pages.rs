@@ -159,17 +159,22 @@ pub fn moved(target: &str) -> String {
     )
 }
 
+/// Shown on the sign-in form to a user sent from an org's old home without their session.
+pub const MOVED_NOTICE: &str = "This organization has moved to a new home; please sign in again.";
+
 pub fn sign_in(
     org: &OrgId,
     org_name: &str,
     csrf: &str,
     next: &str,
+    notice: Option<&str>,
     problem: Option<&str>,
 ) -> Response {
     let body = html! {
         (top(org, org_name, None))
         main {
             h2 { "Sign in" }
+            @if let Some(n) = notice { p.notice #moved role="status" { (n) } }
             @if let Some(p) = problem { p.problem role="alert" { (p) } }
             form.card method="post" action={ "/o/" (org) "/signin" } {
                 input type="hidden" name="_csrf" value=(csrf);
@@ -251,6 +256,52 @@ pub fn results_fragment(org: &OrgId, r: &Results) -> Response {
         (more_button(org, r))
     };
     html(StatusCode::OK, body.into_string())
+}
+
+/// The script of [`continue_at`]'s page (a file: the pages' CSP allows no inline script).
+pub const CONTINUE_JS_PATH: &str = "/static/hv-continue-1.js";
+pub static CONTINUE_JS: &str = "'use strict';\ndocument.getElementById('hv-continue').submit();\n";
+
+/// The answer to a form posted to an org's old home: the same fields, posted to `target` (the
+/// new home) by a small script of ours, or by the button without scripts. This answer's CSP
+/// lets a form go to the new home's `origin` too (every other page allows only `'self'`), and
+/// its referrer policy names this node as the form's origin.
+/// `None` if `origin` cannot go in a header.
+pub fn continue_at(
+    target: &str,
+    origin: &str,
+    fields: &std::collections::HashMap<String, String>,
+) -> Option<Response> {
+    let mut fields: Vec<_> = fields.iter().collect();
+    fields.sort();
+    let body = html! {
+        main {
+            h1 { "This organization has moved" }
+            p { "It now lives on another server; your form is being sent there." }
+            form #hv-continue method="post" action=(target) {
+                @for (name, value) in &fields {
+                    input type="hidden" name=(name) value=(value);
+                }
+                button type="submit" { "Continue" }
+            }
+            script src=(CONTINUE_JS_PATH) defer {}
+        }
+    };
+    let mut resp = html(StatusCode::OK, layout("Moved", body));
+    let csp = format!(
+        "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+         frame-ancestors 'none'; form-action 'self' {origin}"
+    );
+    let csp = axum::http::HeaderValue::from_str(&csp).ok()?;
+    let h = resp.headers_mut();
+    h.insert(axum::http::header::CONTENT_SECURITY_POLICY, csp);
+    // `same-origin` (every other page's) would make the browser send `Origin: null` with a
+    // post to another origin, and the new home could not tell where the form came from.
+    h.insert(
+        axum::http::header::REFERRER_POLICY,
+        axum::http::HeaderValue::from_static("origin"),
+    );
+    Some(resp)
 }
 
 pub fn search_problem(message: &str) -> Response {
