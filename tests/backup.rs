@@ -665,6 +665,7 @@ fn host_in_process(node: &hemvist_node::Node, org: &hemvist_proto::OrgId, key: [
             sync: false,
             data_key: Some(hemvist_proto::DataKey(key)),
             expect_backup: false,
+            moved_here: false,
         })
         .unwrap();
 }

@@ -21,6 +21,8 @@ pub enum NodeCommand {
         data_key: String,
         /// Backups of the org have been seen: with no local file and no backup, fail.
         expect_backup: bool,
+        /// A move put the org's file on the node: host that file, or fail.
+        moved_here: bool,
     },
     /// Add a user to the org's own database; the password is already hashed.
     AddUser {

@@ -350,6 +350,7 @@ fn action(command: NodeCommand) -> pb::command::Action {
             durability,
             data_key,
             expect_backup,
+            moved_here,
         } => Action::Host(pb::HostTenant {
             org: org.to_string(),
             generation: generation.get(),
@@ -358,6 +359,7 @@ fn action(command: NodeCommand) -> pb::command::Action {
             durability,
             data_key,
             expect_backup,
+            moved_here,
         }),
         NodeCommand::AddUser {
             org,

@@ -123,6 +123,7 @@ fn reconcile_node(plane: &Plane, node: &NodeId, epoch: u64) -> Result<(), Hemvis
             durability: org.durability.clone(),
             data_key: org.data_key.clone().unwrap_or_default(),
             expect_backup: org.backed_up_ms.is_some(),
+            moved_here: false,
         };
         let is_open = open.contains_key(&cmd.id);
         send_if_due(plane, node, epoch, &cmd, is_open, command)?;

@@ -517,6 +517,7 @@ fn host(node: &Node, h: pb::HostTenant) -> Result<pb::HostedTenant, HemvistError
             Some(data_key(&h.data_key)?)
         },
         expect_backup: h.expect_backup,
+        moved_here: h.moved_here,
     };
     let hosted = node.hosting.host(&req)?;
     Ok(pb::HostedTenant {

@@ -5,7 +5,7 @@
 //! While a move fences an org here, a write is held up to [`FENCE_HOLD`]: if the move completes
 //! meanwhile, the org now belongs elsewhere (`Fenced`, which the web layer answers with a 307 to
 //! the new home); if it is rolled back, the write goes ahead; otherwise it is refused as
-//! retryable (503 with `Retry-After`). The last check runs under the tenant's writer lock
+//! retryable (503 with `Retry-After`). The last check runs inside the write transaction
 //! ([`WriteGate::check_now`]), so no write commits after the fence was reported.
 
 use std::sync::{Arc, Condvar, Mutex};
@@ -75,10 +75,16 @@ impl WriteGate {
 
     /// The generation this node may write `org` at right now, or why it may not.
     pub fn check_now(&self, org: &OrgId) -> Result<Generation, HemvistError> {
-        let hosted = self
-            .hosted
-            .hosted(org)
-            .ok_or_else(|| HemvistError::not_found(format!("org {org} is not hosted here")))?;
+        let Some(hosted) = self.hosted.hosted(org) else {
+            // Dropped meanwhile (a move's source, after the switch): the org lives elsewhere.
+            return Err(match self.hosted.placement(org) {
+                Some(p) => HemvistError::new(
+                    ErrorKind::Fenced,
+                    format!("org {org} now belongs to {} at {}", p.node_id, p.generation),
+                ),
+                None => HemvistError::not_found(format!("org {org} is not hosted here")),
+            });
+        };
         if let Some(p) = self.hosted.placement(org) {
             if p.generation > hosted.generation {
                 return Err(HemvistError::new(

@@ -29,6 +29,8 @@ pub struct HostRequest {
     /// The control plane has seen backups of this org: if there is no local file, one of them
     /// must be restored; finding none is an error, never an empty tenant.
     pub expect_backup: bool,
+    /// A move put the org's file here: host exactly that file, or fail.
+    pub moved_here: bool,
 }
 
 pub struct Hosting {
@@ -87,6 +89,13 @@ impl Hosting {
             }
         }
         failpoints::check("node.host")?;
+        if req.moved_here && !self.tenants.exists(&req.org) {
+            return Err(HemvistError::unavailable(format!(
+                "org {} was moved here, but its copy is not where it was put: refusing to \
+                 restore an older point or create an empty tenant",
+                req.org
+            )));
+        }
         if !self.tenants.exists(&req.org)
             && !self.restore_from_backup(&req.org, req.data_key.as_ref())?
             && req.expect_backup
@@ -175,6 +184,13 @@ impl Hosting {
         if h.generation > generation {
             return Ok(());
         }
+        if let Some(b) = &self.backup {
+            // What it shipped stays findable (indexed) before it is forgotten; a failure here
+            // fails the drop, which is asked again.
+            let handle = tokio::runtime::Handle::try_current()
+                .map_err(|_| HemvistError::internal("dropping a tenant needs the runtime"))?;
+            handle.block_on(b.index_org(org))?;
+        }
         self.hosted.remove_hosted(org)?;
         if let Some(b) = &self.backup {
             b.forget(org)?;
@@ -232,6 +248,7 @@ mod tests {
             sync: false,
             data_key: None,
             expect_backup: false,
+            moved_here: false,
         }
     }
 

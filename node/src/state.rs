@@ -51,7 +51,7 @@ pub struct NodeState {
     db: Mutex<Connection>,
     hosted: RwLock<HashMap<OrgId, Hosted>>,
     /// Fenced orgs, and the generation the fence holds for.
-    fences: RwLock<HashMap<OrgId, Generation>>,
+    fences: RwLock<HashMap<OrgId, (Generation, String)>>,
     placements: RwLock<HashMap<OrgId, Placement>>,
 }
 
@@ -153,11 +153,17 @@ impl NodeState {
         }
         let mut fences = HashMap::new();
         {
-            let mut stmt = conn.prepare("SELECT org, generation FROM fences")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut stmt = conn.prepare("SELECT org, generation, operation FROM fences")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })?;
             for row in rows {
-                let (org, g) = row?;
-                fences.insert(OrgId::try_from(org)?, Generation::new(g as u64)?);
+                let (org, g, op) = row?;
+                fences.insert(OrgId::try_from(org)?, (Generation::new(g as u64)?, op));
             }
         }
         Ok(Self {
@@ -253,7 +259,7 @@ impl NodeState {
         self.fences
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(org.clone(), generation);
+            .insert(org.clone(), (generation, operation.to_string()));
         Ok(())
     }
 
@@ -274,19 +280,28 @@ impl NodeState {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(org)
-            .copied()
+            .map(|f| f.0)
+    }
+
+    /// The operation that fenced `org`, if one did.
+    pub fn fenced_by(&self, org: &OrgId) -> Option<String> {
+        self.fences
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(org)
+            .map(|f| f.1.clone())
     }
 
     pub fn remove_hosted(&self, org: &OrgId) -> Result<(), HemvistError> {
         self.db()
             .execute("DELETE FROM hosted WHERE org = ?1", [org.as_str()])
             .map_err(internal)?;
-        self.unfence(org)?;
+        // Out of memory first: the fence goes only once nothing can pass the gate for the org.
         self.hosted
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(org);
-        Ok(())
+        self.unfence(org)
     }
 
     pub fn placement(&self, org: &OrgId) -> Option<Placement> {

@@ -48,7 +48,7 @@ impl Writer {
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, HemvistError> {
         self.gate.check(org)?;
-        // Checked again under the writer lock: a fence taken meanwhile wins.
+        // Checked again inside the write transaction: a fence taken meanwhile wins.
         let out = self
             .tenants
             .write_checked(org, || self.gate.check_now(org).map(|_| ()), f)?;

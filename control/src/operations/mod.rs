@@ -276,6 +276,10 @@ impl Plane {
             return;
         }
         let mut all = lock(&self.ops.progress);
+        // What nodes report is bounded by what operations exist, not by what they send.
+        if all.len() >= 10_000 && !all.contains_key(&p.operation) {
+            return;
+        }
         p.failing_since_ms = match all.get(&p.operation) {
             Some(old) if old.state == "failed" && p.state == "failed" => old.failing_since_ms,
             _ => p.at_ms,
@@ -371,18 +375,24 @@ impl Plane {
                 CommandState::Done => step.again_on_new_session && delivered != Some(epoch),
                 CommandState::Failed => false,
             };
-        if due
-            && self
-                .nodes
-                .send_command(step.node, &id, Some(step.operation), command())
-        {
-            tracing::info!(node = %step.node, command = %id, attempt = cmd.attempts + 1, "sent operation step");
-            self.store.mark_command_sent(&id)?;
-            lock(&self.ops.delivered).insert(id.clone(), epoch);
+        if due {
             if cmd.state == CommandState::Done {
-                // Sent again to a new session: open until it answers again.
+                // Sent again to a new session: open until it answers again (marked before it
+                // goes, so a quick answer is not overwritten).
                 self.store
                     .ack_command(step.node, &id, CommandState::Sent, None, None)?;
+            }
+            if self
+                .nodes
+                .send_command(step.node, &id, Some(step.operation), command())
+            {
+                tracing::info!(node = %step.node, command = %id, attempt = cmd.attempts + 1, "sent operation step");
+                self.store.mark_command_sent(&id)?;
+                lock(&self.ops.delivered).insert(id.clone(), epoch);
+            } else if cmd.state == CommandState::Done {
+                // Not sent after all: as it was.
+                self.store
+                    .ack_command(step.node, &id, CommandState::Done, None, None)?;
             }
         }
         Ok(self.store.command(&id)?.unwrap_or(cmd))

@@ -439,7 +439,14 @@ fn copying(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistError>
     let now = now_ms();
     let progress = plane.progress_of(&op.record.id, &d.to_node);
     match &progress {
-        Some(p) if p.state == "caught_up" && out.state == CommandState::Done => {
+        // Only a fresh report (a few of the target's rounds old) says it is close now: a target
+        // that went quiet after catching up would leave the source fenced for nothing.
+        Some(p)
+            if p.state == "caught_up"
+                && now - p.at_ms < 2_000
+                && out.state == CommandState::Done
+                && inn.state == CommandState::Done =>
+        {
             let mut next = d.clone();
             next.bytes = p.bytes;
             next.fencing_ms = Some(now);
@@ -670,6 +677,7 @@ fn switching(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
             data_key: org.data_key.clone().unwrap_or_default(),
             // The copy is in place: finding no file would mean a lost copy, never "new org".
             expect_backup: true,
+            moved_here: true,
         },
     )?;
     if host.state != CommandState::Done {

@@ -6,7 +6,8 @@
 //! Keeps true: a target reads only the objects of the moved org's generation, and the packs the
 //! catalog it was given lists, with the move's secret (kept here as a digest, in memory only);
 //! the fence is persisted before the position is reported, and no write commits after it (the
-//! gate checks it again under the writer lock, and the fence waits for that lock once).
+//! gate checks it again inside each write transaction, and the fence waits once for the
+//! database's write lock).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -32,8 +33,9 @@ struct Session {
     generation: Generation,
     target: NodeId,
     secret: [u8; 32],
-    /// The packs a catalog sent to the target listed: the only ones it may read.
-    packs: HashSet<String>,
+    /// The packed segments a catalog sent to the target listed (pack, offset, length): the
+    /// only ranges of packs it may read (the rest of a pack is other tenants').
+    packs: HashSet<(String, u64, u64)>,
 }
 
 /// The moves this node is the source of.
@@ -113,7 +115,8 @@ impl Outgoing {
         }
         let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
         ended.insert(operation.to_string());
-        if rolled_back && state.fenced(org).is_some() {
+        // Only this move's fence: another operation's is not this one's to lift.
+        if rolled_back && state.fenced_by(org).as_deref() == Some(operation) {
             state.unfence(org)?;
             return Ok(true);
         }
@@ -155,7 +158,7 @@ impl Outgoing {
             .map(|s| s.pending)
             .unwrap_or_default();
         // An index written a little before `since_ms` may list what came after it.
-        let index_since = since_ms.map_or(i64::MIN, |t| t - 5_000);
+        let index_since = since_ms.map_or(i64::MIN, |t| t.saturating_sub(5_000));
         let catalog = restore::catalog_known(&backup.store, org, index_since, &pending)
             .await
             .map_err(|e| HemvistError::unavailable(format!("list the backups of {org}: {e:#}")))?;
@@ -163,8 +166,13 @@ impl Outgoing {
             tracing::warn!(%org, warning = %w, "while listing a move's copy");
         }
         let wire = catalog.to_wire(generation.get());
+        let sizes: HashMap<&str, u64> =
+            wire.objects.iter().map(|(k, n)| (k.as_str(), *n)).collect();
         if let Some(s) = self.lock().get_mut(org) {
-            s.packs.extend(wire.packed.values().map(|p| p.0.clone()));
+            s.packs
+                .extend(wire.packed.iter().filter_map(|(segment, (pack, offset))| {
+                    Some((pack.clone(), *offset, *sizes.get(segment.as_str())?))
+                }));
         }
         Ok(wire)
     }
@@ -176,12 +184,20 @@ impl Outgoing {
         org: &OrgId,
         bearer: Option<&str>,
         key: &str,
-        range: Option<std::ops::Range<u64>>,
+        range: impl FnOnce() -> Result<Option<std::ops::Range<u64>>, HemvistError>,
     ) -> Result<(bytes::Bytes, u64), HemvistError> {
+        // Who asks is checked before anything they sent is read further.
+        self.authorize(org, bearer)?;
+        let range = range()?;
         let generation = self.authorize(org, bearer)?;
         let own = ObjectName::parse(key)
             .is_some_and(|n| &n.org == org && n.generation == generation.get());
-        let listed_pack = self.lock().get(org).is_some_and(|s| s.packs.contains(key));
+        let listed_pack = range.as_ref().is_some_and(|r| {
+            self.lock().get(org).is_some_and(|s| {
+                s.packs
+                    .contains(&(key.to_string(), r.start, r.end.saturating_sub(r.start)))
+            })
+        });
         if !own && !listed_pack {
             return Err(HemvistError::not_found(format!(
                 "{key:?} is not an object of this move"
@@ -251,7 +267,9 @@ pub fn fence(
         }
     }
     failpoints::check("node.fence.fenced")?;
-    tenants.with_writer(org, |_| Ok(()))?;
+    // Every write that began before the fence has committed once this returns (one that
+    // begins after it sees the fence inside its transaction and changes nothing).
+    tenants.write_barrier(org)?;
     let mark = backup.mark_dirty(org);
     backup.wait_durable(org, mark, FINAL_SHIP_WAIT)?;
     let shipped = backup

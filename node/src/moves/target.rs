@@ -27,6 +27,8 @@ use crate::tenants::TenantStore;
 
 /// How often a copy looks for what the source shipped since.
 const TAIL_EVERY: Duration = Duration::from_millis(200);
+/// A copy failing this long without a good round stops (a `MoveIn` starts it again).
+const GIVE_UP_MS: i64 = 10 * 60 * 1000;
 /// A staged copy larger than this is checked with `quick_check` when finished (the full
 /// `integrity_check` ran when it was first restored, and every segment since is verified).
 const FULL_CHECK_BYTES: u64 = 64 * 1024 * 1024;
@@ -104,9 +106,24 @@ fn read_marker(path: &Path) -> Option<Staged> {
 
 fn write_marker(path: &Path, staged: &Staged) -> Result<(), HemvistError> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(staged).unwrap_or_default())
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| HemvistError::internal(format!("write {}: {e}", path.display())))
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, &serde_json::to_vec(staged).unwrap_or_default())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| HemvistError::internal(format!("write {}: {e}", path.display())))
+}
+
+/// Renames the finished copy into place and makes the rename durable (the folder is synced).
+fn put_in_place(staging: &Path, tenant: &Path) -> Result<(), HemvistError> {
+    std::fs::rename(staging, tenant).map_err(unavailable)?;
+    if let Some(dir) = tenant.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(unavailable)?;
+    }
+    Ok(())
 }
 
 fn unavailable(e: impl std::fmt::Display) -> HemvistError {
@@ -214,6 +231,7 @@ impl Incoming {
 
     async fn tail(&self, copy: Arc<Copy>) {
         let mut last_error: Option<String> = None;
+        let mut failing_since: Option<i64> = None;
         loop {
             let req = copy.req.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let round = {
@@ -221,11 +239,12 @@ impl Incoming {
                 if copy.stop.is_cancelled() {
                     return;
                 }
-                self.catch_up(&req).await
+                self.catch_up(&req, false).await
             };
             match round {
                 Ok((staged, newest)) => {
                     last_error = None;
+                    failing_since = None;
                     self.report(Progress {
                         operation: req.operation.clone(),
                         org: req.org.clone(),
@@ -240,6 +259,14 @@ impl Incoming {
                     });
                 }
                 Err(e) => {
+                    let since = *failing_since.get_or_insert(now_ms());
+                    if now_ms() - since > GIVE_UP_MS {
+                        // The move is long over (or its control plane forgot it): stop asking.
+                        tracing::warn!(org = %req.org, operation = %req.operation, error = %e,
+                            "move's copy: failing for 10 minutes; giving up until asked again");
+                        copy.stop.cancel();
+                        return;
+                    }
                     if last_error.as_deref() != Some(e.message.as_str()) {
                         tracing::warn!(org = %req.org, operation = %req.operation, error = %e, "move's copy: will try again");
                     }
@@ -264,7 +291,7 @@ impl Incoming {
     /// One round: the source's catalog, then whatever takes the staged copy to its newest
     /// point (a full restore if nothing usable is staged, else the segments after it). Returns
     /// the staged position and the newest one the source has.
-    async fn catch_up(&self, req: &CopyRequest) -> Result<(Staged, u64), HemvistError> {
+    async fn catch_up(&self, req: &CopyRequest, full: bool) -> Result<(Staged, u64), HemvistError> {
         let source = SourceObjects::new(
             self.client.clone(),
             &req.source_url,
@@ -280,8 +307,8 @@ impl Incoming {
             .filter(|_| staging.is_file());
         // With something staged, only what came since; the whole catalog if that does not
         // reach the newest point the source has.
-        let mut catalog =
-            source_catalog(&source, &req.org, staged.as_ref().map(|s| s.since_ms)).await?;
+        let since = staged.as_ref().map(|s| s.since_ms).filter(|_| !full);
+        let mut catalog = source_catalog(&source, &req.org, since).await?;
         if let Some(s) = &staged {
             let reached = catalog
                 .chain(generation, s.lsn, i64::MAX, &[])
@@ -364,8 +391,14 @@ impl Incoming {
     ) -> Result<(u64, u64), HemvistError> {
         let tenant = self.tenants.path(org);
         let moved = marker_path(&tenant, "moved");
-        if let Some(done) = read_marker(&moved).filter(|m| m.operation == operation) {
-            if tenant.is_file() && done.lsn == lsn {
+        if let Some(done) = read_marker(&moved).filter(|m| m.operation == operation && m.lsn == lsn)
+        {
+            // Finished before (the ack was lost), or stopped between the marker and the rename.
+            let staging = staging_path(&tenant);
+            if !tenant.is_file() && staging.is_file() {
+                put_in_place(&staging, &tenant)?;
+            }
+            if tenant.is_file() {
                 return Ok((done.lsn, done.bytes));
             }
         }
@@ -387,8 +420,9 @@ impl Incoming {
         }
         let _g = copy.staging.lock().await;
         let mut staged = None;
-        for _ in 0..3 {
-            let (s, newest) = self.catch_up(&req).await?;
+        for attempt in 0..3 {
+            // Past the first try, the whole catalog: what came since may hide behind a clock.
+            let (s, newest) = self.catch_up(&req, attempt > 0).await?;
             if s.lsn > lsn || newest > lsn {
                 return Err(HemvistError::internal(format!(
                     "the source of {org} has backups past its final position {lsn} \
@@ -436,12 +470,21 @@ impl Incoming {
             )));
         }
         if tenant.exists() {
-            return Err(HemvistError::conflict(format!(
-                "a file of {org} is already where the copy would go"
-            )));
+            if self.state.hosted(org).is_some() {
+                return Err(HemvistError::conflict(format!(
+                    "org {org} is hosted here already; the copy is not put in its place"
+                )));
+            }
+            // An unhosted file where the tenant would live is a leftover (a drop or a rollback
+            // cut short): nothing serves it. It goes to the trash, not away.
+            let label = format!("leftover-{}", now_ms());
+            let kept = self.tenants.retire(org, &label)?;
+            tracing::warn!(%org, to = ?kept, "a leftover file was where the copy goes; moved to trash");
         }
-        std::fs::rename(&staging, &tenant).map_err(unavailable)?;
+        // The marker first: a stop between it and the rename is finished by the next ask, and
+        // a rollback knows the file is this move's.
         write_marker(&moved, &staged)?;
+        put_in_place(&staging, &tenant)?;
         let _ = std::fs::remove_file(marker_path(&tenant, "moving"));
         copy.stop.cancel();
         failpoints::check("node.move.finished")?;
@@ -452,14 +495,16 @@ impl Incoming {
     /// The move is over here. Rolled back: what was copied goes (a file put in place but never
     /// hosted goes to the trash). Done: only the bookkeeping goes.
     pub fn end(&self, org: &OrgId, rolled_back: bool) -> Result<(), HemvistError> {
-        if let Some(c) = self
+        let copy = self
             .copies
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(org)
-        {
+            .remove(org);
+        // A round under way finishes before its files go (it would write them again).
+        let _round = copy.as_ref().map(|c| {
             c.stop.cancel();
-        }
+            c.staging.blocking_lock()
+        });
         let tenant = self.tenants.path(org);
         let _ = std::fs::remove_file(staging_path(&tenant));
         let _ = std::fs::remove_file(marker_path(&tenant, "moving"));

@@ -159,8 +159,8 @@ impl TenantStore {
         self.tenant(org)?.read(f)
     }
 
-    /// As [`TenantStore::write`], with `check` run first under the writer lock: a write it
-    /// refuses never starts.
+    /// As [`TenantStore::write`], with `check` run first inside the write transaction (holding
+    /// the database's write lock): a write it refuses changes nothing.
     pub fn write_checked<T>(
         &self,
         org: &OrgId,
@@ -169,10 +169,12 @@ impl TenantStore {
     ) -> Result<T, HemvistError> {
         let tenant = self.tenant(org)?;
         let mut conn = tenant.writer.lock().unwrap_or_else(|p| p.into_inner());
-        check()?;
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| db_error(org, e))?;
+        // Checked holding SQLite's write lock, not only this handle's mutex: a handle evicted
+        // from the cache and reopened has a mutex of its own, but the database has one writer.
+        check()?;
         let out = f(&tx).map_err(|e| db_error(org, e))?;
         tx.commit().map_err(|e| db_error(org, e))?;
         Ok(out)
@@ -186,6 +188,16 @@ impl TenantStore {
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, HemvistError> {
         self.write_checked(org, || Ok(()), f)
+    }
+
+    /// Waits until no write is under way in the tenant's database, whichever connection holds
+    /// it (a write transaction is begun and rolled back): every write that got its lock before
+    /// has committed (or failed) when this returns.
+    pub fn write_barrier(&self, org: &OrgId) -> Result<(), HemvistError> {
+        self.with_writer(org, |conn| {
+            conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+                .map_err(|e| db_error(org, e))
+        })
     }
 
     /// Runs `f` on the tenant's writer connection, with no transaction: nothing else writes

@@ -40,7 +40,7 @@ fn range(headers: &HeaderMap) -> Result<Option<std::ops::Range<u64>>, HemvistErr
     if b < a {
         return Err(bad());
     }
-    Ok(Some(a..b + 1))
+    Ok(Some(a..b.checked_add(1).ok_or_else(bad)?))
 }
 
 fn store(node: &Node) -> Result<&Arc<dyn object_store::ObjectStore>, HemvistError> {
@@ -87,9 +87,10 @@ pub async fn object(
 ) -> Response {
     let answer = async {
         let org = OrgId::parse(&org)?;
-        let range = range(&headers)?;
         node.moves_out
-            .object(store(&node)?, &org, bearer(&headers), &key, range)
+            .object(store(&node)?, &org, bearer(&headers), &key, || {
+                range(&headers)
+            })
             .await
     }
     .await;

@@ -111,6 +111,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             sync: false,
             data_key: Some(data_key(i + 1)),
             expect_backup: false,
+            moved_here: false,
         })?;
     }
     if args.big_mb > 0 {

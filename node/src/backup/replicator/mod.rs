@@ -350,6 +350,13 @@ impl Replicator {
         self.write_indexes(true).await;
     }
 
+    /// Lists the org's packed segments that no index object lists yet in one now, so that what
+    /// this node shipped of it stays findable after it forgets the org (a restore of its old
+    /// region must not depend on a scan of recent packs).
+    pub async fn index_org(&self, org: &OrgId) -> Result<(), HemvistError> {
+        self.packs.write_index(self.up(), &self.db, org).await
+    }
+
     /// Forgets an org this node no longer hosts; what it shipped of it is removed from the
     /// store once the retention window has passed it ([`Replicator::expire_departed`]).
     pub fn forget(&self, org: &OrgId) -> Result<(), HemvistError> {
@@ -371,9 +378,8 @@ impl Replicator {
         }
         self.departed_checked.store(now, Ordering::Relaxed);
         let horizon = now - self.config.retention_secs as i64 * 1000;
-        for (org, generation, pending) in self.db.departed_before(horizon) {
-            match retention::expire_departed(self.up(), &self.db, &org, generation, &pending).await
-            {
+        for (org, generation) in self.db.departed_before(horizon) {
+            match retention::expire_departed(self.up(), &self.db, &org, generation).await {
                 Ok(()) => {
                     tracing::info!(%org, generation, "removed the expired backups of a generation this node dropped");
                     if let Err(e) = self.db.forget_departed(&org, generation) {

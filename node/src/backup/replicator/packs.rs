@@ -116,7 +116,7 @@ impl Packs {
             .await;
     }
 
-    async fn write_index(
+    pub(super) async fn write_index(
         &self,
         up: Uploader<'_>,
         db: &BackupDb,

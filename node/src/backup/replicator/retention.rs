@@ -51,19 +51,21 @@ pub async fn prune(
                     })
         })
         .collect();
-    remove(up, db, &expired, &[]).await
+    remove(up, db, &expired).await
 }
 
 /// Removes the backups of a generation this node shipped and then dropped (the org moved away,
 /// or was dropped here), once every point they restore is older than the retention window:
 /// every object of that generation or older under the org's prefix, and the packed segments
-/// they (and `pending`, what no index listed at the drop) hold.
+/// they and the departed record (what no index listed at the drop) hold. Each packed segment is
+/// released once, whatever fails and is tried again: those an index lists are struck from the
+/// record before anything is deleted, and the record's own are struck one by one, each in the
+/// same transaction as its release.
 pub async fn expire_departed(
     up: Uploader<'_>,
     db: &BackupDb,
     org: &OrgId,
     generation: u64,
-    pending: &[format::PackRef],
 ) -> anyhow::Result<()> {
     let listed = restore::listed(up.store, org).await?;
     let expired: Vec<&ObjectName> = listed
@@ -71,23 +73,41 @@ pub async fn expire_departed(
         .map(|(n, _)| n)
         .filter(|n| n.generation <= generation)
         .collect();
-    remove(up, db, &expired, pending).await
+    let indexed = index_refs(up, &expired).await?;
+    db.strike_departed(org, generation, &indexed)?;
+    delete(up, &expired).await?;
+    for r in indexed {
+        release_packed(up, db, &r.pack).await?;
+    }
+    while let Some((pack, left)) = db.release_departed_segment(org, generation)? {
+        if left <= 0 {
+            delete_pack(up, db, &pack).await?;
+        }
+    }
+    Ok(())
 }
 
-/// Deletes `expired` and releases the packed segments their indexes (and `more`) list.
-async fn remove(
-    up: Uploader<'_>,
-    db: &BackupDb,
-    expired: &[&ObjectName],
-    more: &[format::PackRef],
-) -> anyhow::Result<()> {
-    if expired.is_empty() && more.is_empty() {
+/// Deletes `expired` and releases the packed segments their indexes list. Indexes are read,
+/// then everything is deleted (in bulk requests), then the segments released: a crash in
+/// between leaves a pack behind (storage), never frees one twice (data).
+async fn remove(up: Uploader<'_>, db: &BackupDb, expired: &[&ObjectName]) -> anyhow::Result<()> {
+    if expired.is_empty() {
         return Ok(());
     }
-    // Indexes are read, then everything is deleted (in bulk requests), then the indexes'
-    // segments released: a crash in between leaves a pack behind (storage), never frees
-    // one twice (data).
-    let mut refs = more.to_vec();
+    let refs = index_refs(up, expired).await?;
+    delete(up, expired).await?;
+    for r in refs {
+        release_packed(up, db, &r.pack).await?;
+    }
+    Ok(())
+}
+
+/// The packed segments the index objects among `expired` list.
+async fn index_refs(
+    up: Uploader<'_>,
+    expired: &[&ObjectName],
+) -> anyhow::Result<Vec<format::PackRef>> {
+    let mut refs = Vec::new();
     for name in expired.iter().filter(|n| n.kind == Kind::Index) {
         let key = ObjectPath::from(name.key());
         let bytes = up.store.get(&key).await?.bytes().await?;
@@ -95,6 +115,10 @@ async fn remove(
     }
     refs.sort_by(|a, b| a.segment.cmp(&b.segment));
     refs.dedup_by(|a, b| a.segment == b.segment);
+    Ok(refs)
+}
+
+async fn delete(up: Uploader<'_>, expired: &[&ObjectName]) -> anyhow::Result<()> {
     let keys: Vec<object_store::Result<ObjectPath>> = expired
         .iter()
         .map(|n| Ok(ObjectPath::from(n.key())))
@@ -107,9 +131,6 @@ async fn remove(
     up.metrics
         .deletes
         .fetch_add(deleted.len() as u64, Ordering::Relaxed);
-    for r in refs {
-        release_packed(up, db, &r.pack).await?;
-    }
     Ok(())
 }
 
@@ -117,9 +138,14 @@ async fn remove(
 async fn release_packed(up: Uploader<'_>, db: &BackupDb, pack: &str) -> anyhow::Result<()> {
     let left = db.release_pack_segment(pack)?;
     if left.is_some_and(|n| n <= 0) {
-        up.store.delete(&ObjectPath::from(pack)).await?;
-        up.metrics.deletes.fetch_add(1, Ordering::Relaxed);
-        db.forget_pack(pack)?;
+        delete_pack(up, db, pack).await?;
     }
+    Ok(())
+}
+
+async fn delete_pack(up: Uploader<'_>, db: &BackupDb, pack: &str) -> anyhow::Result<()> {
+    up.store.delete(&ObjectPath::from(pack)).await?;
+    up.metrics.deletes.fetch_add(1, Ordering::Relaxed);
+    db.forget_pack(pack)?;
     Ok(())
 }

@@ -91,8 +91,12 @@ impl Shipper<'_> {
         }
         let generation = hosted.generation.get();
         let current = self.db.get(org).filter(|s| s.generation == generation);
+        // A fenced org (a move's source handing it over) takes no new snapshot: its target is
+        // finishing from the segments after what it has, inside the write pause.
+        let fenced = self.hosted.fenced(org) == Some(hosted.generation);
         let needs_snapshot = match &current {
             None => true,
+            Some(s) if fenced => s.snapshot_lsn.is_none(),
             Some(s) => {
                 s.snapshot_lsn.is_none()
                     || s.since_snapshot >= self.config.snapshot_after_bytes

@@ -166,32 +166,100 @@ impl BackupDb {
     }
 
     /// Departed generations dropped before `before_ms`.
-    pub fn departed_before(&self, before_ms: i64) -> Vec<(OrgId, u64, Vec<PackRef>)> {
+    pub fn departed_before(&self, before_ms: i64) -> Vec<(OrgId, u64)> {
         let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        let Ok(mut stmt) =
-            db.prepare("SELECT org, generation, pending FROM departed WHERE dropped_ms < ?1")
+        let Ok(mut stmt) = db.prepare("SELECT org, generation FROM departed WHERE dropped_ms < ?1")
         else {
             return Vec::new();
         };
         stmt.query_map([before_ms], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-            ))
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
         })
         .map(|rows| {
             rows.filter_map(Result::ok)
-                .filter_map(|(o, g, p)| {
-                    Some((
-                        OrgId::parse(&o).ok()?,
-                        g as u64,
-                        serde_json::from_str(&p).unwrap_or_default(),
-                    ))
-                })
+                .filter_map(|(o, g)| Some((OrgId::parse(&o).ok()?, g as u64)))
                 .collect()
         })
         .unwrap_or_default()
+    }
+
+    fn departed_pending(
+        tx: &rusqlite::Transaction<'_>,
+        org: &OrgId,
+        generation: u64,
+    ) -> rusqlite::Result<Option<Vec<PackRef>>> {
+        let text: Option<String> = tx
+            .query_row(
+                "SELECT pending FROM departed WHERE org = ?1 AND generation = ?2",
+                rusqlite::params![org.as_str(), generation as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(text.map(|t| serde_json::from_str(&t).unwrap_or_default()))
+    }
+
+    fn set_departed_pending(
+        tx: &rusqlite::Transaction<'_>,
+        org: &OrgId,
+        generation: u64,
+        pending: &[PackRef],
+    ) -> rusqlite::Result<()> {
+        tx.execute(
+            "UPDATE departed SET pending = ?3 WHERE org = ?1 AND generation = ?2",
+            rusqlite::params![
+                org.as_str(),
+                generation as i64,
+                serde_json::to_string(pending).unwrap_or_else(|_| "[]".into())
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Strikes from a departed generation's record the segments `indexed` lists (an index will
+    /// release them), so none is released twice.
+    pub fn strike_departed(
+        &self,
+        org: &OrgId,
+        generation: u64,
+        indexed: &[PackRef],
+    ) -> Result<(), HemvistError> {
+        let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = db.transaction().map_err(internal)?;
+        if let Some(mut pending) = Self::departed_pending(&tx, org, generation).map_err(internal)? {
+            pending.retain(|p| !indexed.iter().any(|i| i.segment == p.segment));
+            Self::set_departed_pending(&tx, org, generation, &pending).map_err(internal)?;
+        }
+        tx.commit().map_err(internal)
+    }
+
+    /// Releases one segment of a departed generation's record and strikes it, in one
+    /// transaction: its pack and how many of the pack's segments are still needed; `None` when
+    /// the record has none left.
+    pub fn release_departed_segment(
+        &self,
+        org: &OrgId,
+        generation: u64,
+    ) -> Result<Option<(String, i64)>, HemvistError> {
+        let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = db.transaction().map_err(internal)?;
+        let Some(mut pending) = Self::departed_pending(&tx, org, generation).map_err(internal)?
+        else {
+            return Ok(None);
+        };
+        let Some(r) = pending.pop() else {
+            return Ok(None);
+        };
+        Self::set_departed_pending(&tx, org, generation, &pending).map_err(internal)?;
+        let left: Option<i64> = tx
+            .query_row(
+                "UPDATE packs SET live = live - 1 WHERE key = ?1 RETURNING live",
+                [&r.pack],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(internal)?;
+        tx.commit().map_err(internal)?;
+        Ok(Some((r.pack, left.unwrap_or(1))))
     }
 
     pub fn forget_departed(&self, org: &OrgId, generation: u64) -> Result<(), HemvistError> {
