@@ -20,6 +20,8 @@ use crate::state::Placement;
 use crate::{HostRequest, Node};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Commands of different orgs run in up to this many lanes at once (one org, one lane).
+const COMMAND_LANES: usize = 8;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
@@ -144,27 +146,32 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
         .insert(hemvist_proto::AUTHORIZATION, bearer);
     let mut inbound = client.session(request).await?.into_inner();
 
-    // Commands run one at a time, in order, off the stream's task so heartbeats keep flowing.
-    let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<pb::Command>();
-    let worker = {
-        let (node, tx) = (node.clone(), tx.clone());
-        tokio::spawn(async move {
-            while let Some(cmd) = cmd_rx.recv().await {
-                let n = node.clone();
-                let ack = tokio::task::spawn_blocking(move || apply(&n, cmd))
-                    .await
-                    .unwrap_or_else(|e| pb::CommandAck {
-                        ok: false,
-                        code: ErrorKind::Internal.to_wire() as i32,
-                        message: format!("command panicked: {e}"),
-                        ..Default::default()
-                    });
-                if tx.send(out(Out::Ack(ack))).await.is_err() {
-                    break;
+    // Commands run off the stream's task so heartbeats keep flowing, in lanes: one org's
+    // commands one at a time, in order; other orgs' meanwhile in other lanes, so one org's long
+    // step (a move finishing, a fence shipping) holds up no other org's rollback or host.
+    let (lanes, workers): (Vec<_>, Vec<_>) = (0..COMMAND_LANES)
+        .map(|_| {
+            let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<pb::Command>();
+            let (node, tx) = (node.clone(), tx.clone());
+            let worker = tokio::spawn(async move {
+                while let Some(cmd) = cmd_rx.recv().await {
+                    let n = node.clone();
+                    let ack = tokio::task::spawn_blocking(move || apply(&n, cmd))
+                        .await
+                        .unwrap_or_else(|e| pb::CommandAck {
+                            ok: false,
+                            code: ErrorKind::Internal.to_wire() as i32,
+                            message: format!("command panicked: {e}"),
+                            ..Default::default()
+                        });
+                    if tx.send(out(Out::Ack(ack))).await.is_err() {
+                        break;
+                    }
                 }
-            }
+            });
+            (cmd_tx, worker)
         })
-    };
+        .unzip();
 
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -249,7 +256,7 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
                         }
                     }
                     In::Command(cmd) => {
-                        let _ = cmd_tx.send(cmd);
+                        let _ = lanes[lane_of(&cmd)].send(cmd);
                     }
                     In::DataKeys(keys) => take_keys(node, keys),
                     In::Placements(update) => {
@@ -269,8 +276,10 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
             }
         }
     };
-    drop(cmd_tx);
-    worker.abort();
+    drop(lanes);
+    for w in workers {
+        w.abort();
+    }
     result
 }
 
@@ -340,6 +349,25 @@ fn control_tls(c: &crate::config::ControlTls) -> anyhow::Result<tonic::transport
         ));
     }
     Ok(tls)
+}
+
+/// The lane of a command's org (a command of no known kind goes to the first).
+fn lane_of(cmd: &pb::Command) -> usize {
+    use std::hash::{Hash, Hasher};
+    let org = match &cmd.action {
+        Some(Action::Host(a)) => a.org.as_str(),
+        Some(Action::Drop(a)) => a.org.as_str(),
+        Some(Action::AddUser(a)) => a.org.as_str(),
+        Some(Action::MoveOut(a)) => a.org.as_str(),
+        Some(Action::MoveIn(a)) => a.org.as_str(),
+        Some(Action::Fence(a)) => a.org.as_str(),
+        Some(Action::FinishMove(a)) => a.org.as_str(),
+        Some(Action::EndMove(a)) => a.org.as_str(),
+        None => "",
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    org.hash(&mut h);
+    (h.finish() as usize) % COMMAND_LANES
 }
 
 fn apply(node: &Node, cmd: pb::Command) -> pb::CommandAck {
