@@ -1,6 +1,7 @@
 //! `hemvist bench ...`: benchmarks that print one table each, to quote in notes.
 
 mod hosting;
+mod moves;
 mod replication;
 mod search;
 
@@ -17,6 +18,10 @@ pub enum BenchCommand {
     /// Continuous backup to S3: hemvist's replicator beside Litestream, idle and under writes,
     /// at several tenant counts; then a large tenant restored by each.
     Replication(replication::ReplicationArgs),
+    /// Live moves under a steady write load, at several tenant sizes: the write pause, the
+    /// move's time and bytes, lost writes; beside the naive stop-vacuum-copy-open on the same
+    /// tenants.
+    Move(moves::MoveArgs),
     /// The hemvist node process `bench replication` measures (started by it, not by hand).
     #[command(hide = true)]
     ReplicationNode(replication::node::NodeArgs),
@@ -27,6 +32,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Hosting(args) => hosting::run(args),
         BenchCommand::Search(args) => search::run(args),
         BenchCommand::Replication(args) => replication::run(args),
+        BenchCommand::Move(args) => moves::run(args),
         BenchCommand::ReplicationNode(args) => replication::node::run(args),
     }
 }
