@@ -596,6 +596,9 @@ fn finishing(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
                 },
             )?;
             if let Some(switched) = switched {
+                // Told at once, whatever the host step does next: a target that acks before
+                // the step is read again must not leave the old home without the new address.
+                tell_every_node(plane, &op.record.org, &d, to_generation)?;
                 tracing::info!(operation = %op.record.id, org = %op.record.org, node = %d.to_node,
                     generation = %to_generation, "move switched: the org's writer is now its target");
                 switching(plane, &switched, d)?;
@@ -694,6 +697,9 @@ fn switching(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
                 .advance(op, MovePhase::Releasing, Some(detail_json(&d)?))?
                 .is_some()
             {
+                // Once more now that the target serves (a restarted control plane may have
+                // found the host step already done).
+                tell_every_node(plane, &op.record.org, &d, to_generation)?;
                 plane.metrics.record_move_pause(d.pause_ms);
                 tracing::info!(operation = %op.record.id, org = %op.record.org,
                     pause_ms = ?d.pause_ms, "moved org serving at its new home");
