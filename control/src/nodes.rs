@@ -169,6 +169,8 @@ impl Plane {
     }
 
     fn record_ack(&self, node: &NodeId, ack: CommandAck) -> Result<(), HemvistError> {
+        // A control plane that stops here has sent the command and lost its answer.
+        hemvist_proto::failpoints::check("control.ack")?;
         self.forget_sent(&ack.id);
         let (state, error) = match &ack.outcome {
             Ok(_) => (CommandState::Done, None),

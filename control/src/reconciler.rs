@@ -102,6 +102,8 @@ fn reconcile_node(plane: &Plane, node: &NodeId, epoch: u64) -> Result<(), Hemvis
     // An org an operation owns is the operation's to change (a move hosts and drops it itself).
     let owned = plane.owned_orgs()?;
 
+    close_shown_outcomes(plane, node, &open, &observed)?;
+
     for org in &desired {
         if observed.get(&org.id) == Some(&org.generation) || owned.contains(&org.id) {
             continue;
@@ -164,6 +166,39 @@ fn reconcile_node(plane: &Plane, node: &NodeId, epoch: u64) -> Result<(), Hemvis
             None => {
                 tracing::warn!(%node, %org, "node hosts an org the control plane does not know; leaving it alone")
             }
+        }
+    }
+    Ok(())
+}
+
+/// A `host` or `drop` whose answer was lost (the control plane stopped before it was recorded)
+/// is closed by what the node reports: the org held at that generation, or no longer held.
+/// Left open, it would hold `hemvist_commands_open` up forever, since an org observed at its
+/// generation is never looked at again.
+fn close_shown_outcomes(
+    plane: &Plane,
+    node: &NodeId,
+    open: &HashMap<String, CommandRecord>,
+    observed: &HashMap<OrgId, Generation>,
+) -> Result<(), HemvistError> {
+    for cmd in open.values() {
+        // Only the reconciler's own commands: an operation's steps are the operation's to close.
+        if cmd.operation.is_some() || cmd.id != command_id(cmd.kind, &cmd.org, cmd.generation, node)
+        {
+            continue;
+        }
+        let shown = match cmd.kind {
+            CommandKind::Host => observed.get(&cmd.org) == Some(&cmd.generation),
+            CommandKind::Drop => observed
+                .get(&cmd.org)
+                .is_none_or(|held| *held > cmd.generation),
+            _ => false,
+        };
+        if shown {
+            tracing::info!(%node, command = %cmd.id, "closing a command the node's report shows done");
+            plane
+                .store
+                .ack_command(node, &cmd.id, CommandState::Done, None, None)?;
         }
     }
     Ok(())
