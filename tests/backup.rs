@@ -645,6 +645,7 @@ fn node_in_process() -> (
         max_open_tenants: 4,
         idle_close_ms: 60_000,
         trash_grace_secs: 7 * 24 * 3600,
+        idempotency_ttl_secs: 24 * 3600,
         backup: Some(backup),
     };
     let node = {

@@ -58,6 +58,10 @@ pub struct NodeConfig {
     /// each deletion is audited by the control plane.
     #[serde(default = "default_trash_grace_secs")]
     pub trash_grace_secs: u64,
+    /// A write's idempotency key is remembered this long (default 24 h): a retry within it is
+    /// given the first answer; the tenant's table of keys is pruned past it.
+    #[serde(default = "default_idempotency_ttl_secs")]
+    pub idempotency_ttl_secs: u64,
     /// Continuous backup of every tenant to the region's object store; none if absent.
     #[serde(default)]
     pub backup: Option<crate::backup::store::BackupConfig>,
@@ -88,6 +92,9 @@ fn default_max_open() -> usize {
 }
 fn default_idle_close_ms() -> u64 {
     60_000
+}
+fn default_idempotency_ttl_secs() -> u64 {
+    24 * 3600
 }
 fn default_trash_grace_secs() -> u64 {
     7 * 24 * 3600

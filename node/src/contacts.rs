@@ -1,5 +1,6 @@
 //! The contact book: validation and writes. Every write goes through the node's
-//! [`Writer`], so it is acknowledged only by the org's current owner under a live lease.
+//! [`Writer`], so it is acknowledged only by the org's current owner under a live lease, and
+//! once per idempotency key ([`crate::idempotency`]), recorded in the write's own transaction.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +9,7 @@ use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::now_ms;
+use crate::idempotency::{self, Answer, Claim, Key, Once};
 use crate::writes::Writer;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -132,42 +134,97 @@ pub fn get(w: &Writer, org: &OrgId, id: i64) -> Result<Contact, HemvistError> {
         .ok_or_else(|| HemvistError::not_found(format!("no contact {id}")))
 }
 
-pub fn create(w: &Writer, org: &OrgId, c: &ContactInput) -> Result<i64, HemvistError> {
+/// The answer to a contact created: a retry under the same idempotency key is told the same.
+fn created(id: i64) -> Answer {
+    Answer {
+        status: 201,
+        body: serde_json::json!({ "id": id }).to_string(),
+        location: format!("contacts/{id}?saved=1"),
+    }
+}
+
+fn saved(id: i64) -> Answer {
+    Answer {
+        status: 200,
+        body: serde_json::json!({ "id": id }).to_string(),
+        location: format!("contacts/{id}?saved=1"),
+    }
+}
+
+/// What a contact write is, for its idempotency key: the route, who asks and every field
+/// written (as cleaned), so a retry matches and anything else under the same key does not.
+pub fn claim(key: &Key, ttl_ms: i64, user_id: i64, route: &str, c: &ContactInput) -> Claim {
+    let user = user_id.to_string();
+    Claim::new(
+        key,
+        &[
+            route, &user, &c.name, &c.email, &c.company, &c.city, &c.phone, &c.notes,
+        ],
+        ttl_ms,
+    )
+}
+
+/// Adds a contact, once per idempotency key: the answer, first or replayed.
+pub fn create(
+    w: &Writer,
+    org: &OrgId,
+    c: &ContactInput,
+    claim: Option<&Claim>,
+) -> Result<Once<Answer>, HemvistError> {
     let c = c.clone();
     w.write(org, move |tx| {
         let now = now_ms();
-        tx.execute(
-            "INSERT INTO contacts (name, email, company, city, phone, notes, created_ms, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-            params![c.name, c.email, c.company, c.city, c.phone, c.notes, now],
-        )?;
-        Ok(tx.last_insert_rowid())
+        idempotency::once(
+            tx,
+            claim,
+            now,
+            |tx| {
+                tx.execute(
+                    "INSERT INTO contacts (name, email, company, city, phone, notes, created_ms, updated_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                    params![c.name, c.email, c.company, c.city, c.phone, c.notes, now],
+                )?;
+                Ok(created(tx.last_insert_rowid()))
+            },
+            |a| Some(a.clone()),
+        )
     })
 }
 
-pub fn update(w: &Writer, org: &OrgId, id: i64, c: &ContactInput) -> Result<(), HemvistError> {
+/// Changes a contact, once per idempotency key. A contact that is not there is `NotFound`, and
+/// leaves no record of the key.
+pub fn update(
+    w: &Writer,
+    org: &OrgId,
+    id: i64,
+    c: &ContactInput,
+    claim: Option<&Claim>,
+) -> Result<Once<Answer>, HemvistError> {
     let c = c.clone();
-    let changed = w.write(org, move |tx| {
-        tx.execute(
-            "UPDATE contacts SET name = ?2, email = ?3, company = ?4, city = ?5, phone = ?6,
-               notes = ?7, updated_ms = ?8 WHERE id = ?1",
-            params![
-                id,
-                c.name,
-                c.email,
-                c.company,
-                c.city,
-                c.phone,
-                c.notes,
-                now_ms()
-            ],
+    let out = w.write(org, move |tx| {
+        let now = now_ms();
+        idempotency::once(
+            tx,
+            claim,
+            now,
+            |tx| {
+                let changed = tx.execute(
+                    "UPDATE contacts SET name = ?2, email = ?3, company = ?4, city = ?5, phone = ?6,
+                       notes = ?7, updated_ms = ?8 WHERE id = ?1",
+                    params![id, c.name, c.email, c.company, c.city, c.phone, c.notes, now],
+                )?;
+                Ok((changed > 0).then(|| saved(id)))
+            },
+            Option::clone,
         )
     })?;
-    if changed == 0 {
-        return Err(HemvistError::new(
+    match out {
+        Once::Written(None) => Err(HemvistError::new(
             ErrorKind::NotFound,
             format!("no contact {id}"),
-        ));
+        )),
+        Once::Written(Some(a)) => Ok(Once::Written(a)),
+        Once::Replayed(a) => Ok(Once::Replayed(a)),
+        Once::Reused => Ok(Once::Reused),
     }
-    Ok(())
 }

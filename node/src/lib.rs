@@ -14,6 +14,7 @@ pub mod contacts;
 pub mod control_link;
 pub mod gate;
 pub mod hosting;
+pub mod idempotency;
 pub mod lease;
 pub mod metrics;
 pub mod moves;

@@ -1,6 +1,8 @@
 //! The org users' app: active search over the contact book, and adding and editing contacts.
 //! Handlers only translate HTTP to the domain ([`crate::search`], [`crate::contacts`]) and back;
-//! anything that blocks runs off the async runtime.
+//! anything that blocks runs off the async runtime. Every write may carry an idempotency key
+//! (the `Idempotency-Key` header, or the hidden field of the node's forms): a retry under the
+//! same key is told the first answer, marked `Idempotent-Replayed: true`, and writes nothing.
 
 use std::collections::HashMap;
 
@@ -15,6 +17,7 @@ use super::context::{refuse, Authed, OrgCtx};
 use super::form::{Fields, Form};
 use super::{error_response, pages};
 use crate::contacts::{self, ContactInput};
+use crate::idempotency::{Answer, Key, Once};
 use crate::search;
 
 type QueryResult = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
@@ -173,6 +176,98 @@ fn invalid_contact(
     )
 }
 
+/// The header a client names its write's idempotency key in.
+const KEY_HEADER: &str = "idempotency-key";
+
+/// The write's idempotency key, from the header or the form's hidden field (the same key in
+/// both is fine); none if neither is there: such a write goes ahead, not deduplicated.
+fn idempotency_key(
+    a: &Authed,
+    headers: &HeaderMap,
+    fields: &Fields,
+) -> Result<Option<Key>, Response> {
+    let bad = |message: &str| {
+        refuse(
+            a.ctx.wants_json,
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            message,
+        )
+    };
+    let mut given = Vec::new();
+    for v in headers.get_all(KEY_HEADER) {
+        given.push(
+            v.to_str()
+                .map_err(|_| bad("the Idempotency-Key header is not text"))?,
+        );
+    }
+    if let Some(v) = fields.get(pages::IDEMPOTENCY_FIELD) {
+        given.push(v.as_str());
+    }
+    let mut key: Option<Key> = None;
+    for raw in given {
+        let k = Key::parse(raw).map_err(|e| bad(&e.message))?;
+        if key.as_ref().is_some_and(|seen| *seen != k) {
+            return Err(bad("the request carries two different idempotency keys"));
+        }
+        key = Some(k);
+    }
+    Ok(key)
+}
+
+fn key_ttl_ms(a: &Authed) -> i64 {
+    i64::try_from(a.ctx.node.config.idempotency_ttl_secs.saturating_mul(1_000)).unwrap_or(i64::MAX)
+}
+
+/// A write's answer, the first time and on every retry under its key alike: JSON the status and
+/// body, a form a 303 to the location.
+fn answered(a: &Authed, once: Once<Answer>) -> Response {
+    let (answer, replayed) = match once {
+        Once::Written(answer) => (answer, false),
+        Once::Replayed(answer) => (answer, true),
+        Once::Reused => {
+            let message = crate::idempotency::reused(&a.ctx.org);
+            if a.ctx.wants_json {
+                let body = serde_json::json!({"error": {"kind": "idempotency_key_reused", "message": message}});
+                return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
+            }
+            return pages::error(StatusCode::UNPROCESSABLE_ENTITY, "Already used", &message);
+        }
+    };
+    let mut resp = if a.ctx.wants_json {
+        let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            answer.body,
+        )
+            .into_response()
+    } else {
+        see_other(&format!("/o/{}/{}", a.ctx.org, answer.location))
+    };
+    if replayed {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+/// A write that failed. A browser's form that could not be confirmed (503: a `sync` write that
+/// is committed but not yet in object storage, say) gets a page that posts the same fields
+/// again, its idempotency key too, so trying again cannot add a second contact.
+fn write_failed(
+    a: &Authed,
+    e: &HemvistError,
+    keyed: bool,
+    action: &str,
+    fields: &Fields,
+) -> Response {
+    if keyed && !a.ctx.wants_json && e.kind == hemvist_proto::ErrorKind::Unavailable {
+        return pages::try_again(action, fields, &e.message);
+    }
+    error_response(a.ctx.wants_json, e)
+}
+
 pub async fn new_contact(a: Authed) -> Response {
     let name = org_name(&a);
     pages::contact_form(
@@ -195,18 +290,31 @@ pub async fn create_contact(a: Authed, headers: HeaderMap, form: FormResult) -> 
     if let Err(resp) = check_csrf(&a, &headers, &fields) {
         return resp;
     }
+    let key = match idempotency_key(&a, &headers, &fields) {
+        Ok(k) => k,
+        Err(resp) => return resp,
+    };
     let input = input_from(&fields);
     let clean = match contacts::validate(&input) {
         Ok(c) => c,
         Err(problems) => return invalid_contact(&a, None, &input, &problems),
     };
+    let claim = key.as_ref().map(|k| {
+        contacts::claim(
+            k,
+            key_ttl_ms(&a),
+            a.session.user_id,
+            "contacts.create",
+            &clean,
+        )
+    });
     let (n, o) = (a.ctx.node.clone(), a.ctx.org.clone());
-    match blocking(move || contacts::create(&n.writer, &o, &clean)).await {
-        Ok(id) if a.ctx.wants_json => {
-            (StatusCode::CREATED, Json(serde_json::json!({"id": id}))).into_response()
+    match blocking(move || contacts::create(&n.writer, &o, &clean, claim.as_ref())).await {
+        Ok(once) => answered(&a, once),
+        Err(e) => {
+            let action = format!("/o/{}/contacts", a.ctx.org);
+            write_failed(&a, &e, key.is_some(), &action, &fields)
         }
-        Ok(id) => see_other(&format!("/o/{}/contacts/{id}?saved=1", a.ctx.org)),
-        Err(e) => error_response(a.ctx.wants_json, &e),
     }
 }
 
@@ -258,15 +366,25 @@ pub async fn update_contact(
     if let Err(resp) = check_csrf(&a, &headers, &fields) {
         return resp;
     }
+    let key = match idempotency_key(&a, &headers, &fields) {
+        Ok(k) => k,
+        Err(resp) => return resp,
+    };
     let input = input_from(&fields);
     let clean = match contacts::validate(&input) {
         Ok(c) => c,
         Err(problems) => return invalid_contact(&a, Some(id), &input, &problems),
     };
+    let route = format!("contacts.update/{id}");
+    let claim = key
+        .as_ref()
+        .map(|k| contacts::claim(k, key_ttl_ms(&a), a.session.user_id, &route, &clean));
     let (n, o) = (a.ctx.node.clone(), a.ctx.org.clone());
-    match blocking(move || contacts::update(&n.writer, &o, id, &clean)).await {
-        Ok(()) if a.ctx.wants_json => Json(serde_json::json!({"id": id})).into_response(),
-        Ok(()) => see_other(&format!("/o/{}/contacts/{id}?saved=1", a.ctx.org)),
-        Err(e) => error_response(a.ctx.wants_json, &e),
+    match blocking(move || contacts::update(&n.writer, &o, id, &clean, claim.as_ref())).await {
+        Ok(once) => answered(&a, once),
+        Err(e) => {
+            let action = format!("/o/{}/contacts/{id}", a.ctx.org);
+            write_failed(&a, &e, key.is_some(), &action, &fields)
+        }
     }
 }

@@ -304,6 +304,54 @@ pub fn continue_at(
     Some(resp)
 }
 
+/// The hidden field that carries a write form's idempotency key.
+pub const IDEMPOTENCY_FIELD: &str = "idempotency_key";
+
+/// A key for a form being rendered: fresh each time, so each form filled in is its own write and
+/// its retries are the same one. Without randomness the form goes without (still accepted).
+fn form_key() -> Option<String> {
+    match crate::idempotency::Key::fresh() {
+        Ok(k) => Some(k.as_str().to_string()),
+        Err(e) => {
+            tracing::warn!(error = %e, "a form is served without an idempotency key");
+            None
+        }
+    }
+}
+
+/// A form post that could not be confirmed (503): the same fields, its idempotency key among
+/// them, ready to post again to `action`, so trying again is safe.
+pub fn try_again(
+    action: &str,
+    fields: &std::collections::HashMap<String, String>,
+    message: &str,
+) -> Response {
+    let mut fields: Vec<_> = fields.iter().collect();
+    fields.sort();
+    let body = html! {
+        main {
+            h1 { "Not confirmed yet" }
+            p role="alert" { (message) }
+            p { "Trying again is safe: what you sent is saved at most once." }
+            form #hv-try-again method="post" action=(action) {
+                @for (name, value) in &fields {
+                    input type="hidden" name=(name) value=(value);
+                }
+                button type="submit" { "Try again" }
+            }
+        }
+    };
+    let mut resp = html(
+        StatusCode::SERVICE_UNAVAILABLE,
+        layout("Not confirmed yet", body),
+    );
+    resp.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    resp
+}
+
 pub fn search_problem(message: &str) -> Response {
     html(
         StatusCode::OK,
@@ -386,6 +434,9 @@ pub fn contact_form(
             }
             form.card method="post" action=(action) {
                 input type="hidden" name="_csrf" value=(session.csrf);
+                @if let Some(k) = form_key() {
+                    input type="hidden" name=(IDEMPOTENCY_FIELD) value=(k);
+                }
                 (field("name", "Name", &c.name, "text"))
                 (field("email", "Email", &c.email, "email"))
                 (field("company", "Company", &c.company, "text"))

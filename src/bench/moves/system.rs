@@ -216,6 +216,7 @@ impl System {
                 idle_close_ms: 60_000,
                 // A moved org's old copy goes to the trash; it need not stay on this disk.
                 trash_grace_secs: 5,
+                idempotency_ttl_secs: 24 * 3600,
                 backup: Some(backup_config(&weed.s3, id, args.backup_interval_ms)),
             };
             config.validate()?;

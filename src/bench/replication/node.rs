@@ -91,6 +91,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         max_open_tenants: 1_024,
         idle_close_ms: 60_000,
         trash_grace_secs: 7 * 24 * 3600,
+        idempotency_ttl_secs: 24 * 3600,
         backup: Some(backup),
     };
     let node = Arc::new(Node::open(config, "http://127.0.0.1:9".into())?);
