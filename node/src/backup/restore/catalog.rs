@@ -4,7 +4,9 @@
 //!
 //! Keeps true: a packed segment shipped but not yet indexed is still found (the scan of recent
 //! packs covers a few times `INDEX_EVERY_MS`, the longest a segment waits for its index), and
-//! what cannot be read is reported as a warning, never dropped silently.
+//! what cannot be read is remembered as damaged with what can still be told of it (an index's
+//! range from its name, a pack's segments from what is left of its index), never dropped
+//! silently: a plan that stops before it is short, not complete.
 
 use std::sync::Arc;
 
@@ -25,6 +27,41 @@ pub struct Catalog {
     pub packed: std::collections::HashMap<String, (String, u64)>,
     /// What could not be read while listing (a damaged pack index, say).
     pub warnings: Vec<String>,
+    /// The objects behind those warnings that may hold some of the org's history.
+    pub damaged: Vec<DamagedObject>,
+}
+
+/// A backup object that could not be read while listing, and what it may hold of the org.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DamagedObject {
+    pub key: String,
+    pub reason: String,
+    /// When it was written (from its name).
+    pub time_ms: i64,
+    /// The org's segments it is known to hold (generation, first LSN, LSN after, time).
+    pub holds: Vec<HeldRange>,
+    /// Whether `holds` is all of the org it may hold; if not, it may hold any of the org's
+    /// writes up to `time_ms`.
+    pub complete: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HeldRange {
+    pub generation: u64,
+    pub start: u64,
+    pub end: u64,
+    pub time_ms: i64,
+}
+
+impl From<&ObjectName> for HeldRange {
+    fn from(n: &ObjectName) -> Self {
+        HeldRange {
+            generation: n.generation,
+            start: n.start,
+            end: n.end,
+            time_ms: n.time_ms,
+        }
+    }
 }
 
 /// Packs newer than this before a node's newest pack may hold segments no index lists yet.
@@ -131,16 +168,75 @@ async fn listed_and_indexed(
                     catalog.add_packed(&r.segment, &r.pack, r.offset, r.len);
                 }
             }
-            Err(e) => catalog
-                .warnings
-                .push(format!("index {} unreadable: {e:#}", name.key())),
+            Err(e) => {
+                catalog
+                    .warnings
+                    .push(format!("index {} unreadable: {e:#}", name.key()));
+                // Its name still says which of the org's LSNs it lists.
+                catalog.damaged.push(DamagedObject {
+                    key: name.key(),
+                    reason: format!("{e:#}"),
+                    time_ms: name.time_ms,
+                    holds: vec![HeldRange::from(&name)],
+                    complete: true,
+                });
+            }
         }
     }
     Ok(catalog)
 }
 
-/// A pack's index: each segment's name, offset and length.
-type PackIndex = Vec<(ObjectName, u64, u64)>;
+/// What reading a pack's index found.
+enum TailRead {
+    Index(Vec<(ObjectName, u64, u64)>),
+    /// The pack is gone since it was listed.
+    Gone,
+    /// The store failed (retrying may help).
+    Failed(anyhow::Error),
+    /// The index fails its checks: what is left of it (names, whether they are all).
+    Damaged {
+        reason: String,
+        salvaged: (Vec<ObjectName>, bool),
+    },
+}
+
+/// What can still be told of a damaged pack index from `tail` (the bytes read where the index
+/// should be, starting at `from` in the pack): the segment names of the entries that are whole,
+/// and whether they are provably all (they cover the pack from 0 to where the index starts,
+/// each starting where the one before ends).
+fn salvage_pack_index(tail: &[u8], from: u64) -> (Vec<ObjectName>, bool) {
+    const START: &[u8] = b"[[\"tenants/";
+    let Some(at) = tail.windows(START.len()).position(|w| w == START) else {
+        return (Vec::new(), false);
+    };
+    let index_start = from + at as u64;
+    let mut names = Vec::new();
+    let mut covered = 0u64;
+    let mut contiguous = true;
+    let mut rest = &tail[at + 1..];
+    // Entries are `["key",offset,len]` separated by `,`, the list closed by `]`; keys hold no
+    // `]`, so each entry ends at the first one.
+    while let Some(end) = rest.iter().position(|b| *b == b']') {
+        let Ok((key, offset, len)) = serde_json::from_slice::<(String, u64, u64)>(&rest[..=end])
+        else {
+            break;
+        };
+        let Some(name) = ObjectName::parse(&key) else {
+            break;
+        };
+        contiguous &= offset == covered;
+        covered = offset.saturating_add(len);
+        names.push(name);
+        match rest.get(end + 1) {
+            Some(b',') => rest = &rest[end + 2..],
+            _ => break,
+        }
+    }
+    // Segments lie before the index: entries covering all of that are all of them, even when
+    // the index itself is cut short.
+    let complete = contiguous && !names.is_empty() && covered == index_start;
+    (names, complete)
+}
 
 /// Whether any pack of the node is at or after `time_ms`.
 async fn pack_at_or_after(
@@ -184,37 +280,73 @@ async fn scan_recent_packs(
             .list_with_offset(Some(&node), &from)
             .try_collect()
             .await?;
-        let tails: Vec<(String, anyhow::Result<PackIndex>)> =
+        let tails: Vec<(String, i64, TailRead)> =
             futures::stream::iter(packs.into_iter().filter_map(|m| {
                 let key = m.location.to_string();
-                let (_, _, index_len) = format::parse_pack_key(&key)?;
-                Some((key, m.size, index_len))
+                let (_, time_ms, index_len) = format::parse_pack_key(&key)?;
+                Some((key, time_ms, m.size, index_len))
             }))
-            .map(|(key, size, index_len)| {
+            .map(|(key, time_ms, size, index_len)| {
                 let store = store.clone();
                 async move {
-                    let got = async {
-                        anyhow::ensure!(index_len <= size, "{key}: shorter than its index");
-                        let tail = store
-                            .get_range(&ObjectPath::from(key.as_str()), size - index_len..size)
-                            .await?;
-                        format::decode_pack_index(&key, &tail)
-                    }
-                    .await;
-                    (key, got)
+                    let from = size.saturating_sub(index_len);
+                    let got = match store
+                        .get_range(&ObjectPath::from(key.as_str()), from..size)
+                        .await
+                    {
+                        // Listed, then removed (its retention ended): nothing of it is needed.
+                        Err(object_store::Error::NotFound { .. }) => TailRead::Gone,
+                        Err(e) => TailRead::Failed(anyhow::Error::new(e)),
+                        Ok(tail) if index_len > size => TailRead::Damaged {
+                            reason: format!("{key}: shorter than its index"),
+                            salvaged: salvage_pack_index(&tail, from),
+                        },
+                        Ok(tail) => match format::decode_pack_index(&key, &tail) {
+                            Ok(entries) => TailRead::Index(entries),
+                            Err(e) => TailRead::Damaged {
+                                reason: format!("{e:#}"),
+                                salvaged: salvage_pack_index(&tail, from),
+                            },
+                        },
+                    };
+                    (key, time_ms, got)
                 }
             })
             .buffer_unordered(8)
             .collect()
             .await;
-        for (key, index) in tails {
-            match index {
-                Ok(entries) => {
+        for (key, time_ms, read) in tails {
+            match read {
+                TailRead::Index(entries) => {
                     for (name, offset, len) in entries.into_iter().filter(|e| &e.0.org == org) {
                         catalog.add_packed(&name.key(), &key, offset, len);
                     }
                 }
-                Err(e) => catalog.warnings.push(format!("{e:#}")),
+                TailRead::Gone => {}
+                TailRead::Failed(e) => {
+                    return Err(e.context(format!("read the index of pack {key}")));
+                }
+                TailRead::Damaged { reason, salvaged } => {
+                    catalog.warnings.push(reason.clone());
+                    let (names, complete) = salvaged;
+                    let holds: Vec<HeldRange> = names
+                        .iter()
+                        .filter(|n| &n.org == org)
+                        .map(HeldRange::from)
+                        .collect();
+                    // A pack whose whole index is told and holds nothing of the org is no loss
+                    // to it.
+                    if complete && holds.is_empty() {
+                        continue;
+                    }
+                    catalog.damaged.push(DamagedObject {
+                        key,
+                        reason,
+                        time_ms,
+                        holds,
+                        complete,
+                    });
+                }
             }
         }
     }
@@ -293,5 +425,52 @@ impl Catalog {
             catalog.packed.insert(key, place);
         }
         Ok(catalog)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(org: &str, start: u64, end: u64) -> ObjectName {
+        ObjectName {
+            org: OrgId::parse(org).unwrap(),
+            generation: 1,
+            kind: Kind::Segment,
+            start,
+            end,
+            time_ms: 1_000 + start as i64,
+        }
+    }
+
+    /// What a restore finds of a pack cut short by `cut` bytes: the tail it reads and salvages.
+    fn salvage_cut(pack: &[u8], index_len: usize, cut: usize) -> (Vec<ObjectName>, bool) {
+        let size = pack.len() - cut;
+        let from = size.saturating_sub(index_len);
+        salvage_pack_index(&pack[from..size], from as u64)
+    }
+
+    #[test]
+    fn a_damaged_pack_index_still_tells_what_it_held_when_it_can() {
+        let segments = vec![
+            (segment("fika", 0, 4), vec![7u8; 300]),
+            (segment("acme", 0, 9), vec![8u8; 200]),
+            (segment("fika", 4, 6), vec![9u8; 100]),
+        ];
+        let (pack, index_len, _) = format::encode_pack(&segments);
+        // Only the checksum and the end of the last entry lost: the first two are told, and as
+        // the third is cut, they are not all.
+        let (names, complete) = salvage_cut(&pack, index_len, 64);
+        assert_eq!(names, vec![segments[0].0.clone(), segments[1].0.clone()]);
+        assert!(!complete);
+        // The checksum alone lost (the index whole): every entry, provably all.
+        let (names, complete) = salvage_cut(&pack, index_len, 32);
+        assert_eq!(names.len(), 3);
+        assert!(complete);
+        // The index gone entirely: nothing can be told.
+        assert_eq!(
+            salvage_cut(&pack, index_len, index_len + 10),
+            (vec![], false)
+        );
     }
 }

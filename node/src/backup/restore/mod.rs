@@ -12,5 +12,7 @@ mod catalog;
 mod plan;
 
 pub use apply::{restore, write_segments, Damaged, Restored, SegmentError};
-pub use catalog::{catalog, catalog_known, catalog_with, listed, Catalog, WireCatalog};
-pub use plan::{GenerationSummary, Plan};
+pub use catalog::{
+    catalog, catalog_known, catalog_with, listed, Catalog, DamagedObject, HeldRange, WireCatalog,
+};
+pub use plan::{GenerationSummary, Known, Plan, Shortfall};

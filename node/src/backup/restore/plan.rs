@@ -3,9 +3,12 @@
 //! segments that continues it.
 //!
 //! Keeps true: a plan never skips an LSN (segments chain start to end) and never uses an
-//! object newer than the asked time or one the caller must avoid (a damaged one).
+//! object newer than the asked time or one the caller must avoid (a damaged one); and
+//! [`Catalog::shortfall`] names everything newer than the plan that the store shows (objects
+//! past a gap, damaged objects and what they held) or the control plane reported, so no caller
+//! takes an older point without knowing it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::Serialize;
 
@@ -57,8 +60,8 @@ impl Catalog {
     }
 
     /// The chain of segments in `generation` continuing from `lsn`, none newer than `at_ms`
-    /// and none in `avoid`. Where two segments start at the same LSN (one re-shipped after a
-    /// crash), the longer one is taken.
+    /// and none in `avoid`, that reaches furthest. Where two segments start at the same LSN (one
+    /// re-shipped after a crash), the one leading further is taken (then the longer one).
     pub fn chain(
         &self,
         generation: u64,
@@ -66,27 +69,39 @@ impl Catalog {
         at_ms: i64,
         avoid: &[String],
     ) -> Vec<(ObjectName, u64)> {
-        let mut out = Vec::new();
-        loop {
-            let next = self
-                .objects
+        let mut by_start: HashMap<u64, Vec<&(ObjectName, u64)>> = HashMap::new();
+        for o in self.objects.iter().filter(|(n, _)| {
+            n.generation == generation
+                && n.kind == Kind::Segment
+                && n.start >= lsn
+                && n.time_ms <= at_ms
+                && !avoid.contains(&n.key())
+        }) {
+            by_start.entry(o.0.start).or_default().push(o);
+        }
+        // Segments only lead forward (end > start): from the highest start down, each start's
+        // furthest reach is known from the ones after it.
+        let mut starts: Vec<u64> = by_start.keys().copied().collect();
+        starts.sort_unstable_by(|a, b| b.cmp(a));
+        let mut best: HashMap<u64, (u64, &(ObjectName, u64))> = HashMap::new();
+        for start in starts {
+            let pick = by_start[&start]
                 .iter()
-                .filter(|(n, _)| {
-                    n.generation == generation
-                        && n.kind == Kind::Segment
-                        && n.start == lsn
-                        && n.time_ms <= at_ms
-                        && !avoid.contains(&n.key())
+                .map(|s| {
+                    let reach = best.get(&s.0.end).map_or(s.0.end, |b| b.0);
+                    (reach, *s)
                 })
-                .max_by_key(|(n, _)| (n.end, std::cmp::Reverse(n.time_ms)));
-            match next {
-                Some(s) => {
-                    lsn = s.0.end;
-                    out.push(s.clone());
-                }
-                None => return out,
+                .max_by_key(|(reach, s)| (*reach, s.0.end, std::cmp::Reverse(s.0.time_ms)));
+            if let Some(pick) = pick {
+                best.insert(start, pick);
             }
         }
+        let mut out = Vec::new();
+        while let Some((_, s)) = best.get(&lsn) {
+            lsn = s.0.end;
+            out.push((*s).clone());
+        }
+        out
     }
 
     /// What to read to restore the org as it was at `at_ms`, avoiding the keys in `avoid`.
@@ -148,5 +163,222 @@ impl Catalog {
             ..Default::default()
         };
         only.plan(i64::MAX, &[])
+    }
+}
+
+/// The newest position the control plane last saw shipped for the org: (generation, LSN after
+/// the last object), and when it was reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known {
+    pub generation: u64,
+    pub lsn: u64,
+    pub reported_ms: i64,
+}
+
+/// What a restore would miss: each piece of the org's history newer than the plan that the
+/// store shows or the control plane reported, and the newest point that can be reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shortfall {
+    pub missing: Vec<String>,
+    /// (generation, LSN, time) of the newest reachable point, if any.
+    pub reach: Option<(u64, u64, i64)>,
+}
+
+impl Shortfall {
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty()
+    }
+}
+
+impl std::fmt::Display for Shortfall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const SHOWN: usize = 4;
+        write!(f, "missing: ")?;
+        for (i, m) in self.missing.iter().take(SHOWN).enumerate() {
+            if i > 0 {
+                write!(f, "; ")?;
+            }
+            write!(f, "{m}")?;
+        }
+        if self.missing.len() > SHOWN {
+            write!(f, "; and {} more", self.missing.len() - SHOWN)?;
+        }
+        match self.reach {
+            Some((g, lsn, t)) => write!(
+                f,
+                ". The newest point that can be reached is generation {g}, LSN {lsn}, {} (--at {t})",
+                crate::backup::format_time(t)
+            ),
+            None => write!(f, ". No point can be reached"),
+        }
+    }
+}
+
+impl Catalog {
+    /// Everything newer than `plan` (the restore of the org as it was at `at_ms`) that the
+    /// store shows or `known` says was shipped: empty when the plan reaches the newest position
+    /// known for that time.
+    pub fn shortfall(&self, plan: Option<&Plan>, at_ms: i64, known: Option<&Known>) -> Shortfall {
+        let reach = plan.map(|p| (p.generation, p.lsn(), p.time_ms()));
+        // Whether position (generation, lsn) lies past the plan's end.
+        let beyond = |generation: u64, lsn: u64| match reach {
+            None => true,
+            Some((g, l, _)) => generation > g || (generation == g && lsn > l),
+        };
+        let mut missing = Vec::new();
+        let past_gap = self
+            .objects
+            .iter()
+            .filter(|(n, _)| {
+                n.kind != Kind::Index && n.time_ms <= at_ms && beyond(n.generation, n.end)
+            })
+            .max_by_key(|(n, _)| (n.generation, n.end));
+        if let Some((n, _)) = past_gap {
+            missing.push(match (n.kind, reach) {
+                (Kind::Segment, Some((g, l, _))) if g == n.generation => format!(
+                    "generation {} has segments up to LSN {} ({}), but LSN {l} is continued by none",
+                    n.generation,
+                    n.end,
+                    crate::backup::format_time(n.time_ms)
+                ),
+                _ => format!(
+                    "generation {} has objects up to LSN {} ({}) that no snapshot leads to",
+                    n.generation,
+                    n.end,
+                    crate::backup::format_time(n.time_ms)
+                ),
+            });
+        }
+        for d in &self.damaged {
+            for h in d
+                .holds
+                .iter()
+                .filter(|h| h.time_ms <= at_ms && beyond(h.generation, h.end))
+            {
+                missing.push(format!(
+                    "generation {} LSN {}..{} ({}) is in {}, which is damaged ({})",
+                    h.generation,
+                    h.start,
+                    h.end,
+                    crate::backup::format_time(h.time_ms),
+                    d.key,
+                    d.reason
+                ));
+            }
+            let newer = reach.is_none_or(|(_, _, t)| d.time_ms > t);
+            if !d.complete && newer && d.time_ms <= at_ms {
+                missing.push(format!(
+                    "{} ({}) is damaged ({}) and what it held cannot be told: it may hold \
+                     writes newer than the point reached",
+                    d.key,
+                    crate::backup::format_time(d.time_ms),
+                    d.reason
+                ));
+            }
+        }
+        if let Some(k) = known {
+            if k.reported_ms <= at_ms && beyond(k.generation, k.lsn) {
+                missing.push(format!(
+                    "the control plane was told generation {} was shipped to LSN {} ({})",
+                    k.generation,
+                    k.lsn,
+                    crate::backup::format_time(k.reported_ms)
+                ));
+            }
+        }
+        Shortfall { missing, reach }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::catalog::{DamagedObject, HeldRange};
+    use super::*;
+    use hemvist_proto::OrgId;
+
+    fn name(kind: Kind, generation: u64, start: u64, end: u64, time_ms: i64) -> ObjectName {
+        ObjectName {
+            org: OrgId::parse("fika").unwrap(),
+            generation,
+            kind,
+            start,
+            end,
+            time_ms,
+        }
+    }
+
+    fn catalog(objects: &[ObjectName]) -> Catalog {
+        Catalog {
+            objects: objects.iter().map(|n| (n.clone(), 10)).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_chain_that_reaches_furthest_is_taken() {
+        // A re-ship after a crash: [10, 25) is longer than [10, 20), but only [10, 20) leads on.
+        let c = catalog(&[
+            name(Kind::Snapshot, 1, 10, 10, 100),
+            name(Kind::Segment, 1, 10, 20, 110),
+            name(Kind::Segment, 1, 20, 30, 120),
+            name(Kind::Segment, 1, 10, 25, 130),
+        ]);
+        let plan = c.plan(i64::MAX, &[]).unwrap();
+        assert_eq!(plan.lsn(), 30);
+        assert!(c.shortfall(Some(&plan), i64::MAX, None).is_empty());
+    }
+
+    #[test]
+    fn a_plan_short_of_what_is_known_says_what_it_misses() {
+        let mut c = catalog(&[
+            name(Kind::Snapshot, 1, 0, 0, 100),
+            name(Kind::Segment, 1, 0, 5, 110),
+        ]);
+        let plan = c.plan(i64::MAX, &[]).unwrap();
+        assert!(c.shortfall(Some(&plan), i64::MAX, None).is_empty());
+
+        // The control plane saw more shipped; not when restoring to before it was told.
+        let known = Known {
+            generation: 1,
+            lsn: 9,
+            reported_ms: 500,
+        };
+        let short = c.shortfall(Some(&plan), i64::MAX, Some(&known));
+        assert_eq!(short.missing.len(), 1, "{short}");
+        assert_eq!(short.reach, Some((1, 5, 110)));
+        assert!(short.to_string().contains("LSN 9"), "{short}");
+        assert!(c.shortfall(Some(&plan), 400, Some(&known)).is_empty());
+
+        // A segment past a hole.
+        c.objects.push((name(Kind::Segment, 1, 7, 9, 130), 10));
+        let short = c.shortfall(Some(&plan), i64::MAX, None);
+        assert!(short.missing[0].contains("up to LSN 9"), "{short}");
+
+        // A damaged pack whose contents cannot be told, written after the point reached.
+        let mut d = catalog(&[
+            name(Kind::Snapshot, 1, 0, 0, 100),
+            name(Kind::Segment, 1, 0, 5, 110),
+        ]);
+        d.damaged.push(DamagedObject {
+            key: "packs/n1/0000000000200-00000001-00000080.hvp".into(),
+            reason: "index checksum mismatch".into(),
+            time_ms: 200,
+            holds: vec![],
+            complete: false,
+        });
+        let short = d.shortfall(Some(&plan), i64::MAX, None);
+        assert!(short.missing[0].contains("cannot be told"), "{short}");
+        // One told completely, holding the org's next segment.
+        d.damaged[0].complete = true;
+        assert!(d.shortfall(Some(&plan), i64::MAX, None).is_empty());
+        d.damaged[0].holds.push(HeldRange {
+            generation: 1,
+            start: 5,
+            end: 8,
+            time_ms: 190,
+        });
+        let short = d.shortfall(Some(&plan), i64::MAX, None);
+        assert!(short.missing[0].contains("LSN 5..8"), "{short}");
+        assert!(d.shortfall(Some(&plan), 150, None).is_empty());
     }
 }
