@@ -646,6 +646,7 @@ fn node_in_process() -> (
         idle_close_ms: 60_000,
         trash_grace_secs: 7 * 24 * 3600,
         idempotency_ttl_secs: 24 * 3600,
+        disk_headroom_mib: 256,
         backup: Some(backup),
     };
     let node = {

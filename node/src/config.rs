@@ -62,6 +62,11 @@ pub struct NodeConfig {
     /// given the first answer; the tenant's table of keys is pruned past it.
     #[serde(default = "default_idempotency_ttl_secs")]
     pub idempotency_ttl_secs: u64,
+    /// Free space the node keeps under `data_dir` (MiB, default 256). Below it, tenants are
+    /// read-only (writes answer 507), `/healthz` reports degraded, and the replicator
+    /// checkpoints first; it recovers by itself once space is freed. 0 turns the check off.
+    #[serde(default = "default_disk_headroom_mib")]
+    pub disk_headroom_mib: u64,
     /// Continuous backup of every tenant to the region's object store; none if absent.
     #[serde(default)]
     pub backup: Option<crate::backup::store::BackupConfig>,
@@ -95,6 +100,9 @@ fn default_idle_close_ms() -> u64 {
 }
 fn default_idempotency_ttl_secs() -> u64 {
     24 * 3600
+}
+fn default_disk_headroom_mib() -> u64 {
+    256
 }
 fn default_trash_grace_secs() -> u64 {
     7 * 24 * 3600

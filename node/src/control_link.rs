@@ -631,6 +631,7 @@ mod tests {
             idle_close_ms: 60_000,
             trash_grace_secs: 7 * 24 * 3600,
             idempotency_ttl_secs: 24 * 3600,
+            disk_headroom_mib: 256,
             backup: None,
         };
         let node = Node::open(config, "http://127.0.0.1:9".into()).unwrap();

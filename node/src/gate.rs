@@ -7,12 +7,16 @@
 //! the new home); if it is rolled back, the write goes ahead; otherwise it is refused as
 //! retryable (503 with `Retry-After`). The last check runs inside the write transaction
 //! ([`WriteGate::check_now`]), so no write commits after the fence was reported.
+//!
+//! A node below its free-space headroom ([`crate::disk`]) acknowledges no write either: the
+//! org stays here, read-only, until space is freed.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use hemvist_proto::{ErrorKind, Generation, HemvistError, OrgId};
 
+use crate::disk::Disk;
 use crate::lease::Lease;
 use crate::state::NodeState;
 
@@ -22,6 +26,8 @@ pub const FENCE_HOLD: Duration = Duration::from_secs(1);
 pub struct WriteGate {
     hosted: Arc<NodeState>,
     pub lease: Lease,
+    /// The data folder's free space; none in unit tests that do not watch it.
+    disk: Option<Arc<Disk>>,
     /// Woken whenever a fence lifts or placements change.
     changed: (Mutex<u64>, Condvar),
 }
@@ -31,8 +37,19 @@ impl WriteGate {
         WriteGate {
             hosted,
             lease: Lease::default(),
+            disk: None,
             changed: (Mutex::new(0), Condvar::new()),
         }
+    }
+
+    /// The same gate, refusing writes while `disk` is below its headroom.
+    pub fn with_disk(mut self, disk: Arc<Disk>) -> Self {
+        self.disk = Some(disk);
+        self
+    }
+
+    pub fn disk(&self) -> Option<&Arc<Disk>> {
+        self.disk.as_ref()
     }
 
     /// Something a held write waits for happened (a fence lifted, placements changed).
@@ -102,6 +119,9 @@ impl WriteGate {
             return Err(HemvistError::unavailable(
                 "this node has no live lease from the control plane; writes are paused",
             ));
+        }
+        if let Some(disk) = &self.disk {
+            disk.check_writable()?;
         }
         Ok(hosted.generation)
     }

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod contacts;
 pub mod control_link;
+pub mod disk;
 pub mod gate;
 pub mod hosting;
 pub mod idempotency;
@@ -61,6 +62,8 @@ pub struct Node {
     pub sessions: users::SessionCache,
     pub metrics: metrics::Metrics,
     pub backup: Option<Arc<Replicator>>,
+    /// The data folder's free space and headroom: below it, tenants are read-only.
+    pub disk: Arc<disk::Disk>,
     /// The users' HTTP listener's connection counts.
     pub http_stats: Arc<hemvist_net::ListenerStats>,
     /// Moves this node is the source of, and the target of.
@@ -74,6 +77,10 @@ impl Node {
             .with_context(|| format!("create {}", config.data_dir.display()))?;
         let state = Arc::new(NodeState::open(&config.data_dir.join("node.db"))?);
         let tenants = Arc::new(TenantStore::new(&config.data_dir, config.max_open_tenants)?);
+        let disk = Arc::new(disk::Disk::new(
+            &config.data_dir,
+            config.disk_headroom_mib.saturating_mul(1024 * 1024),
+        ));
         let backup = match &config.backup {
             Some(b) => Some(Arc::new(Replicator::open(
                 &config.data_dir,
@@ -81,10 +88,11 @@ impl Node {
                 config.id.clone(),
                 tenants.clone(),
                 state.clone(),
+                disk.clone(),
             )?)),
             None => None,
         };
-        let gate = Arc::new(WriteGate::new(state.clone()));
+        let gate = Arc::new(WriteGate::new(state.clone()).with_disk(disk.clone()));
         let data_versions = Arc::new(DataVersions::default());
         let moves_in = Arc::new(moves::target::Incoming::new(
             tenants.clone(),
@@ -108,6 +116,7 @@ impl Node {
                 backup.clone(),
             ),
             backup,
+            disk,
             public_url,
             tenants,
             state,

@@ -75,6 +75,12 @@ pub struct Gauges {
     pub http: Arc<hemvist_net::ListenerStats>,
     /// Password checks running or waiting for a worker.
     pub signin_checks: u64,
+    /// Free bytes under the data folder, the headroom kept, whether the node is below it, and
+    /// the writes refused for it.
+    pub disk_free_bytes: u64,
+    pub disk_headroom_bytes: u64,
+    pub storage_full: bool,
+    pub writes_refused_storage_full: u64,
 }
 
 impl Metrics {
@@ -198,6 +204,26 @@ impl Metrics {
             r.register(name, help, counter.clone());
         }
         r.register(
+            "hemvist_disk_free_bytes",
+            "Bytes free for the node under its data folder",
+            gauge(g.disk_free_bytes),
+        );
+        r.register(
+            "hemvist_disk_headroom_bytes",
+            "Free bytes the node keeps; below them its tenants are read-only",
+            gauge(g.disk_headroom_bytes),
+        );
+        r.register(
+            "hemvist_storage_full",
+            "1 while the node is below its free-space headroom and takes no writes",
+            gauge(g.storage_full as u64),
+        );
+        r.register(
+            "hemvist_writes_refused_storage_full",
+            "Writes refused because the node was below its free-space headroom",
+            ConstCounter::new(g.writes_refused_storage_full),
+        );
+        r.register(
             "hemvist_signin_checks",
             "Password checks running or waiting for a worker",
             gauge(g.signin_checks),
@@ -225,7 +251,7 @@ impl Metrics {
             self.http_latency.clone(),
         );
         if let Some(b) = &g.backup {
-            b.metrics.register(&mut r, b.dirty_count());
+            b.metrics.register(&mut r, b.dirty_count(), b.lag_ms());
         }
         g.http.register(&mut r, "hemvist_http");
         r
@@ -249,6 +275,10 @@ mod tests {
             backup: None,
             http: Arc::default(),
             signin_checks: 0,
+            disk_free_bytes: 1 << 30,
+            disk_headroom_bytes: 1 << 28,
+            storage_full: false,
+            writes_refused_storage_full: 3,
         }
     }
 
@@ -276,6 +306,10 @@ mod tests {
             "hemvist_search_seconds_total 0.0125",
             "hemvist_search_index_builds_total 1",
             "hemvist_signin_checks 0",
+            "hemvist_disk_free_bytes 1073741824",
+            "hemvist_disk_headroom_bytes 268435456",
+            "hemvist_storage_full 0",
+            "hemvist_writes_refused_storage_full_total 3",
             "hemvist_http_connections_open 0",
             "hemvist_http_connections_accepted_total 0",
             "hemvist_http_request_duration_seconds_bucket{method=\"GET\",route=\"/o/{org}/\",le=\"0.004\"} 1",
@@ -291,7 +325,7 @@ mod tests {
                 .all(|l| l.ends_with('.') && !l.ends_with("..")),
             "{text}"
         );
-        assert_eq!(helps.count(), 34, "{text}");
+        assert_eq!(helps.count(), 38, "{text}");
         assert!(!text.contains("# EOF"), "{text}");
     }
 

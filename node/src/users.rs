@@ -5,12 +5,17 @@
 //! `{org}.{64 hex}`: the org part lets any node refuse a token of another org with 403 before
 //! touching a database; only the SHA-256 of the token is stored. Passwords are checked on a
 //! fixed pool of threads ([`PasswordChecker`]), so no number of attempts can grow memory.
+//!
+//! Signing in and out needs no tenant write when the node has no room for one (storage full,
+//! see `crate::disk`): the session is then kept in this node's memory only (it lasts its TTL or
+//! until the node restarts, whichever comes first), and a session ended meanwhile is
+//! remembered as ended, so its row cannot bring it back.
 
 use std::sync::{mpsc, Arc, Mutex};
 
 use argon2::password_hash::Output;
 use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, Version};
-use hemvist_proto::{random, HemvistError, OrgId};
+use hemvist_proto::{random, ErrorKind, HemvistError, OrgId};
 use rusqlite::{params, OptionalExtension};
 use sha2::{Digest, Sha256};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
@@ -116,24 +121,47 @@ pub async fn check_password(
     Ok(user_id.filter(|_| matched))
 }
 
-/// Opens a session for a user whose password was checked. Returns (token, csrf).
+/// Opens a session for a user whose password was checked. Returns (token, csrf). With no room
+/// for the write (storage full), the session lives in `sessions` only.
 pub fn open_session(
     w: &Writer,
+    sessions: &SessionCache,
     org: &OrgId,
     user_id: i64,
 ) -> Result<(String, String), HemvistError> {
     let token = format!("{org}.{}", random::hex(32)?);
     let csrf = random::hex(16)?;
     let (th, c) = (token_hash(&token), csrf.clone());
-    w.write(org, move |tx| {
-        let now = now_ms();
+    let now = now_ms();
+    let written = w.write(org, move |tx| {
         tx.execute("DELETE FROM sessions WHERE expires_ms < ?1", [now])?;
         tx.execute(
             "INSERT INTO sessions (token_hash, user_id, csrf, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![th, user_id, c, now, now + SESSION_TTL_MS],
         )?;
         Ok(())
-    })?;
+    });
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind == ErrorKind::StorageFull => {
+            let (email, name): (String, String) = w.read(org, |c| {
+                c.query_row(
+                    "SELECT email, name FROM users WHERE id = ?1",
+                    [user_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })?;
+            let session = Session {
+                user_id,
+                email,
+                name,
+                csrf: csrf.clone(),
+            };
+            sessions.put_pinned(token_hash(&token), session, now + SESSION_TTL_MS);
+            tracing::warn!(%org, "storage full: a session is kept in this node's memory only");
+        }
+        Err(e) => return Err(e),
+    }
     Ok((token, csrf))
 }
 
@@ -296,32 +324,49 @@ fn verify(memory: &mut Vec<Block>, phc: &str, password: &[u8]) -> Result<bool, S
 
 /// Recently used sessions, so a signed-in user's requests do not each read the database.
 /// Sessions are only created and ended on this node (the org's one writer), so the cache is
-/// told of every change; entries still expire on their own.
+/// told of every change; entries still expire on their own. While the node has no room for
+/// a tenant write, it also holds the sessions opened meanwhile (`pinned`: never evicted, as
+/// no row stands behind them) and those ended meanwhile (`ended`: their row is still there).
 pub struct SessionCache {
     entries: std::sync::Mutex<lru::LruCache<Vec<u8>, (Session, i64)>>,
+    pinned: std::sync::Mutex<lru::LruCache<Vec<u8>, (Session, i64)>>,
+    ended: std::sync::Mutex<lru::LruCache<Vec<u8>, i64>>,
+}
+
+/// Sessions kept in memory only (and sessions ended while their rows could not be deleted),
+/// at most; beyond, the oldest go first.
+const MEMORY_ONLY: usize = 100_000;
+
+fn lru<V>(n: usize) -> std::sync::Mutex<lru::LruCache<Vec<u8>, V>> {
+    std::sync::Mutex::new(lru::LruCache::new(
+        std::num::NonZeroUsize::new(n).unwrap_or(std::num::NonZeroUsize::MIN),
+    ))
 }
 
 impl Default for SessionCache {
     fn default() -> Self {
         Self {
-            entries: std::sync::Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(10_000).unwrap_or(std::num::NonZeroUsize::MIN),
-            )),
+            entries: lru(10_000),
+            pinned: lru(MEMORY_ONLY),
+            ended: lru(MEMORY_ONLY),
         }
     }
 }
 
 impl SessionCache {
     fn get(&self, key: &[u8]) -> Option<Session> {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        match entries.get(key) {
-            Some((s, expires)) if *expires > now_ms() => Some(s.clone()),
-            Some(_) => {
-                entries.pop(key);
-                None
+        let now = now_ms();
+        for map in [&self.entries, &self.pinned] {
+            let mut entries = map.lock().unwrap_or_else(|p| p.into_inner());
+            match entries.get(key) {
+                Some((s, expires)) if *expires > now => return Some(s.clone()),
+                Some(_) => {
+                    entries.pop(key);
+                }
+                None => {}
             }
-            None => None,
         }
+        None
     }
 
     fn put(&self, key: Vec<u8>, s: Session, expires: i64) {
@@ -329,9 +374,34 @@ impl SessionCache {
         entries.put(key, (s, expires));
     }
 
+    /// A session with no row behind it: kept until it expires or the node restarts.
+    fn put_pinned(&self, key: Vec<u8>, s: Session, expires: i64) {
+        let mut pinned = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        pinned.put(key, (s, expires));
+    }
+
     fn forget(&self, key: &[u8]) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.pop(key);
+        for map in [&self.entries, &self.pinned] {
+            map.lock().unwrap_or_else(|p| p.into_inner()).pop(key);
+        }
+    }
+
+    /// A session ended whose row could not be deleted: refused until it would have expired.
+    fn end(&self, key: Vec<u8>) {
+        let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        ended.put(key, now_ms() + SESSION_TTL_MS);
+    }
+
+    fn is_ended(&self, key: &[u8]) -> bool {
+        let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        match ended.get(key) {
+            Some(until) if *until > now_ms() => true,
+            Some(_) => {
+                ended.pop(key);
+                false
+            }
+            None => false,
+        }
     }
 }
 
@@ -356,6 +426,9 @@ pub fn session(
     let th = token_hash(token);
     if let Some(s) = sessions.get(&th) {
         return Ok(Some(s));
+    }
+    if sessions.is_ended(&th) {
+        return Ok(None);
     }
     let found = w.read(org, |c| {
         c.prepare_cached(
@@ -389,10 +462,17 @@ pub fn sign_out(
 ) -> Result<(), HemvistError> {
     let th = token_hash(token);
     sessions.forget(&th);
-    w.write(org, move |tx| {
-        tx.execute("DELETE FROM sessions WHERE token_hash = ?1", [th])?;
+    let key = th.clone();
+    match w.write(org, move |tx| {
+        tx.execute("DELETE FROM sessions WHERE token_hash = ?1", [key])?;
         Ok(())
-    })
+    }) {
+        Err(e) if e.kind == ErrorKind::StorageFull => {
+            sessions.end(th);
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The one way to write to a tenant: through the write gate, then the commit, then what every
 //! committed write owes the rest of the node (the search index's data version, the replicator's
 //! dirty mark) and, for an org in `sync` durability, the wait until the write is in object
-//! storage. Nothing is acknowledged that the gate did not allow.
+//! storage. Nothing is acknowledged that the gate did not allow. A write that fails for want of
+//! space is answered as storage full, never as an internal error.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,7 +52,11 @@ impl Writer {
         // Checked again inside the write transaction: a fence taken meanwhile wins.
         let out = self
             .tenants
-            .write_checked(org, || self.gate.check_now(org).map(|_| ()), f)?;
+            .write_checked(org, || self.gate.check_now(org).map(|_| ()), f)
+            .map_err(|e| match self.gate.disk() {
+                Some(disk) => disk.classify(e),
+                None => e,
+            })?;
         self.versions.bump(org);
         if let Some(b) = &self.backup {
             let mark = b.mark_dirty(org);

@@ -22,10 +22,13 @@ pub enum ErrorKind {
     Internal,
     /// Someone called it off (an operator cancelled an operation).
     Cancelled,
+    /// The node is below its free-space headroom: it serves reads but takes no writes until
+    /// space is freed (it recovers by itself), so retrying later can help.
+    StorageFull,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::InvalidArgument,
         ErrorKind::NotFound,
         ErrorKind::Conflict,
@@ -37,6 +40,7 @@ impl ErrorKind {
         ErrorKind::TooLarge,
         ErrorKind::Internal,
         ErrorKind::Cancelled,
+        ErrorKind::StorageFull,
     ];
 
     /// The kind's name, as JSON and stored records spell it.
@@ -53,6 +57,7 @@ impl ErrorKind {
             ErrorKind::TooLarge => "too_large",
             ErrorKind::Internal => "internal",
             ErrorKind::Cancelled => "cancelled",
+            ErrorKind::StorageFull => "storage_full",
         }
     }
 
@@ -62,7 +67,10 @@ impl ErrorKind {
     }
 
     pub fn retryable(self) -> bool {
-        matches!(self, ErrorKind::Unavailable | ErrorKind::Internal)
+        matches!(
+            self,
+            ErrorKind::Unavailable | ErrorKind::Internal | ErrorKind::StorageFull
+        )
     }
 
     pub fn http_status(self) -> u16 {
@@ -76,6 +84,7 @@ impl ErrorKind {
             ErrorKind::TooLarge => 413,
             ErrorKind::Unavailable => 503,
             ErrorKind::Internal => 500,
+            ErrorKind::StorageFull => 507,
         }
     }
 
@@ -88,7 +97,7 @@ impl ErrorKind {
             ErrorKind::Conflict => tonic::Code::AlreadyExists,
             ErrorKind::Fenced => tonic::Code::Aborted,
             ErrorKind::Residency => tonic::Code::FailedPrecondition,
-            ErrorKind::TooLarge => tonic::Code::ResourceExhausted,
+            ErrorKind::TooLarge | ErrorKind::StorageFull => tonic::Code::ResourceExhausted,
             ErrorKind::Cancelled => tonic::Code::Cancelled,
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::Internal => tonic::Code::Internal,
@@ -108,6 +117,7 @@ impl ErrorKind {
             ErrorKind::TooLarge => pb::ErrorCode::TooLarge,
             ErrorKind::Cancelled => pb::ErrorCode::Cancelled,
             ErrorKind::Internal => pb::ErrorCode::Internal,
+            ErrorKind::StorageFull => pb::ErrorCode::StorageFull,
         }
     }
 
@@ -123,6 +133,7 @@ impl ErrorKind {
             pb::ErrorCode::Fenced => ErrorKind::Fenced,
             pb::ErrorCode::TooLarge => ErrorKind::TooLarge,
             pb::ErrorCode::Cancelled => ErrorKind::Cancelled,
+            pb::ErrorCode::StorageFull => ErrorKind::StorageFull,
             pb::ErrorCode::Internal | pb::ErrorCode::Unspecified => ErrorKind::Internal,
         }
     }

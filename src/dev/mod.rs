@@ -253,6 +253,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             idle_close_ms: 60_000,
             trash_grace_secs: 7 * 24 * 3600,
             idempotency_ttl_secs: 24 * 3600,
+            disk_headroom_mib: 256,
             // Each region backs up to its own local folder, through the same object_store
             // code as an S3 bucket.
             backup: Some(BackupConfig::local(&data.join("objects").join(r.id))),

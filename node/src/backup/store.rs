@@ -63,6 +63,15 @@ pub struct BackupConfig {
     /// 30 s).
     #[serde(default = "default_index_every_ms")]
     pub index_every_ms: u64,
+    /// One upload attempt that has no answer after this long (plus a second per MiB it
+    /// carries) counts as failed, and is retried: a store that hangs shows in
+    /// `hemvist_backup_put_failures_total` as one that refuses does.
+    #[serde(default = "default_put_timeout_ms")]
+    pub put_timeout_ms: u64,
+}
+
+fn default_put_timeout_ms() -> u64 {
+    10_000
 }
 
 fn default_index_every_ms() -> u64 {
@@ -99,6 +108,7 @@ impl BackupConfig {
             retention_secs: default_retention_secs(),
             concurrency: default_concurrency(),
             index_every_ms: default_index_every_ms(),
+            put_timeout_ms: default_put_timeout_ms(),
         }
     }
 
@@ -108,6 +118,9 @@ impl BackupConfig {
         }
         if !(100..=30_000).contains(&self.index_every_ms) {
             bail!("backup.index_every_ms must be between 100 and 30000");
+        }
+        if self.put_timeout_ms < 100 {
+            bail!("backup.put_timeout_ms must be at least 100");
         }
         if self.url.starts_with("s3://") {
             match &self.endpoint {

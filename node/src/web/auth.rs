@@ -323,7 +323,11 @@ pub async fn sign_in(
     };
     drop(charged);
     let (n, o) = (ctx.node.clone(), ctx.org.clone());
-    match tokio::task::spawn_blocking(move || users::open_session(&n.writer, &o, user_id)).await {
+    match tokio::task::spawn_blocking(move || {
+        users::open_session(&n.writer, &n.sessions, &o, user_id)
+    })
+    .await
+    {
         Ok(Ok((token, _csrf))) => {
             let mut resp = see_other(&next);
             set_cookie(

@@ -70,6 +70,7 @@ pub fn refuse(json: bool, status: StatusCode, title: &str, message: &str) -> Res
             404 => "not_found",
             413 => "too_large",
             429 | 503 => "unavailable",
+            507 => "storage_full",
             _ => "error",
         };
         let body = serde_json::json!({"error": {"kind": kind, "message": message}});

@@ -85,7 +85,7 @@ pub fn router_with(node: Arc<Node>, limits: &SigninLimits) -> Router {
         handoffs: Arc::new(handoff::Handoffs::default()),
     };
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route(HTMX_PATH, get(htmx))
         .route("/static/htmx-LICENSE.txt", get(|| async { HTMX_LICENSE }))
@@ -139,6 +139,29 @@ async fn not_cached_nor_sniffed(req: Request, next: Next) -> Response {
     resp
 }
 
+/// 200 `ok` while the node can take writes; 503 with `{"status": "degraded", ...}` while it is
+/// below its free-space headroom, so a load balancer sends new traffic elsewhere (reads still
+/// work here for those who come).
+async fn healthz(State(node): State<Arc<Node>>) -> Response {
+    let disk = node.disk.clone();
+    let low = tokio::task::spawn_blocking(move || {
+        disk.refresh();
+        disk.is_low()
+    })
+    .await
+    .unwrap_or(false);
+    if !low {
+        return "ok\n".into_response();
+    }
+    let body = serde_json::json!({
+        "status": "degraded",
+        "reason": "storage full",
+        "free_bytes": node.disk.free_bytes(),
+        "headroom_bytes": node.disk.headroom(),
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+}
+
 async fn metrics(State(web): State<WebState>, headers: axum::http::HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = crate::metrics::Format::from_accept(accept);
@@ -180,6 +203,10 @@ fn gauges(node: &Node, signin: Option<&signin::Signin>) -> crate::metrics::Gauge
         backup: node.backup.clone(),
         http: node.http_stats.clone(),
         signin_checks: signin.map_or(0, |s| s.checker.admitted() as u64),
+        storage_full: node.disk.is_low(),
+        disk_free_bytes: node.disk.free_bytes(),
+        disk_headroom_bytes: node.disk.headroom(),
+        writes_refused_storage_full: node.disk.refused.load(Relaxed),
     }
 }
 
@@ -222,12 +249,18 @@ pub(crate) fn error_response(json: bool, e: &HemvistError) -> Response {
         ErrorKind::Unavailable => "Unavailable",
         ErrorKind::NotFound => "Not found",
         ErrorKind::InvalidArgument => "Bad request",
+        ErrorKind::StorageFull => "Storage full",
         _ => "Refused",
     };
     let mut resp = context::refuse(json, status, title, &e.message);
     if e.kind == ErrorKind::Unavailable {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if e.kind == ErrorKind::StorageFull {
+        // Space comes back when someone frees it: not within a second.
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
     }
     if e.kind == ErrorKind::Fenced {
         resp.extensions_mut().insert(Fenced);

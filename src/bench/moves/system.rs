@@ -217,6 +217,7 @@ impl System {
                 // A moved org's old copy goes to the trash; it need not stay on this disk.
                 trash_grace_secs: 5,
                 idempotency_ttl_secs: 24 * 3600,
+                disk_headroom_mib: 256,
                 backup: Some(backup_config(&weed.s3, id, args.backup_interval_ms)),
             };
             config.validate()?;

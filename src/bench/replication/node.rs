@@ -92,6 +92,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         idle_close_ms: 60_000,
         trash_grace_secs: 7 * 24 * 3600,
         idempotency_ttl_secs: 24 * 3600,
+        disk_headroom_mib: 256,
         backup: Some(backup),
     };
     let node = Arc::new(Node::open(config, "http://127.0.0.1:9".into())?);

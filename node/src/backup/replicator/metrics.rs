@@ -18,9 +18,7 @@ pub struct BackupMetrics {
     pub segments: AtomicU64,
     pub checkpoints: AtomicU64,
     pub deletes: AtomicU64,
-    /// The oldest unshipped write among dirty tenants, as of the last pass (ms; 0 = none).
-    lag_ms: AtomicU64,
-    /// The same age at every pass that found something dirty.
+    /// The age of the oldest unshipped write at every pass that found something dirty.
     lag: Histogram,
 }
 
@@ -34,7 +32,6 @@ impl Default for BackupMetrics {
             segments: AtomicU64::default(),
             checkpoints: AtomicU64::default(),
             deletes: AtomicU64::default(),
-            lag_ms: AtomicU64::default(),
             // The async target is 1 s; the control plane calls an org behind at 5 s.
             lag: hemvist_net::metrics::lag_histogram(),
         }
@@ -44,14 +41,15 @@ impl Default for BackupMetrics {
 impl BackupMetrics {
     /// A pass's lag: the age of the oldest unshipped write it found (`None`: nothing dirty).
     pub fn record_lag(&self, oldest_ms: Option<u64>) {
-        self.lag_ms.store(oldest_ms.unwrap_or(0), Ordering::Relaxed);
         if let Some(ms) = oldest_ms {
             self.lag.observe(ms as f64 / 1e3);
         }
     }
 
-    /// Adds these metrics to `r`, with the count of tenants now dirty.
-    pub fn register(&self, r: &mut Registry, dirty_tenants: usize) {
+    /// Adds these metrics to `r`, with the count of tenants now dirty and the age of the oldest
+    /// write not yet shipped, now (ms; 0 when nothing waits): read at the scrape, so it grows
+    /// while the store is away, whether or not a pass ends.
+    pub fn register(&self, r: &mut Registry, dirty_tenants: usize, lag_ms: u64) {
         let get = |a: &AtomicU64| ConstCounter::new(a.load(Ordering::Relaxed));
         let gauge = hemvist_net::metrics::gauge;
         let counters = [
@@ -97,8 +95,8 @@ impl BackupMetrics {
         );
         r.register(
             "hemvist_backup_lag_ms",
-            "Age of the oldest unshipped write at the last pass",
-            gauge(self.lag_ms.load(Ordering::Relaxed)),
+            "Age of the oldest write not yet in object storage, now (0 when none waits)",
+            gauge(lag_ms),
         );
         r.register_with_unit(
             "hemvist_backup_lag",
@@ -121,7 +119,7 @@ mod tests {
         m.record_lag(Some(300));
         m.record_lag(None);
         let mut r = Registry::default();
-        m.register(&mut r, 3);
+        m.register(&mut r, 3, 0);
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &r).unwrap();
         for line in [

@@ -10,6 +10,10 @@
 //!   request, no timer and no open file.
 //! - One loop per node ships the dirty tenants `concurrency` at a time, so that a write is in
 //!   the store within the interval.
+//! - Below the node's free-space headroom ([`crate::disk`]), checkpoints come first: every
+//!   tenant whose WAL holds shipped frames is checkpointed (after its last frames are in the
+//!   store), however short its WAL, so the space the WAL holds is given back before writes
+//!   resume. A `backup.db` that cannot be written (a full disk) holds up no checkpoint.
 
 mod dirty;
 mod metrics;
@@ -35,6 +39,7 @@ pub use state::Shipped;
 use super::store::BackupConfig;
 use super::wal;
 use crate::clock::now_ms;
+use crate::disk::Disk;
 use crate::state::NodeState;
 use crate::tenants::TenantStore;
 use dirty::{Dirty, DirtyTenants};
@@ -55,6 +60,10 @@ pub struct Replicator {
     tenants: Arc<TenantStore>,
     hosted: Arc<NodeState>,
     node_id: NodeId,
+    /// The data folder's free space: below the headroom, checkpoints come first.
+    disk: Arc<Disk>,
+    /// When tenants were last checkpointed for want of space.
+    pressure_checked: std::sync::atomic::AtomicI64,
     /// The store names another hemvist system (see `marker`): nothing is shipped into it.
     foreign: std::sync::atomic::AtomicBool,
     /// When dropped generations were last looked at for expiry.
@@ -68,6 +77,7 @@ impl Replicator {
         node_id: NodeId,
         tenants: Arc<TenantStore>,
         hosted: Arc<NodeState>,
+        disk: Arc<Disk>,
     ) -> anyhow::Result<Self> {
         let store = config.open()?;
         let db = BackupDb::open(data_dir)?;
@@ -83,6 +93,8 @@ impl Replicator {
             tenants,
             hosted,
             node_id,
+            disk,
+            pressure_checked: Default::default(),
             foreign: Default::default(),
             departed_checked: Default::default(),
         })
@@ -116,6 +128,7 @@ impl Replicator {
         Uploader {
             store: &self.store,
             metrics: &self.metrics,
+            timeout: Duration::from_millis(self.config.put_timeout_ms),
         }
     }
 
@@ -126,6 +139,7 @@ impl Replicator {
             db: &self.db,
             tenants: &self.tenants,
             hosted: &self.hosted,
+            disk: &self.disk,
         }
     }
 
@@ -185,6 +199,13 @@ impl Replicator {
         self.dirty.count()
     }
 
+    /// The age of the oldest write not yet in object storage, now (ms; 0 when none waits).
+    pub fn lag_ms(&self) -> u64 {
+        self.dirty
+            .oldest()
+            .map_or(0, |since| (now_ms() - since).max(0) as u64)
+    }
+
     /// At start: every hosted tenant whose WAL holds more than was shipped (or that was never
     /// shipped in its generation) is dirty. One `stat` per tenant, no file kept open.
     pub fn scan(&self) {
@@ -219,6 +240,7 @@ impl Replicator {
             return;
         }
         let started = now_ms();
+        self.db.save_unsaved();
         let batch = self.dirty.batch();
         let oldest = batch.iter().map(|b| b.1.since).min();
         self.metrics
@@ -275,7 +297,13 @@ impl Replicator {
                     if let Some(r) = refs.get(i).filter(|r| r.segment == p.name.key()) {
                         next.pending.push(r.clone());
                     }
-                    let ok = self.db.persist(&org, Some(&next)).is_ok();
+                    let ok = match self.db.persist(&org, Some(&next)) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(%org, error = %e, "recording a shipped position failed");
+                            false
+                        }
+                    };
                     self.packs.note_due(&org, next.shipped_ms);
                     if ok && !p.more {
                         if let Err(e) = self.shipper().maybe_checkpoint(&org, &next).await {
@@ -335,6 +363,7 @@ impl Replicator {
             if self.packs.due_now(self.config.index_every_ms as i64) {
                 self.write_indexes(false).await;
             }
+            self.checkpoint_for_space().await;
             self.expire_departed().await;
             let wait = due.map_or(interval, |d| (d - now).clamp(1, interval));
             tokio::select! {
@@ -348,6 +377,43 @@ impl Replicator {
         }
         // A clean stop leaves nothing that only a scan of the packs would find.
         self.write_indexes(true).await;
+    }
+
+    /// Below the headroom, checkpoints every tenant whose WAL holds frames (each ships what it
+    /// has not shipped first, under its writer lock), at most once an interval: the WAL's space
+    /// goes back to the file system before anything else takes it. Touches only tenants whose
+    /// record says their WAL is not empty, so idle, checkpointed tenants cost nothing.
+    async fn checkpoint_for_space(&self) {
+        let now = now_ms();
+        let every = self.config.interval_ms as i64;
+        if now - self.pressure_checked.load(Ordering::Relaxed) < every || !self.disk.is_low() {
+            return;
+        }
+        self.pressure_checked.store(now, Ordering::Relaxed);
+        self.db.save_unsaved();
+        let long: Vec<(OrgId, Shipped)> = self.db.read(|shipped| {
+            shipped
+                .iter()
+                .filter(|(_, s)| s.wal.frames > 0)
+                .map(|(o, s)| (o.clone(), s.clone()))
+                .collect()
+        });
+        let shipper = self.shipper();
+        for (org, state) in long {
+            let Some(hosted) = self.hosted.hosted(&org) else {
+                continue;
+            };
+            let fenced = self
+                .hosted
+                .placement(&org)
+                .is_some_and(|p| p.generation > hosted.generation);
+            if fenced || hosted.generation.get() != state.generation {
+                continue;
+            }
+            if let Err(e) = shipper.maybe_checkpoint(&org, &state).await {
+                tracing::warn!(%org, error = %e, "checkpoint for want of space failed; will retry");
+            }
+        }
     }
 
     /// Lists the org's packed segments that no index object lists yet in one now, so that what

@@ -5,6 +5,8 @@
 //! on their own (`tenants::checkpoints_by_backup`); a checkpoint here runs under the tenant's
 //! writer lock, after the last frames are in the store. A node that no longer holds the org's
 //! generation ships nothing more for it. Two histories of a generation never share an LSN.
+//! Below the node's free-space headroom a shipped WAL is checkpointed whatever its length, so
+//! its space goes back to the file system first.
 
 use std::sync::atomic::Ordering;
 
@@ -19,6 +21,7 @@ use crate::backup::restore;
 use crate::backup::store::BackupConfig;
 use crate::backup::wal::{self, WalPos, WalRead};
 use crate::clock::now_ms;
+use crate::disk::Disk;
 use crate::state::NodeState;
 use crate::tenants::TenantStore;
 
@@ -59,6 +62,7 @@ pub struct Shipper<'a> {
     pub db: &'a BackupDb,
     pub tenants: &'a TenantStore,
     pub hosted: &'a NodeState,
+    pub disk: &'a Disk,
 }
 
 /// The org's data key as of now. Read again after every wait, since a `drop` or a destroyed key
@@ -105,7 +109,8 @@ impl Shipper<'_> {
             }
         };
         if needs_snapshot {
-            self.snapshot(org, generation, current.as_ref()).await?;
+            self.snapshot(org, generation, current.as_ref(), false)
+                .await?;
             return Ok(Step::Done);
         }
         let Some(state) = current else {
@@ -127,7 +132,7 @@ impl Shipper<'_> {
             WalRead::Restarted => {
                 // Frames may have been checkpointed unseen: a snapshot covers whatever they were.
                 tracing::warn!(%org, "WAL restarted outside the replicator; taking a snapshot");
-                self.snapshot(org, generation, Some(&state)).await?;
+                self.snapshot(org, generation, Some(&state), true).await?;
                 Ok(Step::Done)
             }
             WalRead::Read { changes, next } => {
@@ -182,9 +187,12 @@ impl Shipper<'_> {
         }
     }
 
-    /// Once the WAL is long, ship its last frames and checkpoint it, under the writer lock.
+    /// Once the WAL is long (or holds anything while the disk is below its headroom), ship its
+    /// last frames and checkpoint it, under the writer lock.
     pub async fn maybe_checkpoint(&self, org: &OrgId, state: &Shipped) -> Result<(), HemvistError> {
-        if state.wal.frames < CHECKPOINT_FRAMES {
+        let due =
+            state.wal.frames >= CHECKPOINT_FRAMES || (state.wal.frames > 0 && self.disk.is_low());
+        if !due {
             return Ok(());
         }
         let (n, o, me) = (self.tenants, org.clone(), state.clone());
@@ -238,12 +246,15 @@ impl Shipper<'_> {
 
     /// Checkpoints the tenant (so its file is the whole database) and uploads the file as the
     /// generation's next snapshot. Writes go on meanwhile: they only append to the WAL, and
-    /// nothing but this task checkpoints.
+    /// nothing but this task checkpoints. After a WAL found `restarted`, the record may be
+    /// older than the store (a crash before a row could be written), so the snapshot goes
+    /// above every LSN the store holds.
     async fn snapshot(
         &self,
         org: &OrgId,
         generation: u64,
         state: Option<&Shipped>,
+        restarted: bool,
     ) -> Result<(), HemvistError> {
         let (n, o) = (self.tenants, org.clone());
         tokio::task::block_in_place(|| {
@@ -264,22 +275,23 @@ impl Shipper<'_> {
         self.up.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
         let path = self.tenants.path(org);
         let lsn = match state {
-            Some(s) => s.lsn + 1,
+            Some(s) if !restarted => s.lsn + 1,
             // Nothing recorded for this generation here (a first ship, a restored tenant, or a
             // lost backup.db): continue above whatever the store already holds for it, so two
             // histories never share an LSN.
             // One LIST of the tenant's prefix; packed segments not yet listed in an index
             // object may hold LSNs past it, so a generation that has objects jumps far ahead.
-            None => {
+            _ => {
                 let listed = restore::listed(self.up.store, org)
                     .await
                     .map_err(|e| HemvistError::unavailable(format!("backup: {e:#}")))?;
-                listed
+                let above = listed
                     .iter()
                     .filter(|(n, _)| n.generation == generation)
                     .map(|(n, _)| n.end + (1 << 32))
                     .max()
-                    .unwrap_or(0)
+                    .unwrap_or(0);
+                above.max(state.map_or(0, |s| s.lsn + 1))
             }
         };
         let name = ObjectName {

@@ -4,7 +4,12 @@
 //!
 //! Keeps true: a tenant's record is written only after the upload it describes succeeded, so a
 //! crash at any point ships again (an object that exists already is the same upload) and loses
-//! nothing. The in-memory copy is updated under the same lock, after the row.
+//! nothing. The in-memory copy is what shipping reads; it is updated even when the row cannot
+//! be written (a full disk), because it describes what is in the store, and the row is written
+//! again at the next pass ([`BackupDb::save_unsaved`]). A crash before that leaves an older
+//! row: the same frames are shipped again (the same LSNs, which a restore tolerates), or, if
+//! the WAL was checkpointed meanwhile, the shipper finds it restarted and takes a snapshot above
+//! every LSN the store holds.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -43,6 +48,8 @@ pub struct BackupDb {
     shipped: Mutex<HashMap<OrgId, Shipped>>,
     /// Orgs whose position changed since the control plane was last told.
     changed: Mutex<HashSet<OrgId>>,
+    /// Orgs whose row is older than their in-memory record (the row could not be written).
+    unsaved: Mutex<HashSet<OrgId>>,
 }
 
 impl BackupDb {
@@ -79,6 +86,7 @@ impl BackupDb {
             db: Mutex::new(db),
             shipped: Mutex::new(shipped),
             changed: Mutex::new(HashSet::new()),
+            unsaved: Mutex::new(HashSet::new()),
         })
     }
 
@@ -92,26 +100,72 @@ impl BackupDb {
         f(&self.shipped.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Records what was shipped of `org` (`None`: forget it).
+    /// Records what was shipped of `org` (`None`: forget it). A row that cannot be written is
+    /// logged and written again later; shipping goes on from the in-memory record.
     pub fn persist(&self, org: &OrgId, state: Option<&Shipped>) -> Result<(), HemvistError> {
+        let text = state
+            .map(|s| serde_json::to_string(s).map_err(internal))
+            .transpose()?;
         let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        match state {
-            Some(s) => db.execute(
-                "INSERT INTO shipped (org, state) VALUES (?1, ?2)
-                 ON CONFLICT (org) DO UPDATE SET state = excluded.state",
-                rusqlite::params![org.as_str(), serde_json::to_string(s).map_err(internal)?],
-            ),
-            None => db.execute("DELETE FROM shipped WHERE org = ?1", [org.as_str()]),
-        }
-        .map_err(internal)?;
         let mut shipped = self.shipped.lock().unwrap_or_else(|p| p.into_inner());
         match state {
             Some(s) => shipped.insert(org.clone(), s.clone()),
             None => shipped.remove(org),
         };
         drop(shipped);
+        let written = Self::write_row(&db, org, text.as_deref());
+        drop(db);
+        let mut unsaved = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+        match written {
+            Ok(()) => {
+                unsaved.remove(org);
+            }
+            Err(e) => {
+                if unsaved.insert(org.clone()) {
+                    tracing::warn!(%org, error = %e,
+                        "backup.db: cannot record the shipped position; shipping goes on, the record is written again later");
+                }
+            }
+        }
+        drop(unsaved);
         self.note_changed(org);
         Ok(())
+    }
+
+    fn write_row(db: &Connection, org: &OrgId, state: Option<&str>) -> rusqlite::Result<()> {
+        match state {
+            Some(s) => db.execute(
+                "INSERT INTO shipped (org, state) VALUES (?1, ?2)
+                 ON CONFLICT (org) DO UPDATE SET state = excluded.state",
+                rusqlite::params![org.as_str(), s],
+            ),
+            None => db.execute("DELETE FROM shipped WHERE org = ?1", [org.as_str()]),
+        }
+        .map(|_| ())
+    }
+
+    /// Writes the rows that could not be written before, from the in-memory records.
+    pub fn save_unsaved(&self) {
+        let orgs: Vec<OrgId> = {
+            let unsaved = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+            if unsaved.is_empty() {
+                return;
+            }
+            unsaved.iter().cloned().collect()
+        };
+        for org in orgs {
+            let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+            let text = self.get(&org).and_then(|s| serde_json::to_string(&s).ok());
+            if Self::write_row(&db, &org, text.as_deref()).is_ok() {
+                drop(db);
+                let mut unsaved = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+                unsaved.remove(&org);
+            } else {
+                // Still no room; the next pass tries again.
+                return;
+            }
+        }
+        tracing::info!("backup.db: every shipped position is recorded again");
     }
 
     pub fn note_changed(&self, org: &OrgId) {

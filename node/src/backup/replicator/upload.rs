@@ -1,7 +1,8 @@
 //! Uploads: every object is created with a conditional put, retried with backoff.
 //!
 //! Keeps true: nothing is ever overwritten (DESIGN invariant 1). A create that finds the key
-//! taken is this same upload retried after an answer was lost, so it counts as done.
+//! taken is this same upload retried after an answer was lost, so it counts as done. An attempt
+//! without an answer within its time limit is a failure like any other (counted, retried).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,6 +21,8 @@ use crate::backup::format::ObjectName;
 pub struct Uploader<'a> {
     pub store: &'a Arc<dyn ObjectStore>,
     pub metrics: &'a BackupMetrics,
+    /// One attempt's limit, before a second per MiB of the object.
+    pub timeout: Duration,
 }
 
 impl Uploader<'_> {
@@ -33,12 +36,21 @@ impl Uploader<'_> {
         let len = bytes.len() as u64;
         let payload = PutPayload::from(Bytes::from(bytes));
         let mut delay = Duration::from_millis(100);
+        let limit = self.timeout + Duration::from_secs(len / (1024 * 1024));
         loop {
             let opts = PutOptions {
                 mode: PutMode::Create,
                 ..Default::default()
             };
-            match self.store.put_opts(&key, payload.clone(), opts).await {
+            let attempt = self.store.put_opts(&key, payload.clone(), opts);
+            let answer = match tokio::time::timeout(limit, attempt).await {
+                Ok(answer) => answer,
+                Err(_) => Err(object_store::Error::Generic {
+                    store: "backup",
+                    source: format!("no answer within {} ms", limit.as_millis()).into(),
+                }),
+            };
+            match answer {
                 Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {
                     self.metrics.puts.fetch_add(1, Ordering::Relaxed);
                     self.metrics.put_bytes.fetch_add(len, Ordering::Relaxed);
