@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 pub mod cluster;
 pub mod dev;
+pub mod disk;
 pub mod idempotent;
 pub mod mmdb;
 pub mod s3;

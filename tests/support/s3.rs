@@ -26,6 +26,8 @@ pub struct Faults {
     pub delay_ms: AtomicU64,
     /// Every request, read or write, is answered 503 while set (the store is unreachable).
     pub down: std::sync::atomic::AtomicBool,
+    /// Every request is held without an answer while set (the store hangs), then answered 503.
+    pub hang: std::sync::atomic::AtomicBool,
 }
 
 fn take(counter: &AtomicU32) -> bool {
@@ -105,6 +107,15 @@ impl S3 {
                                     let delay = faults.delay_ms.load(Ordering::SeqCst);
                                     if delay > 0 {
                                         tokio::time::sleep(Duration::from_millis(delay)).await;
+                                    }
+                                    if faults.hang.load(Ordering::SeqCst) {
+                                        while faults.hang.load(Ordering::SeqCst) {
+                                            tokio::time::sleep(Duration::from_millis(20)).await;
+                                        }
+                                        return Ok(http::Response::builder()
+                                            .status(503)
+                                            .body(s3s::Body::from("ServiceUnavailable".to_string()))
+                                            .expect("response"));
                                     }
                                     if faults.down.load(Ordering::SeqCst) {
                                         return Ok(http::Response::builder()
