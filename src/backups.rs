@@ -62,6 +62,10 @@ pub struct RestoreArgs {
     /// whether the indexes alone reach the newest point.
     #[arg(long)]
     pub indexes_only: bool,
+    /// Restore the newest point that can be reached even if it is older than what the store
+    /// shows or the control plane was told was shipped (what is missing is printed).
+    #[arg(long)]
+    pub accept_older: bool,
     /// The org's data key (64 hex digits). Default: asked of the control plane, which audits
     /// the request. Backups sealed with a destroyed key cannot be restored: that is erasure.
     #[arg(long, env = "HEMVIST_DATA_KEY", hide_env_values = true)]
@@ -221,10 +225,14 @@ async fn check_system(store: &Arc<dyn ObjectStore>, api: &ApiArgs) -> anyhow::Re
 pub async fn backups(args: BackupsArgs) -> anyhow::Result<()> {
     let org = OrgId::parse(&args.org)?;
     let mut listed = Vec::new();
+    let mut damaged = Vec::new();
     for rs in open_stores(&org, &args.store).await? {
         let catalog = restore::catalog(&rs.store, &org).await?;
         for g in catalog.summary() {
             listed.push((rs.regions.join(", "), g));
+        }
+        for d in catalog.damaged {
+            damaged.push((rs.regions.join(", "), d));
         }
     }
     if args.store.api.json {
@@ -233,6 +241,12 @@ pub async fn backups(args: BackupsArgs) -> anyhow::Result<()> {
             .map(|(regions, g)| {
                 let mut v = serde_json::to_value(g).unwrap_or_default();
                 v["regions"] = serde_json::json!(regions.split(", ").collect::<Vec<_>>());
+                // What a restore of this store cannot read, and what it may hold.
+                v["damaged"] = serde_json::json!(damaged
+                    .iter()
+                    .filter(|(r, _)| r == regions)
+                    .map(|(_, d)| d)
+                    .collect::<Vec<_>>());
                 v
             })
             .collect();
@@ -280,7 +294,59 @@ pub async fn backups(args: BackupsArgs) -> anyhow::Result<()> {
             );
         }
     }
+    if !damaged.is_empty() {
+        outln!("\ndamaged objects (a restore cannot read them):");
+        for (regions, d) in &damaged {
+            let held: Vec<String> = d
+                .holds
+                .iter()
+                .map(|h| format!("generation {} LSN {}..{}", h.generation, h.start, h.end))
+                .collect();
+            outln!(
+                "  {regions}  {}  {}  {}: holds {}{}",
+                d.key,
+                format_time(d.time_ms),
+                d.reason,
+                if held.is_empty() {
+                    "nothing that can be told".to_string()
+                } else {
+                    held.join(", ")
+                },
+                if d.complete { "" } else { " (maybe more)" }
+            );
+        }
+    }
     Ok(())
+}
+
+/// The newest backup position the control plane was told of, when one is asked (a restore
+/// given `--store` and no control plane checks only what the store shows).
+async fn known_position(org: &OrgId, args: &RestoreArgs) -> anyhow::Result<Option<restore::Known>> {
+    let Ok(client) = Client::new(&args.store.api) else {
+        return Ok(None);
+    };
+    let shown: serde_json::Value = match client.get(&format!("/orgs/{org}")).await {
+        Ok(v) => v,
+        Err(e) if args.accept_older => {
+            eprintln!("warning: the control plane could not say how far {org} was shipped: {e:#}");
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(e.context(format!(
+                "ask the control plane how far {org} was shipped (--accept-older restores \
+                 without knowing)"
+            )))
+        }
+    };
+    let k = &shown["known_position"];
+    Ok(match (k["generation"].as_u64(), k["lsn"].as_u64()) {
+        (Some(generation), Some(lsn)) => Some(restore::Known {
+            generation,
+            lsn,
+            reported_ms: k["reported_ms"].as_i64().unwrap_or(0),
+        }),
+        _ => None,
+    })
 }
 
 /// The org's data key: `--key`, else the control plane's (when it answers).
@@ -316,16 +382,37 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         bail!("no store holds backups of {org}");
     };
     let store = rs.store;
+    // Asked before the store is listed, so everything it counts as shipped is listed too.
+    let known = known_position(&org, &args).await?;
     let catalog: Catalog = restore::catalog_with(&store, &org, !args.indexes_only).await?;
     for w in &catalog.warnings {
         eprintln!("warning: {w}");
     }
-    let Some(plan) = catalog.plan(at, &[]) else {
+    let plan = catalog.plan(at, &[]);
+    let short = catalog.shortfall(plan.as_ref(), at, known.as_ref());
+    let Some(plan) = plan else {
+        if !short.is_empty() {
+            bail!(
+                "no restore point of {org} at or before {}, though backups are known ({short}): \
+                 see `hemvist backups {org}`",
+                format_time(at)
+            );
+        }
         bail!(
             "no restore point of {org} at or before {}: see `hemvist backups {org}`",
             format_time(at)
         );
     };
+    if !short.is_empty() {
+        if !args.accept_older {
+            bail!(
+                "the restore of {org} at {} would be older than what is known to exist, {short}. \
+                 Pass --accept-older to restore that point anyway",
+                format_time(at)
+            );
+        }
+        eprintln!("warning: restoring an older point than is known (--accept-older), {short}");
+    }
     let key = data_key(&org, &args).await?;
     let out = args
         .out
@@ -337,6 +424,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&serde_json::json!({
                 "file": out.display().to_string(),
                 "restored": done,
+                "missing": short.missing,
             }))?
         );
         return Ok(());

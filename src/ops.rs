@@ -1,5 +1,5 @@
-//! The operator's verbs: `regions`, `nodes`, `orgs create|list|show`, and the small readers of
-//! the API's JSON the verbs share (`orgs move` is in `moves`).
+//! The operator's verbs: `regions`, `nodes`, `orgs create|list|show|rebuild`, and the small
+//! readers of the API's JSON the verbs share (`orgs move` is in `moves`).
 
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,20 @@ pub enum OrgsCommand {
         /// The first user's password; default HEMVIST_PASSWORD, else one is generated and printed.
         #[arg(long, env = "HEMVIST_PASSWORD", hide_env_values = true)]
         admin_password: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Let the org's node rebuild it from backups that reach only an older point than the one
+    /// known (a damaged or lost object): with --accept-older, the newest reachable point is
+    /// taken on the next attempt, and the acceptance is audited.
+    Rebuild {
+        id: String,
+        /// Take the newest point the backups reach, older than the known one.
+        #[arg(long)]
+        accept_older: bool,
+        /// Why (kept in the audit log).
+        #[arg(long)]
+        reason: Option<String>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -357,6 +371,37 @@ pub async fn orgs(command: OrgsCommand) -> anyhow::Result<()> {
                 if let Some(p) = generated {
                     outln!("  password: {p}   (generated; shown once)");
                 }
+            }
+            Ok(())
+        }
+        OrgsCommand::Rebuild {
+            id,
+            accept_older,
+            reason,
+            api,
+        } => {
+            let id = OrgId::parse(&id)?;
+            if !accept_older {
+                bail!(
+                    "a rebuild of {id} from backups that reach only an older point loses what \
+                     is after it: pass --accept-older to take that point (see `hemvist orgs \
+                     show {id}` for what its node said is missing)"
+                );
+            }
+            let body = serde_json::json!({ "reason": reason });
+            let accepted: Value = Client::new(&api)?
+                .post(&format!("/orgs/{id}/accept-older"), &body)
+                .await?;
+            if api.json {
+                return print_json(&accepted);
+            }
+            outln!(
+                "accepted: the next rebuild of {id} on node {} restores the newest point its \
+                 backups reach (audited as org.accepted_older)",
+                s(&accepted["accepted"], "node")
+            );
+            if let Some(refusal) = accepted["accepted"]["refusal"].as_str() {
+                outln!("  the node said: {refusal}");
             }
             Ok(())
         }

@@ -40,6 +40,7 @@ pub fn router(plane: Arc<Plane>) -> Router {
             axum::routing::post(cancel_operation),
         )
         .route("/orgs/{id}/move", axum::routing::post(move_org))
+        .route("/orgs/{id}/accept-older", axum::routing::post(accept_older))
         .fallback(|| async { ApiError(HemvistError::not_found("no such API route")) })
         .layer(middleware::from_fn_with_state(plane.clone(), require_token));
     Router::new()
@@ -206,6 +207,20 @@ async fn move_org(
     let req = json_body(body)?;
     let op = blocking(&plane, move |c| c.request_move(&id, req, &actor)).await?;
     Ok((StatusCode::ACCEPTED, Json(op)).into_response())
+}
+
+/// An operator accepts that the org's rebuild takes the newest point its backups reach, older
+/// than the one known (audited).
+async fn accept_older(
+    State(plane): State<Arc<Plane>>,
+    axum::Extension(Actor(actor)): axum::Extension<Actor>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: Result<Json<crate::orgs::AcceptOlder>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
+    let req = json_body(body)?;
+    let accepted = blocking(&plane, move |c| c.accept_older(&id, req, &actor)).await?;
+    Ok(Json(accepted).into_response())
 }
 
 /// Which hemvist system this is: the id its nodes write into every region's store, so the

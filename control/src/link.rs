@@ -23,6 +23,10 @@ pub enum NodeCommand {
         expect_backup: bool,
         /// A move put the org's file on the node: host that file, or fail.
         moved_here: bool,
+        /// The newest backup position nodes reported: a restore must reach it.
+        known: Option<KnownPosition>,
+        /// An operator accepted a restore to an older point than `known` (audited).
+        accept_older: bool,
     },
     /// Add a user to the org's own database; the password is already hashed.
     AddUser {
@@ -61,6 +65,25 @@ pub enum NodeCommand {
     },
     /// The move is over on this node (rolled back: lift the fence, discard the copy).
     EndMove { org: OrgId, rolled_back: bool },
+}
+
+/// An org's newest backup position as nodes reported it: (generation, LSN after the last object
+/// shipped), and when it was reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct KnownPosition {
+    pub generation: u64,
+    pub lsn: u64,
+    pub reported_ms: i64,
+}
+
+impl From<crate::store::StoredPosition> for KnownPosition {
+    fn from(p: crate::store::StoredPosition) -> Self {
+        KnownPosition {
+            generation: p.generation,
+            lsn: p.lsn,
+            reported_ms: p.reported_ms,
+        }
+    }
 }
 
 /// Keys go to a node in chunks of this many.

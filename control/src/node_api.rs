@@ -157,12 +157,14 @@ async fn handle(
             hub.renew(node, epoch, plane.lease());
             let now = crate::clock::now_ms();
             let mut backed_up = Vec::new();
+            let mut positions = Vec::new();
             for r in h.replication {
                 let Ok(org) = OrgId::parse(&r.org) else {
                     continue;
                 };
                 if r.shipped_ms > 0 {
                     backed_up.push(org.clone());
+                    positions.push((org.clone(), r.generation, r.lsn, now));
                 }
                 plane.replication.report(
                     org,
@@ -179,9 +181,12 @@ async fn handle(
             }
             if !backed_up.is_empty() {
                 let p = plane.clone();
-                tokio::task::spawn_blocking(move || p.backups_seen(backed_up))
-                    .await
-                    .map_err(|e| HemvistError::internal(e.to_string()))??;
+                tokio::task::spawn_blocking(move || {
+                    p.replication.persist(&p.store, positions)?;
+                    p.backups_seen(backed_up)
+                })
+                .await
+                .map_err(|e| HemvistError::internal(e.to_string()))??;
             }
             hub.send(
                 node,
@@ -352,6 +357,8 @@ fn action(command: NodeCommand) -> pb::command::Action {
             expect_backup,
             moved_here,
         } => Action::Host(pb::HostTenant {
+            known,
+            accept_older,
             org: org.to_string(),
             generation: generation.get(),
             name,
@@ -361,6 +368,10 @@ fn action(command: NodeCommand) -> pb::command::Action {
             expect_backup,
             moved_here,
         }),
+            known_generation: known.map_or(0, |k| k.generation),
+            known_lsn: known.map_or(0, |k| k.lsn),
+            known_reported_ms: known.map_or(0, |k| k.reported_ms),
+            accept_older,
         NodeCommand::AddUser {
             org,
             generation,

@@ -1,6 +1,8 @@
-//! Operator-facing operations on orgs: create (placement + persistence + notifying nodes), read.
-//! An org is created once: asking again with the same name (and no conflicting residency)
-//! returns it unchanged, and anything else under its id is a conflict that changes nothing.
+//! Operator-facing operations on orgs: create (placement + persistence + notifying nodes), read,
+//! and the operator's acceptance of an older restore point for a rebuild.
+//! An org is created once: asking again with the same parameters (name, and the region,
+//! residency and durability when given) returns it unchanged, and anything else under its id is
+//! a conflict that names the difference and changes nothing.
 
 use std::net::IpAddr;
 
@@ -29,6 +31,22 @@ pub struct CreateOrg {
     /// `sync` (a write is acknowledged only once it is in object storage).
     #[serde(default)]
     pub durability: Option<String>,
+}
+
+/// What a create asked for, to compare with an org that exists already.
+struct Asked<'a> {
+    name: &'a str,
+    region: Option<&'a RegionId>,
+    residency: &'a ResidencyPolicy,
+    durability: Option<&'a str>,
+}
+
+/// `POST /orgs/{id}/accept-older`: why the operator takes the older point.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptOlder {
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -65,6 +83,10 @@ pub struct OrgDetail {
     /// The backup position its node last reported, and the lag now (ms).
     pub replication: Option<crate::replication::ReplicationView>,
     pub replication_lag_ms: Option<i64>,
+    /// The newest backup position nodes reported, as persisted: a rebuild must reach it.
+    pub known_position: Option<crate::store::StoredPosition>,
+    /// An operator accepted an older point for the next rebuild (until a newer position).
+    pub accepts_older: bool,
     pub commands: Vec<CommandRecord>,
     pub audit: Vec<serde_json::Value>,
     /// Every placement the org has had, oldest first (the last is where it lives now).
@@ -138,20 +160,30 @@ impl Plane {
             (None, None) => Hint::None,
         };
 
-        // Creating an org twice must not need a healthy node the second time.
-        if let Some(existing) = self.store.org(&id)? {
-            return self.same_or_conflict(existing, &name, &residency);
-        }
-
-        let durability = match req.durability.as_deref().map(str::trim) {
-            None | Some("") | Some("async") => "async".to_string(),
-            Some("sync") => "sync".to_string(),
+        let asked_durability = match req.durability.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some("async") => Some("async"),
+            Some("sync") => Some("sync"),
             Some(other) => {
                 return Err(HemvistError::invalid(format!(
                     "durability {other:?}: use async or sync"
                 )))
             }
         };
+        let asked = Asked {
+            name: &name,
+            region: match &hint {
+                Hint::Region(r) => Some(r),
+                _ => None,
+            },
+            residency: &residency,
+            durability: asked_durability,
+        };
+        // Creating an org twice must not need a healthy node the second time.
+        if let Some(existing) = self.store.org(&id)? {
+            return self.same_or_conflict(existing, &asked);
+        }
+        let durability = asked_durability.unwrap_or("async").to_string();
         let loads = self.node_loads()?;
         let decision = placement::place(
             &self.config.regions,
@@ -172,7 +204,7 @@ impl Plane {
             requested_by: actor.to_string(),
         })?;
         match created {
-            Created::Existing(existing) => self.same_or_conflict(existing, &name, &residency),
+            Created::Existing(existing) => self.same_or_conflict(existing, &asked),
             Created::New(org) => {
                 tracing::info!(org = %org.id, node = %org.node_id, generation = %org.generation, reason = %org.placement_reason, "org placed");
                 self.metrics.orgs_created.inc();
@@ -191,28 +223,96 @@ impl Plane {
         }
     }
 
+    /// The existing org, if every parameter asked matches it; else a conflict naming each
+    /// difference. A parameter not given (no region, no residency, no durability) matches.
     fn same_or_conflict(
         &self,
         existing: OrgRecord,
-        name: &str,
-        residency: &ResidencyPolicy,
+        asked: &Asked<'_>,
     ) -> Result<CreatedOrg, HemvistError> {
         let existing_residency = ResidencyPolicy::from_stored(&existing.residency);
-        if existing.name == name
-            && (&existing_residency == residency || residency.is_unrestricted())
-        {
+        let mut differences = Vec::new();
+        if existing.name != asked.name {
+            differences.push(format!(
+                "its name is \"{}\", not \"{}\"",
+                existing.name, asked.name
+            ));
+        }
+        if let Some(region) = asked.region.filter(|r| **r != existing.home_region) {
+            differences.push(format!(
+                "it lives in {}, not {region}",
+                existing.home_region
+            ));
+        }
+        if &existing_residency != asked.residency && !asked.residency.is_unrestricted() {
+            differences.push(format!(
+                "its residency is {}, not {}",
+                existing_residency.describe(),
+                asked.residency.describe()
+            ));
+        }
+        if let Some(d) = asked.durability.filter(|d| *d != existing.durability) {
+            differences.push(format!(
+                "its durability is {}, not {d}",
+                existing.durability
+            ));
+        }
+        if differences.is_empty() {
             return Ok(CreatedOrg {
                 created: false,
                 org: self.view(existing)?,
             });
         }
         Err(HemvistError::conflict(format!(
-            "org {} already exists as \"{}\" in {} (residency {}); nothing was changed",
+            "org {} already exists and differs: {}; nothing was changed",
             existing.id,
-            existing.name,
-            existing.home_region,
-            existing_residency.describe()
+            differences.join("; ")
         )))
+    }
+
+    /// An operator accepts that the org's rebuild restores the newest point its backups reach,
+    /// though it is older than the position nodes reported: recorded against that position
+    /// (a newer report lapses it), audited with who asked, why, and what the node last said it
+    /// can reach; the refused `host` is sent again at once.
+    pub fn accept_older(
+        &self,
+        id: &str,
+        req: AcceptOlder,
+        actor: &str,
+    ) -> Result<serde_json::Value, HemvistError> {
+        let id = OrgId::parse(id)?;
+        let org = self
+            .store
+            .org(&id)?
+            .ok_or_else(|| HemvistError::not_found(format!("no org {id}")))?;
+        let reason: String = req.reason.unwrap_or_default().chars().take(500).collect();
+        // What the node said it can reach, in its refusal of the host command.
+        let refusal = self
+            .store
+            .commands_for_org(&id)?
+            .into_iter()
+            .filter(|c| {
+                c.kind == crate::store::CommandKind::Host
+                    && c.node_id == org.node_id
+                    && c.generation == org.generation
+            })
+            .find_map(|c| c.error);
+        let detail = serde_json::json!({
+            "requested_by": actor,
+            "reason": reason,
+            "node": org.node_id,
+            "generation": org.generation.get(),
+            "known": org.known,
+            "refusal": refusal,
+        });
+        let org = self
+            .store
+            .accept_older(&id, actor, &detail)?
+            .ok_or_else(|| HemvistError::not_found(format!("no org {id}")))?;
+        tracing::warn!(org = %id, %actor, known = ?org.known,
+            "operator accepted an older restore point for the org's rebuild");
+        self.reconcile_soon(&org.node_id);
+        Ok(serde_json::json!({ "org": id, "accepted": detail }))
     }
 
     pub fn node_loads(&self) -> Result<Vec<NodeLoad>, HemvistError> {
@@ -366,6 +466,8 @@ impl Plane {
                 .as_ref()
                 .map(|r| r.lag_ms(crate::clock::now_ms())),
             replication,
+            known_position: org.known,
+            accepts_older: org.accepts_older(),
             observed: self.store.observed_for_org(&id)?,
             commands: self.store.commands_for_org(&id)?,
             audit: self.store.audit_for_org(&id)?,

@@ -126,6 +126,8 @@ fn reconcile_node(plane: &Plane, node: &NodeId, epoch: u64) -> Result<(), Hemvis
             data_key: org.data_key.clone().unwrap_or_default(),
             expect_backup: org.backed_up_ms.is_some(),
             moved_here: false,
+            known: org.known.map(Into::into),
+            accept_older: org.accepts_older(),
         };
         let is_open = open.contains_key(&cmd.id);
         send_if_due(plane, node, epoch, &cmd, is_open, command)?;

@@ -1,16 +1,19 @@
 //! What the control plane knows of every org's backups: the position each node last reported
 //! (only changes are reported, with heartbeats) and the lag that follows from it. Kept in memory:
 //! a node reports every position again on each new session, so a restarted control plane
-//! learns it all back within a heartbeat.
+//! learns it all back within a heartbeat. The newest position of each org is also persisted
+//! (written only when it grows, one transaction per heartbeat): a node that lost its disk
+//! reports nothing, and its rebuild must still reach that position.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use hemvist_proto::{NodeId, OrgId};
+use hemvist_proto::{HemvistError, NodeId, OrgId};
 use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
 
 use crate::clock::now_ms;
+use crate::store::Store;
 
 /// An org is "behind" when its oldest unshipped write is older than this.
 pub const BEHIND_MS: i64 = 5_000;
@@ -36,6 +39,8 @@ impl ReplicationView {
 
 pub struct Replication {
     orgs: Mutex<HashMap<OrgId, ReplicationView>>,
+    /// The newest (generation, LSN) of each org known to be in the store (since start).
+    persisted: Mutex<HashMap<OrgId, (u64, u64)>>,
     /// Every reported position's lag at the time it was reported, in seconds.
     reported_lag: Histogram,
 }
@@ -44,6 +49,7 @@ impl Default for Replication {
     fn default() -> Self {
         Replication {
             orgs: Mutex::default(),
+            persisted: Mutex::default(),
             reported_lag: crate::metrics::replication_lag_histogram(),
         }
     }
@@ -62,6 +68,33 @@ impl Replication {
             return;
         }
         orgs.insert(org, view);
+    }
+
+    /// Persists the positions of one heartbeat `(org, generation, lsn, reported_ms)` that are
+    /// newer than what this control plane already stored (after a restart, each once more: the
+    /// store keeps only a newer one).
+    pub fn persist(
+        &self,
+        store: &Store,
+        positions: Vec<(OrgId, u64, u64, i64)>,
+    ) -> Result<(), HemvistError> {
+        let grown: Vec<(OrgId, u64, u64, i64)> = {
+            let persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+            positions
+                .into_iter()
+                .filter(|(org, g, lsn, _)| persisted.get(org).is_none_or(|had| (*g, *lsn) > *had))
+                .collect()
+        };
+        if grown.is_empty() {
+            return Ok(());
+        }
+        store.record_positions(&grown)?;
+        let mut persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+        for (org, g, lsn, _) in grown {
+            let had = persisted.entry(org).or_insert((g, lsn));
+            *had = (*had).max((g, lsn));
+        }
+        Ok(())
     }
 
     pub fn get(&self, org: &OrgId) -> Option<ReplicationView> {

@@ -547,7 +547,15 @@ fn host(node: &Node, h: pb::HostTenant) -> Result<pb::HostedTenant, HemvistError
         expect_backup: h.expect_backup,
         moved_here: h.moved_here,
     };
-    let hosted = node.hosting.host(&req)?;
+    let bar = crate::hosting::RestoreBar {
+        known: (h.known_generation > 0).then_some(crate::backup::restore::Known {
+            generation: h.known_generation,
+            lsn: h.known_lsn,
+            reported_ms: h.known_reported_ms,
+        }),
+        accept_older: h.accept_older,
+    };
+    let hosted = node.hosting.host_with(&req, &bar)?;
     Ok(pb::HostedTenant {
         org: req.org.to_string(),
         generation: hosted.generation.get(),

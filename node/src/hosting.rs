@@ -3,7 +3,9 @@
 //! Keeps true: an org is hosted only in a region its residency policy lists (the node's second
 //! line of defense, whatever the control plane says); a generation older than the one held can
 //! never take an org back; hosting is idempotent; a dropped tenant's file goes to `trash/`, not
-//! away.
+//! away; a tenant rebuilt from backups reaches the newest position the store shows and the
+//! control plane was told of, or is refused naming what is missing, unless an operator
+//! accepted the older point (a new history never starts silently over a gap).
 
 use std::sync::Arc;
 
@@ -33,6 +35,15 @@ pub struct HostRequest {
     pub moved_here: bool,
 }
 
+/// What a rebuild from backups must reach, and whether an operator accepted less.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreBar {
+    /// The newest position the control plane was told was shipped.
+    pub known: Option<restore::Known>,
+    /// An operator accepted the newest reachable point though it is older (audited there).
+    pub accept_older: bool,
+}
+
 pub struct Hosting {
     region: RegionId,
     tenants: Arc<TenantStore>,
@@ -58,6 +69,11 @@ impl Hosting {
     /// Hosts an org at a generation: idempotent, refuses what residency forbids and what a
     /// newer generation already owns.
     pub fn host(&self, req: &HostRequest) -> Result<Hosted, HemvistError> {
+        self.host_with(req, &RestoreBar::default())
+    }
+
+    /// As [`Hosting::host`]; a tenant rebuilt from backups must reach `bar`.
+    pub fn host_with(&self, req: &HostRequest, bar: &RestoreBar) -> Result<Hosted, HemvistError> {
         if !req
             .allowed_regions
             .iter()
@@ -97,7 +113,7 @@ impl Hosting {
             )));
         }
         if !self.tenants.exists(&req.org)
-            && !self.restore_from_backup(&req.org, req.data_key.as_ref())?
+            && !self.restore_from_backup(&req.org, req.data_key.as_ref(), bar)?
             && req.expect_backup
         {
             // Creating an empty tenant here would silently replace the org's data with nothing
@@ -130,12 +146,14 @@ impl Hosting {
     }
 
     /// An org assigned here with no local file: if its region's backups hold it, the newest
-    /// restore point becomes the local file (blocking; runs on the command thread). Whether one
-    /// was restored.
+    /// restore point becomes the local file (blocking; runs on the command thread), provided it
+    /// reaches everything the store shows and `bar` knows (or an operator accepted less).
+    /// Whether one was restored.
     fn restore_from_backup(
         &self,
         org: &OrgId,
         key: Option<&DataKey>,
+        bar: &RestoreBar,
     ) -> Result<bool, HemvistError> {
         let Some(b) = &self.backup else {
             return Ok(false);
@@ -151,8 +169,13 @@ impl Hosting {
         let path = self.tenants.path(org);
         let restored = handle.block_on(async {
             let catalog = restore::catalog(&b.store, org).await?;
-            let Some(plan) = catalog.plan(i64::MAX, &[]) else {
-                return Ok::<_, anyhow::Error>(None);
+            let plan = catalog.plan(i64::MAX, &[]);
+            let short = catalog.shortfall(plan.as_ref(), i64::MAX, bar.known.as_ref());
+            let plan = match plan {
+                Some(plan) if short.is_empty() || bar.accept_older => plan,
+                // Nothing at all to restore and nothing known: a new org.
+                None if short.is_empty() => return Ok(Restore::Nothing),
+                _ => return Ok(Restore::Short(short)),
             };
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
@@ -161,15 +184,26 @@ impl Hosting {
             let _ = std::fs::remove_file(&staged);
             let done = restore::restore(&b.store, &catalog, &plan, &staged, key).await?;
             std::fs::rename(&staged, &path)?;
-            Ok(Some(done))
+            Ok::<_, anyhow::Error>(Restore::Done(done, short))
         });
         match restored {
-            Ok(Some(r)) => {
+            Ok(Restore::Done(r, short)) if !short.is_empty() => {
+                tracing::warn!(%org, generation = r.generation, lsn = r.lsn,
+                    time = %crate::backup::format_time(r.time_ms), %short,
+                    "restored an older point than is known, as an operator accepted");
+                Ok(true)
+            }
+            Ok(Restore::Done(r, _)) => {
                 tracing::info!(%org, generation = r.generation, lsn = r.lsn, time = %crate::backup::format_time(r.time_ms),
                     "restored tenant from backup");
                 Ok(true)
             }
-            Ok(None) => Ok(false),
+            Ok(Restore::Nothing) => Ok(false),
+            Ok(Restore::Short(short)) => Err(HemvistError::unavailable(format!(
+                "org {org} has no local file, and its backups do not reach the newest position \
+                 known: {short}. Refusing to start a new history over the gap; to take that \
+                 point, an operator runs `hemvist orgs rebuild {org} --accept-older` (audited)"
+            ))),
             Err(e) => Err(HemvistError::unavailable(format!(
                 "org {org} has no local file and its backup could not be restored: {e:#}"
             ))),
@@ -200,6 +234,14 @@ impl Hosting {
         tracing::info!(%org, generation = %h.generation, to = ?moved, "dropped tenant");
         Ok(())
     }
+}
+
+/// How a rebuild from backups went.
+enum Restore {
+    Done(restore::Restored, restore::Shortfall),
+    Nothing,
+    /// Refused: it would fall short.
+    Short(restore::Shortfall),
 }
 
 #[cfg(test)]

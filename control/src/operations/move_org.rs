@@ -656,6 +656,9 @@ fn switching(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
         .store
         .org(&op.record.org)?
         .ok_or_else(|| internal(format!("org {} vanished", op.record.org)))?;
+            // It hosts the moved copy, never a restore.
+            known: None,
+            accept_older: false,
     let allowed_regions = ResidencyPolicy::from_stored(&org.residency)
         .allowed_regions(&plane.config.regions)
         .into_iter()

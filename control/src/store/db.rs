@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_command_error_kind.sql"),
     include_str!("migrations/0007_operations.sql"),
     include_str!("migrations/0008_moves.sql"),
+    include_str!("migrations/0009_known_positions.sql"),
 ];
 
 pub struct Store {

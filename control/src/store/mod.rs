@@ -5,7 +5,8 @@
 //! - `regions`, `nodes` (`nodes.rs`): the configured regions as they were, and every node that
 //!   ever registered.
 //! - `orgs` + `placements` (`orgs.rs`): the desired state — which node hosts an org at which
-//!   generation.
+//!   generation; and the newest backup position nodes reported of it, which a rebuild must
+//!   reach unless an operator accepted an older point (also there).
 //! - `meta.next_generation`, `observed` (`placements.rs`): the generation counter, which only
 //!   grows, and what each node last said it hosts.
 //! - `commands` (`commands.rs`): every command sent to a node and its state.
@@ -35,6 +36,6 @@ pub use db::Store;
 pub use error::StoreError;
 pub use nodes::{NodeRecord, RegionRecord};
 pub use operations::{NewOperation, OperationRecord, Transition};
-pub use orgs::{Created, NewOrg, OrgRecord, StoredResidency};
+pub use orgs::{Created, NewOrg, OrgRecord, StoredPosition, StoredResidency};
 pub use placements::{ObservedRecord, PlacementSpan, PlacementSwitch};
 pub use tokens::TokenRecord;

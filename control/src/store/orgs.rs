@@ -38,6 +38,29 @@ pub struct OrgRecord {
     pub data_key: Option<String>,
     /// When backups of the org were first reported; none yet if `None`.
     pub backed_up_ms: Option<i64>,
+    /// The newest backup position nodes reported (it only grows).
+    pub known: Option<StoredPosition>,
+    /// An operator accepted restoring an older point than this known position (`reported_ms`
+    /// 0, and generation and LSN 0 when none was known).
+    pub accept_older: Option<StoredPosition>,
+}
+
+/// A backup position: generation, LSN after the last object shipped, when it was reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StoredPosition {
+    pub generation: u64,
+    pub lsn: u64,
+    pub reported_ms: i64,
+}
+
+impl OrgRecord {
+    /// Whether an operator's acceptance of an older point holds for what is known now (it lapses
+    /// once a newer position is reported).
+    pub fn accepts_older(&self) -> bool {
+        let now = self.known.map_or((0, 0), |k| (k.generation, k.lsn));
+        self.accept_older
+            .is_some_and(|a| (a.generation, a.lsn) == now)
+    }
 }
 
 pub struct NewOrg {
@@ -173,6 +196,58 @@ impl Store {
         )? > 0)
     }
 
+    /// Records reported backup positions `(org, generation, lsn, reported_ms)` where they are
+    /// newer than the one stored, in one transaction; how many were.
+    pub fn record_positions(&self, positions: &[(OrgId, u64, u64, i64)]) -> Result<usize> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let mut grown = 0;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE orgs SET known_generation = ?2, known_lsn = ?3, known_ms = ?4
+                 WHERE id = ?1 AND (known_generation IS NULL OR known_generation < ?2
+                   OR (known_generation = ?2 AND known_lsn < ?3))",
+            )?;
+            for (org, generation, lsn, at) in positions {
+                grown +=
+                    stmt.execute(params![org.as_str(), *generation as i64, *lsn as i64, at])?;
+            }
+        }
+        tx.commit()?;
+        Ok(grown)
+    }
+
+    /// An operator accepts that the org's next rebuild restores the newest point its backups
+    /// reach, older than the known position: recorded against that position, audited with
+    /// `detail`, and the org's refused `host` commands are made due again, in one transaction.
+    /// The org's record as it now is.
+    pub fn accept_older(
+        &self,
+        id: &OrgId,
+        actor: &str,
+        detail: &serde_json::Value,
+    ) -> Result<Option<OrgRecord>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let Some(org) = org_in(&tx, id)? else {
+            return Ok(None);
+        };
+        let (generation, lsn) = org.known.map_or((0, 0), |k| (k.generation, k.lsn));
+        tx.execute(
+            "UPDATE orgs SET accept_older_generation = ?2, accept_older_lsn = ?3 WHERE id = ?1",
+            params![id.as_str(), generation as i64, lsn as i64],
+        )?;
+        tx.execute(
+            "UPDATE commands SET state = 'retry', updated_ms = 0
+             WHERE org = ?1 AND kind = 'host' AND state IN ('retry', 'failed')",
+            [id.as_str()],
+        )?;
+        append_audit(&tx, actor, "org.accepted_older", Some(id), detail)?;
+        let org = org_in(&tx, id)?;
+        tx.commit()?;
+        Ok(org)
+    }
+
     pub fn count_orgs(&self) -> Result<u64> {
         Ok(self
             .lock()
@@ -182,8 +257,9 @@ impl Store {
 }
 
 const ORG_SELECT: &str = "SELECT o.id, o.name, o.home_region, o.residency, o.placement_reason,
-    o.created_ms, p.node_id, p.generation, o.durability, o.data_key, o.backed_up_ms FROM orgs o
-    JOIN placements p ON p.org = o.id";
+    o.created_ms, p.node_id, p.generation, o.durability, o.data_key, o.backed_up_ms,
+    o.known_generation, o.known_lsn, o.known_ms, o.accept_older_generation, o.accept_older_lsn
+    FROM orgs o JOIN placements p ON p.org = o.id";
 
 type OrgRow = (
     String,
@@ -197,6 +273,7 @@ type OrgRow = (
     String,
     Option<String>,
     Option<i64>,
+    [Option<i64>; 5],
 );
 
 fn org_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OrgRow> {
@@ -212,6 +289,7 @@ fn org_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OrgRow> {
         r.get(8)?,
         r.get(9)?,
         r.get(10)?,
+        [r.get(11)?, r.get(12)?, r.get(13)?, r.get(14)?, r.get(15)?],
     ))
 }
 
@@ -228,7 +306,16 @@ fn check_org(row: OrgRow) -> Result<OrgRecord> {
         durability,
         data_key,
         backed_up_ms,
+        [known_generation, known_lsn, known_ms, accept_generation, accept_lsn],
     ) = row;
+    let position = |g: Option<i64>, l: Option<i64>, at: Option<i64>| match (g, l) {
+        (Some(g), Some(l)) => Some(StoredPosition {
+            generation: g as u64,
+            lsn: l as u64,
+            reported_ms: at.unwrap_or(0),
+        }),
+        _ => None,
+    };
     Ok(OrgRecord {
         id: OrgId::try_from(id).map_err(StoreError::corrupt)?,
         name,
@@ -241,6 +328,8 @@ fn check_org(row: OrgRow) -> Result<OrgRecord> {
         durability,
         data_key,
         backed_up_ms,
+        known: position(known_generation, known_lsn, known_ms),
+        accept_older: position(accept_generation, accept_lsn, None),
     })
 }
 
