@@ -40,6 +40,10 @@ pub struct ControlConfig {
     /// copy failing or silent this long, a fence or a finish taking half of it.
     #[serde(default = "default_move_stall_ms")]
     pub move_stall_ms: u64,
+    /// How long a node's lease may be gone before its orgs are failed over to another node of
+    /// their region (counted from its last heartbeat, or from this control plane's start).
+    #[serde(default = "default_failover_grace_ms")]
+    pub failover_grace_ms: u64,
     pub regions: Vec<RegionConfig>,
     /// TLS for both listeners (one certificate for the control plane's host). With
     /// `client_ca`, nodes must also present a certificate from that CA on the gRPC listener, in
@@ -92,6 +96,9 @@ fn default_command_retry_ms() -> u64 {
 }
 fn default_move_stall_ms() -> u64 {
     30_000
+}
+fn default_failover_grace_ms() -> u64 {
+    60_000
 }
 
 impl ControlConfig {
@@ -146,6 +153,11 @@ impl ControlConfig {
         }
         if self.heartbeat_interval_ms == 0 || self.lease_ttl_ms < 2 * self.heartbeat_interval_ms {
             bail!("lease_ttl_ms must be at least twice heartbeat_interval_ms");
+        }
+        // A dead node's lease must have run out on the node itself (it stops acknowledging
+        // writes) well before its orgs get another writer.
+        if self.failover_grace_ms < 2 * self.lease_ttl_ms {
+            bail!("failover_grace_ms must be at least twice lease_ttl_ms");
         }
         Ok(())
     }

@@ -32,6 +32,11 @@ pub struct Metrics {
     pub move_pause: Histogram,
     /// Bytes the targets of finished moves copied.
     pub move_bytes: Counter,
+    /// Failovers ended, by outcome (`done`, `failed`).
+    pub failovers: Family<OutcomeLabels, Counter>,
+    /// Each failed-over org's outage, from its dead node's last heartbeat to its new node
+    /// serving.
+    pub failover_outage: Histogram,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -49,6 +54,17 @@ impl Metrics {
         self.move_bytes.inc_by(bytes);
     }
 
+    pub fn record_failover(&self, outcome: &str, outage_ms: Option<i64>) {
+        self.failovers
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        if let Some(ms) = outage_ms {
+            self.failover_outage.observe(ms.max(0) as f64 / 1000.0);
+        }
+    }
+
     pub fn record_move_pause(&self, pause_ms: Option<i64>) {
         if let Some(ms) = pause_ms {
             self.move_pause.observe(ms.max(0) as f64 / 1000.0);
@@ -64,7 +80,17 @@ impl Default for Metrics {
                 outcome: outcome.to_string(),
             });
         }
+        let failovers = Family::<OutcomeLabels, Counter>::default();
+        for outcome in ["done", "failed"] {
+            let _ = failovers.get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            });
+        }
         Metrics {
+            failovers,
+            failover_outage: Histogram::new([
+                1.0, 5.0, 15.0, 30.0, 60.0, 90.0, 120.0, 300.0, 600.0,
+            ]),
             orgs_created: Counter::default(),
             refused_joins: Counter::default(),
             api_requests: Counter::default(),
@@ -191,6 +217,17 @@ impl Metrics {
             "Bytes the targets of finished moves copied",
             Unit::Bytes,
             self.move_bytes.clone(),
+        );
+        r.register(
+            "hemvist_failovers",
+            "Failovers of orgs off dead nodes ended since start, by outcome (done, failed)",
+            self.failovers.clone(),
+        );
+        r.register_with_unit(
+            "hemvist_failover_outage",
+            "Each failed-over org's outage, from its dead node's last heartbeat to its new node serving",
+            Unit::Seconds,
+            self.failover_outage.clone(),
         );
         self.api_connections.register(&mut r, "hemvist_admin");
         self.grpc_connections.register(&mut r, "hemvist_grpc");

@@ -195,6 +195,7 @@ async fn handle(
                     lease_ttl_ms: plane.config.lease_ttl_ms,
                 },
             );
+            plane.heard_from(node);
             // Last-seen is for people; one write per ten heartbeats is plenty.
             if h.seq % 10 == 0 {
                 let (p, n) = (plane.clone(), node.clone());
@@ -356,9 +357,9 @@ fn action(command: NodeCommand) -> pb::command::Action {
             data_key,
             expect_backup,
             moved_here,
-        } => Action::Host(pb::HostTenant {
             known,
             accept_older,
+        } => Action::Host(pb::HostTenant {
             org: org.to_string(),
             generation: generation.get(),
             name,
@@ -367,11 +368,11 @@ fn action(command: NodeCommand) -> pb::command::Action {
             data_key,
             expect_backup,
             moved_here,
-        }),
             known_generation: known.map_or(0, |k| k.generation),
             known_lsn: known.map_or(0, |k| k.lsn),
             known_reported_ms: known.map_or(0, |k| k.reported_ms),
             accept_older,
+        }),
         NodeCommand::AddUser {
             org,
             generation,

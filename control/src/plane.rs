@@ -62,6 +62,11 @@ pub struct Plane {
     pub(crate) ops: OperationsMemory,
     /// This system's id (see `store::system`).
     pub system_id: String,
+    /// When this process started: a node's silence counts from here at the earliest.
+    pub started_ms: i64,
+    /// When each node's last heartbeat arrived, in this process (the store's `last_seen_ms` is
+    /// written only every tenth).
+    pub(crate) heard: Mutex<std::collections::HashMap<NodeId, i64>>,
     /// Orgs whose backups are known to be recorded, so reports do not rewrite it.
     pub(crate) backed_up: Mutex<HashSet<hemvist_proto::OrgId>>,
     sent: Mutex<HashSet<(u64, String)>>,
@@ -102,6 +107,8 @@ impl Plane {
         let system_id = store.system_id(move || candidate)?;
         Ok(Plane {
             system_id,
+            started_ms: crate::clock::now_ms(),
+            heard: Mutex::default(),
             backed_up: Mutex::new(HashSet::new()),
             config,
             store,
@@ -128,6 +135,26 @@ impl Plane {
             .unwrap_or_else(|p| p.into_inner())
             .insert(node.clone());
         self.wake_reconciler.notify_one();
+    }
+
+    /// A heartbeat from `node` arrived now.
+    pub fn heard_from(&self, node: &NodeId) {
+        self.heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.clone(), crate::clock::now_ms());
+    }
+
+    /// Since when `node` has been silent, as far as this process can tell: its last heartbeat
+    /// here, or (none here yet) the later of its last recorded one and this process's start.
+    pub fn silent_since_ms(&self, node: &NodeId, last_seen_ms: i64) -> i64 {
+        let heard = self
+            .heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .copied();
+        heard.unwrap_or_else(|| last_seen_ms.max(self.started_ms))
     }
 
     pub(crate) fn take_dirty(&self) -> HashSet<NodeId> {

@@ -199,6 +199,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         heartbeat_interval_ms: 1_000,
         command_retry_ms: 5_000,
         move_stall_ms: 30_000,
+        failover_grace_ms: 60_000,
         regions,
         tls: tls.as_ref().map(|t| hemvist_net::tls::ServerTls {
             cert: t.cert.clone(),

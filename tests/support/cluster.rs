@@ -521,6 +521,11 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no node in {region}"))
     }
 
+    /// The URL of the node with this id.
+    pub fn url_of(&self, id: &str) -> String {
+        self.nodes[id].url.clone()
+    }
+
     fn node_id_in(&self, region: &str) -> String {
         self.nodes
             .values()
@@ -552,7 +557,12 @@ impl Cluster {
 
     pub fn kill_node(&mut self, region: &str) {
         let id = self.node_id_in(region);
-        let node = self.nodes.get_mut(&id).unwrap();
+        self.kill_node_id(&id);
+    }
+
+    /// SIGKILL of the node with this id (a region may have several).
+    pub fn kill_node_id(&mut self, id: &str) {
+        let node = self.nodes.get_mut(id).unwrap();
         if let Some(mut p) = node.proc.take() {
             let _ = p.child.kill();
             let _ = p.child.wait();
@@ -566,8 +576,13 @@ impl Cluster {
     /// Starts a stopped node with extra environment, such as `HEMVIST_FAILPOINTS`.
     pub fn start_node_with_env(&mut self, region: &str, env: &[(&str, &str)]) {
         let id = self.node_id_in(region);
+        self.start_node_id_with_env(&id, env);
+    }
+
+    /// Starts the stopped node with this id, on its old address.
+    pub fn start_node_id_with_env(&mut self, id: &str, env: &[(&str, &str)]) {
         let log = self.log(&format!("node-{id}"));
-        let node = self.nodes.get_mut(&id).unwrap();
+        let node = self.nodes.get_mut(id).unwrap();
         assert!(node.proc.is_none(), "node {id} is running");
         let p = spawn(
             &["node", "--config", node.config.to_str().unwrap()],

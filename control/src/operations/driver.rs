@@ -9,7 +9,7 @@ use std::time::Duration;
 use hemvist_proto::HemvistError;
 use tokio_util::sync::CancellationToken;
 
-use super::{move_org, OperationKind};
+use super::{drain, failover, move_org, OperationKind};
 use crate::plane::Plane;
 
 const TICK: Duration = Duration::from_millis(250);
@@ -31,10 +31,17 @@ pub async fn run(plane: Arc<Plane>, shutdown: CancellationToken) {
 }
 
 fn step_all(plane: &Plane) -> Result<(), HemvistError> {
+    if let Err(e) = failover::detect(plane) {
+        tracing::warn!(error = %e, "looking for dead nodes failed; will retry");
+    }
+    if let Err(e) = drain::step(plane) {
+        tracing::warn!(error = %e, "draining nodes failed; will retry");
+    }
     for record in plane.store.open_operations()? {
         let id = record.id.clone();
         let stepped = match OperationKind::parse(&record.kind) {
             Some(OperationKind::Move) => move_org::step(plane, record),
+            Some(OperationKind::Failover) => failover::step(plane, record),
             None => Err(HemvistError::internal(format!(
                 "operation {id} is of kind {:?}, which this control plane does not know",
                 record.kind

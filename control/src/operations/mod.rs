@@ -9,7 +9,9 @@
 //! - at most one unfinished operation owns an org, and the reconciler leaves an owned org alone;
 //! - phases are an enum per kind ([`Phase`]); the store keeps their names and nothing else.
 
+pub mod drain;
 pub mod driver;
+pub mod failover;
 pub mod move_org;
 
 use std::sync::Mutex;
@@ -17,7 +19,7 @@ use std::sync::Mutex;
 use hemvist_proto::{ErrorKind, Generation, HemvistError, NodeId, OrgId};
 
 use crate::clock::now_ms;
-use crate::link::NodeCommand;
+use crate::link::{NodeCommand, Placement, PlacementUpdate};
 use crate::plane::Plane;
 pub use crate::plane::{CopyProgress, OperationsMemory as Memory};
 use crate::store::{
@@ -47,17 +49,21 @@ pub struct Step<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OperationKind {
     Move,
+    Failover,
 }
 
 impl OperationKind {
     pub fn as_str(self) -> &'static str {
         match self {
             OperationKind::Move => "move",
+            OperationKind::Failover => "failover",
         }
     }
 
     pub fn parse(s: &str) -> Option<OperationKind> {
-        [OperationKind::Move].into_iter().find(|k| k.as_str() == s)
+        [OperationKind::Move, OperationKind::Failover]
+            .into_iter()
+            .find(|k| k.as_str() == s)
     }
 }
 
@@ -437,6 +443,32 @@ impl Plane {
             .operation(id)?
             .ok_or_else(|| HemvistError::not_found(format!("no operation {id}")))
     }
+}
+
+/// Every node's routing cache learns an org's new home (one that misses it is resynced).
+pub(crate) fn tell_every_node(
+    plane: &Plane,
+    org: &OrgId,
+    region: &hemvist_proto::RegionId,
+    node: &NodeId,
+    generation: Generation,
+) -> Result<(), HemvistError> {
+    let node_url = plane
+        .store
+        .node(node)?
+        .map(|n| n.public_url)
+        .unwrap_or_default();
+    plane.nodes.broadcast_placements(PlacementUpdate {
+        full: false,
+        placements: vec![Placement {
+            org: org.clone(),
+            region: region.clone(),
+            node: node.clone(),
+            node_url,
+            generation,
+        }],
+    });
+    Ok(())
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Operation, OperationKind, Phase, Step};
 use crate::clock::now_ms;
-use crate::link::{NodeCommand, Placement, PlacementUpdate};
+use crate::link::NodeCommand;
 use crate::nodes::Moved;
 use crate::plane::Plane;
 use crate::residency::ResidencyPolicy;
@@ -219,10 +219,11 @@ impl Plane {
             None => {
                 let load: std::collections::HashMap<NodeId, u64> =
                     self.store.tenants_per_node()?.into_iter().collect();
+                let draining = self.store.draining_nodes()?;
                 nodes
                     .iter()
                     .filter(|n| n.region == to_region && n.id != record.node_id)
-                    .filter(|n| self.nodes.healthy(&n.id))
+                    .filter(|n| self.takes_orgs(&n.id, &draining))
                     .min_by_key(|n| (load.get(&n.id).copied().unwrap_or(0), n.id.clone()))
                     .map(|n| n.id.clone())
                     .ok_or_else(|| {
@@ -598,7 +599,13 @@ fn finishing(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
             if let Some(switched) = switched {
                 // Told at once, whatever the host step does next: a target that acks before
                 // the step is read again must not leave the old home without the new address.
-                tell_every_node(plane, &op.record.org, &d, to_generation)?;
+                super::tell_every_node(
+                    plane,
+                    &op.record.org,
+                    &d.to_region,
+                    &d.to_node,
+                    to_generation,
+                )?;
                 tracing::info!(operation = %op.record.id, org = %op.record.org, node = %d.to_node,
                     generation = %to_generation, "move switched: the org's writer is now its target");
                 switching(plane, &switched, d)?;
@@ -623,31 +630,6 @@ fn finishing(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
     Ok(())
 }
 
-/// Every node's routing cache learns the org's new home (one that misses it is resynced).
-fn tell_every_node(
-    plane: &Plane,
-    org: &OrgId,
-    d: &MoveDetail,
-    generation: Generation,
-) -> Result<(), HemvistError> {
-    let node_url = plane
-        .store
-        .node(&d.to_node)?
-        .map(|n| n.public_url)
-        .unwrap_or_default();
-    plane.nodes.broadcast_placements(PlacementUpdate {
-        full: false,
-        placements: vec![Placement {
-            org: org.clone(),
-            region: d.to_region.clone(),
-            node: d.to_node.clone(),
-            node_url,
-            generation,
-        }],
-    });
-    Ok(())
-}
-
 fn switching(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistError> {
     let Some(to_generation) = d.to_generation else {
         return Err(internal("switched without a generation"));
@@ -656,9 +638,6 @@ fn switching(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
         .store
         .org(&op.record.org)?
         .ok_or_else(|| internal(format!("org {} vanished", op.record.org)))?;
-            // It hosts the moved copy, never a restore.
-            known: None,
-            accept_older: false,
     let allowed_regions = ResidencyPolicy::from_stored(&org.residency)
         .allowed_regions(&plane.config.regions)
         .into_iter()
@@ -684,12 +663,21 @@ fn switching(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
             // The copy is in place: finding no file would mean a lost copy, never "new org".
             expect_backup: true,
             moved_here: true,
+            // It hosts the moved copy, never a restore.
+            known: None,
+            accept_older: false,
         },
     )?;
     if host.state != CommandState::Done {
         // Again until the target serves: a control plane that restarted right after the switch
         // has told nobody yet.
-        tell_every_node(plane, &op.record.org, &d, to_generation)?;
+        super::tell_every_node(
+            plane,
+            &op.record.org,
+            &d.to_region,
+            &d.to_node,
+            to_generation,
+        )?;
     }
     match host.state {
         CommandState::Done => {
@@ -702,7 +690,13 @@ fn switching(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
             {
                 // Once more now that the target serves (a restarted control plane may have
                 // found the host step already done).
-                tell_every_node(plane, &op.record.org, &d, to_generation)?;
+                super::tell_every_node(
+                    plane,
+                    &op.record.org,
+                    &d.to_region,
+                    &d.to_node,
+                    to_generation,
+                )?;
                 plane.metrics.record_move_pause(d.pause_ms);
                 tracing::info!(operation = %op.record.id, org = %op.record.org,
                     pause_ms = ?d.pause_ms, "moved org serving at its new home");

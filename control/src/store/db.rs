@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_operations.sql"),
     include_str!("migrations/0008_moves.sql"),
     include_str!("migrations/0009_known_positions.sql"),
+    include_str!("migrations/0010_node_drain.sql"),
 ];
 
 pub struct Store {

@@ -6,6 +6,7 @@ use hemvist_proto::{NodeId, RegionId};
 use rusqlite::params;
 use serde::Serialize;
 
+use super::audit::append_audit;
 use super::db::Store;
 use super::error::{Result, StoreError};
 use crate::clock::now_ms;
@@ -111,6 +112,49 @@ impl Store {
                 version,
                 last_seen_ms,
             });
+        }
+        Ok(out)
+    }
+
+    /// Starts (or, with `draining` false, ends) draining a node, audited in the same
+    /// transaction; whether anything changed.
+    pub fn set_draining(&self, id: &NodeId, draining: bool, actor: &str) -> Result<bool> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let changed = if draining {
+            tx.execute(
+                "UPDATE nodes SET draining_since_ms = ?2 WHERE id = ?1 AND draining_since_ms IS NULL",
+                params![id.as_str(), now_ms()],
+            )?
+        } else {
+            tx.execute(
+                "UPDATE nodes SET draining_since_ms = NULL WHERE id = ?1 AND draining_since_ms IS NOT NULL",
+                params![id.as_str()],
+            )?
+        } > 0;
+        if changed {
+            let action = if draining {
+                "node.drain"
+            } else {
+                "node.undrain"
+            };
+            append_audit(&tx, actor, action, None, &serde_json::json!({ "node": id }))?;
+        }
+        tx.commit()?;
+        Ok(changed)
+    }
+
+    /// The nodes being drained, and since when.
+    pub fn draining_nodes(&self) -> Result<std::collections::HashMap<NodeId, i64>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT id, draining_since_ms FROM nodes WHERE draining_since_ms IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = std::collections::HashMap::new();
+        for row in rows {
+            let (id, since) = row?;
+            out.insert(NodeId::try_from(id).map_err(StoreError::corrupt)?, since);
         }
         Ok(out)
     }

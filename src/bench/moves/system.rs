@@ -185,6 +185,7 @@ impl System {
             heartbeat_interval_ms: 300,
             command_retry_ms: 500,
             move_stall_ms: 30_000,
+            failover_grace_ms: 60_000,
             regions,
             tls: None,
             limits: Default::default(),
