@@ -199,10 +199,11 @@ impl Hosting {
                 Ok(true)
             }
             Ok(Restore::Nothing) => Ok(false),
+            // The way out first: the control plane keeps the start of a long message.
             Ok(Restore::Short(short)) => Err(HemvistError::unavailable(format!(
                 "org {org} has no local file, and its backups do not reach the newest position \
-                 known: {short}. Refusing to start a new history over the gap; to take that \
-                 point, an operator runs `hemvist orgs rebuild {org} --accept-older` (audited)"
+                 known, so no new history is started over the gap (to take the older point: \
+                 `hemvist orgs rebuild {org} --accept-older`, audited); {short}"
             ))),
             Err(e) => Err(HemvistError::unavailable(format!(
                 "org {org} has no local file and its backup could not be restored: {e:#}"

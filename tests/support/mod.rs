@@ -4,6 +4,7 @@ pub mod dev;
 pub mod disk;
 pub mod idempotent;
 pub mod mmdb;
+pub mod restores;
 pub mod s3;
 pub mod session;
 pub mod story;

@@ -298,13 +298,16 @@ async fn scan_recent_packs(
                         Err(object_store::Error::NotFound { .. }) => TailRead::Gone,
                         Err(e) => TailRead::Failed(anyhow::Error::new(e)),
                         Ok(tail) if index_len > size => TailRead::Damaged {
-                            reason: format!("{key}: shorter than its index"),
+                            reason: "shorter than its index".to_string(),
                             salvaged: salvage_pack_index(&tail, from),
                         },
                         Ok(tail) => match format::decode_pack_index(&key, &tail) {
                             Ok(entries) => TailRead::Index(entries),
                             Err(e) => TailRead::Damaged {
-                                reason: format!("{e:#}"),
+                                // The key is said once, by whoever names the object.
+                                reason: format!("{e:#}")
+                                    .trim_start_matches(&format!("{key}: "))
+                                    .to_string(),
                                 salvaged: salvage_pack_index(&tail, from),
                             },
                         },
@@ -327,7 +330,7 @@ async fn scan_recent_packs(
                     return Err(e.context(format!("read the index of pack {key}")));
                 }
                 TailRead::Damaged { reason, salvaged } => {
-                    catalog.warnings.push(reason.clone());
+                    catalog.warnings.push(format!("{key}: {reason}"));
                     let (names, complete) = salvaged;
                     let holds: Vec<HeldRange> = names
                         .iter()
