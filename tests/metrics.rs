@@ -9,6 +9,7 @@ mod support;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
 
 use serde_json::{json, Value};
 use support::cluster::{Cluster, EU_NORTH};
@@ -191,6 +192,48 @@ fn node_histograms_time_the_users_requests_by_route_and_the_backup_lag_of_each_p
             .expect("a 60 s bucket");
         assert_eq!(within_a_minute, passes, "{format}");
     }
+}
+
+#[test]
+fn the_node_lag_gauge_grows_while_the_store_hangs_and_hanging_puts_count_as_failures() {
+    let s3 = S3::start();
+    let backup = format!("{}put_timeout_ms = 500\n", s3.node_backup_toml(200));
+    let c = Cluster::start_with_node_config(&[EU_NORTH], &backup);
+    c.create_org_ready("hangs", json!({"region": "eu-north"}));
+    c.add_user("hangs", "ada@hangs.example", "correct horse battery");
+    let eu = c.node_url("eu-north");
+    let u = sign_in(&eu, "hangs", "ada@hangs.example", "correct horse battery").expect("sign in");
+    let shipped = |c: &Cluster| {
+        c.wait_for("everything shipped", || {
+            let clean = c.metric(&eu, "hemvist_backup_dirty_tenants") == 0;
+            (clean && c.metric(&eu, "hemvist_backup_lag_ms") == 0).then_some(())
+        })
+    };
+    assert_eq!(u.post("/contacts", &[("name", "Ada")], None).0, 303);
+    shipped(&c);
+
+    // The store hangs: no answer at all, so no pass ends while it does.
+    s3.faults.hang.store(true, Ordering::SeqCst);
+    let failures = c.metric(&eu, "hemvist_backup_put_failures_total");
+    assert_eq!(u.post("/contacts", &[("name", "Bertil")], None).0, 303);
+    let first = c.wait_for("the lag gauge to pass a second", || {
+        let lag = c.metric(&eu, "hemvist_backup_lag_ms");
+        (lag >= 1_000).then_some(lag)
+    });
+    c.wait_for("hanging uploads to count as failures", || {
+        (c.metric(&eu, "hemvist_backup_put_failures_total") >= failures + 2).then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let later = c.metric(&eu, "hemvist_backup_lag_ms");
+    assert!(
+        later >= first + 400,
+        "the lag keeps growing while the store hangs: {first} ms, then {later} ms"
+    );
+    assert_eq!(c.metric(&eu, "hemvist_backup_dirty_tenants"), 1);
+
+    // The store answers again: the write is shipped and the lag falls back to nothing.
+    s3.faults.hang.store(false, Ordering::SeqCst);
+    shipped(&c);
 }
 
 /// (Content-Type, body) of `{base}/metrics`.
