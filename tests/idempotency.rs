@@ -62,6 +62,12 @@ fn a_retried_form_post_with_the_same_key_creates_one_contact() {
         "the 503 page's form carries the key: {retry:?}"
     );
 
+    // Tried again while the store is still away: still not confirmed (a sync write is
+    // acknowledged only once it is in the store), and still nothing written twice.
+    let early = u.post_with("/contacts", &fields, &[]);
+    assert_eq!(early.status, 503, "{}", early.body);
+    assert_eq!(c.contacts_named("eu-north", "ledger", "Greta Lindqvist"), 1);
+
     // The store is back; the user presses "Try again".
     s3.faults.down.store(false, Ordering::SeqCst);
     let retry: Vec<(&str, &str)> = retry

@@ -180,7 +180,8 @@ pub fn create(
             now,
             |tx| {
                 tx.execute(
-                    "INSERT INTO contacts (name, email, company, city, phone, notes, created_ms, updated_ms)
+                    "INSERT INTO contacts
+                       (name, email, company, city, phone, notes, created_ms, updated_ms)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
                     params![c.name, c.email, c.company, c.city, c.phone, c.notes, now],
                 )?;

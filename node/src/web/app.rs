@@ -216,7 +216,8 @@ fn idempotency_key(
 }
 
 fn key_ttl_ms(a: &Authed) -> i64 {
-    i64::try_from(a.ctx.node.config.idempotency_ttl_secs.saturating_mul(1_000)).unwrap_or(i64::MAX)
+    let secs = a.ctx.node.config.idempotency_ttl_secs;
+    i64::try_from(secs.saturating_mul(1_000)).unwrap_or(i64::MAX)
 }
 
 /// A write's answer, the first time and on every retry under its key alike: JSON the status and
@@ -228,7 +229,9 @@ fn answered(a: &Authed, once: Once<Answer>) -> Response {
         Once::Reused => {
             let message = crate::idempotency::reused(&a.ctx.org);
             if a.ctx.wants_json {
-                let body = serde_json::json!({"error": {"kind": "idempotency_key_reused", "message": message}});
+                let body = serde_json::json!({
+                    "error": {"kind": "idempotency_key_reused", "message": message}
+                });
                 return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
             }
             return pages::error(StatusCode::UNPROCESSABLE_ENTITY, "Already used", &message);
