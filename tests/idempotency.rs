@@ -177,6 +177,22 @@ fn json_writes_with_an_idempotency_key_are_answered_once() {
     assert_eq!(two.status, 400, "{}", two.body);
     assert_eq!(c.contacts_named("eu-north", "kontor", "Ada Berg"), 2);
 
+    // The same post sent many times at once: one write, and every answer is its answer.
+    let u = std::sync::Arc::new(u);
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let u = u.clone();
+            std::thread::spawn(move || {
+                u.post_json_keyed("/contacts", "raced", &[("name", "Cai Racer")])
+                    .json()
+            })
+        })
+        .collect();
+    let answers: Vec<_> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+    assert!(answers[0]["id"].is_i64(), "{answers:?}");
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    assert_eq!(c.contacts_named("eu-north", "kontor", "Cai Racer"), 1);
+
     // Without a key a write still works, and is not deduplicated.
     for _ in 0..2 {
         let p = u.post_with("/contacts", &ada, &[("accept", "application/json")]);
