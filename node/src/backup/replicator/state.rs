@@ -332,3 +332,65 @@ impl BackupDb {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped(lsn: u64) -> Shipped {
+        Shipped {
+            generation: 1,
+            lsn,
+            wal: WalPos::default(),
+            page_size: 4096,
+            snapshot_lsn: Some(1),
+            since_snapshot: 0,
+            shipped_ms: 0,
+            pending: Vec::new(),
+            snapshot_ms: 0,
+        }
+    }
+
+    fn row(dir: &Path, org: &OrgId) -> Option<Shipped> {
+        let db = Connection::open(dir.join("backup.db")).unwrap();
+        db.query_row(
+            "SELECT state FROM shipped WHERE org = ?1",
+            [org.as_str()],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()
+        .unwrap()
+        .map(|s| serde_json::from_str(&s).unwrap())
+    }
+
+    #[test]
+    fn a_row_that_cannot_be_written_holds_up_nothing_and_is_written_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = BackupDb::open(dir.path()).unwrap();
+        let org = OrgId::parse("acme").unwrap();
+        db.persist(&org, Some(&shipped(5))).unwrap();
+        assert_eq!(row(dir.path(), &org), Some(shipped(5)));
+
+        // The row cannot be written (as on a full disk): shipping goes on from memory.
+        db.db
+            .lock()
+            .unwrap()
+            .execute_batch("ALTER TABLE shipped RENAME TO away")
+            .unwrap();
+        db.persist(&org, Some(&shipped(9))).unwrap();
+        assert_eq!(db.get(&org), Some(shipped(9)));
+        db.save_unsaved();
+        assert_eq!(db.unsaved.lock().unwrap().len(), 1, "still no room");
+
+        // Room again: the next pass writes what memory holds.
+        db.db
+            .lock()
+            .unwrap()
+            .execute_batch("ALTER TABLE away RENAME TO shipped")
+            .unwrap();
+        assert_eq!(row(dir.path(), &org), Some(shipped(5)));
+        db.save_unsaved();
+        assert_eq!(row(dir.path(), &org), Some(shipped(9)));
+        assert!(db.unsaved.lock().unwrap().is_empty());
+    }
+}
