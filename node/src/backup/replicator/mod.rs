@@ -379,10 +379,10 @@ impl Replicator {
         self.write_indexes(true).await;
     }
 
-    /// Below the headroom, checkpoints every tenant whose WAL holds frames (each ships what it
-    /// has not shipped first, under its writer lock), at most once an interval: the WAL's space
-    /// goes back to the file system before anything else takes it. Touches only tenants whose
-    /// record says their WAL is not empty, so idle, checkpointed tenants cost nothing.
+    /// Below the headroom, checkpoints every shipped tenant whose WAL holds frames, at most once
+    /// an interval: the WAL's space goes back to the file system before anything else takes it.
+    /// Touches only tenants whose record says their WAL is not empty, so idle, checkpointed
+    /// tenants cost nothing.
     async fn checkpoint_for_space(&self) {
         let now = now_ms();
         let every = self.config.interval_ms as i64;
@@ -391,12 +391,16 @@ impl Replicator {
         }
         self.pressure_checked.store(now, Ordering::Relaxed);
         self.db.save_unsaved();
-        let long: Vec<(OrgId, Shipped)> = self.db.read(|shipped| {
-            shipped
-                .iter()
-                .filter(|(_, s)| s.wal.frames > 0)
-                .map(|(o, s)| (o.clone(), s.clone()))
-                .collect()
+        // Dirty tenants are checkpointed by the pass that ships them; the others have shipped
+        // their whole WAL, so checkpointing them needs no upload under their writer lock.
+        let long: Vec<(OrgId, Shipped)> = self.dirty.read(|dirty| {
+            self.db.read(|shipped| {
+                shipped
+                    .iter()
+                    .filter(|(o, s)| s.wal.frames > 0 && !dirty.contains_key(*o))
+                    .map(|(o, s)| (o.clone(), s.clone()))
+                    .collect()
+            })
         });
         let shipper = self.shipper();
         for (org, state) in long {
