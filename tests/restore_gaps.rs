@@ -25,6 +25,13 @@ fn add_contacts(u: &UserSession, prefix: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 fn wait_shipped(c: &Cluster) {
     let eu = c.node_url("eu-north");
     c.wait_for("backups to catch up", || {
@@ -56,8 +63,9 @@ fn a_pack_cut_short_before_its_index_lists_it_stops_restore_and_rebuild_until_an
     // Apart in time from what follows, so they land in other packs.
     std::thread::sleep(Duration::from_millis(500));
     let late = add_contacts(&u, "Late", 5);
+    let written = now_ms();
     wait_shipped(&c);
-    c.wait_position_known("fika");
+    c.wait_position_known("fika", written);
     c.kill_node("eu-north");
     let pack = c.cut_newest_pack(&s3, 64);
 
@@ -179,4 +187,55 @@ fn creating_an_org_again_with_other_parameters_is_a_conflict_naming_them() {
     assert!(body.to_string().contains("residency"), "{body}");
     let (_, shown) = c.admin("GET", "/orgs/tack", None);
     assert_eq!(shown["durability"], "async", "nothing was changed");
+}
+
+#[test]
+fn a_lost_newest_pack_is_missed_by_what_the_control_plane_was_told_even_after_it_restarts() {
+    let s3 = S3::start();
+    let backup = s3
+        .node_backup_toml(200)
+        .replace("index_every_ms = 1000", "index_every_ms = 30000");
+    let mut c = Cluster::start_with_node_config(&[EU_NORTH], &backup);
+    c.create_org_ready("fika", json!({"region": "eu-north"}));
+    c.add_user("fika", "ada@fika.example", PASSWORD);
+    let u = sign_in(
+        &c.node_url("eu-north"),
+        "fika",
+        "ada@fika.example",
+        PASSWORD,
+    )
+    .unwrap();
+    add_contacts(&u, "Early", 5);
+    wait_shipped(&c);
+    std::thread::sleep(Duration::from_millis(500));
+    add_contacts(&u, "Late", 5);
+    let written = now_ms();
+    wait_shipped(&c);
+    let (_, lsn) = c.wait_position_known("fika", written);
+    c.kill_node("eu-north");
+    // The newest pack vanishes without a trace in the store: only the control plane, which
+    // keeps what it was told across its own restart, knows it existed.
+    let packs = s3.objects("hemvist/packs");
+    std::fs::remove_file(packs.last().unwrap()).unwrap();
+    c.restart_control();
+
+    let dir = tempfile::tempdir().unwrap();
+    let err = c
+        .restore_from(&s3, "fika", &dir.path().join("now.db"), &[])
+        .unwrap_err();
+    let told = format!("the control plane was told generation 1 was shipped to LSN {lsn}");
+    assert!(
+        err.contains(&told) && err.contains("--accept-older"),
+        "{err}"
+    );
+
+    std::fs::remove_dir_all(c.node_data("eu-north")).unwrap();
+    c.start_node("eu-north");
+    let refused = c.refused_host("fika");
+    assert!(
+        refused["error"].as_str().is_some_and(|e| e.contains(&told)),
+        "{refused}"
+    );
+    let eu = c.node_url("eu-north");
+    assert_ne!(c.get(&format!("{eu}/o/fika/signin")).0, 200);
 }

@@ -54,9 +54,10 @@ impl Cluster {
             .into_owned()
     }
 
-    /// Waits until the control plane has stored the position the org's node last reported,
-    /// with nothing left unshipped; that position (generation, LSN).
-    pub fn wait_position_known(&self, org: &str) -> (u64, u64) {
+    /// Waits until the control plane has stored the position the org's node reported after
+    /// shipping everything written before `written_ms` (ms since the epoch); that position
+    /// (generation, LSN).
+    pub fn wait_position_known(&self, org: &str, written_ms: i64) -> (u64, u64) {
         self.wait_for(
             &format!("the control plane to know how far {org} was shipped"),
             || {
@@ -64,6 +65,7 @@ impl Cluster {
                 let (known, reported) = (&shown["known_position"], &shown["replication"]);
                 (status == 200
                     && reported["unshipped_since_ms"].is_null()
+                    && reported["shipped_ms"].as_i64() >= Some(written_ms)
                     && known["lsn"].is_u64()
                     && known["lsn"] == reported["lsn"])
                     .then(|| {
