@@ -5,6 +5,7 @@ mod bench;
 mod client;
 mod dev;
 mod moves;
+mod nodes;
 mod operations;
 mod ops;
 mod out;
@@ -44,8 +45,13 @@ enum Command {
     },
     /// List regions and their health.
     Regions(ApiArgs),
-    /// List nodes and their health.
-    Nodes(ApiArgs),
+    /// List nodes and their health; drain a node (its orgs move off it live) or undrain it.
+    Nodes {
+        #[command(subcommand)]
+        command: Option<nodes::NodesCommand>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Create, list, show and move orgs.
     Orgs {
         #[command(subcommand)]
@@ -162,7 +168,7 @@ async fn main() -> std::process::ExitCode {
             run_node(config).await
         }
         Command::Regions(api) => ops::regions(&api).await,
-        Command::Nodes(api) => ops::nodes(&api).await,
+        Command::Nodes { command, api } => nodes::nodes(command, &api).await,
         Command::Orgs {
             command: OrgsVerb::Org(command),
         } => ops::orgs(command).await,

@@ -41,6 +41,8 @@ pub fn router(plane: Arc<Plane>) -> Router {
         )
         .route("/orgs/{id}/move", axum::routing::post(move_org))
         .route("/orgs/{id}/accept-older", axum::routing::post(accept_older))
+        .route("/nodes/{id}/drain", axum::routing::post(drain_node))
+        .route("/nodes/{id}/undrain", axum::routing::post(undrain_node))
         .fallback(|| async { ApiError(HemvistError::not_found("no such API route")) })
         .layer(middleware::from_fn_with_state(plane.clone(), require_token));
     Router::new()
@@ -223,6 +225,29 @@ async fn accept_older(
     Ok(Json(accepted).into_response())
 }
 
+/// `POST /nodes/{id}/drain`: every org on the node moves to another node of its region (each by
+/// a live move); the node takes no new org until undrained. 202 with the drain's state.
+async fn drain_node(
+    State(plane): State<Arc<Plane>>,
+    axum::Extension(Actor(actor)): axum::Extension<Actor>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
+    let view = blocking(&plane, move |c| c.request_drain(&id, &actor)).await?;
+    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+}
+
+/// `POST /nodes/{id}/undrain`: the node takes orgs again.
+async fn undrain_node(
+    State(plane): State<Arc<Plane>>,
+    axum::Extension(Actor(actor)): axum::Extension<Actor>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
+    let view = blocking(&plane, move |c| c.request_undrain(&id, &actor)).await?;
+    Ok(Json(view).into_response())
+}
+
 /// Which hemvist system this is: the id its nodes write into every region's store, so the
 /// operator's verbs can tell a store of this system from one of another.
 async fn system(State(plane): State<Arc<Plane>>) -> Json<serde_json::Value> {
@@ -263,18 +288,22 @@ struct NodeView {
     #[serde(flatten)]
     session: crate::link::SessionInfo,
     tenants: u64,
+    /// Since when the node is being drained (its orgs move off; it takes no new one).
+    draining_since_ms: Option<i64>,
 }
 
 async fn nodes(State(plane): State<Arc<Plane>>) -> Result<Json<Vec<NodeView>>, ApiError> {
     let out = blocking(&plane, |c| {
         let counts: std::collections::HashMap<_, _> =
             c.store.tenants_per_node()?.into_iter().collect();
+        let draining = c.store.draining_nodes()?;
         Ok(c.store
             .nodes()?
             .into_iter()
             .map(|n| NodeView {
                 session: c.nodes.session(&n.id),
                 tenants: counts.get(&n.id).copied().unwrap_or(0),
+                draining_since_ms: draining.get(&n.id).copied(),
                 record: n,
             })
             .collect())

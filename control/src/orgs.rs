@@ -318,12 +318,14 @@ impl Plane {
     pub fn node_loads(&self) -> Result<Vec<NodeLoad>, HemvistError> {
         let counts: std::collections::HashMap<NodeId, u64> =
             self.store.tenants_per_node()?.into_iter().collect();
+        let draining = self.store.draining_nodes()?;
         Ok(self
             .store
             .nodes()?
             .into_iter()
             .map(|n| NodeLoad {
                 healthy: self.nodes.healthy(&n.id),
+                draining: draining.contains_key(&n.id),
                 tenants: counts.get(&n.id).copied().unwrap_or(0),
                 capacity: n.capacity,
                 region: n.region,

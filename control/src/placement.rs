@@ -34,6 +34,8 @@ pub struct NodeLoad {
     pub id: NodeId,
     pub region: RegionId,
     pub healthy: bool,
+    /// Being drained: it takes no new org.
+    pub draining: bool,
     pub tenants: u64,
     pub capacity: u64,
 }
@@ -117,7 +119,7 @@ pub fn place(
 
     let node = nodes
         .iter()
-        .filter(|n| n.region == region && n.healthy && n.tenants < n.capacity)
+        .filter(|n| n.region == region && n.healthy && !n.draining && n.tenants < n.capacity)
         .min_by(|a, b| {
             let la = a.tenants as f64 / a.capacity.max(1) as f64;
             let lb = b.tenants as f64 / b.capacity.max(1) as f64;
@@ -156,6 +158,7 @@ mod tests {
             id: NodeId::parse(id).unwrap(),
             region: RegionId::parse(region).unwrap(),
             healthy,
+            draining: false,
             tenants,
             capacity: 100,
         }

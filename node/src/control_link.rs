@@ -454,14 +454,21 @@ fn data_key(hex: &str) -> Result<hemvist_proto::DataKey, HemvistError> {
 }
 
 fn move_out(node: &Node, operation: &str, m: pb::MoveOut) -> Result<(), HemvistError> {
+    let org = OrgId::try_from(m.org)?;
     node.moves_out.open(
         &node.state,
-        &OrgId::try_from(m.org)?,
+        &org,
         Generation::new(m.generation)?,
         operation_of(operation)?,
         NodeId::try_from(m.target_node)?,
         &m.secret,
-    )
+    )?;
+    // The copy starts from the org's backups: one never written since it was hosted (or whose
+    // first snapshot was missed) gets a pass now, so the target finds something to copy.
+    if let Some(b) = &node.backup {
+        b.mark_dirty(&org);
+    }
+    Ok(())
 }
 
 fn move_in(node: &Node, operation: &str, m: pb::MoveIn) -> Result<(), HemvistError> {

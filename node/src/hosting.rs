@@ -129,9 +129,6 @@ impl Hosting {
             )));
         }
         let schema_version = self.tenants.create(&req.org, now_ms())?;
-        if let Some(b) = &self.backup {
-            b.mark_dirty(&req.org);
-        }
         failpoints::check("node.host.after_create")?;
         let hosted = Hosted {
             generation: req.generation,
@@ -141,6 +138,11 @@ impl Hosting {
             data_key: req.data_key.clone(),
         };
         self.hosted.set_hosted(&req.org, &hosted, now_ms())?;
+        // Only now: a pass that found the tenant not hosted yet would ship nothing and forget
+        // it, and an org never written to would have no backup at all (no move could copy it).
+        if let Some(b) = &self.backup {
+            b.mark_dirty(&req.org);
+        }
         tracing::info!(org = %req.org, generation = %req.generation, schema_version, "hosting tenant");
         Ok(hosted)
     }
