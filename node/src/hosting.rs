@@ -177,6 +177,7 @@ impl Hosting {
                 Some(plan) if short.is_empty() || bar.accept_older => plan,
                 // Nothing at all to restore and nothing known: a new org.
                 None if short.is_empty() => return Ok(Restore::Nothing),
+                None => return Ok(Restore::NoneFound(short)),
                 _ => return Ok(Restore::Short(short)),
             };
             if let Some(dir) = path.parent() {
@@ -206,6 +207,12 @@ impl Hosting {
                 "org {org} has no local file, and its backups do not reach the newest position \
                  known, so no new history is started over the gap (to take the older point: \
                  `hemvist orgs rebuild {org} --accept-older`, audited); {short}"
+            ))),
+            // Nothing an operator can accept either: never an empty tenant for a known org.
+            Ok(Restore::NoneFound(short)) => Err(HemvistError::unavailable(format!(
+                "org {org} has backups, but this node has no file of it and finds none in {}: \
+                 refusing to create an empty tenant (is backup.url right?); {short}",
+                b.config.url
             ))),
             Err(e) => Err(HemvistError::unavailable(format!(
                 "org {org} has no local file and its backup could not be restored: {e:#}"
@@ -245,6 +252,8 @@ enum Restore {
     Nothing,
     /// Refused: it would fall short.
     Short(restore::Shortfall),
+    /// Refused: backups are known to exist, and this node's store shows none at all.
+    NoneFound(restore::Shortfall),
 }
 
 #[cfg(test)]
