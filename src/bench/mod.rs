@@ -1,5 +1,6 @@
 //! `hemvist bench ...`: benchmarks that print one table each, to quote in notes.
 
+mod failover;
 mod hosting;
 mod moves;
 mod replication;
@@ -22,6 +23,9 @@ pub enum BenchCommand {
     /// move's time and bytes, lost writes; beside the naive stop-vacuum-copy-open on the same
     /// tenants.
     Move(moves::MoveArgs),
+    /// Failover of a dead node's orgs (1, 100, 1,000 of them) and a drain of 1,000, with rows
+    /// lost; beside an operator's sequential restore of each org.
+    Failover(failover::FailoverArgs),
     /// The hemvist node process `bench replication` measures (started by it, not by hand).
     #[command(hide = true)]
     ReplicationNode(replication::node::NodeArgs),
@@ -33,6 +37,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Search(args) => search::run(args),
         BenchCommand::Replication(args) => replication::run(args),
         BenchCommand::Move(args) => moves::run(args),
+        BenchCommand::Failover(args) => failover::run(args),
         BenchCommand::ReplicationNode(args) => replication::node::run(args),
     }
 }

@@ -22,8 +22,8 @@ mod measure;
 mod moving;
 mod naive;
 mod report;
-mod session;
-mod system;
+pub(crate) mod session;
+pub(crate) mod system;
 mod writer;
 
 use std::path::PathBuf;

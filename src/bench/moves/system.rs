@@ -26,9 +26,9 @@ use crate::client::Client;
 pub const REGIONS: [(&str, &str); 2] = [("eu-north", "Stockholm"), ("eu-central", "Frankfurt")];
 
 /// The bucket, and the one identity of the loopback store.
-const BUCKET: &str = "bench";
-const ACCESS_KEY: &str = "AKBENCHMOVE";
-const SECRET_KEY: &str = "bench-move-secret-key";
+pub(crate) const BUCKET: &str = "bench";
+pub(crate) const ACCESS_KEY: &str = "AKBENCHMOVE";
+pub(crate) const SECRET_KEY: &str = "bench-move-secret-key";
 
 /// The working folder, removed when dropped unless kept.
 pub struct Work {
@@ -94,7 +94,7 @@ pub struct System {
     weed: Weed,
 }
 
-fn backup_config(s3: &str, region: &str, interval_ms: u64) -> BackupConfig {
+pub(crate) fn backup_config(s3: &str, region: &str, interval_ms: u64) -> BackupConfig {
     BackupConfig {
         url: format!("s3://{BUCKET}/{region}"),
         endpoint: Some(s3.to_string()),
@@ -106,7 +106,7 @@ fn backup_config(s3: &str, region: &str, interval_ms: u64) -> BackupConfig {
 }
 
 /// The system's log goes to `path` (RUST_LOG chooses what; info by default).
-fn log_to(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn log_to(path: &Path) -> anyhow::Result<()> {
     let file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn")
