@@ -108,7 +108,7 @@ fn a_dead_nodes_orgs_serve_from_another_node_of_the_region_and_the_node_comes_ba
             (org, start_writer(user, "before"))
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(2500));
     c.kill_node_id("eu-north-1");
     let killed = Instant::now();
 
@@ -185,7 +185,28 @@ fn a_dead_nodes_orgs_serve_from_another_node_of_the_region_and_the_node_comes_ba
         );
     }
 
-    // The dead node comes back: fenced by generation, its copies to its trash, no stale answer.
+    // The dead node comes back: fenced by generation, its copies to its trash, no stale answer,
+    // and no data shipped (it is given no data key for an org placed elsewhere): no pack, no
+    // snapshot, no segment. (Dropping a copy writes index objects for segments its packs already
+    // hold, so the old generation's backups stay findable for their retention.)
+    let from_old = |s3: &S3| -> Vec<String> {
+        let mut v: Vec<String> = s3
+            .objects("hemvist")
+            .into_iter()
+            .map(|p| p.display().to_string())
+            .filter(|p| !p.contains("/idx/"))
+            .filter(|p| {
+                p.contains("packs/eu-north-1/")
+                    || ended.iter().any(|op| {
+                        let g = op["detail"]["from_generation"].as_u64().unwrap();
+                        p.contains(&format!("g{g:010}"))
+                    })
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let shipped_before = from_old(&s3);
     c.start_node_id_with_env("eu-north-1", &[]);
     c.wait_nodes_healthy(2);
     for org in ["syncorg", "asyncorg"] {
@@ -199,6 +220,12 @@ fn a_dead_nodes_orgs_serve_from_another_node_of_the_region_and_the_node_comes_ba
             "{org} sent to {location:?}, not {new}"
         );
     }
+    std::thread::sleep(Duration::from_millis(3 * INTERVAL_MS));
+    assert_eq!(
+        from_old(&s3),
+        shipped_before,
+        "the fenced node shipped nothing more under its old generation"
+    );
     let trash = c.dir.path().join("nodes").join("eu-north-1").join("trash");
     let kept = std::fs::read_dir(&trash).map(|d| d.count()).unwrap_or(0);
     assert!(
