@@ -96,7 +96,18 @@ async fn wait_drained(
         let Some(n) = nodes.iter().find(|n| n["id"] == node.as_str()) else {
             bail!("node {node} is gone from the control plane's list");
         };
-        let left = n["tenants"].as_u64().unwrap_or(0);
+        // Drained once nothing is placed there and no move off it is still releasing its copy.
+        let ops: Vec<Value> = client.get("/operations").await?;
+        let releasing = ops
+            .iter()
+            .filter(|o| {
+                o["finished_ms"].is_null()
+                    && o["detail"]["from_node"] == node.as_str()
+                    && (o["phase"] == "switching" || o["phase"] == "releasing")
+            })
+            .count() as u64;
+        // Before its switch an org is still placed on the node (and counted in `tenants`).
+        let left = n["tenants"].as_u64().unwrap_or(0) + releasing;
         if last != Some(left) {
             if api.json {
                 outln!("{}", serde_json::json!({"node": node, "orgs_left": left}));

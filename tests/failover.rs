@@ -208,6 +208,15 @@ fn a_dead_nodes_orgs_serve_from_another_node_of_the_region_and_the_node_comes_ba
     };
     let shipped_before = from_old(&s3);
     c.start_node_id_with_env("eu-north-1", &[]);
+    // At once, before it has heard from the control plane: out of touch far longer than its
+    // lease, it does not trust its cache, so it serves none of its old orgs' pages.
+    for org in ["syncorg", "asyncorg"] {
+        let (status, _, _) = c.get(&format!("{old}/o/{org}/signin"));
+        assert!(
+            status == 503 || status == 307,
+            "the restarted node answered {status} for {org}: a stale page"
+        );
+    }
     c.wait_nodes_healthy(2);
     for org in ["syncorg", "asyncorg"] {
         c.wait_for(&format!("{org}'s stale copy leaves eu-north-1"), || {

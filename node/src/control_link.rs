@@ -253,6 +253,9 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
                     In::HeartbeatAck(ack) => {
                         if let Some(sent) = in_flight.remove(&ack.seq) {
                             node.gate.lease.renew(sent, Duration::from_millis(ack.lease_ttl_ms));
+                            let sent_ms = crate::clock::now_ms() - sent.elapsed().as_millis() as i64;
+                            let ttl = ack.lease_ttl_ms as i64;
+                            node.state.record_lease(sent_ms + ttl, ttl);
                         }
                     }
                     In::Command(cmd) => {

@@ -1,6 +1,7 @@
 //! Where a request for an org goes, decided from the node's cached placement alone (no round
 //! trip to the control plane). Keeps true: an org is served here only while this node hosts it at
-//! a generation at least the placement's; a newer grant than the cache wins, an older never does.
+//! a generation at least the placement's; a newer grant than the cache wins, an older never does;
+//! and, after a restart long out of touch, only once the cache is fresh again.
 
 use hemvist_proto::{NodeId, OrgId};
 
@@ -20,6 +21,15 @@ pub enum Route {
 }
 
 pub fn route(hosted: &NodeState, me: &NodeId, org: &OrgId) -> Route {
+    match local_route(hosted, me, org) {
+        // Out of touch long enough to have had its orgs failed over: nothing of its own is served
+        // from the cache until the control plane has sent every placement again.
+        Route::Local if !hosted.cache_trusted() => Route::Preparing,
+        other => other,
+    }
+}
+
+fn local_route(hosted: &NodeState, me: &NodeId, org: &OrgId) -> Route {
     let placement = hosted.placement(org);
     let hosted = hosted.hosted(org);
     match placement {

@@ -8,6 +8,11 @@
 //!   (serve, redirect, 404) without asking the control plane, even while the control plane is
 //!   unreachable or right after a restart.
 //!
+//! - `lease`: when the node's last lease from the control plane ends, and its length. A node
+//!   that restarts within a lease length of that end trusts its placement cache at once; one that
+//!   was out of touch longer may have had its orgs failed over to another node (the control plane
+//!   waits at least `lease_ttl_ms` plus twice that), so it serves none of its own orgs from the
+//!   cache (503, retry) until the control plane has sent it every placement again.
 //! - `fences`: orgs this node must not acknowledge writes for while a move hands them to another
 //!   node (the source reported its final position; a write after it would be lost). A fence
 //!   survives a restart and ends when the move is rolled back or the org is dropped.
@@ -22,6 +27,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use anyhow::Context;
@@ -53,6 +59,10 @@ pub struct NodeState {
     /// Fenced orgs, and the generation the fence holds for.
     fences: RwLock<HashMap<OrgId, (Generation, String)>>,
     placements: RwLock<HashMap<OrgId, Placement>>,
+    /// The placement cache may be trusted for this node's own orgs (see `lease` above).
+    cache_trusted: AtomicBool,
+    /// The lease end last written to `node.db` (it is written at most once a second).
+    lease_written_ms: AtomicI64,
 }
 
 fn internal(e: impl std::fmt::Display) -> HemvistError {
@@ -72,7 +82,10 @@ impl NodeState {
                org TEXT PRIMARY KEY, region TEXT NOT NULL, node_id TEXT NOT NULL,
                node_url TEXT NOT NULL, generation INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS fences (
-               org TEXT PRIMARY KEY, generation INTEGER NOT NULL, operation TEXT NOT NULL);",
+               org TEXT PRIMARY KEY, generation INTEGER NOT NULL, operation TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS lease (
+               id INTEGER PRIMARY KEY CHECK (id = 1), until_ms INTEGER NOT NULL,
+               ttl_ms INTEGER NOT NULL);",
         )?;
         let has_sync: bool = conn
             .prepare("SELECT 1 FROM pragma_table_info('hosted') WHERE name = 'sync'")?
@@ -166,11 +179,21 @@ impl NodeState {
                 fences.insert(OrgId::try_from(org)?, (Generation::new(g as u64)?, op));
             }
         }
+        let last_lease: Option<(i64, i64)> = conn
+            .query_row("SELECT until_ms, ttl_ms FROM lease WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .ok();
+        // A node that never had a lease has nothing to have been failed over.
+        let cache_trusted =
+            last_lease.is_none_or(|(until, ttl)| crate::clock::now_ms() < until + ttl);
         Ok(Self {
             db: Mutex::new(conn),
             hosted: RwLock::new(hosted),
             fences: RwLock::new(fences),
             placements: RwLock::new(placements),
+            cache_trusted: AtomicBool::new(cache_trusted),
+            lease_written_ms: AtomicI64::new(last_lease.map_or(0, |l| l.0)),
         })
     }
 
@@ -319,6 +342,29 @@ impl NodeState {
             .len()
     }
 
+    /// Whether this node may serve its own orgs from the placement cache (see `lease` above).
+    pub fn cache_trusted(&self) -> bool {
+        self.cache_trusted.load(Ordering::Relaxed)
+    }
+
+    /// The node's lease now ends at `until_ms` (wall clock) and lasts `ttl_ms`; kept on disk at
+    /// most once a second, so a restart can tell how long it was out of touch.
+    pub fn record_lease(&self, until_ms: i64, ttl_ms: i64) {
+        let written = self.lease_written_ms.load(Ordering::Relaxed);
+        if until_ms - written < 1_000 {
+            return;
+        }
+        let stored = self.db().execute(
+            "INSERT INTO lease (id, until_ms, ttl_ms) VALUES (1, ?1, ?2)
+             ON CONFLICT(id) DO UPDATE SET until_ms = ?1, ttl_ms = ?2",
+            params![until_ms, ttl_ms],
+        );
+        match stored {
+            Ok(_) => self.lease_written_ms.store(until_ms, Ordering::Relaxed),
+            Err(e) => tracing::warn!(error = %e, "cannot record the lease in node.db; will retry"),
+        }
+    }
+
     /// Applies a placement update from the control plane: `full` replaces the whole cache. An
     /// entry never goes back to an older generation.
     pub fn apply_placements(
@@ -371,6 +417,9 @@ impl NodeState {
         map.extend(accepted);
         for org in removed {
             map.remove(&org);
+        }
+        if full {
+            self.cache_trusted.store(true, Ordering::Relaxed);
         }
         Ok(())
     }
