@@ -276,6 +276,7 @@ mod tests {
             "hemvist_orgs_created_total 0",
             "hemvist_control_up 1",
             "hemvist_moves_total{outcome=\"rolled_back\"} 0",
+            "hemvist_failovers_total{outcome=\"failed\"} 0",
             "hemvist_admin_connections_open 0",
             "hemvist_grpc_connections_accepted_total 0",
             "hemvist_replication_reported_lag_seconds_count 1",
@@ -291,7 +292,7 @@ mod tests {
                 .all(|l| l.ends_with('.') && !l.ends_with("..")),
             "{text}"
         );
-        assert_eq!(helps.count(), 27, "{text}");
+        assert_eq!(helps.count(), 29, "{text}");
         assert!(!text.contains("# EOF"), "{text}");
     }
 

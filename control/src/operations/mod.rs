@@ -120,12 +120,7 @@ impl Plane {
         actor: &str,
         detail: serde_json::Value,
     ) -> Result<Operation<P>, HemvistError> {
-        if let Some(open) = self
-            .store
-            .open_operations()?
-            .into_iter()
-            .find(|o| &o.org == org)
-        {
+        if let Some(open) = self.store.open_operation_of(org)? {
             return Err(HemvistError::conflict(format!(
                 "org {org} is busy: {} {} is in phase {}",
                 open.kind, open.id, open.phase
@@ -264,12 +259,7 @@ impl Plane {
 
     /// The orgs an unfinished operation owns: the reconciler leaves them to it.
     pub fn owned_orgs(&self) -> Result<std::collections::HashSet<OrgId>, HemvistError> {
-        Ok(self
-            .store
-            .open_operations()?
-            .into_iter()
-            .map(|o| o.org)
-            .collect())
+        Ok(self.store.owned_orgs()?.into_iter().collect())
     }
 
     pub fn operations(&self) -> Result<Vec<OperationRecord>, HemvistError> {

@@ -207,6 +207,23 @@ impl Store {
     }
 
     /// The unfinished operations: the orgs they own are left alone by the reconciler.
+    /// The org's unfinished operation, if any (one at most: a partial unique index says so).
+    pub fn open_operation_of(&self, org: &OrgId) -> Result<Option<OperationRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!("{SELECT} WHERE org = ?1 AND finished_ms IS NULL"))?;
+        let mut rows = stmt.query_map([org.as_str()], row)?;
+        rows.next().map(|r| check(r?)).transpose()
+    }
+
+    /// The orgs an unfinished operation owns (their ids only: cheap at any number).
+    pub fn owned_orgs(&self) -> Result<Vec<OrgId>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT org FROM operations WHERE finished_ms IS NULL")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.map(|r| OrgId::try_from(r?).map_err(StoreError::corrupt))
+            .collect()
+    }
+
     pub fn open_operations(&self) -> Result<Vec<OperationRecord>> {
         let conn = self.lock();
         let mut stmt = conn.prepare(&format!("{SELECT} WHERE finished_ms IS NULL ORDER BY id"))?;
