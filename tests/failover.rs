@@ -256,3 +256,57 @@ fn a_dead_nodes_orgs_serve_from_another_node_of_the_region_and_the_node_comes_ba
     );
     assert_eq!(done, 2);
 }
+
+#[test]
+fn a_control_plane_that_dies_in_the_middle_of_a_failover_resumes_it() {
+    let s3 = S3::start();
+    let mut c = Cluster::start_with_backup(&[EU_NORTH], &s3, INTERVAL_MS);
+    c.add_control_config(&format!("failover_grace_ms = {GRACE_MS}"));
+    c.restart_control();
+    c.wait_nodes_healthy(1);
+    c.create_org_ready("acme", json!({"region": "eu-north", "durability": "sync"}));
+    c.add_user("acme", "ada@acme.example", PASSWORD);
+    let old = c.url_of("eu-north-1");
+    let user = sign_in(&old, "acme", "ada@acme.example", PASSWORD).expect("sign in");
+    for i in 0..5 {
+        let name = format!("before {i:05}");
+        assert_eq!(
+            user.try_post("/contacts", &[("name", &name), ("city", "Umeå")]),
+            Some(303)
+        );
+    }
+    c.add_node("eu-north-2", "eu-north", JOIN_TOKEN);
+    c.wait_nodes_healthy(2);
+
+    // The control plane stops right after it has recorded the new placement, before any node
+    // was told to host the org there.
+    c.kill_control();
+    c.start_control_with_env(&[("HEMVIST_FAILPOINTS", "control.failover.restoring=crash")]);
+    c.wait_nodes_healthy(2);
+    c.kill_node_id("eu-north-1");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !c.wait_control_exit() {
+        assert!(
+            Instant::now() < deadline,
+            "the control plane reached the failpoint"
+        );
+    }
+    c.start_control();
+    let op = wait_failover_done(&c, "acme", Duration::from_secs(60));
+    assert_eq!(op["detail"]["to_node"], "eu-north-2", "{op:#}");
+    let shown = c.org("acme").expect("org");
+    assert_eq!(shown.node, "eu-north-2");
+    let names = names_in(&tenant_file(&c, "eu-north-2", "acme"));
+    assert_eq!(names.len(), 5, "every acknowledged sync write: {names:?}");
+    let user = sign_in(
+        &c.url_of("eu-north-2"),
+        "acme",
+        "ada@acme.example",
+        PASSWORD,
+    )
+    .expect("sign in at the new node");
+    assert_eq!(
+        user.try_post("/contacts", &[("name", "after 00000"), ("city", "Umeå")]),
+        Some(303)
+    );
+}

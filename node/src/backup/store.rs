@@ -170,6 +170,18 @@ impl BackupConfig {
             .with_virtual_hosted_style_request(false)
             .with_http_connector(Http::new(self.ca_file.as_deref())?)
             .with_crypto_provider(Arc::new(Crypto))
+            // A few quick retries only: the replicator tries again every interval by itself,
+            // and an upload left in a long client backoff after an outage (up to 15 s by
+            // default) would hold up whatever waits for it (a sync write, a move's fence).
+            .with_retry(object_store::RetryConfig {
+                backoff: object_store::BackoffConfig {
+                    init_backoff: std::time::Duration::from_millis(100),
+                    max_backoff: std::time::Duration::from_millis(500),
+                    base: 2.0,
+                },
+                max_retries: 4,
+                retry_timeout: std::time::Duration::from_secs(15),
+            })
             .build()?;
         let prefix = prefix.trim_matches('/');
         if prefix.is_empty() {
