@@ -417,6 +417,9 @@ fn every_verb_runs_from_an_empty_folder_with_only_control_and_token() {
     for args in [
         &["regions"][..],
         &["nodes"],
+        &["nodes", "list"],
+        &["nodes", "undrain", "eu-north-1"],
+        &["ops", "list"],
         &["orgs", "list"],
         &["orgs", "show", "nordlys"],
         &["tokens", "list"],
@@ -437,6 +440,9 @@ fn every_verb_runs_from_an_empty_folder_with_only_control_and_token() {
         assert!(ok, "{args:?}: {err}");
         assert!(!out.is_empty(), "{args:?} printed nothing");
     }
+    // A drain that has nowhere to go (one node per region here) is refused, saying why.
+    let (ok, _, err) = run(&["nodes", "drain", "eu-north-1"]);
+    assert!(!ok && err.contains("no other healthy node"), "{err}");
     wait_backed_up();
     let (ok, out, err) = run(&["restore", "nordlys", "--out", "nordlys.db"]);
     assert!(ok, "{err}");
