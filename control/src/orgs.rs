@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use hemvist_proto::{Generation, HemvistError, NodeId, OrgId, RegionId};
 use serde::{Deserialize, Serialize};
 
-use crate::link::{Placement, PlacementUpdate};
+use crate::link::{NodeCommand, Placement, PlacementUpdate};
 use crate::placement::{self, Hint, NodeLoad};
 use crate::plane::Plane;
 use crate::residency::ResidencyPolicy;
@@ -118,6 +118,43 @@ fn check_name(name: &str) -> Result<String, HemvistError> {
 }
 
 impl Plane {
+    /// The regions `org`'s residency policy allows, of those configured.
+    pub(crate) fn allowed_regions(&self, org: &OrgRecord) -> Vec<RegionId> {
+        ResidencyPolicy::from_stored(&org.residency)
+            .allowed_regions(&self.config.regions)
+            .into_iter()
+            .map(|r| r.id.clone())
+            .collect()
+    }
+
+    /// The `host` command for `org` at `generation`, the one builder of it. A node with no file
+    /// of the org restores it, held to the newest position known (or what an operator accepted);
+    /// `moved_here`: a move's finished copy is in place, so it hosts that file and never restores.
+    pub(crate) fn host_command(
+        &self,
+        org: &OrgRecord,
+        generation: Generation,
+        moved_here: bool,
+    ) -> NodeCommand {
+        NodeCommand::Host {
+            org: org.id.clone(),
+            generation,
+            name: org.name.clone(),
+            allowed_regions: self.allowed_regions(org),
+            durability: org.durability.clone(),
+            data_key: org.data_key.clone().unwrap_or_default(),
+            // Finding no file of a moved copy would mean a lost copy, never "new org".
+            expect_backup: moved_here || org.backed_up_ms.is_some(),
+            moved_here,
+            known: if moved_here {
+                None
+            } else {
+                org.known.map(Into::into)
+            },
+            accept_older: !moved_here && org.accepts_older(),
+        }
+    }
+
     pub fn create_org(&self, req: CreateOrg, actor: &str) -> Result<CreatedOrg, HemvistError> {
         let id = OrgId::parse(&req.id)?;
         let name = check_name(&req.name)?;
@@ -375,11 +412,7 @@ impl Plane {
         let node_url = self.store.node(&org.node_id)?.map(|n| n.public_url);
         let residency = ResidencyPolicy::from_stored(&org.residency);
         Ok(OrgView {
-            allowed_regions: residency
-                .allowed_regions(&self.config.regions)
-                .into_iter()
-                .map(|r| r.id.clone())
-                .collect(),
+            allowed_regions: self.allowed_regions(&org),
             residency: residency.describe(),
             ready: held.is_some(),
             schema_version: held.map(|o| o.schema_version),

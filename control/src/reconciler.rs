@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_ms;
 use crate::link::{NodeCommand, PlacementUpdate};
 use crate::plane::Plane;
-use crate::residency::ResidencyPolicy;
 use crate::store::{CommandKind, CommandRecord, CommandState, NewCommand};
 use crate::users::UserPayload;
 
@@ -112,23 +111,7 @@ fn reconcile_node(plane: &Plane, node: &NodeId, epoch: u64) -> Result<(), Hemvis
         if cmd.state == CommandState::Failed {
             continue;
         }
-        let allowed_regions = ResidencyPolicy::from_stored(&org.residency)
-            .allowed_regions(&plane.config.regions)
-            .into_iter()
-            .map(|r| r.id.clone())
-            .collect();
-        let command = NodeCommand::Host {
-            org: org.id.clone(),
-            generation: org.generation,
-            name: org.name.clone(),
-            allowed_regions,
-            durability: org.durability.clone(),
-            data_key: org.data_key.clone().unwrap_or_default(),
-            expect_backup: org.backed_up_ms.is_some(),
-            moved_here: false,
-            known: org.known.map(Into::into),
-            accept_older: org.accepts_older(),
-        };
+        let command = plane.host_command(org, org.generation, false);
         let is_open = open.contains_key(&cmd.id);
         send_if_due(plane, node, epoch, &cmd, is_open, command)?;
     }

@@ -28,9 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Operation, OperationKind, Phase, Step};
 use crate::clock::now_ms;
-use crate::link::NodeCommand;
 use crate::plane::Plane;
-use crate::residency::ResidencyPolicy;
 use crate::store::{CommandKind, CommandState, OperationRecord, PlacementSwitch};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,11 +230,6 @@ fn restoring(plane: &Plane, op: &Failover, mut d: FailoverDetail) -> Result<(), 
         .store
         .org(&op.record.org)?
         .ok_or_else(|| internal(format!("org {} vanished", op.record.org)))?;
-    let allowed_regions = ResidencyPolicy::from_stored(&org.residency)
-        .allowed_regions(&plane.config.regions)
-        .into_iter()
-        .map(|r| r.id.clone())
-        .collect();
     let host = plane.drive_step(
         &Step {
             operation: &op.record.id,
@@ -248,20 +241,9 @@ fn restoring(plane: &Plane, op: &Failover, mut d: FailoverDetail) -> Result<(), 
             again_on_new_session: false,
         },
         false,
-        || NodeCommand::Host {
-            org: org.id.clone(),
-            generation,
-            name: org.name.clone(),
-            allowed_regions,
-            durability: org.durability.clone(),
-            data_key: org.data_key.clone().unwrap_or_default(),
-            expect_backup: org.backed_up_ms.is_some(),
-            moved_here: false,
-            // Its restore must reach the newest position its dead node reported, or wait for an
-            // operator to accept an older one (`orgs rebuild --accept-older`, audited).
-            known: org.known.map(Into::into),
-            accept_older: org.accepts_older(),
-        },
+        // Its restore must reach the newest position its dead node reported, or wait for an
+        // operator to accept an older one (`orgs rebuild --accept-older`, audited).
+        || plane.host_command(&org, generation, false),
     )?;
     match host.state {
         CommandState::Done => {

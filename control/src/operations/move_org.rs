@@ -386,11 +386,7 @@ fn keep_copying(
             secret: secret.clone(),
         },
     )?;
-    let allowed_regions = ResidencyPolicy::from_stored(&org.residency)
-        .allowed_regions(&plane.config.regions)
-        .into_iter()
-        .map(|r| r.id.clone())
-        .collect();
+    let allowed_regions = plane.allowed_regions(&org);
     let inn = plane.drive_step(
         &step_of(
             op,
@@ -638,11 +634,6 @@ fn switching(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
         .store
         .org(&op.record.org)?
         .ok_or_else(|| internal(format!("org {} vanished", op.record.org)))?;
-    let allowed_regions = ResidencyPolicy::from_stored(&org.residency)
-        .allowed_regions(&plane.config.regions)
-        .into_iter()
-        .map(|r| r.id.clone())
-        .collect();
     let host = plane.drive_step(
         &step_of(
             op,
@@ -653,20 +644,8 @@ fn switching(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
             false,
         ),
         false,
-        || NodeCommand::Host {
-            org: org.id.clone(),
-            generation: to_generation,
-            name: org.name.clone(),
-            allowed_regions,
-            durability: org.durability.clone(),
-            data_key: org.data_key.clone().unwrap_or_default(),
-            // The copy is in place: finding no file would mean a lost copy, never "new org".
-            expect_backup: true,
-            moved_here: true,
-            // It hosts the moved copy, never a restore.
-            known: None,
-            accept_older: false,
-        },
+        // The copy is in place: it hosts that file, never a restore.
+        || plane.host_command(&org, to_generation, true),
     )?;
     if host.state != CommandState::Done {
         // Again until the target serves: a control plane that restarted right after the switch
