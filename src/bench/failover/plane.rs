@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use hemvist_control::{ControlConfig, RegionConfig};
@@ -239,18 +239,9 @@ impl Plane {
         &self,
         what: &str,
         limit: Duration,
-        mut f: impl FnMut() -> Option<T>,
+        f: impl FnMut() -> Option<T>,
     ) -> anyhow::Result<T> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(v) = f() {
-                return Ok(v);
-            }
-            if Instant::now() > deadline {
-                bail!("timed out after {} s waiting for {what}", limit.as_secs());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::bench::wait_for(what, limit, f)
     }
 
     /// Stops the nodes still running, then the control plane.

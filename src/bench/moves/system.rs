@@ -264,18 +264,9 @@ impl System {
         &self,
         what: &str,
         limit: Duration,
-        mut f: impl FnMut() -> Option<T>,
+        f: impl FnMut() -> Option<T>,
     ) -> anyhow::Result<T> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(v) = f() {
-                return Ok(v);
-            }
-            if Instant::now() > deadline {
-                bail!("timed out after {} s waiting for {what}", limit.as_secs());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::bench::wait_for(what, limit, f)
     }
 
     /// `orgs show ORG`.
