@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use hemvist_proto::{HemvistError, NodeId};
 use serde::Serialize;
 
-use super::move_org::MoveRequest;
-use super::OperationKind;
+use super::move_org::{MovePhase, MoveRequest};
+use super::{OperationKind, Phase};
 use crate::clock::now_ms;
 use crate::plane::Plane;
 
@@ -100,15 +100,17 @@ pub fn step(plane: &Plane) -> Result<(), HemvistError> {
         return Ok(());
     }
     let owned = plane.owned_orgs()?;
-    let mut last_rolled_back: HashMap<_, i64> = HashMap::new();
-    for op in plane.store.operations()? {
-        if op.kind == OperationKind::Move.as_str() && op.phase == "rolled_back" {
-            let at = op.finished_ms.unwrap_or(0);
-            let e = last_rolled_back.entry(op.org.clone()).or_insert(at);
-            *e = (*e).max(at);
-        }
-    }
     let now = now_ms();
+    // Only the recent rollbacks: the whole history of operations is not read every tick.
+    let last_rolled_back: HashMap<_, i64> = plane
+        .store
+        .ended_since(
+            OperationKind::Move.as_str(),
+            MovePhase::RolledBack.as_str(),
+            now - RETRY_AFTER_MS,
+        )?
+        .into_iter()
+        .collect();
     for node in draining.keys() {
         // A dead node's orgs are the failover's; a live move needs its source.
         if !plane.nodes.healthy(node) {

@@ -224,6 +224,24 @@ impl Store {
             .collect()
     }
 
+    /// The orgs whose operation of `kind` ended in `phase` since `since_ms`, with when (the
+    /// latest per org).
+    pub fn ended_since(&self, kind: &str, phase: &str, since_ms: i64) -> Result<Vec<(OrgId, i64)>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT org, MAX(finished_ms) FROM operations
+             WHERE kind = ?1 AND phase = ?2 AND finished_ms >= ?3 GROUP BY org",
+        )?;
+        let rows = stmt.query_map(params![kind, phase, since_ms], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        rows.map(|r| {
+            let (org, at) = r?;
+            Ok((OrgId::try_from(org).map_err(StoreError::corrupt)?, at))
+        })
+        .collect()
+    }
+
     pub fn open_operations(&self) -> Result<Vec<OperationRecord>> {
         let conn = self.lock();
         let mut stmt = conn.prepare(&format!("{SELECT} WHERE finished_ms IS NULL ORDER BY id"))?;
