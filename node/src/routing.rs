@@ -29,9 +29,9 @@ pub fn route(hosted: &NodeState, me: &NodeId, org: &OrgId) -> Route {
     }
 }
 
-fn local_route(hosted: &NodeState, me: &NodeId, org: &OrgId) -> Route {
-    let placement = hosted.placement(org);
-    let hosted = hosted.hosted(org);
+fn local_route(state: &NodeState, me: &NodeId, org: &OrgId) -> Route {
+    let placement = state.placement(org);
+    let hosted = state.hosted(org);
     match placement {
         Some(p) if p.node_id == *me => match hosted {
             Some(h) if h.generation >= p.generation => Route::Local,
@@ -41,10 +41,42 @@ fn local_route(hosted: &NodeState, me: &NodeId, org: &OrgId) -> Route {
             // Our cache is behind what we were told to host; trust the newer grant.
             Route::Local
         }
+        // A move's copy finished here and the switch is under way: the source may already send
+        // users here, so sending them back to it would bounce them between the two.
+        Some(_) if hosted.is_none() && state.arriving(org) => Route::Preparing,
         Some(p) => Route::Elsewhere {
             node_url: p.node_url,
         },
         None if hosted.is_some() => Route::Local,
         None => Route::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Placement;
+    use hemvist_proto::{Generation, RegionId};
+
+    #[test]
+    fn an_arrived_copy_is_not_sent_back_to_its_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = NodeState::open(&dir.path().join("node.db")).unwrap();
+        let me = NodeId::parse("eu-north-1").unwrap();
+        let org = OrgId::parse("acme").unwrap();
+        let source = Placement {
+            region: RegionId::parse("eu-central").unwrap(),
+            node_id: NodeId::parse("eu-central-1").unwrap(),
+            node_url: "http://127.0.0.1:1".into(),
+            generation: Generation::new(3).unwrap(),
+        };
+        state
+            .apply_placements(false, vec![(org.clone(), source)], vec![])
+            .unwrap();
+        assert!(matches!(route(&state, &me, &org), Route::Elsewhere { .. }));
+        state.set_arriving(&org, true);
+        assert_eq!(route(&state, &me, &org), Route::Preparing);
+        state.set_arriving(&org, false);
+        assert!(matches!(route(&state, &me, &org), Route::Elsewhere { .. }));
     }
 }

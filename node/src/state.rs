@@ -63,6 +63,10 @@ pub struct NodeState {
     cache_trusted: AtomicBool,
     /// The lease end last written to `node.db` (it is written at most once a second).
     lease_written_ms: AtomicI64,
+    /// Orgs whose move here has finished its copy and waits for the switch (`host`): their
+    /// placement may still name the source, which already sends users here (in memory: the
+    /// window is the moment between a move's finish and its host).
+    arriving: RwLock<std::collections::HashSet<OrgId>>,
 }
 
 fn internal(e: impl std::fmt::Display) -> HemvistError {
@@ -194,6 +198,7 @@ impl NodeState {
             placements: RwLock::new(placements),
             cache_trusted: AtomicBool::new(cache_trusted),
             lease_written_ms: AtomicI64::new(last_lease.map_or(0, |l| l.0)),
+            arriving: RwLock::new(Default::default()),
         })
     }
 
@@ -325,6 +330,23 @@ impl NodeState {
             .unwrap_or_else(|p| p.into_inner())
             .remove(org);
         self.unfence(org)
+    }
+
+    /// `org`'s copy has arrived here and waits for its switch (or its rollback: `false` again).
+    pub fn set_arriving(&self, org: &OrgId, arriving: bool) {
+        let mut set = self.arriving.write().unwrap_or_else(|p| p.into_inner());
+        if arriving {
+            set.insert(org.clone());
+        } else {
+            set.remove(org);
+        }
+    }
+
+    pub fn arriving(&self, org: &OrgId) -> bool {
+        self.arriving
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(org)
     }
 
     pub fn placement(&self, org: &OrgId) -> Option<Placement> {

@@ -399,6 +399,7 @@ impl Incoming {
                 put_in_place(&staging, &tenant)?;
             }
             if tenant.is_file() {
+                self.state.set_arriving(org, true);
                 return Ok((done.lsn, done.bytes));
             }
         }
@@ -487,6 +488,7 @@ impl Incoming {
         put_in_place(&staging, &tenant)?;
         let _ = std::fs::remove_file(marker_path(&tenant, "moving"));
         copy.stop.cancel();
+        self.state.set_arriving(org, true);
         failpoints::check("node.move.finished")?;
         tracing::info!(%org, operation, lsn, bytes = staged.bytes, "copy finished at the source's final position");
         Ok((staged.lsn, staged.bytes))
@@ -500,6 +502,7 @@ impl Incoming {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(org);
+        self.state.set_arriving(org, false);
         // A round under way finishes before its files go (it would write them again).
         let _round = copy.as_ref().map(|c| {
             c.stop.cancel();
