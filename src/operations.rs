@@ -150,6 +150,17 @@ fn show(op: &Value) {
     if !error.is_empty() {
         rows.push(("error", error));
     }
+    let stall = &op["stalled"];
+    if !stall.is_null() {
+        rows.push((
+            "STALLED",
+            format!(
+                "since {}, waiting for {}",
+                time(&stall["since_ms"]),
+                s(stall, "waiting_for")
+            ),
+        ));
+    }
     if op["kind"] == "move" {
         rows.extend(detail_rows(&op["detail"]));
     } else if let Some(detail) = op["detail"].as_object() {

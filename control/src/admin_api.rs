@@ -446,6 +446,7 @@ async fn metrics(
         let gauges = Gauges {
             replication_lag_max_ms: lag.max(0) as u64,
             replication_behind: behind,
+            operations_stalled: c.stalled_count(),
             orgs: c.store.count_orgs()?,
             nodes_known: nodes.len() as u64,
             nodes_healthy: nodes.iter().filter(|n| n.healthy).count() as u64,

@@ -114,6 +114,7 @@ pub struct Gauges {
     pub commands_open: u64,
     pub replication_lag_max_ms: u64,
     pub replication_behind: u64,
+    pub operations_stalled: u64,
 }
 
 impl Metrics {
@@ -131,6 +132,11 @@ impl Metrics {
             "hemvist_replication_lag_max_ms",
             "The largest backup lag any node reports for an org (oldest unshipped write)",
             gauge(g.replication_lag_max_ms),
+        );
+        r.register(
+            "hemvist_operations_stalled",
+            "Operations waiting past their phase's limit in a phase they cannot leave backwards (ops show says for what)",
+            gauge(g.operations_stalled),
         );
         r.register(
             "hemvist_replication_orgs_behind",
@@ -253,6 +259,7 @@ mod tests {
             commands_open: 0,
             replication_lag_max_ms: 1_500,
             replication_behind: 0,
+            operations_stalled: 0,
         }
     }
 

@@ -42,10 +42,24 @@ pub struct OperationsMemory {
     pub(crate) secrets: Mutex<HashMap<String, String>>,
     pub(crate) progress: Mutex<HashMap<String, CopyProgress>>,
     pub(crate) delivered: Mutex<HashMap<String, u64>>,
-    /// When this process first stepped each operation's current phase.
     /// Operations that ended in this process: a late report about one is dropped.
     pub(crate) ended: Mutex<HashSet<String>>,
+    /// When this process first stepped each operation's current phase.
     pub(crate) stepping: Mutex<HashMap<String, (String, i64)>>,
+    /// Operations stuck in a phase that can only go forward, and what they wait for.
+    pub(crate) stalled: Mutex<HashMap<String, Stall>>,
+}
+
+/// An operation waiting past its phase's limit in a phase it cannot leave backwards: an alarm
+/// (logged once, counted in `/metrics`, shown by `ops show`), not an error; it clears itself
+/// when the operation moves on.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Stall {
+    pub kind: &'static str,
+    pub phase: &'static str,
+    /// Since when the phase has been waiting (as this process saw it).
+    pub since_ms: i64,
+    pub waiting_for: String,
 }
 
 pub struct Plane {

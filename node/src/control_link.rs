@@ -531,6 +531,7 @@ fn finish_move(
 fn end_move(node: &Node, operation: &str, e: pb::EndMove) -> Result<(), HemvistError> {
     let org = OrgId::try_from(e.org)?;
     let operation = operation_of(operation)?;
+    crate::failpoints::check("node.move.end")?;
     node.moves_in.end(&org, e.rolled_back)?;
     if node
         .moves_out

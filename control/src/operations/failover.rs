@@ -89,20 +89,32 @@ fn detail_json(d: &FailoverDetail) -> Result<serde_json::Value, HemvistError> {
     serde_json::to_value(d).map_err(internal)
 }
 
-/// Starts a failover for every org of every dead node that no operation owns yet.
-pub fn detect(plane: &Plane) -> Result<(), HemvistError> {
+/// Since when `node` has been silent, if that is past its lease and the grace period after it
+/// (its orgs are failed over), `None` while it is alive or not yet given up on.
+fn dead_since(plane: &Plane, node: &NodeId, last_seen_ms: i64) -> Option<i64> {
+    if plane.nodes.healthy(node) {
+        return None;
+    }
     // The lease runs out `lease_ttl_ms` after the last heartbeat; the grace period starts then.
     let grace = (plane.config.lease_ttl_ms + plane.config.failover_grace_ms) as i64;
+    let silent_since = plane.silent_since_ms(node, last_seen_ms);
+    (now_ms() - silent_since >= grace).then_some(silent_since)
+}
+
+/// Whether `node` is dead (its orgs would be failed over): for an operation that waits on it.
+pub fn is_dead(plane: &Plane, node: &NodeId) -> Result<bool, HemvistError> {
+    let last_seen = plane.store.node(node)?.map_or(0, |n| n.last_seen_ms);
+    Ok(dead_since(plane, node, last_seen).is_some())
+}
+
+/// Starts a failover for every org of every dead node that no operation owns yet.
+pub fn detect(plane: &Plane) -> Result<(), HemvistError> {
     let now = now_ms();
     let mut owned = None;
     for node in plane.store.nodes()? {
-        if plane.nodes.healthy(&node.id) {
+        let Some(silent_since) = dead_since(plane, &node.id, node.last_seen_ms) else {
             continue;
-        }
-        let silent_since = plane.silent_since_ms(&node.id, node.last_seen_ms);
-        if now - silent_since < grace {
-            continue;
-        }
+        };
         let orgs = plane.store.orgs_on_node(&node.id)?;
         if orgs.is_empty() {
             continue;

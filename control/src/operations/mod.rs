@@ -21,7 +21,7 @@ use hemvist_proto::{ErrorKind, Generation, HemvistError, NodeId, OrgId};
 use crate::clock::now_ms;
 use crate::link::{NodeCommand, Placement, PlacementUpdate};
 use crate::plane::Plane;
-pub use crate::plane::{CopyProgress, OperationsMemory as Memory};
+pub use crate::plane::{CopyProgress, OperationsMemory as Memory, Stall};
 use crate::store::{
     CommandKind, CommandRecord, CommandState, NewCommand, NewOperation, OperationRecord,
     PlacementSwitch, Transition,
@@ -245,6 +245,7 @@ impl Plane {
             placement,
         })?;
         if moved.is_some() {
+            lock(&self.ops.stalled).remove(&op.record.id);
             tracing::info!(operation = %op.record.id, org = %op.record.org,
                 from = op.phase.as_str(), to = to.as_str(), "operation phase");
             // A crash here is a crash after the phase is recorded, before any of its effects.
@@ -323,8 +324,45 @@ impl Plane {
         now - seen.1.max(op.record.updated_ms)
     }
 
+    /// Raises (or keeps) the alarm on `op` when its phase, one it cannot leave backwards, has
+    /// waited longer than `limit_ms`, saying what for; clears it when it has not. `true` while
+    /// raised.
+    pub fn watch_stall<P: Phase>(
+        &self,
+        op: &Operation<P>,
+        limit_ms: i64,
+        waiting_for: impl FnOnce() -> String,
+    ) -> bool {
+        let waited = self.in_phase_ms(op);
+        let mut stalled = lock(&self.ops.stalled);
+        if waited <= limit_ms {
+            stalled.remove(&op.record.id);
+            return false;
+        }
+        let phase = op.phase.as_str();
+        if stalled.get(&op.record.id).is_none_or(|s| s.phase != phase) {
+            let stall = Stall {
+                kind: P::KIND.as_str(),
+                phase,
+                since_ms: now_ms() - waited,
+                waiting_for: waiting_for(),
+            };
+            tracing::error!(operation = %op.record.id, org = %op.record.org, phase,
+                waited_ms = waited, waiting_for = %stall.waiting_for,
+                "operation stalled: it cannot go back from this phase and waits");
+            stalled.insert(op.record.id.clone(), stall);
+        }
+        true
+    }
+
+    /// How many operations are stalled now (`hemvist_operations_stalled`).
+    pub fn stalled_count(&self) -> u64 {
+        lock(&self.ops.stalled).len() as u64
+    }
+
     /// Forgets what an ended operation kept in memory.
     pub fn forget_operation(&self, operation: &str) {
+        lock(&self.ops.stalled).remove(operation);
         lock(&self.ops.ended).insert(operation.to_string());
         lock(&self.ops.secrets).remove(operation);
         lock(&self.ops.progress).remove(operation);
@@ -422,6 +460,10 @@ impl Plane {
         v["steps"] =
             serde_json::to_value(steps).map_err(|e| HemvistError::internal(e.to_string()))?;
         v["progress"] = progress.unwrap_or(serde_json::Value::Null);
+        v["stalled"] = lock(&self.ops.stalled)
+            .get(id)
+            .map(|s| serde_json::to_value(s).unwrap_or_default())
+            .unwrap_or(serde_json::Value::Null);
         v["replication"] = source_lsn
             .map(|(g, l)| serde_json::json!({"generation": g, "lsn": l}))
             .unwrap_or(serde_json::Value::Null);

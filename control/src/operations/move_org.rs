@@ -15,7 +15,13 @@
 //!   under a new generation: the one moment the writer changes. The target hosts the org
 //!   (`Host`); every node learns the new placement, so the source's held writes are sent there.
 //! - **releasing**: once the target's first backup in its region's store is reported, the
-//!   source drops its copy (to its trash) and both forget the move.
+//!   source drops its copy (to its trash) and both forget the move. A target dead by then
+//!   (past its lease and the failover grace) is not waited for: the move ends, noting why, and
+//!   the org is failed over from that backup like any dead node's.
+//!
+//! Switching and releasing cannot go back. One that waits longer than `move_stall_ms` raises
+//! an alarm (`Plane::watch_stall`: logged, `hemvist_operations_stalled`, `ops show` says what
+//! it waits for) instead of failing.
 //! - **rolling_back**: before the switch, any failure (or a cancel) lifts the source's fence
 //!   and discards the target's copy; the source never stopped being the owner.
 //!
@@ -127,6 +133,9 @@ pub struct MoveDetail {
     /// The phase a rollback started from.
     #[serde(default)]
     pub rolled_back_from: Option<String>,
+    /// How the move ended, when not as planned (its new home died after its first backup).
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 /// An operator's request.
@@ -266,6 +275,7 @@ impl Plane {
             serving_ms: None,
             pause_ms: None,
             rolled_back_from: None,
+            note: None,
         };
         let op = self.begin(&org, MovePhase::Copying, actor, detail_json(&detail)?)?;
         self.wake_operations.notify_one();
@@ -648,6 +658,19 @@ fn switching(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
         || plane.host_command(&org, to_generation, true),
     )?;
     if host.state != CommandState::Done {
+        plane.watch_stall(op, stall_ms(plane), || {
+            format!(
+                "the new home {} to host the org (its host step is {}{}); the switch is recorded, \
+                 so the move can only go forward: the source {} stays fenced and keeps its copy",
+                d.to_node,
+                host.state.as_str(),
+                host.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default(),
+                d.from_node
+            )
+        });
         // Again until the target serves: a control plane that restarted right after the switch
         // has told nobody yet.
         super::tell_every_node(
@@ -709,8 +732,18 @@ fn releasing(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistErro
         r.node == d.to_node && r.generation == to_generation.get() && r.shipped_ms > 0
     });
     if !backed_up {
+        plane.watch_stall(op, stall_ms(plane), || {
+            format!(
+                "the new home {}'s first backup in {}'s store (the source {} keeps its copy \
+                 until then)",
+                d.to_node, d.to_region, d.from_node
+            )
+        });
         return Ok(());
     }
+    // A new home that died after its first backup is failed over like any dead node's org
+    // (from that backup): the move ends here, without its word.
+    let target_dead = super::failover::is_dead(plane, &d.to_node)?;
     let end_in = plane.drive_step(
         &step_of(
             op,
@@ -756,11 +789,48 @@ fn releasing(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistErro
             generation: d.from_generation,
         },
     )?;
-    if [&end_in, &end_out, &drop]
-        .iter()
-        .all(|c| c.state == CommandState::Done)
-        && plane.advance(op, MovePhase::Done, None)?.is_some()
+    let steps = [&end_in, &end_out, &drop];
+    let released = |c: &CommandRecord| {
+        c.state == CommandState::Done || (target_dead && c.node_id == d.to_node)
+    };
+    if !steps.iter().all(|c| released(c)) {
+        plane.watch_stall(op, stall_ms(plane), || {
+            let open: Vec<String> = steps
+                .iter()
+                .filter(|c| !released(c))
+                .map(|c| {
+                    format!(
+                        "{} on {} ({})",
+                        c.kind.as_str(),
+                        c.node_id,
+                        c.state.as_str()
+                    )
+                })
+                .collect();
+            format!("the release: {}", open.join(", "))
+        });
+    } else if plane
+        .advance(
+            op,
+            MovePhase::Done,
+            target_dead
+                .then(|| {
+                    let mut ended = d.clone();
+                    ended.note = Some(format!(
+                "the new home {} died after its first backup; a failover takes the org from \
+                 that backup",
+                d.to_node
+            ));
+                    detail_json(&ended)
+                })
+                .transpose()?,
+        )?
+        .is_some()
     {
+        if target_dead {
+            tracing::warn!(operation = %op.record.id, org = %op.record.org, node = %d.to_node,
+                "the move's new home died after its first backup; the move ends for a failover");
+        }
         plane.forget_operation(&op.record.id);
         plane.metrics.record_move("done", d.bytes);
         tracing::info!(operation = %op.record.id, org = %op.record.org, from = %d.from_node,
