@@ -4,11 +4,13 @@ mod backups;
 mod bench;
 mod client;
 mod dev;
+mod migrate;
 mod moves;
 mod nodes;
 mod operations;
 mod ops;
 mod out;
+mod rollouts;
 mod table;
 mod tokens;
 
@@ -61,6 +63,11 @@ enum Command {
     Users {
         #[command(subcommand)]
         command: ops::UsersCommand,
+    },
+    /// The tenant schema across the fleet: status, files, push, pin, unpin.
+    Migrate {
+        #[command(subcommand)]
+        command: migrate::MigrateCommand,
     },
     /// Operations (moves): list, show, cancel.
     Ops {
@@ -177,6 +184,7 @@ async fn main() -> std::process::ExitCode {
         } => moves::run(args).await,
         Command::Users { command } => ops::users(command).await,
         Command::Ops { command } => operations::ops(command).await,
+        Command::Migrate { command } => migrate::migrate(command).await,
         Command::Tokens { command } => tokens::tokens(command).await,
         Command::Backups(args) => backups::backups(args).await,
         Command::Restore(args) => backups::restore(args).await,

@@ -671,6 +671,11 @@ fn host_in_process(node: &hemvist_node::Node, org: &hemvist_proto::OrgId, key: [
             data_key: Some(hemvist_proto::DataKey(key)),
             expect_backup: false,
             moved_here: false,
+            schema: hemvist_node::tenants::schema::Schema::new(
+                hemvist_proto::migration::builtin().len() as u32,
+                hemvist_proto::migration::builtin(),
+            )
+            .unwrap(),
         })
         .unwrap();
 }

@@ -26,7 +26,7 @@ pub enum Outgoing {
     Command {
         id: String,
         operation: Option<String>,
-        command: NodeCommand,
+        command: Box<NodeCommand>,
     },
     Placements(PlacementUpdate),
     DataKeys(Vec<OrgKey>),
@@ -162,7 +162,7 @@ impl NodeLink for Hub {
             Outgoing::Command {
                 id: id.to_string(),
                 operation: operation.map(str::to_string),
-                command,
+                command: Box::new(command),
             },
         )
     }

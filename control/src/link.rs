@@ -2,7 +2,26 @@
 //! these types only; the node adapters turn them into wire messages, so no domain module sees
 //! a session, a stream or a `pb` type.
 
+use std::sync::Arc;
+
+use hemvist_proto::migration::MigrationFile;
 use hemvist_proto::{Generation, NodeId, OrgId, RegionId};
+
+/// A position of an org's backups (a migration's restore point) and when it was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RestorePoint {
+    pub generation: u64,
+    pub lsn: u64,
+    pub at_ms: i64,
+}
+
+/// A schema version and every migration file up to it, in order (shared, not copied, between
+/// the commands of a fleet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaTarget {
+    pub version: u32,
+    pub files: Arc<[MigrationFile]>,
+}
 
 /// Placements are pushed in chunks so a fleet of 100k orgs never makes one oversized message.
 pub const PLACEMENT_CHUNK: usize = 2_000;
@@ -27,6 +46,17 @@ pub enum NodeCommand {
         known: Option<KnownPosition>,
         /// An operator accepted a restore to an older point than `known` (audited).
         accept_older: bool,
+        /// The schema the org is held at: its version, and every file up to it.
+        schema: SchemaTarget,
+        /// A rollback: replace the node's copy with the org's backups at exactly this point.
+        restore_to: Option<RestorePoint>,
+    },
+    /// Migrate the org's tenant to `schema.version` in one transaction (or try it, `dry_run`).
+    Migrate {
+        org: OrgId,
+        generation: Generation,
+        schema: SchemaTarget,
+        dry_run: bool,
     },
     /// Add a user to the org's own database; the password is already hashed.
     AddUser {
@@ -110,6 +140,17 @@ impl std::fmt::Debug for NodeCommand {
             NodeCommand::Host {
                 org, generation, ..
             } => write!(f, "Host({org}, {generation}, ..)"),
+            NodeCommand::Migrate {
+                org,
+                generation,
+                schema,
+                dry_run,
+            } => write!(
+                f,
+                "Migrate({org}, {generation}, to {}{})",
+                schema.version,
+                if *dry_run { ", dry run" } else { "" }
+            ),
             NodeCommand::AddUser {
                 org, generation, ..
             } => {

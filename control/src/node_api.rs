@@ -20,6 +20,7 @@ use crate::link::{NodeCommand, Placement, PlacementUpdate, KEY_CHUNK};
 use crate::nodes::{CommandAck, Registration};
 use crate::plane::Plane;
 use crate::replication::ReplicationView;
+use crate::store::TenantSchema;
 
 pub struct NodeApi {
     pub plane: Arc<Plane>,
@@ -156,6 +157,15 @@ async fn handle(
         Some(In::Heartbeat(h)) => {
             hub.renew(node, epoch, plane.lease());
             let now = crate::clock::now_ms();
+            for t in h.health {
+                if let Ok(org) = OrgId::parse(&t.org) {
+                    plane.tenant_health(
+                        org,
+                        t.requests,
+                        t.server_errors.saturating_add(t.sqlite_errors),
+                    );
+                }
+            }
             let mut backed_up = Vec::new();
             let mut positions = Vec::new();
             for r in h.replication {
@@ -210,7 +220,10 @@ async fn handle(
                 tenants.push((
                     OrgId::try_from(t.org)?,
                     Generation::new(t.generation)?,
-                    t.schema_version,
+                    TenantSchema {
+                        version: t.schema_version,
+                        fingerprint: t.schema_fingerprint,
+                    },
                 ));
             }
             let (p, n) = (plane.clone(), node.clone());
@@ -280,13 +293,35 @@ impl TryFrom<pb::Register> for Registration {
 }
 
 impl From<pb::CommandAck> for CommandAck {
-    fn from(ack: pb::CommandAck) -> Self {
+    fn from(mut ack: pb::CommandAck) -> Self {
         let moved = ack.moved.map(|m| crate::nodes::Moved {
             lsn: m.lsn,
             bytes: m.bytes,
         });
+        let migrated = ack.migrated.take().map(|m| crate::nodes::Migrated {
+            from_version: m.from_version,
+            to_version: m.to_version,
+            restore_generation: m.restore_generation,
+            restore_lsn: m.restore_lsn,
+            restore_ms: m.restore_ms,
+            failed: (m.failed_version != 0).then(|| crate::nodes::MigrationFailure {
+                version: m.failed_version,
+                file: if m.failed_name.ends_with(".sql") {
+                    m.failed_name.clone()
+                } else {
+                    format!("{:04}_{}.sql", m.failed_version, m.failed_name)
+                },
+                statement: m.failed_statement.chars().take(500).collect(),
+                error: m.error.chars().take(500).collect(),
+            }),
+            micros: m.micros,
+            fingerprint: m.fingerprint,
+        });
         let outcome = if ack.ok {
-            Ok(ack.tenant.map(|t| t.schema_version))
+            Ok(ack.tenant.map(|t| TenantSchema {
+                version: t.schema_version,
+                fingerprint: t.schema_fingerprint,
+            }))
         } else {
             Err(HemvistError::new(
                 ErrorKind::from_wire(ack.code()),
@@ -297,6 +332,7 @@ impl From<pb::CommandAck> for CommandAck {
             id: ack.id,
             outcome,
             moved,
+            migrated,
         }
     }
 }
@@ -332,7 +368,7 @@ impl From<Outgoing> for pb::ControlMessage {
                 command,
             } => Out::Command(pb::Command {
                 id,
-                action: Some(action(command)),
+                action: Some(action(*command)),
                 operation: operation.unwrap_or_default(),
             }),
             Outgoing::Placements(update) => Out::Placements(pb::PlacementUpdate {
@@ -343,6 +379,20 @@ impl From<Outgoing> for pb::ControlMessage {
         };
         pb::ControlMessage { body: Some(body) }
     }
+}
+
+fn migrations(schema: &crate::link::SchemaTarget) -> Vec<pb::Migration> {
+    schema
+        .files
+        .iter()
+        .map(|f| pb::Migration {
+            version: f.version,
+            name: f.name.clone(),
+            sql: f.sql.clone(),
+            checksum: f.checksum.clone(),
+            check: f.check.clone().unwrap_or_default(),
+        })
+        .collect()
 }
 
 fn action(command: NodeCommand) -> pb::command::Action {
@@ -359,6 +409,8 @@ fn action(command: NodeCommand) -> pb::command::Action {
             moved_here,
             known,
             accept_older,
+            schema,
+            restore_to,
         } => Action::Host(pb::HostTenant {
             org: org.to_string(),
             generation: generation.get(),
@@ -372,6 +424,23 @@ fn action(command: NodeCommand) -> pb::command::Action {
             known_lsn: known.map_or(0, |k| k.lsn),
             known_reported_ms: known.map_or(0, |k| k.reported_ms),
             accept_older,
+            schema_version: schema.version,
+            schema: migrations(&schema),
+            restore_at_ms: restore_to.map_or(0, |r| r.at_ms),
+            restore_generation: restore_to.map_or(0, |r| r.generation),
+            restore_lsn: restore_to.map_or(0, |r| r.lsn),
+        }),
+        NodeCommand::Migrate {
+            org,
+            generation,
+            schema,
+            dry_run,
+        } => Action::Migrate(pb::MigrateTenant {
+            org: org.to_string(),
+            generation: generation.get(),
+            target_version: schema.version,
+            migrations: migrations(&schema),
+            dry_run,
         }),
         NodeCommand::AddUser {
             org,

@@ -7,7 +7,7 @@ use hemvist_proto::{ErrorKind, Generation, HemvistError, NodeId, OrgId, RegionId
 
 use crate::link::{OrgKey, Placement, PlacementUpdate};
 use crate::plane::Plane;
-use crate::store::{CommandKind, CommandState, NodeRecord};
+use crate::store::{CommandKind, CommandState, NodeRecord, TenantSchema};
 use crate::users::UserPayload;
 
 /// A node introducing itself, its ids already parsed.
@@ -22,10 +22,36 @@ pub struct Registration {
 /// A node's answer to a command.
 pub struct CommandAck {
     pub id: String,
-    /// The schema version the org is at after a `host`, or why the node refused.
-    pub outcome: Result<Option<u32>, HemvistError>,
-    /// The position a move's step reached (`fence`, `finish_move`).
+    /// The schema the org is at after a `host` or a `migrate`, or why the node refused.
+    pub outcome: Result<Option<TenantSchema>, HemvistError>,
+    /// The position a move's step reported (`fence`, `finish_move`).
     pub moved: Option<Moved>,
+    /// What a `migrate` did, whether it succeeded or not.
+    pub migrated: Option<Migrated>,
+}
+
+/// What a node's `migrate` did (kept as the command's result, failed or not).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Migrated {
+    pub from_version: u32,
+    pub to_version: u32,
+    /// The tenant's backup position just before: the restore point of a rollback.
+    pub restore_generation: u64,
+    pub restore_lsn: u64,
+    pub restore_ms: i64,
+    /// On failure: the file, the statement, SQLite's error (the transaction rolled back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<MigrationFailure>,
+    pub micros: u64,
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MigrationFailure {
+    pub version: u32,
+    pub file: String,
+    pub statement: String,
+    pub error: String,
 }
 
 /// A position a move's step reported.
@@ -101,7 +127,7 @@ impl Plane {
     pub fn state_reported(
         &self,
         node: &NodeId,
-        tenants: &[(OrgId, Generation, u32)],
+        tenants: &[(OrgId, Generation, TenantSchema)],
     ) -> Result<Vec<OrgKey>, HemvistError> {
         tracing::info!(%node, tenants = tenants.len(), "state report");
         self.store.replace_observed(node, tenants)?;
@@ -184,10 +210,13 @@ impl Plane {
                 (state, Some((e.kind, message)))
             }
         };
-        let result = ack
-            .moved
-            .filter(|_| ack.outcome.is_ok())
-            .map(|m| serde_json::json!(m));
+        let result = match &ack.migrated {
+            Some(m) => Some(serde_json::json!(m)),
+            None => ack
+                .moved
+                .filter(|_| ack.outcome.is_ok())
+                .map(|m| serde_json::json!(m)),
+        };
         let Some(cmd) = self.store.ack_command(
             node,
             &ack.id,
@@ -212,15 +241,25 @@ impl Plane {
         tracing::info!(%node, command = %cmd.id, "command done");
         match cmd.kind {
             CommandKind::Host => {
-                let schema = schema.unwrap_or(0);
+                let schema = schema.unwrap_or_default();
                 self.store
-                    .set_observed(node, &cmd.org, cmd.generation, schema)?;
+                    .set_observed(node, &cmd.org, cmd.generation, &schema)?;
                 self.store.audit(
                     node.as_str(),
                     "tenant.hosted",
                     Some(&cmd.org),
-                    &serde_json::json!({"node": node, "generation": cmd.generation.get(), "schema_version": schema}),
+                    &serde_json::json!({"node": node, "generation": cmd.generation.get(), "schema_version": schema.version}),
                 )?;
+            }
+            CommandKind::Migrate => {
+                // A dry run changes nothing; a migration holds the org at its new version.
+                if let (Some(schema), Some(m)) = (schema, &ack.migrated) {
+                    if m.to_version != m.from_version {
+                        self.store
+                            .set_observed(node, &cmd.org, cmd.generation, &schema)?;
+                        self.store.set_org_schema(&cmd.org, schema.version)?;
+                    }
+                }
             }
             CommandKind::AddUser => {
                 let (email, requested_by) = UserPayload::of(&cmd)

@@ -70,7 +70,12 @@ pub struct OrgView {
     pub durability: String,
     /// Desired placement is held by the node at the current generation.
     pub ready: bool,
+    /// The schema version its node reports it at.
     pub schema_version: Option<u32>,
+    /// The version the control plane holds it at (its node migrates it only when told).
+    pub schema_held: u32,
+    /// The fingerprint of the migration files it ran, as its node reports it.
+    pub schema_fingerprint: Option<String>,
     /// When backups of the org were first reported (none yet: `null`).
     pub backed_up_ms: Option<i64>,
 }
@@ -135,8 +140,8 @@ impl Plane {
         org: &OrgRecord,
         generation: Generation,
         moved_here: bool,
-    ) -> NodeCommand {
-        NodeCommand::Host {
+    ) -> Result<NodeCommand, HemvistError> {
+        Ok(NodeCommand::Host {
             org: org.id.clone(),
             generation,
             name: org.name.clone(),
@@ -152,7 +157,9 @@ impl Plane {
                 org.known.map(Into::into)
             },
             accept_older: !moved_here && org.accepts_older(),
-        }
+            schema: self.schema_of(org)?,
+            restore_to: None,
+        })
     }
 
     pub fn create_org(&self, req: CreateOrg, actor: &str) -> Result<CreatedOrg, HemvistError> {
@@ -238,6 +245,7 @@ impl Plane {
             node_id: decision.node.clone(),
             durability,
             data_key: hemvist_proto::random::hex(32)?,
+            schema_version: self.new_org_schema()?,
             requested_by: actor.to_string(),
         })?;
         match created {
@@ -416,6 +424,11 @@ impl Plane {
             residency: residency.describe(),
             ready: held.is_some(),
             schema_version: held.map(|o| o.schema_version),
+            schema_held: match org.schema_version {
+                Some(v) => v,
+                None => self.current_schema()?,
+            },
+            schema_fingerprint: held.map(|o| o.schema_fingerprint.clone()),
             id: org.id,
             name: org.name,
             home_region: org.home_region,
@@ -511,7 +524,7 @@ impl Plane {
                 .store
                 .open_operations()?
                 .into_iter()
-                .find(|o| o.org == id),
+                .find(|o| o.org.as_ref() == Some(&id)),
             org: self.view(org)?,
         })
     }

@@ -34,6 +34,24 @@ pub struct CopyProgress {
     pub failing_since_ms: i64,
 }
 
+/// The tenant schema's migration files as the store holds them, in memory (read at start and
+/// after every addition; see `schema`).
+#[derive(Default)]
+pub struct SchemaFiles(
+    pub(crate) std::sync::RwLock<Arc<[hemvist_proto::migration::MigrationFile]>>,
+);
+
+/// The sums of what nodes report of their tenants' requests and failures (see `health`).
+#[derive(Default)]
+pub struct TenantHealth(pub(crate) Mutex<HashMap<hemvist_proto::OrgId, HealthTotals>>);
+
+/// Requests, and those that failed on the server's side or in SQLite.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct HealthTotals {
+    pub requests: u64,
+    pub errors: u64,
+}
+
 /// What operations (`operations/`) keep in memory only: secrets (never stored: a restarted control plane makes
 /// new ones and sends them again), the progress nodes report, and which session of a node got
 /// each step (a step whose effect lives in a node's memory is sent again to a new session).
@@ -64,6 +82,10 @@ pub struct Stall {
 
 pub struct Plane {
     pub config: ControlConfig,
+    /// The tenant schema's migration files (see `schema`).
+    pub(crate) schema: SchemaFiles,
+    /// The tenants' requests and failures as nodes report them (see `health`).
+    pub(crate) health: TenantHealth,
     pub store: Store,
     pub nodes: Arc<dyn NodeLink>,
     pub geoip: Option<GeoIp>,
@@ -119,7 +141,9 @@ impl Plane {
         };
         let candidate = hemvist_proto::random::hex(16)?;
         let system_id = store.system_id(move || candidate)?;
-        Ok(Plane {
+        let plane = Plane {
+            schema: SchemaFiles::default(),
+            health: Default::default(),
             system_id,
             started_ms: crate::clock::now_ms(),
             heard: Mutex::default(),
@@ -135,7 +159,9 @@ impl Plane {
             ops: Default::default(),
             sent: Mutex::new(HashSet::new()),
             dirty: Mutex::new(HashSet::new()),
-        })
+        };
+        plane.load_schema()?;
+        Ok(plane)
     }
 
     pub fn lease(&self) -> Duration {

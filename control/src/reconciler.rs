@@ -111,7 +111,7 @@ fn reconcile_node(plane: &Plane, node: &NodeId, epoch: u64) -> Result<(), Hemvis
         if cmd.state == CommandState::Failed {
             continue;
         }
-        let command = plane.host_command(org, org.generation, false);
+        let command = plane.host_command(org, org.generation, false)?;
         let is_open = open.contains_key(&cmd.id);
         send_if_due(plane, node, epoch, &cmd, is_open, command)?;
     }

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hemvist_proto::migration::MigrationFile;
 use hemvist_proto::pb::{
     self, command::Action, control_message::Body as In, node_control_client::NodeControlClient,
     node_message::Body as Out,
@@ -16,7 +17,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::migrate::MigrateRequest;
 use crate::state::Placement;
+use crate::tenants::schema::Schema;
 use crate::{HostRequest, Node};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -95,6 +98,7 @@ fn state_report(node: &Node) -> pb::StateReport {
                 org: org.to_string(),
                 generation: h.generation.get(),
                 schema_version: h.schema_version,
+                schema_fingerprint: h.schema_fingerprint,
             })
             .collect(),
     }
@@ -229,7 +233,9 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
                 in_flight.insert(seq, Instant::now());
                 in_flight.retain(|s, _| *s + 60 > seq);
                 let replication = replication_changes(node);
-                if tx.send(out(Out::Heartbeat(pb::Heartbeat { seq, replication }))).await.is_err() {
+                // Per-tenant request health is not counted by this node yet: none is reported.
+                let beat = pb::Heartbeat { seq, replication, health: Vec::new() };
+                if tx.send(out(Out::Heartbeat(beat))).await.is_err() {
                     break Err(tonic::Status::unavailable("outbound stream closed"));
                 }
             }
@@ -366,6 +372,7 @@ fn lane_of(cmd: &pb::Command) -> usize {
         Some(Action::Fence(a)) => a.org.as_str(),
         Some(Action::FinishMove(a)) => a.org.as_str(),
         Some(Action::EndMove(a)) => a.org.as_str(),
+        Some(Action::Migrate(a)) => a.org.as_str(),
         None => "",
     };
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -376,6 +383,8 @@ fn lane_of(cmd: &pb::Command) -> usize {
 fn apply(node: &Node, cmd: pb::Command) -> pb::CommandAck {
     let id = cmd.id.clone();
     let _span = tracing::info_span!("command", id = %id, node = %node.config.id).entered();
+    // A `migrate` is answered with its report, done or failed.
+    let mut migrated = None;
     let result = match cmd.action {
         Some(Action::Host(h)) => host(node, h).map(Done::hosted),
         Some(Action::Drop(d)) => drop_tenant(node, d).map(|_| Done::default()),
@@ -385,6 +394,11 @@ fn apply(node: &Node, cmd: pb::Command) -> pb::CommandAck {
         Some(Action::Fence(f)) => fence(node, &cmd.operation, f).map(Done::moved),
         Some(Action::FinishMove(f)) => finish_move(node, &cmd.operation, f).map(Done::moved),
         Some(Action::EndMove(e)) => end_move(node, &cmd.operation, e).map(|_| Done::default()),
+        Some(Action::Migrate(m)) => {
+            let (result, report) = migrate(node, &id, m);
+            migrated = Some(report);
+            result.map(Done::hosted)
+        }
         // A kind added to the contract after this node was built decodes as no action: refuse
         // it by name and tell the control plane, never guess what it meant.
         None => Err(HemvistError::invalid(format!(
@@ -402,6 +416,7 @@ fn apply(node: &Node, cmd: pb::Command) -> pb::CommandAck {
                 message: String::new(),
                 tenant: done.tenant,
                 moved: done.moved,
+                migrated,
             }
         }
         Err(e) => {
@@ -414,6 +429,7 @@ fn apply(node: &Node, cmd: pb::Command) -> pb::CommandAck {
                 message: e.message,
                 tenant: None,
                 moved: None,
+                migrated,
             }
         }
     }
@@ -543,7 +559,103 @@ fn end_move(node: &Node, operation: &str, e: pb::EndMove) -> Result<(), HemvistE
     Ok(())
 }
 
+/// A migration file as the control plane sent it, checked: a well-formed `NNNN_name.sql` whose
+/// checksum is the SHA-256 of its SQL and whose check is its `-- check:` line (so what runs is
+/// exactly the file the checksum names).
+fn migration_file(m: pb::Migration) -> Result<MigrationFile, HemvistError> {
+    let file = MigrationFile::parse(
+        &format!("{:04}_{}.sql", m.version, m.name),
+        m.sql.as_bytes(),
+    )?;
+    if !m.checksum.eq_ignore_ascii_case(&file.checksum) {
+        return Err(HemvistError::invalid(format!(
+            "migration {}: the checksum sent ({}) is not its SQL's ({}); refused",
+            file.file_name(),
+            m.checksum,
+            file.checksum
+        )));
+    }
+    if file.check.as_deref().unwrap_or("") != m.check.trim() {
+        return Err(HemvistError::invalid(format!(
+            "migration {}: the check sent ({:?}) is not its file's ({:?}); refused",
+            file.file_name(),
+            m.check,
+            file.check.as_deref().unwrap_or("")
+        )));
+    }
+    Ok(file)
+}
+
+/// The version and every file up to it, checked (see `Schema::new`).
+fn schema(version: u32, files: Vec<pb::Migration>) -> Result<Schema, HemvistError> {
+    let files = files
+        .into_iter()
+        .map(migration_file)
+        .collect::<Result<Vec<_>, _>>()?;
+    Schema::new(version, files)
+}
+
+fn migrate(
+    node: &Node,
+    command: &str,
+    m: pb::MigrateTenant,
+) -> (Result<pb::HostedTenant, HemvistError>, pb::MigrateReport) {
+    let org = OrgId::try_from(m.org).map_err(HemvistError::from);
+    let req = org.clone().and_then(|org| {
+        Ok(MigrateRequest {
+            command: command.to_string(),
+            org,
+            generation: Generation::new(m.generation)?,
+            schema: schema(m.target_version, m.migrations)?,
+            dry_run: m.dry_run,
+        })
+    });
+    let done = match req {
+        Ok(req) => node.migrator.migrate(&req),
+        Err(e) => node.migrator.refused(org.as_ref().ok(), e),
+    };
+    let r = done.report;
+    let failed = r.failed.unwrap_or_default();
+    let report = pb::MigrateReport {
+        from_version: r.from_version,
+        to_version: r.to_version,
+        restore_generation: r.restore.generation,
+        restore_lsn: r.restore.lsn,
+        restore_ms: r.restore.ms,
+        failed_version: failed.version,
+        failed_name: failed.name,
+        failed_statement: failed.statement,
+        error: match &done.outcome {
+            Err(e) if failed.error.is_empty() => e.message.clone(),
+            _ => failed.error,
+        },
+        micros: r.micros,
+        fingerprint: r.fingerprint,
+    };
+    let tenant = done.outcome.and_then(|t| {
+        let org = org?;
+        Ok(pb::HostedTenant {
+            generation: node
+                .state
+                .hosted(&org)
+                .map_or(m.generation, |h| h.generation.get()),
+            org: org.to_string(),
+            schema_version: t.version,
+            schema_fingerprint: t.fingerprint,
+        })
+    });
+    (tenant, report)
+}
+
 fn host(node: &Node, h: pb::HostTenant) -> Result<pb::HostedTenant, HemvistError> {
+    if h.restore_generation != 0 || h.restore_lsn != 0 || h.restore_at_ms != 0 {
+        // Hosting the local file instead would answer a rollback with the migrated tenant.
+        return Err(HemvistError::invalid(format!(
+            "the host of org {} asks for a rollback to a restore point (generation {}, LSN {}), \
+             which this node does not do; refused, nothing changed",
+            h.org, h.restore_generation, h.restore_lsn
+        )));
+    }
     let req = HostRequest {
         org: OrgId::try_from(h.org)?,
         generation: Generation::new(h.generation)?,
@@ -557,6 +669,7 @@ fn host(node: &Node, h: pb::HostTenant) -> Result<pb::HostedTenant, HemvistError
         },
         expect_backup: h.expect_backup,
         moved_here: h.moved_here,
+        schema: schema(h.schema_version, h.schema)?,
     };
     let bar = crate::hosting::RestoreBar {
         known: (h.known_generation > 0).then_some(crate::backup::restore::Known {
@@ -571,6 +684,7 @@ fn host(node: &Node, h: pb::HostTenant) -> Result<pb::HostedTenant, HemvistError
         org: req.org.to_string(),
         generation: hosted.generation.get(),
         schema_version: hosted.schema_version,
+        schema_fingerprint: hosted.schema_fingerprint,
     })
 }
 
@@ -622,16 +736,7 @@ fn apply_placements(node: &Node, update: pb::PlacementUpdate) -> Result<usize, H
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_command_of_an_unknown_kind_is_refused_and_reported() {
-        // `Command { id: "c-1", <field 99>: "x" }`: a kind from a newer contract.
-        let mut wire = vec![0x0a, 3];
-        wire.extend_from_slice(b"c-1");
-        wire.extend_from_slice(&[0x9a, 0x06, 1, b'x']);
-        let cmd = <pb::Command as prost::Message>::decode(wire.as_slice()).unwrap();
-        assert!(cmd.action.is_none());
-
-        let dir = tempfile::tempdir().unwrap();
+    fn node(dir: &std::path::Path) -> Node {
         let config = crate::NodeConfig {
             id: NodeId::parse("eu-north-1").unwrap(),
             region: RegionId::parse("eu-north").unwrap(),
@@ -644,16 +749,29 @@ mod tests {
             tls: None,
             limits: Default::default(),
             signin: Default::default(),
-            data_dir: dir.path().to_path_buf(),
+            data_dir: dir.to_path_buf(),
             capacity: 10,
             max_open_tenants: 2,
             idle_close_ms: 60_000,
             trash_grace_secs: 7 * 24 * 3600,
             idempotency_ttl_secs: 24 * 3600,
-            disk_headroom_mib: 256,
+            disk_headroom_mib: 0,
             backup: None,
         };
-        let node = Node::open(config, "http://127.0.0.1:9".into()).unwrap();
+        Node::open(config, "http://127.0.0.1:9".into()).unwrap()
+    }
+
+    #[test]
+    fn a_command_of_an_unknown_kind_is_refused_and_reported() {
+        // `Command { id: "c-1", <field 99>: "x" }`: a kind from a newer contract.
+        let mut wire = vec![0x0a, 3];
+        wire.extend_from_slice(b"c-1");
+        wire.extend_from_slice(&[0x9a, 0x06, 1, b'x']);
+        let cmd = <pb::Command as prost::Message>::decode(wire.as_slice()).unwrap();
+        assert!(cmd.action.is_none());
+
+        let dir = tempfile::tempdir().unwrap();
+        let node = node(dir.path());
         let ack = apply(&node, cmd);
         assert!(!ack.ok);
         assert_eq!(ack.id, "c-1");
@@ -661,5 +779,126 @@ mod tests {
         assert!(ack.message.contains("does not know"), "{}", ack.message);
         assert_eq!(node.metrics.commands_failed.get(), 1);
         assert_eq!(node.state.hosted_count(), 0, "nothing was hosted");
+    }
+
+    fn files(n: usize) -> Vec<pb::Migration> {
+        hemvist_proto::migration::builtin()
+            .into_iter()
+            .take(n)
+            .map(|f| pb::Migration {
+                version: f.version,
+                name: f.name,
+                sql: f.sql,
+                checksum: f.checksum,
+                check: f.check.unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    fn command(id: &str, action: Action) -> pb::Command {
+        pb::Command {
+            id: id.into(),
+            action: Some(action),
+            operation: String::new(),
+        }
+    }
+
+    fn migrate(target: u32, migrations: Vec<pb::Migration>) -> Action {
+        Action::Migrate(pb::MigrateTenant {
+            org: "acme".into(),
+            generation: 1,
+            target_version: target,
+            migrations,
+            dry_run: false,
+        })
+    }
+
+    #[test]
+    fn a_host_creates_at_the_version_sent_and_a_migrate_is_always_answered_with_its_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = node(dir.path());
+        let host = pb::HostTenant {
+            org: "acme".into(),
+            generation: 1,
+            name: "Acme".into(),
+            allowed_regions: vec!["eu-north".into()],
+            schema_version: 3,
+            schema: files(3),
+            ..Default::default()
+        };
+        let ack = apply(&node, command("h-1", Action::Host(host.clone())));
+        assert!(ack.ok, "{}", ack.message);
+        let tenant = ack.tenant.unwrap();
+        assert_eq!(tenant.schema_version, 3);
+        let at3 = crate::tenants::schema::Schema::new(
+            3,
+            hemvist_proto::migration::builtin()
+                .into_iter()
+                .take(3)
+                .collect(),
+        )
+        .unwrap();
+        assert_eq!(tenant.schema_fingerprint, at3.fingerprint());
+        assert_eq!(
+            state_report(&node).tenants[0].schema_fingerprint,
+            at3.fingerprint()
+        );
+
+        // A bad list is refused, with a report all the same.
+        let mut gap = files(5);
+        gap.remove(1);
+        let ack = apply(&node, command("m-1", migrate(5, gap)));
+        assert!(!ack.ok);
+        assert_eq!(ack.code, ErrorKind::InvalidArgument.to_wire() as i32);
+        let report = ack.migrated.unwrap();
+        assert_eq!((report.from_version, report.to_version), (3, 3));
+        assert!(report.error.contains("without a gap"), "{}", report.error);
+        // A file whose checksum is not its SQL's.
+        let mut forged = files(5);
+        forged[4].sql.push_str("\nDROP TABLE contacts;\n");
+        let ack = apply(&node, command("m-2", migrate(5, forged)));
+        assert!(!ack.ok && ack.migrated.is_some());
+        assert!(
+            ack.message.contains("0005_idempotency_keys.sql"),
+            "{}",
+            ack.message
+        );
+
+        node.gate
+            .lease
+            .renew(std::time::Instant::now(), Duration::from_secs(60));
+        let ack = apply(&node, command("m-3", migrate(5, files(5))));
+        assert!(ack.ok, "{}", ack.message);
+        let report = ack.migrated.unwrap();
+        assert_eq!((report.from_version, report.to_version), (3, 5));
+        assert_eq!(report.restore_generation, 1);
+        assert_eq!(ack.tenant.unwrap().schema_version, 5);
+        assert_eq!(state_report(&node).tenants[0].schema_version, 5);
+
+        // Hosting it again checks it and reports its own version, without migrating.
+        let ack = apply(&node, command("h-2", Action::Host(host.clone())));
+        assert_eq!(ack.tenant.unwrap().schema_version, 5);
+
+        // A rollback to a restore point is not done by this node: refused, not ignored.
+        let rollback = pb::HostTenant {
+            generation: 2,
+            restore_generation: 1,
+            restore_lsn: 7,
+            ..host
+        };
+        let ack = apply(&node, command("h-3", Action::Host(rollback)));
+        assert!(
+            !ack.ok && ack.message.contains("rollback"),
+            "{}",
+            ack.message
+        );
+        assert_eq!(
+            node.state
+                .hosted(&OrgId::parse("acme").unwrap())
+                .unwrap()
+                .generation
+                .get(),
+            1
+        );
     }
 }

@@ -5,7 +5,10 @@
 //! never take an org back; hosting is idempotent; a dropped tenant's file goes to `trash/`, not
 //! away; a tenant rebuilt from backups reaches the newest position the store shows and the
 //! control plane was told of, or is refused naming what is missing, unless an operator
-//! accepted the older point (a new history never starts silently over a gap).
+//! accepted the older point (a new history never starts silently over a gap); a new tenant is
+//! created at exactly the schema the control plane sent, and an existing one (found here,
+//! restored, moved here) is only checked against it, never migrated, and hosted at its own
+//! version.
 
 use std::sync::Arc;
 
@@ -16,6 +19,7 @@ use crate::backup::restore;
 use crate::clock::now_ms;
 use crate::failpoints;
 use crate::state::{Hosted, NodeState};
+use crate::tenants::schema::Schema;
 use crate::tenants::TenantStore;
 
 /// What the control plane asked this node to host.
@@ -33,6 +37,9 @@ pub struct HostRequest {
     pub expect_backup: bool,
     /// A move put the org's file here: host exactly that file, or fail.
     pub moved_here: bool,
+    /// The schema the control plane holds the org at: a new tenant is created at it; an
+    /// existing one is checked against its files.
+    pub schema: Schema,
 }
 
 /// What a rebuild from backups must reach, and whether an operator accepted less.
@@ -128,11 +135,27 @@ impl Hosting {
                 )
             )));
         }
-        let schema_version = self.tenants.create(&req.org, now_ms())?;
+        let schema = if self.tenants.exists(&req.org) {
+            let held = self.tenants.adopt(&req.org, &req.schema)?;
+            if held.version != req.schema.version() {
+                tracing::info!(org = %req.org, version = held.version, held_at = req.schema.version(),
+                    "hosting a tenant at its own schema version, not the one the control plane holds it at");
+            }
+            held
+        } else if req.schema.version() == 0 {
+            return Err(HemvistError::invalid(format!(
+                "org {} is new here, and the host names no schema (version 0, no migration \
+                 files): is the control plane older than this node?",
+                req.org
+            )));
+        } else {
+            self.tenants.create(&req.org, &req.schema, now_ms())?
+        };
         failpoints::check("node.host.after_create")?;
         let hosted = Hosted {
             generation: req.generation,
-            schema_version,
+            schema_version: schema.version,
+            schema_fingerprint: schema.fingerprint,
             name: req.name.clone(),
             sync: req.sync,
             data_key: req.data_key.clone(),
@@ -143,7 +166,9 @@ impl Hosting {
         if let Some(b) = &self.backup {
             b.mark_dirty(&req.org);
         }
-        tracing::info!(org = %req.org, generation = %req.generation, schema_version, "hosting tenant");
+        tracing::info!(org = %req.org, generation = %req.generation,
+            schema_version = hosted.schema_version, schema_fingerprint = %hosted.schema_fingerprint,
+            "hosting tenant");
         Ok(hosted)
     }
 
@@ -303,6 +328,7 @@ mod tests {
             data_key: None,
             expect_backup: false,
             moved_here: false,
+            schema: Schema::builtin(),
         }
     }
 
@@ -384,10 +410,8 @@ mod tests {
         n.gate.lease.renew(Instant::now(), Duration::from_secs(5));
         insert(&n, &org).unwrap();
         let again = n.hosting.host(&req("acme", 1, &["eu-north"])).unwrap();
-        assert_eq!(
-            again.schema_version,
-            crate::tenants::schema::latest_version()
-        );
+        assert_eq!(again.schema_version, Schema::builtin().version());
+        assert_eq!(again.schema_fingerprint, Schema::builtin().fingerprint());
         let count: i64 = n
             .tenants
             .read(&org, |c| {

@@ -197,11 +197,11 @@ mod tests {
 
     fn db() -> rusqlite::Connection {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
-        let keys = crate::tenants::schema::MIGRATIONS
-            .iter()
+        let keys = hemvist_proto::migration::builtin()
+            .into_iter()
             .find(|m| m.name == "idempotency_keys")
             .expect("the migration");
-        conn.execute_batch(keys.sql).unwrap();
+        conn.execute_batch(&keys.sql).unwrap();
         conn.execute_batch("CREATE TABLE t (v TEXT)").unwrap();
         conn
     }

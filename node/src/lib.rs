@@ -3,9 +3,9 @@
 //!
 //! This file only wires ([`Node::open`], [`start`]). The adapters are [`web`] (org users) and
 //! [`control_link`] (the control plane); they alone see [`Node`]. Below them the domain
-//! ([`hosting`], [`writes`] through the [`gate`], [`routing`], [`search`], [`contacts`],
-//! [`users`], [`backup`]) takes only the parts it uses, and storage ([`tenants`], [`state`])
-//! knows nothing above it.
+//! ([`hosting`], [`writes`] through the [`gate`], [`migrate`], [`routing`], [`search`],
+//! [`contacts`], [`users`], [`backup`]) takes only the parts it uses, and storage ([`tenants`],
+//! [`state`]) knows nothing above it.
 
 pub mod backup;
 pub mod clock;
@@ -18,6 +18,7 @@ pub mod hosting;
 pub mod idempotency;
 pub mod lease;
 pub mod metrics;
+pub mod migrate;
 pub mod moves;
 pub mod routing;
 pub mod search;
@@ -58,6 +59,8 @@ pub struct Node {
     pub gate: Arc<WriteGate>,
     pub hosting: Hosting,
     pub writer: Writer,
+    /// Schema migrations the control plane asks for, under each tenant's writer.
+    pub migrator: migrate::Migrator,
     pub data_versions: Arc<DataVersions>,
     pub sessions: users::SessionCache,
     pub metrics: metrics::Metrics,
@@ -113,6 +116,12 @@ impl Node {
                 state.clone(),
                 gate.clone(),
                 data_versions.clone(),
+                backup.clone(),
+            ),
+            migrator: migrate::Migrator::new(
+                tenants.clone(),
+                state.clone(),
+                gate.clone(),
                 backup.clone(),
             ),
             backup,

@@ -1,9 +1,15 @@
 //! The node's own small database (`node.db`) and its in-memory mirror.
 //!
 //! What is persisted, and why:
-//! - `hosted`: which orgs this node holds, at which generation and schema version. The
-//!   generation is the node's proof of authority to write; after a restart the node reports
-//!   exactly this to the control plane.
+//! - `hosted`: which orgs this node holds, at which generation and schema (version, and the
+//!   fingerprint of the files its tenant ran). The generation is the node's proof of authority
+//!   to write; after a restart the node reports exactly this to the control plane, without
+//!   opening a tenant (which is why the fingerprint is kept here, not computed at start). A row
+//!   from before fingerprints were kept has none: it is reported empty until the next host or
+//!   migration of the org reads it from the tenant.
+//! - `migrated`: per hosted org, the answer to the last migration that changed its tenant and
+//!   the id of the command that asked for it, so the same command sent again (its ack was lost)
+//!   is answered the same, restore point included, instead of "nothing to do".
 //! - `placements`: the node's cached copy of where every org lives, so it can route users
 //!   (serve, redirect, 404) without asking the control plane, even while the control plane is
 //!   unreachable or right after a restart.
@@ -38,6 +44,8 @@ use rusqlite::{params, Connection};
 pub struct Hosted {
     pub generation: Generation,
     pub schema_version: u32,
+    /// The fingerprint of the migration files the tenant ran (empty: not known yet).
+    pub schema_fingerprint: String,
     pub name: String,
     /// Durability `sync`: a write is acknowledged once it is in object storage.
     pub sync: bool,
@@ -89,7 +97,9 @@ impl NodeState {
                org TEXT PRIMARY KEY, generation INTEGER NOT NULL, operation TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS lease (
                id INTEGER PRIMARY KEY CHECK (id = 1), until_ms INTEGER NOT NULL,
-               ttl_ms INTEGER NOT NULL);",
+               ttl_ms INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS migrated (
+               org TEXT PRIMARY KEY, command TEXT NOT NULL, answer TEXT NOT NULL);",
         )?;
         let has_sync: bool = conn
             .prepare("SELECT 1 FROM pragma_table_info('hosted') WHERE name = 'sync'")?
@@ -99,6 +109,12 @@ impl NodeState {
                 "ALTER TABLE hosted ADD COLUMN sync INTEGER NOT NULL DEFAULT 0;
                  ALTER TABLE hosted ADD COLUMN data_key TEXT;",
             )?;
+        }
+        let has_fingerprint: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('hosted') WHERE name = 'schema_fingerprint'")?
+            .exists([])?;
+        if !has_fingerprint {
+            conn.execute_batch("ALTER TABLE hosted ADD COLUMN schema_fingerprint TEXT")?;
         }
         // Nodes before this version kept data keys here: wipe them, and rewrite the file so no
         // freed page still holds one.
@@ -117,8 +133,10 @@ impl NodeState {
         }
         let mut hosted = HashMap::new();
         {
-            let mut stmt =
-                conn.prepare("SELECT org, generation, schema_version, name, sync FROM hosted")?;
+            let mut stmt = conn.prepare(
+                "SELECT org, generation, schema_version, name, sync, schema_fingerprint
+                 FROM hosted",
+            )?;
             let rows = stmt.query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -126,15 +144,17 @@ impl NodeState {
                     r.get::<_, u32>(2)?,
                     r.get::<_, String>(3)?,
                     r.get::<_, bool>(4)?,
+                    r.get::<_, Option<String>>(5)?,
                 ))
             })?;
             for row in rows {
-                let (org, g, schema_version, name, sync) = row?;
+                let (org, g, schema_version, name, sync, fingerprint) = row?;
                 hosted.insert(
                     OrgId::try_from(org)?,
                     Hosted {
                         generation: Generation::new(g as u64)?,
                         schema_version,
+                        schema_fingerprint: fingerprint.unwrap_or_default(),
                         name,
                         sync,
                         data_key: None,
@@ -228,10 +248,11 @@ impl NodeState {
     pub fn set_hosted(&self, org: &OrgId, h: &Hosted, now_ms: i64) -> Result<(), HemvistError> {
         self.db()
             .execute(
-                "INSERT INTO hosted (org, generation, schema_version, name, hosted_ms, sync)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO hosted (org, generation, schema_version, name, hosted_ms, sync,
+                   schema_fingerprint)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT(org) DO UPDATE SET generation = ?2, schema_version = ?3, name = ?4,
-                   sync = ?6",
+                   sync = ?6, schema_fingerprint = ?7",
                 params![
                     org.as_str(),
                     h.generation.get() as i64,
@@ -239,6 +260,7 @@ impl NodeState {
                     h.name,
                     now_ms,
                     h.sync,
+                    h.schema_fingerprint,
                 ],
             )
             .map_err(internal)?;
@@ -247,6 +269,53 @@ impl NodeState {
             .unwrap_or_else(|p| p.into_inner())
             .insert(org.clone(), h.clone());
         Ok(())
+    }
+
+    /// A hosted org's tenant is now at `version`, having run the files of `fingerprint` (a
+    /// migration committed); with `answered` (command id, answer), that command's answer is
+    /// kept in the same transaction, replacing the org's previous one.
+    pub fn set_schema(
+        &self,
+        org: &OrgId,
+        version: u32,
+        fingerprint: &str,
+        answered: Option<(&str, &str)>,
+    ) -> Result<(), HemvistError> {
+        {
+            let mut db = self.db();
+            let tx = db.transaction().map_err(internal)?;
+            tx.execute(
+                "UPDATE hosted SET schema_version = ?2, schema_fingerprint = ?3 WHERE org = ?1",
+                params![org.as_str(), version, fingerprint],
+            )
+            .map_err(internal)?;
+            if let Some((command, answer)) = answered {
+                tx.execute(
+                    "INSERT INTO migrated (org, command, answer) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(org) DO UPDATE SET command = ?2, answer = ?3",
+                    params![org.as_str(), command, answer],
+                )
+                .map_err(internal)?;
+            }
+            tx.commit().map_err(internal)?;
+        }
+        let mut map = self.hosted.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = map.get_mut(org) {
+            h.schema_version = version;
+            h.schema_fingerprint = fingerprint.to_string();
+        }
+        Ok(())
+    }
+
+    /// The answer kept for `command`, if it is the last migration that changed `org` here.
+    pub fn migration_answer(&self, org: &OrgId, command: &str) -> Option<String> {
+        self.db()
+            .query_row(
+                "SELECT answer FROM migrated WHERE org = ?1 AND command = ?2",
+                params![org.as_str(), command],
+                |r| r.get(0),
+            )
+            .ok()
     }
 
     /// Keeps the data key of a hosted org, in memory; whether the org is hosted here.
@@ -321,9 +390,17 @@ impl NodeState {
     }
 
     pub fn remove_hosted(&self, org: &OrgId) -> Result<(), HemvistError> {
-        self.db()
-            .execute("DELETE FROM hosted WHERE org = ?1", [org.as_str()])
-            .map_err(internal)?;
+        {
+            let mut db = self.db();
+            let tx = db.transaction().map_err(internal)?;
+            for sql in [
+                "DELETE FROM hosted WHERE org = ?1",
+                "DELETE FROM migrated WHERE org = ?1",
+            ] {
+                tx.execute(sql, [org.as_str()]).map_err(internal)?;
+            }
+            tx.commit().map_err(internal)?;
+        }
         // Out of memory first: the fence goes only once nothing can pass the gate for the org.
         self.hosted
             .write()
@@ -444,5 +521,43 @@ impl NodeState {
             self.cache_trusted.store(true, Ordering::Relaxed);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_db_from_before_fingerprints_is_upgraded_and_reports_none_until_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE hosted (
+                   org TEXT PRIMARY KEY, generation INTEGER NOT NULL,
+                   schema_version INTEGER NOT NULL, name TEXT NOT NULL, hosted_ms INTEGER NOT NULL,
+                   sync INTEGER NOT NULL DEFAULT 0, data_key TEXT);
+                 INSERT INTO hosted VALUES ('acme', 3, 5, 'Acme', 0, 0, NULL);",
+            )
+            .unwrap();
+        let org = OrgId::parse("acme").unwrap();
+        let state = NodeState::open(&path).unwrap();
+        let h = state.hosted(&org).unwrap();
+        assert_eq!((h.schema_version, h.schema_fingerprint.as_str()), (5, ""));
+        state
+            .set_schema(&org, 6, "0123456789abcdef", Some(("c-1", "{}")))
+            .unwrap();
+        drop(state);
+        let state = NodeState::open(&path).unwrap();
+        let h = state.hosted(&org).unwrap();
+        assert_eq!(
+            (h.schema_version, h.schema_fingerprint.as_str()),
+            (6, "0123456789abcdef")
+        );
+        assert_eq!(state.migration_answer(&org, "c-1").as_deref(), Some("{}"));
+        state.remove_hosted(&org).unwrap();
+        assert_eq!(state.migration_answer(&org, "c-1"), None);
     }
 }

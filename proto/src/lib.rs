@@ -8,6 +8,7 @@ mod data_key;
 mod error;
 pub mod failpoints;
 mod ids;
+pub mod migration;
 pub mod random;
 
 pub use data_key::DataKey;

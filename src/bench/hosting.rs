@@ -46,9 +46,13 @@ pub fn run(args: HostingArgs) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let fds_before = open_files(std::process::id());
 
+    let schema = hemvist_node::tenants::schema::Schema::new(
+        hemvist_proto::migration::builtin().len() as u32,
+        hemvist_proto::migration::builtin(),
+    )?;
     let started = Instant::now();
     for org in &orgs {
-        store.create(org, 0)?;
+        store.create(org, &schema, 0)?;
     }
     let create = started.elapsed();
     // Each tenant gets a row, so a "first query" reads real pages.

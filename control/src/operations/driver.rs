@@ -9,7 +9,7 @@ use std::time::Duration;
 use hemvist_proto::HemvistError;
 use tokio_util::sync::CancellationToken;
 
-use super::{drain, failover, move_org, OperationKind};
+use super::{drain, failover, move_org, rollback, rollout, OperationKind};
 use crate::plane::Plane;
 
 const TICK: Duration = Duration::from_millis(250);
@@ -42,6 +42,8 @@ fn step_all(plane: &Plane) -> Result<(), HemvistError> {
         let stepped = match OperationKind::parse(&record.kind) {
             Some(OperationKind::Move) => move_org::step(plane, record),
             Some(OperationKind::Failover) => failover::step(plane, record),
+            Some(OperationKind::Rollout) => rollout::step(plane, record),
+            Some(OperationKind::Rollback) => rollback::step(plane, record),
             None => Err(HemvistError::internal(format!(
                 "operation {id} is of kind {:?}, which this control plane does not know",
                 record.kind

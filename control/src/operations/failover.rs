@@ -169,8 +169,8 @@ pub fn step(plane: &Plane, record: OperationRecord) -> Result<(), HemvistError> 
 fn placing(plane: &Plane, op: &Failover, mut d: FailoverDetail) -> Result<(), HemvistError> {
     let org = plane
         .store
-        .org(&op.record.org)?
-        .ok_or_else(|| internal(format!("org {} vanished", op.record.org)))?;
+        .org(op.org())?
+        .ok_or_else(|| internal(format!("org {} vanished", op.org())))?;
     if org.node_id != d.from_node || org.generation != d.from_generation {
         // Placed elsewhere meanwhile (by an operator, say): nothing to fail over.
         let why = HemvistError::conflict(format!(
@@ -226,8 +226,8 @@ fn placing(plane: &Plane, op: &Failover, mut d: FailoverDetail) -> Result<(), He
         },
     )?;
     if let Some(switched) = switched {
-        super::tell_every_node(plane, &op.record.org, &d.region, &target.id, generation)?;
-        tracing::info!(operation = %op.record.id, org = %op.record.org, node = %target.id,
+        super::tell_every_node(plane, op.org(), &d.region, &target.id, generation)?;
+        tracing::info!(operation = %op.record.id, org = %op.org(), node = %target.id,
             %generation, "failover placed the org on a new node");
         restoring(plane, &switched, d)?;
     }
@@ -240,14 +240,15 @@ fn restoring(plane: &Plane, op: &Failover, mut d: FailoverDetail) -> Result<(), 
     };
     let org = plane
         .store
-        .org(&op.record.org)?
-        .ok_or_else(|| internal(format!("org {} vanished", op.record.org)))?;
+        .org(op.org())?
+        .ok_or_else(|| internal(format!("org {} vanished", op.org())))?;
+    let command = plane.host_command(&org, generation, false)?;
     let host = plane.drive_step(
         &Step {
             operation: &op.record.id,
             name: "host",
             node: &to_node,
-            org: &op.record.org,
+            org: op.org(),
             kind: CommandKind::Host,
             generation,
             again_on_new_session: false,
@@ -255,7 +256,7 @@ fn restoring(plane: &Plane, op: &Failover, mut d: FailoverDetail) -> Result<(), 
         false,
         // Its restore must reach the newest position its dead node reported, or wait for an
         // operator to accept an older one (`orgs rebuild --accept-older`, audited).
-        || plane.host_command(&org, generation, false),
+        || command,
     )?;
     match host.state {
         CommandState::Done => {
@@ -264,12 +265,12 @@ fn restoring(plane: &Plane, op: &Failover, mut d: FailoverDetail) -> Result<(), 
                 .advance(op, FailoverPhase::Done, Some(detail_json(&d)?))?
                 .is_some()
             {
-                super::tell_every_node(plane, &op.record.org, &d.region, &to_node, generation)?;
+                super::tell_every_node(plane, op.org(), &d.region, &to_node, generation)?;
                 plane
                     .metrics
                     .record_failover("done", d.serving_ms.map(|s| s - d.last_seen_ms));
                 plane.forget_operation(&op.record.id);
-                tracing::info!(operation = %op.record.id, org = %op.record.org, node = %to_node,
+                tracing::info!(operation = %op.record.id, org = %op.org(), node = %to_node,
                     "failed-over org serving on its new node");
             }
         }
@@ -281,7 +282,7 @@ fn restoring(plane: &Plane, op: &Failover, mut d: FailoverDetail) -> Result<(), 
                     .unwrap_or(hemvist_proto::ErrorKind::Internal),
                 format!(
                     "{to_node} refused to host {}: {}",
-                    op.record.org,
+                    op.org(),
                     host.error.as_deref().unwrap_or("no reason given")
                 ),
             );

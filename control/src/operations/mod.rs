@@ -13,6 +13,8 @@ pub mod drain;
 pub mod driver;
 pub mod failover;
 pub mod move_org;
+pub mod rollback;
+pub mod rollout;
 
 use std::sync::Mutex;
 
@@ -50,6 +52,8 @@ pub struct Step<'a> {
 pub enum OperationKind {
     Move,
     Failover,
+    Rollout,
+    Rollback,
 }
 
 impl OperationKind {
@@ -57,19 +61,28 @@ impl OperationKind {
         match self {
             OperationKind::Move => "move",
             OperationKind::Failover => "failover",
+            OperationKind::Rollout => "rollout",
+            OperationKind::Rollback => "rollback",
         }
     }
 
     pub fn parse(s: &str) -> Option<OperationKind> {
-        [OperationKind::Move, OperationKind::Failover]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            OperationKind::Move,
+            OperationKind::Failover,
+            OperationKind::Rollout,
+            OperationKind::Rollback,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 
 /// A kind's phases.
 pub trait Phase: Copy + Eq + std::fmt::Debug + Sized + 'static {
     const KIND: OperationKind;
+    /// The kind is about the whole fleet (a rollout), not one org.
+    const FLEET: bool = false;
     const ALL: &'static [Self];
     fn as_str(self) -> &'static str;
     /// The operation ends here (done, or rolled back).
@@ -86,6 +99,17 @@ pub struct Operation<P: Phase> {
     pub phase: P,
 }
 
+impl<P: Phase> Operation<P> {
+    /// The org a per-org operation is about.
+    pub fn org(&self) -> &OrgId {
+        // Reading the record refused a per-org kind without an org (`TryFrom` below).
+        self.record
+            .org
+            .as_ref()
+            .expect("a per-org operation has an org")
+    }
+}
+
 impl<P: Phase> TryFrom<OperationRecord> for Operation<P> {
     type Error = HemvistError;
 
@@ -96,6 +120,14 @@ impl<P: Phase> TryFrom<OperationRecord> for Operation<P> {
                 record.id,
                 record.kind,
                 P::KIND.as_str()
+            )));
+        }
+        if record.org.is_none() != P::FLEET {
+            return Err(HemvistError::internal(format!(
+                "operation {} is a {} {} an org",
+                record.id,
+                P::KIND.as_str(),
+                if P::FLEET { "with" } else { "without" }
             )));
         }
         let phase = P::parse(&record.phase).ok_or_else(|| {
@@ -120,17 +152,47 @@ impl Plane {
         actor: &str,
         detail: serde_json::Value,
     ) -> Result<Operation<P>, HemvistError> {
+        self.start_operation(Some(org), first, actor, detail)
+    }
+
+    /// Starts an operation of `P`'s kind on the whole fleet; a conflict if another is
+    /// unfinished (one fleet operation at a time).
+    pub fn begin_fleet<P: Phase>(
+        &self,
+        first: P,
+        actor: &str,
+        detail: serde_json::Value,
+    ) -> Result<Operation<P>, HemvistError> {
+        self.start_operation(None, first, actor, detail)
+    }
+
+    fn start_operation<P: Phase>(
+        &self,
+        org: Option<&OrgId>,
+        first: P,
+        actor: &str,
+        detail: serde_json::Value,
+    ) -> Result<Operation<P>, HemvistError> {
         if let Some(open) = self.store.open_operation_of(org)? {
-            return Err(HemvistError::conflict(format!(
-                "org {org} is busy: {} {} is in phase {}",
-                open.kind, open.id, open.phase
-            )));
+            return Err(HemvistError::conflict(match org {
+                Some(org) => format!(
+                    "org {org} is busy: {} {} is in phase {}",
+                    open.kind, open.id, open.phase
+                ),
+                None => format!(
+                    "the fleet is busy: {} {} is in phase {} (one fleet operation at a time)",
+                    open.kind, open.id, open.phase
+                ),
+            }));
         }
-        let id = format!(
-            "{}-{org}-{}",
-            P::KIND.as_str(),
-            hemvist_proto::random::hex(6)?
-        );
+        let id = match org {
+            Some(org) => format!(
+                "{}-{org}-{}",
+                P::KIND.as_str(),
+                hemvist_proto::random::hex(6)?
+            ),
+            None => format!("{}-{}", P::KIND.as_str(), hemvist_proto::random::hex(6)?),
+        };
         let record = self.store.start_operation(
             &NewOperation {
                 id: &id,
@@ -143,7 +205,7 @@ impl Plane {
             &format!("{}.started", P::KIND.as_str()),
             &serde_json::json!({ "operation": id, "phase": first.as_str(), "detail": detail }),
         )?;
-        tracing::info!(operation = %id, %org, phase = first.as_str(), %actor, "operation started");
+        tracing::info!(operation = %id, org = ?org, phase = first.as_str(), %actor, "operation started");
         hemvist_proto::failpoints::check(&format!(
             "control.{}.{}",
             P::KIND.as_str(),
@@ -246,7 +308,7 @@ impl Plane {
         })?;
         if moved.is_some() {
             lock(&self.ops.stalled).remove(&op.record.id);
-            tracing::info!(operation = %op.record.id, org = %op.record.org,
+            tracing::info!(operation = %op.record.id, org = ?op.record.org,
                 from = op.phase.as_str(), to = to.as_str(), "operation phase");
             // A crash here is a crash after the phase is recorded, before any of its effects.
             hemvist_proto::failpoints::check(&format!(
@@ -347,7 +409,7 @@ impl Plane {
                 since_ms: now_ms() - waited,
                 waiting_for: waiting_for(),
             };
-            tracing::error!(operation = %op.record.id, org = %op.record.org, phase,
+            tracing::error!(operation = %op.record.id, org = ?op.record.org, phase,
                 waited_ms = waited, waiting_for = %stall.waiting_for,
                 "operation stalled: it cannot go back from this phase and waits");
             stalled.insert(op.record.id.clone(), stall);
@@ -435,12 +497,16 @@ impl Plane {
     /// An operation as the API shows it: its record, its steps, and its copy's progress.
     pub fn operation_view(&self, id: &str) -> Result<serde_json::Value, HemvistError> {
         let record = self.operation(id)?;
-        let steps: Vec<CommandRecord> = self
-            .store
-            .commands_for_org(&record.org)?
-            .into_iter()
-            .filter(|c| c.operation.as_deref() == Some(id))
-            .collect();
+        // A fleet operation's steps are one per tenant: its detail sums them up instead.
+        let steps: Vec<CommandRecord> = match &record.org {
+            Some(org) => self
+                .store
+                .commands_for_org(org)?
+                .into_iter()
+                .filter(|c| c.operation.as_deref() == Some(id))
+                .collect(),
+            None => Vec::new(),
+        };
         let progress = lock(&self.ops.progress).get(id).map(|p| {
             serde_json::json!({
                 "node": p.node,
@@ -451,9 +517,10 @@ impl Plane {
                 "at_ms": p.at_ms,
             })
         });
-        let source_lsn = self
-            .replication
-            .get(&record.org)
+        let source_lsn = record
+            .org
+            .as_ref()
+            .and_then(|org| self.replication.get(org))
             .map(|r| (r.generation, r.lsn));
         let mut v =
             serde_json::to_value(&record).map_err(|e| HemvistError::internal(e.to_string()))?;
@@ -468,6 +535,20 @@ impl Plane {
             .map(|(g, l)| serde_json::json!({"generation": g, "lsn": l}))
             .unwrap_or(serde_json::Value::Null);
         Ok(v)
+    }
+
+    /// Cancels an operation as its kind allows: a move rolls back before its switch, a
+    /// rollout is aborted; a failover cannot be cancelled.
+    pub fn cancel_operation(&self, id: &str, actor: &str) -> Result<OperationRecord, HemvistError> {
+        let record = self.operation(id)?;
+        match OperationKind::parse(&record.kind) {
+            Some(OperationKind::Move) => self.cancel_move(id, actor),
+            Some(OperationKind::Rollout) => self.abort_rollout(id, actor),
+            _ => Err(HemvistError::conflict(format!(
+                "operation {id} is a {}, which cannot be cancelled",
+                record.kind
+            ))),
+        }
     }
 
     pub fn operation(&self, id: &str) -> Result<OperationRecord, HemvistError> {

@@ -283,7 +283,7 @@ impl Plane {
     }
 
     /// Cancels a move before its switch (it rolls back); after it, a move only goes forward.
-    pub fn cancel_operation(&self, id: &str, actor: &str) -> Result<OperationRecord, HemvistError> {
+    pub fn cancel_move(&self, id: &str, actor: &str) -> Result<OperationRecord, HemvistError> {
         for _ in 0..5 {
             let record = self.operation(id)?;
             if record.finished_ms.is_some() {
@@ -338,7 +338,7 @@ fn step_of<'a>(
         operation: &op.record.id,
         name,
         node,
-        org: &op.record.org,
+        org: op.org(),
         kind,
         generation,
         again_on_new_session,
@@ -372,8 +372,8 @@ fn keep_copying(
     let (secret, fresh) = plane.secret_of(&op.record.id)?;
     let org = plane
         .store
-        .org(&op.record.org)?
-        .ok_or_else(|| internal(format!("org {} vanished", op.record.org)))?;
+        .org(op.org())?
+        .ok_or_else(|| internal(format!("org {} vanished", op.org())))?;
     let source_url = plane
         .store
         .node(&d.from_node)?
@@ -390,7 +390,7 @@ fn keep_copying(
         ),
         fresh,
         || NodeCommand::MoveOut {
-            org: op.record.org.clone(),
+            org: op.org().clone(),
             generation: d.from_generation,
             target: d.to_node.clone(),
             secret: secret.clone(),
@@ -408,7 +408,7 @@ fn keep_copying(
         ),
         fresh,
         || NodeCommand::MoveIn {
-            org: op.record.org.clone(),
+            org: op.org().clone(),
             generation: d.from_generation,
             source: d.from_node.clone(),
             source_url,
@@ -427,7 +427,7 @@ fn roll_back(plane: &Plane, op: &Move, why: &HemvistError) -> Result<Option<Move
     if let Some(p) = plane.progress_of(&op.record.id, &d.to_node) {
         d.bytes = d.bytes.max(p.bytes);
     }
-    tracing::warn!(operation = %op.record.id, org = %op.record.org, phase = op.phase.as_str(), error = %why, "move rolling back");
+    tracing::warn!(operation = %op.record.id, org = %op.org(), phase = op.phase.as_str(), error = %why, "move rolling back");
     let Some(rolling) = plane.fail_with(op, MovePhase::RollingBack, why, detail_json(&d)?)? else {
         return Ok(None);
     };
@@ -510,7 +510,7 @@ fn fencing(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistErr
         ),
         false,
         || NodeCommand::Fence {
-            org: op.record.org.clone(),
+            org: op.org().clone(),
             generation: d.from_generation,
         },
     )?;
@@ -565,7 +565,7 @@ fn finishing(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
         ),
         false,
         || NodeCommand::FinishMove {
-            org: op.record.org.clone(),
+            org: op.org().clone(),
             generation: d.from_generation,
             lsn,
         },
@@ -605,14 +605,8 @@ fn finishing(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
             if let Some(switched) = switched {
                 // Told at once, whatever the host step does next: a target that acks before
                 // the step is read again must not leave the old home without the new address.
-                super::tell_every_node(
-                    plane,
-                    &op.record.org,
-                    &d.to_region,
-                    &d.to_node,
-                    to_generation,
-                )?;
-                tracing::info!(operation = %op.record.id, org = %op.record.org, node = %d.to_node,
+                super::tell_every_node(plane, op.org(), &d.to_region, &d.to_node, to_generation)?;
+                tracing::info!(operation = %op.record.id, org = %op.org(), node = %d.to_node,
                     generation = %to_generation, "move switched: the org's writer is now its target");
                 switching(plane, &switched, d)?;
             }
@@ -642,8 +636,9 @@ fn switching(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
     };
     let org = plane
         .store
-        .org(&op.record.org)?
-        .ok_or_else(|| internal(format!("org {} vanished", op.record.org)))?;
+        .org(op.org())?
+        .ok_or_else(|| internal(format!("org {} vanished", op.org())))?;
+    let command = plane.host_command(&org, to_generation, true)?;
     let host = plane.drive_step(
         &step_of(
             op,
@@ -655,7 +650,7 @@ fn switching(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
         ),
         false,
         // The copy is in place: it hosts that file, never a restore.
-        || plane.host_command(&org, to_generation, true),
+        || command,
     )?;
     if host.state != CommandState::Done {
         plane.watch_stall(op, stall_ms(plane), || {
@@ -673,13 +668,7 @@ fn switching(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
         });
         // Again until the target serves: a control plane that restarted right after the switch
         // has told nobody yet.
-        super::tell_every_node(
-            plane,
-            &op.record.org,
-            &d.to_region,
-            &d.to_node,
-            to_generation,
-        )?;
+        super::tell_every_node(plane, op.org(), &d.to_region, &d.to_node, to_generation)?;
     }
     match host.state {
         CommandState::Done => {
@@ -692,15 +681,9 @@ fn switching(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
             {
                 // Once more now that the target serves (a restarted control plane may have
                 // found the host step already done).
-                super::tell_every_node(
-                    plane,
-                    &op.record.org,
-                    &d.to_region,
-                    &d.to_node,
-                    to_generation,
-                )?;
+                super::tell_every_node(plane, op.org(), &d.to_region, &d.to_node, to_generation)?;
                 plane.metrics.record_move_pause(d.pause_ms);
-                tracing::info!(operation = %op.record.id, org = %op.record.org,
+                tracing::info!(operation = %op.record.id, org = %op.org(),
                     pause_ms = ?d.pause_ms, "moved org serving at its new home");
                 plane.wake_operations.notify_one();
             }
@@ -728,7 +711,7 @@ fn releasing(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistErro
         return Err(internal("releasing without a generation"));
     };
     // The source keeps its copy until the new home's first backup is in its region's store.
-    let backed_up = plane.replication.get(&op.record.org).is_some_and(|r| {
+    let backed_up = plane.replication.get(op.org()).is_some_and(|r| {
         r.node == d.to_node && r.generation == to_generation.get() && r.shipped_ms > 0
     });
     if !backed_up {
@@ -755,7 +738,7 @@ fn releasing(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistErro
         ),
         false,
         || NodeCommand::EndMove {
-            org: op.record.org.clone(),
+            org: op.org().clone(),
             rolled_back: false,
         },
     )?;
@@ -770,7 +753,7 @@ fn releasing(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistErro
         ),
         false,
         || NodeCommand::EndMove {
-            org: op.record.org.clone(),
+            org: op.org().clone(),
             rolled_back: false,
         },
     )?;
@@ -785,7 +768,7 @@ fn releasing(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistErro
         ),
         false,
         || NodeCommand::Drop {
-            org: op.record.org.clone(),
+            org: op.org().clone(),
             generation: d.from_generation,
         },
     )?;
@@ -828,12 +811,12 @@ fn releasing(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistErro
         .is_some()
     {
         if target_dead {
-            tracing::warn!(operation = %op.record.id, org = %op.record.org, node = %d.to_node,
+            tracing::warn!(operation = %op.record.id, org = %op.org(), node = %d.to_node,
                 "the move's new home died after its first backup; the move ends for a failover");
         }
         plane.forget_operation(&op.record.id);
         plane.metrics.record_move("done", d.bytes);
-        tracing::info!(operation = %op.record.id, org = %op.record.org, from = %d.from_node,
+        tracing::info!(operation = %op.record.id, org = %op.org(), from = %d.from_node,
             to = %d.to_node, "move done");
     }
     Ok(())
@@ -851,7 +834,7 @@ fn rolling_back(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistE
         ),
         false,
         || NodeCommand::EndMove {
-            org: op.record.org.clone(),
+            org: op.org().clone(),
             rolled_back: true,
         },
     )?;
@@ -866,7 +849,7 @@ fn rolling_back(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistE
         ),
         false,
         || NodeCommand::EndMove {
-            org: op.record.org.clone(),
+            org: op.org().clone(),
             rolled_back: true,
         },
     )?;
@@ -885,7 +868,7 @@ fn rolling_back(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistE
         if plane.fail(op, MovePhase::RolledBack, &why)?.is_some() {
             plane.forget_operation(&op.record.id);
             plane.metrics.record_move("rolled_back", 0);
-            tracing::info!(operation = %op.record.id, org = %op.record.org, "move rolled back; the org stays on its source");
+            tracing::info!(operation = %op.record.id, org = %op.org(), "move rolled back; the org stays on its source");
         }
     }
     Ok(())

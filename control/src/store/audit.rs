@@ -54,6 +54,36 @@ impl Store {
         Ok(Ok(n))
     }
 
+    /// The newest `limit` records of every org and of the fleet, oldest first.
+    pub fn audit_recent(&self, limit: u32) -> Result<Vec<serde_json::Value>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT seq, at_ms, actor, action, org, detail FROM
+               (SELECT * FROM audit ORDER BY seq DESC LIMIT ?1) ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([limit], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, at, actor, action, org, detail) = row?;
+            let detail: serde_json::Value =
+                serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail));
+            out.push(serde_json::json!({
+                "seq": seq, "at_ms": at, "actor": actor, "action": action, "org": org,
+                "detail": detail
+            }));
+        }
+        Ok(out)
+    }
+
     pub fn audit_for_org(&self, org: &OrgId) -> Result<Vec<serde_json::Value>> {
         let conn = self.lock();
         let mut stmt = conn.prepare(

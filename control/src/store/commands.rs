@@ -22,6 +22,8 @@ pub enum CommandKind {
     Fence,
     FinishMove,
     EndMove,
+    /// A tenant's schema migration (a rollout's step, see `operations::rollout`).
+    Migrate,
 }
 
 impl CommandKind {
@@ -35,10 +37,11 @@ impl CommandKind {
             CommandKind::Fence => "fence",
             CommandKind::FinishMove => "finish_move",
             CommandKind::EndMove => "end_move",
+            CommandKind::Migrate => "migrate",
         }
     }
 
-    pub const ALL: [CommandKind; 8] = [
+    pub const ALL: [CommandKind; 9] = [
         CommandKind::Host,
         CommandKind::Drop,
         CommandKind::AddUser,
@@ -47,6 +50,7 @@ impl CommandKind {
         CommandKind::Fence,
         CommandKind::FinishMove,
         CommandKind::EndMove,
+        CommandKind::Migrate,
     ];
 
     pub fn parse(s: &str) -> Result<Self> {
@@ -241,6 +245,18 @@ impl Store {
             conn.prepare("SELECT id FROM commands WHERE org = ?1 ORDER BY created_ms")?;
         let ids: Vec<String> = stmt
             .query_map([org.as_str()], |r| r.get(0))?
+            .collect::<std::result::Result<_, _>>()?;
+        ids.iter()
+            .filter_map(|id| command_by_id(&conn, id).transpose())
+            .collect()
+    }
+
+    /// Every step of an operation (by the `commands_by_operation` index).
+    pub fn commands_of_operation(&self, operation: &str) -> Result<Vec<CommandRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT id FROM commands WHERE operation = ?1")?;
+        let ids: Vec<String> = stmt
+            .query_map([operation], |r| r.get(0))?
             .collect::<std::result::Result<_, _>>()?;
         ids.iter()
             .filter_map(|id| command_by_id(&conn, id).transpose())

@@ -28,6 +28,7 @@ mod nodes;
 mod operations;
 mod orgs;
 mod placements;
+mod schema;
 mod system;
 mod tokens;
 
@@ -37,5 +38,6 @@ pub use error::StoreError;
 pub use nodes::{NodeRecord, RegionRecord};
 pub use operations::{NewOperation, OperationRecord, Transition};
 pub use orgs::{Created, NewOrg, OrgRecord, StoredPosition, StoredResidency};
-pub use placements::{ObservedRecord, PlacementSpan, PlacementSwitch};
+pub use placements::{ObservedRecord, PlacementSpan, PlacementSwitch, TenantSchema};
+pub use schema::{AddedFiles, EditedFile, Pin, SchemaCensusRow};
 pub use tokens::TokenRecord;

@@ -16,7 +16,9 @@ use crate::clock::now_ms;
 pub struct OperationRecord {
     pub id: String,
     pub kind: String,
-    pub org: OrgId,
+    /// The org it is about; `None` for an operation on the whole fleet (a rollout), stored as
+    /// `''`, so at most one of those is unfinished at a time.
+    pub org: Option<OrgId>,
     pub phase: String,
     pub requested_by: String,
     pub started_ms: i64,
@@ -32,7 +34,7 @@ pub struct OperationRecord {
 pub struct NewOperation<'a> {
     pub id: &'a str,
     pub kind: &'a str,
-    pub org: &'a OrgId,
+    pub org: Option<&'a OrgId>,
     pub phase: &'a str,
     pub requested_by: &'a str,
     pub detail: &'a serde_json::Value,
@@ -104,7 +106,10 @@ fn check(row: Row) -> Result<OperationRecord> {
     Ok(OperationRecord {
         id,
         kind,
-        org: OrgId::try_from(org).map_err(StoreError::corrupt)?,
+        org: match org.as_str() {
+            "" => None,
+            _ => Some(OrgId::try_from(org).map_err(StoreError::corrupt)?),
+        },
         phase,
         requested_by,
         started_ms,
@@ -142,14 +147,14 @@ impl Store {
             params![
                 new.id,
                 new.kind,
-                new.org.as_str(),
+                new.org.map_or("", |o| o.as_str()),
                 new.phase,
                 new.requested_by,
                 now,
                 new.detail.to_string()
             ],
         )?;
-        append_audit(&tx, new.requested_by, action, Some(new.org), audit)?;
+        append_audit(&tx, new.requested_by, action, new.org, audit)?;
         let op = by_id(&tx, new.id)?
             .ok_or_else(|| StoreError::corrupt(format!("operation {} vanished", new.id)))?;
         tx.commit()?;
@@ -184,12 +189,26 @@ impl Store {
             ],
         )?;
         if let Some(sw) = t.placement {
-            super::placements::switch_placement(&tx, &op.org, &sw, t.id, now)?;
+            let org = op
+                .org
+                .as_ref()
+                .ok_or_else(|| StoreError::corrupt("a fleet operation switched a placement"))?;
+            super::placements::switch_placement(&tx, org, &sw, t.id, now)?;
         }
-        append_audit(&tx, t.actor, t.action, Some(&op.org), t.audit)?;
+        append_audit(&tx, t.actor, t.action, op.org.as_ref(), t.audit)?;
         let op = by_id(&tx, t.id)?;
         tx.commit()?;
         Ok(op)
+    }
+
+    /// Replaces an unfinished operation's detail without a change of phase (its progress
+    /// counts; not audited: the phases are).
+    pub fn set_operation_detail(&self, id: &str, detail: &serde_json::Value) -> Result<()> {
+        self.lock().execute(
+            "UPDATE operations SET detail = ?2 WHERE id = ?1 AND finished_ms IS NULL",
+            params![id, detail.to_string()],
+        )?;
+        Ok(())
     }
 
     pub fn operation(&self, id: &str) -> Result<Option<OperationRecord>> {
@@ -208,17 +227,19 @@ impl Store {
 
     /// The unfinished operations: the orgs they own are left alone by the reconciler.
     /// The org's unfinished operation, if any (one at most: a partial unique index says so).
-    pub fn open_operation_of(&self, org: &OrgId) -> Result<Option<OperationRecord>> {
+    /// The unfinished operation of `org` (`None`: the unfinished fleet operation), if any.
+    pub fn open_operation_of(&self, org: Option<&OrgId>) -> Result<Option<OperationRecord>> {
         let conn = self.lock();
         let mut stmt = conn.prepare(&format!("{SELECT} WHERE org = ?1 AND finished_ms IS NULL"))?;
-        let mut rows = stmt.query_map([org.as_str()], row)?;
+        let mut rows = stmt.query_map([org.map_or("", |o| o.as_str())], row)?;
         rows.next().map(|r| check(r?)).transpose()
     }
 
     /// The orgs an unfinished operation owns (their ids only: cheap at any number).
     pub fn owned_orgs(&self) -> Result<Vec<OrgId>> {
         let conn = self.lock();
-        let mut stmt = conn.prepare("SELECT org FROM operations WHERE finished_ms IS NULL")?;
+        let mut stmt =
+            conn.prepare("SELECT org FROM operations WHERE finished_ms IS NULL AND org != ''")?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
         rows.map(|r| OrgId::try_from(r?).map_err(StoreError::corrupt))
             .collect()
@@ -260,7 +281,7 @@ mod tests {
             &NewOperation {
                 id,
                 kind: "move",
-                org,
+                org: Some(org),
                 phase: "preparing",
                 requested_by: "ops",
                 detail: &json!({"to": "eu-central"}),

@@ -43,6 +43,8 @@ pub struct OrgRecord {
     /// An operator accepted restoring an older point than this known position (`reported_ms`
     /// 0, and generation and LSN 0 when none was known).
     pub accept_older: Option<StoredPosition>,
+    /// The schema version the control plane holds the org at (`None`: the system's current).
+    pub schema_version: Option<u32>,
 }
 
 /// A backup position: generation, LSN after the last object shipped, when it was reported.
@@ -72,6 +74,8 @@ pub struct NewOrg {
     pub node_id: NodeId,
     pub durability: String,
     pub data_key: String,
+    /// The schema version it starts at.
+    pub schema_version: u32,
     /// Who asked for it (an admin token's name), for the audit log.
     pub requested_by: String,
 }
@@ -107,8 +111,9 @@ impl Store {
         let now = now_ms();
         let residency = serde_json::to_string(&new.residency).map_err(StoreError::corrupt)?;
         tx.execute(
-            "INSERT INTO orgs (id, name, home_region, residency, placement_reason, created_ms, durability, data_key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO orgs (id, name, home_region, residency, placement_reason, created_ms,
+               durability, data_key, schema_version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 new.id.as_str(),
                 new.name,
@@ -117,7 +122,8 @@ impl Store {
                 new.placement_reason,
                 now,
                 new.durability,
-                new.data_key
+                new.data_key,
+                new.schema_version
             ],
         )?;
         tx.execute(
@@ -258,7 +264,8 @@ impl Store {
 
 const ORG_SELECT: &str = "SELECT o.id, o.name, o.home_region, o.residency, o.placement_reason,
     o.created_ms, p.node_id, p.generation, o.durability, o.data_key, o.backed_up_ms,
-    o.known_generation, o.known_lsn, o.known_ms, o.accept_older_generation, o.accept_older_lsn
+    o.known_generation, o.known_lsn, o.known_ms, o.accept_older_generation, o.accept_older_lsn,
+    o.schema_version
     FROM orgs o JOIN placements p ON p.org = o.id";
 
 type OrgRow = (
@@ -274,6 +281,7 @@ type OrgRow = (
     Option<String>,
     Option<i64>,
     [Option<i64>; 5],
+    Option<u32>,
 );
 
 fn org_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OrgRow> {
@@ -290,6 +298,7 @@ fn org_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OrgRow> {
         r.get(9)?,
         r.get(10)?,
         [r.get(11)?, r.get(12)?, r.get(13)?, r.get(14)?, r.get(15)?],
+        r.get(16)?,
     ))
 }
 
@@ -307,6 +316,7 @@ fn check_org(row: OrgRow) -> Result<OrgRecord> {
         data_key,
         backed_up_ms,
         [known_generation, known_lsn, known_ms, accept_generation, accept_lsn],
+        schema_version,
     ) = row;
     let position = |g: Option<i64>, l: Option<i64>, at: Option<i64>| match (g, l) {
         (Some(g), Some(l)) => Some(StoredPosition {
@@ -330,6 +340,7 @@ fn check_org(row: OrgRow) -> Result<OrgRecord> {
         backed_up_ms,
         known: position(known_generation, known_lsn, known_ms),
         accept_older: position(accept_generation, accept_lsn, None),
+        schema_version,
     })
 }
 

@@ -9,11 +9,20 @@ use serde::Serialize;
 use super::db::Store;
 use super::error::{Result, StoreError};
 
+/// The schema a node reports a tenant at: its version, and the fingerprint of the migration
+/// files it ran (two tenants at one version with two fingerprints ran different files).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct TenantSchema {
+    pub version: u32,
+    pub fingerprint: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ObservedRecord {
     pub node_id: NodeId,
     pub generation: Generation,
     pub schema_version: u32,
+    pub schema_fingerprint: String,
 }
 
 /// Where an org is placed from now on, and under which (already issued) generation.
@@ -167,15 +176,22 @@ impl Store {
     pub fn replace_observed(
         &self,
         node: &NodeId,
-        tenants: &[(OrgId, Generation, u32)],
+        tenants: &[(OrgId, Generation, TenantSchema)],
     ) -> Result<()> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM observed WHERE node_id = ?1", [node.as_str()])?;
         for (org, generation, schema) in tenants {
             tx.execute(
-                "INSERT INTO observed (node_id, org, generation, schema_version) VALUES (?1, ?2, ?3, ?4)",
-                params![node.as_str(), org.as_str(), generation.get() as i64, schema],
+                "INSERT INTO observed (node_id, org, generation, schema_version, schema_fingerprint)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    node.as_str(),
+                    org.as_str(),
+                    generation.get() as i64,
+                    schema.version,
+                    schema.fingerprint
+                ],
             )?;
         }
         Ok(tx.commit()?)
@@ -186,12 +202,20 @@ impl Store {
         node: &NodeId,
         org: &OrgId,
         generation: Generation,
-        schema: u32,
+        schema: &TenantSchema,
     ) -> Result<()> {
         self.lock().execute(
-            "INSERT INTO observed (node_id, org, generation, schema_version) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(node_id, org) DO UPDATE SET generation = ?3, schema_version = ?4",
-            params![node.as_str(), org.as_str(), generation.get() as i64, schema],
+            "INSERT INTO observed (node_id, org, generation, schema_version, schema_fingerprint)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(node_id, org) DO UPDATE SET generation = ?3, schema_version = ?4,
+               schema_fingerprint = ?5",
+            params![
+                node.as_str(),
+                org.as_str(),
+                generation.get() as i64,
+                schema.version,
+                schema.fingerprint
+            ],
         )?;
         Ok(())
     }
@@ -224,21 +248,23 @@ impl Store {
     pub fn observed_for_org(&self, org: &OrgId) -> Result<Vec<ObservedRecord>> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare("SELECT node_id, generation, schema_version FROM observed WHERE org = ?1")?;
+            .prepare("SELECT node_id, generation, schema_version, schema_fingerprint FROM observed WHERE org = ?1")?;
         let rows = stmt.query_map([org.as_str()], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, i64>(1)?,
                 r.get::<_, u32>(2)?,
+                r.get::<_, String>(3)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (node, g, schema) = row?;
+            let (node, g, schema, fingerprint) = row?;
             out.push(ObservedRecord {
                 node_id: NodeId::try_from(node).map_err(StoreError::corrupt)?,
                 generation: Generation::new(g as u64).map_err(StoreError::corrupt)?,
                 schema_version: schema,
+                schema_fingerprint: fingerprint,
             });
         }
         Ok(out)

@@ -529,7 +529,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = TenantStore::new(dir.path(), 4).expect("store");
         let org = OrgId::parse("acme").expect("org");
-        store.create(&org, 0).expect("create");
+        store
+            .create(&org, &crate::tenants::schema::Schema::builtin(), 0)
+            .expect("create");
         (dir, store, org)
     }
 

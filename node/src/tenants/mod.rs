@@ -6,9 +6,15 @@
 //! small pool of reader connections, so reads go in parallel with each other and with the writer,
 //! and its in-memory search index once someone searches: everything an open tenant holds goes
 //! when it closes, so a replaced or reopened file never meets a stale index.
+//!
+//! A tenant is created at exactly the schema it is told, as a copy of that schema's
+//! [`template`], and put in place only once the copy is whole and checked; an existing tenant's
+//! schema is checked, never changed, by [`TenantStore::adopt`] (only `schema::migrate` changes
+//! it, under the tenant's writer).
 
 pub mod schema;
 pub mod sweeper;
+pub mod template;
 pub mod trash;
 
 use std::num::NonZeroUsize;
@@ -21,6 +27,9 @@ use hemvist_proto::{HemvistError, OrgId};
 use lru::LruCache;
 use rusqlite::functions::FunctionFlags;
 use rusqlite::{Connection, OpenFlags};
+
+use schema::{Schema, TenantSchema};
+use template::Templates;
 
 /// Readers kept per open tenant; more may be opened under load, only this many are kept.
 const READERS_PER_TENANT: usize = 16;
@@ -36,6 +45,7 @@ pub fn checkpoints_by_backup() {
 
 pub struct TenantStore {
     root: PathBuf,
+    templates: Templates,
     open: Mutex<LruCache<OrgId, Arc<Tenant>>>,
     pub opens: AtomicU64,
     pub evictions: AtomicU64,
@@ -65,6 +75,7 @@ impl TenantStore {
         std::fs::create_dir_all(&root)?;
         Ok(Self {
             root,
+            templates: Templates::new(data_dir),
             open: Mutex::new(LruCache::new(
                 NonZeroUsize::new(max_open).unwrap_or(NonZeroUsize::MIN),
             )),
@@ -92,22 +103,74 @@ impl TenantStore {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Creates the tenant's database if it does not exist and brings its schema up to date.
-    /// Idempotent. Returns the schema version.
-    pub fn create(&self, org: &OrgId, now_ms: i64) -> Result<u32, HemvistError> {
+    /// Creates the tenant's database at exactly `schema`: a copy of the schema's template (built
+    /// the first time, its rows applied at `now_ms`), switched to WAL and checked against the
+    /// schema under a staging name, synced, then renamed into place. Refuses if the tenant has a
+    /// file already (a host checks that one with [`TenantStore::adopt`]). Callers create one org
+    /// at a time (its commands run in order), so nothing else puts a file at its path meanwhile.
+    pub fn create(
+        &self,
+        org: &OrgId,
+        schema: &Schema,
+        now_ms: i64,
+    ) -> Result<TenantSchema, HemvistError> {
         let path = self.path(org);
+        if path.exists() {
+            return Err(HemvistError::conflict(format!(
+                "tenant {org} has a database here already"
+            )));
+        }
+        let template = self.templates.get(schema, now_ms)?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| db_error(org, e))?;
         }
-        let mut conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| db_error(org, e))?;
-        configure(&conn, false).map_err(|e| db_error(org, e))?;
-        schema::migrate(&mut conn, now_ms).map_err(|e| db_error(org, format!("migrate: {e}")))
+        let staged = path.with_extension("from-template");
+        let held = stage(&template, &staged)
+            .map_err(|e| db_error(org, format!("copy {}: {e}", template.display())));
+        let wanted = TenantSchema {
+            version: schema.version(),
+            fingerprint: schema.fingerprint(),
+        };
+        match held {
+            Ok(held) if held == wanted => {}
+            Ok(held) => {
+                let _ = std::fs::remove_file(&staged);
+                self.templates.discard(schema);
+                return Err(db_error(
+                    org,
+                    format!(
+                        "the template {} holds version {} ({}), not {} ({}); it is removed, \
+                         and built again at the next try",
+                        template.display(),
+                        held.version,
+                        held.fingerprint,
+                        wanted.version,
+                        wanted.fingerprint
+                    ),
+                ));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&staged);
+                return Err(e);
+            }
+        }
+        std::fs::rename(&staged, &path).map_err(|e| db_error(org, e))?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| db_error(org, e))?;
+        }
+        Ok(wanted)
+    }
+
+    /// Checks an existing tenant's schema against `schema` and records what an earlier release
+    /// did not (see [`schema::adopt`]), under the tenant's writer; never migrates it. What the
+    /// tenant has.
+    pub fn adopt(&self, org: &OrgId, schema: &Schema) -> Result<TenantSchema, HemvistError> {
+        self.with_writer(org, |conn| {
+            schema::adopt(conn, schema)
+                .map_err(|e| HemvistError::new(e.kind, format!("tenant {org}: {}", e.message)))
+        })
     }
 
     /// The tenant if it is open now (counts as a use); never opens a file.
@@ -280,6 +343,30 @@ impl Tenant {
     }
 }
 
+/// Copies `template` to `staged` as a tenant file: in WAL mode (the one per-tenant setting a
+/// file keeps; the others are set by each connection), synced, nothing beside it. What it holds.
+fn stage(template: &Path, staged: &Path) -> anyhow::Result<TenantSchema> {
+    for side in ["", "-wal", "-shm"] {
+        let leftover = PathBuf::from(format!("{}{side}", staged.display()));
+        if leftover.exists() {
+            std::fs::remove_file(&leftover)?;
+        }
+    }
+    std::fs::copy(template, staged)?;
+    let conn = Connection::open_with_flags(
+        staged,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // The switch need not sync: the whole file is synced once below.
+    conn.pragma_update(None, "synchronous", "OFF")?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let held = schema::read(&conn)?;
+    // The last connection to close checkpoints its (empty) WAL and removes it.
+    conn.close().map_err(|(_, e)| e)?;
+    std::fs::File::open(staged)?.sync_all()?;
+    Ok(held)
+}
+
 fn open_existing(path: &Path, reader: bool) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
@@ -287,6 +374,21 @@ fn open_existing(path: &Path, reader: bool) -> rusqlite::Result<Connection> {
     )?;
     configure(&conn, reader)?;
     Ok(conn)
+}
+
+/// The functions the tenant schema uses (a migration may call them, so every connection that
+/// writes has them).
+fn functions(conn: &Connection) -> rusqlite::Result<()> {
+    conn.create_scalar_function(
+        "hv_name_words",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let name: String = ctx.get::<Option<String>>(0)?.unwrap_or_default();
+            serde_json::to_string(&crate::text::words(&name))
+                .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
+        },
+    )
 }
 
 fn configure(conn: &Connection, reader: bool) -> rusqlite::Result<()> {
@@ -301,16 +403,7 @@ fn configure(conn: &Connection, reader: bool) -> rusqlite::Result<()> {
     if !reader && CHECKPOINTS_BY_BACKUP.load(Ordering::Relaxed) {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     }
-    conn.create_scalar_function(
-        "hv_name_words",
-        1,
-        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
-        |ctx| {
-            let name: String = ctx.get::<Option<String>>(0)?.unwrap_or_default();
-            serde_json::to_string(&crate::text::words(&name))
-                .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
-        },
-    )?;
+    functions(conn)?;
     // Reads map the file instead of copying pages through syscalls; cheap for idle tenants,
     // since the mapping goes when the connection closes.
     conn.pragma_update(None, "mmap_size", 256 * 1024 * 1024)?;

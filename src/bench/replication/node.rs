@@ -104,6 +104,10 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     let orgs: Vec<OrgId> = (1..=args.tenants)
         .map(|i| OrgId::parse(&org_name(i)))
         .collect::<Result<_, _>>()?;
+    let schema = hemvist_node::tenants::schema::Schema::new(
+        hemvist_proto::migration::builtin().len() as u32,
+        hemvist_proto::migration::builtin(),
+    )?;
     for (i, org) in orgs.iter().enumerate() {
         node.hosting.host(&HostRequest {
             org: org.clone(),
@@ -114,6 +118,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             data_key: Some(data_key(i + 1)),
             expect_backup: false,
             moved_here: false,
+            schema: schema.clone(),
         })?;
     }
     if args.big_mb > 0 {

@@ -96,7 +96,11 @@ pub fn store(b: &Bench, prefix: &str) -> anyhow::Result<std::sync::Arc<dyn Objec
 pub fn make_template(work: &Path) -> anyhow::Result<PathBuf> {
     let store = TenantStore::new(&work.join("template"), 1)?;
     let org = OrgId::parse("template")?;
-    store.create(&org, hemvist_node::now_ms())?;
+    let schema = hemvist_node::tenants::schema::Schema::new(
+        hemvist_proto::migration::builtin().len() as u32,
+        hemvist_proto::migration::builtin(),
+    )?;
+    store.create(&org, &schema, hemvist_node::now_ms())?;
     let path = store.path(&org);
     let conn = rusqlite::Connection::open(&path)?;
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;

@@ -14,6 +14,8 @@ use axum::{Json, Router};
 use hemvist_proto::{ErrorKind, HemvistError};
 use serde::Serialize;
 
+mod schema;
+
 use crate::metrics::Gauges;
 use crate::orgs::CreateOrg;
 use crate::plane::Plane;
@@ -31,6 +33,7 @@ pub fn router(plane: Arc<Plane>) -> Router {
         )
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{name}/revoke", axum::routing::post(revoke_token))
+        .route("/audit", get(recent_audit))
         .route("/audit/verify", get(verify_audit))
         .route("/system", get(system))
         .route("/operations", get(list_operations))
@@ -43,6 +46,22 @@ pub fn router(plane: Arc<Plane>) -> Router {
         .route("/orgs/{id}/accept-older", axum::routing::post(accept_older))
         .route("/nodes/{id}/drain", axum::routing::post(drain_node))
         .route("/nodes/{id}/undrain", axum::routing::post(undrain_node))
+        .route(
+            "/migrations",
+            get(schema::list)
+                .post(schema::add)
+                .layer(DefaultBodyLimit::max(schema::FILES_BODY_LIMIT)),
+        )
+        .route("/migrations/status", get(schema::status))
+        .route("/migrations/rollouts", axum::routing::post(schema::apply))
+        .route("/operations/{id}/pause", axum::routing::post(schema::pause))
+        .route(
+            "/operations/{id}/resume",
+            axum::routing::post(schema::resume),
+        )
+        .route("/orgs/{id}/pin", axum::routing::post(schema::pin))
+        .route("/orgs/{id}/unpin", axum::routing::post(schema::unpin))
+        .route("/orgs/{id}/rollback", axum::routing::post(schema::rollback))
         .fallback(|| async { ApiError(HemvistError::not_found("no such API route")) })
         .layer(middleware::from_fn_with_state(plane.clone(), require_token));
     Router::new()
@@ -424,6 +443,23 @@ async fn add_user(
         StatusCode::ACCEPTED
     };
     Ok((status, Json(added)).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct AuditQuery {
+    limit: Option<u32>,
+}
+
+/// `GET /audit?limit=N`: the newest N records (at most 10,000; default 1,000), oldest first.
+async fn recent_audit(
+    State(plane): State<Arc<Plane>>,
+    query: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
+    let limit = q.limit.unwrap_or(1_000).min(10_000);
+    let records = blocking(&plane, move |c| Ok(c.store.audit_recent(limit)?)).await?;
+    Ok(Json(records))
 }
 
 async fn verify_audit(State(plane): State<Arc<Plane>>) -> Result<impl IntoResponse, ApiError> {

@@ -1,0 +1,39 @@
+//! What nodes report of their tenants' requests and failures (5xx, SQLite errors), summed per
+//! org in memory since this control plane started: a rollout compares the sums of the tenants
+//! it migrated before and after their bake. Only orgs that exist are counted, so the map is
+//! bounded by the fleet.
+
+use hemvist_proto::OrgId;
+
+use crate::plane::Plane;
+pub use crate::plane::{HealthTotals, TenantHealth};
+
+impl TenantHealth {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<OrgId, HealthTotals>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Plane {
+    /// A heartbeat's counts for one org since the node's previous heartbeat.
+    pub fn tenant_health(&self, org: OrgId, requests: u64, errors: u64) {
+        let mut all = self.health.lock();
+        if all.len() >= 1_000_000 && !all.contains_key(&org) {
+            return;
+        }
+        let t = all.entry(org).or_default();
+        t.requests = t.requests.saturating_add(requests);
+        t.errors = t.errors.saturating_add(errors);
+    }
+
+    /// The sums over `orgs`.
+    pub fn health_of(&self, orgs: &[OrgId]) -> HealthTotals {
+        let all = self.health.lock();
+        orgs.iter()
+            .filter_map(|o| all.get(o))
+            .fold(HealthTotals::default(), |a, t| HealthTotals {
+                requests: a.requests + t.requests,
+                errors: a.errors + t.errors,
+            })
+    }
+}

