@@ -213,6 +213,39 @@ fn a_good_migration_reaches_every_tenant_in_waves_canary_first_across_regions() 
         0,
         "{status:#}"
     );
+    assert_eq!(
+        c.metric(&c.control_url(), "hemvist_schema_current_version"),
+        6
+    );
+    assert_eq!(
+        c.metric(&c.control_url(), "hemvist_rollout_pending_tenants"),
+        0
+    );
+    assert_eq!(
+        c.metric(
+            &c.control_url(),
+            "hemvist_tenant_migrations_total{outcome=\"done\"}"
+        ),
+        300
+    );
+    // The app works on the migrated schema: a user signs in, writes, and finds it.
+    c.add_user("t0004", "ada@t0004.example", "correct horse battery");
+    let user = support::session::sign_in(
+        &c.url_of("eu-central-1"),
+        "t0004",
+        "ada@t0004.example",
+        "correct horse battery",
+    )
+    .expect("sign in");
+    assert_eq!(
+        user.try_post("/contacts", &[("name", "Greta Migrated"), ("city", "Bonn")]),
+        Some(303)
+    );
+    let (status, _, page) = user.get("/?q=greta");
+    assert!(
+        status == 200 && page.contains("<mark>Greta</mark> Migrated"),
+        "{status} {page}"
+    );
     // New orgs start at the new version now.
     c.create_org_ready("late", json!({"region": "eu-north"}));
     assert_eq!(user_version(&c.tenant_file("eu-north", "late")), 6);
@@ -326,4 +359,85 @@ fn an_edited_file_is_refused_and_nothing_is_stored() {
     );
     let (ok, out, _) = c.cli(&["migrate", "files", "--dir", dir.to_str().unwrap()]);
     assert!(ok && out.contains("EDITED"), "{out}");
+}
+
+#[test]
+fn a_rollout_resumes_after_its_control_plane_dies_and_migrates_a_down_nodes_tenants_on_return() {
+    let mut c = Cluster::start(&[EU_NORTH, EU_CENTRAL, US_EAST]);
+    c.wait_nodes_healthy(3);
+    let orgs = create_orgs(&c, 30);
+    let dir = migrations_dir(c.dir.path(), &[("0006_contact_notes.sql", GOOD)]);
+    // us-east is down for the whole rollout; the control plane dies once the canary is done.
+    c.kill_node("us-east");
+    c.kill_control();
+    c.start_control_with_env(&[("HEMVIST_FAILPOINTS", "control.rollout.baking=crash")]);
+    c.wait_nodes_healthy(2);
+    let id = start_rollout(&c, &dir, &["--canary", "2", "--bake", "1s"]);
+    assert!(
+        c.wait_control_exit(),
+        "the control plane died entering baking"
+    );
+    c.start_control();
+    // It goes on where it stood, then waits for the tenants of the node that is down.
+    let finishing = wait_phase(&c, &id, "finishing", Duration::from_secs(120));
+    let p = &finishing["detail"]["progress"];
+    std::thread::sleep(Duration::from_millis(500));
+    let p_later = &c.operation(&id)["detail"]["progress"];
+    assert_eq!(
+        p_later["deferred"], 10,
+        "us-east's 10 tenants wait: {p} / {p_later}"
+    );
+    assert_eq!(p_later["migrated"], 20, "{p_later}");
+    // A new org starts at the rollout's version.
+    c.create_org_ready("newcomer", json!({"region": "eu-north"}));
+    assert_eq!(user_version(&c.tenant_file("eu-north", "newcomer")), 6);
+    c.start_node("us-east");
+    let ended = c.wait_operation_end(&id, Duration::from_secs(120));
+    assert_eq!(ended["phase"], "done", "{ended:#}");
+    assert_eq!(ended["detail"]["progress"]["migrated"], 30, "{ended:#}");
+    for org in &orgs {
+        assert_eq!(
+            user_version(&c.tenant_file(region_of(org), org)),
+            6,
+            "{org}"
+        );
+    }
+    let (_, audit) = c.admin("GET", "/audit", None);
+    let baking = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "rollout.baking")
+        .count();
+    assert!(baking >= 1, "the bake was recorded");
+}
+
+#[test]
+fn a_dry_run_changes_nothing_and_says_what_would_fail() {
+    let c = Cluster::start(&[EU_NORTH, EU_CENTRAL, US_EAST]);
+    c.wait_nodes_healthy(3);
+    let orgs = create_orgs(&c, 6);
+    let fails_on_empty = "ALTER TABLE contacts ADD COLUMN region TEXT;\n\
+                          -- check: SELECT count(*) > 0 FROM contacts\n";
+    let dir = migrations_dir(c.dir.path(), &[("0006_needs_rows.sql", fails_on_empty)]);
+    let before: Vec<String> = orgs
+        .iter()
+        .map(|o| content(&c.tenant_file(region_of(o), o)))
+        .collect();
+    let id = start_rollout(&c, &dir, &["--dry-run", "--canary", "1", "--bake", "0s"]);
+    let halted = wait_phase(&c, &id, "halted", Duration::from_secs(60));
+    assert!(
+        halted["detail"]["halted"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("check"),
+        "{halted:#}"
+    );
+    for (o, was) in orgs.iter().zip(&before) {
+        assert_eq!(&content(&c.tenant_file(region_of(o), o)), was, "{o}");
+    }
+    let (ok, _, err) = c.cli(&["migrate", "abort", &id]);
+    assert!(ok, "{err}");
+    let (_, status) = c.admin("GET", "/migrations/status", None);
+    assert_eq!(status["current"], 5, "a dry run moves no version: {status}");
 }

@@ -37,6 +37,8 @@ pub struct Metrics {
     /// Each failed-over org's outage, from its dead node's last heartbeat to its new node
     /// serving.
     pub failover_outage: Histogram,
+    /// Tenant migrations nodes reported, by outcome (`done`, `failed`, `unchanged`).
+    pub migrations: Family<OutcomeLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,6 +67,14 @@ impl Metrics {
         }
     }
 
+    pub fn record_migration(&self, outcome: &str) {
+        self.migrations
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
     pub fn record_move_pause(&self, pause_ms: Option<i64>) {
         if let Some(ms) = pause_ms {
             self.move_pause.observe(ms.max(0) as f64 / 1000.0);
@@ -86,7 +96,14 @@ impl Default for Metrics {
                 outcome: outcome.to_string(),
             });
         }
+        let migrations = Family::<OutcomeLabels, Counter>::default();
+        for outcome in ["done", "failed", "unchanged"] {
+            let _ = migrations.get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            });
+        }
         Metrics {
+            migrations,
             failovers,
             failover_outage: Histogram::new([
                 1.0, 5.0, 15.0, 30.0, 60.0, 90.0, 120.0, 300.0, 600.0,
@@ -115,6 +132,10 @@ pub struct Gauges {
     pub replication_lag_max_ms: u64,
     pub replication_behind: u64,
     pub operations_stalled: u64,
+    /// The version new orgs start at.
+    pub schema_current: u64,
+    /// The running rollout's tenants not yet migrated (0 without one).
+    pub rollout_pending: u64,
 }
 
 impl Metrics {
@@ -132,6 +153,21 @@ impl Metrics {
             "hemvist_replication_lag_max_ms",
             "The largest backup lag any node reports for an org (oldest unshipped write)",
             gauge(g.replication_lag_max_ms),
+        );
+        r.register(
+            "hemvist_schema_current_version",
+            "The tenant schema version new orgs start at",
+            gauge(g.schema_current),
+        );
+        r.register(
+            "hemvist_rollout_pending_tenants",
+            "Tenants the running schema rollout has still to migrate (0 without a rollout)",
+            gauge(g.rollout_pending),
+        );
+        r.register(
+            "hemvist_tenant_migrations",
+            "Tenant schema migrations nodes reported since start, by outcome (done, failed, unchanged: a dry run, or a tenant there already)",
+            self.migrations.clone(),
         );
         r.register(
             "hemvist_operations_stalled",
@@ -260,6 +296,8 @@ mod tests {
             replication_lag_max_ms: 1_500,
             replication_behind: 0,
             operations_stalled: 0,
+            schema_current: 5,
+            rollout_pending: 0,
         }
     }
 

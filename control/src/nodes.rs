@@ -198,6 +198,12 @@ impl Plane {
         // A control plane that stops here has sent the command and lost its answer.
         hemvist_proto::failpoints::check("control.ack")?;
         self.forget_sent(&ack.id);
+        // A migration re-sent and answered again is counted once.
+        let answered_before = ack.migrated.is_some()
+            && self
+                .store
+                .command(&ack.id)?
+                .is_some_and(|c| matches!(c.state, CommandState::Done | CommandState::Failed));
         let (state, error) = match &ack.outcome {
             Ok(_) => (CommandState::Done, None),
             Err(e) => {
@@ -233,6 +239,12 @@ impl Plane {
         let schema = match ack.outcome {
             Ok(schema) => schema,
             Err(_) => {
+                if cmd.kind == CommandKind::Migrate
+                    && state == CommandState::Failed
+                    && !answered_before
+                {
+                    self.metrics.record_migration("failed");
+                }
                 let (kind, e) = error.unwrap_or((ErrorKind::Internal, String::new()));
                 tracing::warn!(%node, command = %cmd.id, kind = kind.as_str(), error = %e, "node refused command");
                 return Ok(());
@@ -252,6 +264,14 @@ impl Plane {
                 )?;
             }
             CommandKind::Migrate => {
+                let changed = ack
+                    .migrated
+                    .as_ref()
+                    .is_some_and(|m| m.to_version != m.from_version);
+                if !answered_before {
+                    self.metrics
+                        .record_migration(if changed { "done" } else { "unchanged" });
+                }
                 // A dry run changes nothing; a migration holds the org at its new version.
                 if let (Some(schema), Some(m)) = (schema, &ack.migrated) {
                     if m.to_version != m.from_version {

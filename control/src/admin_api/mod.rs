@@ -483,6 +483,8 @@ async fn metrics(
             replication_lag_max_ms: lag.max(0) as u64,
             replication_behind: behind,
             operations_stalled: c.stalled_count(),
+            schema_current: c.current_schema()? as u64,
+            rollout_pending: c.rollout_pending()?,
             orgs: c.store.count_orgs()?,
             nodes_known: nodes.len() as u64,
             nodes_healthy: nodes.iter().filter(|n| n.healthy).count() as u64,

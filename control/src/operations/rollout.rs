@@ -366,6 +366,22 @@ impl Plane {
         Ok((!d.dry_run && op.phase != RolloutPhase::Aborted).then_some(d.target))
     }
 
+    /// The running rollout's tenants not yet migrated, at the target or held back.
+    pub fn rollout_pending(&self) -> Result<u64, HemvistError> {
+        let Some(open) = self.store.open_operation_of(None)? else {
+            return Ok(0);
+        };
+        if open.kind != OperationKind::Rollout.as_str() {
+            return Ok(0);
+        }
+        let op: Rollout = open.try_into()?;
+        let d = detail_of(&op)?;
+        let p = &d.progress;
+        Ok(d.order
+            .len()
+            .saturating_sub(p.migrated + p.at_target + p.held_back) as u64)
+    }
+
     /// Pauses a rollout: nothing new is sent (what is under way finishes).
     pub fn pause_rollout(&self, id: &str, actor: &str) -> Result<OperationRecord, HemvistError> {
         self.rollout_control(id, actor, |op, d| match op.phase {
