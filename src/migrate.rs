@@ -64,8 +64,9 @@ pub enum MigrateCommand {
     Apply(crate::rollouts::ApplyArgs),
     /// Pause a rollout: nothing new is sent until `resume`.
     Pause(crate::rollouts::RolloutIdArgs),
-    /// Resume a paused or halted rollout (a halted one tries its failed tenants again).
-    Resume(crate::rollouts::RolloutIdArgs),
+    /// Resume a paused or halted rollout (a halted one tries its failed tenants again); with
+    /// --dir, after sending a newer, fixing file, to its version.
+    Resume(crate::rollouts::ResumeArgs),
     /// Abort a rollout: no tenant is migrated after it; migrated ones stay migrated.
     Abort(crate::rollouts::RolloutIdArgs),
     /// Restore an org to before its last migration (every write since is lost: needs --yes).
@@ -115,7 +116,7 @@ pub async fn migrate(command: MigrateCommand) -> anyhow::Result<()> {
     match command {
         MigrateCommand::Apply(args) => crate::rollouts::apply(args).await,
         MigrateCommand::Pause(args) => crate::rollouts::control("pause", args).await,
-        MigrateCommand::Resume(args) => crate::rollouts::control("resume", args).await,
+        MigrateCommand::Resume(args) => crate::rollouts::resume(args).await,
         MigrateCommand::Abort(args) => crate::rollouts::control("abort", args).await,
         MigrateCommand::Rollback(args) => crate::rollouts::rollback(args).await,
         MigrateCommand::Status { api } => {

@@ -61,6 +61,20 @@ pub struct RolloutIdArgs {
 }
 
 #[derive(Args)]
+pub struct ResumeArgs {
+    /// The rollout's operation id (`hemvist ops list`).
+    pub id: String,
+    /// Send this folder's files first and go on to its newest version (a fixing file).
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+    /// The version to go on to (default: the rollout's, or with --dir the folder's newest).
+    #[arg(long)]
+    pub to: Option<u32>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Args)]
 pub struct RollbackArgs {
     pub org: String,
     /// Confirm: every write to the org since its restore point is lost.
@@ -250,6 +264,29 @@ pub async fn control(verb: &str, args: RolloutIdArgs) -> anyhow::Result<()> {
         return print_json(&op);
     }
     outln!("rollout {id} is {}", s(&op, "phase"));
+    Ok(())
+}
+
+pub async fn resume(args: ResumeArgs) -> anyhow::Result<()> {
+    let id = OperationId::parse(&args.id)?;
+    let client = Client::new(&args.api)?;
+    let mut to = args.to;
+    if let Some(dir) = &args.dir {
+        let files = read_dir(Some(dir))?;
+        push(&client, &files).await?;
+        to = to.or(files.last().map(|f| f.version));
+    }
+    let op: Value = client
+        .post(&format!("/operations/{id}/resume"), &json!({"to": to}))
+        .await?;
+    if args.api.json {
+        return print_json(&op);
+    }
+    outln!(
+        "rollout {id} is {} (to version {})",
+        s(&op, "phase"),
+        s(&op["detail"], "target")
+    );
     Ok(())
 }
 

@@ -323,13 +323,38 @@ fn a_failing_check_halts_after_the_canary_and_leaves_the_tenant_as_it_was() {
         }
     }
     assert!(names_in(&c.tenant_file("eu-central", "t0001")).contains(&"Nobody".to_string()));
-    // Aborted: no more tenants, and new orgs still start at the old version.
-    let (ok, out, err) = c.cli(&["migrate", "abort", &id]);
+    // While it is halted, new orgs start at the version before.
+    c.create_org_ready("meanwhile", json!({"region": "eu-north"}));
+    assert_eq!(user_version(&c.tenant_file("eu-north", "meanwhile")), 5);
+    // A new file fixes what the check refused; resumed with it, the rollout completes: the
+    // canaries go on to 7, the others run 0006 and 0007 in one transaction each.
+    let fix = "UPDATE contacts SET region = 'unknown' WHERE region IS NULL;\n";
+    std::fs::write(dir.join("0007_fill_regions.sql"), fix).unwrap();
+    let (ok, out, err) = c.cli(&["migrate", "resume", &id, "--dir", dir.to_str().unwrap()]);
     assert!(ok, "{out}{err}");
-    let ended = c.wait_operation_end(&id, Duration::from_secs(10));
-    assert_eq!(ended["phase"], "aborted");
-    c.create_org_ready("after", json!({"region": "eu-north"}));
-    assert_eq!(user_version(&c.tenant_file("eu-north", "after")), 5);
+    let ended = c.wait_operation_end(&id, Duration::from_secs(120));
+    assert_eq!(ended["phase"], "done", "{ended:#}");
+    for o in &orgs {
+        assert_eq!(user_version(&c.tenant_file(region_of(o), o)), 7, "{o}");
+    }
+    assert_eq!(
+        user_version(&c.tenant_file("eu-north", "meanwhile")),
+        7,
+        "an org created while it was halted is migrated before it is done"
+    );
+    let conn = rusqlite::Connection::open_with_flags(
+        c.tenant_file("eu-central", "t0001"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let region: String = conn
+        .query_row(
+            "SELECT region FROM contacts WHERE name = 'Nobody'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(region, "unknown");
 }
 
 #[test]

@@ -337,7 +337,7 @@ mod tests {
                 .all(|l| l.ends_with('.') && !l.ends_with("..")),
             "{text}"
         );
-        assert_eq!(helps.count(), 29, "{text}");
+        assert_eq!(helps.count(), 33, "{text}");
         assert!(!text.contains("# EOF"), "{text}");
     }
 

@@ -141,14 +141,24 @@ pub async fn pause(
     Ok(Json(op).into_response())
 }
 
-/// `POST /operations/{id}/resume`: a paused or halted rollout goes on.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeRequest {
+    /// A newer version to go on to (its files held already).
+    #[serde(default)]
+    pub to: Option<u32>,
+}
+
+/// `POST /operations/{id}/resume`: a paused or halted rollout goes on (to `to`, if given).
 pub async fn resume(
     State(plane): State<Arc<Plane>>,
     axum::Extension(Actor(actor)): axum::Extension<Actor>,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: Result<Json<ResumeRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = id.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
-    let op = blocking(&plane, move |c| c.resume_rollout(&id, &actor)).await?;
+    let req = json_body(body)?;
+    let op = blocking(&plane, move |c| c.resume_rollout(&id, req.to, &actor)).await?;
     Ok(Json(op).into_response())
 }
 

@@ -353,7 +353,7 @@ impl Plane {
         Ok(op.record)
     }
 
-    /// The version a running (not dry-run) rollout is taking the fleet to.
+    /// The version a running (not dry-run, not halted) rollout is taking the fleet to.
     pub fn rollout_target(&self) -> Result<Option<u32>, HemvistError> {
         let Some(open) = self.store.open_operation_of(None)? else {
             return Ok(None);
@@ -363,7 +363,9 @@ impl Plane {
         }
         let op: Rollout = open.try_into()?;
         let d = detail_of(&op)?;
-        Ok((!d.dry_run && op.phase != RolloutPhase::Aborted).then_some(d.target))
+        // A halted rollout's version is in doubt: new orgs start at the one before meanwhile.
+        let running = !matches!(op.phase, RolloutPhase::Aborted | RolloutPhase::Halted);
+        Ok((!d.dry_run && running).then_some(d.target))
     }
 
     /// The running rollout's tenants not yet migrated, at the target or held back.
@@ -396,10 +398,28 @@ impl Plane {
         })
     }
 
-    /// Resumes a paused or halted rollout (a halted one tries its failed tenants again).
-    pub fn resume_rollout(&self, id: &str, actor: &str) -> Result<OperationRecord, HemvistError> {
+    /// Resumes a paused or halted rollout (a halted one tries its failed tenants again), to
+    /// `to` if given: a newer version, whose files may fix what halted it (a check of an
+    /// earlier file holds if it does once every file of the tenant's migration has run).
+    pub fn resume_rollout(
+        &self,
+        id: &str,
+        to: Option<u32>,
+        actor: &str,
+    ) -> Result<OperationRecord, HemvistError> {
+        let newest = self.schema_files().len() as u32;
         let record = self.rollout_control(id, actor, |op, d| match op.phase {
             RolloutPhase::Paused | RolloutPhase::Halted => {
+                if let Some(to) = to {
+                    if to < d.target || to > newest {
+                        return Err(HemvistError::invalid(format!(
+                            "rollout {id} goes to version {}; it can resume to a version from \
+                             there up to {newest}, the newest held, not {to}",
+                            d.target
+                        )));
+                    }
+                    d.target = to;
+                }
                 let to = d
                     .resume_to
                     .take()
@@ -530,8 +550,12 @@ fn drive(
     let schema = plane.schema_target(d.target)?;
     let mut progress = Progress::default();
     let mut halt = None;
-    let current_id =
-        |org: &crate::store::OrgRecord| format!("{}.{}.{}", op.record.id, org.id, org.generation);
+    let current_id = |org: &crate::store::OrgRecord| {
+        format!(
+            "{}.{}.{}.v{}",
+            op.record.id, org.id, org.generation, d.target
+        )
+    };
     // Sent and unanswered, among the commands the orgs have now (a moved org's old one is not).
     let mut in_flight = d
         .order
@@ -544,13 +568,30 @@ fn drive(
                 .is_some_and(|c| matches!(c.state, CommandState::Sent | CommandState::Retry))
         })
         .count();
-    for org_id in d.order.iter().take(upto) {
+    // Finishing, the orgs created since the rollout began at the version before (while it was
+    // halted, say) are migrated too.
+    let late: Vec<OrgId> = if upto >= d.order.len() {
+        let ordered: HashSet<&OrgId> = d.order.iter().collect();
+        let mut late: Vec<OrgId> = orgs
+            .values()
+            .filter(|o| !ordered.contains(&o.id))
+            .filter(|o| o.schema_version.is_some_and(|v| v < d.target))
+            .map(|o| o.id.clone())
+            .collect();
+        late.sort();
+        late
+    } else {
+        Vec::new()
+    };
+    for org_id in d.order.iter().take(upto).chain(late.iter()) {
         let Some(org) = orgs.get(org_id) else {
             // Deleted since the rollout began: nothing to migrate.
             progress.at_target += 1;
             continue;
         };
-        let name = format!("{}.{}", org.id, org.generation);
+        // Per generation (a moved org gets a command to its new node) and per target (a resumed
+        // rollout with a fixing file migrates its canaries again, to the new version).
+        let name = format!("{}.{}.v{}", org.id, org.generation, d.target);
         let cmd_id = format!("{}.{name}", op.record.id);
         let cmd = commands.get(&cmd_id);
         let standing = match cmd {

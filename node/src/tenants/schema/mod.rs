@@ -163,8 +163,11 @@ pub fn adopt(conn: &Connection, schema: &Schema) -> Result<TenantSchema, Hemvist
 /// Migrates the tenant to `schema`'s version inside `tx`, the caller's transaction (which holds
 /// the write lock: begun IMMEDIATE): checks what it ran (as [`adopt`]), records checksums it
 /// lacks, then runs every file it lacks in order, statement by statement, each file's check
-/// after it, recording each (applied at `now_ms`) and the version. A tenant at or above the
-/// version runs nothing. The caller commits, or rolls back (a dry run; any failure).
+/// after it, recording each (applied at `now_ms`) and the version. A check that fails while a
+/// later file of the same migration is still to run is asked again once every file has run
+/// (a later file may be the fix of what it checks: a halted rollout resumed with a fixing file);
+/// it must hold then. A tenant at or above the version runs nothing. The caller commits, or
+/// rolls back (a dry run; any failure).
 pub fn migrate(tx: &Transaction<'_>, schema: &Schema, now_ms: i64) -> Result<Migrated, Failed> {
     let mut found = examine(tx, schema)?;
     let from = found.state();
@@ -193,8 +196,16 @@ pub fn migrate(tx: &Transaction<'_>, schema: &Schema, now_ms: i64) -> Result<Mig
         tx.execute_batch(TABLE)
             .map_err(|e| sqlite("create schema_migrations", e))?;
     }
+    let last = lacking.last().map(|f| f.version);
+    let mut asked_again = Vec::new();
     for file in lacking {
-        run::file(tx, file).map_err(|(f, e)| failed(Some(Box::new(f)), e))?;
+        run::statements_of(tx, file).map_err(|(f, e)| failed(Some(Box::new(f)), e))?;
+        if let Err((f, e)) = run::check_of(tx, file) {
+            if Some(file.version) == last {
+                return Err(failed(Some(Box::new(f)), e));
+            }
+            asked_again.push(file);
+        }
         tx.execute(
             "INSERT INTO schema_migrations (version, name, applied_ms, checksum)
              VALUES (?1, ?2, ?3, ?4)",
@@ -208,6 +219,15 @@ pub fn migrate(tx: &Transaction<'_>, schema: &Schema, now_ms: i64) -> Result<Mig
             taken: false,
         });
         found.version = file.version;
+    }
+    for file in asked_again {
+        run::check_of(tx, file).map_err(|(f, e)| {
+            let e = HemvistError::new(
+                e.kind,
+                format!("{} (and still after every later file)", e.message),
+            );
+            failed(Some(Box::new(f)), e)
+        })?;
     }
     tx.pragma_update(None, "user_version", found.version)
         .map_err(|e| sqlite("record the version", e))?;

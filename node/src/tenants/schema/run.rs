@@ -32,8 +32,11 @@ pub struct FailedFile {
     pub error: String,
 }
 
-/// Runs `file` on `conn`, which is inside the caller's transaction.
-pub fn file(conn: &Connection, file: &MigrationFile) -> Result<(), (FailedFile, HemvistError)> {
+/// Runs `file`'s statements (not its check) on `conn`, inside the caller's transaction.
+pub fn statements_of(
+    conn: &Connection,
+    file: &MigrationFile,
+) -> Result<(), (FailedFile, HemvistError)> {
     let guard = Guard::install(conn).map_err(|e| {
         let error = e.to_string();
         failure(file, "", error.clone(), ErrorKind::Internal, error)
@@ -72,6 +75,11 @@ pub fn file(conn: &Connection, file: &MigrationFile) -> Result<(), (FailedFile, 
             ));
         }
     }
+    Ok(())
+}
+
+/// Runs `file`'s check, if it has one, on `conn`.
+pub fn check_of(conn: &Connection, file: &MigrationFile) -> Result<(), (FailedFile, HemvistError)> {
     if let Some(query) = &file.check {
         if let Err((error, kind)) = check(conn, query) {
             return Err(failure(file, query, error.clone(), kind, error));

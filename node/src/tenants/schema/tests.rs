@@ -333,3 +333,53 @@ fn a_file_may_not_end_or_leave_its_transaction() {
         );
     }
 }
+
+#[test]
+fn a_check_a_later_file_of_the_same_migration_fixes_holds_and_one_it_does_not_fails() {
+    let (_dir, store, org) = store();
+    store.create(&org, &builtin(5), 0).unwrap();
+    store
+        .write(&org, |tx| {
+            tx.execute(
+                "INSERT INTO contacts (name, city, created_ms, updated_ms) VALUES ('Nobody', 'Nowhere', 1, 1)",
+                [],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+    let strict = MigrationFile::parse(
+        "0006_regions.sql",
+        b"ALTER TABLE contacts ADD COLUMN region TEXT;\n\
+          -- check: SELECT count(*) = 0 FROM contacts WHERE region IS NULL\n",
+    )
+    .unwrap();
+    let fix = MigrationFile::parse(
+        "0007_fill_regions.sql",
+        b"UPDATE contacts SET region = 'unknown' WHERE region IS NULL;\n",
+    )
+    .unwrap();
+    let with = |extra: Vec<MigrationFile>| {
+        let mut files = migration::builtin();
+        files.extend(extra);
+        Schema::new(files.len() as u32, files).unwrap()
+    };
+    let run = |schema: &Schema| {
+        store
+            .with_writer(&org, |conn| {
+                let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate).unwrap();
+                let r = migrate(&tx, schema, 7);
+                match &r {
+                    Ok(_) => tx.commit().unwrap(),
+                    Err(_) => tx.rollback().unwrap(),
+                }
+                Ok(r)
+            })
+            .unwrap()
+    };
+    // Alone, 0006's check fails on this tenant's data.
+    let failed = run(&with(vec![strict.clone()])).unwrap_err();
+    assert_eq!(failed.file.unwrap().version, 6);
+    // With 0007 after it in the same migration, it holds once 0007 has run.
+    let done = run(&with(vec![strict, fix])).map_err(|f| f.error).unwrap();
+    assert_eq!((done.from.version, done.to.version), (5, 7));
+}
