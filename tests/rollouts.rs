@@ -466,3 +466,132 @@ fn a_dry_run_changes_nothing_and_says_what_would_fail() {
     let (_, status) = c.admin("GET", "/migrations/status", None);
     assert_eq!(status["current"], 5, "a dry run moves no version: {status}");
 }
+
+#[test]
+fn an_org_rolled_back_is_as_it_was_before_its_migration_and_pinned() {
+    let s3 = S3::start();
+    let c = Cluster::start_with_backup(&[EU_NORTH, EU_CENTRAL, US_EAST], &s3, INTERVAL_MS);
+    c.wait_nodes_healthy(3);
+    c.create_org_ready("acme", json!({"region": "eu-north", "durability": "sync"}));
+    c.create_org_ready("globex", json!({"region": "eu-central"}));
+    c.add_user("acme", "ada@acme.example", "correct horse battery");
+    let user = support::session::sign_in(
+        &c.url_of("eu-north-1"),
+        "acme",
+        "ada@acme.example",
+        "correct horse battery",
+    )
+    .expect("sign in");
+    for i in 0..5 {
+        let name = format!("before {i}");
+        assert_eq!(
+            user.try_post("/contacts", &[("name", &name), ("city", "Umeå")]),
+            Some(303)
+        );
+    }
+    let dir = migrations_dir(c.dir.path(), &[("0006_contact_notes.sql", GOOD)]);
+    let id = start_rollout(&c, &dir, &["--canary", "1", "--bake", "0s"]);
+    let ended = c.wait_operation_end(&id, Duration::from_secs(60));
+    assert_eq!(ended["phase"], "done", "{ended:#}");
+    let file = c.tenant_file("eu-north", "acme");
+    assert_eq!(user_version(&file), 6);
+    for i in 0..3 {
+        let name = format!("after {i}");
+        assert_eq!(
+            user.try_post("/contacts", &[("name", &name), ("city", "Umeå")]),
+            Some(303)
+        );
+    }
+    // Without --yes it is refused, saying what would be lost.
+    let (ok, out, err) = c.cli(&["migrate", "rollback", "acme"]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("lost") && err.contains("version 5"), "{err}");
+    assert_eq!(user_version(&file), 6, "nothing changed");
+    let (ok, out, err) = c.cli(&["migrate", "rollback", "acme", "--yes", "--json"]);
+    assert!(ok, "{out}{err}");
+    let op: Value = serde_json::from_str(out.trim()).unwrap();
+    let ended = c.wait_operation_end(op["id"].as_str().unwrap(), Duration::from_secs(60));
+    assert_eq!(ended["phase"], "done", "{ended:#}");
+    // Back to before its migration: its rows then, its version then; the later ones are gone.
+    c.wait_org_ready("acme");
+    assert_eq!(user_version(&file), 5);
+    let names = names_in(&file);
+    assert_eq!(
+        names,
+        (0..5).map(|i| format!("before {i}")).collect::<Vec<_>>()
+    );
+    let shown = c.org("acme").expect("org");
+    assert_eq!(shown.schema_version, Some(5));
+    let (_, status) = c.admin("GET", "/migrations/status", None);
+    assert!(
+        status["pinned"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["org"] == "acme"),
+        "a rolled-back org is pinned: {status}"
+    );
+    // The other org kept its migration.
+    assert_eq!(user_version(&c.tenant_file("eu-central", "globex")), 6);
+    // The org serves at its old version: the user signs in again and writes.
+    let user = support::session::sign_in(
+        &c.url_of("eu-north-1"),
+        "acme",
+        "ada@acme.example",
+        "correct horse battery",
+    )
+    .expect("sign in after the rollback");
+    assert_eq!(
+        user.try_post("/contacts", &[("name", "again"), ("city", "Umeå")]),
+        Some(303)
+    );
+}
+
+#[test]
+fn errors_on_the_canary_while_it_bakes_halt_the_rollout() {
+    let c = Cluster::start(&[EU_NORTH, EU_CENTRAL, US_EAST]);
+    c.wait_nodes_healthy(3);
+    create_orgs(&c, 9);
+    // Not an expand migration: it renames a column the running app writes.
+    let breaking = "ALTER TABLE contacts RENAME COLUMN city TO town;\n";
+    let dir = migrations_dir(c.dir.path(), &[("0006_rename_city.sql", breaking)]);
+    c.add_user("t0000", "ada@t0000.example", "correct horse battery");
+    let user = support::session::sign_in(
+        &c.url_of("eu-north-1"),
+        "t0000",
+        "ada@t0000.example",
+        "correct horse battery",
+    )
+    .expect("sign in");
+    let id = start_rollout(&c, &dir, &["--canary", "t0000", "--bake", "20s"]);
+    wait_phase(&c, &id, "baking", Duration::from_secs(30));
+    // The canary's users now get errors.
+    let mut failed = 0;
+    for i in 0..10 {
+        let status = user
+            .try_post("/contacts", &[("name", &format!("n{i}")), ("city", "Kiel")])
+            .unwrap_or(0);
+        if status >= 500 {
+            failed += 1;
+        }
+    }
+    assert!(
+        failed >= 3,
+        "the broken schema fails the app's writes ({failed} of 10)"
+    );
+    let halted = wait_phase(&c, &id, "halted", Duration::from_secs(15));
+    let h = &halted["detail"]["halted"];
+    assert_eq!(h["cause"], "errors", "{halted:#}");
+    assert!(
+        h["error"].as_str().unwrap_or("").contains("errors"),
+        "{halted:#}"
+    );
+    // Nothing after the canary was migrated.
+    for org in ["t0001", "t0002", "t0003"] {
+        assert_eq!(
+            user_version(&c.tenant_file(region_of(org), org)),
+            5,
+            "{org}"
+        );
+    }
+}

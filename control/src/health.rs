@@ -26,6 +26,15 @@ impl Plane {
         t.errors = t.errors.saturating_add(errors);
     }
 
+    /// The org of `orgs` with the most failures so far, and its sums.
+    pub fn worst_of(&self, orgs: &[OrgId]) -> Option<(OrgId, HealthTotals)> {
+        let all = self.health.lock();
+        orgs.iter()
+            .filter_map(|o| all.get(o).map(|t| (o.clone(), *t)))
+            .filter(|(_, t)| t.errors > 0)
+            .max_by_key(|(_, t)| t.errors)
+    }
+
     /// The sums over `orgs`.
     pub fn health_of(&self, orgs: &[OrgId]) -> HealthTotals {
         let all = self.health.lock();

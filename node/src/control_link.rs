@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::migrate::MigrateRequest;
+use crate::migrate::{MigrateRequest, RestorePoint};
 use crate::state::Placement;
 use crate::tenants::schema::Schema;
 use crate::{HostRequest, Node};
@@ -84,6 +84,20 @@ fn replication_changes(node: &Node) -> Vec<pb::Replication> {
             lsn: shipped.as_ref().map_or(0, |s| s.lsn),
             shipped_ms: shipped.as_ref().map_or(0, |s| s.shipped_ms),
             unshipped_since_ms: unshipped_since.unwrap_or(0),
+        })
+        .collect()
+}
+
+/// Each org's requests and failures since the last heartbeat (then reset).
+fn tenant_health(node: &Node) -> Vec<pb::TenantHealth> {
+    node.health
+        .take()
+        .into_iter()
+        .map(|(org, c)| pb::TenantHealth {
+            org: org.to_string(),
+            requests: c.requests,
+            server_errors: c.server_errors,
+            sqlite_errors: c.sqlite_errors,
         })
         .collect()
 }
@@ -233,8 +247,9 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
                 in_flight.insert(seq, Instant::now());
                 in_flight.retain(|s, _| *s + 60 > seq);
                 let replication = replication_changes(node);
-                // Per-tenant request health is not counted by this node yet: none is reported.
-                let beat = pb::Heartbeat { seq, replication, health: Vec::new() };
+                // Taken here: counts in a heartbeat that is then not sent are lost (one interval).
+                let health = tenant_health(node);
+                let beat = pb::Heartbeat { seq, replication, health };
                 if tx.send(out(Out::Heartbeat(beat))).await.is_err() {
                     break Err(tonic::Status::unavailable("outbound stream closed"));
                 }
@@ -648,14 +663,14 @@ fn migrate(
 }
 
 fn host(node: &Node, h: pb::HostTenant) -> Result<pb::HostedTenant, HemvistError> {
-    if h.restore_generation != 0 || h.restore_lsn != 0 || h.restore_at_ms != 0 {
-        // Hosting the local file instead would answer a rollback with the migrated tenant.
-        return Err(HemvistError::invalid(format!(
-            "the host of org {} asks for a rollback to a restore point (generation {}, LSN {}), \
-             which this node does not do; refused, nothing changed",
-            h.org, h.restore_generation, h.restore_lsn
-        )));
-    }
+    // Any of them set: a rollback, never answered by hosting the local file (the migrated
+    // tenant); one with no generation is refused as such.
+    let rollback = (h.restore_generation != 0 || h.restore_lsn != 0 || h.restore_at_ms != 0)
+        .then_some(RestorePoint {
+            generation: h.restore_generation,
+            lsn: h.restore_lsn,
+            ms: h.restore_at_ms,
+        });
     let req = HostRequest {
         org: OrgId::try_from(h.org)?,
         generation: Generation::new(h.generation)?,
@@ -679,7 +694,10 @@ fn host(node: &Node, h: pb::HostTenant) -> Result<pb::HostedTenant, HemvistError
         }),
         accept_older: h.accept_older,
     };
-    let hosted = node.hosting.host_with(&req, &bar)?;
+    let hosted = match &rollback {
+        Some(to) => node.hosting.roll_back(&req, to)?,
+        None => node.hosting.host_with(&req, &bar)?,
+    };
     Ok(pb::HostedTenant {
         org: req.org.to_string(),
         generation: hosted.generation.get(),
@@ -879,19 +897,28 @@ mod tests {
         let ack = apply(&node, command("h-2", Action::Host(host.clone())));
         assert_eq!(ack.tenant.unwrap().schema_version, 5);
 
-        // A rollback to a restore point is not done by this node: refused, not ignored.
+        // A rollback needs backups to restore from: refused, not answered with the local file.
         let rollback = pb::HostTenant {
             generation: 2,
             restore_generation: 1,
             restore_lsn: 7,
-            ..host
+            ..host.clone()
         };
         let ack = apply(&node, command("h-3", Action::Host(rollback)));
         assert!(
-            !ack.ok && ack.message.contains("rollback"),
+            !ack.ok && ack.message.contains("rolled back") && ack.message.contains("[backup]"),
             "{}",
             ack.message
         );
+        assert_eq!(ack.code, ErrorKind::Conflict.to_wire() as i32);
+        // One without a restore point's generation is no rollback either.
+        let nameless = pb::HostTenant {
+            generation: 2,
+            restore_lsn: 7,
+            ..host
+        };
+        let ack = apply(&node, command("h-4", Action::Host(nameless)));
+        assert_eq!(ack.code, ErrorKind::InvalidArgument.to_wire() as i32);
         assert_eq!(
             node.state
                 .hosted(&OrgId::parse("acme").unwrap())

@@ -8,7 +8,10 @@
 //! accepted the older point (a new history never starts silently over a gap); a new tenant is
 //! created at exactly the schema the control plane sent, and an existing one (found here,
 //! restored, moved here) is only checked against it, never migrated, and hosted at its own
-//! version.
+//! version. A rollback to a restore point replaces the local file under a new generation
+//! ([`rollback`]).
+
+mod rollback;
 
 use std::sync::Arc;
 
@@ -81,36 +84,7 @@ impl Hosting {
 
     /// As [`Hosting::host`]; a tenant rebuilt from backups must reach `bar`.
     pub fn host_with(&self, req: &HostRequest, bar: &RestoreBar) -> Result<Hosted, HemvistError> {
-        if !req
-            .allowed_regions
-            .iter()
-            .any(|r| r == self.region.as_str())
-        {
-            return Err(HemvistError::new(
-                ErrorKind::Residency,
-                format!(
-                    "org {} may not be stored in region {} (allowed: {})",
-                    req.org,
-                    self.region,
-                    if req.allowed_regions.is_empty() {
-                        "none given".to_string()
-                    } else {
-                        req.allowed_regions.join(", ")
-                    }
-                ),
-            ));
-        }
-        if let Some(h) = self.hosted.hosted(&req.org) {
-            if h.generation > req.generation {
-                return Err(HemvistError::new(
-                    ErrorKind::Fenced,
-                    format!(
-                        "org {} is hosted here at {}, newer than {}",
-                        req.org, h.generation, req.generation
-                    ),
-                ));
-            }
-        }
+        self.admit(req)?;
         failpoints::check("node.host")?;
         if req.moved_here && !self.tenants.exists(&req.org) {
             return Err(HemvistError::unavailable(format!(
@@ -170,6 +144,42 @@ impl Hosting {
             schema_version = hosted.schema_version, schema_fingerprint = %hosted.schema_fingerprint,
             "hosting tenant");
         Ok(hosted)
+    }
+
+    /// What every host checks first: the org's residency allows this region, and this node
+    /// holds no newer generation of it.
+    fn admit(&self, req: &HostRequest) -> Result<(), HemvistError> {
+        if !req
+            .allowed_regions
+            .iter()
+            .any(|r| r == self.region.as_str())
+        {
+            return Err(HemvistError::new(
+                ErrorKind::Residency,
+                format!(
+                    "org {} may not be stored in region {} (allowed: {})",
+                    req.org,
+                    self.region,
+                    if req.allowed_regions.is_empty() {
+                        "none given".to_string()
+                    } else {
+                        req.allowed_regions.join(", ")
+                    }
+                ),
+            ));
+        }
+        if let Some(h) = self.hosted.hosted(&req.org) {
+            if h.generation > req.generation {
+                return Err(HemvistError::new(
+                    ErrorKind::Fenced,
+                    format!(
+                        "org {} is hosted here at {}, newer than {}",
+                        req.org, h.generation, req.generation
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// An org assigned here with no local file: if its region's backups hold it, the newest
@@ -386,6 +396,84 @@ mod tests {
                 .kind,
             ErrorKind::Fenced
         );
+    }
+
+    #[test]
+    fn a_write_that_waited_while_its_org_was_hosted_anew_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = parts(dir.path());
+        let org = OrgId::parse("acme").unwrap();
+        n.hosting.host(&req("acme", 1, &["eu-north"])).unwrap();
+        n.gate.lease.renew(Instant::now(), Duration::from_secs(60));
+        // Holding the tenant's writer, as a rollback replacing its file does, until the org
+        // is hosted at generation 2.
+        let (tenants, state, org2) = (n.tenants.clone(), n.state.clone(), org.clone());
+        let (held, waiting) = std::sync::mpsc::channel();
+        let rehost = std::thread::spawn(move || {
+            tenants
+                .with_writer(&org2, |_| {
+                    held.send(()).unwrap();
+                    std::thread::sleep(Duration::from_millis(300));
+                    let mut h = state.hosted(&org2).unwrap();
+                    h.generation = Generation::new(2).unwrap();
+                    state.set_hosted(&org2, &h, 0)
+                })
+                .unwrap();
+        });
+        waiting.recv().unwrap();
+        let e = insert(&n, &org).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+        assert!(e.message.contains("hosted again"), "{e}");
+        rehost.join().unwrap();
+        assert_eq!(insert(&n, &org).unwrap(), 1, "at the new generation");
+    }
+
+    #[test]
+    fn a_rollback_this_node_cannot_do_is_refused_and_changes_nothing() {
+        use crate::migrate::RestorePoint;
+        let dir = tempfile::tempdir().unwrap();
+        let n = parts(dir.path());
+        let org = OrgId::parse("acme").unwrap();
+        n.hosting.host(&req("acme", 1, &["eu-north"])).unwrap();
+        n.gate.lease.renew(Instant::now(), Duration::from_secs(60));
+        insert(&n, &org).unwrap();
+        let point = |generation| RestorePoint {
+            generation,
+            lsn: 7,
+            ms: 1,
+        };
+        let refused = |generation, to: RestorePoint, allowed: &[&str]| {
+            n.hosting
+                .roll_back(&req("acme", generation, allowed), &to)
+                .unwrap_err()
+        };
+        // No backups to restore from.
+        let e = refused(2, point(1), &["eu-north"]);
+        assert_eq!(e.kind, ErrorKind::Conflict, "{e}");
+        assert!(e.message.contains("no [backup]"), "{e}");
+        // A restore point that is not older than the generation it would be hosted under.
+        for (generation, to) in [(2, 0), (2, 2), (1, 1)] {
+            let e = refused(generation, point(to), &["eu-north"]);
+            assert_eq!(e.kind, ErrorKind::InvalidArgument, "{generation} {to}: {e}");
+        }
+        assert_eq!(
+            refused(2, point(1), &["us-east"]).kind,
+            ErrorKind::Residency
+        );
+        // Hosted at the generation already, and not by this rollback: no answer of the file.
+        n.hosting.host(&req("acme", 2, &["eu-north"])).unwrap();
+        let e = refused(2, point(1), &["eu-north"]);
+        assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e}");
+        assert!(e.message.contains("not as its rollback"), "{e}");
+        assert_eq!(n.state.hosted(&org).unwrap().generation.get(), 2);
+        let count: i64 = n
+            .tenants
+            .read(&org, |c| {
+                c.query_row("SELECT COUNT(*) FROM contacts", [], |r| r.get(0))
+            })
+            .unwrap();
+        assert_eq!(count, 1);
+        assert!(!dir.path().join("trash").exists());
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! [`control_link`] (the control plane); they alone see [`Node`]. Below them the domain
 //! ([`hosting`], [`writes`] through the [`gate`], [`migrate`], [`routing`], [`search`],
 //! [`contacts`], [`users`], [`backup`]) takes only the parts it uses, and storage ([`tenants`],
-//! [`state`]) knows nothing above it.
+//! [`state`]) knows nothing above it (it only counts its SQLite failures in [`health`], which
+//! knows nothing at all).
 
 pub mod backup;
 pub mod clock;
@@ -14,6 +15,7 @@ pub mod contacts;
 pub mod control_link;
 pub mod disk;
 pub mod gate;
+pub mod health;
 pub mod hosting;
 pub mod idempotency;
 pub mod lease;
@@ -64,6 +66,8 @@ pub struct Node {
     pub data_versions: Arc<DataVersions>,
     pub sessions: users::SessionCache,
     pub metrics: metrics::Metrics,
+    /// Per-tenant requests and failures since the last heartbeat, which reports them.
+    pub health: Arc<health::TenantHealth>,
     pub backup: Option<Arc<Replicator>>,
     /// The data folder's free space and headroom: below it, tenants are read-only.
     pub disk: Arc<disk::Disk>,
@@ -79,7 +83,11 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("create {}", config.data_dir.display()))?;
         let state = Arc::new(NodeState::open(&config.data_dir.join("node.db"))?);
-        let tenants = Arc::new(TenantStore::new(&config.data_dir, config.max_open_tenants)?);
+        let health = Arc::new(health::TenantHealth::default());
+        let tenants = Arc::new(
+            TenantStore::new(&config.data_dir, config.max_open_tenants)?
+                .counting_errors_in(health.clone()),
+        );
         let disk = Arc::new(disk::Disk::new(
             &config.data_dir,
             config.disk_headroom_mib.saturating_mul(1024 * 1024),
@@ -132,6 +140,7 @@ impl Node {
             gate,
             data_versions,
             metrics: metrics::Metrics::default(),
+            health,
             sessions: users::SessionCache::default(),
             http_stats: Arc::default(),
             config,

@@ -10,12 +10,17 @@
 //!   it is hosted at, the LSN last shipped of it at that generation, the wall-clock time the
 //!   write lock was taken), how long the transaction took, and on failure the file, the
 //!   statement and SQLite's error; a failure and a dry run roll everything back;
+//! - the restore point holds every write committed before it: the tenant's pending writes are
+//!   shipped first, and the point is taken only once, holding the write lock, nothing committed
+//!   is left unshipped (a rollback restores exactly up to it). If that cannot be had within
+//!   [`SETTLE`] (the store is slow or away, the data key has not come), the point is taken as it
+//!   stands, logged: writes committed before it and shipped after it are not in it;
 //! - a committed migration is recorded in `node.db` (version, fingerprint, and its answer, so
 //!   the same command sent again is answered the same) before it is acknowledged; its tenant is
 //!   closed (nothing derived from its old shape survives) and marked for shipping.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hemvist_proto::{ErrorKind, Generation, HemvistError, OrgId};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
@@ -27,6 +32,10 @@ use crate::gate::WriteGate;
 use crate::state::{Hosted, NodeState};
 use crate::tenants::schema::{self, FailedFile, Schema, TenantSchema};
 use crate::tenants::TenantStore;
+
+/// How long a migration waits for the tenant's committed writes to be in the store, so that
+/// its restore point holds them.
+pub const SETTLE: Duration = Duration::from_secs(5);
 
 /// What the control plane asked.
 #[derive(Debug, Clone)]
@@ -47,8 +56,8 @@ pub struct RestorePoint {
     /// The generation the tenant is hosted at.
     pub generation: u64,
     /// The LSN after the last object shipped of it at that generation (0: none yet, or this
-    /// node has no backups). Writes committed before `ms` and not yet shipped are in its WAL and
-    /// are shipped later: a restore to `ms` has them.
+    /// node has no backups). Every write committed before it is shipped by then, unless that
+    /// took longer than [`SETTLE`] (see the module doc).
     pub lsn: u64,
     /// Wall-clock ms, taken holding the write lock, before anything changed.
     pub ms: i64,
@@ -123,13 +132,23 @@ impl Migrator {
         if let Err(e) = self.gate.check(org) {
             return self.refused(Some(org), e);
         }
-        let ran = self
-            .tenants
-            .with_writer(org, |conn| Ok(self.run(conn, req, &hosted)));
-        let (migration, committed) = match ran {
-            Ok(ran) => ran,
-            Err(e) => return self.refused(Some(org), e),
+        let deadline = Instant::now() + SETTLE;
+        let ran = loop {
+            if !req.dry_run && !self.settled(org, hosted.generation) {
+                self.ship_pending(org, deadline);
+            }
+            let last_try = req.dry_run || Instant::now() >= deadline;
+            match self
+                .tenants
+                .with_writer(org, |conn| Ok(self.run(conn, req, &hosted, last_try)))
+            {
+                // Written between the shipment and the lock: ship that too.
+                Ok(None) => continue,
+                Ok(Some(ran)) => break ran,
+                Err(e) => return self.refused(Some(org), e),
+            }
         };
+        let (migration, committed) = ran;
         let r = &migration.report;
         match &migration.outcome {
             Ok(_) => tracing::info!(
@@ -204,8 +223,37 @@ impl Migrator {
         })
     }
 
-    /// The transaction, on the tenant's writer connection; whether it committed.
-    fn run(&self, conn: &Connection, req: &MigrateRequest, hosted: &Hosted) -> (Migration, bool) {
+    /// Whether every committed write of the tenant is in the store (trivially so without
+    /// backups: there is nothing to roll back to then).
+    fn settled(&self, org: &OrgId, generation: Generation) -> bool {
+        self.backup
+            .as_ref()
+            .is_none_or(|b| b.settled(org, generation.get()))
+    }
+
+    /// Asks for a pass over the tenant and waits for it, until `deadline` at most.
+    fn ship_pending(&self, org: &OrgId, deadline: Instant) {
+        let Some(b) = &self.backup else {
+            return;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !left.is_zero() {
+            let mark = b.mark_dirty(org);
+            if let Err(e) = b.wait_durable(org, mark, left) {
+                tracing::debug!(error = %e, "the tenant's pending writes are not shipped yet");
+            }
+        }
+    }
+
+    /// The transaction, on the tenant's writer connection; whether it committed. `None`: not
+    /// tried, as the tenant holds writes not yet shipped (and this is not the `last_try`).
+    fn run(
+        &self,
+        conn: &Connection,
+        req: &MigrateRequest,
+        hosted: &Hosted,
+        last_try: bool,
+    ) -> Option<(Migration, bool)> {
         let org = &req.org;
         let mut report = Report {
             from_version: hosted.schema_version,
@@ -217,12 +265,23 @@ impl Migrator {
             Ok(tx) => tx,
             Err(e) => {
                 let error = tenant_error(org, "begin the migration", &e);
-                return (self.refused(Some(org), error), false);
+                return Some((self.refused(Some(org), error), false));
             }
         };
         // Holding the write lock: nothing commits between here and the migration's end.
         if let Err(e) = self.gate.check_now(org) {
-            return (self.refused(Some(org), e), false);
+            return Some((self.refused(Some(org), e), false));
+        }
+        let settled = req.dry_run || self.settled(org, hosted.generation);
+        if !settled && !last_try {
+            return None;
+        }
+        if !settled {
+            tracing::warn!(
+                "the tenant's committed writes were not all shipped within {} s: its restore \
+                 point is what was shipped, and a rollback to it loses the rest",
+                SETTLE.as_secs()
+            );
         }
         report.restore = self.restore_point(org, hosted.generation);
         let started = Instant::now();
@@ -273,7 +332,7 @@ impl Migrator {
             }
         };
         report.micros = started.elapsed().as_micros() as u64;
-        (Migration { report, outcome }, committed)
+        Some((Migration { report, outcome }, committed))
     }
 
     fn restore_point(&self, org: &OrgId, generation: Generation) -> RestorePoint {

@@ -10,6 +10,10 @@
 //! - `migrated`: per hosted org, the answer to the last migration that changed its tenant and
 //!   the id of the command that asked for it, so the same command sent again (its ack was lost)
 //!   is answered the same, restore point included, instead of "nothing to do".
+//! - `rolled_back`: per hosted org, the generation it was last rolled back under and the
+//!   restore point it was restored to, written in one transaction with the `hosted` row of that
+//!   generation: the same rollback sent again is answered the same, and another host of that
+//!   generation asking for a rollback is told it was not one.
 //! - `placements`: the node's cached copy of where every org lives, so it can route users
 //!   (serve, redirect, 404) without asking the control plane, even while the control plane is
 //!   unreachable or right after a restart.
@@ -99,7 +103,10 @@ impl NodeState {
                id INTEGER PRIMARY KEY CHECK (id = 1), until_ms INTEGER NOT NULL,
                ttl_ms INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS migrated (
-               org TEXT PRIMARY KEY, command TEXT NOT NULL, answer TEXT NOT NULL);",
+               org TEXT PRIMARY KEY, command TEXT NOT NULL, answer TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS rolled_back (
+               org TEXT PRIMARY KEY, generation INTEGER NOT NULL,
+               restore_generation INTEGER NOT NULL, restore_lsn INTEGER NOT NULL);",
         )?;
         let has_sync: bool = conn
             .prepare("SELECT 1 FROM pragma_table_info('hosted') WHERE name = 'sync'")?
@@ -246,24 +253,66 @@ impl NodeState {
     }
 
     pub fn set_hosted(&self, org: &OrgId, h: &Hosted, now_ms: i64) -> Result<(), HemvistError> {
-        self.db()
-            .execute(
-                "INSERT INTO hosted (org, generation, schema_version, name, hosted_ms, sync,
-                   schema_fingerprint)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT(org) DO UPDATE SET generation = ?2, schema_version = ?3, name = ?4,
-                   sync = ?6, schema_fingerprint = ?7",
+        Self::write_hosted(&self.db(), org, h, now_ms).map_err(internal)?;
+        self.hosted
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(org.clone(), h.clone());
+        Ok(())
+    }
+
+    fn write_hosted(db: &Connection, org: &OrgId, h: &Hosted, now_ms: i64) -> rusqlite::Result<()> {
+        db.execute(
+            "INSERT INTO hosted (org, generation, schema_version, name, hosted_ms, sync,
+               schema_fingerprint)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(org) DO UPDATE SET generation = ?2, schema_version = ?3, name = ?4,
+               sync = ?6, schema_fingerprint = ?7",
+            params![
+                org.as_str(),
+                h.generation.get() as i64,
+                h.schema_version,
+                h.name,
+                now_ms,
+                h.sync,
+                h.schema_fingerprint,
+            ],
+        )
+        .map(|_| ())
+    }
+
+    /// Hosts `org` as [`NodeState::set_hosted`] does, rolled back to the restore point
+    /// `(generation, lsn)`, in one transaction: the rollback is recorded with the generation
+    /// it was done under, and the answer kept for its last migration goes (the tenant is no
+    /// longer what that migration left).
+    pub fn set_hosted_rolled_back(
+        &self,
+        org: &OrgId,
+        h: &Hosted,
+        restored: (u64, u64),
+        now_ms: i64,
+    ) -> Result<(), HemvistError> {
+        {
+            let mut db = self.db();
+            let tx = db.transaction().map_err(internal)?;
+            Self::write_hosted(&tx, org, h, now_ms).map_err(internal)?;
+            tx.execute(
+                "INSERT INTO rolled_back (org, generation, restore_generation, restore_lsn)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(org) DO UPDATE SET generation = ?2, restore_generation = ?3,
+                   restore_lsn = ?4",
                 params![
                     org.as_str(),
                     h.generation.get() as i64,
-                    h.schema_version,
-                    h.name,
-                    now_ms,
-                    h.sync,
-                    h.schema_fingerprint,
+                    restored.0 as i64,
+                    restored.1 as i64
                 ],
             )
             .map_err(internal)?;
+            tx.execute("DELETE FROM migrated WHERE org = ?1", [org.as_str()])
+                .map_err(internal)?;
+            tx.commit().map_err(internal)?;
+        }
         self.hosted
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -305,6 +354,26 @@ impl NodeState {
             h.schema_fingerprint = fingerprint.to_string();
         }
         Ok(())
+    }
+
+    /// The last rollback of `org` here: (the generation it was done under, and the restore
+    /// point's generation and LSN).
+    pub fn rolled_back(&self, org: &OrgId) -> Option<(Generation, (u64, u64))> {
+        self.db()
+            .query_row(
+                "SELECT generation, restore_generation, restore_lsn FROM rolled_back
+                 WHERE org = ?1",
+                [org.as_str()],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                },
+            )
+            .ok()
+            .and_then(|(g, rg, rl)| Some((Generation::new(g as u64).ok()?, (rg as u64, rl as u64))))
     }
 
     /// The answer kept for `command`, if it is the last migration that changed `org` here.
@@ -396,6 +465,7 @@ impl NodeState {
             for sql in [
                 "DELETE FROM hosted WHERE org = ?1",
                 "DELETE FROM migrated WHERE org = ?1",
+                "DELETE FROM rolled_back WHERE org = ?1",
             ] {
                 tx.execute(sql, [org.as_str()]).map_err(internal)?;
             }
@@ -559,5 +629,39 @@ mod tests {
         assert_eq!(state.migration_answer(&org, "c-1").as_deref(), Some("{}"));
         state.remove_hosted(&org).unwrap();
         assert_eq!(state.migration_answer(&org, "c-1"), None);
+    }
+
+    #[test]
+    fn a_rollback_is_recorded_with_its_generation_and_ends_the_kept_migration_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        let state = NodeState::open(&path).unwrap();
+        let org = OrgId::parse("acme").unwrap();
+        let mut h = Hosted {
+            generation: Generation::new(3).unwrap(),
+            schema_version: 5,
+            schema_fingerprint: "f5".into(),
+            name: "Acme".into(),
+            sync: false,
+            data_key: None,
+        };
+        state.set_hosted(&org, &h, 0).unwrap();
+        state
+            .set_schema(&org, 6, "f6", Some(("c-1", "{}")))
+            .unwrap();
+        assert_eq!(state.rolled_back(&org), None);
+        h.generation = Generation::new(4).unwrap();
+        state.set_hosted_rolled_back(&org, &h, (3, 17), 0).unwrap();
+        drop(state);
+        let state = NodeState::open(&path).unwrap();
+        let held = state.hosted(&org).unwrap();
+        assert_eq!((held.generation.get(), held.schema_version), (4, 5));
+        assert_eq!(
+            state.rolled_back(&org),
+            Some((Generation::new(4).unwrap(), (3, 17)))
+        );
+        assert_eq!(state.migration_answer(&org, "c-1"), None);
+        state.remove_hosted(&org).unwrap();
+        assert_eq!(state.rolled_back(&org), None);
     }
 }

@@ -1,7 +1,8 @@
 //! The one way to write to a tenant: through the write gate, then the commit, then what every
 //! committed write owes the rest of the node (the search index's data version, the replicator's
 //! dirty mark) and, for an org in `sync` durability, the wait until the write is in object
-//! storage. Nothing is acknowledged that the gate did not allow. A write that fails for want of
+//! storage. Nothing is acknowledged that the gate did not allow, and nothing commits under
+//! another generation than the one the gate allowed it at. A write that fails for want of
 //! space is answered as storage full, never as an internal error.
 
 use std::sync::Arc;
@@ -48,11 +49,18 @@ impl Writer {
         org: &OrgId,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, HemvistError> {
-        self.gate.check(org)?;
-        // Checked again inside the write transaction: a fence taken meanwhile wins.
+        let generation = self.gate.check(org)?;
+        // Checked again inside the write transaction: a fence taken meanwhile wins, and so does
+        // a new generation (a rollback replaced the file this write may hold a handle of).
+        let now = || match self.gate.check_now(org)? {
+            g if g == generation => Ok(()),
+            g => Err(HemvistError::unavailable(format!(
+                "org {org} was hosted again here (at {g}) while this write waited; try again"
+            ))),
+        };
         let out = self
             .tenants
-            .write_checked(org, || self.gate.check_now(org).map(|_| ()), f)
+            .write_checked(org, now, f)
             .map_err(|e| match self.gate.disk() {
                 Some(disk) => disk.classify(e),
                 None => e,

@@ -759,9 +759,16 @@ fn baking(plane: &Plane, op: &Rollout, mut d: RolloutDetail) -> Result<(), Hemvi
     let requests = now.requests.saturating_sub(before.requests);
     let errors = now.errors.saturating_sub(before.errors);
     if errors >= d.min_errors && errors * 1000 > requests * d.errors_per_mille {
-        let first = d.order.first().cloned().unwrap_or_else(|| op.org().clone());
+        let worst = plane.worst_of(&d.order[..upto]);
+        let org = worst
+            .as_ref()
+            .map(|w| w.0.clone())
+            .or_else(|| d.order.first().cloned());
+        let Some(org) = org else {
+            return Ok(());
+        };
         let h = Halt {
-            org: first,
+            org,
             node: String::new(),
             cause: "errors".into(),
             file: None,

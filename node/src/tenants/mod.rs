@@ -10,11 +10,17 @@
 //! A tenant is created at exactly the schema it is told, as a copy of that schema's
 //! [`template`], and put in place only once the copy is whole and checked; an existing tenant's
 //! schema is checked, never changed, by [`TenantStore::adopt`] (only `schema::migrate` changes
-//! it, under the tenant's writer).
+//! it, under the tenant's writer). A tenant's file is replaced by another only under its writer,
+//! with its WAL checkpointed into it first, by one rename ([`TenantStore::replace`]).
+//!
+//! Reads and writes that fail in SQLite are counted per org in the [`TenantHealth`] the store is
+//! given, if any: the heartbeat reports them.
 
 pub mod schema;
 pub mod sweeper;
 pub mod template;
+#[cfg(test)]
+mod tests;
 pub mod trash;
 
 use std::num::NonZeroUsize;
@@ -28,6 +34,7 @@ use lru::LruCache;
 use rusqlite::functions::FunctionFlags;
 use rusqlite::{Connection, OpenFlags};
 
+use crate::health::TenantHealth;
 use schema::{Schema, TenantSchema};
 use template::Templates;
 
@@ -49,6 +56,8 @@ pub struct TenantStore {
     open: Mutex<LruCache<OrgId, Arc<Tenant>>>,
     pub opens: AtomicU64,
     pub evictions: AtomicU64,
+    /// Where reads and writes that fail in SQLite are counted.
+    health: Option<Arc<TenantHealth>>,
 }
 
 /// What a domain module keeps beside an open tenant.
@@ -60,6 +69,7 @@ pub struct Tenant {
     readers: Mutex<Vec<Connection>>,
     path: PathBuf,
     last_used: Mutex<Instant>,
+    health: Option<Arc<TenantHealth>>,
     /// In-memory state derived from the tenant's data (the search index, built by the first
     /// search), dropped with the tenant when it closes. The store does not know its type.
     pub derived: RwLock<Option<Derived>>,
@@ -67,6 +77,14 @@ pub struct Tenant {
 
 fn db_error(org: &OrgId, e: impl std::fmt::Display) -> HemvistError {
     HemvistError::internal(format!("tenant {org}: {e}"))
+}
+
+/// A failure in SQLite of a read or write of `org`: counted, then as [`db_error`].
+fn sqlite_error(health: Option<&TenantHealth>, org: &OrgId, e: rusqlite::Error) -> HemvistError {
+    if let Some(h) = health {
+        h.sqlite_error(org);
+    }
+    db_error(org, e)
 }
 
 impl TenantStore {
@@ -81,7 +99,14 @@ impl TenantStore {
             )),
             opens: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            health: None,
         })
+    }
+
+    /// The same store, counting the reads and writes that fail in SQLite in `health`.
+    pub fn counting_errors_in(mut self, health: Arc<TenantHealth>) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// The one place a tenant's file path is built. Safe because an `OrgId` is a checked slug;
@@ -192,13 +217,15 @@ impl TenantStore {
                 "tenant {org} has no database here"
             )));
         }
-        let writer = open_existing(&path, false).map_err(|e| db_error(org, e))?;
+        let writer = open_existing(&path, false)
+            .map_err(|e| sqlite_error(self.health.as_deref(), org, e))?;
         let tenant = Arc::new(Tenant {
             org: org.clone(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
             path,
             last_used: Mutex::new(Instant::now()),
+            health: self.health.clone(),
             derived: RwLock::new(None),
         });
         self.opens.fetch_add(1, Ordering::Relaxed);
@@ -231,15 +258,16 @@ impl TenantStore {
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, HemvistError> {
         let tenant = self.tenant(org)?;
+        let failed = |e| sqlite_error(self.health.as_deref(), org, e);
         let mut conn = tenant.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| db_error(org, e))?;
+            .map_err(failed)?;
         // Checked holding SQLite's write lock, not only this handle's mutex: a handle evicted
         // from the cache and reopened has a mutex of its own, but the database has one writer.
         check()?;
-        let out = f(&tx).map_err(|e| db_error(org, e))?;
-        tx.commit().map_err(|e| db_error(org, e))?;
+        let out = f(&tx).map_err(failed)?;
+        tx.commit().map_err(failed)?;
         Ok(out)
     }
 
@@ -259,7 +287,7 @@ impl TenantStore {
     pub fn write_barrier(&self, org: &OrgId) -> Result<(), HemvistError> {
         self.with_writer(org, |conn| {
             conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
-                .map_err(|e| db_error(org, e))
+                .map_err(|e| sqlite_error(self.health.as_deref(), org, e))
         })
     }
 
@@ -318,6 +346,143 @@ impl TenantStore {
         std::fs::rename(&path, &dest).map_err(|e| db_error(org, e))?;
         Ok(Some(dest))
     }
+
+    /// Puts `staged` (a whole database, checked, nothing beside it) where the org's tenant
+    /// lives; the tenant's files, if any, go to `trash/` under `label`. Under the tenant's
+    /// writer and SQLite's write lock on its file: its WAL is checkpointed into the file first,
+    /// so the file alone is the whole tenant; the file is linked into the trash and its WAL and
+    /// shared memory are moved there (connections still open on the old file keep theirs and
+    /// never meet the new file's); then `staged` is renamed over it. Whenever a crash stops
+    /// this, the tenant's path holds the old database whole or the staged one: the rename is
+    /// the commit. `commit` runs right after it, still under the writer, to record what the
+    /// file now is before any write takes the lock; its error is returned, though the file is
+    /// replaced. Before the rename, any failure leaves the tenant as it was. Where the trash
+    /// keeps the old file.
+    pub fn replace<T>(
+        &self,
+        org: &OrgId,
+        staged: &Path,
+        label: &str,
+        commit: impl FnOnce() -> Result<T, HemvistError>,
+    ) -> Result<(T, Option<PathBuf>), HemvistError> {
+        let path = self.path(org);
+        if !path.is_file() {
+            self.close(org);
+            // Side files without their database would be taken for the new one's.
+            for suffix in ["-wal", "-shm"] {
+                let side = with_suffix(&path, suffix);
+                if side.exists() {
+                    let trash = self.trash_dir();
+                    std::fs::create_dir_all(&trash).map_err(|e| db_error(org, e))?;
+                    let dest = with_suffix(&trash.join(format!("{org}.{label}.db")), suffix);
+                    std::fs::rename(&side, dest).map_err(|e| db_error(org, e))?;
+                }
+            }
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| db_error(org, e))?;
+            }
+            std::fs::rename(staged, &path).map_err(|e| db_error(org, e))?;
+            sync_dir(&path).map_err(|e| db_error(org, e))?;
+            self.close(org);
+            return Ok((commit()?, None));
+        }
+        let tenant = self.tenant(org)?;
+        let conn = tenant.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let unavailable = |what: &str, e: rusqlite::Error| {
+            HemvistError::unavailable(format!("tenant {org}: {what}: {e}; nothing was replaced"))
+        };
+        let busy: i64 = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .map_err(|e| unavailable("checkpoint", e))?;
+        if busy != 0 {
+            return Err(HemvistError::unavailable(format!(
+                "tenant {org}: a reader kept its checkpoint from finishing; nothing was replaced"
+            )));
+        }
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| unavailable("take the write lock", e))?;
+        let done = self.swap(org, &path, staged, label).and_then(|trashed| {
+            self.close(org);
+            commit().map(|t| (t, Some(trashed)))
+        });
+        if let Err(e) = conn.execute_batch("ROLLBACK") {
+            tracing::warn!(%org, error = %e, "could not release the replaced tenant's write lock");
+        }
+        done
+    }
+
+    /// The files part of [`TenantStore::replace`], holding the write lock.
+    fn swap(
+        &self,
+        org: &OrgId,
+        path: &Path,
+        staged: &Path,
+        label: &str,
+    ) -> Result<PathBuf, HemvistError> {
+        let failed = |e: std::io::Error| {
+            HemvistError::unavailable(format!("tenant {org}: {e}; nothing was replaced"))
+        };
+        let wal = with_suffix(path, "-wal");
+        if std::fs::metadata(&wal).map_or(0, |m| m.len()) > 0 {
+            // Another handle of the tenant wrote between the checkpoint and the lock.
+            return Err(HemvistError::unavailable(format!(
+                "tenant {org} was written while it was being replaced; nothing was replaced"
+            )));
+        }
+        let trash = self.trash_dir();
+        std::fs::create_dir_all(&trash).map_err(failed)?;
+        let dest = trash.join(format!("{org}.{label}.db"));
+        if dest.exists() {
+            return Err(HemvistError::conflict(format!(
+                "{} exists already; nothing was replaced",
+                dest.display()
+            )));
+        }
+        if std::fs::hard_link(path, &dest).is_err() {
+            // Another file system (or none that links): a copy, synced.
+            std::fs::copy(path, &dest)
+                .and_then(|_| std::fs::File::open(&dest)?.sync_all())
+                .map_err(failed)?;
+        }
+        let mut moved = Vec::new();
+        let mut side_moves = ["-wal", "-shm"].into_iter().try_for_each(|suffix| {
+            let side = with_suffix(path, suffix);
+            if side.exists() {
+                std::fs::rename(&side, with_suffix(&dest, suffix))?;
+                moved.push(suffix);
+            }
+            Ok(())
+        });
+        if side_moves.is_ok() {
+            side_moves = sync_dir(&dest).and_then(|()| std::fs::rename(staged, path));
+        }
+        if let Err(e) = side_moves {
+            // The old file never left its path: give it back its side files.
+            for suffix in moved {
+                let _ = std::fs::rename(with_suffix(&dest, suffix), with_suffix(path, suffix));
+            }
+            let _ = std::fs::remove_file(&dest);
+            return Err(failed(e));
+        }
+        if let Err(e) = sync_dir(path) {
+            // Renamed already: the new file is the tenant's, if not yet surely on disk.
+            tracing::warn!(%org, error = %e, "could not sync the folder of a replaced tenant");
+        }
+        Ok(dest)
+    }
+}
+
+/// `path` with `suffix` after its name (`x.db` -> `x.db-wal`).
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}{suffix}", path.display()))
+}
+
+/// Syncs the folder holding `file`, so a rename into it survives a power cut.
+fn sync_dir(file: &Path) -> std::io::Result<()> {
+    match file.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 impl Tenant {
@@ -330,11 +495,12 @@ impl Tenant {
             let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
             pool.pop()
         };
+        let failed = |e| sqlite_error(self.health.as_deref(), &self.org, e);
         let conn = match conn {
             Some(c) => c,
-            None => open_existing(&self.path, true).map_err(|e| db_error(&self.org, e))?,
+            None => open_existing(&self.path, true).map_err(failed)?,
         };
-        let result = f(&conn).map_err(|e| db_error(&self.org, e));
+        let result = f(&conn).map_err(failed);
         let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < READERS_PER_TENANT {
             pool.push(conn);

@@ -13,7 +13,8 @@ use super::TenantStore;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Purged {
     pub org: OrgId,
-    /// `g{generation}-{dropped_ms}`, as `retire` named it.
+    /// `g{generation}-{dropped_ms}`, as `retire` named it (or `g{generation}-rolled-back-{ms}`,
+    /// a file a rollback replaced).
     pub label: String,
     pub dropped_ms: i64,
 }

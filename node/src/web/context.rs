@@ -21,6 +21,17 @@ use crate::Node;
 
 pub const SESSION_COOKIE: &str = "hv_session";
 
+/// Set by [`OrgCtx`] when it finds the request's org served here: how the middleware that
+/// counts each org's requests (`super::count_served`) learns whose request it was.
+#[derive(Clone, Default)]
+pub struct Served(Arc<std::sync::OnceLock<OrgId>>);
+
+impl Served {
+    pub fn org(&self) -> Option<&OrgId> {
+        self.0.get()
+    }
+}
+
 pub struct OrgCtx {
     pub node: Arc<Node>,
     pub org: OrgId,
@@ -129,17 +140,22 @@ where
         }
         node.metrics.requests.inc();
         match route(&node.state, &node.config.id, &org) {
-            Route::Local => Ok(OrgCtx {
-                node: node.clone(),
-                org,
-                wants_json: json,
-                htmx: is_htmx(&parts.headers),
-                client: parts
-                    .extensions
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map(|c| c.0.ip()),
-                handed_off_from: parts.extensions.get::<HandedOff>().map(|h| h.from.clone()),
-            }),
+            Route::Local => {
+                if let Some(served) = parts.extensions.get::<Served>() {
+                    let _ = served.0.set(org.clone());
+                }
+                Ok(OrgCtx {
+                    node: node.clone(),
+                    org,
+                    wants_json: json,
+                    htmx: is_htmx(&parts.headers),
+                    client: parts
+                        .extensions
+                        .get::<ConnectInfo<SocketAddr>>()
+                        .map(|c| c.0.ip()),
+                    handed_off_from: parts.extensions.get::<HandedOff>().map(|h| h.from.clone()),
+                })
+            }
             Route::Elsewhere { node_url } => {
                 node.metrics.redirected.inc();
                 let target = format!(

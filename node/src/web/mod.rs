@@ -117,6 +117,7 @@ pub fn router_with(node: Arc<Node>, limits: &SigninLimits) -> Router {
             state.clone(),
             moved::accept_handoff,
         ))
+        .layer(middleware::from_fn_with_state(node.clone(), count_served))
         .layer(middleware::from_fn_with_state(node, time_request))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(not_cached_nor_sniffed))
@@ -179,6 +180,23 @@ async fn time_request(State(node): State<Arc<Node>>, req: Request, next: Next) -
         .http_latency
         .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// Counts a request in its org's health (see [`crate::health`]) once the org's context found
+/// the org served here ([`context::Served`]), with the status it was finally answered with: a
+/// request sent elsewhere, refused before its org was known, or for an org not served here is
+/// not counted (so only orgs hosted here are).
+async fn count_served(State(node): State<Arc<Node>>, mut req: Request, next: Next) -> Response {
+    if !req.uri().path().starts_with("/o/") {
+        return next.run(req).await;
+    }
+    let served = context::Served::default();
+    req.extensions_mut().insert(served.clone());
+    let resp = next.run(req).await;
+    if let Some(org) = served.org() {
+        node.health.request(org, resp.status().is_server_error());
+    }
     resp
 }
 
@@ -290,4 +308,100 @@ pub(crate) fn html(status: StatusCode, body: String) -> Response {
         HeaderValue::from_static("same-origin"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use hemvist_proto::{Generation, NodeId, OrgId, RegionId};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::health::Counts;
+    use crate::tenants::schema::Schema;
+    use crate::{HostRequest, Node, NodeConfig};
+
+    fn node(dir: &std::path::Path) -> Node {
+        let config = NodeConfig {
+            id: NodeId::parse("eu-north-1").unwrap(),
+            region: RegionId::parse("eu-north").unwrap(),
+            control_url: "http://127.0.0.1:1".into(),
+            join_token: "x".repeat(20),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            public_url: None,
+            control_tls: Default::default(),
+            insecure: false,
+            tls: None,
+            limits: Default::default(),
+            signin: Default::default(),
+            data_dir: dir.to_path_buf(),
+            capacity: 10,
+            max_open_tenants: 2,
+            idle_close_ms: 60_000,
+            trash_grace_secs: 7 * 24 * 3600,
+            idempotency_ttl_secs: 24 * 3600,
+            disk_headroom_mib: 0,
+            backup: None,
+        };
+        Node::open(config, "http://127.0.0.1:9".into()).unwrap()
+    }
+
+    /// The status line's code of `GET path` with `cookie`.
+    async fn get(addr: std::net::SocketAddr, path: &str, cookie: &str) -> u16 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: n\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        answer.split(' ').nth(1).unwrap().parse().unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_request_answered_500_for_a_failing_read_is_counted_for_its_org() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Arc::new(node(dir.path()));
+        let org = OrgId::parse("acme").unwrap();
+        node.hosting
+            .host(&HostRequest {
+                org: org.clone(),
+                generation: Generation::new(1).unwrap(),
+                name: "Acme".into(),
+                allowed_regions: vec!["eu-north".into()],
+                sync: false,
+                data_key: None,
+                expect_backup: false,
+                moved_here: false,
+                schema: Schema::builtin(),
+            })
+            .unwrap();
+        // Every session lookup now fails in SQLite.
+        node.tenants
+            .write(&org, |tx| tx.execute_batch("DROP TABLE sessions"))
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = super::router(node.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        assert_eq!(get(addr, "/o/acme/", "hv_session=acme.x").await, 500);
+        assert_eq!(get(addr, "/o/acme/", "a=b").await, 303, "to sign in");
+        // Not served here, or no org at all: not counted.
+        assert_eq!(get(addr, "/o/nobody/", "a=b").await, 404);
+        assert_eq!(get(addr, "/healthz", "a=b").await, 200);
+        assert_eq!(
+            node.health.take(),
+            vec![(
+                org,
+                Counts {
+                    requests: 2,
+                    server_errors: 1,
+                    sqlite_errors: 1
+                }
+            )]
+        );
+        assert!(node.health.take().is_empty());
+    }
 }

@@ -195,6 +195,20 @@ impl Replicator {
         self.db.get(org)
     }
 
+    /// Whether every transaction committed to the tenant is in the store under `generation`:
+    /// its record is of that generation and its WAL holds nothing committed past the record.
+    /// Asked holding the tenant's write lock, the answer holds until the lock goes.
+    pub fn settled(&self, org: &OrgId, generation: u64) -> bool {
+        let Some(s) = self.shipped(org).filter(|s| s.generation == generation) else {
+            return false;
+        };
+        let wal = wal::wal_path(&self.tenants.path(org));
+        matches!(
+            wal::read_since(&wal, Some(&s.wal), 0),
+            Ok(wal::WalRead::Nothing)
+        )
+    }
+
     pub fn dirty_count(&self) -> usize {
         self.dirty.count()
     }

@@ -323,6 +323,13 @@ impl Shipper<'_> {
         })
         .await
         .map_err(internal)??;
+        if self.hosted.hosted(org).map(|h| h.generation.get()) != Some(generation) {
+            // Hosted anew while the file was read (a rollback put another file in its place):
+            // what was read may be that file, which is no snapshot of this generation.
+            return Err(HemvistError::unavailable(format!(
+                "backup of {org}: hosted anew while its snapshot was read; not shipped"
+            )));
+        }
         self.up.put(&name, bytes).await?;
         self.up.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
         let shipped = Shipped {

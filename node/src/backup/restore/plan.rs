@@ -129,6 +129,101 @@ impl Catalog {
         None
     }
 
+    /// What to read to restore the org to exactly position `lsn` of `generation`: everything
+    /// up to it and nothing after (a rollback to a migration's restore point). The newest
+    /// snapshot of the generation at or before `lsn` from which segments chain to exactly
+    /// `lsn`, using no object named after `at_ms` (the position's own time: nothing shipped
+    /// later, such as the generation's first snapshot taken after the point, can be the
+    /// point). `None`: no such chain ([`Catalog::why_not_to`] says why).
+    pub fn plan_to(&self, generation: u64, lsn: u64, at_ms: i64) -> Option<Plan> {
+        let mut snapshots: Vec<&(ObjectName, u64)> = self
+            .objects
+            .iter()
+            .filter(|(n, _)| {
+                n.generation == generation
+                    && n.kind == Kind::Snapshot
+                    && n.end <= lsn
+                    && n.time_ms <= at_ms
+            })
+            .collect();
+        snapshots.sort_by_key(|(n, _)| std::cmp::Reverse((n.end, n.time_ms)));
+        // Segments past the position are out of the picture: the furthest chain left ends at
+        // the position whenever any chain does.
+        let up_to = Catalog {
+            objects: self
+                .objects
+                .iter()
+                .filter(|(n, _)| n.kind == Kind::Segment && n.end <= lsn)
+                .cloned()
+                .collect(),
+            ..Default::default()
+        };
+        snapshots.into_iter().find_map(|snapshot| {
+            let segments = up_to.chain(generation, snapshot.0.end, at_ms, &[]);
+            let reach = segments.last().map_or(snapshot.0.end, |s| s.0.end);
+            (reach == lsn).then(|| Plan {
+                generation,
+                snapshot: snapshot.clone(),
+                segments,
+            })
+        })
+    }
+
+    /// Why [`Catalog::plan_to`] finds no plan to that position, for a message.
+    pub fn why_not_to(&self, generation: u64, lsn: u64, at_ms: i64) -> String {
+        let of_g: Vec<&ObjectName> = self
+            .objects
+            .iter()
+            .map(|(n, _)| n)
+            .filter(|n| n.generation == generation)
+            .collect();
+        let mut why = if of_g.is_empty() {
+            format!("the store holds no backup of generation {generation}")
+        } else {
+            let snapshot = of_g
+                .iter()
+                .filter(|n| n.kind == Kind::Snapshot && n.end <= lsn && n.time_ms <= at_ms)
+                .max_by_key(|n| (n.end, n.time_ms));
+            match snapshot {
+                None => {
+                    let oldest = of_g
+                        .iter()
+                        .filter(|n| n.kind == Kind::Snapshot)
+                        .min_by_key(|n| n.end);
+                    format!(
+                        "generation {generation} has no snapshot at or before LSN {lsn} taken \
+                         by then{}",
+                        oldest.map_or(String::new(), |o| format!(
+                            " (its oldest is at LSN {}, {}: removed by retention?)",
+                            o.end,
+                            crate::backup::format_time(o.time_ms)
+                        ))
+                    )
+                }
+                Some(s) => {
+                    let reach = self
+                        .chain(generation, s.end, at_ms, &[])
+                        .iter()
+                        .map(|c| c.0.end)
+                        .take_while(|end| *end <= lsn)
+                        .last()
+                        .unwrap_or(s.end);
+                    let newest = of_g.iter().map(|n| n.end).max().unwrap_or(reach);
+                    format!(
+                        "from its snapshot at LSN {}, the segments of generation {generation} \
+                         shipped by then reach LSN {reach}, not {lsn} (its newest object ends at \
+                         LSN {newest})",
+                        s.end
+                    )
+                }
+            }
+        };
+        for d in &self.damaged {
+            why.push_str(&format!("; {} is damaged ({})", d.key, d.reason));
+        }
+        why
+    }
+
     pub fn summary(&self) -> Vec<GenerationSummary> {
         self.generations()
             .into_iter()
@@ -326,6 +421,70 @@ mod tests {
         let plan = c.plan(i64::MAX, &[]).unwrap();
         assert_eq!(plan.lsn(), 30);
         assert!(c.shortfall(Some(&plan), i64::MAX, None).is_empty());
+    }
+
+    #[test]
+    fn a_plan_to_a_position_stops_exactly_there_or_is_none() {
+        // Generation 2: a snapshot at 0, segments to 30 (one re-shipped: [10, 25) beside
+        // [10, 20)), then a snapshot at 31 taken after the segments, and what came after it.
+        let c = catalog(&[
+            name(Kind::Snapshot, 1, 0, 0, 50),
+            name(Kind::Segment, 1, 0, 9, 60),
+            name(Kind::Snapshot, 2, 0, 0, 100),
+            name(Kind::Segment, 2, 0, 10, 110),
+            name(Kind::Segment, 2, 10, 20, 120),
+            name(Kind::Segment, 2, 20, 30, 130),
+            name(Kind::Segment, 2, 10, 25, 140),
+            name(Kind::Snapshot, 2, 31, 31, 150),
+            name(Kind::Segment, 2, 31, 40, 160),
+        ]);
+        let ends = |p: &Plan| -> (u64, Vec<u64>) {
+            (
+                p.snapshot.0.end,
+                p.segments.iter().map(|s| s.0.end).collect(),
+            )
+        };
+        let plan = c.plan_to(2, 20, i64::MAX).unwrap();
+        assert_eq!((plan.generation, plan.lsn()), (2, 20));
+        assert_eq!(ends(&plan), (0, vec![10, 20]), "nothing past 20");
+        // The re-shipped segment reaches 25, which the furthest chain passes by.
+        assert_eq!(
+            ends(&c.plan_to(2, 25, i64::MAX).unwrap()),
+            (0, vec![10, 25])
+        );
+        assert_eq!(ends(&c.plan_to(2, 0, i64::MAX).unwrap()), (0, vec![]));
+        // After a newer snapshot: from it.
+        assert_eq!(ends(&c.plan_to(2, 40, i64::MAX).unwrap()), (31, vec![40]));
+        assert_eq!(ends(&c.plan_to(2, 31, i64::MAX).unwrap()), (31, vec![]));
+        // An older generation, though a newer one exists.
+        assert_eq!(c.plan_to(1, 9, i64::MAX).unwrap().lsn(), 9);
+        // No object ends there; past the newest; no such generation.
+        for (g, lsn) in [(2, 15), (2, 41), (3, 0)] {
+            assert!(c.plan_to(g, lsn, i64::MAX).is_none(), "{g}/{lsn}");
+        }
+        // Nothing named after the position's time: the snapshot at 0 of a generation first
+        // shipped after the point is not the point.
+        assert!(c.plan_to(2, 0, 99).is_none());
+        assert!(c
+            .why_not_to(2, 0, 99)
+            .contains("no snapshot at or before LSN 0"));
+        assert_eq!(c.plan_to(2, 20, 125).unwrap().lsn(), 20);
+        assert!(
+            c.plan_to(2, 30, 125).is_none(),
+            "[20, 30) is newer than 125"
+        );
+
+        // A hole: [10, 20) lost.
+        let mut holed = c.clone();
+        holed
+            .objects
+            .retain(|(n, _)| n.generation != 2 || n.start != 10);
+        assert!(holed.plan_to(2, 30, i64::MAX).is_none());
+        let why = holed.why_not_to(2, 30, i64::MAX);
+        assert!(why.contains("reach LSN 10, not 30"), "{why}");
+        assert!(c
+            .why_not_to(7, 1, i64::MAX)
+            .contains("no backup of generation 7"));
     }
 
     #[test]
