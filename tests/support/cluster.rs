@@ -721,9 +721,10 @@ impl Cluster {
         });
     }
 
-    /// Polls `f` every 50 ms until it gives a value; fails the test after 20 s.
+    /// Polls `f` every 50 ms until it gives a value; fails the test after 45 s (a loaded
+    /// machine's fsyncs can take seconds each).
     pub fn wait_for<T>(&self, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(45);
         loop {
             if let Some(v) = f() {
                 return v;
