@@ -595,3 +595,80 @@ fn errors_on_the_canary_while_it_bakes_halt_the_rollout() {
         );
     }
 }
+
+/// How many contacts named `name` the tenant holds.
+fn count_named(file: &Path, name: &str) -> i64 {
+    let conn =
+        rusqlite::Connection::open_with_flags(file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    conn.query_row(
+        "SELECT count(*) FROM contacts WHERE name = ?1",
+        [name],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[test]
+fn killed_mid_wave_or_mid_migration_a_rollout_migrates_every_tenant_exactly_once() {
+    let mut c = Cluster::start(&[EU_NORTH, EU_CENTRAL, US_EAST]);
+    c.wait_nodes_healthy(3);
+    let orgs = create_orgs(&c, 12);
+    // Each file writes a row, so a tenant migrated twice would hold two.
+    let once6 =
+        "INSERT INTO contacts (name, created_ms, updated_ms) VALUES ('migrated to 6', 0, 0);\n";
+    let once7 =
+        "INSERT INTO contacts (name, created_ms, updated_ms) VALUES ('migrated to 7', 0, 0);\n";
+    let dir = migrations_dir(c.dir.path(), &[("0006_once.sql", once6)]);
+
+    // The control plane dies at the first answer of the wave (the tenant migrated, the answer
+    // lost), and comes back.
+    c.kill_control();
+    c.start_control_with_env(&[("HEMVIST_FAILPOINTS", "control.ack=crash")]);
+    c.wait_nodes_healthy(3);
+    let id = start_rollout(
+        &c,
+        &dir,
+        &["--canary", "3", "--waves", "100%", "--bake", "0s"],
+    );
+    assert!(c.wait_control_exit(), "the control plane died at an answer");
+    c.start_control();
+    let ended = c.wait_operation_end(&id, Duration::from_secs(120));
+    assert_eq!(ended["phase"], "done", "{ended:#}");
+    for o in &orgs {
+        let file = c.tenant_file(region_of(o), o);
+        assert_eq!(user_version(&file), 6, "{o}");
+        assert_eq!(count_named(&file, "migrated to 6"), 1, "{o} migrated once");
+    }
+
+    // A node dies right after committing a tenant's migration, before it answers.
+    std::fs::write(dir.join("0007_once.sql"), once7).unwrap();
+    c.kill_node("eu-central");
+    c.start_node_with_env(
+        "eu-central",
+        &[("HEMVIST_FAILPOINTS", "node.migrate.committed=crash")],
+    );
+    c.wait_nodes_healthy(3);
+    let id = start_rollout(
+        &c,
+        &dir,
+        &["--canary", "3", "--waves", "100%", "--bake", "0s"],
+    );
+    assert!(
+        c.wait_node_exit("eu-central"),
+        "the node died after a commit"
+    );
+    c.start_node("eu-central");
+    let ended = c.wait_operation_end(&id, Duration::from_secs(120));
+    assert_eq!(ended["phase"], "done", "{ended:#}");
+    assert_eq!(
+        ended["detail"]["progress"]["migrated"], 12,
+        "none skipped: {ended:#}"
+    );
+    for o in &orgs {
+        let file = c.tenant_file(region_of(o), o);
+        assert_eq!(user_version(&file), 7, "{o}");
+        assert_eq!(count_named(&file, "migrated to 7"), 1, "{o} migrated once");
+        assert_eq!(c.org(o).expect("org").schema_version, Some(7), "{o}");
+    }
+}

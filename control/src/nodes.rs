@@ -272,11 +272,14 @@ impl Plane {
                     self.metrics
                         .record_migration(if changed { "done" } else { "unchanged" });
                 }
-                // A dry run changes nothing; a migration holds the org at its new version.
-                if let (Some(schema), Some(m)) = (schema, &ack.migrated) {
-                    if m.to_version != m.from_version {
-                        self.store
-                            .set_observed(node, &cmd.org, cmd.generation, &schema)?;
+                // A migration holds the org at its new version; so does an answer that finds the
+                // tenant migrated already (its node died before it could tell). A dry run reports
+                // the version the tenant has.
+                if let Some(schema) = schema {
+                    self.store
+                        .set_observed(node, &cmd.org, cmd.generation, &schema)?;
+                    let held = self.store.org(&cmd.org)?.and_then(|o| o.schema_version);
+                    if held.is_none_or(|h| h < schema.version) {
                         self.store.set_org_schema(&cmd.org, schema.version)?;
                     }
                 }

@@ -164,6 +164,11 @@ impl Migrator {
             }
         }
         if committed {
+            // A node that dies here migrated the tenant and told nobody: asked again, it finds
+            // the tenant there already.
+            if let Err(e) = crate::failpoints::check("node.migrate.committed") {
+                tracing::warn!(error = %e, "failpoint");
+            }
             self.committed(org, req, &migration.report);
         } else if let (Ok(now), false) = (&migration.outcome, req.dry_run) {
             // Nothing to commit, but what node.db says may be older (a fingerprint from
