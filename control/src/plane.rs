@@ -66,6 +66,8 @@ pub struct OperationsMemory {
     pub(crate) stepping: Mutex<HashMap<String, (String, i64)>>,
     /// Operations stuck in a phase that can only go forward, and what they wait for.
     pub(crate) stalled: Mutex<HashMap<String, Stall>>,
+    /// When each operation's progress counts were last written to the store.
+    pub(crate) progress_written: Mutex<HashMap<String, i64>>,
 }
 
 /// An operation waiting past its phase's limit in a phase it cannot leave backwards: an alarm

@@ -2,6 +2,7 @@
 
 mod failover;
 mod hosting;
+mod migrate;
 mod moves;
 mod replication;
 mod search;
@@ -26,6 +27,9 @@ pub enum BenchCommand {
     /// Failover of a dead node's orgs (1, 100, 1,000 of them) and a drain of 1,000, with rows
     /// lost; beside an operator's sequential restore of each org.
     Failover(failover::FailoverArgs),
+    /// A fleet-wide schema migration in canary waves over three regions: the rollout's wall
+    /// time, its waves and per-tenant times; beside `sqlite3 FILE < migration.sql` per tenant.
+    Migrate(migrate::MigrateArgs),
     /// The hemvist node process `bench replication` measures (started by it, not by hand).
     #[command(hide = true)]
     ReplicationNode(replication::node::NodeArgs),
@@ -38,6 +42,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Replication(args) => replication::run(args),
         BenchCommand::Move(args) => moves::run(args),
         BenchCommand::Failover(args) => failover::run(args),
+        BenchCommand::Migrate(args) => migrate::run(args),
         BenchCommand::ReplicationNode(args) => replication::node::run(args),
     }
 }

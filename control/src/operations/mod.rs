@@ -425,6 +425,7 @@ impl Plane {
     /// Forgets what an ended operation kept in memory.
     pub fn forget_operation(&self, operation: &str) {
         lock(&self.ops.stalled).remove(operation);
+        lock(&self.ops.progress_written).remove(operation);
         lock(&self.ops.ended).insert(operation.to_string());
         lock(&self.ops.secrets).remove(operation);
         lock(&self.ops.progress).remove(operation);

@@ -715,11 +715,24 @@ fn record_progress(
     d: &mut RolloutDetail,
     progress: Progress,
 ) -> Result<(), HemvistError> {
+    // At most once a second: the counts are for people (and are counted again after a
+    // restart); the phases are what is kept exactly.
     if d.progress != progress {
         d.progress = progress;
-        plane
-            .store
-            .set_operation_detail(&op.record.id, &detail_json(d)?)?;
+        let now = now_ms();
+        let mut written = plane
+            .ops
+            .progress_written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let last = written.get(&op.record.id).copied().unwrap_or(0);
+        if now - last >= 1_000 {
+            written.insert(op.record.id.clone(), now);
+            drop(written);
+            plane
+                .store
+                .set_operation_detail(&op.record.id, &detail_json(d)?)?;
+        }
     }
     Ok(())
 }
@@ -811,7 +824,10 @@ fn finishing(plane: &Plane, op: &Rollout, mut d: RolloutDetail) -> Result<(), He
     if left > 0 {
         return Ok(());
     }
-    if plane.advance(op, RolloutPhase::Done, None)?.is_some() {
+    if plane
+        .advance(op, RolloutPhase::Done, Some(detail_json(&d)?))?
+        .is_some()
+    {
         plane.forget_operation(&op.record.id);
         tracing::info!(operation = %op.record.id, version = d.target, dry_run = d.dry_run, "rollout done");
     }

@@ -253,14 +253,7 @@ impl Store {
 
     /// Every step of an operation (by the `commands_by_operation` index).
     pub fn commands_of_operation(&self, operation: &str) -> Result<Vec<CommandRecord>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare("SELECT id FROM commands WHERE operation = ?1")?;
-        let ids: Vec<String> = stmt
-            .query_map([operation], |r| r.get(0))?
-            .collect::<std::result::Result<_, _>>()?;
-        ids.iter()
-            .filter_map(|id| command_by_id(&conn, id).transpose())
-            .collect()
+        commands_by_operation(&self.lock(), operation)
     }
 
     pub fn count_open_commands(&self) -> Result<u64> {
@@ -273,33 +266,63 @@ impl Store {
     }
 }
 
+const COMMAND_SELECT: &str = "SELECT id, node_id, org, kind, generation, state, attempts, error,
+    updated_ms, payload, error_kind, operation, result FROM commands";
+
+type CommandRow = (
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    u32,
+    Option<String>,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+fn command_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CommandRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+        r.get(11)?,
+        r.get(12)?,
+    ))
+}
+
 fn command_by_id(conn: &Connection, id: &str) -> Result<Option<CommandRecord>> {
-    let row = conn
-        .query_row(
-            "SELECT id, node_id, org, kind, generation, state, attempts, error, updated_ms, payload,
-               error_kind, operation, result
-             FROM commands WHERE id = ?1",
-            [id],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, u32>(6)?,
-                    r.get::<_, Option<String>>(7)?,
-                    r.get::<_, i64>(8)?,
-                    r.get::<_, Option<String>>(9)?,
-                    r.get::<_, Option<String>>(10)?,
-                    r.get::<_, Option<String>>(11)?,
-                    r.get::<_, Option<String>>(12)?,
-                ))
-            },
-        )
-        .optional()?;
-    let Some((
+    conn.query_row(
+        &format!("{COMMAND_SELECT} WHERE id = ?1"),
+        [id],
+        command_row,
+    )
+    .optional()?
+    .map(check_command)
+    .transpose()
+}
+
+/// Every command of `operation`, in one query (a rollout reads its own at every step).
+fn commands_by_operation(conn: &Connection, operation: &str) -> Result<Vec<CommandRecord>> {
+    let mut stmt = conn.prepare_cached(&format!("{COMMAND_SELECT} WHERE operation = ?1"))?;
+    let rows = stmt.query_map([operation], command_row)?;
+    rows.map(|r| check_command(r?)).collect()
+}
+
+fn check_command(row: CommandRow) -> Result<CommandRecord> {
+    let (
         id,
         node,
         org,
@@ -313,15 +336,12 @@ fn command_by_id(conn: &Connection, id: &str) -> Result<Option<CommandRecord>> {
         error_kind,
         operation,
         result,
-    )) = row
-    else {
-        return Ok(None);
-    };
+    ) = row;
     let result = result
         .map(|r| serde_json::from_str(&r).map_err(StoreError::corrupt))
         .transpose()?;
     let error_kind = super::error::stored_error_kind(error_kind)?;
-    Ok(Some(CommandRecord {
+    Ok(CommandRecord {
         node_id: NodeId::try_from(node).map_err(StoreError::corrupt)?,
         org: OrgId::try_from(org).map_err(StoreError::corrupt)?,
         kind: CommandKind::parse(&kind)?,
@@ -335,7 +355,7 @@ fn command_by_id(conn: &Connection, id: &str) -> Result<Option<CommandRecord>> {
         payload,
         operation,
         result,
-    }))
+    })
 }
 
 #[cfg(test)]
