@@ -188,8 +188,13 @@ impl Plane {
     /// `retry` after a failure retrying can fix, `failed` after one it cannot. The node is
     /// looked at again once the outcome is recorded.
     pub fn command_acked(&self, node: &NodeId, ack: CommandAck) -> Result<(), HemvistError> {
+        // A migration changes no placement: only its rollout needs to look again (a reconciler
+        // pass over the node's every org per answer was most of a rollout's control-plane time).
+        let migration = ack.migrated.is_some();
         self.record_ack(node, ack)?;
-        self.reconcile_soon(node);
+        if !migration {
+            self.reconcile_soon(node);
+        }
         self.wake_operations.notify_one();
         Ok(())
     }
