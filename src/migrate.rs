@@ -266,6 +266,31 @@ fn print_status(v: &Value) {
             outln!("{} tenant(s) {what}: {}", s(g, "count"), list(g));
         }
     }
+    if !v["rollout"].is_null() {
+        let r = &v["rollout"];
+        outln!(
+            "newest rollout: {} ({}, to version {})",
+            s(r, "id"),
+            s(r, "phase"),
+            s(r, "target")
+        );
+    }
+    for f in v["failures"].as_array().cloned().unwrap_or_default() {
+        outln!(
+            "FAILED: {} on {}{}{}: {}",
+            s(&f, "org"),
+            s(&f, "node"),
+            f["file"]
+                .as_str()
+                .map(|x| format!(", {x}"))
+                .unwrap_or_default(),
+            f["statement"]
+                .as_str()
+                .map(|x| format!(", at `{x}`"))
+                .unwrap_or_default(),
+            s(&f, "error")
+        );
+    }
     let pinned = v["pinned"].as_array().cloned().unwrap_or_default();
     for p in pinned {
         outln!(

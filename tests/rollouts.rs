@@ -308,6 +308,11 @@ fn a_failing_check_halts_after_the_canary_and_leaves_the_tenant_as_it_was() {
         out.contains("t0001") && out.contains("0006_contact_regions.sql"),
         "{out}"
     );
+    let (_, out, _) = c.cli(&["migrate", "status"]);
+    assert!(
+        out.contains("FAILED: t0001 on eu-central-1, 0006_contact_regions.sql"),
+        "{out}"
+    );
     // The failed tenant is exactly as it was; nothing after the canary was touched.
     assert_eq!(
         std::fs::read(c.tenant_file("eu-central", "t0001")).unwrap(),

@@ -30,6 +30,22 @@ pub struct SchemaStatus {
     /// Orgs whose node has not reported them (not hosted yet, or the node is down).
     pub unreported: Group,
     pub pinned: Vec<Pin>,
+    /// The newest rollout's tenants that failed: the tenant, node, file, statement and error.
+    pub failures: Vec<Failure>,
+    /// The newest rollout: its id, phase and target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Failure {
+    pub org: String,
+    pub node: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statement: Option<String>,
+    pub error: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -72,6 +88,39 @@ impl Plane {
         let mut behind = Group::default();
         let mut unreported = Group::default();
         let census = self.store.schema_census()?;
+        // The newest rollout, and the tenants it could not migrate.
+        let newest = self
+            .store
+            .operations()?
+            .into_iter()
+            .filter(|o| o.kind == "rollout")
+            .max_by_key(|o| o.started_ms);
+        let mut failures = Vec::new();
+        if let Some(op) = &newest {
+            for cmd in self.store.commands_of_operation(&op.id)? {
+                if cmd.state != crate::store::CommandState::Failed {
+                    continue;
+                }
+                let failed = cmd
+                    .result
+                    .clone()
+                    .and_then(|r| serde_json::from_value::<crate::nodes::Migrated>(r).ok())
+                    .and_then(|m| m.failed);
+                failures.push(Failure {
+                    org: cmd.org.to_string(),
+                    node: cmd.node_id.to_string(),
+                    file: failed.as_ref().map(|f| f.file.clone()),
+                    statement: failed.as_ref().map(|f| f.statement.clone()),
+                    error: failed
+                        .map(|f| f.error)
+                        .or(cmd.error.clone())
+                        .unwrap_or_default(),
+                });
+            }
+        }
+        let rollout = newest.map(
+            |o| serde_json::json!({"id": o.id, "phase": o.phase, "target": o.detail["target"]}),
+        );
         for row in &census {
             let Some((version, fp)) = &row.reported else {
                 unreported.add(row.org.as_str());
@@ -111,6 +160,8 @@ impl Plane {
             behind,
             unreported,
             pinned: self.store.pins()?,
+            failures,
+            rollout,
         })
     }
 }
