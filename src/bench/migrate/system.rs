@@ -135,7 +135,9 @@ impl System {
                 signin: Default::default(),
                 data_dir: work.join("nodes").join(format!("{id}-1")),
                 capacity: room.max(1_000) as u64,
-                max_open_tenants: room.max(1_024),
+                // As a node runs: an idle tenant is closed when more than this many are open (a
+                // larger fleet would exceed the process's open-file limit: three files a tenant).
+                max_open_tenants: 1_024,
                 idle_close_ms: 3_600_000,
                 trash_grace_secs: 5,
                 idempotency_ttl_secs: 24 * 3600,
