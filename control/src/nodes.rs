@@ -282,11 +282,7 @@ impl Plane {
                 // the version the tenant has.
                 if let Some(schema) = schema {
                     self.store
-                        .set_observed(node, &cmd.org, cmd.generation, &schema)?;
-                    let held = self.store.org(&cmd.org)?.and_then(|o| o.schema_version);
-                    if held.is_none_or(|h| h < schema.version) {
-                        self.store.set_org_schema(&cmd.org, schema.version)?;
-                    }
+                        .record_migration(node, &cmd.org, cmd.generation, &schema)?;
                 }
             }
             CommandKind::AddUser => {

@@ -68,6 +68,25 @@ pub struct OperationsMemory {
     pub(crate) stalled: Mutex<HashMap<String, Stall>>,
     /// When each operation's progress counts were last written to the store.
     pub(crate) progress_written: Mutex<HashMap<String, i64>>,
+    /// What each rollout's passes found settled (see `RolloutPass`).
+    pub(crate) rollouts: Mutex<HashMap<String, RolloutPass>>,
+}
+
+/// What a rollout's passes found settled, so that a pass looks again only at the orgs still
+/// open and its cost follows the wave's concurrency, not the fleet. Kept in memory only: the
+/// first pass after a restart (or a change of target, a pin) looks at every org again.
+#[derive(Debug, Clone, Default)]
+pub struct RolloutPass {
+    pub target: u32,
+    /// Per position of the rollout's order: found migrated (`Some(true)`) or at the target
+    /// (`Some(false)`); either stays so.
+    pub settled: Vec<Option<bool>>,
+    pub migrated: usize,
+    pub at_target: usize,
+    /// Positions before `cursor` not settled: held back, deferred, failed or in flight.
+    pub open: std::collections::BTreeSet<usize>,
+    /// Every position before it has been looked at.
+    pub cursor: usize,
 }
 
 /// An operation waiting past its phase's limit in a phase it cannot leave backwards: an alarm

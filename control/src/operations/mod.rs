@@ -423,9 +423,16 @@ impl Plane {
     }
 
     /// Forgets what an ended operation kept in memory.
+    /// What rollouts' passes found settled: forgotten when a pin changes (their next passes
+    /// look at every org again).
+    pub fn forget_rollout_passes(&self) {
+        lock(&self.ops.rollouts).clear();
+    }
+
     pub fn forget_operation(&self, operation: &str) {
         lock(&self.ops.stalled).remove(operation);
         lock(&self.ops.progress_written).remove(operation);
+        lock(&self.ops.rollouts).remove(operation);
         lock(&self.ops.ended).insert(operation.to_string());
         lock(&self.ops.secrets).remove(operation);
         lock(&self.ops.progress).remove(operation);

@@ -182,6 +182,7 @@ impl Plane {
             )),
             actor,
         )?;
+        self.forget_rollout_passes();
         self.wake_operations.notify_one();
         Ok(op.record)
     }

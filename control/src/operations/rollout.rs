@@ -38,7 +38,7 @@ use crate::clock::now_ms;
 use crate::health::HealthTotals;
 use crate::link::NodeCommand;
 use crate::nodes::Migrated;
-use crate::plane::Plane;
+use crate::plane::{Plane, RolloutPass};
 use crate::store::{CommandKind, CommandRecord, CommandState, OperationRecord};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -525,75 +525,240 @@ enum Standing {
     Due,
 }
 
-/// Drives the first `upto` orgs of the order (sending at most `concurrency` at once) and
-/// counts where they stand; the first failure found, if any.
+/// What a pass made of one org.
+enum Outcome {
+    /// Migrated (`true`) or at the target: it stays so.
+    Settled(bool),
+    /// Waiting for room under the concurrency limit.
+    Queued,
+    /// Sent, held back, deferred or failed: looked at again next pass.
+    Open,
+}
+
+/// Drives the first `upto` orgs of the order (and, `late`, the orgs created since the rollout
+/// began at the version before, while it was halted, say), sending at most `concurrency` at
+/// once, and counts where they stand; the first failure found, if any.
+///
+/// A pass looks only at the orgs still open and at the next ones there is room for, so its cost
+/// follows the concurrency, not the fleet ([`RolloutPass`]); the first pass of this process
+/// (or after a change of target or of a pin) looks at all of them.
 fn drive(
     plane: &Plane,
     op: &Rollout,
     d: &RolloutDetail,
     upto: usize,
+    late: bool,
 ) -> Result<(Progress, Option<Halt>), HemvistError> {
-    let orgs: HashMap<OrgId, crate::store::OrgRecord> = plane
-        .store
-        .orgs()?
-        .into_iter()
-        .map(|o| (o.id.clone(), o))
-        .collect();
-    let owned = plane.owned_orgs()?;
-    let pinned: HashSet<OrgId> = plane.store.pins()?.into_iter().map(|p| p.org).collect();
-    let commands: HashMap<String, CommandRecord> = plane
-        .store
-        .commands_of_operation(&op.record.id)?
-        .into_iter()
-        .map(|c| (c.id.clone(), c))
-        .collect();
-    let schema = plane.schema_target(d.target)?;
-    let mut progress = Progress::default();
-    let mut halt = None;
-    let current_id = |org: &crate::store::OrgRecord| {
-        format!(
-            "{}.{}.{}.v{}",
-            op.record.id, org.id, org.generation, d.target
-        )
+    let upto = upto.min(d.order.len());
+    let kept = plane
+        .ops
+        .rollouts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&op.record.id)
+        .filter(|p| p.target == d.target && p.settled.len() == d.order.len());
+    let fresh = kept.is_none();
+    let mut pass = kept.unwrap_or_else(|| RolloutPass {
+        target: d.target,
+        settled: vec![None; d.order.len()],
+        ..Default::default()
+    });
+    let mut driver = Driver {
+        plane,
+        op,
+        d,
+        owned: plane.owned_orgs()?,
+        pinned: plane.store.pins()?.into_iter().map(|p| p.org).collect(),
+        schema: plane.schema_target(d.target)?,
+        progress: Progress::default(),
+        halt: None,
+        in_flight: 0,
     };
-    // Sent and unanswered, among the commands the orgs have now (a moved org's old one is not).
-    let mut in_flight = d
-        .order
-        .iter()
-        .take(upto)
-        .filter_map(|id| orgs.get(id))
-        .filter(|o| {
-            commands
-                .get(&current_id(o))
-                .is_some_and(|c| matches!(c.state, CommandState::Sent | CommandState::Retry))
-        })
-        .count();
-    // Finishing, the orgs created since the rollout began at the version before (while it was
-    // halted, say) are migrated too.
-    let late: Vec<OrgId> = if upto >= d.order.len() {
-        let ordered: HashSet<&OrgId> = d.order.iter().collect();
-        let mut late: Vec<OrgId> = orgs
-            .values()
-            .filter(|o| !ordered.contains(&o.id))
-            .filter(|o| o.schema_version.is_some_and(|v| v < d.target))
-            .map(|o| o.id.clone())
+    let open: Vec<usize> = pass.open.iter().copied().filter(|&i| i < upto).collect();
+    driver.batch(&mut pass, &open)?;
+    while pass.cursor < upto {
+        let room = d.concurrency.saturating_sub(driver.in_flight);
+        if !fresh && room == 0 {
+            break;
+        }
+        // Some of the next ones are at the target, held back or deferred: a few more than
+        // there is room for.
+        let want = if fresh { usize::MAX } else { room + 8 };
+        let chunk: Vec<usize> = (pass.cursor..upto)
+            .filter(|i| pass.settled[*i].is_none() && !pass.open.contains(i))
+            .take(want)
             .collect();
-        late.sort();
-        late
-    } else {
-        Vec::new()
-    };
-    for org_id in d.order.iter().take(upto).chain(late.iter()) {
-        let Some(org) = orgs.get(org_id) else {
-            // Deleted since the rollout began: nothing to migrate.
-            progress.at_target += 1;
-            continue;
+        let Some(&last) = chunk.last() else {
+            pass.cursor = upto;
+            break;
         };
-        // Per generation (a moved org gets a command to its new node) and per target (a resumed
-        // rollout with a fixing file migrates its canaries again, to the new version).
-        let name = format!("{}.{}.v{}", org.id, org.generation, d.target);
-        let cmd_id = format!("{}.{name}", op.record.id);
-        let cmd = commands.get(&cmd_id);
+        if let Some(queued) = driver.batch(&mut pass, &chunk)? {
+            pass.cursor = queued;
+            break;
+        }
+        pass.cursor = last + 1;
+    }
+    let mut progress = driver.progress.clone();
+    progress.migrated += pass.migrated;
+    progress.at_target += pass.at_target;
+    progress.queued += (pass.cursor..upto)
+        .filter(|i| pass.settled[*i].is_none() && !pass.open.contains(i))
+        .count();
+    if late {
+        let ordered: HashSet<&OrgId> = d.order.iter().collect();
+        let late: Vec<crate::store::OrgRecord> = plane
+            .store
+            .orgs_below_schema(d.target)?
+            .into_iter()
+            .filter(|o| !ordered.contains(&o.id))
+            .collect();
+        if !late.is_empty() {
+            let ids: Vec<String> = late.iter().map(|o| driver.command_id(o)).collect();
+            let commands = commands_by_id(plane.store.commands_by_ids(&ids)?);
+            driver.progress = Progress::default();
+            driver.count_in_flight(late.iter().zip(&ids), &commands);
+            for (org, cmd_id) in late.iter().zip(&ids) {
+                match driver.one(&org.id, Some(org), commands.get(cmd_id))? {
+                    Outcome::Settled(true) => progress.migrated += 1,
+                    Outcome::Settled(false) => progress.at_target += 1,
+                    Outcome::Queued => progress.queued += 1,
+                    Outcome::Open => {}
+                }
+            }
+            let p = &driver.progress;
+            progress.failed += p.failed;
+            progress.in_flight += p.in_flight;
+            progress.held_back += p.held_back;
+            progress.deferred += p.deferred;
+        }
+    }
+    let halt = driver.halt.take();
+    plane
+        .ops
+        .rollouts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(op.record.id.clone(), pass);
+    Ok((progress, halt))
+}
+
+fn commands_by_id(commands: Vec<CommandRecord>) -> HashMap<String, CommandRecord> {
+    commands.into_iter().map(|c| (c.id.clone(), c)).collect()
+}
+
+/// One pass of [`drive`]: what it needs to hand, and what it counted.
+struct Driver<'a> {
+    plane: &'a Plane,
+    op: &'a Rollout,
+    d: &'a RolloutDetail,
+    owned: HashSet<OrgId>,
+    pinned: HashSet<OrgId>,
+    schema: crate::link::SchemaTarget,
+    progress: Progress,
+    halt: Option<Halt>,
+    /// Sent and unanswered.
+    in_flight: usize,
+}
+
+impl Driver<'_> {
+    /// Per generation (a moved org gets a command to its new node) and per target (a resumed
+    /// rollout with a fixing file migrates its canaries again, to the new version).
+    fn command_name(&self, org: &crate::store::OrgRecord) -> String {
+        format!("{}.{}.v{}", org.id, org.generation, self.d.target)
+    }
+
+    fn command_id(&self, org: &crate::store::OrgRecord) -> String {
+        format!("{}.{}", self.op.record.id, self.command_name(org))
+    }
+
+    /// Counts the commands sent and unanswered among the orgs' current ones (a moved org's old
+    /// one is not).
+    fn count_in_flight<'o>(
+        &mut self,
+        orgs: impl Iterator<Item = (&'o crate::store::OrgRecord, &'o String)>,
+        commands: &HashMap<String, CommandRecord>,
+    ) {
+        self.in_flight += orgs
+            .filter(|(_, id)| {
+                commands
+                    .get(*id)
+                    .is_some_and(|c| matches!(c.state, CommandState::Sent | CommandState::Retry))
+            })
+            .count();
+    }
+
+    /// Drives the orgs at these positions of the order (read in two queries) and records what
+    /// became of each in `pass`; the first position that had to wait for room at or after the
+    /// pass's cursor, if any.
+    fn batch(
+        &mut self,
+        pass: &mut RolloutPass,
+        positions: &[usize],
+    ) -> Result<Option<usize>, HemvistError> {
+        if positions.is_empty() {
+            return Ok(None);
+        }
+        let ids: Vec<&OrgId> = positions.iter().map(|&i| &self.d.order[i]).collect();
+        let orgs: HashMap<OrgId, crate::store::OrgRecord> = self
+            .plane
+            .store
+            .orgs_by_ids(&ids)?
+            .into_iter()
+            .map(|o| (o.id.clone(), o))
+            .collect();
+        let present: Vec<(&crate::store::OrgRecord, String)> = ids
+            .iter()
+            .filter_map(|id| orgs.get(*id))
+            .map(|o| (o, self.command_id(o)))
+            .collect();
+        let cmd_ids: Vec<String> = present.iter().map(|(_, c)| c.clone()).collect();
+        let commands = commands_by_id(self.plane.store.commands_by_ids(&cmd_ids)?);
+        self.count_in_flight(present.iter().map(|(o, c)| (*o, c)), &commands);
+        let mut first_queued = None;
+        for &i in positions {
+            let org_id = &self.d.order[i];
+            let org = orgs.get(org_id);
+            let cmd = org.and_then(|o| commands.get(&self.command_id(o)));
+            match self.one(org_id, org, cmd)? {
+                Outcome::Settled(migrated) => {
+                    if pass.settled[i].is_none() {
+                        pass.settled[i] = Some(migrated);
+                        if migrated {
+                            pass.migrated += 1;
+                        } else {
+                            pass.at_target += 1;
+                        }
+                    }
+                    pass.open.remove(&i);
+                }
+                Outcome::Open => {
+                    pass.open.insert(i);
+                }
+                // Before the cursor it stays open; after it, it is counted with the rest.
+                Outcome::Queued if i < pass.cursor => {
+                    self.progress.queued += 1;
+                }
+                Outcome::Queued => {
+                    first_queued.get_or_insert(i);
+                }
+            }
+        }
+        Ok(first_queued)
+    }
+
+    /// Looks at one org (`None`: deleted since the rollout began) and its current command,
+    /// sends the command when it is due and there is room, and counts it.
+    fn one(
+        &mut self,
+        org_id: &OrgId,
+        org: Option<&crate::store::OrgRecord>,
+        cmd: Option<&CommandRecord>,
+    ) -> Result<Outcome, HemvistError> {
+        let d = self.d;
+        let Some(org) = org else {
+            // Nothing to migrate.
+            return Ok(Outcome::Settled(false));
+        };
         let standing = match cmd {
             _ if !d.dry_run && org.schema_version.is_some_and(|v| v >= d.target) => {
                 if cmd.is_some_and(|c| c.state == CommandState::Done) {
@@ -606,29 +771,38 @@ fn drive(
             Some(c) if c.state == CommandState::Failed => {
                 Standing::Failed(Box::new(halt_of(org_id, c)))
             }
-            _ if pinned.contains(org_id) => Standing::HeldBack,
-            _ if owned.contains(org_id) || !plane.nodes.healthy(&org.node_id) => Standing::Deferred,
+            _ if self.pinned.contains(org_id) => Standing::HeldBack,
+            _ if self.owned.contains(org_id) || !self.plane.nodes.healthy(&org.node_id) => {
+                Standing::Deferred
+            }
             Some(c) if c.state == CommandState::Sent => Standing::InFlight,
             _ => Standing::Due,
         };
-        match standing {
-            Standing::AtTarget => progress.at_target += 1,
-            Standing::Migrated => progress.migrated += 1,
+        let outcome = match standing {
+            Standing::AtTarget => Outcome::Settled(false),
+            Standing::Migrated => Outcome::Settled(true),
             Standing::Failed(h) => {
-                progress.failed += 1;
-                halt.get_or_insert(*h);
+                self.progress.failed += 1;
+                self.halt.get_or_insert(*h);
+                Outcome::Open
             }
-            Standing::HeldBack => progress.held_back += 1,
-            Standing::Deferred => progress.deferred += 1,
+            Standing::HeldBack => {
+                self.progress.held_back += 1;
+                Outcome::Open
+            }
+            Standing::Deferred => {
+                self.progress.deferred += 1;
+                Outcome::Open
+            }
             Standing::InFlight | Standing::Due => {
                 let resend = cmd.is_some_and(|c| c.state != CommandState::Pending);
-                if !resend && in_flight >= d.concurrency {
-                    progress.queued += 1;
-                    continue;
+                if !resend && self.in_flight >= d.concurrency {
+                    return Ok(Outcome::Queued);
                 }
-                let sent = plane.drive_step(
+                let name = self.command_name(org);
+                let sent = self.plane.drive_step(
                     &Step {
-                        operation: &op.record.id,
+                        operation: &self.op.record.id,
                         name: &name,
                         node: &org.node_id,
                         org: &org.id,
@@ -640,27 +814,29 @@ fn drive(
                     || NodeCommand::Migrate {
                         org: org.id.clone(),
                         generation: org.generation,
-                        schema: schema.clone(),
+                        schema: self.schema.clone(),
                         dry_run: d.dry_run,
                     },
                 )?;
                 match sent.state {
-                    CommandState::Done => progress.migrated += 1,
+                    CommandState::Done => Outcome::Settled(true),
                     CommandState::Failed => {
-                        progress.failed += 1;
-                        halt.get_or_insert(halt_of(org_id, &sent));
+                        self.progress.failed += 1;
+                        self.halt.get_or_insert(halt_of(org_id, &sent));
+                        Outcome::Open
                     }
                     _ => {
                         if !resend {
-                            in_flight += 1;
+                            self.in_flight += 1;
                         }
-                        progress.in_flight += 1;
+                        self.progress.in_flight += 1;
+                        Outcome::Open
                     }
                 }
             }
-        }
+        };
+        Ok(outcome)
     }
-    Ok((progress, halt))
 }
 
 fn halt_of(org: &OrgId, cmd: &CommandRecord) -> Halt {
@@ -739,7 +915,7 @@ fn record_progress(
 
 fn waving(plane: &Plane, op: &Rollout, mut d: RolloutDetail) -> Result<(), HemvistError> {
     let upto = d.waves.get(d.wave).copied().unwrap_or(d.order.len());
-    let (progress, failure) = drive(plane, op, &d, upto)?;
+    let (progress, failure) = drive(plane, op, &d, upto, false)?;
     if let Some(h) = failure {
         d.progress = progress;
         return halt(plane, op, d, h);
@@ -814,7 +990,7 @@ fn finishing(plane: &Plane, op: &Rollout, mut d: RolloutDetail) -> Result<(), He
         plane.store.set_schema_current(d.target)?;
         tracing::info!(operation = %op.record.id, version = d.target, "new orgs start at the rollout's version");
     }
-    let (progress, failure) = drive(plane, op, &d, d.order.len())?;
+    let (progress, failure) = drive(plane, op, &d, d.order.len(), true)?;
     if let Some(h) = failure {
         d.progress = progress;
         return halt(plane, op, d, h);

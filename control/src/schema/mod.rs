@@ -121,6 +121,8 @@ impl Plane {
         let reason: Option<String> =
             reason.map(|r| r.chars().filter(|c| !c.is_control()).take(200).collect());
         let changed = self.store.set_pin(&org, reason.as_deref(), actor)?;
+        // A rollout counts pinned orgs apart: its passes look at every org again.
+        self.forget_rollout_passes();
         Ok(serde_json::json!({"org": org, "pinned": reason.is_some(), "changed": changed}))
     }
 

@@ -256,6 +256,17 @@ impl Store {
         commands_by_operation(&self.lock(), operation)
     }
 
+    /// The commands of `ids` that exist, in one query.
+    pub fn commands_by_ids(&self, ids: &[String]) -> Result<Vec<CommandRecord>> {
+        let list = serde_json::to_string(ids).map_err(|e| StoreError::corrupt(e.to_string()))?;
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!(
+            "{COMMAND_SELECT} WHERE id IN (SELECT value FROM json_each(?1))"
+        ))?;
+        let rows = stmt.query_map([list], command_row)?;
+        rows.map(|r| check_command(r?)).collect()
+    }
+
     pub fn count_open_commands(&self) -> Result<u64> {
         let n = self.lock().query_row(
             "SELECT COUNT(*) FROM commands WHERE state IN (?1, ?2, ?3)",

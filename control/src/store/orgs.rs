@@ -176,6 +176,28 @@ impl Store {
         rows.map(|r| check_org(r?)).collect()
     }
 
+    /// The orgs of `ids` that exist, in one query.
+    pub fn orgs_by_ids(&self, ids: &[&OrgId]) -> Result<Vec<OrgRecord>> {
+        let list = serde_json::to_string(&ids.iter().map(|i| i.as_str()).collect::<Vec<_>>())
+            .map_err(|e| StoreError::corrupt(e.to_string()))?;
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!(
+            "{ORG_SELECT} WHERE o.id IN (SELECT value FROM json_each(?1))"
+        ))?;
+        let rows = stmt.query_map([list], org_row)?;
+        rows.map(|r| check_org(r?)).collect()
+    }
+
+    /// The orgs held at a schema version below `version`.
+    pub fn orgs_below_schema(&self, version: u32) -> Result<Vec<OrgRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!(
+            "{ORG_SELECT} WHERE o.schema_version < ?1 ORDER BY o.id"
+        ))?;
+        let rows = stmt.query_map([version], org_row)?;
+        rows.map(|r| check_org(r?)).collect()
+    }
+
     /// The orgs whose desired placement is on `node`.
     pub fn orgs_on_node(&self, node: &NodeId) -> Result<Vec<OrgRecord>> {
         let conn = self.lock();

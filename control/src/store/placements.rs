@@ -220,6 +220,39 @@ impl Store {
         Ok(())
     }
 
+    /// What a node's answer to a migration says, in one transaction: the schema it now hosts,
+    /// and the org held at that version unless it is held at a newer one.
+    pub fn record_migration(
+        &self,
+        node: &NodeId,
+        org: &OrgId,
+        generation: Generation,
+        schema: &TenantSchema,
+    ) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO observed (node_id, org, generation, schema_version, schema_fingerprint)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(node_id, org) DO UPDATE SET generation = ?3, schema_version = ?4,
+               schema_fingerprint = ?5",
+            params![
+                node.as_str(),
+                org.as_str(),
+                generation.get() as i64,
+                schema.version,
+                schema.fingerprint
+            ],
+        )?;
+        tx.execute(
+            "UPDATE orgs SET schema_version = ?2
+             WHERE id = ?1 AND (schema_version IS NULL OR schema_version < ?2)",
+            params![org.as_str(), schema.version],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn remove_observed(&self, node: &NodeId, org: &OrgId) -> Result<()> {
         self.lock().execute(
             "DELETE FROM observed WHERE node_id = ?1 AND org = ?2",

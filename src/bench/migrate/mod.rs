@@ -36,18 +36,62 @@ use hemvist_proto::migration::{self, MigrationFile};
 use super::moves::system::Work;
 use system::System;
 
-/// The migration's name after its number (the number is the one after the built-in files).
-const MIGRATION_NAME: &str = "contact_note";
+/// The migration a run rolls out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Migration {
+    /// An expand of the contacts table that touches every row: a column added, backfilled from
+    /// each contact's notes (the update fires the table's triggers: the full-text index and the
+    /// change log), and indexed, with a check that every contact got its note.
+    Note,
+    /// A simple `ALTER TABLE ADD COLUMN` (a change of the schema only), with a check.
+    AddColumn,
+    /// An index built over every contact, with a check.
+    Index,
+}
 
-/// An expand migration of the contacts table (see `migrations/0001_contacts.sql`).
-const MIGRATION_SQL: &str = "\
+impl Migration {
+    /// The file's name after its number (the number is the one after the built-in files).
+    fn name(self) -> &'static str {
+        match self {
+            Migration::Note => "contact_note",
+            Migration::AddColumn => "contact_tag",
+            Migration::Index => "contacts_by_company",
+        }
+    }
+
+    /// What the report says it does.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Migration::Note => "add a column, backfill every row, index it; a check",
+            Migration::AddColumn => "ALTER TABLE ADD COLUMN; a check",
+            Migration::Index => "CREATE INDEX over every contact; a check",
+        }
+    }
+
+    /// The file (see `migrations/0001_contacts.sql` for the table).
+    fn sql(self) -> &'static str {
+        match self {
+            Migration::Note => "\
 -- A one-line note per contact for the contact list: the start of its notes.
 -- Expand only: a nullable column the running app ignores, backfilled, then indexed.
 ALTER TABLE contacts ADD COLUMN note TEXT;
 UPDATE contacts SET note = substr(notes, 1, 80) WHERE note IS NULL;
 CREATE INDEX contacts_by_note ON contacts(note);
 -- check: SELECT count(*) = (SELECT count(*) FROM contacts) FROM contacts WHERE note IS NOT NULL
-";
+",
+            Migration::AddColumn => "\
+-- A tag per contact, set by hand later. Expand only: a nullable column the running app ignores.
+ALTER TABLE contacts ADD COLUMN tag TEXT;
+-- check: SELECT count(*) = 1 FROM pragma_table_info('contacts') WHERE name = 'tag'
+",
+            Migration::Index => "\
+-- Contacts by company and name, for a company filter.
+CREATE INDEX contacts_by_company ON contacts(company, name);
+-- check: SELECT count(*) = 1 FROM sqlite_master WHERE type = 'index' AND name = 'contacts_by_company'
+",
+        }
+    }
+}
 
 #[derive(Args)]
 pub struct MigrateArgs {
@@ -57,6 +101,12 @@ pub struct MigrateArgs {
     /// Contacts per tenant.
     #[arg(long, default_value_t = 200)]
     pub rows: u64,
+    /// The migration rolled out.
+    #[arg(long, value_enum, default_value = "note")]
+    pub migration: Migration,
+    /// Regions, one node each (1: eu-north only, 2: and eu-central, 3: and us-east).
+    #[arg(long, default_value_t = 3)]
+    pub regions: usize,
     /// The rollout's waves after the canary, counts or shares of all orgs (as `migrate apply
     /// --waves`).
     #[arg(long, value_delimiter = ',', default_value = "1,5%,25%,100%")]
@@ -115,8 +165,14 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.tenants <= 99_999, "--tenants takes at most 99999");
     let bake_ms = crate::rollouts::duration_ms(&args.bake)?;
     let target = migration::builtin().len() as u32 + 1;
-    let file_name = format!("{target:04}_{MIGRATION_NAME}.sql");
-    let file = MigrationFile::parse(&file_name, MIGRATION_SQL.as_bytes())
+    anyhow::ensure!(
+        (1..=system::REGIONS.len()).contains(&args.regions),
+        "--regions takes 1 to {}",
+        system::REGIONS.len()
+    );
+    let migration_sql = args.migration.sql();
+    let file_name = format!("{target:04}_{}.sql", args.migration.name());
+    let file = MigrationFile::parse(&file_name, migration_sql.as_bytes())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let check_sql = file.check.clone().context("the migration has no check")?;
 
@@ -130,7 +186,7 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
     };
     eprintln!("bench: working in {}", work.path.display());
     let sql_file = work.path.join(&file_name);
-    std::fs::write(&sql_file, MIGRATION_SQL)
+    std::fs::write(&sql_file, migration_sql)
         .with_context(|| format!("write {}", sql_file.display()))?;
     let sqlite3 = naive::sqlite3_version(&args.sqlite3);
     if sqlite3.is_none() {
@@ -142,11 +198,11 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let sys = System::start(&args, &work.path)?;
-    let fleet = tenants::fleet(args.tenants)?;
+    let fleet = tenants::fleet(args.tenants, args.regions)?;
     eprintln!(
         "bench: creating {} orgs over {} regions, {} at once",
         fleet.len(),
-        system::REGIONS.len(),
+        args.regions,
         args.create_parallel
     );
     let mut used = Vec::new();
@@ -175,7 +231,7 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let copies = tenants::copy_out(&sys, &fleet, &work.path.join("naive"), 3)?;
     let copied = t.elapsed();
     eprintln!("bench: copied in {:.1} s", copied.as_secs_f64());
-    rollout::push(&sys, &file_name, MIGRATION_SQL)?;
+    rollout::push(&sys, &file_name, migration_sql)?;
     eprintln!(
         "bench: rolling {file_name} out to {} tenants (canary {}, waves {}, bake {}, concurrency {})",
         fleet.len(),
@@ -217,7 +273,7 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
         None => naive::rusqlite_loop(
             "rusqlite execute_batch (no sqlite3 command here)".into(),
             &first,
-            MIGRATION_SQL,
+            migration_sql,
             None,
         )?,
     };
@@ -233,7 +289,7 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
     {
         let files = copies.files(i + 1, &fleet);
         let meter = cpu::Meter::start();
-        let mut l = naive::rusqlite_loop(label.into(), &files, MIGRATION_SQL, sync)?;
+        let mut l = naive::rusqlite_loop(label.into(), &files, migration_sql, sync)?;
         used.push((label.to_string(), meter.stop()));
         naive::check(&mut l, &files, &check_sql);
         loops.push(l);

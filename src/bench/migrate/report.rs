@@ -143,9 +143,13 @@ pub fn print(args: &MigrateArgs, m: &Measured) {
     outln!(
         "hemvist bench migrate: {n} tenants over {} (one node each, in this process; backups \
          every {} ms to SeaweedFS {} on loopback), {} contacts each ({} rows in all; tenant \
-         file p50 {} at v{}); {} (add a column, backfill every row, index it; a check); canary \
+         file p50 {} at v{}); {} ({}); canary \
          {}, waves {} -> ends at {bounds}, bake {} ms, concurrency {}; {cpus} CPUs; {:.0} s in all",
-        REGIONS.map(|r| r.0).join(", "),
+        REGIONS[..args.regions.clamp(1, REGIONS.len())]
+            .iter()
+            .map(|r| r.0)
+            .collect::<Vec<_>>()
+            .join(", "),
         args.backup_interval_ms,
         m.weed,
         args.rows,
@@ -153,6 +157,7 @@ pub fn print(args: &MigrateArgs, m: &Measured) {
         kb(size_p50),
         m.copies.version,
         m.file_name,
+        args.migration.describe(),
         args.canary,
         args.waves.join(","),
         m.bake_ms,

@@ -76,7 +76,8 @@ impl System {
         let admin_token = hemvist_proto::random::hex(24)?;
         let join_token = hemvist_proto::random::hex(24)?;
         let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        let regions = REGIONS
+        let used = &REGIONS[..args.regions.clamp(1, REGIONS.len())];
+        let regions = used
             .iter()
             .map(|(id, name, jurisdiction)| {
                 Ok(RegionConfig {
@@ -120,7 +121,7 @@ impl System {
         // idleness mid-run), and every region's node could take the whole fleet.
         let room = args.tenants + 64;
         let mut nodes = Vec::new();
-        for (id, _, _) in REGIONS {
+        for (id, _, _) in used {
             let config = NodeConfig {
                 id: NodeId::parse(&format!("{id}-1"))?,
                 region: RegionId::parse(id)?,
@@ -161,9 +162,10 @@ impl System {
             control_task,
             weed,
         };
-        crate::bench::wait_for("three healthy nodes", Duration::from_secs(30), || {
+        let want = used.len();
+        crate::bench::wait_for("every node healthy", Duration::from_secs(30), || {
             let nodes: Vec<Value> = sys.get("/nodes").ok()?;
-            (nodes.iter().filter(|n| n["healthy"] == true).count() >= REGIONS.len()).then_some(())
+            (nodes.iter().filter(|n| n["healthy"] == true).count() >= want).then_some(())
         })?;
         Ok(sys)
     }

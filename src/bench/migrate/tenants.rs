@@ -68,13 +68,13 @@ fn region_locale(region: usize) -> Locale {
     }
 }
 
-/// The fleet's orgs, spread over the regions in turn.
-pub fn fleet(n: usize) -> anyhow::Result<Vec<Tenant>> {
+/// The fleet's orgs, spread over the first `regions` regions in turn.
+pub fn fleet(n: usize, regions: usize) -> anyhow::Result<Vec<Tenant>> {
     (0..n)
         .map(|i| {
             Ok(Tenant {
                 org: OrgId::parse(&format!("mig-{i:05}"))?,
-                region: i % REGIONS.len(),
+                region: i % regions.clamp(1, REGIONS.len()),
             })
         })
         .collect()
