@@ -205,10 +205,7 @@ impl Store {
         schema: &TenantSchema,
     ) -> Result<()> {
         self.lock().execute(
-            "INSERT INTO observed (node_id, org, generation, schema_version, schema_fingerprint)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(node_id, org) DO UPDATE SET generation = ?3, schema_version = ?4,
-               schema_fingerprint = ?5",
+            UPSERT_OBSERVED,
             params![
                 node.as_str(),
                 org.as_str(),
@@ -232,10 +229,7 @@ impl Store {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         tx.execute(
-            "INSERT INTO observed (node_id, org, generation, schema_version, schema_fingerprint)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(node_id, org) DO UPDATE SET generation = ?3, schema_version = ?4,
-               schema_fingerprint = ?5",
+            UPSERT_OBSERVED,
             params![
                 node.as_str(),
                 org.as_str(),
@@ -303,3 +297,9 @@ impl Store {
         Ok(out)
     }
 }
+
+/// What a node says it hosts: one row per (node, org), replaced.
+const UPSERT_OBSERVED: &str = "INSERT INTO observed (node_id, org, generation, schema_version,
+    schema_fingerprint) VALUES (?1, ?2, ?3, ?4, ?5)
+    ON CONFLICT(node_id, org) DO UPDATE SET generation = ?3, schema_version = ?4,
+      schema_fingerprint = ?5";
