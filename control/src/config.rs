@@ -53,6 +53,44 @@ pub struct ControlConfig {
     /// Timeouts and connection caps of both listeners.
     #[serde(default)]
     pub limits: hemvist_net::Limits,
+    /// The branch policy: how long a branch may live before a keepalive, and when it warns.
+    #[serde(default)]
+    pub branches: BranchPolicy,
+}
+
+/// How long branches live. Every branch has an expiry; this caps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BranchPolicy {
+    /// The longest TTL a branch may be given (and a keepalive may push it out by), in seconds.
+    #[serde(default = "default_branch_max_ttl_secs")]
+    pub max_ttl_secs: u64,
+    /// A branch created without a TTL lives this long.
+    #[serde(default = "default_branch_ttl_secs")]
+    pub default_ttl_secs: u64,
+    /// From this long before its expiry a branch's pages, `branch list` and `/metrics` warn.
+    #[serde(default = "default_branch_warn_secs")]
+    pub warn_before_secs: u64,
+}
+
+impl Default for BranchPolicy {
+    fn default() -> Self {
+        BranchPolicy {
+            max_ttl_secs: default_branch_max_ttl_secs(),
+            default_ttl_secs: default_branch_ttl_secs(),
+            warn_before_secs: default_branch_warn_secs(),
+        }
+    }
+}
+
+fn default_branch_max_ttl_secs() -> u64 {
+    30 * 24 * 3600
+}
+fn default_branch_ttl_secs() -> u64 {
+    24 * 3600
+}
+fn default_branch_warn_secs() -> u64 {
+    3600
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,6 +181,14 @@ impl ControlConfig {
             bail!(
                 "default_region {} is not one of the regions",
                 self.default_region
+            );
+        }
+        let b = &self.branches;
+        if b.max_ttl_secs == 0 || b.default_ttl_secs == 0 || b.default_ttl_secs > b.max_ttl_secs {
+            bail!(
+                "[branches]: default_ttl_secs ({}) must be at least 1 and at most max_ttl_secs ({})",
+                b.default_ttl_secs,
+                b.max_ttl_secs
             );
         }
         if self.admin_token.len() < 16 || self.join_token.len() < 16 {

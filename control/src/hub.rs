@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hemvist_proto::NodeId;
 use tokio::sync::mpsc;
 
-use crate::link::{NodeCommand, NodeLink, OrgKey, PlacementUpdate, SessionInfo};
+use crate::link::{BranchLabels, NodeCommand, NodeLink, OrgKey, PlacementUpdate, SessionInfo};
 
 /// What the control plane sends down one node's session.
 #[derive(Debug, Clone)]
@@ -29,6 +29,7 @@ pub enum Outgoing {
         command: Box<NodeCommand>,
     },
     Placements(PlacementUpdate),
+    Branches(BranchLabels),
     DataKeys(Vec<OrgKey>),
 }
 
@@ -173,6 +174,10 @@ impl NodeLink for Hub {
 
     fn send_keys(&self, node: &NodeId, keys: Vec<OrgKey>) -> bool {
         self.send(node, Outgoing::DataKeys(keys))
+    }
+
+    fn send_branch_labels(&self, node: &NodeId, labels: BranchLabels) -> bool {
+        self.send(node, Outgoing::Branches(labels))
     }
 
     /// A node whose queue is full is marked for a full resync instead, so no node's routing

@@ -50,6 +50,8 @@ pub enum NodeCommand {
         schema: SchemaTarget,
         /// A rollback: replace the node's copy with the org's backups at exactly this point.
         restore_to: Option<RestorePoint>,
+        /// A new branch: with no file and no backup of its own, made from its parent's backups.
+        branch_of: Option<BranchSource>,
     },
     /// Migrate the org's tenant to `schema.version` in one transaction (or try it, `dry_run`).
     Migrate {
@@ -68,6 +70,9 @@ pub enum NodeCommand {
     },
     /// Stop hosting the org at this (older) generation.
     Drop { org: OrgId, generation: Generation },
+    /// Destroy the org on this node for good: file (no trash) and every backup object of it in
+    /// the node's region.
+    Destroy { org: OrgId, generation: Generation },
     /// A move's source: let `target` read the org's backups with `secret`.
     MoveOut {
         org: OrgId,
@@ -95,6 +100,48 @@ pub enum NodeCommand {
     },
     /// The move is over on this node (rolled back: lift the fence, discard the copy).
     EndMove { org: OrgId, rolled_back: bool },
+}
+
+/// Where a new branch comes from: its parent's backups at a point in time, masked. Its
+/// `Debug` shows no key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BranchSource {
+    pub parent: OrgId,
+    pub parent_data_key: String,
+    pub at_ms: i64,
+    /// The mask file's text (TOML); empty: nothing masked.
+    pub mask: String,
+    /// `copy` or `none`.
+    pub users: String,
+}
+
+impl std::fmt::Debug for BranchSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "BranchSource({}, at {}, users {}, ..)",
+            self.parent, self.at_ms, self.users
+        )
+    }
+}
+
+/// What a branch's pages show: of what, as of when, until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchLabel {
+    pub org: OrgId,
+    pub parent: OrgId,
+    pub at_ms: i64,
+    pub expires_ms: i64,
+    pub warn_from_ms: i64,
+    pub keepalive_on_use: bool,
+}
+
+/// Branch labels for the node that hosts them; `full` replaces every label it had.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BranchLabels {
+    pub full: bool,
+    pub labels: Vec<BranchLabel>,
+    pub removed: Vec<OrgId>,
 }
 
 /// An org's newest backup position as nodes reported it: (generation, LSN after the last object
@@ -157,6 +204,9 @@ impl std::fmt::Debug for NodeCommand {
                 write!(f, "AddUser({org}, {generation}, ..)")
             }
             NodeCommand::Drop { org, generation } => write!(f, "Drop({org}, {generation})"),
+            NodeCommand::Destroy { org, generation } => {
+                write!(f, "Destroy({org}, {generation})")
+            }
             NodeCommand::MoveOut {
                 org,
                 generation,
@@ -192,11 +242,13 @@ pub struct Placement {
     pub generation: Generation,
 }
 
-/// Placements for a node's routing cache; `full` replaces everything it had.
+/// Placements for a node's routing cache; `full` replaces everything it had; `removed`: orgs
+/// that no longer exist anywhere.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PlacementUpdate {
     pub full: bool,
     pub placements: Vec<Placement>,
+    pub removed: Vec<OrgId>,
 }
 
 impl PlacementUpdate {
@@ -209,6 +261,7 @@ impl PlacementUpdate {
             .map(|(i, chunk)| PlacementUpdate {
                 full: full && i == 0,
                 placements: chunk.to_vec(),
+                removed: Vec::new(),
             })
             .collect()
     }
@@ -242,6 +295,8 @@ pub trait NodeLink: Send + Sync {
     fn send_placements(&self, node: &NodeId, update: PlacementUpdate) -> bool;
     /// Data keys for the node's memory; an empty key makes the node forget the org's key.
     fn send_keys(&self, node: &NodeId, keys: Vec<OrgKey>) -> bool;
+    /// What the node shows on the pages of the branches it hosts.
+    fn send_branch_labels(&self, node: &NodeId, labels: BranchLabels) -> bool;
     /// To every node; one whose queue is full is marked for a full resync instead.
     fn broadcast_placements(&self, update: PlacementUpdate);
     fn mark_resync(&self, node: &NodeId);

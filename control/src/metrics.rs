@@ -136,6 +136,9 @@ pub struct Gauges {
     pub schema_current: u64,
     /// The running rollout's tenants not yet migrated (0 without one).
     pub rollout_pending: u64,
+    /// Live branches, and those inside their warning window (about to expire).
+    pub branches: u64,
+    pub branches_expiring: u64,
 }
 
 impl Metrics {
@@ -163,6 +166,16 @@ impl Metrics {
             "hemvist_rollout_pending_tenants",
             "Tenants the running schema rollout has still to migrate (0 without a rollout)",
             gauge(g.rollout_pending),
+        );
+        r.register(
+            "hemvist_branches",
+            "Live branches (test copies of orgs), each with an expiry",
+            gauge(g.branches),
+        );
+        r.register(
+            "hemvist_branches_expiring",
+            "Live branches inside their warning window: destroyed at expiry unless kept alive",
+            gauge(g.branches_expiring),
         );
         r.register(
             "hemvist_tenant_migrations",
@@ -298,6 +311,8 @@ mod tests {
             operations_stalled: 0,
             schema_current: 5,
             rollout_pending: 0,
+            branches: 2,
+            branches_expiring: 1,
         }
     }
 

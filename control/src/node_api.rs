@@ -133,6 +133,7 @@ async fn send_all_placements(
         updates.push(PlacementUpdate {
             full: true,
             placements: vec![],
+            removed: vec![],
         });
     }
     for update in updates {
@@ -157,14 +158,24 @@ async fn handle(
         Some(In::Heartbeat(h)) => {
             hub.renew(node, epoch, plane.lease());
             let now = crate::clock::now_ms();
+            let mut branches_used = Vec::new();
             for t in h.health {
                 if let Ok(org) = OrgId::parse(&t.org) {
+                    if t.signed_in_requests > 0 && org.is_branch() {
+                        branches_used.push(org.clone());
+                    }
                     plane.tenant_health(
                         org,
                         t.requests,
                         t.server_errors.saturating_add(t.sqlite_errors),
                     );
                 }
+            }
+            if !branches_used.is_empty() {
+                let p = plane.clone();
+                tokio::task::spawn_blocking(move || p.branches_in_use(branches_used))
+                    .await
+                    .map_err(|e| HemvistError::internal(e.to_string()))??;
             }
             let mut backed_up = Vec::new();
             let mut positions = Vec::new();
@@ -240,6 +251,12 @@ async fn handle(
                     break;
                 }
             }
+            let (p, n) = (plane.clone(), node.clone());
+            let labels = tokio::task::spawn_blocking(move || p.branch_labels_for(&n))
+                .await
+                .map_err(|e| HemvistError::internal(e.to_string()))??;
+            hub.send_waiting(node, epoch, Outgoing::Branches(labels))
+                .await;
         }
         Some(In::Ack(ack)) => {
             let (p, n) = (plane.clone(), node.clone());
@@ -271,6 +288,25 @@ async fn handle(
                 failing_since_ms: 0,
             };
             plane.copy_progress(progress);
+        }
+        Some(In::Keepalive(k)) => {
+            let org = OrgId::try_from(k.org)?;
+            let user: String = k
+                .user
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect();
+            let actor = format!("{user} on {node}");
+            let p = plane.clone();
+            let kept = tokio::task::spawn_blocking(move || {
+                p.keep_branch_alive(org.as_str(), None, &actor, "the keepalive button")
+            })
+            .await
+            .map_err(|e| HemvistError::internal(e.to_string()))?;
+            if let Err(e) = kept {
+                tracing::info!(%node, error = %e, "a branch keepalive from a node was refused");
+            }
         }
         Some(In::Register(_)) => return Err(HemvistError::invalid("register sent twice")),
         None => return Err(HemvistError::invalid("empty message")),
@@ -371,10 +407,26 @@ impl From<Outgoing> for pb::ControlMessage {
                 action: Some(action(*command)),
                 operation: operation.unwrap_or_default(),
             }),
+            Outgoing::Branches(b) => Out::Branches(pb::BranchLabels {
+                full: b.full,
+                labels: b
+                    .labels
+                    .into_iter()
+                    .map(|l| pb::BranchLabel {
+                        org: l.org.to_string(),
+                        parent: l.parent.to_string(),
+                        at_ms: l.at_ms,
+                        expires_ms: l.expires_ms,
+                        warn_from_ms: l.warn_from_ms,
+                        keepalive_on_use: l.keepalive_on_use,
+                    })
+                    .collect(),
+                removed: b.removed.iter().map(ToString::to_string).collect(),
+            }),
             Outgoing::Placements(update) => Out::Placements(pb::PlacementUpdate {
                 full: update.full,
                 placements: update.placements.into_iter().map(placement).collect(),
-                removed: vec![],
+                removed: update.removed.iter().map(ToString::to_string).collect(),
             }),
         };
         pb::ControlMessage { body: Some(body) }
@@ -411,6 +463,7 @@ fn action(command: NodeCommand) -> pb::command::Action {
             accept_older,
             schema,
             restore_to,
+            branch_of,
         } => Action::Host(pb::HostTenant {
             org: org.to_string(),
             generation: generation.get(),
@@ -429,6 +482,13 @@ fn action(command: NodeCommand) -> pb::command::Action {
             restore_at_ms: restore_to.map_or(0, |r| r.at_ms),
             restore_generation: restore_to.map_or(0, |r| r.generation),
             restore_lsn: restore_to.map_or(0, |r| r.lsn),
+            branch_of: branch_of.map(|b| pb::BranchSource {
+                parent: b.parent.to_string(),
+                parent_data_key: b.parent_data_key,
+                at_ms: b.at_ms,
+                mask: b.mask,
+                users: b.users,
+            }),
         }),
         NodeCommand::Migrate {
             org,
@@ -456,6 +516,10 @@ fn action(command: NodeCommand) -> pb::command::Action {
             password_hash,
         }),
         NodeCommand::Drop { org, generation } => Action::Drop(pb::DropTenant {
+            org: org.to_string(),
+            generation: generation.get(),
+        }),
+        NodeCommand::Destroy { org, generation } => Action::Destroy(pb::DestroyTenant {
             org: org.to_string(),
             generation: generation.get(),
         }),

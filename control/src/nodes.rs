@@ -305,6 +305,16 @@ impl Plane {
                     &serde_json::json!({"node": node, "generation": cmd.generation.get()}),
                 )?;
             }
+            CommandKind::Destroy => {
+                self.store.remove_observed(node, &cmd.org)?;
+                self.store.audit(
+                    node.as_str(),
+                    "tenant.destroyed",
+                    Some(&cmd.org),
+                    &serde_json::json!({"node": node, "generation": cmd.generation.get(),
+                        "deleted": ["file", "backups in its region"]}),
+                )?;
+            }
             // A move's steps: the operation reads their outcome and audits its own phases.
             CommandKind::MoveOut
             | CommandKind::MoveIn

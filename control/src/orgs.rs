@@ -159,6 +159,7 @@ impl Plane {
             accept_older: !moved_here && org.accepts_older(),
             schema: self.schema_of(org)?,
             restore_to: None,
+            branch_of: None,
         })
     }
 
@@ -257,6 +258,7 @@ impl Plane {
                     self.nodes.broadcast_placements(PlacementUpdate {
                         full: false,
                         placements: vec![p],
+                        removed: Vec::new(),
                     });
                 }
                 self.reconcile_soon(&org.node_id);

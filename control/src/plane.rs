@@ -126,6 +126,8 @@ pub struct Plane {
     pub(crate) heard: Mutex<std::collections::HashMap<NodeId, i64>>,
     /// Orgs whose backups are known to be recorded, so reports do not rewrite it.
     pub(crate) backed_up: Mutex<HashSet<hemvist_proto::OrgId>>,
+    /// When each branch's use by a signed-in user was last recorded (see `operations::branch`).
+    pub(crate) branch_used: Mutex<HashMap<hemvist_proto::OrgId, i64>>,
     sent: Mutex<HashSet<(u64, String)>>,
     dirty: Mutex<HashSet<NodeId>>,
 }
@@ -169,6 +171,7 @@ impl Plane {
             started_ms: crate::clock::now_ms(),
             heard: Mutex::default(),
             backed_up: Mutex::new(HashSet::new()),
+            branch_used: Mutex::default(),
             config,
             store,
             nodes,

@@ -98,6 +98,7 @@ fn tenant_health(node: &Node) -> Vec<pb::TenantHealth> {
             requests: c.requests,
             server_errors: c.server_errors,
             sqlite_errors: c.sqlite_errors,
+            signed_in_requests: c.signed_in,
         })
         .collect()
 }
@@ -222,6 +223,14 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
                     }
                 }
             }
+            _ = node.branches.asked.notified() => {
+                for (org, user) in node.branches.take_keepalives() {
+                    let msg = pb::BranchKeepalive { org: org.to_string(), user };
+                    if tx.send(out(Out::Keepalive(msg))).await.is_err() {
+                        break;
+                    }
+                }
+            }
             _ = node.moves_in.reported.notified() => {
                 for p in node.moves_in.take_progress() {
                     let (code, message) = match &p.error {
@@ -283,6 +292,7 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
                         let _ = lanes[lane_of(&cmd)].send(cmd);
                     }
                     In::DataKeys(keys) => take_keys(node, keys),
+                    In::Branches(b) => take_branches(node, b),
                     In::Placements(update) => {
                         let n = node.clone();
                         let applied = tokio::task::spawn_blocking(move || apply_placements(&n, update)).await;
@@ -388,6 +398,7 @@ fn lane_of(cmd: &pb::Command) -> usize {
         Some(Action::FinishMove(a)) => a.org.as_str(),
         Some(Action::EndMove(a)) => a.org.as_str(),
         Some(Action::Migrate(a)) => a.org.as_str(),
+        Some(Action::Destroy(a)) => a.org.as_str(),
         None => "",
     };
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -403,6 +414,7 @@ fn apply(node: &Node, cmd: pb::Command) -> pb::CommandAck {
     let result = match cmd.action {
         Some(Action::Host(h)) => host(node, h).map(Done::hosted),
         Some(Action::Drop(d)) => drop_tenant(node, d).map(|_| Done::default()),
+        Some(Action::Destroy(d)) => destroy_tenant(node, d).map(|_| Done::default()),
         Some(Action::AddUser(u)) => add_user(node, u).map(|_| Done::default()),
         Some(Action::MoveOut(m)) => move_out(node, &cmd.operation, m).map(|_| Done::default()),
         Some(Action::MoveIn(m)) => move_in(node, &cmd.operation, m).map(|_| Done::default()),
@@ -694,9 +706,34 @@ fn host(node: &Node, h: pb::HostTenant) -> Result<pb::HostedTenant, HemvistError
         }),
         accept_older: h.accept_older,
     };
-    let hosted = match &rollback {
-        Some(to) => node.hosting.roll_back(&req, to)?,
-        None => node.hosting.host_with(&req, &bar)?,
+    let branch = match h.branch_of {
+        Some(b) if rollback.is_none() => Some(crate::hosting::BranchSource {
+            parent: OrgId::try_from(b.parent)?,
+            parent_key: data_key(&b.parent_data_key)?,
+            at_ms: b.at_ms,
+            mask: hemvist_proto::mask::Mask::parse(&b.mask)?,
+            users: match b.users.as_str() {
+                "" | "copy" => "copy".to_string(),
+                "none" => "none".to_string(),
+                other => {
+                    return Err(HemvistError::invalid(format!(
+                        "branch users {:?}: copy or none",
+                        other.chars().take(20).collect::<String>()
+                    )))
+                }
+            },
+        }),
+        Some(_) => {
+            return Err(HemvistError::invalid(
+                "a host is a rollback or a branch, not both",
+            ))
+        }
+        None => None,
+    };
+    let hosted = match (&rollback, &branch) {
+        (Some(to), _) => node.hosting.roll_back(&req, to)?,
+        (None, Some(b)) => node.hosting.host_branch(&req, b)?,
+        (None, None) => node.hosting.host_with(&req, &bar)?,
     };
     Ok(pb::HostedTenant {
         org: req.org.to_string(),
@@ -719,6 +756,40 @@ fn add_user(node: &Node, u: pb::AddUser) -> Result<(), HemvistError> {
         }
     }
     crate::users::add_user(&node.writer, &org, &u.email, &u.name, &u.password_hash).map(|_| ())
+}
+
+fn destroy_tenant(node: &Node, d: pb::DestroyTenant) -> Result<(), HemvistError> {
+    let org = OrgId::try_from(d.org)?;
+    node.hosting
+        .destroy_tenant(&org, Generation::new(d.generation)?)?;
+    node.branches.apply(false, Vec::new(), vec![org]);
+    Ok(())
+}
+
+fn take_branches(node: &Node, b: pb::BranchLabels) {
+    let mut labels = Vec::with_capacity(b.labels.len());
+    for l in b.labels {
+        let (Ok(org), Ok(parent)) = (OrgId::parse(&l.org), OrgId::parse(&l.parent)) else {
+            tracing::warn!("a branch label with a bad org id; ignored");
+            continue;
+        };
+        labels.push((
+            org,
+            crate::branches::Label {
+                parent,
+                at_ms: l.at_ms,
+                expires_ms: l.expires_ms,
+                warn_from_ms: l.warn_from_ms,
+                keepalive_on_use: l.keepalive_on_use,
+            },
+        ));
+    }
+    let removed = b
+        .removed
+        .iter()
+        .filter_map(|o| OrgId::parse(o).ok())
+        .collect();
+    node.branches.apply(b.full, labels, removed);
 }
 
 fn drop_tenant(node: &Node, d: pb::DropTenant) -> Result<(), HemvistError> {

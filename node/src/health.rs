@@ -27,6 +27,8 @@ pub struct Counts {
     /// Tenant reads and writes that failed in SQLite (a request's 5xx caused by one counts in
     /// both).
     pub sqlite_errors: u64,
+    /// Of `requests`, those by a signed-in user (a branch kept alive by use counts them).
+    pub signed_in: u64,
 }
 
 #[derive(Default)]
@@ -34,6 +36,7 @@ struct Counters {
     requests: AtomicU64,
     server_errors: AtomicU64,
     sqlite_errors: AtomicU64,
+    signed_in: AtomicU64,
 }
 
 pub struct TenantHealth {
@@ -61,10 +64,18 @@ impl TenantHealth {
 
     /// A request served to one of `org`'s users, and whether it was answered 5xx.
     pub fn request(&self, org: &OrgId, server_error: bool) {
+        self.request_by(org, server_error, false);
+    }
+
+    /// As [`TenantHealth::request`], saying whether a signed-in user made it.
+    pub fn request_by(&self, org: &OrgId, server_error: bool, signed_in: bool) {
         self.add(org, |c| {
             c.requests.fetch_add(1, Ordering::Relaxed);
             if server_error {
                 c.server_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            if signed_in {
+                c.signed_in.fetch_add(1, Ordering::Relaxed);
             }
         });
     }
@@ -104,6 +115,7 @@ impl TenantHealth {
                     requests: c.requests.into_inner(),
                     server_errors: c.server_errors.into_inner(),
                     sqlite_errors: c.sqlite_errors.into_inner(),
+                    signed_in: c.signed_in.into_inner(),
                 };
                 (org, counts)
             })
@@ -144,7 +156,8 @@ mod tests {
                     Counts {
                         requests: 2,
                         server_errors: 1,
-                        sqlite_errors: 1
+                        sqlite_errors: 1,
+                        signed_in: 0,
                     }
                 ),
                 (

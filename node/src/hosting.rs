@@ -11,7 +11,10 @@
 //! version. A rollback to a restore point replaces the local file under a new generation
 //! ([`rollback`]).
 
+mod branch;
 mod rollback;
+
+pub use branch::BranchSource;
 
 use std::sync::Arc;
 
@@ -26,6 +29,7 @@ use crate::tenants::schema::Schema;
 use crate::tenants::TenantStore;
 
 /// What the control plane asked this node to host.
+#[derive(Clone)]
 pub struct HostRequest {
     pub org: OrgId,
     pub generation: Generation,

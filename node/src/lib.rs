@@ -9,6 +9,7 @@
 //! knows nothing at all).
 
 pub mod backup;
+pub mod branches;
 pub mod clock;
 pub mod config;
 pub mod contacts;
@@ -76,6 +77,8 @@ pub struct Node {
     /// Moves this node is the source of, and the target of.
     pub moves_out: moves::source::Outgoing,
     pub moves_in: Arc<moves::target::Incoming>,
+    /// The branches hosted here, as their pages show them, and keepalives users asked for.
+    pub branches: branches::Branches,
 }
 
 impl Node {
@@ -112,6 +115,7 @@ impl Node {
         ));
         Ok(Node {
             moves_out: Default::default(),
+            branches: Default::default(),
             moves_in,
             hosting: Hosting::new(
                 config.region.clone(),

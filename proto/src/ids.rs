@@ -56,15 +56,33 @@ fn check_slug(kind: &'static str, s: &str) -> Result<(), IdError> {
     Ok(())
 }
 
+/// An org id: a slug, or a branch's `PARENT--NAME` (two slugs, joined by the one `--` allowed).
+fn check_org(kind: &'static str, s: &str) -> Result<(), IdError> {
+    match s.split_once("--") {
+        Some((parent, name)) if !parent.is_empty() && !name.is_empty() => {
+            check_slug(kind, parent)?;
+            check_slug(kind, name)?;
+            if s.len() > MAX_ID_LEN {
+                return check_slug(kind, s);
+            }
+            Ok(())
+        }
+        _ => check_slug(kind, s),
+    }
+}
+
 macro_rules! slug_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        slug_id!($(#[$doc])* $name, $kind, check_slug);
+    };
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $check:ident) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(String);
 
         impl $name {
             pub fn parse(s: &str) -> Result<Self, IdError> {
-                check_slug($kind, s)?;
+                $check($kind, s)?;
                 Ok(Self(s.to_owned()))
             }
 
@@ -83,7 +101,7 @@ macro_rules! slug_id {
         impl TryFrom<String> for $name {
             type Error = IdError;
             fn try_from(s: String) -> Result<Self, IdError> {
-                check_slug($kind, &s)?;
+                $check($kind, &s)?;
                 Ok(Self(s))
             }
         }
@@ -122,10 +140,36 @@ macro_rules! slug_id {
 }
 
 slug_id!(
-    /// An organization (tenant). Safe to join into a file path or an object key.
+    /// An organization (tenant). Safe to join into a file path or an object key. A branch of an
+    /// org is `PARENT--NAME`.
     OrgId,
-    "org id"
+    "org id",
+    check_org
 );
+
+impl OrgId {
+    /// The id of `parent`'s branch `name` (`PARENT--NAME`). A branch of a branch is refused.
+    pub fn branch(parent: &OrgId, name: &str) -> Result<OrgId, IdError> {
+        if parent.is_branch() {
+            return Err(IdError {
+                kind: "org id",
+                shown: format!("\"{parent}\""),
+                reason: "a branch cannot be branched (branch its parent)",
+            });
+        }
+        check_slug("branch name", name)?;
+        OrgId::parse(&format!("{parent}--{name}"))
+    }
+
+    /// The org a branch was made from; `None` for an org that is no branch.
+    pub fn parent(&self) -> Option<OrgId> {
+        self.0.split_once("--").map(|(p, _)| OrgId(p.to_string()))
+    }
+
+    pub fn is_branch(&self) -> bool {
+        self.0.contains("--")
+    }
+}
 slug_id!(
     /// A region, such as `eu-north`.
     RegionId,
@@ -190,6 +234,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_branch_id_is_its_parent_and_name_joined_once() {
+        let acme = OrgId::parse("acme").unwrap();
+        let qa = OrgId::branch(&acme, "qa-1").unwrap();
+        assert_eq!(qa.as_str(), "acme--qa-1");
+        assert_eq!(qa.parent(), Some(acme.clone()));
+        assert!(qa.is_branch() && !acme.is_branch());
+        assert_eq!(OrgId::parse("acme--qa-1").unwrap(), qa);
+        assert!(OrgId::branch(&qa, "x").is_err(), "no branch of a branch");
+        assert!(OrgId::branch(&acme, "Bad").is_err());
+        assert!(OrgId::branch(&acme, &"a".repeat(60)).is_err(), "too long");
+        assert!(NodeId::parse("a--b").is_err() && RegionId::parse("a--b").is_err());
+    }
+
+    #[test]
     fn accepts_slugs() {
         for ok in ["a", "acme", "acme-ab", "a-b-c", "0x", &"a".repeat(63)] {
             assert!(OrgId::parse(ok).is_ok(), "{ok}");
@@ -218,7 +276,10 @@ mod tests {
             "a.b",
             "ａ",
             "trail-",
-            "a--b",
+            "a--b--c",
+            "a---b",
+            "a--",
+            "--b",
             "-",
         ] {
             let err = OrgId::parse(bad).expect_err(bad);

@@ -8,6 +8,7 @@ mod data_key;
 mod error;
 pub mod failpoints;
 mod ids;
+pub mod mask;
 pub mod migration;
 pub mod random;
 

@@ -207,6 +207,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             client_ca: None,
         }),
         limits: Default::default(),
+        branches: Default::default(),
     };
     control_config.validate()?;
     write_config(&data, "control.toml", &control_config)?;

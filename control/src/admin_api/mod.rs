@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use hemvist_proto::{ErrorKind, HemvistError};
 use serde::Serialize;
 
+mod branches;
 mod schema;
 
 use crate::metrics::Gauges;
@@ -62,6 +63,21 @@ pub fn router(plane: Arc<Plane>) -> Router {
         .route("/orgs/{id}/pin", axum::routing::post(schema::pin))
         .route("/orgs/{id}/unpin", axum::routing::post(schema::unpin))
         .route("/orgs/{id}/rollback", axum::routing::post(schema::rollback))
+        .route(
+            "/orgs/{id}/branches",
+            axum::routing::post(branches::create).layer(DefaultBodyLimit::max(
+                2 * hemvist_proto::mask::MAX_MASK_BYTES,
+            )),
+        )
+        .route("/branches", get(branches::list))
+        .route(
+            "/branches/{id}",
+            get(branches::show).delete(branches::destroy),
+        )
+        .route(
+            "/branches/{id}/keepalive",
+            axum::routing::post(branches::keepalive),
+        )
         .fallback(|| async { ApiError(HemvistError::not_found("no such API route")) })
         .layer(middleware::from_fn_with_state(plane.clone(), require_token));
     Router::new()
@@ -479,7 +495,10 @@ async fn metrics(
     let text = blocking(&plane, move |c| {
         let nodes = c.node_loads()?;
         let (lag, behind) = c.replication.summary();
+        let (branches, branches_expiring) = c.branch_counts()?;
         let gauges = Gauges {
+            branches,
+            branches_expiring,
             replication_lag_max_ms: lag.max(0) as u64,
             replication_behind: behind,
             operations_stalled: c.stalled_count(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use hemvist_proto::HemvistError;
 use tokio_util::sync::CancellationToken;
 
-use super::{drain, failover, move_org, rollback, rollout, OperationKind};
+use super::{branch, branch_destroy, drain, failover, move_org, rollback, rollout, OperationKind};
 use crate::plane::Plane;
 
 const TICK: Duration = Duration::from_millis(250);
@@ -37,6 +37,9 @@ fn step_all(plane: &Plane) -> Result<(), HemvistError> {
     if let Err(e) = drain::step(plane) {
         tracing::warn!(error = %e, "draining nodes failed; will retry");
     }
+    if let Err(e) = branch_destroy::expire(plane) {
+        tracing::warn!(error = %e, "destroying expired branches failed; will retry");
+    }
     for record in plane.store.open_operations()? {
         let id = record.id.clone();
         let stepped = match OperationKind::parse(&record.kind) {
@@ -44,6 +47,8 @@ fn step_all(plane: &Plane) -> Result<(), HemvistError> {
             Some(OperationKind::Failover) => failover::step(plane, record),
             Some(OperationKind::Rollout) => rollout::step(plane, record),
             Some(OperationKind::Rollback) => rollback::step(plane, record),
+            Some(OperationKind::Branch) => branch::step(plane, record),
+            Some(OperationKind::BranchDestroy) => branch_destroy::step(plane, record),
             None => Err(HemvistError::internal(format!(
                 "operation {id} is of kind {:?}, which this control plane does not know",
                 record.kind

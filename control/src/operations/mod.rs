@@ -9,6 +9,8 @@
 //! - at most one unfinished operation owns an org, and the reconciler leaves an owned org alone;
 //! - phases are an enum per kind ([`Phase`]); the store keeps their names and nothing else.
 
+pub mod branch;
+pub mod branch_destroy;
 pub mod drain;
 pub mod driver;
 pub mod failover;
@@ -54,6 +56,8 @@ pub enum OperationKind {
     Failover,
     Rollout,
     Rollback,
+    Branch,
+    BranchDestroy,
 }
 
 impl OperationKind {
@@ -63,6 +67,8 @@ impl OperationKind {
             OperationKind::Failover => "failover",
             OperationKind::Rollout => "rollout",
             OperationKind::Rollback => "rollback",
+            OperationKind::Branch => "branch",
+            OperationKind::BranchDestroy => "branch-destroy",
         }
     }
 
@@ -72,6 +78,8 @@ impl OperationKind {
             OperationKind::Failover,
             OperationKind::Rollout,
             OperationKind::Rollback,
+            OperationKind::Branch,
+            OperationKind::BranchDestroy,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -588,6 +596,7 @@ pub(crate) fn tell_every_node(
             node_url,
             generation,
         }],
+        removed: Vec::new(),
     });
     Ok(())
 }

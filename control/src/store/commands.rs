@@ -24,6 +24,8 @@ pub enum CommandKind {
     EndMove,
     /// A tenant's schema migration (a rollout's step, see `operations::rollout`).
     Migrate,
+    /// A branch destroyed on its node (see `operations::branch_expiry`).
+    Destroy,
 }
 
 impl CommandKind {
@@ -38,10 +40,11 @@ impl CommandKind {
             CommandKind::FinishMove => "finish_move",
             CommandKind::EndMove => "end_move",
             CommandKind::Migrate => "migrate",
+            CommandKind::Destroy => "destroy",
         }
     }
 
-    pub const ALL: [CommandKind; 9] = [
+    pub const ALL: [CommandKind; 10] = [
         CommandKind::Host,
         CommandKind::Drop,
         CommandKind::AddUser,
@@ -51,6 +54,7 @@ impl CommandKind {
         CommandKind::FinishMove,
         CommandKind::EndMove,
         CommandKind::Migrate,
+        CommandKind::Destroy,
     ];
 
     pub fn parse(s: &str) -> Result<Self> {

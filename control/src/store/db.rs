@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0009_known_positions.sql"),
     include_str!("migrations/0010_node_drain.sql"),
     include_str!("migrations/0011_schema_files.sql"),
+    include_str!("migrations/0012_branches.sql"),
 ];
 
 pub struct Store {

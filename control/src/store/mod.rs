@@ -15,12 +15,14 @@
 //! - `admin_tokens` (`tokens.rs`): named, revocable admin tokens, as hashes only.
 //! - `operations` (`operations.rs`): moves and the like, their phases changed by compare and set
 //!   together with their audit entries.
+//! - `branches` (`branches.rs`): which orgs are branches of which, as of when, until when.
 //!
 //! Leases are not persisted: after a restart every node is unhealthy until it heartbeats again.
 //! The store interprets nothing it is handed (a residency is stored as its lists, not as a
 //! policy) and imports no domain module; its errors keep their kind (`StoreError`).
 
 mod audit;
+mod branches;
 mod commands;
 mod db;
 mod error;
@@ -32,6 +34,7 @@ mod schema;
 mod system;
 mod tokens;
 
+pub use branches::{BranchRecord, NewBranch};
 pub use commands::{CommandKind, CommandRecord, CommandState, NewCommand};
 pub use db::Store;
 pub use error::StoreError;

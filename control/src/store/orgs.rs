@@ -107,58 +107,7 @@ impl Store {
         if let Some(existing) = org_in(&tx, &new.id)? {
             return Ok(Created::Existing(existing));
         }
-        let generation = next_generation(&tx)?;
-        let now = now_ms();
-        let residency = serde_json::to_string(&new.residency).map_err(StoreError::corrupt)?;
-        tx.execute(
-            "INSERT INTO orgs (id, name, home_region, residency, placement_reason, created_ms,
-               durability, data_key, schema_version)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                new.id.as_str(),
-                new.name,
-                new.home_region.as_str(),
-                residency,
-                new.placement_reason,
-                now,
-                new.durability,
-                new.data_key,
-                new.schema_version
-            ],
-        )?;
-        tx.execute(
-            "INSERT INTO placements (org, node_id, generation, updated_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                new.id.as_str(),
-                new.node_id.as_str(),
-                generation.get() as i64,
-                now
-            ],
-        )?;
-        super::placements::open_history(
-            &tx,
-            &new.id,
-            &new.home_region,
-            &new.node_id,
-            generation,
-            now,
-        )?;
-        append_audit(
-            &tx,
-            "control",
-            "org.placed",
-            Some(&new.id),
-            &serde_json::json!({
-                "region": new.home_region,
-                "node": new.node_id,
-                "generation": generation.get(),
-                "residency": new.residency,
-                "reason": new.placement_reason,
-                "requested_by": new.requested_by,
-            }),
-        )?;
-        let created = org_in(&tx, &new.id)?
-            .ok_or_else(|| StoreError::corrupt(format!("org {} vanished", new.id)))?;
+        let created = insert_org(&tx, new)?;
         tx.commit()?;
         Ok(Created::New(created))
     }
@@ -366,7 +315,7 @@ fn check_org(row: OrgRow) -> Result<OrgRecord> {
     })
 }
 
-fn org_in(tx: &Transaction<'_>, id: &OrgId) -> Result<Option<OrgRecord>> {
+pub(super) fn org_in(tx: &Transaction<'_>, id: &OrgId) -> Result<Option<OrgRecord>> {
     tx.query_row(
         &format!("{ORG_SELECT} WHERE o.id = ?1"),
         [id.as_str()],
@@ -375,4 +324,52 @@ fn org_in(tx: &Transaction<'_>, id: &OrgId) -> Result<Option<OrgRecord>> {
     .optional()?
     .map(check_org)
     .transpose()
+}
+
+/// Inserts a new org and its first placement under a fresh generation, with its audit record.
+pub(super) fn insert_org(tx: &Transaction<'_>, new: &NewOrg) -> Result<OrgRecord> {
+    let generation = next_generation(tx)?;
+    let now = now_ms();
+    let residency = serde_json::to_string(&new.residency).map_err(StoreError::corrupt)?;
+    tx.execute(
+        "INSERT INTO orgs (id, name, home_region, residency, placement_reason, created_ms,
+           durability, data_key, schema_version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            new.id.as_str(),
+            new.name,
+            new.home_region.as_str(),
+            residency,
+            new.placement_reason,
+            now,
+            new.durability,
+            new.data_key,
+            new.schema_version
+        ],
+    )?;
+    tx.execute(
+        "INSERT INTO placements (org, node_id, generation, updated_ms) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            new.id.as_str(),
+            new.node_id.as_str(),
+            generation.get() as i64,
+            now
+        ],
+    )?;
+    super::placements::open_history(tx, &new.id, &new.home_region, &new.node_id, generation, now)?;
+    append_audit(
+        tx,
+        "control",
+        "org.placed",
+        Some(&new.id),
+        &serde_json::json!({
+            "region": new.home_region,
+            "node": new.node_id,
+            "generation": generation.get(),
+            "residency": new.residency,
+            "reason": new.placement_reason,
+            "requested_by": new.requested_by,
+        }),
+    )?;
+    org_in(tx, &new.id)?.ok_or_else(|| StoreError::corrupt(format!("org {} vanished", new.id)))
 }

@@ -16,12 +16,25 @@
 //! Reads and writes that fail in SQLite are counted per org in the [`TenantHealth`] the store is
 //! given, if any: the heartbeat reports them.
 
+pub mod mask;
 pub mod schema;
 pub mod sweeper;
 pub mod template;
 #[cfg(test)]
 mod tests;
 pub mod trash;
+
+/// The extensions of the staging files made beside a tenant's path (`{org}.{ext}`): a
+/// template's copy, a restore, a rollback, a move's copy, a branch's unmasked and masked copy.
+pub const STAGING_EXTENSIONS: [&str; 7] = [
+    "from-template",
+    "from-backup",
+    "restoring",
+    "rolling-back",
+    "moving",
+    "branching",
+    "masked",
+];
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -117,6 +130,7 @@ impl TenantStore {
     }
 
     pub fn exists(&self, org: &OrgId) -> bool {
+        // (The staging files beside a tenant's path are named in `STAGING_EXTENSIONS`.)
         self.path(org).is_file()
     }
 

@@ -24,6 +24,40 @@ impl TenantStore {
         self.root.parent().unwrap_or(&self.root).join("trash")
     }
 
+    /// Deletes every file of `org` here for good, not to the trash: its database with what lies
+    /// beside it, any staging file of a restore, a move or a branch, and what the trash keeps of
+    /// it (a destroyed branch leaves nothing behind). How many files went.
+    pub fn destroy(&self, org: &OrgId) -> std::io::Result<usize> {
+        self.close(org);
+        let path = self.path(org);
+        let mut gone = 0;
+        let mut remove = |p: PathBuf| -> std::io::Result<()> {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {
+                    gone += 1;
+                    Ok(())
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            }
+        };
+        for ext in super::STAGING_EXTENSIONS.iter().chain(["db"].iter()) {
+            let base = path.with_extension(ext);
+            for side in ["", "-wal", "-shm", "-journal"] {
+                remove(PathBuf::from(format!("{}{side}", base.display())))?;
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(self.trash_dir()) {
+            let prefix = format!("{org}.");
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    remove(entry.path())?;
+                }
+            }
+        }
+        Ok(gone)
+    }
+
     /// Deletes the trashed tenants dropped more than `grace` before `now_ms`.
     pub fn purge_trash(&self, grace: Duration, now_ms: i64) -> Vec<Purged> {
         let Ok(entries) = std::fs::read_dir(self.trash_dir()) else {
@@ -68,6 +102,31 @@ fn parse(name: &str) -> Option<Purged> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_destroyed_tenant_leaves_no_file_and_its_parent_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TenantStore::new(dir.path(), 2).unwrap();
+        let qa = OrgId::parse("acme--qa").unwrap();
+        let acme = OrgId::parse("acme").unwrap();
+        std::fs::create_dir_all(store.path(&qa).parent().unwrap()).unwrap();
+        for p in [
+            store.path(&qa),
+            store.path(&qa).with_extension("db-wal"),
+            store.path(&qa).with_extension("branching"),
+            store.path(&acme),
+        ] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let trash = store.trash_dir();
+        std::fs::create_dir_all(&trash).unwrap();
+        std::fs::write(trash.join("acme--qa.g3-1000.db"), b"x").unwrap();
+        std::fs::write(trash.join("acme.g2-1000.db"), b"x").unwrap();
+        assert_eq!(store.destroy(&qa).unwrap(), 4);
+        assert!(!store.exists(&qa) && store.exists(&acme));
+        assert!(trash.join("acme.g2-1000.db").exists());
+        assert_eq!(store.destroy(&qa).unwrap(), 0, "again: nothing left");
+    }
 
     #[test]
     fn only_what_is_older_than_the_grace_period_is_deleted() {

@@ -119,13 +119,17 @@ pub async fn search(a: Authed, query: QueryResult) -> Response {
     pages::search_page(&a.ctx.org, &name, &a.session, &results)
 }
 
-fn org_name(a: &Authed) -> String {
-    a.ctx
-        .node
-        .state
-        .hosted(&a.ctx.org)
-        .map(|h| h.name)
-        .unwrap_or_else(|| a.ctx.org.to_string())
+fn org_name(a: &Authed) -> pages::Heading {
+    pages::Heading {
+        name: a
+            .ctx
+            .node
+            .state
+            .hosted(&a.ctx.org)
+            .map(|h| h.name)
+            .unwrap_or_else(|| a.ctx.org.to_string()),
+        branch: a.ctx.node.branches.label(&a.ctx.org),
+    }
 }
 
 fn input_from(fields: &Fields) -> ContactInput {

@@ -88,12 +88,16 @@ fn signin_state(ctx: &OrgCtx, signin: Option<Arc<Signin>>) -> Result<Arc<Signin>
     })
 }
 
-fn org_name(ctx: &OrgCtx) -> String {
-    ctx.node
-        .state
-        .hosted(&ctx.org)
-        .map(|h| h.name)
-        .unwrap_or_default()
+fn org_name(ctx: &OrgCtx) -> pages::Heading {
+    pages::Heading {
+        name: ctx
+            .node
+            .state
+            .hosted(&ctx.org)
+            .map(|h| h.name)
+            .unwrap_or_default(),
+        branch: ctx.node.branches.label(&ctx.org),
+    }
 }
 
 /// The sign-in form with a fresh token in its field and its cookie.

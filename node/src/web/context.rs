@@ -24,11 +24,19 @@ pub const SESSION_COOKIE: &str = "hv_session";
 /// Set by [`OrgCtx`] when it finds the request's org served here: how the middleware that
 /// counts each org's requests (`super::count_served`) learns whose request it was.
 #[derive(Clone, Default)]
-pub struct Served(Arc<std::sync::OnceLock<OrgId>>);
+pub struct Served(
+    Arc<std::sync::OnceLock<OrgId>>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
 
 impl Served {
     pub fn org(&self) -> Option<&OrgId> {
         self.0.get()
+    }
+
+    /// A signed-in user's request (its session was found).
+    pub fn signed_in(&self) -> bool {
+        self.1.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -235,11 +243,16 @@ where
             None => None,
         };
         match (session, token) {
-            (Some(session), Some(token)) => Ok(Authed {
-                ctx,
-                session,
-                token,
-            }),
+            (Some(session), Some(token)) => {
+                if let Some(served) = parts.extensions.get::<Served>() {
+                    served.1.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(Authed {
+                    ctx,
+                    session,
+                    token,
+                })
+            }
             _ => Err(sign_in_first(&ctx, parts)),
         }
     }

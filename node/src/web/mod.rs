@@ -12,6 +12,7 @@
 
 mod app;
 mod auth;
+mod branch;
 mod context;
 mod form;
 mod handoff;
@@ -99,6 +100,7 @@ pub fn router_with(node: Arc<Node>, limits: &SigninLimits) -> Router {
         .route("/o/{org}/", get(app::search))
         .route("/o/{org}/signin", get(auth::form).post(auth::sign_in))
         .route("/o/{org}/signout", post(auth::sign_out))
+        .route("/o/{org}/keepalive", post(branch::keepalive))
         .route("/o/{org}/contacts", post(app::create_contact))
         .route("/o/{org}/contacts/new", get(app::new_contact))
         .route(
@@ -195,7 +197,8 @@ async fn count_served(State(node): State<Arc<Node>>, mut req: Request, next: Nex
     req.extensions_mut().insert(served.clone());
     let resp = next.run(req).await;
     if let Some(org) = served.org() {
-        node.health.request(org, resp.status().is_server_error());
+        node.health
+            .request_by(org, resp.status().is_server_error(), served.signed_in());
     }
     resp
 }
@@ -398,7 +401,8 @@ mod tests {
                 Counts {
                     requests: 2,
                     server_errors: 1,
-                    sqlite_errors: 1
+                    sqlite_errors: 1,
+                    signed_in: 0,
                 }
             )]
         );

@@ -73,6 +73,9 @@ const STYLE: &str = r#"
 body{font:16px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:var(--fg);background:var(--bg)}
 header.top{display:flex;gap:1rem;align-items:center;justify-content:space-between;flex-wrap:wrap;padding:.75rem 1rem;border-bottom:1px solid var(--line)}
 header.top h1{font-size:1.15rem;margin:0}
+div.branch{background:#fff7d6;border-bottom:1px solid #e0c870;padding:.5rem 1rem;font-size:.9rem}
+div.branch p{margin:.15rem 0}div.branch form{display:inline}
+div.branch.expiring{background:#ffe1dc;border-color:#d9826f}
 header.top .who{color:var(--muted);font-size:.9rem;display:flex;gap:.75rem;align-items:center}
 main{max-width:52rem;margin:0 auto;padding:1rem}
 a{color:var(--accent)}
@@ -121,10 +124,52 @@ fn layout(title: &str, body: Markup) -> String {
     .into_string()
 }
 
-fn top(org: &OrgId, org_name: &str, session: Option<&Session>) -> Markup {
+/// The org as every page's heading shows it: its name and, for a branch, its label.
+pub struct Heading {
+    pub name: String,
+    pub branch: Option<crate::branches::Label>,
+}
+
+impl std::fmt::Display for Heading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// A branch's banner: of what, as of when, until when, and (signed in) the keepalive button.
+fn branch_banner(org: &OrgId, b: &crate::branches::Label, session: Option<&Session>) -> Markup {
+    let expiring = crate::clock::now_ms() >= b.warn_from_ms;
+    let left_min = ((b.expires_ms - crate::clock::now_ms()).max(0) + 59_999) / 60_000;
     html! {
+        div.branch.expiring[expiring] #branch role="note" {
+            p {
+                strong { "Test branch" } " of " strong { (b.parent) } ", as of "
+                time datetime=(crate::backup::format_time(b.at_ms)) { (crate::backup::format_time(b.at_ms)) }
+                ". Writes here never reach " (b.parent) "."
+            }
+            p #expiry {
+                @if expiring { strong { "Expires soon: " } }
+                "Destroyed at "
+                time datetime=(crate::backup::format_time(b.expires_ms)) { (crate::backup::format_time(b.expires_ms)) }
+                " (in " (left_min) " min) unless kept alive"
+                @if b.keepalive_on_use { "; use by a signed-in user keeps it alive" }
+                "."
+            }
+            @if let Some(s) = session {
+                form method="post" action={ "/o/" (org) "/keepalive" } {
+                    input type="hidden" name="_csrf" value=(s.csrf);
+                    button #keepalive type="submit" { "Keep alive" }
+                }
+            }
+        }
+    }
+}
+
+fn top(org: &OrgId, head: &Heading, session: Option<&Session>) -> Markup {
+    html! {
+        @if let Some(b) = &head.branch { (branch_banner(org, b, session)) }
         header.top {
-            h1 { a href={ "/o/" (org) "/" } { (org_name) } }
+            h1 { a href={ "/o/" (org) "/" } { (head.name) } }
             div.who {
                 @if let Some(s) = session {
                     span { (s.name) }
@@ -164,7 +209,7 @@ pub const MOVED_NOTICE: &str = "This organization has moved to a new home; pleas
 
 pub fn sign_in(
     org: &OrgId,
-    org_name: &str,
+    org_name: &Heading,
     csrf: &str,
     next: &str,
     notice: Option<&str>,
@@ -359,7 +404,7 @@ pub fn search_problem(message: &str) -> Response {
     )
 }
 
-pub fn search_page(org: &OrgId, org_name: &str, session: &Session, r: &Results) -> Response {
+pub fn search_page(org: &OrgId, org_name: &Heading, session: &Session, r: &Results) -> Response {
     let search = format!("/o/{org}/");
     let body = html! {
         (top(org, org_name, Some(session)))
@@ -390,7 +435,7 @@ pub fn search_page(org: &OrgId, org_name: &str, session: &Session, r: &Results) 
 #[allow(clippy::too_many_arguments)]
 pub fn contact_form(
     org: &OrgId,
-    org_name: &str,
+    org_name: &Heading,
     session: &Session,
     id: Option<i64>,
     c: &ContactInput,

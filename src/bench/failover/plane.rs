@@ -112,6 +112,7 @@ impl Plane {
             }],
             tls: None,
             limits: Default::default(),
+            branches: Default::default(),
         };
         config.validate()?;
         let shutdown = CancellationToken::new();

@@ -109,6 +109,7 @@ impl System {
             regions,
             tls: None,
             limits: Default::default(),
+            branches: Default::default(),
         };
         config.validate()?;
         let shutdown = CancellationToken::new();

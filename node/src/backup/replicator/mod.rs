@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 pub use metrics::BackupMetrics;
 pub use state::Shipped;
 
+use super::restore;
 use super::store::BackupConfig;
 use super::wal;
 use crate::clock::now_ms;
@@ -449,6 +450,28 @@ impl Replicator {
             self.db.note_departed(org, &state, now_ms())?;
         }
         self.db.persist(org, None)
+    }
+
+    /// Deletes every backup object of `org` in the store now, whatever the retention window
+    /// (a destroyed branch): its own objects of every generation, and its packed segments
+    /// released (a pack goes with its last needed segment; what other tenants' packs still
+    /// hold of it stays sealed with its key, which is destroyed with it). The org must no
+    /// longer be hosted here. How many of its objects were deleted.
+    pub async fn purge(&self, org: &OrgId) -> anyhow::Result<usize> {
+        self.index_org(org).await?;
+        self.forget(org)?;
+        let before = restore::listed(&self.store, org).await?.len();
+        for generation in self.db.departed_of(org) {
+            retention::expire_departed(self.up(), &self.db, org, generation).await?;
+            self.db.forget_departed(org, generation)?;
+        }
+        // What other nodes shipped of it (before a failover, say) goes too.
+        retention::expire_departed(self.up(), &self.db, org, u64::MAX).await?;
+        let left = restore::listed(&self.store, org).await?.len();
+        if left > 0 {
+            anyhow::bail!("{left} backup objects of {org} are still listed after deleting them");
+        }
+        Ok(before)
     }
 
     /// Removes the backups of generations dropped here longer ago than the retention window

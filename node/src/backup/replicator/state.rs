@@ -316,6 +316,19 @@ impl BackupDb {
         Ok(Some((r.pack, left.unwrap_or(1))))
     }
 
+    /// The departed generations of `org` this node keeps a record of.
+    pub fn departed_of(&self, org: &OrgId) -> Vec<u64> {
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let Ok(mut stmt) =
+            db.prepare("SELECT generation FROM departed WHERE org = ?1 ORDER BY generation")
+        else {
+            return Vec::new();
+        };
+        stmt.query_map([org.as_str()], |r| r.get::<_, i64>(0))
+            .map(|rows| rows.filter_map(Result::ok).map(|g| g as u64).collect())
+            .unwrap_or_default()
+    }
+
     pub fn forget_departed(&self, org: &OrgId, generation: u64) -> Result<(), HemvistError> {
         let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
         db.execute(

@@ -1,0 +1,245 @@
+//! The end of a branch: destroyed at its expiry (the dead man's switch) or by hand. The whole
+//! destruction is in this file.
+//!
+//! ```text
+//! destroying ──► done
+//! ```
+//!
+//! - **expiry**: every pass of the operations' driver looks for live branches past their expiry
+//!   that no operation owns, and starts the destruction of each (a branch still being made is
+//!   destroyed once its creation ends, either way). The expiry is in the store, so it survives
+//!   restarts; the operation is the one record of it, so it runs once.
+//! - **destroying**: the branch's node stops hosting it, deletes its file (no trash) and every
+//!   backup object of it in its region's store, packed segments released (`Destroy`; what
+//!   others' packs still hold of it is sealed with its data key, which goes with its org row).
+//!   Then its org, placement and key are forgotten and its branch row marked destroyed, in one
+//!   transaction audited `branch.destroyed`; every node forgets its placement.
+//!
+//! Keeps true: a branch is destroyed once (the forgetting is a compare and set on its row,
+//! audited in the same transaction); its parent is never touched; a node that is down when the
+//! branch expires is waited for (alarm after `move_stall_ms`): its copy is never left behind.
+
+use hemvist_proto::{Generation, HemvistError, NodeId, OrgId};
+use serde::{Deserialize, Serialize};
+
+use super::{Operation, OperationKind, Phase, Step};
+use crate::clock::now_ms;
+use crate::link::{BranchLabels, NodeCommand, PlacementUpdate};
+use crate::plane::Plane;
+use crate::store::{CommandKind, CommandState, OperationRecord};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestroyPhase {
+    Destroying,
+    Done,
+}
+
+impl Phase for DestroyPhase {
+    const KIND: OperationKind = OperationKind::BranchDestroy;
+    const ALL: &'static [Self] = &[DestroyPhase::Destroying, DestroyPhase::Done];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            DestroyPhase::Destroying => "destroying",
+            DestroyPhase::Done => "done",
+        }
+    }
+
+    fn is_final(self) -> bool {
+        matches!(self, DestroyPhase::Done)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DestroyDetail {
+    /// `expired` or `destroyed by hand`.
+    pub why: String,
+    pub parent: OrgId,
+    pub expires_ms: i64,
+}
+
+type Destroy = Operation<DestroyPhase>;
+
+fn internal(e: impl std::fmt::Display) -> HemvistError {
+    HemvistError::internal(format!("branch destroy: {e}"))
+}
+
+impl Plane {
+    /// Destroys a branch now, as asked by `actor`.
+    pub fn destroy_branch(&self, id: &str, actor: &str) -> Result<OperationRecord, HemvistError> {
+        let id = OrgId::parse(id)?;
+        let branch = self
+            .store
+            .branch(&id)?
+            .filter(|b| b.destroyed_ms.is_none())
+            .ok_or_else(|| HemvistError::not_found(format!("no live branch {id}")))?;
+        let op = self.begin(
+            &id,
+            DestroyPhase::Destroying,
+            actor,
+            detail(&DestroyDetail {
+                why: format!("destroyed by {actor}"),
+                parent: branch.parent,
+                expires_ms: branch.expires_ms,
+            })?,
+        )?;
+        self.wake_operations.notify_one();
+        Ok(op.record)
+    }
+}
+
+fn detail(d: &DestroyDetail) -> Result<serde_json::Value, HemvistError> {
+    serde_json::to_value(d).map_err(internal)
+}
+
+/// Starts the destruction of every live branch past its expiry that no operation owns.
+pub fn expire(plane: &Plane) -> Result<(), HemvistError> {
+    let now = now_ms();
+    let expired = plane.store.expired_branches(now)?;
+    if expired.is_empty() {
+        return Ok(());
+    }
+    let owned = plane.owned_orgs()?;
+    for b in expired {
+        if owned.contains(&b.id) {
+            continue;
+        }
+        let started = plane.begin(
+            &b.id,
+            DestroyPhase::Destroying,
+            "control",
+            detail(&DestroyDetail {
+                why: "expired".into(),
+                parent: b.parent.clone(),
+                expires_ms: b.expires_ms,
+            })?,
+        );
+        match started {
+            Ok(op) => {
+                tracing::warn!(branch = %b.id, parent = %b.parent, expired_ms_ago = now - b.expires_ms,
+                    operation = %op.record.id, "branch expired: destroying it");
+                destroying(plane, &op)?;
+            }
+            // Another pass (or an operator) got there first.
+            Err(e) if e.kind == hemvist_proto::ErrorKind::Conflict => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+pub fn step(plane: &Plane, record: OperationRecord) -> Result<(), HemvistError> {
+    let op: Destroy = record.try_into()?;
+    match op.phase {
+        DestroyPhase::Destroying => destroying(plane, &op),
+        DestroyPhase::Done => Ok(()),
+    }
+}
+
+fn destroying(plane: &Plane, op: &Destroy) -> Result<(), HemvistError> {
+    let d: DestroyDetail = serde_json::from_value(op.record.detail.clone()).map_err(internal)?;
+    if let Some(org) = plane.store.org(op.org())? {
+        if !destroy_on_node(plane, op, &org.node_id, org.generation)? {
+            return Ok(());
+        }
+    }
+    forget(plane, op.org(), &d.why, &op.record.id)?;
+    if plane.advance(op, DestroyPhase::Done, None)?.is_some() {
+        plane.forget_operation(&op.record.id);
+        tracing::warn!(branch = %op.org(), why = %d.why, "branch destroyed");
+    }
+    Ok(())
+}
+
+/// Drives the `Destroy` step on the branch's node; whether it is done.
+pub(crate) fn destroy_on_node<P: Phase>(
+    plane: &Plane,
+    op: &Operation<P>,
+    node: &NodeId,
+    generation: Generation,
+) -> Result<bool, HemvistError> {
+    let org = op.org().clone();
+    let cmd = plane.drive_step(
+        &Step {
+            operation: &op.record.id,
+            name: "destroy",
+            node,
+            org: &org,
+            kind: CommandKind::Destroy,
+            generation,
+            again_on_new_session: false,
+        },
+        false,
+        || NodeCommand::Destroy {
+            org: org.clone(),
+            generation,
+        },
+    )?;
+    match cmd.state {
+        CommandState::Done => Ok(true),
+        CommandState::Failed => {
+            // A node that cannot delete what it holds is an alarm, not a reason to forget it.
+            plane.watch_stall(op, 0, || {
+                format!(
+                    "{node} to destroy the branch; it failed: {}",
+                    cmd.error.as_deref().unwrap_or("no reason given")
+                )
+            });
+            if now_ms() - cmd.updated_ms > plane.config.command_retry_ms as i64 {
+                let kind = cmd.error_kind.unwrap_or(hemvist_proto::ErrorKind::Internal);
+                let error = cmd.error.clone().unwrap_or_default();
+                plane.store.ack_command(
+                    node,
+                    &cmd.id,
+                    CommandState::Retry,
+                    Some((kind, &error)),
+                    None,
+                )?;
+            }
+            Ok(false)
+        }
+        _ => {
+            plane.watch_stall(op, plane.config.move_stall_ms as i64, || {
+                format!("{node} to destroy the branch (is it up?)")
+            });
+            Ok(false)
+        }
+    }
+}
+
+/// Forgets the branch's org and marks it destroyed (once), and tells every node.
+pub(crate) fn forget(
+    plane: &Plane,
+    id: &OrgId,
+    why: &str,
+    operation: &str,
+) -> Result<(), HemvistError> {
+    let node = plane.store.org(id)?.map(|o| o.node_id);
+    plane.store.forget_branch(id, why, operation)?;
+    plane
+        .backed_up
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(id);
+    plane
+        .branch_used
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(id);
+    plane.nodes.broadcast_placements(PlacementUpdate {
+        full: false,
+        placements: Vec::new(),
+        removed: vec![id.clone()],
+    });
+    if let Some(node) = node {
+        plane.nodes.send_branch_labels(
+            &node,
+            BranchLabels {
+                full: false,
+                labels: Vec::new(),
+                removed: vec![id.clone()],
+            },
+        );
+    }
+    Ok(())
+}
