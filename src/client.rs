@@ -92,6 +92,11 @@ impl Client {
         self.send(req).await
     }
 
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let req = self.http.delete(format!("{}/api/v1{path}", self.base));
+        self.send(req).await
+    }
+
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
         let resp = req
             .bearer_auth(&self.token)

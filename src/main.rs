@@ -2,6 +2,7 @@
 
 mod backups;
 mod bench;
+mod branches;
 mod client;
 mod dev;
 mod migrate;
@@ -68,6 +69,11 @@ enum Command {
     Migrate {
         #[command(subcommand)]
         command: migrate::MigrateCommand,
+    },
+    /// Test environments branched from an org: create, list, show, keepalive, destroy.
+    Branch {
+        #[command(subcommand)]
+        command: branches::BranchCommand,
     },
     /// Operations (moves): list, show, cancel.
     Ops {
@@ -184,6 +190,7 @@ async fn main() -> std::process::ExitCode {
         } => moves::run(args).await,
         Command::Users { command } => ops::users(command).await,
         Command::Ops { command } => operations::ops(command).await,
+        Command::Branch { command } => branches::branch(command).await,
         Command::Migrate { command } => migrate::migrate(command).await,
         Command::Tokens { command } => tokens::tokens(command).await,
         Command::Backups(args) => backups::backups(args).await,

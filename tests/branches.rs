@@ -1,0 +1,400 @@
+//! Branches, end to end: real control plane and node processes, a real S3-compatible server,
+//! real SQLite files. A branch holds exactly its point in time, masked by each rule, with no
+//! unmasked value in any object of the store; its writes never reach the parent; a branch
+//! outside the parent's policy, or with a mask naming an unknown column, is refused before any
+//! work; keepalive pushes it out; destroy and expiry leave nothing behind (file, objects,
+//! placement), each audited once, across control-plane kills.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::cluster::{Cluster, EU_CENTRAL, EU_NORTH, US_EAST};
+use support::s3::S3;
+use support::session::sign_in;
+
+const PASSWORD: &str = "correct horse battery";
+const INTERVAL_MS: u64 = 300;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn tenant_file(c: &Cluster, region: &str, org: &str) -> PathBuf {
+    c.node_data(region)
+        .join("tenants")
+        .join(&org[..2])
+        .join(format!("{org}.db"))
+}
+
+/// (name, email, city) of every contact, by id.
+fn contacts(db: &Path) -> BTreeMap<i64, (String, String, String)> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open tenant");
+    let mut stmt = conn
+        .prepare("SELECT id, name, email, city FROM contacts")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    rows
+}
+
+fn wait_operation(c: &Cluster, id: &str) -> Value {
+    c.wait_for(&format!("operation {id} to end"), || {
+        let (status, op) = c.admin("GET", &format!("/operations/{id}"), None);
+        (status == 200 && !op["finished_ms"].is_null()).then_some(op)
+    })
+}
+
+fn audit_actions(c: &Cluster, org: &str) -> Vec<String> {
+    let (_, all) = c.admin("GET", "/audit?limit=10000", None);
+    all.as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["org"] == org)
+        .filter_map(|a| a["action"].as_str().map(String::from))
+        .collect()
+}
+
+/// Every backup object's decrypted body that belongs to `org`: its own objects and its
+/// segments inside the shared packs, opened with its data key.
+fn decrypted_bodies(s3: &S3, org: &str, key_hex: &str) -> Vec<Vec<u8>> {
+    use hemvist_node::backup::format::{self, Body, ObjectName};
+    let key = hemvist_proto::DataKey(hex_key(key_hex));
+    let root = s3.objects("hemvist");
+    let bucket_root = s3.bucket_dir.join("hemvist");
+    let mut out = Vec::new();
+    let body = |d: format::Decoded| -> Vec<u8> {
+        match d.body {
+            Body::Database(b) => b,
+            Body::Pages(p) => p.into_values().flatten().collect(),
+        }
+    };
+    for path in root {
+        let rel = path
+            .strip_prefix(&bucket_root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let bytes = std::fs::read(&path).unwrap();
+        if let Some(name) = ObjectName::parse(&rel) {
+            if name.org.as_str() == org && name.kind != format::Kind::Index {
+                out.push(body(
+                    format::decode(&name, &bytes, Some(&key)).expect("decode"),
+                ));
+            }
+        } else if let Some((_, _, index_len)) = format::parse_pack_key(&rel) {
+            let tail = &bytes[bytes.len() - index_len as usize..];
+            for (name, off, len) in format::decode_pack_index(&rel, tail).unwrap() {
+                if name.org.as_str() == org {
+                    let slice = &bytes[off as usize..(off + len) as usize];
+                    out.push(body(
+                        format::decode(&name, slice, Some(&key)).expect("decode packed"),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn hex_key(s: &str) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+    }
+    k
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn a_branch_holds_its_point_in_time_masked_in_region_and_its_writes_stay_its_own() {
+    let s3 = S3::start();
+    let c = Cluster::start_with_backup(&[EU_NORTH, EU_CENTRAL, US_EAST], &s3, INTERVAL_MS);
+    c.create_org_ready("acme", json!({"region": "eu-north", "residency": "EU"}));
+    c.add_user("acme", "ada@acme.example", PASSWORD);
+    let ada = sign_in(
+        &c.node_url("eu-north"),
+        "acme",
+        "ada@acme.example",
+        PASSWORD,
+    )
+    .unwrap();
+    let add = |name: &str, email: &str, city: &str| {
+        let (status, _, body) = ada.post(
+            "/contacts",
+            &[("name", name), ("email", email), ("city", city)],
+            None,
+        );
+        assert_eq!(status, 303, "{name}: {body}");
+    };
+    for i in 0..5 {
+        add(
+            &format!("Zebulon Early{i}"),
+            &format!("early{i}@acme.example"),
+            &format!("Uppsala{i}"),
+        );
+    }
+    let early_written = now_ms();
+    c.wait_position_known("acme", early_written);
+    std::thread::sleep(Duration::from_millis(200));
+    let at = now_ms();
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..3 {
+        add(
+            &format!("Late Comer{i}"),
+            &format!("late{i}@acme.example"),
+            "Lund",
+        );
+    }
+    c.wait_position_known("acme", now_ms());
+    let parent_file = tenant_file(&c, "eu-north", "acme");
+    let parent = contacts(&parent_file);
+    assert_eq!(parent.len(), 8);
+
+    // Refused before any work: another jurisdiction, an unknown column, a bad name.
+    let (status, body) = c.admin(
+        "POST",
+        "/orgs/acme/branches",
+        Some(json!({"name": "us", "region": "us-east", "ttl_ms": 60_000})),
+    );
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = c.admin(
+        "POST",
+        "/orgs/acme/branches",
+        Some(json!({"name": "shoes", "mask": "[contacts]\nshoe_size = \"hash\"\n"})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("shoe_size"), "{body}");
+    let (status, _) = c.admin(
+        "POST",
+        "/orgs/acme/branches",
+        Some(json!({"name": "Bad Name"})),
+    );
+    assert_eq!(status, 400);
+    for gone in ["acme--us", "acme--shoes"] {
+        let (status, _) = c.admin("GET", &format!("/branches/{gone}"), None);
+        assert_eq!(status, 404, "{gone} was refused: nothing made");
+    }
+
+    // The branch, through the CLI, masked: names faked, emails faked with their domain, city
+    // kept.
+    let mask = c.dir.path().join("mask.toml");
+    std::fs::write(
+        &mask,
+        "[contacts]\nname = \"fake_name\"\nemail = \"fake_email\"\ncity = \"keep\"\n",
+    )
+    .unwrap();
+    let (ok, out, err) = c.cli(&[
+        "branch",
+        "create",
+        "acme",
+        "--name",
+        "qa",
+        "--at",
+        &at.to_string(),
+        "--ttl",
+        "3h",
+        "--mask",
+        mask.to_str().unwrap(),
+        "--wait",
+    ]);
+    assert!(ok, "branch create: {out}\n{err}");
+    assert!(out.contains("branch acme--qa made"), "{out}");
+
+    let branch_file = tenant_file(&c, "eu-north", "acme--qa");
+    let branch = contacts(&branch_file);
+    assert_eq!(branch.len(), 5, "exactly the point in time: {branch:?}");
+    for (id, (name, email, city)) in &branch {
+        let (pname, pemail, pcity) = &parent[id];
+        assert!(pname.starts_with("Zebulon Early"), "{pname}");
+        assert_ne!(name, pname, "names are faked");
+        assert!(!name.contains("Zebulon"));
+        assert!(
+            email.ends_with("@acme.example") && email != pemail,
+            "{email}"
+        );
+        assert_eq!(city, pcity, "kept");
+    }
+
+    // Its pages: the banner, a sign-in with the parent's copied user, and a write that never
+    // reaches the parent.
+    let (_, shown) = c.admin("GET", "/branches/acme--qa", None);
+    assert_eq!(shown["parent"], "acme");
+    assert_eq!(shown["state"], "live", "{shown}");
+    let bob = sign_in(
+        &c.node_url("eu-north"),
+        "acme--qa",
+        "ada@acme.example",
+        PASSWORD,
+    )
+    .expect("the parent's users are copied");
+    let (status, _, page) = bob.get("/");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("Test branch") && page.contains("acme"),
+        "{page}"
+    );
+    assert!(page.contains("Keep alive"), "{page}");
+    let (status, _, body) = bob.post(
+        "/contacts",
+        &[("name", "Only In Branch"), ("email", "x@acme.example")],
+        None,
+    );
+    assert_eq!(status, 303, "{body}");
+    assert_eq!(contacts(&branch_file).len(), 6);
+    assert_eq!(contacts(&parent_file), parent, "the parent is untouched");
+
+    // No object of the store holds an unmasked value: every one of the branch's objects,
+    // opened with its key, and its segments in the shared packs.
+    c.wait_position_known("acme--qa", now_ms());
+    let (status, key) = c.admin("GET", "/orgs/acme--qa/data-key", None);
+    assert_eq!(status, 200);
+    let bodies = decrypted_bodies(&s3, "acme--qa", key["data_key"].as_str().unwrap());
+    assert!(!bodies.is_empty());
+    assert!(
+        bodies.iter().any(|b| contains(b, "Only In Branch")),
+        "the decryption works: the branch's own write is found"
+    );
+    for b in &bodies {
+        for i in 0..5 {
+            for needle in [
+                format!("early{i}@acme.example"),
+                format!("Zebulon Early{i}"),
+            ] {
+                assert!(
+                    !contains(b, &needle),
+                    "{needle} is in a backup of the branch"
+                );
+            }
+        }
+    }
+
+    // Keepalive pushes the expiry out, audited.
+    let before = shown["expires_ms"].as_i64().unwrap();
+    let (status, kept) = c.admin(
+        "POST",
+        "/branches/acme--qa/keepalive",
+        Some(json!({"for_ms": 18_000_000})),
+    );
+    assert_eq!(status, 200, "{kept}");
+    assert!(kept["expires_ms"].as_i64().unwrap() > before + 3_000_000);
+    let (ok, out, _) = c.cli(&["branch", "list", "--org", "acme"]);
+    assert!(ok && out.contains("acme--qa"), "{out}");
+
+    // Destroyed: file, objects, placement; audited once.
+    let (ok, out, err) = c.cli(&["branch", "destroy", "acme--qa", "--wait"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(!branch_file.exists());
+    assert!(s3.objects("hemvist/tenants/acme--qa").is_empty());
+    let (status, _) = c.admin("GET", "/orgs/acme--qa", None);
+    assert_eq!(status, 404);
+    let (_, b) = c.admin("GET", "/branches/acme--qa", None);
+    assert_eq!(b["state"], "destroyed");
+    let actions = audit_actions(&c, "acme--qa");
+    for a in [
+        "branch.created",
+        "branch.kept_alive",
+        "branch.destroyed",
+        "tenant.destroyed",
+    ] {
+        assert!(actions.iter().any(|x| x == a), "{a} in {actions:?}");
+    }
+    assert_eq!(
+        actions.iter().filter(|a| *a == "branch.destroyed").count(),
+        1
+    );
+    assert_eq!(contacts(&parent_file), parent, "the parent is untouched");
+}
+
+#[test]
+fn a_branch_expires_on_time_exactly_once_across_control_plane_kills() {
+    let s3 = S3::start();
+    let mut c = Cluster::start_with_backup(&[EU_NORTH], &s3, INTERVAL_MS);
+    c.create_org_ready("fika", json!({"region": "eu-north"}));
+    c.add_user("fika", "bo@fika.example", PASSWORD);
+    let bo = sign_in(&c.node_url("eu-north"), "fika", "bo@fika.example", PASSWORD).unwrap();
+    let (status, _, _) = bo.post("/contacts", &[("name", "Kanel Bulle")], None);
+    assert_eq!(status, 303);
+    c.wait_position_known("fika", now_ms());
+
+    // A kill during creation: the creation goes on after the restart, once.
+    let (status, op) = c.admin(
+        "POST",
+        "/orgs/fika/branches",
+        Some(json!({"name": "short", "ttl_ms": 5_000, "users": "none"})),
+    );
+    assert_eq!(status, 202, "{op}");
+    c.kill_control();
+    c.start_control();
+    let made = wait_operation(&c, op["id"].as_str().unwrap());
+    assert_eq!(made["phase"], "done", "{made}");
+    let file = tenant_file(&c, "eu-north", "fika--short");
+    assert!(file.exists());
+    let made_at = now_ms();
+    // Inside its warning window (the default hour) from the start: listed and counted so.
+    let (_, b) = c.admin("GET", "/branches/fika--short", None);
+    assert_eq!(b["state"], "expiring", "{b}");
+    assert_eq!(c.metric(&c.control_url(), "hemvist_branches_expiring"), 1);
+
+    // A kill around expiry: destroyed once, on time.
+    std::thread::sleep(Duration::from_millis(3_000));
+    c.kill_control();
+    std::thread::sleep(Duration::from_millis(2_500));
+    c.start_control();
+    c.wait_for("the expired branch to be destroyed", || {
+        let (_, b) = c.admin("GET", "/branches/fika--short", None);
+        (b["state"] == "destroyed").then_some(())
+    });
+    let destroyed_after = now_ms() - made_at;
+    assert!(
+        destroyed_after < 30_000,
+        "{destroyed_after} ms after it was made"
+    );
+    assert!(!file.exists());
+    assert!(s3.objects("hemvist/tenants/fika--short").is_empty());
+    let (status, _) = c.admin("GET", "/orgs/fika--short", None);
+    assert_eq!(status, 404);
+    let (_, b) = c.admin("GET", "/branches/fika--short", None);
+    assert_eq!(b["destroyed_why"], "expired", "{b}");
+    // Another restart changes nothing: nothing is destroyed twice.
+    c.kill_control();
+    c.start_control();
+    std::thread::sleep(Duration::from_millis(1_500));
+    let actions = audit_actions(&c, "fika--short");
+    assert_eq!(
+        actions.iter().filter(|a| *a == "branch.destroyed").count(),
+        1,
+        "{actions:?}"
+    );
+    assert_eq!(
+        actions.iter().filter(|a| *a == "branch.created").count(),
+        1,
+        "{actions:?}"
+    );
+    let (_, ops) = c.admin("GET", "/operations", None);
+    let destroys = ops
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["kind"] == "branch-destroy" && o["org"] == "fika--short")
+        .count();
+    assert_eq!(destroys, 1);
+    // The parent still serves its own data.
+    let (status, _, page) = bo.get("/?q=kanel");
+    assert_eq!(status, 200);
+    assert!(page.contains("Kanel"), "{page}");
+}
