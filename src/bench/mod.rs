@@ -1,5 +1,6 @@
 //! `hemvist bench ...`: benchmarks that print one table each, to quote in notes.
 
+mod branch;
 mod failover;
 mod hosting;
 mod migrate;
@@ -30,6 +31,9 @@ pub enum BenchCommand {
     /// A fleet-wide schema migration in canary waves over three regions: the rollout's wall
     /// time, its waves and per-tenant times; beside `sqlite3 FILE < migration.sql` per tenant.
     Migrate(migrate::MigrateArgs),
+    /// Branches: creation to first served request at several tenant sizes, with and without a
+    /// mask, beside a plain restore and a file copy; and what 500 idle branches cost.
+    Branch(branch::BranchArgs),
     /// The hemvist node process `bench replication` measures (started by it, not by hand).
     #[command(hide = true)]
     ReplicationNode(replication::node::NodeArgs),
@@ -43,6 +47,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Move(args) => moves::run(args),
         BenchCommand::Failover(args) => failover::run(args),
         BenchCommand::Migrate(args) => migrate::run(args),
+        BenchCommand::Branch(args) => branch::run(args),
         BenchCommand::ReplicationNode(args) => replication::node::run(args),
     }
 }

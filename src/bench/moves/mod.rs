@@ -17,7 +17,7 @@
 //! writes say about each move, and the lost-write check), [`naive`], [`report`].
 
 mod backups;
-mod fill;
+pub(crate) mod fill;
 mod measure;
 mod moving;
 mod naive;
@@ -84,7 +84,7 @@ pub fn run(args: MoveArgs) -> anyhow::Result<()> {
     };
     eprintln!("bench: working in {}", work.path.display());
     let started = Instant::now();
-    let sys = System::start(&args, &work.path)?;
+    let sys = System::start(&(&args).into(), &work.path)?;
     let mut results = Vec::new();
     for (i, &mb) in args.sizes_mb.iter().enumerate() {
         let org = OrgId::parse(&format!("move-bench-{}", i + 1))?;

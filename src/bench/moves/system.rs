@@ -119,8 +119,28 @@ pub(crate) fn log_to(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a benchmark's system is started with.
+pub struct SystemArgs {
+    /// The `weed` executable (SeaweedFS).
+    pub weed: PathBuf,
+    /// The nodes' backup interval (`[backup] interval_ms`).
+    pub backup_interval_ms: u64,
+    /// How long a tenant may be idle before its node closes it.
+    pub idle_close_ms: u64,
+}
+
+impl From<&MoveArgs> for SystemArgs {
+    fn from(args: &MoveArgs) -> Self {
+        SystemArgs {
+            weed: args.weed.clone(),
+            backup_interval_ms: args.backup_interval_ms,
+            idle_close_ms: 60_000,
+        }
+    }
+}
+
 impl System {
-    pub fn start(args: &MoveArgs, work: &Path) -> anyhow::Result<System> {
+    pub fn start(args: &SystemArgs, work: &Path) -> anyhow::Result<System> {
         let rt = tokio::runtime::Handle::current();
         let log = work.join("hemvist.log");
         log_to(&log)?;
@@ -215,7 +235,7 @@ impl System {
                 data_dir: work.join("nodes").join(format!("{id}-1")),
                 capacity: 1_000,
                 max_open_tenants: 1_024,
-                idle_close_ms: 60_000,
+                idle_close_ms: args.idle_close_ms,
                 // A moved org's old copy goes to the trash; it need not stay on this disk.
                 trash_grace_secs: 5,
                 idempotency_ttl_secs: 24 * 3600,
