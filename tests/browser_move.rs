@@ -12,12 +12,11 @@
 
 mod support;
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::browser;
 use support::cluster::{Cluster, ADMIN_TOKEN, EU_CENTRAL, EU_NORTH};
 use support::s3::S3;
 use support::session::{client, sign_in};
@@ -35,82 +34,8 @@ const CITY: &str = "Bergen";
 /// Each run of the script, browser start included.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(150);
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// What the browser test needs beyond cargo; a clear failure (never a skip) when it is missing.
-fn browser_prerequisites() -> (PathBuf, PathBuf) {
-    let chromium = std::env::var_os("CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    assert!(
-        chromium.is_file(),
-        "Chromium is missing at {}: run scripts/setup (scripts/test does) to install Debian's \
-         chromium, or set CHROMIUM to a Chromium binary",
-        chromium.display()
-    );
-    let node_modules = repo().join(".deps/node_modules");
-    assert!(
-        node_modules.join("playwright-core/package.json").is_file(),
-        "playwright-core is missing from {}: run scripts/setup (scripts/test does)",
-        node_modules.display()
-    );
-    let node = Command::new("node").arg("--version").output();
-    assert!(
-        node.as_ref().is_ok_and(|o| o.status.success()),
-        "Node.js (`node`) is needed to drive the browser: install Node.js ({node:?})"
-    );
-    (chromium, node_modules)
-}
-
-/// Runs the Playwright script to its end (or kills it after `SCRIPT_TIMEOUT`); fails the test,
-/// with everything it printed, unless it exits 0.
 fn run_script(envs: &[(&str, String)]) -> String {
-    let script = repo().join("tests/browser/move.cjs");
-    let started = Instant::now();
-    let mut child = Command::new("node")
-        .arg(&script)
-        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start node");
-    let collect = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = collect(Box::new(child.stdout.take().expect("stdout")));
-    let err = collect(Box::new(child.stderr.take().expect("stderr")));
-    let deadline = Instant::now() + SCRIPT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for node") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let (stdout, mut stderr) = (out.join().unwrap(), err.join().unwrap());
-    if status.is_none() {
-        stderr.push_str(&format!(
-            "\n[browser_move.rs] killed: the script ran longer than {SCRIPT_TIMEOUT:?}"
-        ));
-    }
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "the browser script failed (after {:?}):\n---- stdout ----\n{stdout}\n---- stderr ----\n{stderr}",
-        started.elapsed()
-    );
-    print!("{stdout}");
-    stdout
+    browser::run_script("move.cjs", envs, SCRIPT_TIMEOUT)
 }
 
 fn header(resp: &reqwest::blocking::Response, name: &str) -> Option<String> {
@@ -132,7 +57,7 @@ fn session_set(resp: &reqwest::blocking::Response) -> Option<String> {
 
 #[test]
 fn a_signed_in_browser_keeps_working_across_a_move() {
-    let (chromium, node_modules) = browser_prerequisites();
+    let (chromium, node_modules) = browser::prerequisites();
 
     let s3 = S3::start();
     let mut c = Cluster::start_with_backup(&[EU_NORTH, EU_CENTRAL], &s3, 300);
@@ -166,7 +91,7 @@ fn a_signed_in_browser_keeps_working_across_a_move() {
 
     let artifacts = std::env::var_os("HEMVIST_TEST_ARTIFACTS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("tests/artifacts"));
+        .unwrap_or_else(|| browser::repo().join("tests/artifacts"));
     std::fs::create_dir_all(&artifacts).expect("artifact directory");
     for stale in std::fs::read_dir(&artifacts).expect("artifacts").flatten() {
         if stale.file_name().to_string_lossy().starts_with("move") {

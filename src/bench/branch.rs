@@ -171,11 +171,8 @@ fn size(
         let t = Instant::now();
         sys.rt.block_on(async {
             let catalog = hemvist_node::backup::restore::catalog(&store, &org).await?;
-            let plan = catalog
-                .plan(i64::MAX, &[])
-                .context("no restore point")?;
-            hemvist_node::backup::restore::restore(&store, &catalog, &plan, &out, Some(&key))
-                .await
+            let plan = catalog.plan(i64::MAX, &[]).context("no restore point")?;
+            hemvist_node::backup::restore::restore(&store, &catalog, &plan, &out, Some(&key)).await
         })?;
         restores.push(t.elapsed());
         std::fs::remove_file(&out)?;
@@ -235,14 +232,10 @@ fn branch_once(
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    let done: Value = sys.wait_for(
-        &format!("{op_id} to end"),
-        Duration::from_secs(600),
-        || {
-            let v: Value = sys.get(&format!("/operations/{op_id}")).ok()?;
-            (!v["finished_ms"].is_null()).then_some(v)
-        },
-    )?;
+    let done: Value = sys.wait_for(&format!("{op_id} to end"), Duration::from_secs(600), || {
+        let v: Value = sys.get(&format!("/operations/{op_id}")).ok()?;
+        (!v["finished_ms"].is_null()).then_some(v)
+    })?;
     if done["phase"] != "done" {
         bail!("branch {id}: {}", done["error"]);
     }
@@ -260,23 +253,24 @@ fn phase_ms(sys: &System, op: &str, from: &str, to: &str) -> anyhow::Result<i64>
             .find(|a| a["action"] == action && a["detail"]["operation"] == op)
             .and_then(|a| a["at_ms"].as_i64())
     };
-    match (at(&format!("branch.{from}")).or(at("branch.started")), at(&format!("branch.{to}"))) {
+    match (
+        at(&format!("branch.{from}")).or(at("branch.started")),
+        at(&format!("branch.{to}")),
+    ) {
         (Some(a), Some(b)) => Ok(b - a),
         _ => Ok(0),
     }
 }
 
 fn destroy(sys: &System, id: &str) -> anyhow::Result<()> {
-    let op: Value = sys.rt.block_on(sys.control.delete(&format!("/branches/{id}")))?;
+    let op: Value = sys
+        .rt
+        .block_on(sys.control.delete(&format!("/branches/{id}")))?;
     let op_id = op["id"].as_str().context("no operation id")?.to_string();
-    sys.wait_for(
-        &format!("{op_id} to end"),
-        Duration::from_secs(600),
-        || {
-            let v: Value = sys.get(&format!("/operations/{op_id}")).ok()?;
-            (v["phase"] == "done").then_some(())
-        },
-    )
+    sys.wait_for(&format!("{op_id} to end"), Duration::from_secs(600), || {
+        let v: Value = sys.get(&format!("/operations/{op_id}")).ok()?;
+        (v["phase"] == "done").then_some(())
+    })
 }
 
 /// Files this process holds open under `dir`.
@@ -293,7 +287,10 @@ fn open_files_under(dir: &Path) -> usize {
 
 fn idle(args: &BranchArgs, sys: &System) -> anyhow::Result<Idle> {
     let org = OrgId::parse("branch-idle")?;
-    eprintln!("bench: idle: making {} branches of {org}", args.idle_branches);
+    eprintln!(
+        "bench: idle: making {} branches of {org}",
+        args.idle_branches
+    );
     sys.create_org(&org, "eu-north")?;
     let node = sys.node_hosting(&org)?.clone();
     fill::fill(&node, &org, 1)?;
@@ -365,13 +362,7 @@ fn idle(args: &BranchArgs, sys: &System) -> anyhow::Result<Idle> {
     })
 }
 
-fn print(
-    args: &BranchArgs,
-    weed: &str,
-    rows: &[SizeRow],
-    idle: Option<&Idle>,
-    took: Duration,
-) {
+fn print(args: &BranchArgs, weed: &str, rows: &[SizeRow], idle: Option<&Idle>, took: Duration) {
     println!(
         "hemvist bench branch: a control plane and two nodes in this process, backups every {} \
          ms to SeaweedFS {weed} on loopback; {} run(s) per way and size (median shown); the \
@@ -383,8 +374,15 @@ fn print(
     );
     println!(
         "{:<8} {:>9}  {:>10}  {:>10}  {:>14}  {:>14}  {:>12}  {:>11}  {:>11}",
-        "size", "file", "file copy", "restore", "branch served", "masked served", "of it waiting",
-        "branch/rest", "masked/rest"
+        "size",
+        "file",
+        "file copy",
+        "restore",
+        "branch served",
+        "masked served",
+        "of it waiting",
+        "branch/rest",
+        "masked/rest"
     );
     for r in rows {
         println!(

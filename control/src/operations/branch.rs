@@ -13,9 +13,12 @@
 //!   within the policy; the region is one the parent's policy allows (default: its home); the
 //!   mask parses and names only tables and columns of the parent's schema. Anything else is
 //!   refused (422, 400) before any work.
-//! - **waiting**: until the parent's node has shipped every write committed before the point
-//!   (its reported backup position says nothing older is unshipped), so "now" holds every write
-//!   acknowledged before the request.
+//! - **waiting**: for a branch of "now" (no point asked) on a node that is not the parent's,
+//!   until the parent's node has shipped every write acknowledged before the request (its
+//!   reported backup position says nothing older is unshipped). On the parent's own node (where
+//!   a branch goes when it can) the node ships the parent's last writes itself before it reads
+//!   them, so nothing is waited for; nor for a point in the past, which is, as for a restore,
+//!   what the backups held at that time.
 //! - **placing**: the branch's org and branch row, one transaction (its residency is the
 //!   parent's: it can never be placed or moved where the parent may not be).
 //! - **restoring**: its node restores the parent's backups to the point into a staging file,
@@ -112,6 +115,10 @@ pub struct BranchDetail {
     pub parent: OrgId,
     pub name: String,
     pub at_ms: i64,
+    /// No point was asked for: the branch holds every write acknowledged before the request
+    /// (its newest point once those are shipped), and `at_ms` is when it was asked.
+    #[serde(default)]
+    pub newest: bool,
     pub region: RegionId,
     pub ttl_ms: i64,
     pub expires_ms: i64,
@@ -252,6 +259,7 @@ impl Plane {
             parent: parent.clone(),
             name: req.name.trim().to_string(),
             at_ms,
+            newest: req.at_ms.is_none(),
             region,
             ttl_ms,
             expires_ms: now + ttl_ms,
@@ -557,18 +565,36 @@ pub fn step(plane: &Plane, record: OperationRecord) -> Result<(), HemvistError> 
     }
 }
 
-/// Until every write the parent committed before the point is in its region's store.
+/// The node of the branch's region that hosts the parent, if it takes orgs: the branch goes
+/// there, and that node cuts "now" exactly (it ships the parent's last writes itself).
+fn parent_node(plane: &Plane, d: &BranchDetail) -> Result<Option<NodeId>, HemvistError> {
+    let Some(parent) = plane.store.org(&d.parent)? else {
+        return Ok(None);
+    };
+    let draining = plane.store.draining_nodes()?;
+    Ok(
+        (parent.home_region == d.region && plane.takes_orgs(&parent.node_id, &draining))
+            .then_some(parent.node_id),
+    )
+}
+
+/// For a branch of "now" whose node is not the parent's: until every write the parent's node
+/// acknowledged before the request is in its region's store. A point in the past is what the
+/// backups held then (as a restore to that time), so nothing is waited for.
 fn waiting(plane: &Plane, op: &Branch, d: BranchDetail) -> Result<(), HemvistError> {
-    // A write just before the point shows in the node's next heartbeat at the latest.
-    let settle = 2 * plane.config.heartbeat_interval_ms as i64;
-    let now = now_ms();
-    if now < d.at_ms + settle {
-        return Ok(());
-    }
-    let shipped = match plane.replication.get(&d.parent) {
-        Some(r) => r.unshipped_since_ms.is_none_or(|since| since > d.at_ms),
-        // No report at all in this process yet: its node has not connected since.
-        None => false,
+    let shipped = if !d.newest || parent_node(plane, &d)?.is_some() {
+        true
+    } else {
+        // A write just before the request shows in the node's next heartbeat at the latest.
+        let settle = 2 * plane.config.heartbeat_interval_ms as i64;
+        if now_ms() < d.at_ms + settle {
+            return Ok(());
+        }
+        match plane.replication.get(&d.parent) {
+            Some(r) => r.unshipped_since_ms.is_none_or(|since| since > d.at_ms),
+            // No report at all in this process yet: its node has not connected since.
+            None => false,
+        }
     };
     if shipped {
         if let Some(next) = plane.advance(op, BranchPhase::Placing, None)? {
@@ -596,9 +622,10 @@ fn placing(plane: &Plane, op: &Branch, mut d: BranchDetail) -> Result<(), Hemvis
         .store
         .org(&d.parent)?
         .ok_or_else(|| HemvistError::not_found(format!("org {} is gone", d.parent)))?;
-    let node = match &d.node {
-        Some(n) => n.clone(),
-        None => {
+    let node = match (&d.node, parent_node(plane, &d)?) {
+        (Some(n), _) => n.clone(),
+        (None, Some(n)) => n,
+        (None, None) => {
             let load: std::collections::HashMap<NodeId, u64> =
                 plane.store.tenants_per_node()?.into_iter().collect();
             let draining = plane.store.draining_nodes()?;
@@ -694,7 +721,7 @@ fn restoring(plane: &Plane, op: &Branch, d: BranchDetail) -> Result<(), HemvistE
         *branch_of = Some(BranchSource {
             parent: d.parent.clone(),
             parent_data_key: parent_key,
-            at_ms: d.at_ms,
+            at_ms: if d.newest { i64::MAX } else { d.at_ms },
             mask: d.mask.clone(),
             users: d.users.clone(),
         });

@@ -98,6 +98,21 @@ impl Hosting {
                     HemvistError::unavailable(format!("branch {org}: {e}; nothing was made"))
                 })?;
             }
+            if src.at_ms == i64::MAX && self.hosted.hosted(&src.parent).is_some() {
+                // "Now": every write this node acknowledged to the parent goes to the store first (a
+                // pass starts at once), so the newest point holds them all.
+                let mark = b.mark_dirty(&src.parent);
+                b.wait_durable(&src.parent, mark, std::time::Duration::from_secs(60))
+                    .map_err(|e| {
+                        HemvistError::new(
+                            e.kind,
+                            format!(
+                                "{}'s last writes could not be shipped: {}; nothing was made",
+                                src.parent, e.message
+                            ),
+                        )
+                    })?;
+            }
             let restored = handle.block_on(restore_at(b, src, &staged))?;
             failpoints::check("node.branch.restored")?;
             let done = mask::make_own(&staged, &masked, &src.mask, &src.users, &branch_key.0)?;
@@ -109,7 +124,7 @@ impl Hosting {
                 .map_err(|e| HemvistError::unavailable(format!("branch {org}: {e}")))?;
             std::fs::rename(&masked, &path)
                 .map_err(|e| HemvistError::unavailable(format!("branch {org}: {e}")))?;
-            tracing::info!(branch = %org, parent = %src.parent, at = %format_time(src.at_ms),
+            tracing::info!(branch = %org, parent = %src.parent, at = %shown_time(src.at_ms),
                 parent_generation = restored.generation, parent_lsn = restored.lsn,
                 point = %format_time(restored.time_ms), masked_columns = done.columns,
                 masked_rows = done.rows_changed, users = %src.users, "made branch");
@@ -165,6 +180,15 @@ impl Hosting {
     }
 }
 
+/// A branch's point for people: a time, or "now" (the newest point).
+fn shown_time(at_ms: i64) -> String {
+    if at_ms == i64::MAX {
+        "now".into()
+    } else {
+        format_time(at_ms)
+    }
+}
+
 fn cleanup_one(p: &std::path::Path) {
     for side in ["", "-wal", "-shm", "-journal"] {
         let _ = std::fs::remove_file(PathBuf::from(format!("{}{side}", p.display())));
@@ -188,7 +212,7 @@ async fn restore_at(
     let Some(plan) = catalog.plan(src.at_ms, &[]) else {
         return Err(HemvistError::conflict(format!(
             "{parent}'s backups hold no point at or before {}: nothing was made",
-            format_time(src.at_ms)
+            shown_time(src.at_ms)
         )));
     };
     restore::restore(&b.store, &catalog, &plan, staged, Some(&src.parent_key))
@@ -196,7 +220,7 @@ async fn restore_at(
         .map_err(|e| {
             let why = format!(
                 "{parent}'s backups could not be restored to {}: {e:#}; nothing was made",
-                format_time(src.at_ms)
+                shown_time(src.at_ms)
             );
             match e.downcast_ref::<restore::Damaged>() {
                 Some(_) => HemvistError::conflict(why),
