@@ -2,6 +2,7 @@
 //! A branch is made and destroyed by operations in the control plane; these verbs ask and, with
 //! `--wait`, watch (stopping the watching stops nothing).
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -76,7 +77,9 @@ pub struct CreateArgs {
     /// A region the parent's residency policy allows (default: the parent's home).
     #[arg(long)]
     pub region: Option<String>,
-    /// The parent's users: copy (default; their sessions are not) or none.
+    /// The parent's users: `copy` (default; their sessions are not), `none`, or a file of the
+    /// branch's own users instead (TOML: `[[user]]` with `email`, `name`, `password`; implies
+    /// --wait: they are added once the branch serves, each audited).
     #[arg(long, default_value = "copy")]
     pub users: String,
     /// A signed-in user's use keeps the branch alive.
@@ -143,17 +146,76 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
         None => None,
     };
     let ttl_ms = args.ttl.as_deref().map(duration_ms).transpose()?;
+    let own_users = match args.users.as_str() {
+        "copy" | "none" => None,
+        file => Some(users_file(Path::new(file))?),
+    };
     let body = json!({
         "name": args.name,
         "ttl_ms": ttl_ms,
         "at_ms": at_ms,
         "mask": mask,
         "region": args.region,
-        "users": args.users,
+        "users": if own_users.is_some() { "none" } else { args.users.as_str() },
         "keepalive_on_use": args.keepalive_on_use,
     });
     let op: Value = client.post(&format!("/orgs/{org}/branches"), &body).await?;
-    finish(&client, op, args.wait, args.api.json, "made").await
+    let branch = s(&op, "org");
+    finish(
+        &client,
+        op,
+        args.wait || own_users.is_some(),
+        args.api.json,
+        "made",
+    )
+    .await?;
+    for u in own_users.unwrap_or_default() {
+        let _: Value = client
+            .post(&format!("/orgs/{branch}/users"), &u)
+            .await
+            .with_context(|| format!("add {} to branch {branch}", u["email"]))?;
+        if !args.api.json {
+            outln!(
+                "  user {} added to {branch}",
+                u["email"].as_str().unwrap_or("-")
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersFile {
+    user: Vec<UserEntry>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserEntry {
+    email: String,
+    name: String,
+    password: String,
+}
+
+/// The users of `--users FILE`, as `POST /orgs/{id}/users` bodies.
+fn users_file(path: &Path) -> anyhow::Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "--users {}: not copy or none, and not a readable file",
+            path.display()
+        )
+    })?;
+    let parsed: UsersFile = toml::from_str(&text)
+        .with_context(|| format!("{}: [[user]] with email, name, password", path.display()))?;
+    if parsed.user.is_empty() {
+        bail!("{} names no [[user]]", path.display());
+    }
+    Ok(parsed
+        .user
+        .into_iter()
+        .map(|u| json!({"email": u.email, "name": u.name, "password": u.password}))
+        .collect())
 }
 
 /// Prints a started operation, or follows it to its end.

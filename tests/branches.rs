@@ -397,4 +397,165 @@ fn a_branch_expires_on_time_exactly_once_across_control_plane_kills() {
     let (status, _, page) = bo.get("/?q=kanel");
     assert_eq!(status, 200);
     assert!(page.contains("Kanel"), "{page}");
+
+    // A branch with its own users instead of the parent's; an org id with '--' is no way
+    // around `branch create`.
+    let users = c.dir.path().join("users.toml");
+    std::fs::write(
+        &users,
+        "[[user]]\nemail = \"qa@fika.example\"\nname = \"QA\"\npassword = \"tester tester 1\"\n",
+    )
+    .unwrap();
+    let (ok, out, err) = c.cli(&[
+        "branch",
+        "create",
+        "fika",
+        "--name",
+        "qa",
+        "--users",
+        users.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}\n{err}");
+    let base = c.node_url("eu-north");
+    assert!(sign_in(&base, "fika--qa", "qa@fika.example", "tester tester 1").is_ok());
+    assert!(
+        sign_in(&base, "fika--qa", "bo@fika.example", PASSWORD).is_err(),
+        "the parent's users are not copied"
+    );
+    let (status, body) = c.create_org(json!({"id": "fika--sneaky", "name": "x"}));
+    assert_eq!(status, 400, "{body}");
+}
+
+/// No file of the branch's under the node's tenants folder but the tenant itself: no unmasked
+/// staging copy, no masked one left half made.
+fn staging_left(c: &Cluster, org: &str) -> Vec<String> {
+    let dir = tenant_file(c, "eu-north", org)
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("{org}.")) && !n.ends_with(".db"))
+                .filter(|n| !n.ends_with(".db-wal") && !n.ends_with(".db-shm"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_crash_at_any_step_of_a_branch_neither_leaks_it_nor_makes_or_destroys_it_twice() {
+    let s3 = S3::start();
+    let mut c = Cluster::start_with_backup(&[EU_NORTH], &s3, INTERVAL_MS);
+    c.create_org_ready("krona", json!({"region": "eu-north"}));
+    c.add_user("krona", "eva@krona.example", PASSWORD);
+    let eva = sign_in(
+        &c.node_url("eu-north"),
+        "krona",
+        "eva@krona.example",
+        PASSWORD,
+    )
+    .unwrap();
+    let (status, _, _) = eva.post(
+        "/contacts",
+        &[("name", "Silver Mynt"), ("email", "silver@krona.example")],
+        None,
+    );
+    assert_eq!(status, 303);
+    c.wait_position_known("krona", now_ms());
+    let mask = "[contacts]\nemail = \"hash\"\n";
+    let steps = [
+        ("control", "control.branch.waiting"),
+        ("control", "control.branch.placing"),
+        ("control", "control.branch.restoring"),
+        ("control", "control.branch.backing_up"),
+        ("node", "node.branch.restored"),
+        ("node", "node.branch.masked"),
+    ];
+    for (i, (side, point)) in steps.iter().enumerate() {
+        let name = format!("c{i}");
+        let id = format!("krona--{name}");
+        if *side == "control" {
+            c.kill_control();
+            c.start_control_with_env(&[("HEMVIST_FAILPOINTS", point)]);
+        } else {
+            c.kill_node("eu-north");
+            c.start_node_with_env("eu-north", &[("HEMVIST_FAILPOINTS", point)]);
+        }
+        c.wait_nodes_healthy(1);
+        // Crashing as the operation is recorded, the control plane may not answer at all.
+        let _ = support::http()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+            .post(format!("{}/api/v1/orgs/krona/branches", c.control_url()))
+            .bearer_auth(support::cluster::ADMIN_TOKEN)
+            .json(&json!({"name": name, "ttl_ms": 3_600_000, "mask": mask}))
+            .send();
+        if *side == "control" {
+            assert!(
+                c.wait_control_exit(),
+                "the control plane crashed at {point}"
+            );
+            c.start_control();
+        } else {
+            assert!(c.wait_node_exit("eu-north"), "the node crashed at {point}");
+            c.start_node("eu-north");
+        }
+        let (_, ops) = c.admin("GET", "/operations", None);
+        let mine: Vec<&Value> = ops
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["kind"] == "branch" && o["org"] == id.as_str())
+            .collect();
+        assert_eq!(mine.len(), 1, "{point}: one operation makes it: {ops}");
+        let ended = c.wait_operation_end(mine[0]["id"].as_str().unwrap(), Duration::from_secs(60));
+        assert_eq!(ended["phase"], "done", "crashed at {point}: {ended:#}");
+        let branch = contacts(&tenant_file(&c, "eu-north", &id));
+        assert_eq!(branch.len(), 1, "{point}");
+        assert!(
+            !branch.values().any(|(_, e, _)| e.contains("silver@")),
+            "{point}: masked"
+        );
+        assert_eq!(staging_left(&c, &id), Vec::<String>::new(), "{point}");
+        let actions = audit_actions(&c, &id);
+        assert_eq!(
+            actions.iter().filter(|a| *a == "branch.created").count(),
+            1,
+            "{point}: {actions:?}"
+        );
+    }
+
+    // Destroyed with a crash right after the destruction is recorded: it goes on, once.
+    c.kill_control();
+    c.start_control_with_env(&[("HEMVIST_FAILPOINTS", "control.branch-destroy.destroying")]);
+    c.wait_nodes_healthy(1);
+    let _ = support::http()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+        .delete(format!("{}/api/v1/branches/krona--c0", c.control_url()))
+        .bearer_auth(support::cluster::ADMIN_TOKEN)
+        .send();
+    assert!(
+        c.wait_control_exit(),
+        "crashed once the destruction was recorded"
+    );
+    c.start_control();
+    c.wait_for("krona--c0 destroyed", || {
+        let (_, b) = c.admin("GET", "/branches/krona--c0", None);
+        (b["state"] == "destroyed").then_some(())
+    });
+    assert!(!tenant_file(&c, "eu-north", "krona--c0").exists());
+    assert!(s3.objects("hemvist/tenants/krona--c0").is_empty());
+    let actions = audit_actions(&c, "krona--c0");
+    assert_eq!(
+        actions.iter().filter(|a| *a == "branch.destroyed").count(),
+        1,
+        "{actions:?}"
+    );
+    let (_, live) = c.admin("GET", "/branches?org=krona", None);
+    assert_eq!(live.as_array().unwrap().len(), steps.len() - 1, "{live}");
 }

@@ -217,7 +217,8 @@ fn hostile_ids_and_bodies_get_clear_4xx_never_5xx() {
         b"/o/real%2Fx/".to_vec(),
         b"/o/%C3%A5sa/search?q=x".to_vec(),
         b"/o/trail-/".to_vec(),
-        b"/o/a--b/".to_vec(),
+        b"/o/a--b--c/".to_vec(),
+        b"/o/a---b/".to_vec(),
     ];
     for path in &hostile {
         let status = raw_status(&node, "GET", path, "", b"");

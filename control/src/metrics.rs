@@ -335,6 +335,8 @@ mod tests {
             "hemvist_node_joins_refused_total 1",
             "hemvist_orgs_created_total 0",
             "hemvist_control_up 1",
+            "hemvist_branches 2",
+            "hemvist_branches_expiring 1",
             "hemvist_moves_total{outcome=\"rolled_back\"} 0",
             "hemvist_failovers_total{outcome=\"failed\"} 0",
             "hemvist_admin_connections_open 0",
@@ -352,7 +354,7 @@ mod tests {
                 .all(|l| l.ends_with('.') && !l.ends_with("..")),
             "{text}"
         );
-        assert_eq!(helps.count(), 33, "{text}");
+        assert_eq!(helps.count(), 35, "{text}");
         assert!(!text.contains("# EOF"), "{text}");
     }
 

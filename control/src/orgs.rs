@@ -165,6 +165,16 @@ impl Plane {
 
     pub fn create_org(&self, req: CreateOrg, actor: &str) -> Result<CreatedOrg, HemvistError> {
         let id = OrgId::parse(&req.id)?;
+        if id.is_branch() {
+            return Err(HemvistError::invalid(format!(
+                "org id {id}: '--' is reserved for branches (`hemvist branch create {} --name {}`)",
+                id.parent().map(|p| p.to_string()).unwrap_or_default(),
+                id.as_str()
+                    .split_once("--")
+                    .map(|(_, n)| n)
+                    .unwrap_or_default()
+            )));
+        }
         let name = check_name(&req.name)?;
         let residency = match &req.residency {
             Some(spec) => ResidencyPolicy::parse(spec, &self.config.regions)?,

@@ -526,12 +526,12 @@ impl Plane {
 
     /// Every live branch `node` hosts, labelled: sent after each of its state reports.
     pub fn branch_labels_for(&self, node: &NodeId) -> Result<BranchLabels, HemvistError> {
-        let mut labels = Vec::new();
-        for b in self.store.live_branches(None)? {
-            if self.store.org(&b.id)?.is_some_and(|o| o.node_id == *node) {
-                labels.push(self.branch_label(&b));
-            }
-        }
+        let labels = self
+            .store
+            .live_branches_on_node(node)?
+            .iter()
+            .map(|b| self.branch_label(b))
+            .collect();
         Ok(BranchLabels {
             full: true,
             labels,

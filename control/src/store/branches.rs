@@ -165,6 +165,20 @@ impl Store {
         rows.map(|r| r?).collect()
     }
 
+    /// Every live branch whose org is placed on `node`, in one query.
+    pub fn live_branches_on_node(&self, node: &hemvist_proto::NodeId) -> Result<Vec<BranchRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT b.id, b.parent, b.name, b.at_ms, b.region, b.owner, b.created_ms, b.ttl_ms,
+               b.expires_ms, b.keepalive_on_use, b.users, b.masked, b.last_used_ms,
+               b.destroyed_ms, b.destroyed_why
+             FROM branches b JOIN placements p ON p.org = b.id
+             WHERE p.node_id = ?1 AND b.destroyed_ms IS NULL ORDER BY b.id",
+        )?;
+        let rows = stmt.query_map([node.as_str()], branch_row)?;
+        rows.map(|r| r?).collect()
+    }
+
     /// Live branches whose expiry is at or before `now`.
     pub fn expired_branches(&self, now: i64) -> Result<Vec<BranchRecord>> {
         let conn = self.lock();
