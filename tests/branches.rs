@@ -424,6 +424,47 @@ fn a_branch_expires_on_time_exactly_once_across_control_plane_kills() {
     );
     let (status, body) = c.create_org(json!({"id": "fika--sneaky", "name": "x"}));
     assert_eq!(status, 400, "{body}");
+
+    // Kept alive by use: a signed-in user's requests push a 4 s branch out for as long as they
+    // go on; once they stop, it expires.
+    let (ok, out, err) = c.cli(&[
+        "branch",
+        "create",
+        "fika",
+        "--name",
+        "busy",
+        "--ttl",
+        "4s",
+        "--keepalive-on-use",
+        "--wait",
+    ]);
+    assert!(ok, "{out}\n{err}");
+    let (_, b) = c.admin("GET", "/branches/fika--busy", None);
+    let first_expiry = b["expires_ms"].as_i64().unwrap();
+    let user = sign_in(&base, "fika--busy", "bo@fika.example", PASSWORD).unwrap();
+    while now_ms() < first_expiry + 4_000 {
+        let (status, _, _) = user.get("/");
+        assert_eq!(status, 200, "the branch is alive while it is used");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (_, b) = c.admin("GET", "/branches/fika--busy", None);
+    assert!(
+        b["state"] != "destroyed" && b["expires_ms"].as_i64().unwrap() > first_expiry,
+        "{b}"
+    );
+    assert!(!b["last_used_ms"].is_null(), "{b}");
+    c.wait_for("the unused branch to expire", || {
+        let (_, b) = c.admin("GET", "/branches/fika--busy", None);
+        (b["state"] == "destroyed").then_some(())
+    });
+    let (_, all) = c.admin("GET", "/audit?limit=10000", None);
+    assert!(all
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["org"] == "fika--busy"
+            && a["action"] == "branch.kept_alive"
+            && a.to_string().contains("used by a signed-in user")));
 }
 
 /// No file of the branch's under the node's tenants folder but the tenant itself: no unmasked

@@ -468,24 +468,24 @@ impl Plane {
     /// branch kept alive by use is pushed out by its TTL once less than half of it is left.
     pub fn branches_in_use(&self, orgs: Vec<OrgId>) -> Result<(), HemvistError> {
         let now = now_ms();
-        let due: Vec<OrgId> = {
+        // When it was last used is written at most every 10 s per branch.
+        let record: Vec<(OrgId, i64)> = {
             let mut seen = self.branch_used.lock().unwrap_or_else(|p| p.into_inner());
-            orgs.into_iter()
+            orgs.iter()
                 .filter(|o| {
-                    let due = seen.get(o).is_none_or(|at| now - at >= 10_000);
+                    let due = seen.get(*o).is_none_or(|at| now - at >= 10_000);
                     if due {
-                        seen.insert(o.clone(), now);
+                        seen.insert((*o).clone(), now);
                     }
                     due
                 })
+                .map(|o| (o.clone(), now))
                 .collect()
         };
-        if due.is_empty() {
-            return Ok(());
+        if !record.is_empty() {
+            self.store.branches_used(&record)?;
         }
-        self.store
-            .branches_used(&due.iter().map(|o| (o.clone(), now)).collect::<Vec<_>>())?;
-        for org in due {
+        for org in orgs {
             let Some(b) = self.store.branch(&org)? else {
                 continue;
             };

@@ -1,8 +1,9 @@
 //! Making a branch's copy its own: its mask applied (see [`hemvist_proto::mask`]), the
-//! parent's sessions and idempotency keys (and with `users = none`, its users) removed, its
-//! full-text indexes rebuilt from the masked rows, and the result written to a fresh file by
-//! `VACUUM INTO`, which holds only live rows: no free page, no old index segment, no journal
-//! keeps an unmasked value.
+//! parent's sessions and idempotency keys (and with `users = none`, its users) removed (zeroed
+//! where they lay: `secure_delete`), and, when anything was masked, its full-text indexes
+//! rebuilt from the masked rows and the result written to a fresh file by `VACUUM INTO`, which
+//! holds only live rows: no free page, no old index segment, no journal keeps an unmasked
+//! value. With nothing masked the copy itself becomes the branch's file.
 //!
 //! Keeps true: the rules are keyed by the branch's own key, so they are deterministic per
 //! branch (the same value masks to the same result everywhere in one branch) and differ between
@@ -112,8 +113,8 @@ fn declared_type(conn: &Connection, table: &str, column: &str) -> String {
 }
 
 /// Masks `staged` in place (one transaction) and writes the result to `out` (which must not
-/// exist) by `VACUUM INTO`. `users`: `copy` keeps the parent's users, `none` removes them;
-/// their sessions go either way.
+/// exist) by `VACUUM INTO`; with nothing masked, `staged` is renamed to `out`. `users`: `copy`
+/// keeps the parent's users, `none` removes them; their sessions go either way.
 pub fn make_own(
     staged: &Path,
     out: &Path,
@@ -212,6 +213,14 @@ pub fn make_own(
         tx.execute_batch("DELETE FROM idempotency_keys;")
             .map_err(failed)?;
     }
+    if mask.is_empty() {
+        // Nothing masked: what was deleted (sessions, keys) is zeroed where it lay
+        // (`secure_delete`), so the copy itself becomes the branch's file.
+        tx.commit().map_err(failed)?;
+        conn.close().map_err(|(_, e)| failed(e))?;
+        std::fs::rename(staged, out).map_err(failed)?;
+        return Ok(done);
+    }
     // Every full-text index is built again from the rows as they are now: the old segments,
     // which hold the unmasked terms, are gone.
     let fts: Vec<String> = {
@@ -307,7 +316,7 @@ mod tests {
              CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL);
              CREATE TABLE sessions (token_hash BLOB PRIMARY KEY, user_id INTEGER) WITHOUT ROWID;
              INSERT INTO users VALUES (1, 'ann@acme.se');
-             INSERT INTO sessions VALUES (x'00', 1);",
+             INSERT INTO sessions VALUES (x'5e55101f5e55101f5e55101f5e55101f', 1);",
         )
         .unwrap();
         for i in 0..50 {
@@ -419,6 +428,23 @@ mod tests {
         let out3 = dir.path().join("branch3.db");
         make_own(&staged3, &out3, &mask, "copy", &[8; 32]).unwrap();
         assert_ne!(first(&out), first(&out3));
+
+        // Nothing masked: the copy itself, its sessions zeroed where they lay.
+        let staged5 = tenant(&dir.path().join("e").tap_mkdir());
+        let out5 = dir.path().join("branch5.db");
+        let nothing = Mask::parse("").unwrap();
+        make_own(&staged5, &out5, &nothing, "copy", &[7; 32]).unwrap();
+        assert!(!staged5.exists(), "renamed, not copied");
+        let bytes = std::fs::read(&out5).unwrap();
+        let token = [0x5e, 0x55, 0x10, 0x1f, 0x5e, 0x55, 0x10, 0x1f];
+        assert!(
+            !bytes.windows(8).any(|w| w == token),
+            "a session's bytes are left"
+        );
+        assert!(
+            bytes.windows(7).any(|w| w == b"Zebulon"),
+            "unmasked, as asked"
+        );
 
         let unknown = Mask::parse("[contacts]\nshoe_size = \"hash\"\n").unwrap();
         let staged4 = tenant(&dir.path().join("d").tap_mkdir());
