@@ -318,6 +318,58 @@ fn a_branch_holds_its_point_in_time_masked_in_region_and_its_writes_stay_its_own
         1
     );
     assert_eq!(contacts(&parent_file), parent, "the parent is untouched");
+
+    // In another region the policy allows: made in the parent's, then moved there; destroyed,
+    // it leaves nothing on either node (the first one's trash included).
+    let (status, op) = c.admin(
+        "POST",
+        "/orgs/acme/branches",
+        Some(json!({"name": "fra", "region": "eu-central", "ttl_ms": 7_200_000})),
+    );
+    assert_eq!(status, 202, "{op}");
+    c.wait_for("acme--fra in eu-central", || {
+        let (_, b) = c.admin("GET", "/branches/acme--fra", None);
+        let (_, o) = c.admin("GET", "/orgs/acme--fra", None);
+        (b["state"] == "live" && o["home_region"] == "eu-central" && o["ready"] == true)
+            .then_some(())
+    });
+    let moved = tenant_file(&c, "eu-central", "acme--fra");
+    c.wait_for("the branch's file at its new home", || {
+        moved.exists().then_some(())
+    });
+    assert_eq!(
+        contacts(&moved).len(),
+        8,
+        "a branch of now holds every write"
+    );
+    let central = sign_in(
+        &c.node_url("eu-central"),
+        "acme--fra",
+        "ada@acme.example",
+        PASSWORD,
+    )
+    .expect("served at its new home");
+    let (status, _, page) = central.get("/");
+    assert_eq!(status, 200);
+    assert!(page.contains("Test branch"), "{page}");
+    let (ok, out, err) = c.cli(&["branch", "destroy", "acme--fra", "--wait"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(!moved.exists());
+    assert!(!tenant_file(&c, "eu-north", "acme--fra").exists());
+    let trash = c.node_data("eu-north").join("trash");
+    let left: Vec<String> = std::fs::read_dir(&trash)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("acme--fra."))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "the first copy is not left in the trash: {left:?}"
+    );
+    assert!(s3.objects("hemvist/tenants/acme--fra").is_empty());
 }
 
 #[test]

@@ -400,8 +400,9 @@ fn print(args: &BranchArgs, weed: &str, rows: &[SizeRow], idle: Option<&Idle>, t
     }
     println!(
         "\nbranch served: POST /orgs/{{id}}/branches -> the branch's sign-in page answered 200 by \
-         its node (waiting for the parent's backups to cover the point, restoring them, masking, \
-         VACUUM INTO a fresh file, hosting). restore: the same tenant's backups restored in this \
+         its node (the parent's last writes shipped, its backups restored with integrity_check, \
+         its sessions removed; masked: the mask, a full-text rebuild and VACUUM INTO a fresh \
+         file; then hosted). restore: the same tenant's backups restored in this \
          process to a file (with integrity_check). file copy: std::fs::copy of the tenant file \
          after a checkpoint, then fsync."
     );

@@ -26,6 +26,10 @@
 //!   learns its placement, and its node its label (the banner).
 //! - **backing_up**: until its first backup, in its region's store under its own key, is
 //!   reported: from then on its node rebuilds it from its own backups, never from the parent.
+//!   A branch asked for in another region the parent's policy allows is made in the parent's
+//!   region (whose store holds the parent's backups; no node reads another region's store)
+//!   and then moved there by a move operation, started once this one is done (and by every
+//!   pass of the driver while it is not there yet: see `branch_destroy::move_strays`).
 //! - **discarding**: the node could not make it: whatever it made is destroyed, the branch
 //!   forgotten, and the operation fails with the node's reason.
 //!
@@ -119,7 +123,12 @@ pub struct BranchDetail {
     /// (its newest point once those are shipped), and `at_ms` is when it was asked.
     #[serde(default)]
     pub newest: bool,
+    /// Where it is made: the parent's home region, whose store holds the parent's backups.
     pub region: RegionId,
+    /// Where it is to live, when another region the parent's policy allows: once made, it moves
+    /// there (the move operation), and `branches.region` says so until it has.
+    #[serde(default)]
+    pub move_to: Option<RegionId>,
     pub ttl_ms: i64,
     pub expires_ms: i64,
     pub users: String,
@@ -152,7 +161,8 @@ fn stall_ms(plane: &Plane) -> i64 {
 pub struct BranchView {
     #[serde(flatten)]
     pub branch: BranchRecord,
-    /// `creating`, `live`, `expiring` (inside the warning window), `destroying`, `destroyed`.
+    /// `creating`, `moving` (made in its parent's region, on its way to its own), `live`,
+    /// `expiring` (inside the warning window), `destroying`, `destroyed`.
     pub state: &'static str,
     pub node: Option<NodeId>,
     pub node_url: Option<String>,
@@ -234,14 +244,6 @@ impl Plane {
                 ),
             ));
         }
-        if region != record.home_region {
-            // The branch's node reads the parent's backups from its own region's store.
-            return Err(HemvistError::conflict(format!(
-                "a branch of {parent} is made from its backups in {}, and this version makes \
-                 branches only in the region holding them ({}); nothing was done",
-                record.home_region, record.home_region
-            )));
-        }
         let users = match req.users.as_deref().map(str::trim) {
             None | Some("") | Some("copy") => "copy",
             Some("none") => "none",
@@ -260,7 +262,8 @@ impl Plane {
             name: req.name.trim().to_string(),
             at_ms,
             newest: req.at_ms.is_none(),
-            region,
+            move_to: (region != record.home_region).then(|| region.clone()),
+            region: record.home_region.clone(),
             ttl_ms,
             expires_ms: now + ttl_ms,
             users: users.to_string(),
@@ -414,8 +417,13 @@ impl Plane {
         let state = match op.map(|o| o.kind.as_str()) {
             Some(k) if k == OperationKind::Branch.as_str() => "creating",
             Some(k) if k == OperationKind::BranchDestroy.as_str() => "destroying",
+            Some(k) if k == OperationKind::Move.as_str() => "moving",
             _ if now_ms() >= b.expires_ms - warn_ms => "expiring",
             _ => "live",
+        };
+        let state = match (state, org) {
+            ("live" | "expiring", Some(o)) if o.home_region != b.region => "moving",
+            (s, _) => s,
         };
         BranchView {
             state,
@@ -672,6 +680,7 @@ fn placing(plane: &Plane, op: &Branch, mut d: BranchDetail) -> Result<(), Hemvis
         &NewBranch {
             parent: &d.parent,
             name: &d.name,
+            region: d.move_to.as_ref().unwrap_or(&d.region),
             at_ms: d.at_ms,
             owner: &op.record.requested_by,
             ttl_ms: d.ttl_ms,
@@ -777,6 +786,9 @@ fn backing_up(plane: &Plane, op: &Branch, d: BranchDetail) -> Result<(), Hemvist
             plane.forget_operation(&op.record.id);
             tracing::info!(operation = %op.record.id, branch = %op.org(), parent = %d.parent,
                 at_ms = d.at_ms, "branch made");
+            if d.move_to.is_some() {
+                super::branch_destroy::move_strays(plane)?;
+            }
         }
     } else {
         plane.watch_stall(op, stall_ms(plane), || {

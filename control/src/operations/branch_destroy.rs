@@ -9,7 +9,8 @@
 //!   that no operation owns, and starts the destruction of each (a branch still being made is
 //!   destroyed once its creation ends, either way). The expiry is in the store, so it survives
 //!   restarts; the operation is the one record of it, so it runs once.
-//! - **destroying**: the branch's node stops hosting it, deletes its file (no trash) and every
+//! - **destroying**: every node that held the branch (its node, and the one it was made on if
+//!   it was then moved to its region) stops hosting it, deletes its files (no trash) and every
 //!   backup object of it in its region's store, packed segments released (`Destroy`; what
 //!   others' packs still hold of it is sealed with its data key, which goes with its org row).
 //!   Then its org, placement and key are forgotten and its branch row marked destroyed, in one
@@ -128,6 +129,36 @@ pub fn expire(plane: &Plane) -> Result<(), HemvistError> {
     Ok(())
 }
 
+/// Starts the move of every live branch made in its parent's region for another one, that is
+/// not there yet and that no operation owns (the branch's own operation ended; a crash between
+/// its end and its move's start is caught by the next pass).
+pub fn move_strays(plane: &Plane) -> Result<(), HemvistError> {
+    let strays = plane.store.stray_branches()?;
+    if strays.is_empty() {
+        return Ok(());
+    }
+    let owned = plane.owned_orgs()?;
+    for b in strays {
+        if owned.contains(&b.id) {
+            continue;
+        }
+        let asked = crate::operations::move_org::MoveRequest {
+            to: b.region.to_string(),
+            node: None,
+            reason: Some(format!("branch {} is to live in {}", b.id, b.region)),
+        };
+        match plane.request_move(b.id.as_str(), asked, &b.owner) {
+            Ok(op) => {
+                tracing::info!(branch = %b.id, to = %b.region, operation = %op.id,
+                    "moving a branch to its region")
+            }
+            // No healthy node there yet, or busy: the next pass tries again.
+            Err(e) => tracing::debug!(branch = %b.id, error = %e, "branch not moved yet"),
+        }
+    }
+    Ok(())
+}
+
 pub fn step(plane: &Plane, record: OperationRecord) -> Result<(), HemvistError> {
     let op: Destroy = record.try_into()?;
     match op.phase {
@@ -139,7 +170,20 @@ pub fn step(plane: &Plane, record: OperationRecord) -> Result<(), HemvistError> 
 fn destroying(plane: &Plane, op: &Destroy) -> Result<(), HemvistError> {
     let d: DestroyDetail = serde_json::from_value(op.record.detail.clone()).map_err(internal)?;
     if let Some(org) = plane.store.org(op.org())? {
-        if !destroy_on_node(plane, op, &org.node_id, org.generation)? {
+        // Every node that held this branch: a branch moved to its region left its first copy
+        // (in the trash) and backups in its parent's region.
+        let created = plane.store.branch(op.org())?.map_or(0, |b| b.created_ms);
+        let mut nodes = vec![org.node_id.clone()];
+        for span in plane.store.placement_history(op.org())? {
+            if span.to_ms.is_none_or(|t| t >= created) && !nodes.contains(&span.node_id) {
+                nodes.push(span.node_id);
+            }
+        }
+        let mut all = true;
+        for node in &nodes {
+            all &= destroy_on_node(plane, op, node, org.generation)?;
+        }
+        if !all {
             return Ok(());
         }
     }
@@ -162,7 +206,7 @@ pub(crate) fn destroy_on_node<P: Phase>(
     let cmd = plane.drive_step(
         &Step {
             operation: &op.record.id,
-            name: "destroy",
+            name: &format!("destroy-{node}"),
             node,
             org: &org,
             kind: CommandKind::Destroy,

@@ -40,6 +40,9 @@ fn step_all(plane: &Plane) -> Result<(), HemvistError> {
     if let Err(e) = branch_destroy::expire(plane) {
         tracing::warn!(error = %e, "destroying expired branches failed; will retry");
     }
+    if let Err(e) = branch_destroy::move_strays(plane) {
+        tracing::warn!(error = %e, "moving branches to their regions failed; will retry");
+    }
     for record in plane.store.open_operations()? {
         let id = record.id.clone();
         let stepped = match OperationKind::parse(&record.kind) {

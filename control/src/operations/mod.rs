@@ -598,6 +598,10 @@ pub(crate) fn tell_every_node(
         }],
         removed: Vec::new(),
     });
+    if org.is_branch() {
+        // Its new node shows its banner from the start.
+        plane.send_branch_label(org)?;
+    }
     Ok(())
 }
 

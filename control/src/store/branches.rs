@@ -36,6 +36,8 @@ pub struct BranchRecord {
 pub struct NewBranch<'a> {
     pub parent: &'a OrgId,
     pub name: &'a str,
+    /// The region it is to live in (it may be made elsewhere, then moved).
+    pub region: &'a RegionId,
     pub at_ms: i64,
     pub owner: &'a str,
     pub ttl_ms: i64,
@@ -115,7 +117,7 @@ impl Store {
                 branch.parent.as_str(),
                 branch.name,
                 branch.at_ms,
-                org.home_region.as_str(),
+                branch.region.as_str(),
                 branch.owner,
                 now,
                 branch.ttl_ms,
@@ -134,7 +136,8 @@ impl Store {
                 "operation": branch.operation,
                 "parent": branch.parent,
                 "at_ms": branch.at_ms,
-                "region": org.home_region,
+                "region": branch.region,
+                "made_in": org.home_region,
                 "node": org.node_id,
                 "generation": created.generation.get(),
                 "expires_ms": branch.expires_ms,
@@ -176,6 +179,21 @@ impl Store {
              WHERE p.node_id = ?1 AND b.destroyed_ms IS NULL ORDER BY b.id",
         )?;
         let rows = stmt.query_map([node.as_str()], branch_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    /// Live branches whose org lives in another region than the branch is to live in (made in
+    /// its parent's region, not moved yet), in one query.
+    pub fn stray_branches(&self) -> Result<Vec<BranchRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT b.id, b.parent, b.name, b.at_ms, b.region, b.owner, b.created_ms, b.ttl_ms,
+               b.expires_ms, b.keepalive_on_use, b.users, b.masked, b.last_used_ms,
+               b.destroyed_ms, b.destroyed_why
+             FROM branches b JOIN orgs o ON o.id = b.id
+             WHERE b.destroyed_ms IS NULL AND o.home_region != b.region ORDER BY b.id",
+        )?;
+        let rows = stmt.query_map([], branch_row)?;
         rows.map(|r| r?).collect()
     }
 
@@ -305,9 +323,11 @@ mod tests {
         let (store, _path) = super::super::db::temp_store();
         let parent = OrgId::parse("acme").unwrap();
         let org = new_org("acme--qa");
+        let region = RegionId::parse("eu-north").unwrap();
         let new = NewBranch {
             parent: &parent,
             name: "qa",
+            region: &region,
             at_ms: 1_000,
             owner: "ops",
             ttl_ms: 60_000,
