@@ -305,6 +305,13 @@ fn show(b: &Value) {
         ("masked", s(b, "masked")),
         ("users", s(b, "users")),
         ("last used", time(&b["last_used_ms"])),
+        (
+            "size",
+            b["size_bytes"]
+                .as_u64()
+                .map(crate::operations::size)
+                .unwrap_or_else(|| "-".into()),
+        ),
     ];
     for (k, v) in rows {
         outln!("{k:>16}  {v}");
@@ -336,6 +343,10 @@ async fn list(org: Option<String>, api: &ApiArgs) -> anyhow::Result<()> {
                 s(b, "region"),
                 s(b, "owner"),
                 time(&b["expires_ms"]),
+                b["size_bytes"]
+                    .as_u64()
+                    .map(crate::operations::size)
+                    .unwrap_or_else(|| "-".into()),
                 time(&b["last_used_ms"]),
             ]
         })

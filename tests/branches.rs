@@ -232,7 +232,15 @@ fn a_branch_holds_its_point_in_time_masked_in_region_and_its_writes_stay_its_own
 
     // Its pages: the banner, a sign-in with the parent's copied user, and a write that never
     // reaches the parent.
-    let (_, shown) = c.admin("GET", "/branches/acme--qa", None);
+    let shown = c.wait_for("the branch's size reported", || {
+        let (_, b) = c.admin("GET", "/branches/acme--qa", None);
+        (b["size_bytes"].as_u64() > Some(0)).then_some(b)
+    });
+    assert_eq!(
+        shown["size_bytes"].as_u64(),
+        Some(std::fs::metadata(&branch_file).unwrap().len()),
+        "{shown}"
+    );
     assert_eq!(shown["parent"], "acme");
     assert_eq!(shown["state"], "live", "{shown}");
     let bob = sign_in(

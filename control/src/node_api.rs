@@ -227,7 +227,15 @@ async fn handle(
         }
         Some(In::State(report)) => {
             let mut tenants = Vec::with_capacity(report.tenants.len());
+            let mut sizes = Vec::new();
             for t in report.tenants {
+                if t.bytes > 0 {
+                    if let Ok(org) = OrgId::parse(&t.org) {
+                        if org.is_branch() {
+                            sizes.push((org, t.bytes));
+                        }
+                    }
+                }
                 tenants.push((
                     OrgId::try_from(t.org)?,
                     Generation::new(t.generation)?,
@@ -238,9 +246,14 @@ async fn handle(
                 ));
             }
             let (p, n) = (plane.clone(), node.clone());
-            let keys = tokio::task::spawn_blocking(move || p.state_reported(&n, &tenants))
-                .await
-                .map_err(|e| HemvistError::internal(e.to_string()))??;
+            let keys = tokio::task::spawn_blocking(move || {
+                if !sizes.is_empty() {
+                    p.store.branch_sizes(&sizes)?;
+                }
+                p.state_reported(&n, &tenants)
+            })
+            .await
+            .map_err(|e| HemvistError::internal(e.to_string()))??;
             // Keys are sent only here (no later pass repeats them): wait for room in the
             // session's queue rather than drop a chunk when it is full.
             for chunk in keys.chunks(KEY_CHUNK) {
@@ -353,6 +366,7 @@ impl From<pb::CommandAck> for CommandAck {
             micros: m.micros,
             fingerprint: m.fingerprint,
         });
+        let bytes = ack.tenant.as_ref().map_or(0, |t| t.bytes);
         let outcome = if ack.ok {
             Ok(ack.tenant.map(|t| TenantSchema {
                 version: t.schema_version,
@@ -369,6 +383,7 @@ impl From<pb::CommandAck> for CommandAck {
             outcome,
             moved,
             migrated,
+            bytes,
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct CommandAck {
     pub moved: Option<Moved>,
     /// What a `migrate` did, whether it succeeded or not.
     pub migrated: Option<Migrated>,
+    /// After a `host` of a branch: its file's size (0 when not said).
+    pub bytes: u64,
 }
 
 /// What a node's `migrate` did (kept as the command's result, failed or not).
@@ -258,6 +260,9 @@ impl Plane {
         tracing::info!(%node, command = %cmd.id, "command done");
         match cmd.kind {
             CommandKind::Host => {
+                if ack.bytes > 0 && cmd.org.is_branch() {
+                    self.store.branch_sizes(&[(cmd.org.clone(), ack.bytes)])?;
+                }
                 let schema = schema.unwrap_or_default();
                 self.store
                     .set_observed(node, &cmd.org, cmd.generation, &schema)?;

@@ -110,6 +110,12 @@ fn state_report(node: &Node) -> pb::StateReport {
             .all_hosted()
             .into_iter()
             .map(|(org, h)| pb::HostedTenant {
+                // A branch's size, for `branch list` (one stat; other orgs are not looked at).
+                bytes: if org.is_branch() {
+                    std::fs::metadata(node.tenants.path(&org)).map_or(0, |m| m.len())
+                } else {
+                    0
+                },
                 org: org.to_string(),
                 generation: h.generation.get(),
                 schema_version: h.schema_version,
@@ -669,6 +675,7 @@ fn migrate(
             org: org.to_string(),
             schema_version: t.version,
             schema_fingerprint: t.fingerprint,
+            bytes: 0,
         })
     });
     (tenant, report)
@@ -736,6 +743,11 @@ fn host(node: &Node, h: pb::HostTenant) -> Result<pb::HostedTenant, HemvistError
         (None, None) => node.hosting.host_with(&req, &bar)?,
     };
     Ok(pb::HostedTenant {
+        bytes: if req.org.is_branch() {
+            std::fs::metadata(node.tenants.path(&req.org)).map_or(0, |m| m.len())
+        } else {
+            0
+        },
         org: req.org.to_string(),
         generation: hosted.generation.get(),
         schema_version: hosted.schema_version,

@@ -373,6 +373,7 @@ impl Plane {
                     users: d.users,
                     masked: !d.mask.trim().is_empty(),
                     last_used_ms: None,
+                    size_bytes: None,
                     destroyed_ms: None,
                     destroyed_why: None,
                 },

@@ -29,6 +29,8 @@ pub struct BranchRecord {
     pub users: String,
     pub masked: bool,
     pub last_used_ms: Option<i64>,
+    /// Its file's size as its node last reported it.
+    pub size_bytes: Option<i64>,
     pub destroyed_ms: Option<i64>,
     pub destroyed_why: Option<String>,
 }
@@ -50,8 +52,8 @@ pub struct NewBranch<'a> {
 }
 
 const BRANCH_SELECT: &str = "SELECT id, parent, name, at_ms, region, owner, created_ms, ttl_ms,
-    expires_ms, keepalive_on_use, users, masked, last_used_ms, destroyed_ms, destroyed_why
-    FROM branches";
+    expires_ms, keepalive_on_use, users, masked, last_used_ms, destroyed_ms, destroyed_why,
+    size_bytes FROM branches";
 
 fn branch_row(r: &Row<'_>) -> rusqlite::Result<Result<BranchRecord>> {
     let id: String = r.get(0)?;
@@ -74,6 +76,7 @@ fn branch_row(r: &Row<'_>) -> rusqlite::Result<Result<BranchRecord>> {
             last_used_ms: r.get(12)?,
             destroyed_ms: r.get(13)?,
             destroyed_why: r.get(14)?,
+            size_bytes: r.get(15)?,
         })
     })();
     Ok(parsed)
@@ -174,7 +177,7 @@ impl Store {
         let mut stmt = conn.prepare_cached(
             "SELECT b.id, b.parent, b.name, b.at_ms, b.region, b.owner, b.created_ms, b.ttl_ms,
                b.expires_ms, b.keepalive_on_use, b.users, b.masked, b.last_used_ms,
-               b.destroyed_ms, b.destroyed_why
+               b.destroyed_ms, b.destroyed_why, b.size_bytes
              FROM branches b JOIN placements p ON p.org = b.id
              WHERE p.node_id = ?1 AND b.destroyed_ms IS NULL ORDER BY b.id",
         )?;
@@ -189,7 +192,7 @@ impl Store {
         let mut stmt = conn.prepare_cached(
             "SELECT b.id, b.parent, b.name, b.at_ms, b.region, b.owner, b.created_ms, b.ttl_ms,
                b.expires_ms, b.keepalive_on_use, b.users, b.masked, b.last_used_ms,
-               b.destroyed_ms, b.destroyed_why
+               b.destroyed_ms, b.destroyed_why, b.size_bytes
              FROM branches b JOIN orgs o ON o.id = b.id
              WHERE b.destroyed_ms IS NULL AND o.home_region != b.region ORDER BY b.id",
         )?;
@@ -252,6 +255,20 @@ impl Store {
                 "UPDATE branches SET last_used_ms = max(coalesce(last_used_ms, 0), ?2)
                  WHERE id = ?1 AND destroyed_ms IS NULL",
                 params![id.as_str(), at],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records live branches' file sizes as their node reported them.
+    pub fn branch_sizes(&self, sizes: &[(OrgId, u64)]) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        for (id, bytes) in sizes {
+            tx.execute(
+                "UPDATE branches SET size_bytes = ?2 WHERE id = ?1 AND destroyed_ms IS NULL",
+                params![id.as_str(), *bytes as i64],
             )?;
         }
         tx.commit()?;

@@ -18,6 +18,8 @@ CREATE TABLE branches (
   users TEXT NOT NULL,
   masked INTEGER NOT NULL,
   last_used_ms INTEGER,
+  -- Its file's size as its node last reported it (after each change of what it hosts).
+  size_bytes INTEGER,
   destroyed_ms INTEGER,
   destroyed_why TEXT
 );
