@@ -1,6 +1,7 @@
-//! `hemvist branch create|list|show|keepalive|destroy`: test environments branched from an org.
-//! A branch is made and destroyed by operations in the control plane; these verbs ask and, with
-//! `--wait`, watch (stopping the watching stops nothing).
+//! `hemvist branch create|list|show|keepalive|destroy`: test environments branched from an org;
+//! and `hemvist orgs erase`, which destroys an org as a branch is destroyed, everywhere. Each is
+//! an operation in the control plane; these verbs ask and, with `--wait`, watch (stopping the
+//! watching stops nothing).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -90,6 +91,32 @@ pub struct CreateArgs {
     pub wait: bool,
     #[command(flatten)]
     pub api: ApiArgs,
+}
+
+#[derive(Args)]
+pub struct EraseArgs {
+    /// The org to erase.
+    pub org: String,
+    /// The org's id again: erasure cannot be undone.
+    #[arg(long)]
+    pub confirm: String,
+    /// Follow the erasure until it is done.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+pub async fn erase(args: EraseArgs) -> anyhow::Result<()> {
+    let org = OrgId::parse(&args.org)?;
+    let client = Client::new(&args.api)?;
+    let op: Value = client
+        .post(
+            &format!("/orgs/{org}/erase"),
+            &json!({"confirm": args.confirm}),
+        )
+        .await?;
+    finish(&client, op, args.wait, args.api.json, "erased").await
 }
 
 pub async fn branch(command: BranchCommand) -> anyhow::Result<()> {
@@ -267,7 +294,10 @@ async fn finish(
     match ended["phase"].as_str() {
         Some("done") => {
             if !json {
-                outln!("branch {org} {what} ({id})");
+                outln!(
+                    "{} {org} {what} ({id})",
+                    if what == "erased" { "org" } else { "branch" }
+                );
                 if what == "made" {
                     if let Ok(b) = client.get::<Value>(&format!("/branches/{org}")).await {
                         show(&b);

@@ -103,6 +103,9 @@ enum OrgsVerb {
     Org(ops::OrgsCommand),
     /// Move an org to another region (or node) while it serves: copy, fence, switch.
     Move(moves::MoveArgs),
+    /// GDPR erasure: the org's database on every node, every backup in every region, its
+    /// branches, its data key; a receipt in the audit log; its id never used again.
+    Erase(branches::EraseArgs),
 }
 
 /// How an operator's verb reaches the control plane.
@@ -188,6 +191,9 @@ async fn main() -> std::process::ExitCode {
         Command::Orgs {
             command: OrgsVerb::Move(args),
         } => moves::run(args).await,
+        Command::Orgs {
+            command: OrgsVerb::Erase(args),
+        } => branches::erase(args).await,
         Command::Users { command } => ops::users(command).await,
         Command::Ops { command } => operations::ops(command).await,
         Command::Branch { command } => branches::branch(command).await,

@@ -234,6 +234,11 @@ impl Plane {
             residency: &residency,
             durability: asked_durability,
         };
+        if let Some(at) = self.store.tombstone(&id)? {
+            return Err(HemvistError::conflict(format!(
+                "org {id} was erased at {at} ms: its id is not used again; nothing was created"
+            )));
+        }
         // Creating an org twice must not need a healthy node the second time.
         if let Some(existing) = self.store.org(&id)? {
             return self.same_or_conflict(existing, &asked);

@@ -44,6 +44,7 @@ pub fn router(plane: Arc<Plane>) -> Router {
             axum::routing::post(cancel_operation),
         )
         .route("/orgs/{id}/move", axum::routing::post(move_org))
+        .route("/orgs/{id}/erase", axum::routing::post(erase_org))
         .route("/orgs/{id}/accept-older", axum::routing::post(accept_older))
         .route("/nodes/{id}/drain", axum::routing::post(drain_node))
         .route("/nodes/{id}/undrain", axum::routing::post(undrain_node))
@@ -243,6 +244,22 @@ async fn move_org(
     let Path(id) = id.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
     let req = json_body(body)?;
     let op = blocking(&plane, move |c| c.request_move(&id, req, &actor)).await?;
+    Ok((StatusCode::ACCEPTED, Json(op)).into_response())
+}
+
+/// `POST /orgs/{id}/erase {"confirm": ID}`: 202 with the erasure's operation.
+async fn erase_org(
+    State(plane): State<Arc<Plane>>,
+    axum::Extension(Actor(actor)): axum::Extension<Actor>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: Result<
+        Json<crate::operations::erase::EraseRequest>,
+        axum::extract::rejection::JsonRejection,
+    >,
+) -> Result<Response, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
+    let req = json_body(body)?;
+    let op = blocking(&plane, move |c| c.request_erase(&id, req, &actor)).await?;
     Ok((StatusCode::ACCEPTED, Json(op)).into_response())
 }
 

@@ -189,6 +189,14 @@ impl Plane {
                 parent.parent().map(|p| p.to_string()).unwrap_or_default()
             )));
         }
+        if let Some(op) = self.store.open_operation_of(Some(&parent))? {
+            if op.kind == OperationKind::Erase.as_str() {
+                return Err(HemvistError::conflict(format!(
+                    "org {parent} is being erased ({}): no branch of it is made",
+                    op.id
+                )));
+            }
+        }
         let id = OrgId::branch(&parent, req.name.trim())?;
         if let Some(live) = self.store.branch(&id)?.filter(|b| b.destroyed_ms.is_none()) {
             return Err(HemvistError::conflict(format!(

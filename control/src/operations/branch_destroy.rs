@@ -105,28 +105,35 @@ pub fn expire(plane: &Plane) -> Result<(), HemvistError> {
         if owned.contains(&b.id) {
             continue;
         }
-        let started = plane.begin(
-            &b.id,
-            DestroyPhase::Destroying,
-            "control",
-            detail(&DestroyDetail {
-                why: "expired".into(),
-                parent: b.parent.clone(),
-                expires_ms: b.expires_ms,
-            })?,
-        );
-        match started {
-            Ok(op) => {
-                tracing::warn!(branch = %b.id, parent = %b.parent, expired_ms_ago = now - b.expires_ms,
-                    operation = %op.record.id, "branch expired: destroying it");
-                destroying(plane, &op)?;
-            }
-            // Another pass (or an operator) got there first.
-            Err(e) if e.kind == hemvist_proto::ErrorKind::Conflict => {}
-            Err(e) => return Err(e),
-        }
+        tracing::warn!(branch = %b.id, parent = %b.parent, expired_ms_ago = now - b.expires_ms,
+            "branch expired: destroying it");
+        start(plane, &b, "expired")?;
     }
     Ok(())
+}
+
+/// Starts the destruction of `b` (by the control plane, saying why); nothing if another
+/// operation owns it (a pass, or an operator, got there first).
+pub(crate) fn start(
+    plane: &Plane,
+    b: &crate::store::BranchRecord,
+    why: &str,
+) -> Result<(), HemvistError> {
+    let started = plane.begin(
+        &b.id,
+        DestroyPhase::Destroying,
+        "control",
+        detail(&DestroyDetail {
+            why: why.into(),
+            parent: b.parent.clone(),
+            expires_ms: b.expires_ms,
+        })?,
+    );
+    match started {
+        Ok(op) => destroying(plane, &op),
+        Err(e) if e.kind == hemvist_proto::ErrorKind::Conflict => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Starts the move of every live branch made in its parent's region for another one, that is

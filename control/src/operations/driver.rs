@@ -9,7 +9,9 @@ use std::time::Duration;
 use hemvist_proto::HemvistError;
 use tokio_util::sync::CancellationToken;
 
-use super::{branch, branch_destroy, drain, failover, move_org, rollback, rollout, OperationKind};
+use super::{
+    branch, branch_destroy, drain, erase, failover, move_org, rollback, rollout, OperationKind,
+};
 use crate::plane::Plane;
 
 const TICK: Duration = Duration::from_millis(250);
@@ -52,6 +54,7 @@ fn step_all(plane: &Plane) -> Result<(), HemvistError> {
             Some(OperationKind::Rollback) => rollback::step(plane, record),
             Some(OperationKind::Branch) => branch::step(plane, record),
             Some(OperationKind::BranchDestroy) => branch_destroy::step(plane, record),
+            Some(OperationKind::Erase) => erase::step(plane, record),
             None => Err(HemvistError::internal(format!(
                 "operation {id} is of kind {:?}, which this control plane does not know",
                 record.kind

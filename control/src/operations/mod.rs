@@ -13,6 +13,7 @@ pub mod branch;
 pub mod branch_destroy;
 pub mod drain;
 pub mod driver;
+pub mod erase;
 pub mod failover;
 pub mod move_org;
 pub mod rollback;
@@ -58,6 +59,7 @@ pub enum OperationKind {
     Rollback,
     Branch,
     BranchDestroy,
+    Erase,
 }
 
 impl OperationKind {
@@ -69,6 +71,7 @@ impl OperationKind {
             OperationKind::Rollback => "rollback",
             OperationKind::Branch => "branch",
             OperationKind::BranchDestroy => "branch-destroy",
+            OperationKind::Erase => "erase",
         }
     }
 
@@ -80,6 +83,7 @@ impl OperationKind {
             OperationKind::Rollback,
             OperationKind::Branch,
             OperationKind::BranchDestroy,
+            OperationKind::Erase,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

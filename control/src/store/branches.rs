@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::audit::append_audit;
 use super::db::Store;
 use super::error::{Result, StoreError};
-use super::orgs::{insert_org, org_in, NewOrg, OrgRecord};
+use super::orgs::{delete_org_in, insert_org, org_in, NewOrg, OrgRecord};
 use crate::clock::now_ms;
 
 #[derive(Debug, Clone, Serialize)]
@@ -284,13 +284,7 @@ impl Store {
             return Ok(false);
         };
         let now = now_ms();
-        tx.execute(
-            "UPDATE placement_history SET to_ms = ?2 WHERE org = ?1 AND to_ms IS NULL",
-            params![id.as_str(), now],
-        )?;
-        tx.execute("DELETE FROM observed WHERE org = ?1", [id.as_str()])?;
-        tx.execute("DELETE FROM placements WHERE org = ?1", [id.as_str()])?;
-        tx.execute("DELETE FROM orgs WHERE id = ?1", [id.as_str()])?;
+        delete_org_in(&tx, id, now)?;
         tx.execute(
             "UPDATE branches SET destroyed_ms = ?2, destroyed_why = ?3 WHERE id = ?1",
             params![id.as_str(), now, why],

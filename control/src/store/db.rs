@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0010_node_drain.sql"),
     include_str!("migrations/0011_schema_files.sql"),
     include_str!("migrations/0012_branches.sql"),
+    include_str!("migrations/0013_erasures.sql"),
 ];
 
 pub struct Store {

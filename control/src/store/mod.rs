@@ -16,6 +16,7 @@
 //! - `operations` (`operations.rs`): moves and the like, their phases changed by compare and set
 //!   together with their audit entries.
 //! - `branches` (`branches.rs`): which orgs are branches of which, as of when, until when.
+//! - `tombstones` (`erasures.rs`): erased orgs, whose ids stay taken.
 //!
 //! Leases are not persisted: after a restart every node is unhealthy until it heartbeats again.
 //! The store interprets nothing it is handed (a residency is stored as its lists, not as a
@@ -25,6 +26,7 @@ mod audit;
 mod branches;
 mod commands;
 mod db;
+mod erasures;
 mod error;
 mod nodes;
 mod operations;

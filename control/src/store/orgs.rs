@@ -373,3 +373,16 @@ pub(super) fn insert_org(tx: &Transaction<'_>, new: &NewOrg) -> Result<OrgRecord
     )?;
     org_in(tx, &new.id)?.ok_or_else(|| StoreError::corrupt(format!("org {} vanished", new.id)))
 }
+
+/// Deletes the org's desired state: its placement (its history closed at `now`), what nodes
+/// reported of it, and its row, data key included.
+pub(super) fn delete_org_in(tx: &Transaction<'_>, id: &OrgId, now: i64) -> Result<()> {
+    tx.execute(
+        "UPDATE placement_history SET to_ms = ?2 WHERE org = ?1 AND to_ms IS NULL",
+        params![id.as_str(), now],
+    )?;
+    tx.execute("DELETE FROM observed WHERE org = ?1", [id.as_str()])?;
+    tx.execute("DELETE FROM placements WHERE org = ?1", [id.as_str()])?;
+    tx.execute("DELETE FROM orgs WHERE id = ?1", [id.as_str()])?;
+    Ok(())
+}
