@@ -79,9 +79,11 @@ fn an_org_erased_across_a_control_plane_kill_leaves_nothing_anywhere_and_its_id_
         );
     }
 
-    // Refused without the confirmation, and for a branch.
+    // Refused without the confirmation (or with another id), and for a branch.
     let (status, _) = c.admin("POST", "/orgs/glomt/erase", Some(json!({})));
     assert_eq!(status, 400);
+    let (ok, _, err) = c.cli(&["orgs", "erase", "glomt", "--confirm", "glomt2"]);
+    assert!(!ok && err.contains("cannot be undone"), "{err}");
     let (status, _) = c.admin(
         "POST",
         "/orgs/glomt--qa/erase",
