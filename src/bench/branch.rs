@@ -100,6 +100,7 @@ pub fn run(args: BranchArgs) -> anyhow::Result<()> {
             weed: args.weed.clone(),
             backup_interval_ms: args.backup_interval_ms,
             idle_close_ms: 2_000,
+            snapshot_after_bytes: None,
         },
         &work.path,
     )?;

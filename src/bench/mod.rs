@@ -1,6 +1,7 @@
 //! `hemvist bench ...`: benchmarks that print one table each, to quote in notes.
 
 mod branch;
+mod erase;
 mod failover;
 mod hosting;
 mod migrate;
@@ -34,6 +35,9 @@ pub enum BenchCommand {
     /// Branches: creation to first served request at several tenant sizes, with and without a
     /// mask, beside a plain restore and a file copy; and what 500 idle branches cost.
     Branch(branch::BranchArgs),
+    /// GDPR erasure of an org with about 1,000 backup objects in two regions: time, DELETEs,
+    /// objects left; beside a bulk delete of as many objects.
+    Erase(erase::EraseArgs),
     /// The hemvist node process `bench replication` measures (started by it, not by hand).
     #[command(hide = true)]
     ReplicationNode(replication::node::NodeArgs),
@@ -48,6 +52,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Failover(args) => failover::run(args),
         BenchCommand::Migrate(args) => migrate::run(args),
         BenchCommand::Branch(args) => branch::run(args),
+        BenchCommand::Erase(args) => erase::run(args),
         BenchCommand::ReplicationNode(args) => replication::node::run(args),
     }
 }

@@ -127,6 +127,8 @@ pub struct SystemArgs {
     pub backup_interval_ms: u64,
     /// How long a tenant may be idle before its node closes it.
     pub idle_close_ms: u64,
+    /// The nodes' `[backup] snapshot_after_bytes`, if not the default.
+    pub snapshot_after_bytes: Option<u64>,
 }
 
 impl From<&MoveArgs> for SystemArgs {
@@ -135,6 +137,7 @@ impl From<&MoveArgs> for SystemArgs {
             weed: args.weed.clone(),
             backup_interval_ms: args.backup_interval_ms,
             idle_close_ms: 60_000,
+            snapshot_after_bytes: None,
         }
     }
 }
@@ -240,7 +243,13 @@ impl System {
                 trash_grace_secs: 5,
                 idempotency_ttl_secs: 24 * 3600,
                 disk_headroom_mib: 256,
-                backup: Some(backup_config(&weed.s3, id, args.backup_interval_ms)),
+                backup: Some({
+                    let mut b = backup_config(&weed.s3, id, args.backup_interval_ms);
+                    if let Some(n) = args.snapshot_after_bytes {
+                        b.snapshot_after_bytes = n;
+                    }
+                    b
+                }),
             };
             config.validate()?;
             let running = rt
