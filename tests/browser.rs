@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
+use support::browser;
 use support::cluster::{Cluster, EU_NORTH, US_EAST};
 use support::session::sign_in;
 
@@ -107,32 +108,7 @@ fn expected() -> Value {
 }
 
 fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// What the browser test needs beyond cargo; a clear failure (never a skip) when it is missing.
-fn browser_prerequisites() -> (PathBuf, PathBuf) {
-    let chromium = std::env::var_os("CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    assert!(
-        chromium.is_file(),
-        "Chromium is missing at {}: run scripts/setup (scripts/test does) to install Debian's \
-         chromium, or set CHROMIUM to a Chromium binary",
-        chromium.display()
-    );
-    let node_modules = repo().join(".deps/node_modules");
-    assert!(
-        node_modules.join("playwright-core/package.json").is_file(),
-        "playwright-core is missing from {}: run scripts/setup (scripts/test does)",
-        node_modules.display()
-    );
-    let node = Command::new("node").arg("--version").output();
-    assert!(
-        node.as_ref().is_ok_and(|o| o.status.success()),
-        "Node.js (`node`) is needed to drive the browser: install Node.js ({node:?})"
-    );
-    (chromium, node_modules)
+    browser::repo()
 }
 
 /// Runs the Playwright script to its end (or kills it after `SCRIPT_TIMEOUT`):
@@ -179,7 +155,7 @@ fn run_script(envs: &[(&str, String)]) -> (bool, String, String) {
 
 #[test]
 fn typing_a_name_narrows_the_results_in_a_real_browser() {
-    let (chromium, node_modules) = browser_prerequisites();
+    let (chromium, node_modules) = browser::prerequisites();
 
     let c = Cluster::start(&[EU_NORTH, US_EAST]);
     c.create_org_ready(ORG, json!({"region": "eu-north"}));

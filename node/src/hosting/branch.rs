@@ -85,11 +85,8 @@ impl Hosting {
         let staged = path.with_extension("branching");
         let masked = path.with_extension("masked");
         let cleanup = || {
-            for p in [&staged, &masked] {
-                for side in ["", "-wal", "-shm", "-journal"] {
-                    let _ = std::fs::remove_file(PathBuf::from(format!("{}{side}", p.display())));
-                }
-            }
+            cleanup_one(&staged);
+            cleanup_one(&masked);
         };
         cleanup();
         let made = (|| {
