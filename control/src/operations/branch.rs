@@ -829,7 +829,7 @@ fn discarding(plane: &Plane, op: &Branch, d: BranchDetail) -> Result<(), Hemvist
             .unwrap_or_else(|| "the branch could not be made".into()),
     );
     if let (Some(node), Some(generation)) = (d.node.clone(), d.generation) {
-        let destroyed = super::branch_destroy::destroy_on_node(plane, op, &node, generation)?;
+        let destroyed = super::destroy_on_node(plane, op, &node, generation)?;
         if !destroyed {
             return Ok(());
         }

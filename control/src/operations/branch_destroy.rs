@@ -20,14 +20,14 @@
 //! audited in the same transaction); its parent is never touched; a node that is down when the
 //! branch expires is waited for (alarm after `move_stall_ms`): its copy is never left behind.
 
-use hemvist_proto::{Generation, HemvistError, NodeId, OrgId};
+use hemvist_proto::{HemvistError, OrgId};
 use serde::{Deserialize, Serialize};
 
-use super::{Operation, OperationKind, Phase, Step};
+use super::{Operation, OperationKind, Phase};
 use crate::clock::now_ms;
-use crate::link::{BranchLabels, NodeCommand, PlacementUpdate};
+use crate::link::{BranchLabels, PlacementUpdate};
 use crate::plane::Plane;
-use crate::store::{CommandKind, CommandState, OperationRecord};
+use crate::store::OperationRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DestroyPhase {
@@ -188,7 +188,7 @@ fn destroying(plane: &Plane, op: &Destroy) -> Result<(), HemvistError> {
         }
         let mut all = true;
         for node in &nodes {
-            all &= destroy_on_node(plane, op, node, org.generation)?;
+            all &= super::destroy_on_node(plane, op, node, org.generation)?;
         }
         if !all {
             return Ok(());
@@ -200,62 +200,6 @@ fn destroying(plane: &Plane, op: &Destroy) -> Result<(), HemvistError> {
         tracing::warn!(branch = %op.org(), why = %d.why, "branch destroyed");
     }
     Ok(())
-}
-
-/// Drives the `Destroy` step on the branch's node; whether it is done.
-pub(crate) fn destroy_on_node<P: Phase>(
-    plane: &Plane,
-    op: &Operation<P>,
-    node: &NodeId,
-    generation: Generation,
-) -> Result<bool, HemvistError> {
-    let org = op.org().clone();
-    let cmd = plane.drive_step(
-        &Step {
-            operation: &op.record.id,
-            name: &format!("destroy-{node}"),
-            node,
-            org: &org,
-            kind: CommandKind::Destroy,
-            generation,
-            again_on_new_session: false,
-        },
-        false,
-        || NodeCommand::Destroy {
-            org: org.clone(),
-            generation,
-        },
-    )?;
-    match cmd.state {
-        CommandState::Done => Ok(true),
-        CommandState::Failed => {
-            // A node that cannot delete what it holds is an alarm, not a reason to forget it.
-            plane.watch_stall(op, 0, || {
-                format!(
-                    "{node} to destroy the branch; it failed: {}",
-                    cmd.error.as_deref().unwrap_or("no reason given")
-                )
-            });
-            if now_ms() - cmd.updated_ms > plane.config.command_retry_ms as i64 {
-                let kind = cmd.error_kind.unwrap_or(hemvist_proto::ErrorKind::Internal);
-                let error = cmd.error.clone().unwrap_or_default();
-                plane.store.ack_command(
-                    node,
-                    &cmd.id,
-                    CommandState::Retry,
-                    Some((kind, &error)),
-                    None,
-                )?;
-            }
-            Ok(false)
-        }
-        _ => {
-            plane.watch_stall(op, plane.config.move_stall_ms as i64, || {
-                format!("{node} to destroy the branch (is it up?)")
-            });
-            Ok(false)
-        }
-    }
 }
 
 /// Forgets the branch's org and marks it destroyed (once), and tells every node.

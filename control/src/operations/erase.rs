@@ -165,7 +165,7 @@ fn destroying(plane: &Plane, op: &Erase, d: EraseDetail) -> Result<(), HemvistEr
     if let Some(org) = plane.store.org(op.org())? {
         let mut all = true;
         for (node, _) in &d.nodes {
-            all &= super::branch_destroy::destroy_on_node(plane, op, node, org.generation)?;
+            all &= super::destroy_on_node(plane, op, node, org.generation)?;
         }
         if !all {
             return Ok(());

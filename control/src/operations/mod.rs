@@ -578,6 +578,63 @@ impl Plane {
     }
 }
 
+/// Drives the `Destroy` step of `op` on `node` (a branch's or an erased org's copy there);
+/// whether it is done. A node that fails it raises an alarm and is asked again.
+pub(crate) fn destroy_on_node<P: Phase>(
+    plane: &Plane,
+    op: &Operation<P>,
+    node: &NodeId,
+    generation: Generation,
+) -> Result<bool, HemvistError> {
+    let org = op.org().clone();
+    let cmd = plane.drive_step(
+        &Step {
+            operation: &op.record.id,
+            name: &format!("destroy-{node}"),
+            node,
+            org: &org,
+            kind: CommandKind::Destroy,
+            generation,
+            again_on_new_session: false,
+        },
+        false,
+        || NodeCommand::Destroy {
+            org: org.clone(),
+            generation,
+        },
+    )?;
+    match cmd.state {
+        CommandState::Done => Ok(true),
+        CommandState::Failed => {
+            // A node that cannot delete what it holds is an alarm, not a reason to forget it.
+            plane.watch_stall(op, 0, || {
+                format!(
+                    "{node} to destroy the branch; it failed: {}",
+                    cmd.error.as_deref().unwrap_or("no reason given")
+                )
+            });
+            if now_ms() - cmd.updated_ms > plane.config.command_retry_ms as i64 {
+                let kind = cmd.error_kind.unwrap_or(hemvist_proto::ErrorKind::Internal);
+                let error = cmd.error.clone().unwrap_or_default();
+                plane.store.ack_command(
+                    node,
+                    &cmd.id,
+                    CommandState::Retry,
+                    Some((kind, &error)),
+                    None,
+                )?;
+            }
+            Ok(false)
+        }
+        _ => {
+            plane.watch_stall(op, plane.config.move_stall_ms as i64, || {
+                format!("{node} to destroy the branch (is it up?)")
+            });
+            Ok(false)
+        }
+    }
+}
+
 /// Every node's routing cache learns an org's new home (one that misses it is resynced).
 pub(crate) fn tell_every_node(
     plane: &Plane,
