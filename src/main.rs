@@ -1,5 +1,6 @@
 //! `hemvist`: one binary for the control plane, the nodes, the demo and the operator's verbs.
 
+mod audit;
 mod backups;
 mod bench;
 mod branches;
@@ -79,6 +80,11 @@ enum Command {
     Ops {
         #[command(subcommand)]
         command: operations::OpsCommand,
+    },
+    /// The audit log: verify it against its signed checkpoints, read it.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
     },
     /// Named admin tokens: create (shown once), list, revoke.
     Tokens {
@@ -199,6 +205,7 @@ async fn main() -> std::process::ExitCode {
         Command::Branch { command } => branches::branch(command).await,
         Command::Migrate { command } => migrate::migrate(command).await,
         Command::Tokens { command } => tokens::tokens(command).await,
+        Command::Audit { command } => audit::audit(command).await,
         Command::Backups(args) => backups::backups(args).await,
         Command::Restore(args) => backups::restore(args).await,
         Command::Bench { command } => tokio::task::spawn_blocking(move || bench::run(command))

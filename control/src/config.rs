@@ -56,6 +56,78 @@ pub struct ControlConfig {
     /// The branch policy: how long a branch may live before a keepalive, and when it warns.
     #[serde(default)]
     pub branches: BranchPolicy,
+    /// Signed checkpoints of the audit chain, kept where the control plane's disk cannot
+    /// reach them.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// The `[audit]` section: who signs checkpoints of the audit chain, how often, and where they
+/// are kept.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The ed25519 signing key's 32-byte seed, 64 hex digits. Prefer the environment:
+    /// `HEMVIST_AUDIT_SIGNING_KEY`. Never written out with the rest of the config.
+    #[serde(default, skip_serializing)]
+    pub signing_key: Option<String>,
+    /// A new checkpoint is written this often while the chain grows (none while it does not).
+    #[serde(default = "default_checkpoint_interval_ms")]
+    pub checkpoint_interval_ms: u64,
+    /// Where checkpoints are written. Without it, a truncated log cannot be told from a short
+    /// one, and `audit verify` says so.
+    #[serde(default)]
+    pub checkpoints: Option<CheckpointStore>,
+}
+
+/// A bucket (with S3 Object Lock, ideally) or, for `hemvist dev`, a folder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointStore {
+    /// `s3://bucket[/prefix]` or `file:///folder`.
+    pub url: String,
+    /// The S3 endpoint, `https://host[:port]` or `http://host:port` (path-style requests).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default = "default_s3_region")]
+    pub s3_region: String,
+    /// PEM: CA(s) the endpoint's certificate may chain to, besides the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Prefer the environment: `HEMVIST_AUDIT_S3_ACCESS_KEY_ID`,
+    /// `HEMVIST_AUDIT_S3_SECRET_ACCESS_KEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    /// Object Lock on every checkpoint: `compliance` (no one can delete it before its time,
+    /// not even the bucket's owner), `governance`, or `off` for stores without Object Lock.
+    #[serde(default = "default_lock_mode")]
+    pub lock: LockMode,
+    /// How long each checkpoint is locked.
+    #[serde(default = "default_lock_days")]
+    pub lock_days: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    Compliance,
+    Governance,
+    Off,
+}
+
+fn default_checkpoint_interval_ms() -> u64 {
+    60_000
+}
+fn default_s3_region() -> String {
+    "us-east-1".into()
+}
+fn default_lock_mode() -> LockMode {
+    LockMode::Compliance
+}
+fn default_lock_days() -> u32 {
+    7 * 365
 }
 
 /// How long branches live. Every branch has an expiry; this caps it.
@@ -152,6 +224,17 @@ impl ControlConfig {
         if let Ok(t) = std::env::var("HEMVIST_JOIN_TOKEN") {
             config.join_token = t;
         }
+        if let Ok(k) = std::env::var("HEMVIST_AUDIT_SIGNING_KEY") {
+            config.audit.signing_key = Some(k);
+        }
+        if let Some(store) = &mut config.audit.checkpoints {
+            if let Ok(k) = std::env::var("HEMVIST_AUDIT_S3_ACCESS_KEY_ID") {
+                store.access_key_id = Some(k);
+            }
+            if let Ok(k) = std::env::var("HEMVIST_AUDIT_S3_SECRET_ACCESS_KEY") {
+                store.secret_access_key = Some(k);
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -190,6 +273,33 @@ impl ControlConfig {
                 b.default_ttl_secs,
                 b.max_ttl_secs
             );
+        }
+        let a = &self.audit;
+        if let Some(k) = &a.signing_key {
+            if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("[audit] signing_key must be 64 hex digits (an ed25519 seed)");
+            }
+        }
+        if let Some(store) = &a.checkpoints {
+            if a.signing_key.is_none() {
+                bail!("[audit.checkpoints] needs a signing key: set HEMVIST_AUDIT_SIGNING_KEY");
+            }
+            if a.checkpoint_interval_ms < 100 {
+                bail!("[audit] checkpoint_interval_ms must be at least 100");
+            }
+            if store.url.starts_with("s3://") {
+                match &store.endpoint {
+                    Some(e) if e.starts_with("https://") || e.starts_with("http://") => {}
+                    _ => bail!(
+                        "[audit.checkpoints] endpoint must be https:// or http:// for an s3:// url"
+                    ),
+                }
+            } else if !store.url.starts_with("file://") {
+                bail!("[audit.checkpoints] url must be s3://bucket[/prefix] or file:///folder");
+            }
+            if store.lock != LockMode::Off && store.lock_days == 0 {
+                bail!("[audit.checkpoints] lock_days must be at least 1");
+            }
         }
         if self.admin_token.len() < 16 || self.join_token.len() < 16 {
             bail!("admin_token and join_token must be at least 16 characters");

@@ -5,13 +5,17 @@
 //! - adapters: [`admin_api`] (operators, HTTP/JSON), [`node_api`] (nodes, gRPC) and [`hub`]
 //!   (the nodes' live sessions). They translate between wire and domain types.
 //! - domain: [`plane`] (the shared state), [`orgs`], [`users`], [`nodes`], [`placement`],
-//!   [`residency`], [`reconciler`], [`replication`], and [`link`] (what the domain tells nodes,
+//!   [`residency`], [`reconciler`], [`replication`], [`audit`] (checkpoints of the audit chain) and
+//!   [`checkpointer`] (the task that writes them),
+//!   and [`link`] (what the domain tells nodes,
 //!   and the trait it tells them through). No domain module names `tonic`, `axum` or `pb`.
 //! - storage: [`store`], which knows no domain type.
 //! - leaves used by all: [`config`], [`clock`], [`auth`], [`geoip`], [`metrics`].
 
 pub mod admin_api;
+pub mod audit;
 pub mod auth;
+pub mod checkpointer;
 pub mod clock;
 pub mod config;
 pub mod geoip;
@@ -122,6 +126,7 @@ async fn serve(
     } = control;
     let reconciler = tokio::spawn(reconciler::run(plane.clone(), shutdown.clone()));
     let operations = tokio::spawn(operations::driver::run(plane.clone(), shutdown.clone()));
+    let checkpoints = tokio::spawn(checkpointer::run(plane.clone(), shutdown.clone()));
 
     let api = tokio::spawn(hemvist_net::http::serve(
         api_listener,
@@ -155,6 +160,7 @@ async fn serve(
     let drain = async {
         let _ = reconciler.await;
         let _ = operations.await;
+        let _ = checkpoints.await;
         let _ = api.await;
         let _ = grpc.await;
     };

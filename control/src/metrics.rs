@@ -39,6 +39,9 @@ pub struct Metrics {
     pub failover_outage: Histogram,
     /// Tenant migrations nodes reported, by outcome (`done`, `failed`, `unchanged`).
     pub migrations: Family<OutcomeLabels, Counter>,
+    /// Signed checkpoints of the audit chain written, and attempts that failed.
+    pub audit_checkpoints: Counter,
+    pub audit_checkpoint_failures: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -119,6 +122,8 @@ impl Default for Metrics {
             moves,
             move_pause: Histogram::new([0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0]),
             move_bytes: Counter::default(),
+            audit_checkpoints: Counter::default(),
+            audit_checkpoint_failures: Counter::default(),
         }
     }
 }
@@ -176,6 +181,16 @@ impl Metrics {
             "hemvist_branches_expiring",
             "Live branches inside their warning window: destroyed at expiry unless kept alive",
             gauge(g.branches_expiring),
+        );
+        r.register(
+            "hemvist_audit_checkpoints",
+            "Signed checkpoints of the audit chain written to the checkpoint store since start",
+            self.audit_checkpoints.clone(),
+        );
+        r.register(
+            "hemvist_audit_checkpoint_failures",
+            "Attempts to write an audit checkpoint that failed or were refused (the store refused or did not answer, or the chain no longer holds what the last checkpoint signed)",
+            self.audit_checkpoint_failures.clone(),
         );
         r.register(
             "hemvist_tenant_migrations",
@@ -337,6 +352,8 @@ mod tests {
             "hemvist_control_up 1",
             "hemvist_branches 2",
             "hemvist_branches_expiring 1",
+            "hemvist_audit_checkpoints_total 0",
+            "hemvist_audit_checkpoint_failures_total 0",
             "hemvist_moves_total{outcome=\"rolled_back\"} 0",
             "hemvist_failovers_total{outcome=\"failed\"} 0",
             "hemvist_admin_connections_open 0",
@@ -354,7 +371,7 @@ mod tests {
                 .all(|l| l.ends_with('.') && !l.ends_with("..")),
             "{text}"
         );
-        assert_eq!(helps.count(), 35, "{text}");
+        assert_eq!(helps.count(), 37, "{text}");
         assert!(!text.contains("# EOF"), "{text}");
     }
 

@@ -108,6 +108,8 @@ pub struct Plane {
     /// The tenants' requests and failures as nodes report them (see `health`).
     pub(crate) health: TenantHealth,
     pub store: Store,
+    /// The audit chain's signer and checkpoint store, when configured.
+    pub checkpoints: Option<crate::audit::Checkpoints>,
     pub nodes: Arc<dyn NodeLink>,
     pub geoip: Option<GeoIp>,
     pub metrics: Metrics,
@@ -162,6 +164,7 @@ impl Plane {
                 None
             }
         };
+        let checkpoints = crate::audit::Checkpoints::open(&config.audit)?;
         let candidate = hemvist_proto::random::hex(16)?;
         let system_id = store.system_id(move || candidate)?;
         let plane = Plane {
@@ -174,6 +177,7 @@ impl Plane {
             branch_used: Mutex::default(),
             config,
             store,
+            checkpoints,
             nodes,
             geoip,
             metrics: Metrics::default(),

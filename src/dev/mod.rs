@@ -51,6 +51,10 @@ pub const DEFAULT_GEOIP: &str =
 struct Secrets {
     admin_token: String,
     join_token: String,
+    /// The seed of the key that signs the audit chain's checkpoints (added later: older
+    /// folders get one on their next start).
+    #[serde(default)]
+    audit_signing_key: Option<String>,
 }
 
 fn random_token() -> anyhow::Result<String> {
@@ -60,11 +64,18 @@ fn random_token() -> anyhow::Result<String> {
 fn secrets(dir: &Path) -> anyhow::Result<Secrets> {
     let path = dir.join("secrets.json");
     if let Ok(text) = std::fs::read_to_string(&path) {
-        return serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()));
+        let mut s: Secrets =
+            serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+        if s.audit_signing_key.is_none() {
+            s.audit_signing_key = Some(hemvist_proto::random::hex(32)?);
+            std::fs::write(&path, serde_json::to_string_pretty(&s)?)?;
+        }
+        return Ok(s);
     }
     let s = Secrets {
         admin_token: random_token()?,
         join_token: random_token()?,
+        audit_signing_key: Some(hemvist_proto::random::hex(32)?),
     };
     std::fs::write(&path, serde_json::to_string_pretty(&s)?)?;
     Ok(s)
@@ -208,6 +219,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }),
         limits: Default::default(),
         branches: Default::default(),
+        // Checkpoints in a folder beside the objects: a demo has no Object Lock.
+        audit: hemvist_control::config::AuditConfig {
+            signing_key: secrets.audit_signing_key.clone(),
+            checkpoint_interval_ms: 10_000,
+            checkpoints: Some(hemvist_control::config::CheckpointStore {
+                url: format!("file://{}", data.join("audit-checkpoints").display()),
+                endpoint: None,
+                s3_region: "us-east-1".into(),
+                ca_file: None,
+                access_key_id: None,
+                secret_access_key: None,
+                lock: hemvist_control::config::LockMode::Off,
+                lock_days: 1,
+            }),
+        },
     };
     control_config.validate()?;
     write_config(&data, "control.toml", &control_config)?;

@@ -5,6 +5,7 @@ pub mod dev;
 pub mod disk;
 pub mod idempotent;
 pub mod mmdb;
+pub mod moto;
 pub mod restores;
 pub mod s3;
 pub mod session;

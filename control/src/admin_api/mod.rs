@@ -11,7 +11,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use hemvist_proto::{ErrorKind, HemvistError};
+use hemvist_proto::{ErrorKind, HemvistError, OrgId};
 use serde::Serialize;
 
 mod branches;
@@ -481,26 +481,79 @@ async fn add_user(
 #[derive(serde::Deserialize)]
 struct AuditQuery {
     limit: Option<u32>,
+    org: Option<String>,
+    /// RFC 3339 or milliseconds since 1970.
+    since: Option<String>,
+    /// The `seq` of the last entry of the previous page.
+    after: Option<i64>,
 }
 
-/// `GET /audit?limit=N`: the newest N records (at most 10,000; default 1,000), oldest first.
+/// `GET /audit?[org=ID][&since=T][&after=SEQ][&limit=N]`: entries oldest first (at most
+/// 10,000 a page; default 1,000). Without a filter, the newest N.
 async fn recent_audit(
     State(plane): State<Arc<Plane>>,
     query: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let axum::extract::Query(q) =
         query.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
-    let limit = q.limit.unwrap_or(1_000).min(10_000);
-    let records = blocking(&plane, move |c| Ok(c.store.audit_recent(limit)?)).await?;
+    let limit = q.limit.unwrap_or(1_000).clamp(1, 10_000);
+    let org = q
+        .org
+        .as_deref()
+        .map(OrgId::parse)
+        .transpose()
+        .map_err(|e| ApiError(HemvistError::invalid(e.to_string())))?;
+    let since_ms = match q.since.as_deref() {
+        None => None,
+        Some(t) => {
+            Some(crate::clock::parse_time(t).map_err(|e| ApiError(HemvistError::invalid(e)))?)
+        }
+    };
+    let records = blocking(&plane, move |c| {
+        if org.is_none() && since_ms.is_none() && q.after.is_none() {
+            return Ok(c.store.audit_recent(limit)?);
+        }
+        Ok(c.store.audit_query(&crate::store::AuditFilter {
+            org: org.as_ref(),
+            since_ms: since_ms.unwrap_or(0),
+            after_seq: q.after.unwrap_or(0),
+            limit,
+        })?)
+    })
+    .await?;
     Ok(Json(records))
 }
 
+/// `GET /audit/verify`: the chain, entry by entry, then against every signed checkpoint.
 async fn verify_audit(State(plane): State<Arc<Plane>>) -> Result<impl IntoResponse, ApiError> {
-    let result = blocking(&plane, |c| Ok(c.store.verify_audit()?)).await?;
-    Ok(Json(match result {
-        Ok(records) => serde_json::json!({"ok": true, "records": records}),
-        Err(seq) => serde_json::json!({"ok": false, "broken_at": seq}),
-    }))
+    let found = match &plane.checkpoints {
+        Some(c) => Some(c.read_all(&plane.system_id).await.map_err(|e| {
+            ApiError(HemvistError::unavailable(format!(
+                "audit verify: the checkpoint store: {e:#}"
+            )))
+        })?),
+        None => None,
+    };
+    let seqs: Vec<i64> = found
+        .iter()
+        .flatten()
+        .filter_map(|f| f.checkpoint.as_ref().ok().map(|c| c.seq))
+        .collect();
+    let chain = blocking(&plane, move |c| Ok(c.store.check_audit_chain(&seqs)?)).await?;
+    let public_key = plane.checkpoints.as_ref().map(|c| c.signer.public_key());
+    let store = plane
+        .config
+        .audit
+        .checkpoints
+        .as_ref()
+        .map(|c| c.url.as_str());
+    Ok(Json(crate::audit::verify::judge(
+        &chain,
+        found,
+        public_key.as_deref(),
+        &plane.system_id,
+        store.unwrap_or_default(),
+    )))
 }
 
 async fn metrics(

@@ -28,13 +28,26 @@ impl Store {
 
     /// Recomputes the hash chain; returns the number of records, or the first broken one.
     pub fn verify_audit(&self) -> Result<std::result::Result<u64, i64>> {
+        let check = self.check_audit_chain(&[])?;
+        Ok(match check.first_fault {
+            None => Ok(check.entries),
+            Some((seq, _)) => Err(seq),
+        })
+    }
+
+    /// Walks the whole chain in order: how many entries, its head, the first entry that is not
+    /// what was written and why, and the stored hash at each of `at` (the seqs that signed
+    /// checkpoints name), so a chain rewritten consistently can still be caught.
+    pub fn check_audit_chain(&self, at: &[i64]) -> Result<ChainCheck> {
+        let wanted: std::collections::HashSet<i64> = at.iter().copied().collect();
         let conn = self.lock();
         let mut stmt = conn.prepare(
             "SELECT seq, at_ms, actor, action, org, detail, prev_hash, hash FROM audit ORDER BY seq",
         )?;
         let mut rows = stmt.query([])?;
+        let mut check = ChainCheck::default();
         let mut prev = GENESIS.to_string();
-        let mut n = 0;
+        let mut expected = 1i64;
         while let Some(r) = rows.next()? {
             let seq: i64 = r.get(0)?;
             let at: i64 = r.get(1)?;
@@ -44,14 +57,84 @@ impl Store {
             let detail: String = r.get(5)?;
             let prev_hash: String = r.get(6)?;
             let hash: String = r.get(7)?;
-            let want = chain_hash(&prev, seq, at, &actor, &action, org.as_deref(), &detail);
-            if prev_hash != prev || hash != want {
-                return Ok(Err(seq));
+            if check.first_fault.is_none() {
+                let fault = if seq != expected {
+                    Some((expected, ChainFault::Missing { next_present: seq }))
+                } else if prev_hash != prev {
+                    Some((seq, ChainFault::Unlinked))
+                } else if hash
+                    != chain_hash(&prev, seq, at, &actor, &action, org.as_deref(), &detail)
+                {
+                    Some((seq, ChainFault::Altered))
+                } else {
+                    None
+                };
+                check.first_fault = fault;
             }
+            if wanted.contains(&seq) {
+                check.hashes.insert(seq, hash.clone());
+            }
+            check.head = Some((seq, hash.clone()));
             prev = hash;
-            n += 1;
+            expected = seq + 1;
+            check.entries += 1;
         }
-        Ok(Ok(n))
+        Ok(check)
+    }
+
+    /// The newest entry's seq and hash: what a checkpoint signs.
+    pub fn audit_head(&self) -> Result<Option<(i64, String, i64)>> {
+        let conn = self.lock();
+        Ok(conn
+            .query_row(
+                "SELECT seq, hash, at_ms FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
+    }
+
+    /// The stored hash of entry `seq`, if it exists.
+    pub fn audit_hash_at(&self, seq: i64) -> Result<Option<String>> {
+        let conn = self.lock();
+        Ok(conn
+            .query_row("SELECT hash FROM audit WHERE seq = ?1", [seq], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Entries oldest first: of one org or all, from a time on, after a seq (the cursor of the
+    /// previous page), at most `limit`.
+    pub fn audit_query(&self, q: &AuditFilter<'_>) -> Result<Vec<serde_json::Value>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT seq, at_ms, actor, action, org, detail FROM audit
+             WHERE (?1 IS NULL OR org = ?1) AND at_ms >= ?2 AND seq > ?3
+             ORDER BY seq LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(
+            params![q.org.map(OrgId::as_str), q.since_ms, q.after_seq, q.limit],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            },
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, at, actor, action, org, detail) = row?;
+            let detail: serde_json::Value =
+                serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail));
+            out.push(serde_json::json!({
+                "seq": seq, "at_ms": at, "actor": actor, "action": action, "org": org,
+                "detail": detail
+            }));
+        }
+        Ok(out)
     }
 
     /// The newest `limit` records of every org and of the fleet, oldest first.
@@ -109,6 +192,37 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// What `audit_query` selects.
+pub struct AuditFilter<'a> {
+    pub org: Option<&'a OrgId>,
+    pub since_ms: i64,
+    pub after_seq: i64,
+    pub limit: u32,
+}
+
+/// The result of walking the chain (see `check_audit_chain`).
+#[derive(Debug, Default)]
+pub struct ChainCheck {
+    pub entries: u64,
+    pub head: Option<(i64, String)>,
+    /// The first entry that is not as written, and how.
+    pub first_fault: Option<(i64, ChainFault)>,
+    /// The stored hash at each asked-for seq that exists.
+    pub hashes: std::collections::HashMap<i64, String>,
+}
+
+/// How an entry differs from what was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainFault {
+    /// This seq is absent: the chain jumps from the one before to `next_present`.
+    Missing { next_present: i64 },
+    /// Its link to the entry before is broken: an entry before it was removed, replaced or
+    /// moved.
+    Unlinked,
+    /// Its own fields no longer give its hash: it was edited after it was written.
+    Altered,
 }
 
 /// Appends one record inside the caller's transaction, so it commits with the change it records.

@@ -36,6 +36,7 @@ mod schema;
 mod system;
 mod tokens;
 
+pub use audit::{AuditFilter, ChainCheck, ChainFault};
 pub use branches::{BranchRecord, NewBranch};
 pub use commands::{CommandKind, CommandRecord, CommandState, NewCommand};
 pub use db::Store;

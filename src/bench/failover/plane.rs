@@ -113,6 +113,7 @@ impl Plane {
             tls: None,
             limits: Default::default(),
             branches: Default::default(),
+            audit: Default::default(),
         };
         config.validate()?;
         let shutdown = CancellationToken::new();

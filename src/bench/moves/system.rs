@@ -213,6 +213,7 @@ impl System {
             tls: None,
             limits: Default::default(),
             branches: Default::default(),
+            audit: Default::default(),
         };
         config.validate()?;
         let shutdown = CancellationToken::new();
