@@ -16,6 +16,30 @@ pub enum AuditCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// The residency report: per org, its policy, every region that held its data with exact
+    /// intervals (primary, a move's copy, backups, branches), its moves, and a verdict.
+    Report {
+        /// Only this org (and its branches).
+        #[arg(long)]
+        org: Option<String>,
+        /// Intervals overlapping this range only: RFC 3339 or milliseconds since 1970.
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        /// json, csv, or html (a page to hand to an auditor).
+        #[arg(long, default_value = "json")]
+        format: String,
+        /// Write it here instead of to stdout.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Also LIST every region's store for each org's objects: any the ledger does not
+        /// explain is a violation. Store credentials as for `hemvist backups`.
+        #[arg(long)]
+        verify_stores: bool,
+        #[command(flatten)]
+        store: crate::backups::StoreArgs,
+    },
     /// Read the log, oldest first.
     Log {
         /// Only this org's entries.
@@ -41,6 +65,15 @@ pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
             limit,
             api,
         } => log(&api, org, since, limit).await,
+        AuditCommand::Report {
+            org,
+            from,
+            to,
+            format,
+            out,
+            verify_stores,
+            store,
+        } => report(org, from, to, &format, out, verify_stores, &store).await,
     }
 }
 
@@ -166,4 +199,53 @@ fn encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn report(
+    org: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    format: &str,
+    out: Option<std::path::PathBuf>,
+    verify_stores: bool,
+    store: &crate::backups::StoreArgs,
+) -> anyhow::Result<()> {
+    use hemvist_control::audit::report::Report;
+    if !["json", "csv", "html"].contains(&format) {
+        anyhow::bail!("--format {format}: use json, csv or html");
+    }
+    let client = Client::new(&store.api)?;
+    let mut q = String::from("/audit/report?format=json");
+    for (k, v) in [("org", &org), ("from", &from), ("to", &to)] {
+        if let Some(v) = v {
+            q.push_str(&format!("&{k}={}", encode(v)));
+        }
+    }
+    let mut report: Report = client.get(&q).await?;
+    if verify_stores {
+        crate::backups::verify_stores(&mut report, store).await?;
+    }
+    let text = match format {
+        "csv" => report.csv(),
+        "html" => report.html(),
+        _ => serde_json::to_string_pretty(&report)?,
+    };
+    match out {
+        Some(path) => {
+            std::fs::write(&path, text)?;
+            eprintln!(
+                "{}: {} orgs, {} compliant, {} with violations",
+                path.display(),
+                report.orgs.len(),
+                report.compliant,
+                report.violations
+            );
+        }
+        None => outln!("{text}"),
+    }
+    if report.violations > 0 || !report.verification.ok {
+        std::process::exit(1);
+    }
+    Ok(())
 }

@@ -2,6 +2,7 @@
 //! ([`Plane`]): parse, call, map the error kind to an HTTP status. Every route but `/healthz`
 //! and `/metrics` needs the admin token.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -36,6 +37,7 @@ pub fn router(plane: Arc<Plane>) -> Router {
         .route("/tokens/{name}/revoke", axum::routing::post(revoke_token))
         .route("/audit", get(recent_audit))
         .route("/audit/verify", get(verify_audit))
+        .route("/audit/report", get(audit_report))
         .route("/system", get(system))
         .route("/operations", get(list_operations))
         .route("/operations/{id}", get(show_operation))
@@ -526,6 +528,10 @@ async fn recent_audit(
 
 /// `GET /audit/verify`: the chain, entry by entry, then against every signed checkpoint.
 async fn verify_audit(State(plane): State<Arc<Plane>>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(audit_verdict(&plane).await?))
+}
+
+async fn audit_verdict(plane: &Arc<Plane>) -> Result<crate::audit::verify::Verdict, ApiError> {
     let found = match &plane.checkpoints {
         Some(c) => Some(c.read_all(&plane.system_id).await.map_err(|e| {
             ApiError(HemvistError::unavailable(format!(
@@ -539,7 +545,7 @@ async fn verify_audit(State(plane): State<Arc<Plane>>) -> Result<impl IntoRespon
         .flatten()
         .filter_map(|f| f.checkpoint.as_ref().ok().map(|c| c.seq))
         .collect();
-    let chain = blocking(&plane, move |c| Ok(c.store.check_audit_chain(&seqs)?)).await?;
+    let chain = blocking(plane, move |c| Ok(c.store.check_audit_chain(&seqs)?)).await?;
     let public_key = plane.checkpoints.as_ref().map(|c| c.signer.public_key());
     let store = plane
         .config
@@ -547,13 +553,108 @@ async fn verify_audit(State(plane): State<Arc<Plane>>) -> Result<impl IntoRespon
         .checkpoints
         .as_ref()
         .map(|c| c.url.as_str());
-    Ok(Json(crate::audit::verify::judge(
+    Ok(crate::audit::verify::judge(
         &chain,
         found,
         public_key.as_deref(),
         &plane.system_id,
         store.unwrap_or_default(),
-    )))
+    ))
+}
+
+#[derive(serde::Deserialize)]
+struct ReportQuery {
+    org: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    format: Option<String>,
+}
+
+/// `GET /audit/report?[org=ID][&from=T][&to=T][&format=json|csv|html]`: the residency report
+/// (every org, branches inside their parent's section), with the chain's verification.
+async fn audit_report(
+    State(plane): State<Arc<Plane>>,
+    query: Result<axum::extract::Query<ReportQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    use crate::audit::report::{org_report, OrgFacts, Report, Window};
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
+    let time = |t: &Option<String>| {
+        t.as_deref()
+            .map(crate::clock::parse_time)
+            .transpose()
+            .map_err(|e| ApiError(HemvistError::invalid(e)))
+    };
+    let window = Window {
+        from_ms: time(&q.from)?,
+        to_ms: time(&q.to)?,
+    };
+    let format = q.format.unwrap_or_else(|| "json".into());
+    if !["json", "csv", "html"].contains(&format.as_str()) {
+        return Err(ApiError(HemvistError::invalid(format!(
+            "format {format:?}: use json, csv or html"
+        ))));
+    }
+    let org = q
+        .org
+        .as_deref()
+        .map(OrgId::parse)
+        .transpose()
+        .map_err(|e| ApiError(HemvistError::invalid(e.to_string())))?;
+    let verification = audit_verdict(&plane).await?;
+    let orgs = blocking(&plane, move |c| {
+        let orgs = match &org {
+            Some(id) => vec![c
+                .store
+                .org(id)?
+                .ok_or_else(|| HemvistError::not_found(format!("no org {id}")))?],
+            None => c.store.orgs()?,
+        };
+        let mut moves: HashMap<String, Vec<crate::store::OperationRecord>> = HashMap::new();
+        for op in c.store.operations()? {
+            if op.kind == "move" {
+                if let Some(o) = &op.org {
+                    moves.entry(o.to_string()).or_default().push(op);
+                }
+            }
+        }
+        let mut branches: HashMap<String, Vec<crate::store::BranchRecord>> = HashMap::new();
+        for b in c.store.all_branches(org.as_ref())? {
+            branches.entry(b.parent.to_string()).or_default().push(b);
+        }
+        let mut out = Vec::new();
+        for o in orgs.into_iter().filter(|o| !o.id.is_branch()) {
+            let facts = OrgFacts {
+                spans: c.store.placement_history(&o.id)?,
+                moves: moves.remove(o.id.as_str()).unwrap_or_default(),
+                branches: branches.remove(o.id.as_str()).unwrap_or_default(),
+                org: o,
+            };
+            out.push(org_report(&facts, &c.config.regions, window));
+        }
+        Ok(out)
+    })
+    .await?;
+    let report = Report::new(
+        &plane.system_id,
+        window,
+        verification,
+        orgs,
+        crate::clock::now_ms(),
+    );
+    Ok(match format.as_str() {
+        "csv" => (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            report.csv(),
+        )
+            .into_response(),
+        "html" => (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            report.html(),
+        )
+            .into_response(),
+        _ => Json(report).into_response(),
+    })
 }
 
 async fn metrics(

@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod lockbox;
+pub mod report;
 pub mod verify;
 
 use anyhow::Context;

@@ -3,14 +3,14 @@
 //! checkpoints catch a log cut back to a shorter chain that is consistent in itself, or one
 //! rewritten from some entry on with fresh hashes.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::checkpoint::Checkpoint;
 use super::lockbox::Stored;
 use crate::clock::format_ms;
 use crate::store::{ChainCheck, ChainFault};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Verdict {
     pub ok: bool,
     /// Entries in the chain, and the newest one's seq.
@@ -26,13 +26,13 @@ pub struct Verdict {
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Damage {
     pub seq: i64,
     pub problem: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckpointSummary {
     pub store: String,
     /// The key that must have signed them.
@@ -44,7 +44,7 @@ pub struct CheckpointSummary {
     pub newest: Option<CheckpointSeen>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckpointSeen {
     pub name: String,
     pub version: Option<String>,

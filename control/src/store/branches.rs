@@ -160,6 +160,17 @@ impl Store {
         branch_in(&tx, id)
     }
 
+    /// Every branch ever made, destroyed ones included (of `parent`, when given), oldest first:
+    /// the residency report's record of where copies lived.
+    pub fn all_branches(&self, parent: Option<&OrgId>) -> Result<Vec<BranchRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!(
+            "{BRANCH_SELECT} WHERE (?1 IS NULL OR parent = ?1) ORDER BY created_ms, id"
+        ))?;
+        let rows = stmt.query_map([parent.map(|p| p.as_str())], branch_row)?;
+        rows.map(|r| r?).collect()
+    }
+
     /// Every branch not destroyed (of `parent`, when given), oldest first.
     pub fn live_branches(&self, parent: Option<&OrgId>) -> Result<Vec<BranchRecord>> {
         let conn = self.lock();
