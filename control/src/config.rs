@@ -281,9 +281,6 @@ impl ControlConfig {
             }
         }
         if let Some(store) = &a.checkpoints {
-            if a.signing_key.is_none() {
-                bail!("[audit.checkpoints] needs a signing key: set HEMVIST_AUDIT_SIGNING_KEY");
-            }
             if a.checkpoint_interval_ms < 100 {
                 bail!("[audit] checkpoint_interval_ms must be at least 100");
             }

@@ -7,6 +7,7 @@ mod hosting;
 mod migrate;
 mod moves;
 mod replication;
+mod report;
 mod search;
 
 use std::time::Duration;
@@ -38,6 +39,9 @@ pub enum BenchCommand {
     /// GDPR erasure of an org with about 1,000 backup objects in two regions: time, DELETEs,
     /// objects left; beside a bulk delete of as many objects.
     Erase(erase::EraseArgs),
+    /// The residency report (JSON, CSV, HTML) and `audit verify` for 10,000 orgs in three
+    /// regions, beside reading the same rows with plain SQL.
+    Report(report::ReportArgs),
     /// The hemvist node process `bench replication` measures (started by it, not by hand).
     #[command(hide = true)]
     ReplicationNode(replication::node::NodeArgs),
@@ -53,6 +57,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Migrate(args) => migrate::run(args),
         BenchCommand::Branch(args) => branch::run(args),
         BenchCommand::Erase(args) => erase::run(args),
+        BenchCommand::Report(args) => report::run(args),
         BenchCommand::ReplicationNode(args) => replication::node::run(args),
     }
 }
