@@ -249,3 +249,42 @@ async fn report(
     }
     Ok(())
 }
+
+#[derive(clap::Args)]
+pub struct SetResidencyArgs {
+    /// The org.
+    pub org: String,
+    /// The new policy: `EU`, `EU,US`, `eu-north,eu-central`, or `anywhere`.
+    pub policy: String,
+    /// Why (kept in the audit log).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Move the org there and delete the backups left where the new policy forbids (not
+    /// supported yet: the control plane refuses it and says how to proceed).
+    #[arg(long)]
+    pub move_to: Option<String>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `hemvist orgs set-residency ORG POLICY`: refused, naming every place the new policy
+/// forbids, while anything of the org is there.
+pub async fn set_residency(args: SetResidencyArgs) -> anyhow::Result<()> {
+    let org = hemvist_proto::OrgId::parse(&args.org)?;
+    let client = Client::new(&args.api)?;
+    let done: Value = client
+        .post(
+            &format!("/orgs/{org}/residency"),
+            &serde_json::json!({"policy": args.policy, "reason": args.reason, "move_to": args.move_to}),
+        )
+        .await?;
+    if args.api.json {
+        outln!("{}", serde_json::to_string_pretty(&done)?);
+    } else {
+        outln!(
+            "org {org}'s residency is now {}",
+            done["residency"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}

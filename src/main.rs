@@ -112,6 +112,9 @@ enum OrgsVerb {
     /// GDPR erasure: the org's database on every node, every backup in every region, its
     /// branches, its data key; a receipt in the audit log; its id never used again.
     Erase(branches::EraseArgs),
+    /// Change the org's residency policy: refused while anything of it (its home, backups from
+    /// a region it left, a branch) is where the new policy forbids.
+    SetResidency(audit::SetResidencyArgs),
 }
 
 /// How an operator's verb reaches the control plane.
@@ -200,6 +203,9 @@ async fn main() -> std::process::ExitCode {
         Command::Orgs {
             command: OrgsVerb::Erase(args),
         } => branches::erase(args).await,
+        Command::Orgs {
+            command: OrgsVerb::SetResidency(args),
+        } => audit::set_residency(args).await,
         Command::Users { command } => ops::users(command).await,
         Command::Ops { command } => operations::ops(command).await,
         Command::Branch { command } => branches::branch(command).await,

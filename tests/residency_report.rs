@@ -134,6 +134,55 @@ fn a_moved_org_is_reported_to_the_millisecond_and_a_planted_object_is_a_violatio
     );
     std::fs::remove_file(&planted).unwrap();
 
+    // A policy that forbids where its backups and its branch still are is refused, naming them.
+    let (ok, out, err) = c.cli(&["orgs", "set-residency", "norrsken", "eu-central"]);
+    assert!(!ok, "a narrowing past its backups was accepted: {out}");
+    assert!(
+        err.contains("eu-north") && err.contains("backups") && err.contains("norrsken--qa"),
+        "{err}"
+    );
+    let (_, shown) = c.admin("GET", "/orgs/norrsken", None);
+    assert_eq!(
+        shown["residency"].to_string().contains("EU"),
+        true,
+        "unchanged: {shown}"
+    );
+    let (ok, _, err) = c.cli(&[
+        "orgs",
+        "set-residency",
+        "norrsken",
+        "eu-central",
+        "--move-to",
+        "eu-central",
+    ]);
+    assert!(!ok && err.contains("not supported yet"), "{err}");
+    // Widening is allowed, audited, and the report shows the policy over time.
+    let (ok, out, err) = c.cli(&[
+        "orgs",
+        "set-residency",
+        "norrsken",
+        "EU,US",
+        "--reason",
+        "US office",
+    ]);
+    assert!(ok, "{out}\n{err}");
+    let (ok, out, _) = c.cli(&["audit", "log", "--org", "norrsken", "--json"]);
+    assert!(ok);
+    let log: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let change = log
+        .iter()
+        .find(|e| e["action"] == "org.residency_changed")
+        .expect("audited");
+    assert_eq!(change["detail"]["reason"], "US office", "{change}");
+    let (ok, out, err) = report(&c, &s3, &["--org", "norrsken"]);
+    assert!(ok, "{out}\n{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    let history = r["orgs"][0]["policy_history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{r}");
+    assert_eq!(history[0][1], "EU");
+    assert_eq!(r["orgs"][0]["policy"], "EU + US");
+    assert_eq!(r["orgs"][0]["verdict"], "compliant");
+
     // The page for an auditor, in a real browser.
     let html = c.dir.path().join("report.html");
     let (ok, out, err) = report(

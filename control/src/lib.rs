@@ -32,6 +32,7 @@ pub mod plane;
 pub mod reconciler;
 pub mod replication;
 pub mod residency;
+pub mod residency_change;
 pub mod schema;
 pub mod store;
 pub mod tokens;

@@ -47,6 +47,7 @@ pub fn router(plane: Arc<Plane>) -> Router {
         )
         .route("/orgs/{id}/move", axum::routing::post(move_org))
         .route("/orgs/{id}/erase", axum::routing::post(erase_org))
+        .route("/orgs/{id}/residency", axum::routing::post(set_residency))
         .route("/orgs/{id}/accept-older", axum::routing::post(accept_older))
         .route("/nodes/{id}/drain", axum::routing::post(drain_node))
         .route("/nodes/{id}/undrain", axum::routing::post(undrain_node))
@@ -247,6 +248,26 @@ async fn move_org(
     let req = json_body(body)?;
     let op = blocking(&plane, move |c| c.request_move(&id, req, &actor)).await?;
     Ok((StatusCode::ACCEPTED, Json(op)).into_response())
+}
+
+/// `POST /orgs/{id}/residency {"policy": "EU", "reason": …}`: 200 with the org, or 422 naming
+/// every place the new policy forbids.
+async fn set_residency(
+    State(plane): State<Arc<Plane>>,
+    axum::Extension(Actor(actor)): axum::Extension<Actor>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: Result<
+        Json<crate::residency_change::ResidencyRequest>,
+        axum::extract::rejection::JsonRejection,
+    >,
+) -> Result<impl IntoResponse, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
+    let req = json_body(body)?;
+    let org = blocking(&plane, move |c| c.set_residency(&id, req, &actor)).await?;
+    Ok(Json(serde_json::json!({
+        "id": org.id,
+        "residency": crate::residency::ResidencyPolicy::from_stored(&org.residency).describe(),
+    })))
 }
 
 /// `POST /orgs/{id}/erase {"confirm": ID}`: 202 with the erasure's operation.
@@ -622,9 +643,31 @@ async fn audit_report(
         for b in c.store.all_branches(org.as_ref())? {
             branches.entry(b.parent.to_string()).or_default().push(b);
         }
+        let mut changes: HashMap<String, Vec<(i64, crate::store::StoredResidency)>> =
+            HashMap::new();
+        let mut initial: HashMap<String, crate::store::StoredResidency> = HashMap::new();
+        for (o, at, d) in c.store.audit_of_action("org.residency_changed")? {
+            let (Some(o), Ok(r)) = (o, serde_json::from_value(d["residency"].clone())) else {
+                continue;
+            };
+            changes.entry(o).or_default().push((at, r));
+        }
+        for (o, _, d) in c.store.audit_of_action("org.placed")? {
+            if let (Some(o), Ok(r)) = (o, serde_json::from_value(d["residency"].clone())) {
+                if changes.contains_key(&o) {
+                    initial.entry(o).or_insert(r);
+                }
+            }
+        }
         let mut out = Vec::new();
         for o in orgs.into_iter().filter(|o| !o.id.is_branch()) {
+            let policy_changes = changes.remove(o.id.as_str()).unwrap_or_default();
+            let initial_policy = crate::residency::ResidencyPolicy::from_stored(
+                initial.get(o.id.as_str()).unwrap_or(&o.residency),
+            );
             let facts = OrgFacts {
+                policy_changes,
+                initial_policy,
                 spans: c.store.placement_history(&o.id)?,
                 moves: moves.remove(o.id.as_str()).unwrap_or_default(),
                 branches: branches.remove(o.id.as_str()).unwrap_or_default(),

@@ -11,7 +11,7 @@ use super::verify::Verdict;
 use crate::clock::format_ms;
 use crate::config::RegionConfig;
 use crate::residency::ResidencyPolicy;
-use crate::store::{BranchRecord, OperationRecord, OrgRecord, PlacementSpan};
+use crate::store::{BranchRecord, OperationRecord, OrgRecord, PlacementSpan, StoredResidency};
 
 /// What the store knows of one org.
 pub struct OrgFacts {
@@ -21,6 +21,10 @@ pub struct OrgFacts {
     pub moves: Vec<OperationRecord>,
     /// Its branches, destroyed ones included.
     pub branches: Vec<BranchRecord>,
+    /// Its policy changes, oldest first: when, and the policy from then on.
+    pub policy_changes: Vec<(i64, StoredResidency)>,
+    /// The policy it was created with (its current one if it never changed).
+    pub initial_policy: ResidencyPolicy,
 }
 
 /// The time range asked for; intervals overlapping it are shown.
@@ -118,6 +122,34 @@ fn region_of<'a>(regions: &'a [RegionConfig], id: &str) -> Option<&'a RegionConf
 /// One org's section.
 pub fn org_report(f: &OrgFacts, regions: &[RegionConfig], window: Window) -> OrgReport {
     let policy = ResidencyPolicy::from_stored(&f.org.residency);
+    // The policies in force over time: (since, policy); the first is the one it was created
+    // with (the policy before its first change).
+    let mut policies: Vec<(i64, ResidencyPolicy)> = Vec::new();
+    match f.policy_changes.first() {
+        None => policies.push((f.org.created_ms, policy.clone())),
+        Some(_) => {
+            policies.push((f.org.created_ms, ResidencyPolicy::default()));
+            for (at, p) in &f.policy_changes {
+                policies.push((*at, ResidencyPolicy::from_stored(p)));
+            }
+        }
+    }
+    let first_policy = f
+        .policy_changes
+        .first()
+        .map(|_| f.initial_policy.clone())
+        .unwrap_or_else(|| policy.clone());
+    if let Some(p) = policies.first_mut() {
+        p.1 = first_policy;
+    }
+    // Whether every policy in force during [from, to] allows the region.
+    let allowed_during = |r: &RegionConfig, from: i64, to: Option<i64>| {
+        policies.iter().enumerate().all(|(i, (since, p))| {
+            let until = policies.get(i + 1).map(|n| n.0);
+            let overlaps = until.is_none_or(|u| from < u) && to.is_none_or(|t| t > *since);
+            !overlaps || p.allows(r)
+        })
+    };
     let mut intervals = Vec::new();
     let mut push = |kind: &str,
                     region: &str,
@@ -141,7 +173,7 @@ pub fn org_report(f: &OrgFacts, regions: &[RegionConfig], window: Window) -> Org
             from: format_ms(from),
             to: to.map(format_ms),
             note,
-            allowed: r.is_some_and(|r| policy.allows(r)),
+            allowed: r.is_some_and(|r| allowed_during(r, from, to)),
         });
     };
     for s in &f.spans {
@@ -231,13 +263,12 @@ pub fn org_report(f: &OrgFacts, regions: &[RegionConfig], window: Window) -> Org
         .filter(|i| !i.allowed)
         .map(|i| {
             format!(
-                "{} in {} ({}) from {} to {}: the policy {} does not allow that region",
+                "{} in {} ({}) from {} to {}: a policy in force then did not allow that region",
                 i.kind,
                 i.region,
                 i.jurisdiction,
                 i.from,
                 i.to.as_deref().unwrap_or("now"),
-                policy.describe()
             )
         })
         .collect();
@@ -245,7 +276,10 @@ pub fn org_report(f: &OrgFacts, regions: &[RegionConfig], window: Window) -> Org
         org: f.org.id.to_string(),
         name: f.org.name.clone(),
         policy: policy.describe(),
-        policy_history: vec![(format_ms(f.org.created_ms), policy.describe())],
+        policy_history: policies
+            .iter()
+            .map(|(at, p)| (format_ms(*at), p.describe()))
+            .collect(),
         created: format_ms(f.org.created_ms),
         intervals,
         moves,

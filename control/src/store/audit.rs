@@ -94,6 +94,29 @@ impl Store {
             .optional()?)
     }
 
+    /// Every entry of one action, oldest first: (org, time, detail).
+    pub fn audit_of_action(
+        &self,
+        action: &str,
+    ) -> Result<Vec<(Option<String>, i64, serde_json::Value)>> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT org, at_ms, detail FROM audit WHERE action = ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([action], |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (org, at, detail) = row?;
+            out.push((org, at, serde_json::from_str(&detail).unwrap_or_default()));
+        }
+        Ok(out)
+    }
+
     /// The stored hash of entry `seq`, if it exists.
     pub fn audit_hash_at(&self, seq: i64) -> Result<Option<String>> {
         let conn = self.lock();

@@ -374,6 +374,38 @@ pub(super) fn insert_org(tx: &Transaction<'_>, new: &NewOrg) -> Result<OrgRecord
     org_in(tx, &new.id)?.ok_or_else(|| StoreError::corrupt(format!("org {} vanished", new.id)))
 }
 
+impl Store {
+    /// Changes the org's residency, compared and set against the one the caller checked, with
+    /// its audit entry (`org.residency_changed`) in the same transaction. `false` if the org's
+    /// residency was no longer `expected`.
+    pub fn set_residency(
+        &self,
+        id: &OrgId,
+        expected: &StoredResidency,
+        new: &StoredResidency,
+        actor: &str,
+        detail: &serde_json::Value,
+    ) -> Result<bool> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let old = serde_json::to_string(expected).map_err(StoreError::corrupt)?;
+        let changed = tx.execute(
+            "UPDATE orgs SET residency = ?2 WHERE id = ?1 AND residency = ?3",
+            params![
+                id.as_str(),
+                serde_json::to_string(new).map_err(StoreError::corrupt)?,
+                old
+            ],
+        )?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        append_audit(&tx, actor, "org.residency_changed", Some(id), detail)?;
+        tx.commit()?;
+        Ok(true)
+    }
+}
+
 /// Deletes the org's desired state: its placement (its history closed at `now`), what nodes
 /// reported of it, and its row, data key included.
 pub(super) fn delete_org_in(tx: &Transaction<'_>, id: &OrgId, now: i64) -> Result<()> {
