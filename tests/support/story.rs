@@ -189,6 +189,8 @@ pub type Answer = (String, u16, Option<String>);
 /// answer; it never follows a redirect.
 pub struct Writer {
     stop: Arc<AtomicBool>,
+    /// Writes acknowledged (303) so far.
+    acks: Arc<std::sync::atomic::AtomicUsize>,
     thread: std::thread::JoinHandle<Vec<Answer>>,
 }
 
@@ -196,6 +198,8 @@ impl Writer {
     pub fn start(user: UserSession, prefix: &'static str) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let acks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = acks.clone();
         let thread = std::thread::spawn(move || {
             let mut answers = Vec::new();
             let mut i = 0;
@@ -205,12 +209,27 @@ impl Writer {
                 let (status, location) = user
                     .try_post_seen("/contacts", &[("name", &name), ("city", "Uppsala")])
                     .unwrap_or((0, None));
+                if status == 303 {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                }
                 answers.push((name, status, location));
                 std::thread::sleep(Duration::from_millis(15));
             }
             answers
         });
-        Writer { stop, thread }
+        Writer { stop, acks, thread }
+    }
+
+    /// Waits (up to 30 s) until `n` writes are acknowledged; whether they were.
+    pub fn wait_acked(&self, n: usize) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.acks.load(Ordering::Relaxed) < n {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
     }
 
     /// Stops writing; every answer, in order.
