@@ -6,6 +6,7 @@ mod bench;
 mod branches;
 mod client;
 mod dev;
+mod export;
 mod migrate;
 mod moves;
 mod nodes;
@@ -115,6 +116,9 @@ enum OrgsVerb {
     /// Change the org's residency policy: refused while anything of it (its home, backups from
     /// a region it left, a branch) is where the new policy forbids.
     SetResidency(audit::SetResidencyArgs),
+    /// GDPR export: a consistent copy of the org's data, made on its home node, with a
+    /// manifest (rows per table, SHA-256, as of when).
+    Export(export::ExportArgs),
 }
 
 /// How an operator's verb reaches the control plane.
@@ -206,6 +210,9 @@ async fn main() -> std::process::ExitCode {
         Command::Orgs {
             command: OrgsVerb::SetResidency(args),
         } => audit::set_residency(args).await,
+        Command::Orgs {
+            command: OrgsVerb::Export(args),
+        } => export::export(args).await,
         Command::Users { command } => ops::users(command).await,
         Command::Ops { command } => operations::ops(command).await,
         Command::Branch { command } => branches::branch(command).await,

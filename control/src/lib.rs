@@ -18,6 +18,7 @@ pub mod auth;
 pub mod checkpointer;
 pub mod clock;
 pub mod config;
+pub mod exports;
 pub mod geoip;
 pub mod health;
 pub mod hub;

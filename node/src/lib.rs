@@ -15,6 +15,7 @@ pub mod config;
 pub mod contacts;
 pub mod control_link;
 pub mod disk;
+pub mod export;
 pub mod gate;
 pub mod health;
 pub mod hosting;

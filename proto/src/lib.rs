@@ -11,6 +11,7 @@ mod ids;
 pub mod mask;
 pub mod migration;
 pub mod random;
+pub mod ticket;
 
 pub use data_key::DataKey;
 pub use error::{ErrorKind, HemvistError};

@@ -16,6 +16,7 @@ use hemvist_proto::{ErrorKind, HemvistError, OrgId};
 use serde::Serialize;
 
 mod branches;
+mod export;
 mod schema;
 
 use crate::metrics::Gauges;
@@ -48,6 +49,7 @@ pub fn router(plane: Arc<Plane>) -> Router {
         .route("/orgs/{id}/move", axum::routing::post(move_org))
         .route("/orgs/{id}/erase", axum::routing::post(erase_org))
         .route("/orgs/{id}/residency", axum::routing::post(set_residency))
+        .route("/orgs/{id}/export", get(export::export))
         .route("/orgs/{id}/accept-older", axum::routing::post(accept_older))
         .route("/nodes/{id}/drain", axum::routing::post(drain_node))
         .route("/nodes/{id}/undrain", axum::routing::post(undrain_node))

@@ -14,6 +14,7 @@ mod app;
 mod auth;
 mod branch;
 mod context;
+mod export;
 mod form;
 mod handoff;
 mod moved;
@@ -92,6 +93,7 @@ pub fn router_with(node: Arc<Node>, limits: &SigninLimits) -> Router {
         .route("/static/htmx-LICENSE.txt", get(|| async { HTMX_LICENSE }))
         .route(pages::CONTINUE_JS_PATH, get(continue_js))
         .route("/internal/v1/moves/{org}/catalog", get(moves::catalog))
+        .route("/internal/v1/exports/{org}", get(export::get))
         .route(
             "/internal/v1/moves/{org}/objects/{*key}",
             get(moves::object),
