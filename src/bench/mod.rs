@@ -2,6 +2,7 @@
 
 mod branch;
 mod erase;
+mod export;
 mod failover;
 mod hosting;
 mod migrate;
@@ -42,6 +43,9 @@ pub enum BenchCommand {
     /// The residency report (JSON, CSV, HTML) and `audit verify` for 10,000 orgs in three
     /// regions, beside reading the same rows with plain SQL.
     Report(report::ReportArgs),
+    /// GDPR export of 100 MB and 1 GB tenants (SQLite and JSON lines) under a writer: time,
+    /// the node's copy, writers' latency; beside VACUUM INTO and a file copy.
+    Export(export::ExportArgs),
     /// The hemvist node process `bench replication` measures (started by it, not by hand).
     #[command(hide = true)]
     ReplicationNode(replication::node::NodeArgs),
@@ -58,6 +62,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Branch(args) => branch::run(args),
         BenchCommand::Erase(args) => erase::run(args),
         BenchCommand::Report(args) => report::run(args),
+        BenchCommand::Export(args) => export::run(args),
         BenchCommand::ReplicationNode(args) => replication::node::run(args),
     }
 }
