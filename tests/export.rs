@@ -136,6 +136,23 @@ fn an_org_exported_under_writes_is_consistent_complete_and_audited() {
     assert_eq!(exported.len(), 2, "{stdout}");
     assert_eq!(exported[0]["detail"]["sha256"], manifest["sha256"]);
     assert_eq!(exported[0]["detail"]["region"], "eu-north");
+    // The residency report shows where the export was staged, in the org's region.
+    let (ok, stdout, err) = c.cli(&["audit", "report", "--org", "fjord"]);
+    assert!(ok, "{stdout}\n{err}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let staged: Vec<&Value> = report["orgs"][0]["intervals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["kind"] == "export")
+        .collect();
+    assert_eq!(staged.len(), 2, "{report}");
+    assert!(staged
+        .iter()
+        .all(|i| i["region"] == "eu-north" && i["allowed"] == true));
+    assert!(staged
+        .iter()
+        .all(|i| i["from_ms"].as_i64() <= i["to_ms"].as_i64()));
     let staging = c.node_data("eu-north").join("exports");
     let left: Vec<_> = std::fs::read_dir(&staging)
         .map(|d| d.flatten().collect())

@@ -661,13 +661,26 @@ async fn audit_report(
                 }
             }
         }
+        let mut exports: HashMap<String, Vec<(i64, i64, String, String)>> = HashMap::new();
+        for (o, at, d) in c.store.audit_of_action("org.exported")? {
+            if let Some(o) = o {
+                let text = |k: &str| d[k].as_str().unwrap_or_default().to_string();
+                let from = d["as_of_ms"].as_i64().unwrap_or(at).min(at);
+                exports
+                    .entry(o)
+                    .or_default()
+                    .push((from, at, text("region"), text("node")));
+            }
+        }
         let mut out = Vec::new();
         for o in orgs.into_iter().filter(|o| !o.id.is_branch()) {
+            let exports = exports.remove(o.id.as_str()).unwrap_or_default();
             let policy_changes = changes.remove(o.id.as_str()).unwrap_or_default();
             let initial_policy = crate::residency::ResidencyPolicy::from_stored(
                 initial.get(o.id.as_str()).unwrap_or(&o.residency),
             );
             let facts = OrgFacts {
+                exports,
                 policy_changes,
                 initial_policy,
                 spans: c.store.placement_history(&o.id)?,

@@ -1,6 +1,6 @@
 //! The residency report: per org, its policy, every region that held any byte of its data with
 //! exact time intervals (its primary, the copy being prepared during a move, its backups, its
-//! branches), every move with its reason and actor, and a verdict. Built from the store's
+//! branches, its exports' staging), every move with its reason and actor, and a verdict. Built from the store's
 //! records alone (`OrgFacts`); rendered as JSON, CSV or a self-contained HTML page for an
 //! auditor. `hemvist audit report --verify-stores` adds what each region's bucket holds
 //! (`StoreFinding`), so an object the ledger does not explain is a violation too.
@@ -25,6 +25,8 @@ pub struct OrgFacts {
     pub policy_changes: Vec<(i64, StoredResidency)>,
     /// The policy it was created with (its current one if it never changed).
     pub initial_policy: ResidencyPolicy,
+    /// Its exports: (copy started, handed over, region, node), from `org.exported`.
+    pub exports: Vec<(i64, i64, String, String)>,
 }
 
 /// The time range asked for; intervals overlapping it are shown.
@@ -43,7 +45,7 @@ impl Window {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Interval {
-    /// `primary`, `secondary` (a move's copy being prepared), `backups`, `branch`.
+    /// `primary`, `secondary` (a move's copy being prepared), `backups`, `branch`, `export`.
     pub kind: String,
     pub region: String,
     pub jurisdiction: String,
@@ -235,6 +237,16 @@ pub fn org_report(f: &OrgFacts, regions: &[RegionConfig], window: Window) -> Org
                 reason: text("reason"),
             });
         }
+    }
+    for (from, to, region, node) in &f.exports {
+        push(
+            "export",
+            region,
+            Some(node.clone()),
+            *from,
+            Some(*to),
+            "export staging on the home node, from its copy to its handover (then deleted)".into(),
+        );
     }
     let mut branches = Vec::new();
     for b in &f.branches {
