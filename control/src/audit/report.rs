@@ -124,25 +124,10 @@ fn region_of<'a>(regions: &'a [RegionConfig], id: &str) -> Option<&'a RegionConf
 /// One org's section.
 pub fn org_report(f: &OrgFacts, regions: &[RegionConfig], window: Window) -> OrgReport {
     let policy = ResidencyPolicy::from_stored(&f.org.residency);
-    // The policies in force over time: (since, policy); the first is the one it was created
-    // with (the policy before its first change).
-    let mut policies: Vec<(i64, ResidencyPolicy)> = Vec::new();
-    match f.policy_changes.first() {
-        None => policies.push((f.org.created_ms, policy.clone())),
-        Some(_) => {
-            policies.push((f.org.created_ms, ResidencyPolicy::default()));
-            for (at, p) in &f.policy_changes {
-                policies.push((*at, ResidencyPolicy::from_stored(p)));
-            }
-        }
-    }
-    let first_policy = f
-        .policy_changes
-        .first()
-        .map(|_| f.initial_policy.clone())
-        .unwrap_or_else(|| policy.clone());
-    if let Some(p) = policies.first_mut() {
-        p.1 = first_policy;
+    // The policies in force over time: (since, policy), from the one it was created with.
+    let mut policies = vec![(f.org.created_ms, f.initial_policy.clone())];
+    for (at, p) in &f.policy_changes {
+        policies.push((*at, ResidencyPolicy::from_stored(p)));
     }
     // Whether every policy in force during [from, to] allows the region.
     let allowed_during = |r: &RegionConfig, from: i64, to: Option<i64>| {

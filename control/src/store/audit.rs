@@ -136,28 +136,9 @@ impl Store {
         )?;
         let rows = stmt.query_map(
             params![q.org.map(OrgId::as_str), q.since_ms, q.after_seq, q.limit],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                    r.get::<_, String>(5)?,
-                ))
-            },
+            entry_json,
         )?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, at, actor, action, org, detail) = row?;
-            let detail: serde_json::Value =
-                serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail));
-            out.push(serde_json::json!({
-                "seq": seq, "at_ms": at, "actor": actor, "action": action, "org": org,
-                "detail": detail
-            }));
-        }
-        Ok(out)
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// The newest `limit` records of every org and of the fleet, oldest first.
@@ -167,27 +148,8 @@ impl Store {
             "SELECT seq, at_ms, actor, action, org, detail FROM
                (SELECT * FROM audit ORDER BY seq DESC LIMIT ?1) ORDER BY seq",
         )?;
-        let rows = stmt.query_map([limit], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Option<String>>(4)?,
-                r.get::<_, String>(5)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, at, actor, action, org, detail) = row?;
-            let detail: serde_json::Value =
-                serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail));
-            out.push(serde_json::json!({
-                "seq": seq, "at_ms": at, "actor": actor, "action": action, "org": org,
-                "detail": detail
-            }));
-        }
-        Ok(out)
+        let rows = stmt.query_map([limit], entry_json)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     pub fn audit_for_org(&self, org: &OrgId) -> Result<Vec<serde_json::Value>> {
@@ -215,6 +177,18 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// One entry as the API shows it, from a row of (seq, at_ms, actor, action, org, detail).
+fn entry_json(r: &rusqlite::Row<'_>) -> rusqlite::Result<serde_json::Value> {
+    let detail: String = r.get(5)?;
+    let detail: serde_json::Value =
+        serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail));
+    Ok(serde_json::json!({
+        "seq": r.get::<_, i64>(0)?, "at_ms": r.get::<_, i64>(1)?,
+        "actor": r.get::<_, String>(2)?, "action": r.get::<_, String>(3)?,
+        "org": r.get::<_, Option<String>>(4)?, "detail": detail
+    }))
 }
 
 /// What `audit_query` selects.
