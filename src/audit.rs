@@ -259,10 +259,13 @@ pub struct SetResidencyArgs {
     /// Why (kept in the audit log).
     #[arg(long)]
     pub reason: Option<String>,
-    /// Move the org there and delete the backups left where the new policy forbids (not
-    /// supported yet: the control plane refuses it and says how to proceed).
+    /// Carry the org to this region (one the new policy allows) and delete its backups where
+    /// the new policy forbids, as one audited operation.
     #[arg(long)]
     pub move_to: Option<String>,
+    /// With --move-to: follow the operation until it is done (exit 0) or rolled back (exit 1).
+    #[arg(long)]
+    pub wait: bool,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -278,12 +281,61 @@ pub async fn set_residency(args: SetResidencyArgs) -> anyhow::Result<()> {
             &serde_json::json!({"policy": args.policy, "reason": args.reason, "move_to": args.move_to}),
         )
         .await?;
+    if done["kind"].as_str() != Some("set-residency") {
+        if args.api.json {
+            outln!("{}", serde_json::to_string_pretty(&done)?);
+        } else {
+            outln!(
+                "org {org}'s residency is now {}",
+                done["residency"].as_str().unwrap_or("")
+            );
+        }
+        return Ok(());
+    }
+    let id = crate::operations::OperationId::parse(done["id"].as_str().unwrap_or_default())?;
+    if !args.wait {
+        if args.api.json {
+            outln!("{}", serde_json::to_string_pretty(&done)?);
+        } else {
+            outln!(
+                "residency change {id} started: org {org} from {} to {}, carried to {}",
+                done["detail"]["from_policy"].as_str().unwrap_or(""),
+                done["detail"]["to_policy"].as_str().unwrap_or(""),
+                done["detail"]["move_to"].as_str().unwrap_or("")
+            );
+            outln!("  follow it: hemvist ops show {id}   (hemvist ops cancel {id} stops it before the org is carried over)");
+        }
+        return Ok(());
+    }
+    let ended = crate::operations::follow_phases(&client, &id, args.api.json, true).await?;
     if args.api.json {
-        outln!("{}", serde_json::to_string_pretty(&done)?);
-    } else {
+        outln!("{ended}");
+    }
+    if ended["phase"].as_str() != Some("done") {
+        anyhow::bail!(
+            "{id} ended in phase {}: {}",
+            ended["phase"].as_str().unwrap_or("?"),
+            ended["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    if !args.api.json {
+        let purged: Vec<String> = ended["detail"]["purged"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r[0].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
         outln!(
-            "org {org}'s residency is now {}",
-            done["residency"].as_str().unwrap_or("")
+            "org {org}'s residency is now {}; it lives in {}{}",
+            ended["detail"]["to_policy"].as_str().unwrap_or(""),
+            ended["detail"]["move_to"].as_str().unwrap_or(""),
+            if purged.is_empty() {
+                String::new()
+            } else {
+                format!("; its backups were deleted from {}", purged.join(", "))
+            }
         );
     }
     Ok(())

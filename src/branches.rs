@@ -4,7 +4,6 @@
 //! watching stops nothing).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -267,27 +266,7 @@ async fn finish(
         outln!("  follow it: hemvist ops show {id}");
         return Ok(());
     }
-    let started = Instant::now();
-    let mut last = String::new();
-    let ended = loop {
-        let now = operations::fetch(client, &id).await?;
-        let phase = s(&now, "phase");
-        if phase != last {
-            if json {
-                outln!(
-                    "{}",
-                    json!({"operation": id.to_string(), "phase": phase, "at_ms": hemvist_node::clock::now_ms()})
-                );
-            } else {
-                outln!("  {:>6.1} s  {phase}", started.elapsed().as_secs_f64());
-            }
-            last = phase;
-        }
-        if !now["finished_ms"].is_null() {
-            break now;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let ended = operations::follow_phases(client, &id, json, false).await?;
     if json {
         outln!("{ended}");
     }

@@ -68,6 +68,48 @@ pub async fn fetch(client: &Client, id: &OperationId) -> anyhow::Result<Value> {
     client.get(&format!("/operations/{id}")).await
 }
 
+/// Follows an operation to its end, a line per phase it enters (with `--json`, a JSON line);
+/// its last view. `children` also names the phase of the operation it runs (a residency
+/// change's move).
+pub async fn follow_phases(
+    client: &Client,
+    id: &OperationId,
+    json: bool,
+    children: bool,
+) -> anyhow::Result<Value> {
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        let now = fetch(client, id).await?;
+        let mut phase = s(&now, "phase");
+        if children {
+            if let Some(c) = now["children"].as_array().and_then(|c| c.last()) {
+                phase = format!(
+                    "{phase} ({} {}: {})",
+                    s(c, "kind"),
+                    s(c, "id"),
+                    s(c, "phase")
+                );
+            }
+        }
+        if phase != last {
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::json!({"operation": id.to_string(), "phase": phase, "at_ms": hemvist_node::clock::now_ms()})
+                );
+            } else {
+                outln!("  {:>6.1} s  {phase}", started.elapsed().as_secs_f64());
+            }
+            last = phase;
+        }
+        if !now["finished_ms"].is_null() {
+            return Ok(now);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 pub async fn ops(command: OpsCommand) -> anyhow::Result<()> {
     match command {
         OpsCommand::List { api } => {

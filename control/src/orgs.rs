@@ -541,7 +541,9 @@ impl Plane {
                 .store
                 .open_operations()?
                 .into_iter()
-                .find(|o| o.org.as_ref() == Some(&id)),
+                .filter(|o| o.org.as_ref() == Some(&id))
+                // The owner, not a child it runs.
+                .min_by_key(|o| o.parent.is_some()),
             org: self.view(org)?,
         })
     }

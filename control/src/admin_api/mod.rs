@@ -252,8 +252,9 @@ async fn move_org(
     Ok((StatusCode::ACCEPTED, Json(op)).into_response())
 }
 
-/// `POST /orgs/{id}/residency {"policy": "EU", "reason": …}`: 200 with the org, or 422 naming
-/// every place the new policy forbids.
+/// `POST /orgs/{id}/residency {"policy": "EU", "reason": …, "move_to"?: REGION}`: 200 with the
+/// org's new policy; 202 with the operation that carries it over first (`move_to`); or 422
+/// naming every place the new policy forbids (nothing changes).
 async fn set_residency(
     State(plane): State<Arc<Plane>>,
     axum::Extension(Actor(actor)): axum::Extension<Actor>,
@@ -265,11 +266,18 @@ async fn set_residency(
 ) -> Result<impl IntoResponse, ApiError> {
     let Path(id) = id.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
     let req = json_body(body)?;
-    let org = blocking(&plane, move |c| c.set_residency(&id, req, &actor)).await?;
-    Ok(Json(serde_json::json!({
-        "id": org.id,
-        "residency": crate::residency::ResidencyPolicy::from_stored(&org.residency).describe(),
-    })))
+    use crate::residency_change::ResidencyOutcome;
+    Ok(
+        match blocking(&plane, move |c| c.set_residency(&id, req, &actor)).await? {
+            ResidencyOutcome::Changed(org) => Json(serde_json::json!({
+                "id": org.id,
+                "residency": crate::residency::ResidencyPolicy::from_stored(&org.residency)
+                    .describe(),
+            }))
+            .into_response(),
+            ResidencyOutcome::Started(op) => (StatusCode::ACCEPTED, Json(op)).into_response(),
+        },
+    )
 }
 
 /// `POST /orgs/{id}/erase {"confirm": ID}`: 202 with the erasure's operation.
@@ -634,10 +642,24 @@ async fn audit_report(
             None => c.store.orgs()?,
         };
         let mut moves: HashMap<String, Vec<crate::store::OperationRecord>> = HashMap::new();
+        let mut purges: HashMap<String, Vec<(i64, String, String)>> = HashMap::new();
         for op in c.store.operations()? {
+            let Some(o) = op.org.as_ref().map(|o| o.to_string()) else {
+                continue;
+            };
             if op.kind == "move" {
-                if let Some(o) = &op.org {
-                    moves.entry(o.to_string()).or_default().push(op);
+                moves.entry(o).or_default().push(op);
+            } else if op.kind == "set-residency" {
+                let at = op.detail["purged_ms"].as_i64();
+                let regions = op.detail["purged"].as_array().cloned().unwrap_or_default();
+                for r in regions {
+                    if let (Some(at), Some(region)) = (at, r[0].as_str()) {
+                        purges.entry(o.clone()).or_default().push((
+                            at,
+                            region.to_string(),
+                            op.id.clone(),
+                        ));
+                    }
                 }
             }
         }
@@ -680,6 +702,7 @@ async fn audit_report(
                 initial.get(o.id.as_str()).unwrap_or(&o.residency),
             );
             let facts = OrgFacts {
+                purges: purges.remove(o.id.as_str()).unwrap_or_default(),
                 exports,
                 policy_changes,
                 initial_policy,

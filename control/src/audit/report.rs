@@ -27,6 +27,8 @@ pub struct OrgFacts {
     pub initial_policy: ResidencyPolicy,
     /// Its exports: (copy started, handed over, region, node), from `org.exported`.
     pub exports: Vec<(i64, i64, String, String)>,
+    /// Its backups deleted from a region by a residency change: (when, region, operation).
+    pub purges: Vec<(i64, String, String)>,
 }
 
 /// The time range asked for; intervals overlapping it are shown.
@@ -176,19 +178,26 @@ pub fn org_report(f: &OrgFacts, regions: &[RegionConfig], window: Window) -> Org
             s.to_ms,
             format!("generation {}, {why}", s.generation),
         );
-        let kept = if s.to_ms.is_some() {
-            "continuous backups while it lived here; kept afterwards for the nodes' retention period, restorable"
-        } else {
-            "continuous backups"
+        // Backups outlive the span: kept for the nodes' retention period, or until a residency
+        // change deleted them from the region.
+        let purged = s.to_ms.and_then(|left| {
+            f.purges
+                .iter()
+                .filter(|(at, region, _)| *at >= left && region == s.region.as_str())
+                .min_by_key(|(at, _, _)| *at)
+        });
+        let (to, kept) = match (s.to_ms, purged) {
+            (Some(_), Some((at, _, op))) => (
+                Some(*at),
+                format!("continuous backups while it lived here; kept until deleted by residency change {op}"),
+            ),
+            (Some(left), None) => (
+                Some(left),
+                "continuous backups while it lived here; kept afterwards for the nodes' retention period, restorable".to_string(),
+            ),
+            (None, _) => (None, "continuous backups".to_string()),
         };
-        push(
-            "backups",
-            s.region.as_str(),
-            None,
-            s.from_ms,
-            s.to_ms,
-            kept.into(),
-        );
+        push("backups", s.region.as_str(), None, s.from_ms, to, kept);
     }
     let mut moves = Vec::new();
     for m in &f.moves {

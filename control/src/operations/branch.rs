@@ -196,6 +196,12 @@ impl Plane {
                     op.id
                 )));
             }
+            if op.kind == OperationKind::SetResidency.as_str() {
+                return Err(HemvistError::conflict(format!(
+                    "org {parent} is changing its residency ({}): branch it once that is done",
+                    op.id
+                )));
+            }
         }
         let id = OrgId::branch(&parent, req.name.trim())?;
         if let Some(live) = self.store.branch(&id)?.filter(|b| b.destroyed_ms.is_none()) {

@@ -10,7 +10,8 @@ use hemvist_proto::HemvistError;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    branch, branch_destroy, drain, erase, failover, move_org, rollback, rollout, OperationKind,
+    branch, branch_destroy, drain, erase, failover, move_org, rollback, rollout, set_residency,
+    OperationKind,
 };
 use crate::plane::Plane;
 
@@ -55,6 +56,7 @@ fn step_all(plane: &Plane) -> Result<(), HemvistError> {
             Some(OperationKind::Branch) => branch::step(plane, record),
             Some(OperationKind::BranchDestroy) => branch_destroy::step(plane, record),
             Some(OperationKind::Erase) => erase::step(plane, record),
+            Some(OperationKind::SetResidency) => set_residency::step(plane, record),
             None => Err(HemvistError::internal(format!(
                 "operation {id} is of kind {:?}, which this control plane does not know",
                 record.kind

@@ -18,6 +18,7 @@ pub mod failover;
 pub mod move_org;
 pub mod rollback;
 pub mod rollout;
+pub mod set_residency;
 
 use std::sync::Mutex;
 
@@ -60,6 +61,7 @@ pub enum OperationKind {
     Branch,
     BranchDestroy,
     Erase,
+    SetResidency,
 }
 
 impl OperationKind {
@@ -72,6 +74,7 @@ impl OperationKind {
             OperationKind::Branch => "branch",
             OperationKind::BranchDestroy => "branch-destroy",
             OperationKind::Erase => "erase",
+            OperationKind::SetResidency => "set-residency",
         }
     }
 
@@ -84,6 +87,7 @@ impl OperationKind {
             OperationKind::Branch,
             OperationKind::BranchDestroy,
             OperationKind::Erase,
+            OperationKind::SetResidency,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -164,7 +168,32 @@ impl Plane {
         actor: &str,
         detail: serde_json::Value,
     ) -> Result<Operation<P>, HemvistError> {
-        self.start_operation(Some(org), first, actor, detail)
+        self.start_operation(Some(org), first, actor, detail, None)
+    }
+
+    /// Starts an operation of `P`'s kind on `org` as a step of `parent`, the unfinished
+    /// operation that owns the org (a residency change's move). A conflict if `parent` is not
+    /// that, or already runs an unfinished child.
+    pub fn begin_child<P: Phase>(
+        &self,
+        org: &OrgId,
+        first: P,
+        actor: &str,
+        detail: serde_json::Value,
+        parent: &str,
+    ) -> Result<Operation<P>, HemvistError> {
+        if let Some(open) = self
+            .store
+            .children_of(parent)?
+            .into_iter()
+            .find(|c| c.finished_ms.is_none())
+        {
+            return Err(HemvistError::conflict(format!(
+                "operation {parent} already runs {} {} (in phase {})",
+                open.kind, open.id, open.phase
+            )));
+        }
+        self.start_operation(Some(org), first, actor, detail, Some(parent))
     }
 
     /// Starts an operation of `P`'s kind on the whole fleet; a conflict if another is
@@ -175,7 +204,7 @@ impl Plane {
         actor: &str,
         detail: serde_json::Value,
     ) -> Result<Operation<P>, HemvistError> {
-        self.start_operation(None, first, actor, detail)
+        self.start_operation(None, first, actor, detail, None)
     }
 
     fn start_operation<P: Phase>(
@@ -184,8 +213,13 @@ impl Plane {
         first: P,
         actor: &str,
         detail: serde_json::Value,
+        parent: Option<&str>,
     ) -> Result<Operation<P>, HemvistError> {
-        if let Some(open) = self.store.open_operation_of(org)? {
+        if let Some(open) = self
+            .store
+            .open_operation_of(org)?
+            .filter(|open| Some(open.id.as_str()) != parent)
+        {
             return Err(HemvistError::conflict(match org {
                 Some(org) => format!(
                     "org {org} is busy: {} {} is in phase {}",
@@ -213,9 +247,15 @@ impl Plane {
                 phase: first.as_str(),
                 requested_by: actor,
                 detail: &detail,
+                parent,
             },
             &format!("{}.started", P::KIND.as_str()),
-            &serde_json::json!({ "operation": id, "phase": first.as_str(), "detail": detail }),
+            &serde_json::json!({
+                "operation": id,
+                "phase": first.as_str(),
+                "detail": detail,
+                "parent": parent,
+            }),
         )?;
         tracing::info!(operation = %id, org = ?org, phase = first.as_str(), %actor, "operation started");
         hemvist_proto::failpoints::check(&format!(
@@ -547,6 +587,17 @@ impl Plane {
         v["steps"] =
             serde_json::to_value(steps).map_err(|e| HemvistError::internal(e.to_string()))?;
         v["progress"] = progress.unwrap_or(serde_json::Value::Null);
+        v["children"] = self
+            .store
+            .children_of(id)?
+            .into_iter()
+            .map(|c| {
+                serde_json::json!({
+                    "id": c.id, "kind": c.kind, "phase": c.phase, "finished_ms": c.finished_ms,
+                    "error": c.error,
+                })
+            })
+            .collect();
         v["stalled"] = lock(&self.ops.stalled)
             .get(id)
             .map(|s| serde_json::to_value(s).unwrap_or_default())
@@ -557,13 +608,14 @@ impl Plane {
         Ok(v)
     }
 
-    /// Cancels an operation as its kind allows: a move rolls back before its switch, a
-    /// rollout is aborted; a failover cannot be cancelled.
+    /// Cancels an operation as its kind allows: a move rolls back before its switch (and a
+    /// residency change with it), a rollout is aborted; a failover cannot be cancelled.
     pub fn cancel_operation(&self, id: &str, actor: &str) -> Result<OperationRecord, HemvistError> {
         let record = self.operation(id)?;
         match OperationKind::parse(&record.kind) {
             Some(OperationKind::Move) => self.cancel_move(id, actor),
             Some(OperationKind::Rollout) => self.abort_rollout(id, actor),
+            Some(OperationKind::SetResidency) => self.cancel_residency_change(id, actor),
             _ => Err(HemvistError::conflict(format!(
                 "operation {id} is a {}, which cannot be cancelled",
                 record.kind
@@ -578,7 +630,8 @@ impl Plane {
     }
 }
 
-/// Drives the `Destroy` step of `op` on `node` (a branch's or an erased org's copy there);
+/// Drives the `Destroy` step of `op` on `node` (a branch's, an erased org's, or a forbidden
+/// region's copy there);
 /// whether it is done. A node that fails it raises an alarm and is asked again.
 pub(crate) fn destroy_on_node<P: Phase>(
     plane: &Plane,
@@ -609,7 +662,7 @@ pub(crate) fn destroy_on_node<P: Phase>(
             // A node that cannot delete what it holds is an alarm, not a reason to forget it.
             plane.watch_stall(op, 0, || {
                 format!(
-                    "{node} to destroy the branch; it failed: {}",
+                    "{node} to destroy its copy of {org}; it failed: {}",
                     cmd.error.as_deref().unwrap_or("no reason given")
                 )
             });
@@ -628,7 +681,7 @@ pub(crate) fn destroy_on_node<P: Phase>(
         }
         _ => {
             plane.watch_stall(op, plane.config.move_stall_ms as i64, || {
-                format!("{node} to destroy the branch (is it up?)")
+                format!("{node} to destroy its copy of {org} (is it up?)")
             });
             Ok(false)
         }

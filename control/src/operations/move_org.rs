@@ -172,6 +172,18 @@ impl Plane {
         req: MoveRequest,
         actor: &str,
     ) -> Result<OperationRecord, HemvistError> {
+        self.start_move(org, req, actor, None)
+    }
+
+    /// As [`Plane::request_move`], as a step of `parent` (the operation owning the org) when
+    /// given.
+    pub(crate) fn start_move(
+        &self,
+        org: &str,
+        req: MoveRequest,
+        actor: &str,
+        parent: Option<&str>,
+    ) -> Result<OperationRecord, HemvistError> {
         let org = OrgId::parse(org)?;
         let to_region = RegionId::parse(&req.to)?;
         let record = self
@@ -277,7 +289,16 @@ impl Plane {
             rolled_back_from: None,
             note: None,
         };
-        let op = self.begin(&org, MovePhase::Copying, actor, detail_json(&detail)?)?;
+        let op = match parent {
+            None => self.begin(&org, MovePhase::Copying, actor, detail_json(&detail)?)?,
+            Some(parent) => self.begin_child(
+                &org,
+                MovePhase::Copying,
+                actor,
+                detail_json(&detail)?,
+                parent,
+            )?,
+        };
         self.wake_operations.notify_one();
         Ok(op.record)
     }

@@ -25,6 +25,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0011_schema_files.sql"),
     include_str!("migrations/0012_branches.sql"),
     include_str!("migrations/0013_erasures.sql"),
+    include_str!("migrations/0014_operation_parent.sql"),
 ];
 
 pub struct Store {

@@ -11,6 +11,9 @@ pub enum StoreError {
     /// A write broke a uniqueness or reference rule.
     #[error("control store: conflict: {0}")]
     Conflict(rusqlite::Error),
+    /// A write that depends on a row no longer as required (an operation's parent ended).
+    #[error("control store: conflict: {0}")]
+    Stale(String),
     /// A row holds what this binary cannot read (a malformed id, an unknown command kind or
     /// state): retrying cannot help.
     #[error("control store: corrupt row: {0}")]
@@ -51,7 +54,7 @@ impl StoreError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             StoreError::Busy(_) => ErrorKind::Unavailable,
-            StoreError::Conflict(_) => ErrorKind::Conflict,
+            StoreError::Conflict(_) | StoreError::Stale(_) => ErrorKind::Conflict,
             StoreError::Corrupt(_)
             | StoreError::TooNew { .. }
             | StoreError::Migration { .. }

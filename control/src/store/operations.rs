@@ -28,6 +28,8 @@ pub struct OperationRecord {
     pub error: Option<String>,
     /// What the operation carries beyond its phase (JSON; the domain's to read).
     pub detail: serde_json::Value,
+    /// The operation this one is a step of (a residency change's move), if any.
+    pub parent: Option<String>,
 }
 
 /// An operation to start in its first phase.
@@ -38,6 +40,8 @@ pub struct NewOperation<'a> {
     pub phase: &'a str,
     pub requested_by: &'a str,
     pub detail: &'a serde_json::Value,
+    /// Started as a step of this unfinished operation of the same org (which owns the org).
+    pub parent: Option<&'a str>,
 }
 
 /// A phase change: from the phase last seen, to the next one, with its audit entry.
@@ -57,7 +61,7 @@ pub struct Transition<'a> {
 }
 
 const SELECT: &str = "SELECT id, kind, org, phase, requested_by, started_ms, updated_ms,
-    finished_ms, error_kind, error, detail FROM operations";
+    finished_ms, error_kind, error, detail, parent FROM operations";
 
 type Row = (
     String,
@@ -71,6 +75,7 @@ type Row = (
     Option<String>,
     Option<String>,
     String,
+    Option<String>,
 );
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
@@ -86,6 +91,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         r.get(8)?,
         r.get(9)?,
         r.get(10)?,
+        r.get(11)?,
     ))
 }
 
@@ -102,6 +108,7 @@ fn check(row: Row) -> Result<OperationRecord> {
         error_kind,
         error,
         detail,
+        parent,
     ) = row;
     Ok(OperationRecord {
         id,
@@ -118,6 +125,7 @@ fn check(row: Row) -> Result<OperationRecord> {
         error_kind: super::error::stored_error_kind(error_kind)?,
         error,
         detail: serde_json::from_str(&detail).map_err(StoreError::corrupt)?,
+        parent,
     })
 }
 
@@ -140,10 +148,25 @@ impl Store {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let now = now_ms();
-        // The partial unique index refuses a second unfinished operation of the org: Conflict.
+        if let Some(parent) = new.parent {
+            let open: Option<String> = tx
+                .query_row(
+                    "SELECT org FROM operations WHERE id = ?1 AND finished_ms IS NULL",
+                    [parent],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if open.as_deref() != Some(new.org.map_or("", |o| o.as_str())) {
+                return Err(StoreError::Stale(format!(
+                    "operation {parent} is not an unfinished operation of the same org"
+                )));
+            }
+        }
+        // The partial unique indexes refuse a second unfinished owner, or a second unfinished
+        // child, of the org: Conflict.
         tx.execute(
             "INSERT INTO operations (id, kind, org, phase, requested_by, started_ms, updated_ms,
-               detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
+               detail, parent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8)",
             params![
                 new.id,
                 new.kind,
@@ -151,7 +174,8 @@ impl Store {
                 new.phase,
                 new.requested_by,
                 now,
-                new.detail.to_string()
+                new.detail.to_string(),
+                new.parent
             ],
         )?;
         append_audit(&tx, new.requested_by, action, new.org, audit)?;
@@ -230,7 +254,10 @@ impl Store {
     /// The unfinished operation of `org` (`None`: the unfinished fleet operation), if any.
     pub fn open_operation_of(&self, org: Option<&OrgId>) -> Result<Option<OperationRecord>> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(&format!("{SELECT} WHERE org = ?1 AND finished_ms IS NULL"))?;
+        // The owner first, before a child it runs.
+        let mut stmt = conn.prepare(&format!(
+            "{SELECT} WHERE org = ?1 AND finished_ms IS NULL ORDER BY parent IS NOT NULL"
+        ))?;
         let mut rows = stmt.query_map([org.map_or("", |o| o.as_str())], row)?;
         rows.next().map(|r| check(r?)).transpose()
     }
@@ -263,6 +290,16 @@ impl Store {
         .collect()
     }
 
+    /// The operations started as steps of `parent`, oldest first.
+    pub fn children_of(&self, parent: &str) -> Result<Vec<OperationRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!(
+            "{SELECT} WHERE parent = ?1 ORDER BY started_ms, id"
+        ))?;
+        let rows = stmt.query_map([parent], row)?;
+        rows.map(|r| check(r?)).collect()
+    }
+
     pub fn open_operations(&self) -> Result<Vec<OperationRecord>> {
         let conn = self.lock();
         let mut stmt = conn.prepare(&format!("{SELECT} WHERE finished_ms IS NULL ORDER BY id"))?;
@@ -285,6 +322,7 @@ mod tests {
                 phase: "preparing",
                 requested_by: "ops",
                 detail: &json!({"to": "eu-central"}),
+                parent: None,
             },
             "move.started",
             &json!({"to": "eu-central"}),
@@ -343,5 +381,68 @@ mod tests {
         assert_eq!(store.operations().unwrap().len(), 2);
         // Every start and transition is in the audit chain, which still verifies.
         assert_eq!(store.verify_audit().unwrap(), Ok(4));
+    }
+
+    fn child(store: &Store, id: &str, org: &OrgId, parent: &str) -> Result<OperationRecord> {
+        store.start_operation(
+            &NewOperation {
+                id,
+                kind: "move",
+                org: Some(org),
+                phase: "copying",
+                requested_by: "ops",
+                detail: &json!({}),
+                parent: Some(parent),
+            },
+            "move.started",
+            &json!({}),
+        )
+    }
+
+    #[test]
+    fn an_owner_may_run_one_child_at_a_time_and_only_while_it_is_unfinished() {
+        let (store, _) = super::super::db::temp_store();
+        let org = OrgId::parse("acme").unwrap();
+        let other = OrgId::parse("globex").unwrap();
+        start(&store, "owner", &org).unwrap();
+        start(&store, "elsewhere", &other).unwrap();
+        let c = child(&store, "child-1", &org, "owner").unwrap();
+        assert_eq!(c.parent.as_deref(), Some("owner"));
+        assert!(matches!(
+            child(&store, "child-2", &org, "owner"),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(
+            matches!(
+                child(&store, "child-x", &org, "elsewhere"),
+                Err(StoreError::Stale(_))
+            ),
+            "a parent of another org is refused"
+        );
+        assert_eq!(
+            store.open_operation_of(Some(&org)).unwrap().unwrap().id,
+            "owner",
+            "the owner is the org's open operation, not its child"
+        );
+        store
+            .advance_operation(&step("child-1", "copying", "done", true))
+            .unwrap()
+            .unwrap();
+        child(&store, "child-2", &org, "owner").unwrap();
+        let kids: Vec<String> = store
+            .children_of("owner")
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(kids, ["child-1", "child-2"]);
+        store
+            .advance_operation(&step("owner", "preparing", "done", true))
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            child(&store, "child-3", &org, "owner"),
+            Err(StoreError::Stale(_))
+        ));
     }
 }

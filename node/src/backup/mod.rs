@@ -5,8 +5,9 @@
 //! the region's object store. Nothing here knows the node above it: the replicator is given the
 //! tenant files and the hosted state it ships from.
 //!
-//! Keeps true: every object is created once under its generation and never overwritten, and
-//! nothing a restore needs is removed or checkpointed away before it is in the store.
+//! Keeps true: every object is created once under its generation and never overwritten (but a
+//! pack scrubbed of a purged org, which keeps every other tenant's bytes), and nothing a restore
+//! needs is removed or checkpointed away before it is in the store.
 
 use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;

@@ -3,7 +3,7 @@
 //! [`segment`] (single-body objects), [`snapshot`] (chunked), [`pack`], [`index`].
 //!
 //! Keys, per tenant and generation (DESIGN invariant 1: the generation is in every key and an
-//! object is created once, never overwritten):
+//! object is created once, never overwritten, but for a pack scrubbed of a purged tenant):
 //!
 //! ```text
 //! tenants/{org}/g{generation:010}/snap/{lsn:016x}-{time_ms:013}.hvb           a whole database
@@ -19,7 +19,8 @@
 //! Keeps true: every object is LZ4-compressed, checksummed, and (with the org's data key, which
 //! every org created by the control plane has) sealed, and is read back only after the
 //! checksum, the header against its name, and the seal have passed. Destroying a key erases
-//! the org's data even inside shared packs.
+//! the org's data even inside shared packs; a purge also scrubs it out of them
+//! ([`scrub_pack`]), the only time an object is written again.
 
 mod crypto;
 mod header;
@@ -36,7 +37,7 @@ use hemvist_proto::DataKey;
 
 pub use index::{decode_index, encode_index, PackRef, INDEX_EVERY_MS};
 pub use keys::{pack_key, parse_pack_key, tenant_prefix, Kind, ObjectName};
-pub use pack::{decode_pack_index, encode_pack};
+pub use pack::{decode_pack_index, encode_pack, raw_index, scrub_pack, SCRUBBED};
 pub use segment::{encode_segment, Body, Decoded};
 pub use snapshot::{
     encode_snapshot, open_chunk, open_chunk_into, snapshot_head, ChunkBuffers, SnapshotHead,

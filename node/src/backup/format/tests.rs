@@ -190,3 +190,50 @@ fn packs_hold_segments_byte_for_byte_and_index_them() {
     bad[3] ^= 1;
     assert!(decode_index(&idx, &bad).is_err());
 }
+
+#[test]
+fn a_scrubbed_pack_keeps_its_length_and_every_other_segment_in_place() {
+    let other = OrgId::parse("other").expect("org");
+    let mut b = name(Kind::Segment, 9, 12);
+    b.org = other.clone();
+    let segs = vec![
+        (name(Kind::Segment, 1, 5), vec![7u8; 300]),
+        (b.clone(), vec![8u8; 200]),
+        (name(Kind::Segment, 5, 9), vec![9u8; 100]),
+    ];
+    let (pack, index_len, places) = encode_pack(&segs);
+    let key = pack_key("n1", 1_764_000_000_000, 1, index_len);
+    let mut scrubbed = pack.clone();
+    let n = scrub_pack(&key, &mut scrubbed, |n| n.org != other).expect("scrub");
+    assert_eq!((n, scrubbed.len()), (2, pack.len()));
+    let (bo, bl) = places[1];
+    assert_eq!(&scrubbed[..bo as usize], &[0u8; 300][..]);
+    assert_eq!(
+        &scrubbed[bo as usize..(bo + bl) as usize],
+        &pack[bo as usize..(bo + bl) as usize]
+    );
+    assert!(scrubbed[(bo + bl) as usize..pack.len() - index_len]
+        .iter()
+        .all(|x| *x == 0));
+    let tail = &scrubbed[scrubbed.len() - index_len..];
+    assert_eq!(
+        decode_pack_index(&key, tail).expect("index"),
+        vec![(b, bo, bl)]
+    );
+    let raw = raw_index(&key, tail).expect("raw");
+    assert_eq!(raw.iter().filter(|e| e.0 == SCRUBBED).count(), 2);
+    // Again: nothing of them is left, nothing changes.
+    let again = scrubbed.clone();
+    assert_eq!(
+        scrub_pack(&key, &mut scrubbed, |n| n.org != other).expect("again"),
+        0
+    );
+    assert_eq!(scrubbed, again);
+    // A damaged index is refused, the pack left as it was.
+    let mut damaged = pack.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    let before = damaged.clone();
+    assert!(scrub_pack(&key, &mut damaged, |_| true).is_err());
+    assert_eq!(damaged, before);
+}

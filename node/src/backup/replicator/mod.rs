@@ -2,7 +2,8 @@
 //! This file holds the [`Replicator`] its callers see and the pass loop; each job has its own
 //! module and state: [`dirty`] (what waits to be shipped, and who waits for it), [`state`]
 //! (`backup.db`), [`ship`] (segments, snapshots, checkpoints), [`packs`] (packs and index
-//! objects), [`retention`], [`upload`], [`metrics`].
+//! objects), [`retention`], [`scrub`] (a purged org out of shared packs), [`upload`],
+//! [`metrics`].
 //!
 //! Keeps true:
 //! - Cost grows with activity, not tenants: a tenant is looked at only after a write marks it
@@ -19,8 +20,11 @@ mod dirty;
 mod metrics;
 mod packs;
 mod retention;
+mod scrub;
 mod ship;
 mod state;
+#[cfg(test)]
+mod tests;
 mod upload;
 
 use std::path::Path;
@@ -69,6 +73,8 @@ pub struct Replicator {
     foreign: std::sync::atomic::AtomicBool,
     /// When dropped generations were last looked at for expiry.
     departed_checked: std::sync::atomic::AtomicI64,
+    /// Held while a pack is deleted or scrubbed ([`Uploader::pack_lock`]).
+    pack_lock: tokio::sync::Mutex<()>,
 }
 
 impl Replicator {
@@ -80,9 +86,23 @@ impl Replicator {
         hosted: Arc<NodeState>,
         disk: Arc<Disk>,
     ) -> anyhow::Result<Self> {
+        let replicator = Self::new(data_dir, config, node_id, tenants, hosted, disk)?;
+        crate::tenants::checkpoints_by_backup();
+        Ok(replicator)
+    }
+
+    /// As [`Replicator::open`], leaving the tenants' own checkpoints to them (a process-wide
+    /// switch, which tests of other modules must not see).
+    fn new(
+        data_dir: &Path,
+        config: BackupConfig,
+        node_id: NodeId,
+        tenants: Arc<TenantStore>,
+        hosted: Arc<NodeState>,
+        disk: Arc<Disk>,
+    ) -> anyhow::Result<Self> {
         let store = config.open()?;
         let db = BackupDb::open(data_dir)?;
-        crate::tenants::checkpoints_by_backup();
         let packs = Packs::new(&db);
         Ok(Self {
             store,
@@ -98,6 +118,7 @@ impl Replicator {
             pressure_checked: Default::default(),
             foreign: Default::default(),
             departed_checked: Default::default(),
+            pack_lock: Default::default(),
         })
     }
 
@@ -130,6 +151,7 @@ impl Replicator {
             store: &self.store,
             metrics: &self.metrics,
             timeout: Duration::from_millis(self.config.put_timeout_ms),
+            pack_lock: &self.pack_lock,
         }
     }
 
@@ -453,11 +475,27 @@ impl Replicator {
     }
 
     /// Deletes every backup object of `org` in the store now, whatever the retention window
-    /// (a destroyed branch): its own objects of every generation, and its packed segments
-    /// released (a pack goes with its last needed segment; what other tenants' packs still
-    /// hold of it stays sealed with its key, which is destroyed with it). The org must no
-    /// longer be hosted here. How many of its objects were deleted.
+    /// (a destroyed branch, an erased org, a region its residency no longer allows): its own
+    /// objects of every generation, and its packed segments released (a pack goes with its
+    /// last needed segment) and scrubbed out of the packs other tenants still need, whether or
+    /// not its key lives on ([`scrub`]). Asked again after stopping half-way, it finishes. The
+    /// org must no longer be hosted here. How many of its objects were deleted.
     pub async fn purge(&self, org: &OrgId) -> anyhow::Result<usize> {
+        // Before anything is released: afterwards, nothing in the store says where they were.
+        scrub::record(self.up(), &self.db, org).await?;
+        let before = self.release_all(org).await?;
+        let scrubbed = scrub::scrub(self.up(), &self.db, org).await?;
+        let left = restore::listed(&self.store, org).await?.len();
+        if left > 0 {
+            anyhow::bail!("{left} backup objects of {org} are still listed after deleting them");
+        }
+        tracing::info!(%org, objects = before, packs_scrubbed = scrubbed, "purged the org's backups");
+        Ok(before)
+    }
+
+    /// Deletes the org's own objects and releases its packed segments; how many objects it
+    /// found to delete.
+    async fn release_all(&self, org: &OrgId) -> anyhow::Result<usize> {
         self.index_org(org).await?;
         self.forget(org)?;
         let before = restore::listed(&self.store, org).await?.len();
@@ -467,10 +505,6 @@ impl Replicator {
         }
         // What other nodes shipped of it (before a failover, say) goes too.
         retention::expire_departed(self.up(), &self.db, org, u64::MAX).await?;
-        let left = restore::listed(&self.store, org).await?.len();
-        if left > 0 {
-            anyhow::bail!("{left} backup objects of {org} are still listed after deleting them");
-        }
         Ok(before)
     }
 

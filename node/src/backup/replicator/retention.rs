@@ -103,7 +103,7 @@ async fn remove(up: Uploader<'_>, db: &BackupDb, expired: &[&ObjectName]) -> any
 }
 
 /// The packed segments the index objects among `expired` list.
-async fn index_refs(
+pub(super) async fn index_refs(
     up: Uploader<'_>,
     expired: &[&ObjectName],
 ) -> anyhow::Result<Vec<format::PackRef>> {
@@ -143,7 +143,10 @@ async fn release_packed(up: Uploader<'_>, db: &BackupDb, pack: &str) -> anyhow::
     Ok(())
 }
 
+/// Deletes a pack this node wrote, under the pack lock: a scrub in flight finishes first, and
+/// one after finds it gone.
 async fn delete_pack(up: Uploader<'_>, db: &BackupDb, pack: &str) -> anyhow::Result<()> {
+    let _held = up.pack_lock.lock().await;
     up.store.delete(&ObjectPath::from(pack)).await?;
     up.metrics.deletes.fetch_add(1, Ordering::Relaxed);
     db.forget_pack(pack)?;

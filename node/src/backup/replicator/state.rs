@@ -1,6 +1,7 @@
-//! `backup.db`: what was shipped of each tenant, and which packs this node wrote and how many
-//! of their segments a restore may still need; and, in memory, whose position changed since
-//! the control plane was last told.
+//! `backup.db`: what was shipped of each tenant, which packs this node wrote and how many of
+//! their segments a restore may still need, and which packed segments of purged orgs are still
+//! to be scrubbed out of their packs; and, in memory, whose position changed since the control
+//! plane was last told.
 //!
 //! Keeps true: a tenant's record is written only after the upload it describes succeeded, so a
 //! crash at any point ships again (an object that exists already is the same upload) and loses
@@ -68,7 +69,12 @@ impl BackupDb {
              -- backups go once the retention window has passed them.
              CREATE TABLE IF NOT EXISTS departed (org TEXT NOT NULL, generation INTEGER NOT NULL,
                dropped_ms INTEGER NOT NULL, pending TEXT NOT NULL,
-               PRIMARY KEY (org, generation));",
+               PRIMARY KEY (org, generation));
+             -- Packed segments of an org being purged, recorded before any is released: they
+             -- are scrubbed out of whatever pack still holds them (see `scrub`).
+             CREATE TABLE IF NOT EXISTS scrub (org TEXT NOT NULL, pack TEXT NOT NULL,
+               at INTEGER NOT NULL, len INTEGER NOT NULL, segment TEXT NOT NULL,
+               PRIMARY KEY (org, pack, segment));",
         )?;
         let mut shipped = HashMap::new();
         {
@@ -334,6 +340,67 @@ impl BackupDb {
         db.execute(
             "DELETE FROM departed WHERE org = ?1 AND generation = ?2",
             rusqlite::params![org.as_str(), generation as i64],
+        )
+        .map_err(internal)?;
+        Ok(())
+    }
+
+    /// The packed segments every departed record of `org` holds (what no index listed at its
+    /// drop).
+    pub fn departed_pending_of(&self, org: &OrgId) -> Result<Vec<PackRef>, HemvistError> {
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = db
+            .prepare("SELECT pending FROM departed WHERE org = ?1")
+            .map_err(internal)?;
+        let texts = stmt
+            .query_map([org.as_str()], |r| r.get::<_, String>(0))
+            .and_then(Iterator::collect::<rusqlite::Result<Vec<String>>>)
+            .map_err(internal)?;
+        Ok(texts
+            .iter()
+            .flat_map(|t| serde_json::from_str::<Vec<PackRef>>(t).unwrap_or_default())
+            .collect())
+    }
+
+    /// Records packed segments of `org` to scrub out of their packs; those recorded already
+    /// stay as they are.
+    pub fn note_scrub(&self, org: &OrgId, refs: &[PackRef]) -> Result<(), HemvistError> {
+        let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = db.transaction().map_err(internal)?;
+        for r in refs {
+            tx.execute(
+                "INSERT OR IGNORE INTO scrub (org, pack, at, len, segment) VALUES (?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![org.as_str(), r.pack, r.offset as i64, r.len as i64, r.segment],
+            )
+            .map_err(internal)?;
+        }
+        tx.commit().map_err(internal)
+    }
+
+    /// The packed segments of `org` still to scrub, by pack.
+    pub fn scrub_due(&self, org: &OrgId) -> Result<Vec<PackRef>, HemvistError> {
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = db
+            .prepare("SELECT pack, at, len, segment FROM scrub WHERE org = ?1 ORDER BY pack, at")
+            .map_err(internal)?;
+        stmt.query_map([org.as_str()], |r| {
+            Ok(PackRef {
+                pack: r.get(0)?,
+                offset: r.get::<_, i64>(1)? as u64,
+                len: r.get::<_, i64>(2)? as u64,
+                segment: r.get(3)?,
+            })
+        })
+        .and_then(Iterator::collect)
+        .map_err(internal)
+    }
+
+    /// `pack` holds nothing of `org` any more (scrubbed, or gone).
+    pub fn scrub_done(&self, org: &OrgId, pack: &str) -> Result<(), HemvistError> {
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        db.execute(
+            "DELETE FROM scrub WHERE org = ?1 AND pack = ?2",
+            rusqlite::params![org.as_str(), pack],
         )
         .map_err(internal)?;
         Ok(())

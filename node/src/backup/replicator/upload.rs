@@ -1,8 +1,10 @@
 //! Uploads: every object is created with a conditional put, retried with backoff.
 //!
-//! Keeps true: nothing is ever overwritten (DESIGN invariant 1). A create that finds the key
-//! taken is this same upload retried after an answer was lost, so it counts as done. An attempt
-//! without an answer within its time limit is a failure like any other (counted, retried).
+//! Keeps true: nothing is ever overwritten (DESIGN invariant 1), but a pack scrubbed of a
+//! purged org ([`Uploader::overwrite_key`], under [`Uploader::pack_lock`]). A create that finds
+//! the key taken is this same upload retried after an answer was lost, so it counts as done. An
+//! attempt without an answer within its time limit is a failure like any other (counted,
+//! retried).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,6 +25,9 @@ pub struct Uploader<'a> {
     pub metrics: &'a BackupMetrics,
     /// One attempt's limit, before a second per MiB of the object.
     pub timeout: Duration,
+    /// Held while this node deletes or scrubs a pack, so a scrub never writes back a pack
+    /// deleted since it was read.
+    pub pack_lock: &'a tokio::sync::Mutex<()>,
 }
 
 impl Uploader<'_> {
@@ -32,6 +37,16 @@ impl Uploader<'_> {
     }
 
     pub async fn put_key(&self, name: &str, bytes: Vec<u8>) -> Result<(), HemvistError> {
+        self.upload(name, bytes, PutMode::Create).await
+    }
+
+    /// Writes an object over the one its key holds: only a pack being scrubbed, with
+    /// [`Uploader::pack_lock`] held since the pack was read.
+    pub async fn overwrite_key(&self, name: &str, bytes: Vec<u8>) -> Result<(), HemvistError> {
+        self.upload(name, bytes, PutMode::Overwrite).await
+    }
+
+    async fn upload(&self, name: &str, bytes: Vec<u8>, mode: PutMode) -> Result<(), HemvistError> {
         let key = ObjectPath::from(name);
         let len = bytes.len() as u64;
         let payload = PutPayload::from(Bytes::from(bytes));
@@ -39,7 +54,7 @@ impl Uploader<'_> {
         let limit = self.timeout + Duration::from_secs(len / (1024 * 1024));
         loop {
             let opts = PutOptions {
-                mode: PutMode::Create,
+                mode: mode.clone(),
                 ..Default::default()
             };
             let attempt = self.store.put_opts(&key, payload.clone(), opts);
