@@ -1,0 +1,321 @@
+//! `orgs set-residency ORG POLICY --move-to REGION`, end to end: real control plane and node
+//! processes in two regions, a real S3-compatible server with one store per region, real SQLite
+//! files. An org that may live only in eu-north, sharing its node's packs with another org,
+//! takes a policy of eu-central only:
+//! - refused without `--move-to`, or with a target the new policy forbids (nothing changes);
+//! - a change cancelled during its move rolls back: the org stays, the old policy stands;
+//! - a change whose control plane is killed once the move is done and the purge recorded is
+//!   finished by the restarted one: the org lives in eu-central with every acknowledged write,
+//!   eu-north's store holds no object of it and no pack names a segment of it (the other org's
+//!   packs still restore it), no file of it is on eu-north's node, and the residency report
+//!   shows the policy over time (old, both while carried over, new), the eu-north backups ending
+//!   when they were deleted, and "compliant", with `--verify-stores`.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::cluster::{Cluster, EU_CENTRAL, EU_NORTH};
+use support::s3::S3;
+use support::session::sign_in;
+use support::story::names_in;
+
+const PASSWORD: &str = "correct horse battery";
+
+/// The segment names the packs under `prefix` list (their indexes, read as a restore reads
+/// them: the tail named by the key).
+fn packed_segments(s3: &S3, prefix: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for path in s3.objects(prefix) {
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        let Some(stem) = file.strip_suffix(".hvp") else {
+            continue;
+        };
+        let index_len = u64::from_str_radix(stem.rsplit('-').next().unwrap(), 16).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let tail = &bytes[bytes.len() - index_len as usize..];
+        let index = &tail[..tail.len() - 32];
+        let entries: Vec<(String, u64, u64)> = serde_json::from_slice(index)
+            .unwrap_or_else(|e| panic!("{}: unreadable index: {e}", path.display()));
+        names.extend(entries.into_iter().map(|(n, _, _)| n));
+    }
+    names
+}
+
+fn files_of(c: &Cluster, region: &str, org: &str) -> Vec<String> {
+    let data = c.node_data(region);
+    let mut found = Vec::new();
+    let mut walk = vec![data.join("tenants"), data.join("trash")];
+    while let Some(dir) = walk.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk.push(p);
+            } else if e
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{org}."))
+            {
+                found.push(p.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// The org's home region and its policy, as `orgs show` has them.
+fn policy_of(c: &Cluster, org: &str) -> (String, String) {
+    let (status, o) = c.admin("GET", &format!("/orgs/{org}"), None);
+    assert_eq!(status, 200, "{o}");
+    let text = |k: &str| o[k].as_str().unwrap_or_default().to_string();
+    (text("home_region"), text("residency"))
+}
+
+/// The CLI with the test's S3 credentials (`--verify-stores`, `restore`).
+fn cli_s3(c: &Cluster, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(support::cluster::BIN)
+        .args(args)
+        .env("HEMVIST_CONTROL", c.control_url())
+        .env("HEMVIST_TOKEN", support::cluster::ADMIN_TOKEN)
+        .env("HEMVIST_DATA", c.dir.path())
+        .env("HEMVIST_S3_ACCESS_KEY_ID", support::s3::ACCESS_KEY)
+        .env("HEMVIST_S3_SECRET_ACCESS_KEY", support::s3::SECRET_KEY)
+        .output()
+        .expect("run hemvist");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_policy_that_forbids_where_an_org_lives_carries_it_over_and_deletes_what_is_left() {
+    let s3 = S3::start();
+    let mut c = Cluster::start_with_store_per_region(&[EU_NORTH, EU_CENTRAL], &s3, 300, "");
+    c.create_org_ready(
+        "fjord",
+        json!({"region": "eu-north", "residency": "eu-north"}),
+    );
+    c.create_org_ready(
+        "granne",
+        json!({"region": "eu-north", "residency": "eu-north"}),
+    );
+    c.add_user("fjord", "fia@fjord.example", PASSWORD);
+    c.add_user("granne", "gus@granne.example", PASSWORD);
+    let fia = sign_in(
+        &c.node_url("eu-north"),
+        "fjord",
+        "fia@fjord.example",
+        PASSWORD,
+    )
+    .unwrap();
+    let gus = sign_in(
+        &c.node_url("eu-north"),
+        "granne",
+        "gus@granne.example",
+        PASSWORD,
+    )
+    .unwrap();
+    let mut written = Vec::new();
+    for i in 0..6 {
+        let name = format!("Fjord {i}");
+        let (status, _, _) = fia.post("/contacts", &[("name", &name)], None);
+        assert_eq!(status, 303);
+        written.push(name);
+        let (status, _, _) = gus.post("/contacts", &[("name", &format!("Granne {i}"))], None);
+        assert_eq!(status, 303);
+        std::thread::sleep(Duration::from_millis(350));
+    }
+    // Both orgs' small segments share eu-north's packs: what the purge must scrub.
+    c.wait_for("packs in eu-north holding both orgs' segments", || {
+        let names = packed_segments(&s3, "hemvist/eu-north/packs");
+        (names.iter().any(|n| n.starts_with("tenants/fjord/"))
+            && names.iter().any(|n| n.starts_with("tenants/granne/")))
+        .then_some(())
+    });
+
+    // Refused, naming why, and nothing changes.
+    let (ok, _, err) = c.cli(&["orgs", "set-residency", "fjord", "eu-central"]);
+    assert!(!ok && err.contains("it lives in eu-north"), "{err}");
+    let (ok, _, err) = c.cli(&[
+        "orgs",
+        "set-residency",
+        "fjord",
+        "eu-central",
+        "--move-to",
+        "eu-north",
+    ]);
+    assert!(!ok && err.contains("does not allow"), "{err}");
+    assert_eq!(
+        policy_of(&c, "fjord"),
+        ("eu-north".into(), "eu-north".into())
+    );
+
+    // Cancelled while its move copies (the move's start is held for a few seconds): rolled
+    // back, the old policy stands, the org never left.
+    c.kill_control();
+    c.start_control_with_env(&[("HEMVIST_FAILPOINTS", "control.move.copying=sleep:3000")]);
+    c.wait_nodes_healthy(2);
+    let (status, op) = c.admin(
+        "POST",
+        "/orgs/fjord/residency",
+        Some(json!({"policy": "eu-central", "move_to": "eu-central", "reason": "to Berlin"})),
+    );
+    assert_eq!(status, 202, "{op}");
+    let id = op["id"].as_str().unwrap().to_string();
+    c.wait_for("the change's move to start", || {
+        let op = c.operation(&id);
+        (op["children"].as_array().is_some_and(|c| !c.is_empty())).then_some(())
+    });
+    let (ok, out, err) = c.cli(&["ops", "cancel", &id]);
+    assert!(ok, "cancel: {out}\n{err}");
+    let ended = c.wait_operation_end(&id, Duration::from_secs(60));
+    assert_eq!(ended["phase"], "rolled_back", "{ended:#}");
+    assert!(
+        ended["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cancelled"),
+        "{ended:#}"
+    );
+    assert_eq!(ended["children"][0]["phase"], "rolled_back", "{ended:#}");
+    assert_eq!(
+        policy_of(&c, "fjord"),
+        ("eu-north".into(), "eu-north".into())
+    );
+
+    // Killed once the move is done and the purge of eu-north recorded; the restarted control
+    // plane finishes it.
+    c.kill_control();
+    c.start_control_with_env(&[("HEMVIST_FAILPOINTS", "control.set-residency.purging=crash")]);
+    c.wait_nodes_healthy(2);
+    let (ok, out, err) = c.cli(&[
+        "orgs",
+        "set-residency",
+        "fjord",
+        "eu-central",
+        "--move-to",
+        "eu-central",
+        "--reason",
+        "to Berlin",
+    ]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("residency change"), "{out}");
+    assert!(c.wait_control_exit(), "crashed once purging was recorded");
+    c.start_control();
+    let (_, ops) = c.admin("GET", "/operations", None);
+    let change = ops
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["kind"] == "set-residency" && o["finished_ms"].is_null())
+        .cloned()
+        .expect("the unfinished change");
+    let id = change["id"].as_str().unwrap().to_string();
+    assert_eq!(change["phase"], "purging", "{change:#}");
+    let ended = c.wait_operation_end(&id, Duration::from_secs(60));
+    assert_eq!(ended["phase"], "done", "{ended:#}");
+    assert_eq!(
+        policy_of(&c, "fjord"),
+        ("eu-central".into(), "eu-central".into())
+    );
+    let purged = &ended["detail"]["purged"];
+    assert_eq!(purged[0][0], "eu-north", "{ended:#}");
+
+    // Every acknowledged write is at the new home.
+    let names = names_in(&c.tenant_file("eu-central", "fjord"));
+    for w in &written {
+        assert_eq!(
+            names.iter().filter(|n| *n == w).count(),
+            1,
+            "{w} in {names:?}"
+        );
+    }
+    // Nothing of it is left in eu-north: no object, no packed segment, no file.
+    assert!(
+        s3.objects("hemvist/eu-north/tenants/fjord").is_empty(),
+        "{:?}",
+        s3.objects("hemvist/eu-north/tenants/fjord")
+    );
+    let packed = packed_segments(&s3, "hemvist/eu-north/packs");
+    assert!(
+        !packed.iter().any(|n| n.contains("fjord")),
+        "eu-north's packs still name fjord's segments: {packed:?}"
+    );
+    assert!(
+        packed.iter().any(|n| n.starts_with("tenants/granne/")),
+        "granne's packs were kept: {packed:?}"
+    );
+    assert_eq!(files_of(&c, "eu-north", "fjord"), Vec::<String>::new());
+    assert!(!s3.objects("hemvist/eu-central/tenants/fjord").is_empty());
+    // The neighbour's backups are whole: its newest point restores every contact.
+    let restored = c.dir.path().join("granne-restored.db");
+    let (ok, out, err) = cli_s3(
+        &c,
+        &[
+            "restore",
+            "granne",
+            "--at",
+            "now",
+            "--out",
+            restored.to_str().unwrap(),
+            "--store",
+            &format!("s3://{}/hemvist/eu-north", support::s3::BUCKET),
+            "--endpoint",
+            &s3.endpoint,
+        ],
+    );
+    assert!(ok, "restore granne: {out}\n{err}");
+    let granne = names_in(&restored);
+    assert_eq!(granne.len(), 6, "{granne:?}");
+
+    // The record: audited policy changes (old → both → new), the report compliant.
+    let (ok, out, _) = c.cli(&["audit", "log", "--org", "fjord", "--json"]);
+    assert!(ok);
+    let log: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let changes: Vec<&str> = log
+        .iter()
+        .filter(|e| e["action"] == "org.residency_changed")
+        .map(|e| e["detail"]["to"].as_str().unwrap())
+        .collect();
+    // The cancelled change widened and went back; the finished one widened and narrowed.
+    assert_eq!(
+        changes,
+        [
+            "eu-central + eu-north",
+            "eu-north",
+            "eu-central + eu-north",
+            "eu-central"
+        ],
+        "{out}"
+    );
+    let (ok, out, err) = cli_s3(
+        &c,
+        &["audit", "report", "--org", "fjord", "--verify-stores"],
+    );
+    assert!(ok, "report: {out}\n{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    let o = &r["orgs"][0];
+    assert_eq!(o["verdict"], "compliant", "{o:#}");
+    assert_eq!(o["policy"], "eu-central");
+    assert_eq!(o["policy_history"].as_array().unwrap().len(), 5, "{o:#}");
+    let backups_north = o["intervals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "backups" && i["region"] == "eu-north")
+        .expect("eu-north's backups interval");
+    assert_eq!(
+        backups_north["to_ms"], ended["detail"]["purged_ms"],
+        "{backups_north}"
+    );
+    assert!(
+        backups_north["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&id),
+        "{backups_north}"
+    );
+}
