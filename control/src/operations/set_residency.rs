@@ -94,12 +94,15 @@ pub struct ResidencyDetail {
     pub moved_by: Option<String>,
     /// What was deleted: each forbidden region, and the nodes of it that destroyed the org.
     #[serde(default)]
-    pub purged: Vec<(RegionId, Vec<NodeId>)>,
+    pub purged: PurgeTargets,
     #[serde(default)]
     pub purged_ms: Option<i64>,
 }
 
 type Change = Operation<ResidencyPhase>;
+
+/// Each forbidden region, and the nodes of it that delete the org there.
+type PurgeTargets = Vec<(RegionId, Vec<NodeId>)>;
 
 fn internal(e: impl std::fmt::Display) -> HemvistError {
     HemvistError::internal(format!("set-residency: {e}"))
@@ -344,7 +347,7 @@ fn purge_targets(
     plane: &Plane,
     org: &OrgId,
     to: &ResidencyPolicy,
-) -> Result<Result<Vec<(RegionId, Vec<NodeId>)>, String>, HemvistError> {
+) -> Result<Result<PurgeTargets, String>, HemvistError> {
     let forbidden = |region: &RegionId| {
         plane
             .config
@@ -354,7 +357,7 @@ fn purge_targets(
             .is_none_or(|r| !to.allows(r))
     };
     let nodes = plane.store.nodes()?;
-    let mut targets: Vec<(RegionId, Vec<NodeId>)> = Vec::new();
+    let mut targets: PurgeTargets = Vec::new();
     for span in plane.store.placement_history(org)? {
         if !forbidden(&span.region) {
             continue;
