@@ -474,12 +474,31 @@ pub async fn verify_stores(
         let s3_region = r["object_store_s3_region"].as_str().map(str::to_string);
         stores.push((id, open_url(args, url.to_string(), endpoint, s3_region)?));
     }
+    let mut packed = Vec::with_capacity(stores.len());
+    for (region, store) in &stores {
+        packed.push(
+            packed_by_org(store)
+                .await
+                .with_context(|| format!("reading the packs of {region}'s store"))?,
+        );
+    }
     for o in &mut report.orgs {
         let mut whose = vec![o.org.clone()];
         whose.extend(o.branches.iter().cloned());
         for id in whose {
             let org = OrgId::parse(&id)?;
             let prefix = hemvist_node::backup::format::tenant_prefix(&org);
+            for ((region, _), packs) in stores.iter().zip(&packed) {
+                if let Some(p) = packs.get(id.as_str()) {
+                    o.add_store_finding(StoreFinding {
+                        region: region.clone(),
+                        prefix: format!("packs/ ({} packs shared with other tenants)", p.packs),
+                        objects: p.segments,
+                        bytes: p.bytes,
+                        explained: o.explains(&id, region),
+                    });
+                }
+            }
             for (region, store) in &stores {
                 let path = object_store::path::Path::from(prefix.trim_end_matches('/'));
                 let listed: Vec<_> = store.list(Some(&path)).try_collect().await?;
@@ -499,4 +518,63 @@ pub async fn verify_stores(
     report.stores_verified = true;
     report.count();
     Ok(())
+}
+
+/// What the packs of a store hold of one tenant.
+#[derive(Default)]
+struct Packed {
+    packs: u64,
+    segments: u64,
+    bytes: u64,
+}
+
+/// Reads the index of every pack in `store` (one ranged GET each: the tail its key names) and
+/// counts, per tenant, the packs and segments that hold its data. A scrubbed segment (an
+/// erased or purged tenant's) names no tenant and counts for none.
+async fn packed_by_org(
+    store: &Arc<dyn ObjectStore>,
+) -> anyhow::Result<std::collections::HashMap<String, Packed>> {
+    use futures::{StreamExt, TryStreamExt};
+    use hemvist_node::backup::format;
+    use object_store::ObjectStoreExt;
+    let listed: Vec<_> = store
+        .list(Some(&object_store::path::Path::from("packs")))
+        .try_collect()
+        .await?;
+    let indexes: Vec<Option<(String, Vec<(format::ObjectName, u64, u64)>)>> =
+        futures::stream::iter(listed)
+            .map(|m| {
+                let store = store.clone();
+                async move {
+                    let key = m.location.to_string();
+                    let Some((_, _, index_len)) = format::parse_pack_key(&key) else {
+                        return Ok(None);
+                    };
+                    let from = m.size.saturating_sub(index_len);
+                    let tail = match store.get_range(&m.location, from..m.size).await {
+                        // Listed, then removed (its retention ended).
+                        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                        got => got?,
+                    };
+                    let entries = format::decode_pack_index(&key, &tail)?;
+                    anyhow::Ok(Some((key, entries)))
+                }
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+    let mut by_org: std::collections::HashMap<String, Packed> = std::collections::HashMap::new();
+    for (_, entries) in indexes.into_iter().flatten() {
+        let mut seen_here: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for (name, _, len) in entries {
+            let org = name.org.to_string();
+            let p = by_org.entry(org.clone()).or_default();
+            p.segments += 1;
+            p.bytes += len;
+            if seen_here.insert(org) {
+                p.packs += 1;
+            }
+        }
+    }
+    Ok(by_org)
 }

@@ -271,6 +271,23 @@ fn a_policy_that_forbids_where_an_org_lives_carries_it_over_and_deletes_what_is_
     let granne = names_in(&restored);
     assert_eq!(granne.len(), 6, "{granne:?}");
 
+    // It goes on at its new home: a write there is shipped to eu-central's packs.
+    let fia = sign_in(
+        &c.node_url("eu-central"),
+        "fjord",
+        "fia@fjord.example",
+        PASSWORD,
+    )
+    .unwrap();
+    let (status, _, _) = fia.post("/contacts", &[("name", "After Berlin")], None);
+    assert_eq!(status, 303);
+    c.wait_for("fjord's new segment in eu-central's packs", || {
+        packed_segments(&s3, "hemvist/eu-central/packs")
+            .iter()
+            .any(|n| n.starts_with("tenants/fjord/"))
+            .then_some(())
+    });
+
     // The record: audited policy changes (old → both → new), the report compliant.
     let (ok, out, _) = c.cli(&["audit", "log", "--org", "fjord", "--json"]);
     assert!(ok);
@@ -300,6 +317,23 @@ fn a_policy_that_forbids_where_an_org_lives_carries_it_over_and_deletes_what_is_
     let o = &r["orgs"][0];
     assert_eq!(o["verdict"], "compliant", "{o:#}");
     assert_eq!(o["policy"], "eu-central");
+    // The verifier read every pack's index too: nothing of it is in eu-north's store.
+    let stores = o["stores"].as_array().unwrap();
+    assert!(
+        !stores
+            .iter()
+            .any(|s| s["region"] == "eu-north" && s["objects"].as_u64() > Some(0)),
+        "{o:#}"
+    );
+    assert!(
+        stores.iter().any(|s| s["region"] == "eu-central"
+            && s["prefix"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("packs/")
+            && s["objects"].as_u64() > Some(0)),
+        "its packed segments in eu-central are found: {o:#}"
+    );
     assert_eq!(o["policy_history"].as_array().unwrap().len(), 5, "{o:#}");
     let backups_north = o["intervals"]
         .as_array()

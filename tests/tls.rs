@@ -59,6 +59,22 @@ fn every_link_runs_over_tls_and_a_restore_from_an_https_store_is_exact() {
     let (ok, out, err) = c.cli(&["orgs", "list"]);
     assert!(ok, "{err}");
     assert!(out.contains("fika"), "{out}");
+    // A GDPR export: the control plane fetches it from the node over HTTPS (trusting the
+    // nodes' CA it is given), the CLI from the control plane.
+    let exported = c.dir.path().join("fika-export.db");
+    let (ok, out, err) = c.cli(&[
+        "orgs",
+        "export",
+        "fika",
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
+    assert!(ok, "export over TLS: {out}\n{err}");
+    let rows: i64 = rusqlite::Connection::open(&exported)
+        .unwrap()
+        .query_row("SELECT count(*) FROM contacts", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 20);
 
     // Backups reached the HTTPS store; a restore from it has exactly what was acknowledged.
     c.wait_for("the node to ship everything", || {

@@ -50,6 +50,10 @@ pub struct ControlConfig {
     /// addition to the join token. Plain text if absent (loopback, or behind a TLS proxy).
     #[serde(default)]
     pub tls: Option<hemvist_net::tls::ServerTls>,
+    /// PEM: CA(s) the nodes' HTTPS certificates may chain to, besides the system's roots (the
+    /// control plane fetches a GDPR export from the org's node over its public URL).
+    #[serde(default)]
+    pub node_ca_file: Option<PathBuf>,
     /// Timeouts and connection caps of both listeners.
     #[serde(default)]
     pub limits: hemvist_net::Limits,

@@ -128,6 +128,7 @@ fn measure(args: &ReportArgs, root: &std::path::Path) -> anyhow::Result<()> {
         failover_grace_ms: 60_000,
         regions,
         tls: None,
+        node_ca_file: None,
         limits: Default::default(),
         branches: Default::default(),
         audit: AuditConfig {

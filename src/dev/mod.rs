@@ -217,6 +217,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             key: t.key.clone(),
             client_ca: None,
         }),
+        node_ca_file: tls.as_ref().map(|t| t.ca.clone()),
         limits: Default::default(),
         branches: Default::default(),
         // Checkpoints in a folder beside the objects: a demo has no Object Lock.

@@ -283,6 +283,13 @@ impl Cluster {
         if let Some(g) = geoip {
             config.push_str(&format!("geoip = {:?}\n", g.display().to_string()));
         }
+        if let Some(t) = &tls {
+            // The nodes serve HTTPS with the test CA's certificate (exports are fetched there).
+            config.push_str(&format!(
+                "node_ca_file = {:?}\n",
+                t.ca.display().to_string()
+            ));
+        }
         for r in regions {
             let (url, endpoint) = match &store {
                 Some(s) => (

@@ -31,8 +31,21 @@ pub async fn export(
     let format = q.format.unwrap_or_else(|| "sqlite".into());
     let source = blocking(&plane, move |c| c.export_source(&id, &format)).await?;
     hemvist_net::tls::install_crypto();
-    let http = reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(5))
+    let mut http = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5));
+    if let Some(ca) = &plane.config.node_ca_file {
+        let pem = std::fs::read(ca).map_err(|e| {
+            ApiError(HemvistError::internal(format!(
+                "read node_ca_file {}: {e}",
+                ca.display()
+            )))
+        })?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| ApiError(HemvistError::internal(format!("node_ca_file: {e}"))))?
+        {
+            http = http.add_root_certificate(cert);
+        }
+    }
+    let http = http
         .build()
         .map_err(|e| ApiError(HemvistError::internal(e.to_string())))?;
     let resp = http

@@ -91,6 +91,9 @@ pub struct OrgReport {
     pub org: String,
     pub name: String,
     pub policy: String,
+    /// The regions its policy allows now: what a store may hold of it today.
+    #[serde(default)]
+    pub allowed_regions: Vec<String>,
     /// The policy over time: (since, policy). One entry while policies cannot change.
     pub policy_history: Vec<(String, String)>,
     pub created: String,
@@ -281,6 +284,11 @@ pub fn org_report(f: &OrgFacts, regions: &[RegionConfig], window: Window) -> Org
     OrgReport {
         org: f.org.id.to_string(),
         name: f.org.name.clone(),
+        allowed_regions: policy
+            .allowed_regions(regions)
+            .into_iter()
+            .map(|r| r.id.to_string())
+            .collect(),
         policy: policy.describe(),
         policy_history: policies
             .iter()
@@ -305,19 +313,22 @@ impl OrgReport {
     /// Whether the ledger explains data of `org` (this one, or one of its branches) in
     /// `region`: an allowed interval there.
     pub fn explains(&self, org: &str, region: &str) -> bool {
-        self.intervals.iter().any(|i| {
-            i.allowed
-                && i.region == region
-                && (org == self.org
-                    || (i.kind == "branch" && i.note.starts_with(&format!("branch {org} "))))
-        })
+        // What a store holds today must be allowed today: backups left behind in a region the
+        // policy has since come to forbid are a violation, whatever the ledger says of the past.
+        self.allowed_regions.iter().any(|r| r == region)
+            && self.intervals.iter().any(|i| {
+                i.allowed
+                    && i.region == region
+                    && (org == self.org
+                        || (i.kind == "branch" && i.note.starts_with(&format!("branch {org} "))))
+            })
     }
 
     /// Adds what a region's bucket holds; objects the ledger does not explain are violations.
     pub fn add_store_finding(&mut self, finding: StoreFinding) {
         if finding.objects > 0 && !finding.explained {
             self.violations.push(format!(
-                "{} object(s) ({} bytes) under {} in {}'s store, where the ledger never placed it (or its policy does not allow it)",
+                "{} object(s) ({} bytes) under {} in {}'s store, where the ledger never placed it (or its policy does not allow it now)",
                 finding.objects,
                 finding.bytes,
                 finding.prefix,

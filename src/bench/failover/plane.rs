@@ -111,6 +111,7 @@ impl Plane {
                 object_store_s3_region: None,
             }],
             tls: None,
+            node_ca_file: None,
             limits: Default::default(),
             branches: Default::default(),
             audit: Default::default(),

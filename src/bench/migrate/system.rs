@@ -108,6 +108,7 @@ impl System {
             failover_grace_ms: 60_000,
             regions,
             tls: None,
+            node_ca_file: None,
             limits: Default::default(),
             branches: Default::default(),
             audit: Default::default(),
