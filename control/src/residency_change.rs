@@ -122,7 +122,8 @@ impl Plane {
             }
         }
         forbidden.dedup();
-        if !branches.is_empty() {
+        if move_to.is_some() && !branches.is_empty() {
+            // Carrying the org over leaves its branches where they are: they go first.
             return Err(HemvistError::new(
                 ErrorKind::Residency,
                 format!(
@@ -150,11 +151,13 @@ impl Plane {
         if old == new {
             return Ok(ResidencyOutcome::Changed(record));
         }
+        forbidden.extend(branches);
         if !forbidden.is_empty() {
             return Err(HemvistError::new(
                 ErrorKind::Residency,
                 format!(
-                    "org {org} cannot take the policy {}: {}; nothing was changed",
+                    "org {org} cannot take the policy {}: {}; nothing was changed (`--move-to \
+                     REGION` carries it to a region the new policy allows and deletes the rest)",
                     new.describe(),
                     forbidden.join("; ")
                 ),
