@@ -219,7 +219,8 @@ pub fn run(args: EraseArgs) -> anyhow::Result<()> {
     println!(
         "\nobjects: under the org's prefix in eu-north and eu-central before ({} and {}); the \
          {} packs the two nodes wrote meanwhile hold its small segments, released by the erasure \
-         and sealed with its destroyed key. DELETEs: what the nodes' replicators counted (a bulk \
+         (a pack holding nothing else is deleted, one other tenants still need is scrubbed of \
+         it) and sealed with its destroyed key. DELETEs: what the nodes' replicators counted (a bulk \
          request counts its keys). The erasure also destroyed the org's data key and wrote its \
          receipt.",
         before[0], before[1], packs_before
