@@ -2,7 +2,9 @@
 //! (its own objects under its prefix in each region's store, and its segments in the shared
 //! packs), timed from `POST /orgs/{id}/erase` to the operation's end, with the objects left
 //! and the DELETE requests the nodes made; beside the floor of deleting the same number of
-//! objects with one bulk delete per region, straight to the store.
+//! objects with one bulk delete per region, straight to the store. Then a residency change of
+//! another org with as many objects in eu-north only (`set-residency --move-to eu-central`):
+//! its time, split into the live move and the purge of eu-north, and what is left there.
 //!
 //! The system is `bench move`'s (SeaweedFS, a control plane and two nodes in this process, one
 //! store per region), with a small `snapshot_after_bytes` so that each backup pass of a write
@@ -160,6 +162,51 @@ pub fn run(args: EraseArgs) -> anyhow::Result<()> {
         .map(|(_, s)| sys.rt.block_on(count(s, &prefix)))
         .collect::<anyhow::Result<_>>()?;
 
+    // A residency change of another org that lived only in eu-north: carried to eu-central,
+    // then everything of it deleted from eu-north (`set-residency --move-to`).
+    let res = OrgId::parse("residency-bench")?;
+    sys.create_org(&res, "eu-north")?;
+    fill::fill(sys.node_hosting(&res)?, &res, 1)?;
+    eprintln!(
+        "bench: writing {} objects in eu-north for a residency change",
+        args.objects_per_region
+    );
+    let res_north = write_objects(&sys, &res, &stores[0].1, args.objects_per_region)?;
+    let res_deletes_before = deletes();
+    let t = Instant::now();
+    let op: Value = sys.post(
+        &format!("/orgs/{res}/residency"),
+        &json!({"policy": "eu-central", "move_to": "eu-central"}),
+    )?;
+    let id = op["id"]
+        .as_str()
+        .context("no residency change id")?
+        .to_string();
+    let changed: Value = sys.wait_for("the residency change", Duration::from_secs(600), || {
+        let v: Value = sys.get(&format!("/operations/{id}")).ok()?;
+        (!v["finished_ms"].is_null()).then_some(v)
+    })?;
+    let res_took = t.elapsed();
+    if changed["phase"] != "done" {
+        bail!(
+            "the residency change ended in {}: {}",
+            changed["phase"],
+            changed["error"]
+        );
+    }
+    let child = changed["children"][0]["id"]
+        .as_str()
+        .context("the change ran no move")?
+        .to_string();
+    let moved: Value = sys.get(&format!("/operations/{child}"))?;
+    let ms = |v: &Value| v.as_i64().unwrap_or(0);
+    let move_ms = ms(&moved["finished_ms"]) - ms(&moved["started_ms"]);
+    let purge_ms = ms(&changed["detail"]["purged_ms"]) - ms(&moved["finished_ms"]);
+    let res_deleted = deletes() - res_deletes_before;
+    let res_left = sys
+        .rt
+        .block_on(count(&stores[0].1, &format!("tenants/{res}/")))?;
+
     // The floor: as many objects of another prefix, deleted with one bulk delete per region.
     let floor_org = "floor";
     for (_, s) in &stores {
@@ -215,6 +262,22 @@ pub fn run(args: EraseArgs) -> anyhow::Result<()> {
         format!("{:.2} s", floor.as_secs_f64()),
         "-",
         "-"
+    );
+    println!(
+        "{:<44} {:>10} {:>10} {:>12} {:>12}",
+        "hemvist orgs set-residency --move-to",
+        res_north,
+        format!("{:.2} s", res_took.as_secs_f64()),
+        res_deleted,
+        res_left
+    );
+    println!(
+        "\nset-residency --move-to: another org with {res_north} objects in eu-north only, \
+         carried to eu-central by a live move ({:.2} s) and then deleted from eu-north ({:.2} s, \
+         its files, its objects and its packed segments); objects and \"left after\" are \
+         eu-north's.",
+        move_ms as f64 / 1000.0,
+        purge_ms as f64 / 1000.0
     );
     println!(
         "\nobjects: under the org's prefix in eu-north and eu-central before ({} and {}); the \
