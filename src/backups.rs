@@ -520,6 +520,9 @@ pub async fn verify_stores(
     Ok(())
 }
 
+/// A pack's index: each segment's name, offset and length.
+type PackIndex = Vec<(hemvist_node::backup::format::ObjectName, u64, u64)>;
+
 /// What the packs of a store hold of one tenant.
 #[derive(Default)]
 struct Packed {
@@ -541,30 +544,28 @@ async fn packed_by_org(
         .list(Some(&object_store::path::Path::from("packs")))
         .try_collect()
         .await?;
-    let indexes: Vec<Option<(String, Vec<(format::ObjectName, u64, u64)>)>> =
-        futures::stream::iter(listed)
-            .map(|m| {
-                let store = store.clone();
-                async move {
-                    let key = m.location.to_string();
-                    let Some((_, _, index_len)) = format::parse_pack_key(&key) else {
-                        return Ok(None);
-                    };
-                    let from = m.size.saturating_sub(index_len);
-                    let tail = match store.get_range(&m.location, from..m.size).await {
-                        // Listed, then removed (its retention ended).
-                        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                        got => got?,
-                    };
-                    let entries = format::decode_pack_index(&key, &tail)?;
-                    anyhow::Ok(Some((key, entries)))
-                }
-            })
-            .buffer_unordered(16)
-            .try_collect()
-            .await?;
+    let indexes: Vec<Option<PackIndex>> = futures::stream::iter(listed)
+        .map(|m| {
+            let store = store.clone();
+            async move {
+                let key = m.location.to_string();
+                let Some((_, _, index_len)) = format::parse_pack_key(&key) else {
+                    return Ok(None);
+                };
+                let from = m.size.saturating_sub(index_len);
+                let tail = match store.get_range(&m.location, from..m.size).await {
+                    // Listed, then removed (its retention ended).
+                    Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                    got => got?,
+                };
+                anyhow::Ok(Some(format::decode_pack_index(&key, &tail)?))
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect()
+        .await?;
     let mut by_org: std::collections::HashMap<String, Packed> = std::collections::HashMap::new();
-    for (_, entries) in indexes.into_iter().flatten() {
+    for entries in indexes.into_iter().flatten() {
         let mut seen_here: std::collections::HashSet<String> = std::collections::HashSet::new();
         for (name, _, len) in entries {
             let org = name.org.to_string();
