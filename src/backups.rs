@@ -525,16 +525,16 @@ type PackIndex = Vec<(hemvist_node::backup::format::ObjectName, u64, u64)>;
 
 /// What the packs of a store hold of one tenant.
 #[derive(Default)]
-struct Packed {
-    packs: u64,
-    segments: u64,
-    bytes: u64,
+pub(crate) struct Packed {
+    pub packs: u64,
+    pub segments: u64,
+    pub bytes: u64,
 }
 
 /// Reads the index of every pack in `store` (one ranged GET each: the tail its key names) and
 /// counts, per tenant, the packs and segments that hold its data. A scrubbed segment (an
 /// erased or purged tenant's) names no tenant and counts for none.
-async fn packed_by_org(
+pub(crate) async fn packed_by_org(
     store: &Arc<dyn ObjectStore>,
 ) -> anyhow::Result<std::collections::HashMap<String, Packed>> {
     use futures::{StreamExt, TryStreamExt};

@@ -3,6 +3,7 @@
 //! files. An org that may live only in eu-north, sharing its node's packs with another org,
 //! takes a policy of eu-central only:
 //! - refused without `--move-to`, or with a target the new policy forbids (nothing changes);
+//! - a change waiting for a node to move to is cancelled at once, the old policy back;
 //! - a change cancelled during its move rolls back: the org stays, the old policy stands;
 //! - a change whose control plane is killed once the move is done and the purge recorded is
 //!   finished by the restarted one: the org lives in eu-central with every acknowledged write,
@@ -153,6 +154,43 @@ fn a_policy_that_forbids_where_an_org_lives_carries_it_over_and_deletes_what_is_
         ("eu-north".into(), "eu-north".into())
     );
 
+    // With no healthy node in eu-central the move cannot start; the change waits (an alarm),
+    // and a cancel reverts it at once.
+    c.kill_node("eu-central");
+    c.wait_for("eu-central's node to be seen gone", || {
+        let (_, nodes) = c.admin("GET", "/nodes", None);
+        nodes
+            .as_array()?
+            .iter()
+            .any(|n| n["id"] == "eu-central-1" && n["healthy"] == false)
+            .then_some(())
+    });
+    let (status, op) = c.admin(
+        "POST",
+        "/orgs/fjord/residency",
+        Some(json!({"policy": "eu-central", "move_to": "eu-central"})),
+    );
+    assert_eq!(status, 202, "{op}");
+    let id = op["id"].as_str().unwrap().to_string();
+    c.wait_for("the change to wait for a node to move to", || {
+        let op = c.operation(&id);
+        (op["phase"] == "moving" && op["children"].as_array()?.is_empty()).then_some(())
+    });
+    let (ok, out, err) = c.cli(&["ops", "cancel", &id]);
+    assert!(ok, "cancel: {out}\n{err}");
+    let ended = c.wait_operation_end(&id, Duration::from_secs(30));
+    assert_eq!(ended["phase"], "rolled_back", "{ended:#}");
+    assert!(
+        ended["children"].as_array().unwrap().is_empty(),
+        "{ended:#}"
+    );
+    assert_eq!(
+        policy_of(&c, "fjord"),
+        ("eu-north".into(), "eu-north".into())
+    );
+    c.start_node("eu-central");
+    c.wait_nodes_healthy(2);
+
     // Cancelled while its move copies (the move's start is held for a few seconds): rolled
     // back, the old policy stands, the org never left.
     c.kill_control();
@@ -297,10 +335,12 @@ fn a_policy_that_forbids_where_an_org_lives_carries_it_over_and_deletes_what_is_
         .filter(|e| e["action"] == "org.residency_changed")
         .map(|e| e["detail"]["to"].as_str().unwrap())
         .collect();
-    // The cancelled change widened and went back; the finished one widened and narrowed.
+    // The two cancelled changes widened and went back; the finished one widened and narrowed.
     assert_eq!(
         changes,
         [
+            "eu-central + eu-north",
+            "eu-north",
             "eu-central + eu-north",
             "eu-north",
             "eu-central + eu-north",
@@ -334,7 +374,7 @@ fn a_policy_that_forbids_where_an_org_lives_carries_it_over_and_deletes_what_is_
             && s["objects"].as_u64() > Some(0)),
         "its packed segments in eu-central are found: {o:#}"
     );
-    assert_eq!(o["policy_history"].as_array().unwrap().len(), 5, "{o:#}");
+    assert_eq!(o["policy_history"].as_array().unwrap().len(), 7, "{o:#}");
     let backups_north = o["intervals"]
         .as_array()
         .unwrap()

@@ -112,6 +112,8 @@ pub struct Plane {
     pub checkpoints: Option<crate::audit::Checkpoints>,
     pub nodes: Arc<dyn NodeLink>,
     pub geoip: Option<GeoIp>,
+    /// `node_ca_file`, read and checked at start (PEM): trusted when fetching from nodes.
+    pub node_ca_pem: Option<Vec<u8>>,
     pub metrics: Metrics,
     pub replication: Replication,
     pub(crate) wake_reconciler: Notify,
@@ -165,6 +167,21 @@ impl Plane {
             }
         };
         let checkpoints = crate::audit::Checkpoints::open(&config.audit)?;
+        // Read now, not at the first export: a wrong path is a start-up error.
+        let node_ca_pem = match &config.node_ca_file {
+            Some(ca) => {
+                let pem = std::fs::read(ca)
+                    .with_context(|| format!("node_ca_file {}: cannot read it", ca.display()))?;
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    anyhow::bail!(
+                        "node_ca_file {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                        ca.display()
+                    );
+                }
+                Some(pem)
+            }
+            None => None,
+        };
         let candidate = hemvist_proto::random::hex(16)?;
         let system_id = store.system_id(move || candidate)?;
         let plane = Plane {
@@ -180,6 +197,7 @@ impl Plane {
             checkpoints,
             nodes,
             geoip,
+            node_ca_pem,
             metrics: Metrics::default(),
             replication: Replication::default(),
             wake_reconciler: Notify::new(),

@@ -206,6 +206,11 @@ pub fn run(args: EraseArgs) -> anyhow::Result<()> {
     let res_left = sys
         .rt
         .block_on(count(&stores[0].1, &format!("tenants/{res}/")))?;
+    let res_packed_left = sys
+        .rt
+        .block_on(crate::backups::packed_by_org(&stores[0].1))?
+        .get(res.as_str())
+        .map_or(0, |p| p.segments);
 
     // The floor: as many objects of another prefix, deleted with one bulk delete per region.
     let floor_org = "floor";
@@ -269,13 +274,13 @@ pub fn run(args: EraseArgs) -> anyhow::Result<()> {
         res_north,
         format!("{:.2} s", res_took.as_secs_f64()),
         res_deleted,
-        res_left
+        res_left + res_packed_left as usize
     );
     println!(
         "\nset-residency --move-to: another org with {res_north} objects in eu-north only, \
          carried to eu-central by a live move ({:.2} s) and then deleted from eu-north ({:.2} s, \
          its files, its objects and its packed segments); objects and \"left after\" are \
-         eu-north's.",
+         eu-north's (left after: objects under its prefix plus segments its packs still name).",
         move_ms as f64 / 1000.0,
         purge_ms as f64 / 1000.0
     );

@@ -32,14 +32,8 @@ pub async fn export(
     let source = blocking(&plane, move |c| c.export_source(&id, &format)).await?;
     hemvist_net::tls::install_crypto();
     let mut http = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5));
-    if let Some(ca) = &plane.config.node_ca_file {
-        let pem = std::fs::read(ca).map_err(|e| {
-            ApiError(HemvistError::internal(format!(
-                "read node_ca_file {}: {e}",
-                ca.display()
-            )))
-        })?;
-        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+    if let Some(pem) = &plane.node_ca_pem {
+        for cert in reqwest::Certificate::from_pem_bundle(pem)
             .map_err(|e| ApiError(HemvistError::internal(format!("node_ca_file: {e}"))))?
         {
             http = http.add_root_certificate(cert);

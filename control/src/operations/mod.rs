@@ -29,7 +29,7 @@ use crate::link::{NodeCommand, Placement, PlacementUpdate};
 use crate::plane::Plane;
 pub use crate::plane::{CopyProgress, OperationsMemory as Memory, Stall};
 use crate::store::{
-    CommandKind, CommandRecord, CommandState, NewCommand, NewOperation, OperationRecord,
+    CommandKind, CommandRecord, CommandState, NewCommand, NewOperation, OperationRecord, ParentRef,
     PlacementSwitch, Transition,
 };
 
@@ -172,25 +172,25 @@ impl Plane {
     }
 
     /// Starts an operation of `P`'s kind on `org` as a step of `parent`, the unfinished
-    /// operation that owns the org (a residency change's move). A conflict if `parent` is not
-    /// that, or already runs an unfinished child.
+    /// operation that owns the org (a residency change's move), while it is in the phase named.
+    /// A conflict if `parent` is not that (any more), or already runs an unfinished child.
     pub fn begin_child<P: Phase>(
         &self,
         org: &OrgId,
         first: P,
         actor: &str,
         detail: serde_json::Value,
-        parent: &str,
+        parent: ParentRef<'_>,
     ) -> Result<Operation<P>, HemvistError> {
         if let Some(open) = self
             .store
-            .children_of(parent)?
+            .children_of(parent.id)?
             .into_iter()
             .find(|c| c.finished_ms.is_none())
         {
             return Err(HemvistError::conflict(format!(
-                "operation {parent} already runs {} {} (in phase {})",
-                open.kind, open.id, open.phase
+                "operation {} already runs {} {} (in phase {})",
+                parent.id, open.kind, open.id, open.phase
             )));
         }
         self.start_operation(Some(org), first, actor, detail, Some(parent))
@@ -213,12 +213,12 @@ impl Plane {
         first: P,
         actor: &str,
         detail: serde_json::Value,
-        parent: Option<&str>,
+        parent: Option<ParentRef<'_>>,
     ) -> Result<Operation<P>, HemvistError> {
         if let Some(open) = self
             .store
             .open_operation_of(org)?
-            .filter(|open| Some(open.id.as_str()) != parent)
+            .filter(|open| Some(open.id.as_str()) != parent.map(|p| p.id))
         {
             return Err(HemvistError::conflict(match org {
                 Some(org) => format!(
@@ -254,7 +254,7 @@ impl Plane {
                 "operation": id,
                 "phase": first.as_str(),
                 "detail": detail,
-                "parent": parent,
+                "parent": parent.map(|p| p.id),
             }),
         )?;
         tracing::info!(operation = %id, org = ?org, phase = first.as_str(), %actor, "operation started");

@@ -182,7 +182,7 @@ impl Plane {
         org: &str,
         req: MoveRequest,
         actor: &str,
-        parent: Option<&str>,
+        parent: Option<crate::store::ParentRef<'_>>,
     ) -> Result<OperationRecord, HemvistError> {
         let org = OrgId::parse(org)?;
         let to_region = RegionId::parse(&req.to)?;

@@ -152,46 +152,60 @@ impl Plane {
         Ok(op.record)
     }
 
-    /// Cancels a change while it can go back: before its move's switch.
+    /// Cancels a change while it can go back: before its move's switch (the move rolls back,
+    /// then the change reverts), or before its move has started.
     pub fn cancel_residency_change(
         &self,
         id: &str,
         actor: &str,
     ) -> Result<OperationRecord, HemvistError> {
-        let op: Change = self.operation(id)?.try_into()?;
-        match op.phase {
-            ResidencyPhase::Widening => {
-                let why = HemvistError::new(ErrorKind::Cancelled, format!("cancelled by {actor}"));
-                self.fail_with(
-                    &op,
-                    ResidencyPhase::Reverting,
-                    &why,
-                    op.record.detail.clone(),
-                )?;
-                self.wake_operations.notify_one();
-                self.operation(id)
+        let why = HemvistError::new(ErrorKind::Cancelled, format!("cancelled by {actor}"));
+        for _ in 0..5 {
+            let op: Change = self.operation(id)?.try_into()?;
+            let open_child = self
+                .store
+                .children_of(id)?
+                .into_iter()
+                .find(|c| c.finished_ms.is_none());
+            match (op.phase, open_child) {
+                (ResidencyPhase::Moving, Some(child)) => {
+                    // The move rolls back; this change then reverts the policy.
+                    self.cancel_move(&child.id, actor)?;
+                    return self.operation(id);
+                }
+                (ResidencyPhase::Widening | ResidencyPhase::Moving, None) => {
+                    // No move under way: straight to reverting. A move the driver is about to
+                    // start is refused by the store (its parent is no longer `moving`).
+                    let reverting = self.fail_with(
+                        &op,
+                        ResidencyPhase::Reverting,
+                        &why,
+                        op.record.detail.clone(),
+                    )?;
+                    if reverting.is_some() {
+                        self.wake_operations.notify_one();
+                        return self.operation(id);
+                    }
+                    // The driver moved it on meanwhile: look again.
+                }
+                (ResidencyPhase::Reverting | ResidencyPhase::RolledBack, _) => {
+                    return Err(HemvistError::conflict(format!(
+                        "operation {id} is {} already",
+                        op.phase.as_str()
+                    )))
+                }
+                (phase, _) => {
+                    return Err(HemvistError::conflict(format!(
+                        "operation {id} is {}: the org has been carried over, so the change \
+                         can only finish",
+                        phase.as_str()
+                    )))
+                }
             }
-            ResidencyPhase::Moving => {
-                let child = self
-                    .store
-                    .children_of(id)?
-                    .into_iter()
-                    .find(|c| c.finished_ms.is_none())
-                    .ok_or_else(|| {
-                        HemvistError::conflict(format!(
-                            "operation {id} has no move under way to cancel; try again"
-                        ))
-                    })?;
-                // The move rolls back; this change then reverts the policy.
-                self.cancel_move(&child.id, actor)?;
-                self.operation(id)
-            }
-            _ => Err(HemvistError::conflict(format!(
-                "operation {id} is {}: the org has been carried over, so the change can only \
-                 finish",
-                op.phase.as_str()
-            ))),
         }
+        Err(HemvistError::conflict(format!(
+            "operation {id} kept changing; try again"
+        )))
     }
 }
 
@@ -294,7 +308,10 @@ fn moving(plane: &Plane, op: &Change, mut d: ResidencyDetail) -> Result<(), Hemv
             op.org().as_str(),
             req,
             &op.record.requested_by,
-            Some(&op.record.id),
+            Some(crate::store::ParentRef {
+                id: &op.record.id,
+                phase: ResidencyPhase::Moving.as_str(),
+            }),
         ) {
             Ok(m) => {
                 tracing::info!(operation = %op.record.id, r#move = %m.id, "residency change: moving the org")
@@ -436,10 +453,15 @@ fn purging(plane: &Plane, op: &Change, mut d: ResidencyDetail) -> Result<(), Hem
         .org(op.org())?
         .ok_or_else(|| HemvistError::not_found(format!("no org {}", op.org())))?
         .generation;
+    // One node of a region at a time: nodes of one region share its store, and two scrubbing
+    // the same shared pack at once could write back one another's (`scrub.rs`).
     let mut all = true;
     for (_, nodes) in &targets {
         for node in nodes {
-            all &= super::destroy_on_node(plane, op, node, generation)?;
+            if !super::destroy_on_node(plane, op, node, generation)? {
+                all = false;
+                break;
+            }
         }
     }
     if !all {
@@ -463,7 +485,36 @@ fn narrowing(plane: &Plane, op: &Change, d: ResidencyDetail) -> Result<(), Hemvi
     Ok(())
 }
 
+/// The old policy back; first, a copy the rolled-back move may have left on its target where
+/// the old policy forbids (a target that did not answer its discard) is destroyed there.
 fn reverting(plane: &Plane, op: &Change, d: ResidencyDetail) -> Result<(), HemvistError> {
+    let old = ResidencyPolicy::from_stored(&d.from);
+    if let Some(child) = plane.store.children_of(&op.record.id)?.pop() {
+        let target = |k: &str| child.detail[k].as_str().map(str::to_string);
+        if let (Some(node), Some(region)) = (target("to_node"), target("to_region")) {
+            let forbidden = plane
+                .config
+                .regions
+                .iter()
+                .find(|r| r.id.as_str() == region)
+                .is_none_or(|r| !old.allows(r));
+            let discarded = plane
+                .store
+                .command(&format!("{}.rollback-in", child.id))?
+                .is_some_and(|c| c.state == crate::store::CommandState::Done);
+            if forbidden && !discarded {
+                let node = NodeId::parse(&node)?;
+                let generation = plane
+                    .store
+                    .org(op.org())?
+                    .ok_or_else(|| HemvistError::not_found(format!("no org {}", op.org())))?
+                    .generation;
+                if !super::destroy_on_node(plane, op, &node, generation)? {
+                    return Ok(());
+                }
+            }
+        }
+    }
     swap_policy(plane, op, &d.during, &d.from, &d)?;
     let why = HemvistError::new(
         op.record.error_kind.unwrap_or(ErrorKind::Internal),

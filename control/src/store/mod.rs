@@ -42,7 +42,7 @@ pub use commands::{CommandKind, CommandRecord, CommandState, NewCommand};
 pub use db::Store;
 pub use error::StoreError;
 pub use nodes::{NodeRecord, RegionRecord};
-pub use operations::{NewOperation, OperationRecord, Transition};
+pub use operations::{NewOperation, OperationRecord, ParentRef, Transition};
 pub use orgs::{Created, NewOrg, OrgRecord, StoredPosition, StoredResidency};
 pub use placements::{ObservedRecord, PlacementSpan, PlacementSwitch, TenantSchema};
 pub use schema::{AddedFiles, EditedFile, Pin, SchemaCensusRow};

@@ -40,8 +40,16 @@ pub struct NewOperation<'a> {
     pub phase: &'a str,
     pub requested_by: &'a str,
     pub detail: &'a serde_json::Value,
-    /// Started as a step of this unfinished operation of the same org (which owns the org).
-    pub parent: Option<&'a str>,
+    /// Started as a step of this unfinished operation of the same org (which owns the org),
+    /// while it is in the given phase.
+    pub parent: Option<ParentRef<'a>>,
+}
+
+/// The operation a child is started under, and the phase it must still be in.
+#[derive(Clone, Copy)]
+pub struct ParentRef<'a> {
+    pub id: &'a str,
+    pub phase: &'a str,
 }
 
 /// A phase change: from the phase last seen, to the next one, with its audit entry.
@@ -149,16 +157,19 @@ impl Store {
         let tx = conn.transaction()?;
         let now = now_ms();
         if let Some(parent) = new.parent {
+            // In the same transaction: a parent that moved on (cancelled, say) starts no child.
             let open: Option<String> = tx
                 .query_row(
-                    "SELECT org FROM operations WHERE id = ?1 AND finished_ms IS NULL",
-                    [parent],
+                    "SELECT org FROM operations
+                     WHERE id = ?1 AND finished_ms IS NULL AND phase = ?2",
+                    [parent.id, parent.phase],
                     |r| r.get(0),
                 )
                 .optional()?;
             if open.as_deref() != Some(new.org.map_or("", |o| o.as_str())) {
                 return Err(StoreError::Stale(format!(
-                    "operation {parent} is not an unfinished operation of the same org"
+                    "operation {} is not an unfinished operation of the same org in phase {}",
+                    parent.id, parent.phase
                 )));
             }
         }
@@ -175,7 +186,7 @@ impl Store {
                 new.requested_by,
                 now,
                 new.detail.to_string(),
-                new.parent
+                new.parent.map(|p| p.id)
             ],
         )?;
         append_audit(&tx, new.requested_by, action, new.org, audit)?;
@@ -392,7 +403,10 @@ mod tests {
                 phase: "copying",
                 requested_by: "ops",
                 detail: &json!({}),
-                parent: Some(parent),
+                parent: Some(ParentRef {
+                    id: parent,
+                    phase: "preparing",
+                }),
             },
             "move.started",
             &json!({}),
@@ -437,7 +451,18 @@ mod tests {
             .collect();
         assert_eq!(kids, ["child-1", "child-2"]);
         store
-            .advance_operation(&step("owner", "preparing", "done", true))
+            .advance_operation(&step("owner", "preparing", "copying", false))
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(
+                child(&store, "child-3", &org, "owner"),
+                Err(StoreError::Stale(_))
+            ),
+            "a parent no longer in the phase that starts children"
+        );
+        store
+            .advance_operation(&step("owner", "copying", "done", true))
             .unwrap()
             .unwrap();
         assert!(matches!(
