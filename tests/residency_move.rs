@@ -393,3 +393,98 @@ fn a_policy_that_forbids_where_an_org_lives_carries_it_over_and_deletes_what_is_
         "{backups_north}"
     );
 }
+
+/// A residency change past its move no longer depends on the org's node: when the new home
+/// dies while the purge waits on a dead node of the forbidden region, the org is failed over
+/// (as the change's child) at once, and the change finishes once that region's node is back.
+#[test]
+fn a_new_home_dying_while_the_purge_waits_is_failed_over_under_the_change() {
+    let s3 = S3::start();
+    let mut c = Cluster::start_with_store_per_region(&[EU_NORTH, EU_CENTRAL], &s3, 300, "");
+    c.add_control_config("failover_grace_ms = 6000");
+    c.restart_control();
+    c.add_node("eu-central-2", "eu-central", support::cluster::JOIN_TOKEN);
+    c.wait_nodes_healthy(3);
+    c.create_org_ready(
+        "flytt",
+        json!({"region": "eu-north", "residency": "eu-north"}),
+    );
+    c.add_user("flytt", "fred@flytt.example", PASSWORD);
+    let fred = sign_in(
+        &c.node_url("eu-north"),
+        "flytt",
+        "fred@flytt.example",
+        PASSWORD,
+    )
+    .unwrap();
+    let mut written = Vec::new();
+    for i in 0..4 {
+        let name = format!("Flytt {i}");
+        let (status, _, _) = fred.post("/contacts", &[("name", &name)], None);
+        assert_eq!(status, 303);
+        written.push(name);
+    }
+    // eu-north's node dies when told to destroy its copy: the purge waits for it.
+    c.kill_node("eu-north");
+    c.start_node_with_env("eu-north", &[("HEMVIST_FAILPOINTS", "node.destroy=crash")]);
+    c.wait_nodes_healthy(3);
+    let (status, op) = c.admin(
+        "POST",
+        "/orgs/flytt/residency",
+        Some(json!({"policy": "eu-central", "move_to": "eu-central"})),
+    );
+    assert_eq!(status, 202, "{op}");
+    let id = op["id"].as_str().unwrap().to_string();
+    assert!(
+        c.wait_node_exit("eu-north"),
+        "eu-north's node crashed at its Destroy"
+    );
+    let purging = c.operation(&id);
+    assert_eq!(purging["phase"], "purging", "{purging:#}");
+    let home = c.org("flytt").expect("org");
+    assert_eq!(home.home_region, "eu-central");
+    let (dead, alive) = match home.node.as_str() {
+        "eu-central-1" => ("eu-central-1", "eu-central-2"),
+        _ => ("eu-central-2", "eu-central-1"),
+    };
+
+    // The new home dies too: failed over within the region, under the change.
+    c.kill_node_id(dead);
+    let failover = c.wait_for("the failover under the change", || {
+        let (_, ops) = c.admin("GET", "/operations", None);
+        ops.as_array()?
+            .iter()
+            .find(|o| o["kind"] == "failover" && o["phase"] == "done")
+            .cloned()
+    });
+    assert_eq!(failover["parent"], id.as_str(), "{failover:#}");
+    assert_eq!(failover["detail"]["to_node"], alive, "{failover:#}");
+    assert_eq!(
+        c.operation(&id)["phase"],
+        "purging",
+        "still waiting on eu-north"
+    );
+    let fred = sign_in(&c.url_of(alive), "flytt", "fred@flytt.example", PASSWORD).unwrap();
+    let (status, _, _) = fred.post("/contacts", &[("name", "After Failover")], None);
+    assert_eq!(status, 303, "the org serves at {alive}");
+    written.push("After Failover".into());
+
+    // eu-north's node is back: the purge and the change finish.
+    c.start_node("eu-north");
+    let ended = c.wait_operation_end(&id, Duration::from_secs(60));
+    assert_eq!(ended["phase"], "done", "{ended:#}");
+    assert_eq!(
+        policy_of(&c, "flytt"),
+        ("eu-central".into(), "eu-central".into())
+    );
+    assert!(s3.objects("hemvist/eu-north/tenants/flytt").is_empty());
+    assert_eq!(files_of(&c, "eu-north", "flytt"), Vec::<String>::new());
+    let file = c
+        .dir
+        .path()
+        .join(format!("nodes/{alive}/tenants/fl/flytt.db"));
+    let names = names_in(&file);
+    for w in &written {
+        assert!(names.contains(w), "{w} at {alive}: {names:?}");
+    }
+}

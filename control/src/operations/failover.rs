@@ -124,9 +124,16 @@ pub fn detect(plane: &Plane) -> Result<(), HemvistError> {
             None => owned.insert(plane.owned_orgs()?),
         };
         for org in orgs {
-            if owned.contains(&org.id) {
-                continue;
-            }
+            // An owner that does not hold the org's node (a residency change past its move)
+            // runs the failover as its child; any other owner handles the dead node itself.
+            let parent = if owned.contains(&org.id) {
+                match super::set_residency::failover_parent(plane, &org.id)? {
+                    Some(p) => Some(p),
+                    None => continue,
+                }
+            } else {
+                None
+            };
             let detail = FailoverDetail {
                 region: org.home_region.clone(),
                 from_node: node.id.clone(),
@@ -137,12 +144,22 @@ pub fn detect(plane: &Plane) -> Result<(), HemvistError> {
                 serving_ms: None,
             };
             let actor = format!("control (node {} silent since {silent_since})", node.id);
-            match plane.begin(
-                &org.id,
-                FailoverPhase::Placing,
-                &actor,
-                detail_json(&detail)?,
-            ) {
+            let started = match &parent {
+                None => plane.begin(
+                    &org.id,
+                    FailoverPhase::Placing,
+                    &actor,
+                    detail_json(&detail)?,
+                ),
+                Some((id, phase)) => plane.begin_child(
+                    &org.id,
+                    FailoverPhase::Placing,
+                    &actor,
+                    detail_json(&detail)?,
+                    crate::store::ParentRef { id, phase },
+                ),
+            };
+            match started {
                 Ok(op) => {
                     tracing::warn!(operation = %op.record.id, org = %org.id, node = %node.id,
                         silent_ms = now - silent_since, "node dead past its grace period; failing its org over");

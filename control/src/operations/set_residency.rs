@@ -23,6 +23,10 @@
 //!   must be destroyed first).
 //! - **narrowing**: the policy becomes the new one (audited); done.
 //!
+//! Past its move the change no longer depends on the org's node: if that node dies meanwhile,
+//! the org is failed over as the change's child ([`failover_parent`]), not held back by a purge
+//! that waits on another region.
+//!
 //! Keeps true: the org's data is only ever where the policy in force allows — old, union, new —
 //! and the union lasts exactly as long as the org is carried over; every step is idempotent (a
 //! policy step is a compare and set that finds its own result done, a destroy is asked again)
@@ -207,6 +211,34 @@ impl Plane {
             "operation {id} kept changing; try again"
         )))
     }
+}
+
+/// The residency change owning `org` that lets a failover of it run as its child, and the phase
+/// it is in: one past its move (purging, narrowing), which no longer depends on the org's node,
+/// with no child running. A failover is never held back by a purge waiting on another region.
+pub fn failover_parent(
+    plane: &Plane,
+    org: &OrgId,
+) -> Result<Option<(String, &'static str)>, HemvistError> {
+    let Some(owner) = plane.store.open_operation_of(Some(org))? else {
+        return Ok(None);
+    };
+    if owner.kind != OperationKind::SetResidency.as_str() {
+        return Ok(None);
+    }
+    let phase = match ResidencyPhase::parse(&owner.phase) {
+        Some(p @ (ResidencyPhase::Purging | ResidencyPhase::Narrowing)) => p.as_str(),
+        _ => return Ok(None),
+    };
+    if plane
+        .store
+        .children_of(&owner.id)?
+        .iter()
+        .any(|c| c.finished_ms.is_none())
+    {
+        return Ok(None);
+    }
+    Ok(Some((owner.id, phase)))
 }
 
 pub fn step(plane: &Plane, record: OperationRecord) -> Result<(), HemvistError> {

@@ -148,6 +148,7 @@ impl Hosting {
         org: &OrgId,
         generation: hemvist_proto::Generation,
     ) -> Result<(), HemvistError> {
+        failpoints::check("node.destroy")?;
         if let Some(h) = self.hosted.hosted(org) {
             if h.generation > generation {
                 return Err(HemvistError::new(
