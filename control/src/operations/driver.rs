@@ -34,7 +34,8 @@ pub async fn run(plane: Arc<Plane>, shutdown: CancellationToken) {
 }
 
 fn step_all(plane: &Plane) -> Result<(), HemvistError> {
-    if let Err(e) = failover::detect(plane) {
+    let parent_of = |org: &hemvist_proto::OrgId| set_residency::failover_parent(plane, org);
+    if let Err(e) = failover::detect(plane, &parent_of) {
         tracing::warn!(error = %e, "looking for dead nodes failed; will retry");
     }
     if let Err(e) = drain::step(plane) {

@@ -23,7 +23,7 @@
 //! out (measured on the node, long before the grace period ends), and if it comes back it finds
 //! its generation superseded, is fenced, and its copy is dropped to `trash/` by the reconciler.
 
-use hemvist_proto::{Generation, HemvistError, NodeId, RegionId};
+use hemvist_proto::{Generation, HemvistError, NodeId, OrgId, RegionId};
 use serde::{Deserialize, Serialize};
 
 use super::{Operation, OperationKind, Phase, Step};
@@ -107,8 +107,14 @@ pub fn is_dead(plane: &Plane, node: &NodeId) -> Result<bool, HemvistError> {
     Ok(dead_since(plane, node, last_seen).is_some())
 }
 
-/// Starts a failover for every org of every dead node that no operation owns yet.
-pub fn detect(plane: &Plane) -> Result<(), HemvistError> {
+/// Which unfinished operation owning an org lets a failover of it run as its child, and in
+/// which of its phases (the driver knows every kind; see `set_residency::failover_parent`).
+pub type FailoverParent<'a> =
+    &'a dyn Fn(&OrgId) -> Result<Option<(String, &'static str)>, HemvistError>;
+
+/// Starts a failover for every org of every dead node that no operation owns yet, or whose
+/// owner lets it run as its child (`parent_of`).
+pub fn detect(plane: &Plane, parent_of: FailoverParent<'_>) -> Result<(), HemvistError> {
     let now = now_ms();
     let mut owned = None;
     for node in plane.store.nodes()? {
@@ -127,7 +133,7 @@ pub fn detect(plane: &Plane) -> Result<(), HemvistError> {
             // An owner that does not hold the org's node (a residency change past its move)
             // runs the failover as its child; any other owner handles the dead node itself.
             let parent = if owned.contains(&org.id) {
-                match super::set_residency::failover_parent(plane, &org.id)? {
+                match parent_of(&org.id)? {
                     Some(p) => Some(p),
                     None => continue,
                 }
