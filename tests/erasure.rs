@@ -16,27 +16,6 @@ use support::session::sign_in;
 
 const PASSWORD: &str = "correct horse battery";
 
-fn files_of(c: &Cluster, region: &str, org: &str) -> Vec<String> {
-    let data = c.node_data(region);
-    let mut found = Vec::new();
-    let mut walk = vec![data.join("tenants"), data.join("trash")];
-    while let Some(dir) = walk.pop() {
-        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk.push(p);
-            } else if e
-                .file_name()
-                .to_string_lossy()
-                .starts_with(&format!("{org}."))
-            {
-                found.push(p.display().to_string());
-            }
-        }
-    }
-    found
-}
-
 #[test]
 fn an_org_erased_across_a_control_plane_kill_leaves_nothing_anywhere_and_its_id_stays_taken() {
     let s3 = S3::start();
@@ -125,7 +104,7 @@ fn an_org_erased_across_a_control_plane_kill_leaves_nothing_anywhere_and_its_id_
                 s3.objects(&format!("hemvist/{region}/tenants/{org}"))
             );
             assert_eq!(
-                files_of(&c, region, org),
+                c.files_of(region, org),
                 Vec::<String>::new(),
                 "{org} on {region}'s node"
             );

@@ -44,51 +44,12 @@ fn packed_segments(s3: &S3, prefix: &str) -> Vec<String> {
     names
 }
 
-fn files_of(c: &Cluster, region: &str, org: &str) -> Vec<String> {
-    let data = c.node_data(region);
-    let mut found = Vec::new();
-    let mut walk = vec![data.join("tenants"), data.join("trash")];
-    while let Some(dir) = walk.pop() {
-        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk.push(p);
-            } else if e
-                .file_name()
-                .to_string_lossy()
-                .starts_with(&format!("{org}."))
-            {
-                found.push(p.display().to_string());
-            }
-        }
-    }
-    found
-}
-
 /// The org's home region and its policy, as `orgs show` has them.
 fn policy_of(c: &Cluster, org: &str) -> (String, String) {
     let (status, o) = c.admin("GET", &format!("/orgs/{org}"), None);
     assert_eq!(status, 200, "{o}");
     let text = |k: &str| o[k].as_str().unwrap_or_default().to_string();
     (text("home_region"), text("residency"))
-}
-
-/// The CLI with the test's S3 credentials (`--verify-stores`, `restore`).
-fn cli_s3(c: &Cluster, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(support::cluster::BIN)
-        .args(args)
-        .env("HEMVIST_CONTROL", c.control_url())
-        .env("HEMVIST_TOKEN", support::cluster::ADMIN_TOKEN)
-        .env("HEMVIST_DATA", c.dir.path())
-        .env("HEMVIST_S3_ACCESS_KEY_ID", support::s3::ACCESS_KEY)
-        .env("HEMVIST_S3_SECRET_ACCESS_KEY", support::s3::SECRET_KEY)
-        .output()
-        .expect("run hemvist");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -286,25 +247,22 @@ fn a_policy_that_forbids_where_an_org_lives_carries_it_over_and_deletes_what_is_
         packed.iter().any(|n| n.starts_with("tenants/granne/")),
         "granne's packs were kept: {packed:?}"
     );
-    assert_eq!(files_of(&c, "eu-north", "fjord"), Vec::<String>::new());
+    assert_eq!(c.files_of("eu-north", "fjord"), Vec::<String>::new());
     assert!(!s3.objects("hemvist/eu-central/tenants/fjord").is_empty());
     // The neighbour's backups are whole: its newest point restores every contact.
     let restored = c.dir.path().join("granne-restored.db");
-    let (ok, out, err) = cli_s3(
-        &c,
-        &[
-            "restore",
-            "granne",
-            "--at",
-            "now",
-            "--out",
-            restored.to_str().unwrap(),
-            "--store",
-            &format!("s3://{}/hemvist/eu-north", support::s3::BUCKET),
-            "--endpoint",
-            &s3.endpoint,
-        ],
-    );
+    let (ok, out, err) = c.cli_s3(&[
+        "restore",
+        "granne",
+        "--at",
+        "now",
+        "--out",
+        restored.to_str().unwrap(),
+        "--store",
+        &format!("s3://{}/hemvist/eu-north", support::s3::BUCKET),
+        "--endpoint",
+        &s3.endpoint,
+    ]);
     assert!(ok, "restore granne: {out}\n{err}");
     let granne = names_in(&restored);
     assert_eq!(granne.len(), 6, "{granne:?}");
@@ -348,10 +306,7 @@ fn a_policy_that_forbids_where_an_org_lives_carries_it_over_and_deletes_what_is_
         ],
         "{out}"
     );
-    let (ok, out, err) = cli_s3(
-        &c,
-        &["audit", "report", "--org", "fjord", "--verify-stores"],
-    );
+    let (ok, out, err) = c.cli_s3(&["audit", "report", "--org", "fjord", "--verify-stores"]);
     assert!(ok, "report: {out}\n{err}");
     let r: Value = serde_json::from_str(&out).unwrap();
     let o = &r["orgs"][0];
@@ -478,7 +433,7 @@ fn a_new_home_dying_while_the_purge_waits_is_failed_over_under_the_change() {
         ("eu-central".into(), "eu-central".into())
     );
     assert!(s3.objects("hemvist/eu-north/tenants/flytt").is_empty());
-    assert_eq!(files_of(&c, "eu-north", "flytt"), Vec::<String>::new());
+    assert_eq!(c.files_of("eu-north", "flytt"), Vec::<String>::new());
     let file = c
         .dir
         .path()

@@ -7,31 +7,17 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::browser;
-use support::cluster::{Cluster, ADMIN_TOKEN, BIN, EU_CENTRAL, EU_NORTH, US_EAST};
+use support::cluster::{Cluster, EU_CENTRAL, EU_NORTH, US_EAST};
 use support::s3::S3;
 
-fn report(c: &Cluster, s3: &S3, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .args(["audit", "report"])
-        .args(args)
-        .env("HEMVIST_CONTROL", c.control_url())
-        .env("HEMVIST_TOKEN", ADMIN_TOKEN)
-        .env("HEMVIST_S3_ACCESS_KEY_ID", support::s3::ACCESS_KEY)
-        .env("HEMVIST_S3_SECRET_ACCESS_KEY", support::s3::SECRET_KEY)
-        .current_dir(c.dir.path())
-        .output()
-        .expect("run hemvist");
-    let _ = s3;
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+fn report(c: &Cluster, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec!["audit", "report"];
+    all.extend_from_slice(args);
+    c.cli_s3(&all)
 }
 
 #[test]
@@ -46,7 +32,7 @@ fn a_moved_org_is_reported_to_the_millisecond_and_a_planted_object_is_a_violatio
     let op = c.wait_operation_end(&id, Duration::from_secs(60));
     assert_eq!(op["phase"], "done", "{op}");
 
-    let (ok, out, err) = report(&c, &s3, &["--org", "norrsken"]);
+    let (ok, out, err) = report(&c, &["--org", "norrsken"]);
     assert!(ok, "audit report: {out}\n{err}");
     let r: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["orgs"].as_array().unwrap().len(), 1, "{r}");
@@ -95,7 +81,7 @@ fn a_moved_org_is_reported_to_the_millisecond_and_a_planted_object_is_a_violatio
     assert!(m["requested_by"].is_string());
 
     // The whole fleet, as CSV: a header and a row per interval of both orgs.
-    let (ok, out, _) = report(&c, &s3, &["--format", "csv"]);
+    let (ok, out, _) = report(&c, &["--format", "csv"]);
     assert!(ok);
     assert!(out.starts_with("org,verdict,policy,kind,region"), "{out}");
     assert!(
@@ -105,7 +91,7 @@ fn a_moved_org_is_reported_to_the_millisecond_and_a_planted_object_is_a_violatio
     );
 
     // The stores agree with the ledger...
-    let (ok, out, err) = report(&c, &s3, &["--org", "norrsken", "--verify-stores"]);
+    let (ok, out, err) = report(&c, &["--org", "norrsken", "--verify-stores"]);
     assert!(ok, "verify-stores: {out}\n{err}");
     let r: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["stores_verified"], true);
@@ -122,7 +108,7 @@ fn a_moved_org_is_reported_to_the_millisecond_and_a_planted_object_is_a_violatio
         .join("hemvist/us-east/tenants/norrsken/g0000000001/snap/planted.hvb");
     std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
     std::fs::write(&planted, b"not supposed to be here").unwrap();
-    let (ok, out, _) = report(&c, &s3, &["--org", "norrsken", "--verify-stores"]);
+    let (ok, out, _) = report(&c, &["--org", "norrsken", "--verify-stores"]);
     assert!(!ok, "a violation exits 1: {out}");
     let r: Value = serde_json::from_str(&out).unwrap();
     let o = &r["orgs"][0];
@@ -173,7 +159,7 @@ fn a_moved_org_is_reported_to_the_millisecond_and_a_planted_object_is_a_violatio
         .find(|e| e["action"] == "org.residency_changed")
         .expect("audited");
     assert_eq!(change["detail"]["reason"], "US office", "{change}");
-    let (ok, out, err) = report(&c, &s3, &["--org", "norrsken"]);
+    let (ok, out, err) = report(&c, &["--org", "norrsken"]);
     assert!(ok, "{out}\n{err}");
     let r: Value = serde_json::from_str(&out).unwrap();
     let history = r["orgs"][0]["policy_history"].as_array().unwrap();
@@ -186,7 +172,6 @@ fn a_moved_org_is_reported_to_the_millisecond_and_a_planted_object_is_a_violatio
     let html = c.dir.path().join("report.html");
     let (ok, out, err) = report(
         &c,
-        &s3,
         &[
             "--org",
             "norrsken",

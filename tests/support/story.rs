@@ -278,4 +278,47 @@ impl Cluster {
             .join(&org[..2])
             .join(format!("{org}.db"))
     }
+
+    /// Every file of `org` on a region's node, its trash included (an erased or purged org
+    /// has none).
+    pub fn files_of(&self, region: &str, org: &str) -> Vec<String> {
+        let data = self.node_data(region);
+        let mut found = Vec::new();
+        let mut walk = vec![data.join("tenants"), data.join("trash")];
+        while let Some(dir) = walk.pop() {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk.push(p);
+                } else if e
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{org}."))
+                {
+                    found.push(p.display().to_string());
+                }
+            }
+        }
+        found
+    }
+
+    /// As [`Cluster::cli`], with the test S3 server's credentials (`--verify-stores`,
+    /// `restore`), from the cluster's folder.
+    pub fn cli_s3(&self, args: &[&str]) -> (bool, String, String) {
+        let out = std::process::Command::new(super::cluster::BIN)
+            .args(args)
+            .env("HEMVIST_CONTROL", self.control_url())
+            .env("HEMVIST_TOKEN", super::cluster::ADMIN_TOKEN)
+            .env("HEMVIST_DATA", self.dir.path())
+            .env("HEMVIST_S3_ACCESS_KEY_ID", super::s3::ACCESS_KEY)
+            .env("HEMVIST_S3_SECRET_ACCESS_KEY", super::s3::SECRET_KEY)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run hemvist");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
 }
