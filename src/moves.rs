@@ -1,6 +1,7 @@
 //! `hemvist orgs move ORG --to REGION [--wait]`: asks the control plane to move an org while it
 //! serves and, with `--wait`, follows the move to its end. The move runs in the control plane
-//! (copying, fencing, finishing, switching, releasing; or rolling back before the switch); this
+//! (copying, fencing, finishing, switching, releasing; or rolling back before the switch, or
+//! recovering and returning when the new home died before its first backup); this
 //! verb only asks and watches, so stopping it (Ctrl-C) stops the watching, never the move.
 
 use std::io::IsTerminal;
@@ -305,9 +306,16 @@ const FORWARD: [&str; 6] = [
 /// and end between two polls).
 fn passed(before: &str, now: &str) -> Vec<&'static str> {
     let at = |p: &str| FORWARD.iter().position(|f| *f == p);
+    // Past the switch, a move whose new home died goes back to its source by these.
+    let switched = matches!(before, "switching" | "releasing");
     match (at(before), at(now)) {
         (Some(b), Some(n)) if n > b => FORWARD[b + 1..n].to_vec(),
-        _ if now == "rolled_back" && before != "rolling_back" => vec!["rolling_back"],
+        _ if now == "returning" && switched => vec!["recovering"],
+        _ if now == "rolled_back" && switched => vec!["recovering", "returning"],
+        _ if now == "rolled_back" && before == "recovering" => vec!["returning"],
+        _ if now == "rolled_back" && !matches!(before, "rolling_back" | "returning") => {
+            vec!["rolling_back"]
+        }
         _ => Vec::new(),
     }
 }
@@ -349,6 +357,22 @@ fn describe(phase: &str, op: &Value) -> String {
             "{} ({from} keeps the org; {to} discards its copy)",
             error_of(op)
         ),
+        "recovering" => format!(
+            "{to} died before its first backup was reported; another node of {} looks in its \
+             store for what {to} shipped",
+            s(d, "to_region")
+        ),
+        "returning" => format!(
+            "{}'s store holds nothing of generation {}: {from} takes the org back \
+             (generation {}), at the final position",
+            s(d, "to_region"),
+            s(d, "to_generation"),
+            s(d, "return_generation")
+        ),
+        "rolled_back" if !d["return_generation"].is_null() => format!(
+            "{from} serves the org again (generation {})",
+            s(d, "return_generation")
+        ),
         "rolled_back" => format!("{from} kept the org"),
         other => other.to_string(),
     }
@@ -377,5 +401,12 @@ mod tests {
         assert_eq!(passed("copying", "rolled_back"), ["rolling_back"]);
         assert!(passed("rolling_back", "rolled_back").is_empty());
         assert!(passed("finishing", "rolling_back").is_empty());
+        assert_eq!(
+            passed("releasing", "rolled_back"),
+            ["recovering", "returning"]
+        );
+        assert_eq!(passed("recovering", "rolled_back"), ["returning"]);
+        assert_eq!(passed("switching", "returning"), ["recovering"]);
+        assert!(passed("returning", "rolled_back").is_empty());
     }
 }

@@ -103,7 +103,9 @@ async fn wait_drained(
             .filter(|o| {
                 o["finished_ms"].is_null()
                     && o["detail"]["from_node"] == node.as_str()
-                    && (o["phase"] == "switching" || o["phase"] == "releasing")
+                    && ["switching", "releasing", "recovering", "returning"]
+                        .iter()
+                        .any(|p| o["phase"] == *p)
             })
             .count() as u64;
         // Before its switch an org is still placed on the node (and counted in `tenants`).

@@ -373,3 +373,139 @@ fn a_new_home_that_dies_after_its_first_backup_ends_the_move_and_is_failed_over(
     let file = c.dir.path().join("nodes/eu-central-2/tenants/ac/acme.db");
     assert_eq!(names_in(&file), acked, "exactly the acknowledged writes");
 }
+
+/// A sync org moving to eu-central-1, which dies for good at `failpoint` (its first snapshot
+/// of the new generation, before it is stored or right after, so never reported), with
+/// eu-central-2 beside it to look in the region's store. The move's operation once it has
+/// ended, and every answer the writer at the old home got until then and a little after.
+fn new_home_dies_before_its_first_backup_is_reported(
+    c: &mut Cluster,
+    failpoint: &str,
+) -> (Value, Vec<support::story::Answer>) {
+    c.add_control_config("move_stall_ms = 4000\nfailover_grace_ms = 6000");
+    c.restart_control();
+    c.wait_nodes_healthy(2);
+    c.create_org_ready(
+        "acme",
+        json!({"region": "eu-north", "residency": "EU", "durability": "sync"}),
+    );
+    c.add_user("acme", EMAIL, PASSWORD);
+    c.add_node("eu-central-2", "eu-central", support::cluster::JOIN_TOKEN);
+    c.kill_node_id("eu-central-1");
+    c.start_node_id_with_env("eu-central-1", &[("HEMVIST_FAILPOINTS", failpoint)]);
+    c.wait_nodes_healthy(3);
+
+    let user = sign_in(&c.node_url("eu-north"), "acme", EMAIL, PASSWORD).expect("sign in");
+    let writing = Writer::start(user, "w");
+    assert!(writing.wait_acked(10), "the old home takes writes first");
+    let (status, op) = c.admin(
+        "POST",
+        "/orgs/acme/move",
+        Some(json!({"to": "eu-central", "node": "eu-central-1"})),
+    );
+    assert_eq!(status, 202, "{op}");
+    let id = op["id"].as_str().expect("operation id").to_string();
+    assert!(c.wait_node_id_exit("eu-central-1"), "the new home died");
+    let ended = c.wait_operation_end(&id, Duration::from_secs(90));
+    // Writers go on a little: wherever the org now is, the old home says so or takes them.
+    std::thread::sleep(Duration::from_millis(1_500));
+    (ended, writing.stop())
+}
+
+#[test]
+fn a_new_home_dead_before_its_first_snapshot_is_stored_returns_the_org_to_its_source() {
+    let s3 = S3::start();
+    let mut c = Cluster::start_with_backup(&[EU_NORTH, EU_CENTRAL], &s3, INTERVAL_MS);
+    let (ended, answers) =
+        new_home_dies_before_its_first_backup_is_reported(&mut c, "node.backup.snapshot=crash");
+    assert_eq!(ended["phase"], "rolled_back", "{ended:#}");
+    let error = ended["error"].as_str().unwrap_or("");
+    assert!(error.contains("back on eu-north-1"), "{ended:#}");
+    let detail = &ended["detail"];
+    assert_eq!(detail["probed"]["objects"], 0, "{ended:#}");
+    assert!(
+        detail["recovering_from"] == "switching" || detail["recovering_from"] == "releasing",
+        "{ended:#}"
+    );
+    // The probe was asked of the other node of the new region, and answered.
+    let probe = ended["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["kind"] == "probe").cloned())
+        .unwrap_or_default();
+    assert_eq!(probe["node_id"], "eu-central-2", "{ended:#}");
+    assert_eq!(probe["state"], "done", "{ended:#}");
+
+    // The source serves under a generation newer than the dead home's, and takes writes.
+    let shown = c.org("acme").expect("org");
+    assert_eq!(
+        (shown.home_region.as_str(), shown.node.as_str()),
+        ("eu-north", "eu-north-1")
+    );
+    let dead_generation = detail["to_generation"].as_u64().expect("generation");
+    let (_, org) = c.admin("GET", "/orgs/acme", None);
+    assert!(
+        org["generation"].as_u64().unwrap_or(0) > dead_generation,
+        "{org:#} after {dead_generation}"
+    );
+    let mut acked = acked(&answers);
+    let after_return = answers
+        .iter()
+        .skip_while(|a| a.1 == 303)
+        .filter(|a| a.1 == 303)
+        .count();
+    assert!(after_return > 0, "writes are taken again: {answers:?}");
+    // Nothing was acknowledged that is not there, nothing is there twice.
+    assert_exactly(&c, &mut acked);
+    assert_eq!(c.metric(&c.control_url(), "hemvist_operations_stalled"), 0);
+    assert_eq!(
+        c.metric(
+            &c.control_url(),
+            "hemvist_moves_total{outcome=\"rolled_back\"}"
+        ),
+        1
+    );
+}
+
+#[test]
+fn a_new_home_dead_right_after_storing_its_first_snapshot_is_failed_over_from_that_store() {
+    let s3 = S3::start();
+    let mut c = Cluster::start_with_backup(&[EU_NORTH, EU_CENTRAL], &s3, INTERVAL_MS);
+    let (ended, answers) = new_home_dies_before_its_first_backup_is_reported(
+        &mut c,
+        "node.backup.snapshot.stored=crash",
+    );
+    assert_eq!(ended["phase"], "done", "{ended:#}");
+    let note = ended["detail"]["note"].as_str().unwrap_or("");
+    assert!(note.contains("store holds"), "{ended:#}");
+    assert!(
+        ended["detail"]["probed"]["objects"].as_u64().unwrap_or(0) > 0,
+        "{ended:#}"
+    );
+    let failover = c.wait_for("the failover", || {
+        let (_, ops) = c.admin("GET", "/operations", None);
+        ops.as_array()?
+            .iter()
+            .find(|o| o["kind"] == "failover" && o["phase"] == "done")
+            .cloned()
+    });
+    assert_eq!(
+        failover["detail"]["to_node"], "eu-central-2",
+        "{failover:#}"
+    );
+    let shown = c.org("acme").expect("org");
+    assert_eq!(
+        (shown.home_region.as_str(), shown.node.as_str()),
+        ("eu-central", "eu-central-2")
+    );
+    // Every write the old home acknowledged is at the new one, once; and it takes more.
+    let mut acked = acked(&answers);
+    let user = sign_in(&c.url_of("eu-central-2"), "acme", EMAIL, PASSWORD).expect("sign in");
+    assert_eq!(
+        user.try_post("/contacts", &[("name", "after"), ("city", "Bonn")]),
+        Some(303)
+    );
+    acked.push("after".to_string());
+    acked.sort();
+    let file = c.dir.path().join("nodes/eu-central-2/tenants/ac/acme.db");
+    assert_eq!(names_in(&file), acked, "exactly the acknowledged writes");
+}

@@ -73,6 +73,9 @@ pub enum NodeCommand {
     /// Destroy the org on this node for good: file (no trash) and every backup object of it in
     /// the node's region.
     Destroy { org: OrgId, generation: Generation },
+    /// Say what the node's region's store holds of the org at `generation` or newer (reads
+    /// only): a move whose new home died before reporting its first backup asks.
+    Probe { org: OrgId, generation: Generation },
     /// A move's source: let `target` read the org's backups with `secret`.
     MoveOut {
         org: OrgId,
@@ -204,6 +207,9 @@ impl std::fmt::Debug for NodeCommand {
                 write!(f, "AddUser({org}, {generation}, ..)")
             }
             NodeCommand::Drop { org, generation } => write!(f, "Drop({org}, {generation})"),
+            NodeCommand::Probe { org, generation } => {
+                write!(f, "Probe({org}, {generation})")
+            }
             NodeCommand::Destroy { org, generation } => {
                 write!(f, "Destroy({org}, {generation})")
             }

@@ -366,6 +366,11 @@ impl From<pb::CommandAck> for CommandAck {
             micros: m.micros,
             fingerprint: m.fingerprint,
         });
+        let probed = ack.probed.map(|p| crate::nodes::Probed {
+            objects: p.objects,
+            newest_generation: p.newest_generation,
+            newest_lsn: p.newest_lsn,
+        });
         let bytes = ack.tenant.as_ref().map_or(0, |t| t.bytes);
         let outcome = if ack.ok {
             Ok(ack.tenant.map(|t| TenantSchema {
@@ -383,6 +388,7 @@ impl From<pb::CommandAck> for CommandAck {
             outcome,
             moved,
             migrated,
+            probed,
             bytes,
         }
     }
@@ -535,6 +541,10 @@ fn action(command: NodeCommand) -> pb::command::Action {
             generation: generation.get(),
         }),
         NodeCommand::Destroy { org, generation } => Action::Destroy(pb::DestroyTenant {
+            org: org.to_string(),
+            generation: generation.get(),
+        }),
+        NodeCommand::Probe { org, generation } => Action::Probe(pb::ProbeStore {
             org: org.to_string(),
             generation: generation.get(),
         }),

@@ -28,6 +28,8 @@ pub struct CommandAck {
     pub moved: Option<Moved>,
     /// What a `migrate` did, whether it succeeded or not.
     pub migrated: Option<Migrated>,
+    /// What a `probe` found in the node's region's store.
+    pub probed: Option<Probed>,
     /// After a `host` of a branch: its file's size (0 when not said).
     pub bytes: u64,
 }
@@ -54,6 +56,16 @@ pub struct MigrationFailure {
     pub file: String,
     pub statement: String,
     pub error: String,
+}
+
+/// What a region's store holds of an org from a generation on (a `probe`'s answer, kept as
+/// the command's result).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Probed {
+    /// Backup objects of that generation or newer (a damaged one that may hold some counts).
+    pub objects: u64,
+    pub newest_generation: u64,
+    pub newest_lsn: u64,
 }
 
 /// A position a move's step reported.
@@ -223,12 +235,14 @@ impl Plane {
                 (state, Some((e.kind, message)))
             }
         };
-        let result = match &ack.migrated {
-            Some(m) => Some(serde_json::json!(m)),
-            None => ack
-                .moved
-                .filter(|_| ack.outcome.is_ok())
-                .map(|m| serde_json::json!(m)),
+        let result = match (&ack.migrated, ack.outcome.is_ok()) {
+            (Some(m), _) => Some(serde_json::json!(m)),
+            (None, false) => None,
+            (None, true) => match (ack.moved, ack.probed) {
+                (Some(m), _) => Some(serde_json::json!(m)),
+                (None, Some(p)) => Some(serde_json::json!(p)),
+                (None, None) => None,
+            },
         };
         let Some(cmd) = self.store.ack_command(
             node,
@@ -325,7 +339,8 @@ impl Plane {
             | CommandKind::MoveIn
             | CommandKind::Fence
             | CommandKind::FinishMove
-            | CommandKind::EndMove => {}
+            | CommandKind::EndMove
+            | CommandKind::Probe => {}
         }
         Ok(())
     }

@@ -405,6 +405,7 @@ fn lane_of(cmd: &pb::Command) -> usize {
         Some(Action::EndMove(a)) => a.org.as_str(),
         Some(Action::Migrate(a)) => a.org.as_str(),
         Some(Action::Destroy(a)) => a.org.as_str(),
+        Some(Action::Probe(a)) => a.org.as_str(),
         None => "",
     };
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -421,6 +422,7 @@ fn apply(node: &Node, cmd: pb::Command) -> pb::CommandAck {
         Some(Action::Host(h)) => host(node, h).map(Done::hosted),
         Some(Action::Drop(d)) => drop_tenant(node, d).map(|_| Done::default()),
         Some(Action::Destroy(d)) => destroy_tenant(node, d).map(|_| Done::default()),
+        Some(Action::Probe(p)) => probe_store(node, p).map(Done::probed),
         Some(Action::AddUser(u)) => add_user(node, u).map(|_| Done::default()),
         Some(Action::MoveOut(m)) => move_out(node, &cmd.operation, m).map(|_| Done::default()),
         Some(Action::MoveIn(m)) => move_in(node, &cmd.operation, m).map(|_| Done::default()),
@@ -450,6 +452,7 @@ fn apply(node: &Node, cmd: pb::Command) -> pb::CommandAck {
                 tenant: done.tenant,
                 moved: done.moved,
                 migrated,
+                probed: done.probed,
             }
         }
         Err(e) => {
@@ -463,6 +466,7 @@ fn apply(node: &Node, cmd: pb::Command) -> pb::CommandAck {
                 tenant: None,
                 moved: None,
                 migrated,
+                probed: None,
             }
         }
     }
@@ -473,12 +477,20 @@ fn apply(node: &Node, cmd: pb::Command) -> pb::CommandAck {
 struct Done {
     tenant: Option<pb::HostedTenant>,
     moved: Option<pb::MoveReport>,
+    probed: Option<pb::ProbeReport>,
 }
 
 impl Done {
     fn hosted(t: pb::HostedTenant) -> Done {
         Done {
             tenant: Some(t),
+            ..Done::default()
+        }
+    }
+
+    fn probed(p: pb::ProbeReport) -> Done {
+        Done {
+            probed: Some(p),
             ..Done::default()
         }
     }
@@ -776,6 +788,39 @@ fn destroy_tenant(node: &Node, d: pb::DestroyTenant) -> Result<(), HemvistError>
         .destroy_tenant(&org, Generation::new(d.generation)?)?;
     node.branches.apply(false, Vec::new(), vec![org]);
     Ok(())
+}
+
+/// What this region's store holds of the org from a generation on: read only, so asking again
+/// is harmless; a store that cannot be listed is a retryable error, never "nothing".
+fn probe_store(node: &Node, p: pb::ProbeStore) -> Result<pb::ProbeReport, HemvistError> {
+    let org = OrgId::try_from(p.org)?;
+    let generation = Generation::new(p.generation)?;
+    let Some(b) = &node.backup else {
+        return Err(HemvistError::invalid(format!(
+            "probe of {org}: this node has no [backup], so no store to look in"
+        )));
+    };
+    if b.store_is_foreign() {
+        return Err(HemvistError::unavailable(format!(
+            "probe of {org}: the backup store belongs to another hemvist system"
+        )));
+    }
+    let handle = tokio::runtime::Handle::try_current()
+        .map_err(|_| HemvistError::internal("a probe needs the runtime"))?;
+    let catalog = handle
+        .block_on(crate::backup::restore::catalog(&b.store, &org))
+        .map_err(|e| {
+            HemvistError::unavailable(format!("probe of {org}: its store cannot be read: {e:#}"))
+        })?;
+    let held = catalog.held_from(generation.get());
+    tracing::info!(%org, %generation, objects = held.objects, newest = ?held.newest,
+        "probed the region's store");
+    let (newest_generation, newest_lsn) = held.newest.unwrap_or((0, 0));
+    Ok(pb::ProbeReport {
+        objects: held.objects,
+        newest_generation,
+        newest_lsn,
+    })
 }
 
 fn take_branches(node: &Node, b: pb::BranchLabels) {

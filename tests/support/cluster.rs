@@ -638,7 +638,12 @@ impl Cluster {
     /// Waits for a node process to exit by itself (a crash); true if it did within 20 s.
     pub fn wait_node_exit(&mut self, region: &str) -> bool {
         let id = self.node_id_in(region);
-        let node = self.nodes.get_mut(&id).unwrap();
+        self.wait_node_id_exit(&id)
+    }
+
+    /// As [`Cluster::wait_node_exit`], for the node called `id`.
+    pub fn wait_node_id_exit(&mut self, id: &str) -> bool {
+        let node = self.nodes.get_mut(id).unwrap();
         let Some(mut p) = node.proc.take() else {
             return true;
         };

@@ -2,8 +2,12 @@
 //!
 //! ```text
 //! copying ──► fencing ──► finishing ──► switching ──► releasing ──► done
-//!    │           │            │
-//!    └───────────┴────────────┴──► rolling_back ──► rolled_back
+//!    │           │            │             │    ▲         ▲  │
+//!    │           │            │             ▼    │         │  ▼
+//!    │           │            │           recovering ──────┘  (new home dead before its
+//!    │           │            │                │               first backup was reported)
+//!    │           │            │                ▼
+//!    └───────────┴────────────┴──► rolling_back ──► rolled_back ◄── returning
 //! ```
 //!
 //! - **copying**: the source serves the org's backups to the target (`MoveOut`), which copies
@@ -18,17 +22,32 @@
 //!   source drops its copy (to its trash) and both forget the move. A target dead by then
 //!   (past its lease and the failover grace) is not waited for: the move ends, noting why, and
 //!   the org is failed over from that backup like any dead node's.
+//! - **recovering**: the new home died (past its lease and the failover grace) before its first
+//!   backup was reported. Another node of its region looks in the region's store (`Probe`,
+//!   read only). If the store holds anything of the new generation, the new home may have
+//!   acknowledged writes that only that store has: on to releasing, which ends the move for a
+//!   failover from it. If it holds nothing, no write the new home acknowledged survives
+//!   anywhere but in a sync org's case could not exist (a sync write is acknowledged only once
+//!   its segment is stored, after the generation's first snapshot), so the source's copy, at
+//!   exactly the final position, is the org: on to returning. A new home that comes back
+//!   before either is decided is the owner again (back to the phase it left).
+//! - **returning**: recorded with the placement switch back to the source under a newer
+//!   generation; the source hosts its own copy (never a restore) and serves again. The move
+//!   ends rolled back, saying why. An async org loses what the dead new home acknowledged and
+//!   never shipped, as it would in any failover of a dead node.
 //!
-//! Switching and releasing cannot go back. One that waits longer than `move_stall_ms` raises
-//! an alarm (`Plane::watch_stall`: logged, `hemvist_operations_stalled`, `ops show` says what
-//! it waits for) instead of failing.
+//! Switching, releasing, recovering and returning cannot go back to before the switch. One
+//! that waits longer than `move_stall_ms` raises an alarm (`Plane::watch_stall`: logged,
+//! `hemvist_operations_stalled`, `ops show` says what it waits for) instead of failing.
 //! - **rolling_back**: before the switch, any failure (or a cancel) lifts the source's fence
 //!   and discards the target's copy; the source never stopped being the owner.
 //!
 //! Keeps true: never two writers — the target writes only after the switch, the source not
-//! after its fence, and the fence comes before the final position is known; never none for
-//! long — a stuck phase rolls back before the switch, and after the switch only goes forward;
-//! no acknowledged write lost — the final position covers everything the source committed.
+//! after its fence, and the fence comes before the final position is known; a returning
+//! source writes only under a generation issued after the new home's lease ran out; never none
+//! for long — a stuck phase rolls back before the switch, and after it a dead new home is
+//! recovered from; no acknowledged write lost — the final position covers everything the
+//! source committed, and a new home's is in its region's store or it was never acknowledged.
 
 use hemvist_proto::{ErrorKind, Generation, HemvistError, NodeId, OrgId, RegionId};
 use serde::{Deserialize, Serialize};
@@ -36,7 +55,7 @@ use serde::{Deserialize, Serialize};
 use super::{Operation, OperationKind, Phase, Step};
 use crate::clock::now_ms;
 use crate::link::NodeCommand;
-use crate::nodes::Moved;
+use crate::nodes::{Moved, Probed};
 use crate::plane::Plane;
 use crate::residency::ResidencyPolicy;
 use crate::store::{CommandKind, CommandRecord, CommandState, OperationRecord, PlacementSwitch};
@@ -55,6 +74,8 @@ pub enum MovePhase {
     Finishing,
     Switching,
     Releasing,
+    Recovering,
+    Returning,
     Done,
     RollingBack,
     RolledBack,
@@ -68,6 +89,8 @@ impl Phase for MovePhase {
         MovePhase::Finishing,
         MovePhase::Switching,
         MovePhase::Releasing,
+        MovePhase::Recovering,
+        MovePhase::Returning,
         MovePhase::Done,
         MovePhase::RollingBack,
         MovePhase::RolledBack,
@@ -80,6 +103,8 @@ impl Phase for MovePhase {
             MovePhase::Finishing => "finishing",
             MovePhase::Switching => "switching",
             MovePhase::Releasing => "releasing",
+            MovePhase::Recovering => "recovering",
+            MovePhase::Returning => "returning",
             MovePhase::Done => "done",
             MovePhase::RollingBack => "rolling_back",
             MovePhase::RolledBack => "rolled_back",
@@ -136,6 +161,15 @@ pub struct MoveDetail {
     /// How the move ended, when not as planned (its new home died after its first backup).
     #[serde(default)]
     pub note: Option<String>,
+    /// Recovering from a dead new home: the phase it left (`switching` or `releasing`).
+    #[serde(default)]
+    pub recovering_from: Option<String>,
+    /// What the new home's region's store was found to hold of `to_generation` (a probe).
+    #[serde(default)]
+    pub probed: Option<Probed>,
+    /// Returning to the source: the generation it serves under again.
+    #[serde(default)]
+    pub return_generation: Option<Generation>,
 }
 
 /// An operator's request.
@@ -288,6 +322,9 @@ impl Plane {
             pause_ms: None,
             rolled_back_from: None,
             note: None,
+            recovering_from: None,
+            probed: None,
+            return_generation: None,
         };
         let op = match parent {
             None => self.begin(&org, MovePhase::Copying, actor, detail_json(&detail)?)?,
@@ -342,6 +379,8 @@ pub fn step(plane: &Plane, record: OperationRecord) -> Result<(), HemvistError> 
         MovePhase::Finishing => finishing(plane, &op, d),
         MovePhase::Switching => switching(plane, &op, d),
         MovePhase::Releasing => releasing(plane, &op, &d),
+        MovePhase::Recovering => recovering(plane, &op, d),
+        MovePhase::Returning => returning(plane, &op, &d),
         MovePhase::RollingBack => rolling_back(plane, &op, &d),
         MovePhase::Done | MovePhase::RolledBack => Ok(()),
     }
@@ -673,6 +712,9 @@ fn switching(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
         // The copy is in place: it hosts that file, never a restore.
         || command,
     )?;
+    if host.state != CommandState::Done && super::failover::is_dead(plane, &d.to_node)? {
+        return start_recovering(plane, op, d);
+    }
     if host.state != CommandState::Done {
         plane.watch_stall(op, stall_ms(plane), || {
             format!(
@@ -731,11 +773,14 @@ fn releasing(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistErro
     let Some(to_generation) = d.to_generation else {
         return Err(internal("releasing without a generation"));
     };
-    // The source keeps its copy until the new home's first backup is in its region's store.
-    let backed_up = plane.replication.get(op.org()).is_some_and(|r| {
-        r.node == d.to_node && r.generation == to_generation.get() && r.shipped_ms > 0
-    });
+    // The source keeps its copy until the new home's first backup is in its region's store
+    // (reported, or found there by a probe after the new home died).
+    let backed_up = first_backup_reported(plane, op, d, to_generation)
+        || d.probed.is_some_and(|p| p.objects > 0);
     if !backed_up {
+        if super::failover::is_dead(plane, &d.to_node)? {
+            return start_recovering(plane, op, d.clone());
+        }
         plane.watch_stall(op, stall_ms(plane), || {
             format!(
                 "the new home {}'s first backup in {}'s store (the source {} keeps its copy \
@@ -820,11 +865,19 @@ fn releasing(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistErro
             target_dead
                 .then(|| {
                     let mut ended = d.clone();
-                    ended.note = Some(format!(
-                "the new home {} died after its first backup; a failover takes the org from \
-                 that backup",
-                d.to_node
-            ));
+                    ended.note = Some(match d.probed {
+                        Some(p) => format!(
+                            "the new home {} died before its first backup was reported, but \
+                             {}'s store holds {} object(s) of {to_generation} (to LSN {}); a \
+                             failover takes the org from them",
+                            d.to_node, d.to_region, p.objects, p.newest_lsn
+                        ),
+                        None => format!(
+                            "the new home {} died after its first backup; a failover takes \
+                             the org from that backup",
+                            d.to_node
+                        ),
+                    });
                     detail_json(&ended)
                 })
                 .transpose()?,
@@ -839,6 +892,233 @@ fn releasing(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistErro
         plane.metrics.record_move("done", d.bytes);
         tracing::info!(operation = %op.record.id, org = %op.org(), from = %d.from_node,
             to = %d.to_node, "move done");
+    }
+    Ok(())
+}
+
+/// Whether the new home reported its first backup of `generation` in its region's store.
+fn first_backup_reported(plane: &Plane, op: &Move, d: &MoveDetail, generation: Generation) -> bool {
+    plane.replication.get(op.org()).is_some_and(|r| {
+        r.node == d.to_node && r.generation == generation.get() && r.shipped_ms > 0
+    })
+}
+
+/// The new home died past the switch, before its first backup was reported: find out what its
+/// region's store holds of it before deciding where the org goes.
+fn start_recovering(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistError> {
+    d.recovering_from = Some(op.phase.as_str().to_string());
+    tracing::warn!(operation = %op.record.id, org = %op.org(), node = %d.to_node,
+        phase = op.phase.as_str(),
+        "the move's new home died before its first backup was reported; looking in its store");
+    if plane
+        .advance(op, MovePhase::Recovering, Some(detail_json(&d)?))?
+        .is_some()
+    {
+        plane.wake_operations.notify_one();
+    }
+    Ok(())
+}
+
+fn recovering(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistError> {
+    let Some(to_generation) = d.to_generation else {
+        return Err(internal("recovering without a generation"));
+    };
+    let left = match d.recovering_from.as_deref() {
+        Some("switching") => MovePhase::Switching,
+        _ => MovePhase::Releasing,
+    };
+    // Back before anything was decided (only a read was asked so far): it is the owner still.
+    if plane.nodes.healthy(&d.to_node) || first_backup_reported(plane, op, &d, to_generation) {
+        tracing::info!(operation = %op.record.id, node = %d.to_node,
+            "the move's new home is back (or its backup was reported); the move goes on");
+        d.recovering_from = None;
+        plane.advance(op, left, Some(detail_json(&d)?))?;
+        plane.wake_operations.notify_one();
+        return Ok(());
+    }
+    let mut nodes: Vec<NodeId> = plane
+        .store
+        .nodes()?
+        .into_iter()
+        .filter(|n| n.region == d.to_region && n.id != d.to_node && plane.nodes.healthy(&n.id))
+        .map(|n| n.id)
+        .collect();
+    nodes.sort();
+    let Some(prober) = nodes.first() else {
+        plane.watch_stall(op, stall_ms(plane), || {
+            format!(
+                "a live node in {} to look in its store for what the dead new home {} shipped \
+                 (the source {} stays fenced and keeps its copy)",
+                d.to_region, d.to_node, d.from_node
+            )
+        });
+        return Ok(());
+    };
+    // One step per asked node: a prober that dies is replaced by the next.
+    let name = format!("probe-{prober}");
+    let probe = plane.drive_step(
+        &step_of(op, &name, prober, CommandKind::Probe, to_generation, false),
+        false,
+        || NodeCommand::Probe {
+            org: op.org().clone(),
+            generation: to_generation,
+        },
+    )?;
+    let probed = (probe.state == CommandState::Done)
+        .then(|| serde_json::from_value::<Probed>(probe.result.clone()?).ok())
+        .flatten();
+    let Some(probed) = probed else {
+        plane.watch_stall(op, stall_ms(plane), || {
+            format!(
+                "{prober} to say what {}'s store holds of {to_generation} (its probe is {}{})",
+                d.to_region,
+                probe.state.as_str(),
+                probe
+                    .error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            )
+        });
+        if probe.state == CommandState::Failed {
+            // Nothing decided without an answer: ask again.
+            plane.store.ack_command(
+                prober,
+                &probe.id,
+                CommandState::Retry,
+                probe
+                    .error_kind
+                    .map(|k| (k, probe.error.as_deref().unwrap_or(""))),
+                None,
+            )?;
+        }
+        return Ok(());
+    };
+    d.probed = Some(probed);
+    if probed.objects > 0 {
+        // Writes the new home acknowledged may be there alone: the org stays in its new
+        // region, failed over from that store once the move has let go of it.
+        tracing::warn!(operation = %op.record.id, org = %op.org(), objects = probed.objects,
+            "the dead new home's store holds the new generation; the move ends for a failover");
+        plane.advance(op, MovePhase::Releasing, Some(detail_json(&d)?))?;
+        plane.wake_operations.notify_one();
+        return Ok(());
+    }
+    // Nothing of the new generation anywhere: the source's copy, at exactly the final
+    // position, is the org. It serves again under a newer generation than the dead home's.
+    let generation = plane.store.issue_generation()?;
+    d.return_generation = Some(generation);
+    let reason = format!(
+        "returned from {}, which died before its first backup",
+        d.to_node
+    );
+    let switched = plane.advance_switching(
+        op,
+        MovePhase::Returning,
+        detail_json(&d)?,
+        PlacementSwitch {
+            reason: &reason,
+            region: &d.from_region,
+            node: &d.from_node,
+            generation,
+        },
+    )?;
+    if let Some(switched) = switched {
+        tracing::warn!(operation = %op.record.id, org = %op.org(), node = %d.from_node,
+            %generation, "the move's new home died with nothing stored; the org returns to its source");
+        super::tell_every_node(plane, op.org(), &d.from_region, &d.from_node, generation)?;
+        returning(plane, &switched, &d)?;
+    }
+    Ok(())
+}
+
+fn returning(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistError> {
+    let (Some(generation), Some(dead_generation)) = (d.return_generation, d.to_generation) else {
+        return Err(internal("returning without a generation"));
+    };
+    let org = plane
+        .store
+        .org(op.org())?
+        .ok_or_else(|| internal(format!("org {} vanished", op.org())))?;
+    let command = plane.host_command(&org, generation, true)?;
+    let host = plane.drive_step(
+        &step_of(
+            op,
+            "return-host",
+            &d.from_node,
+            CommandKind::Host,
+            generation,
+            false,
+        ),
+        false,
+        // Its own copy, at the final position: hosted as it is, never a restore.
+        || command,
+    )?;
+    let end_out = if host.state == CommandState::Done {
+        Some(plane.drive_step(
+            &step_of(
+                op,
+                "return-out",
+                &d.from_node,
+                CommandKind::EndMove,
+                generation,
+                false,
+            ),
+            false,
+            || NodeCommand::EndMove {
+                org: op.org().clone(),
+                rolled_back: true,
+            },
+        )?)
+    } else {
+        None
+    };
+    match (&host.state, end_out.as_ref().map(|c| c.state)) {
+        (CommandState::Done, Some(CommandState::Done)) => {
+            super::tell_every_node(plane, op.org(), &d.from_region, &d.from_node, generation)?;
+            let why = HemvistError::unavailable(format!(
+                "the new home {} died before its first backup was reported, and {}'s store \
+                 holds nothing of {dead_generation}: the org is back on {} under {generation}, \
+                 at the final position {} (a write {} acknowledged is there; an async write \
+                 the dead home acknowledged and never shipped is lost, as in any failover)",
+                d.to_node,
+                d.to_region,
+                d.from_node,
+                d.final_lsn.unwrap_or(0),
+                d.from_node
+            ));
+            if plane.fail(op, MovePhase::RolledBack, &why)?.is_some() {
+                plane.forget_operation(&op.record.id);
+                plane.metrics.record_move("rolled_back", d.bytes);
+                tracing::warn!(operation = %op.record.id, org = %op.org(), node = %d.from_node,
+                    "move rolled back past its switch: the org serves on its source again");
+            }
+        }
+        (CommandState::Failed, _) => {
+            tracing::error!(operation = %op.record.id, error = %refusal(&host),
+                "the source refused to take its org back; retrying");
+            plane.store.ack_command(
+                &d.from_node,
+                &host.id,
+                CommandState::Retry,
+                host.error_kind
+                    .map(|k| (k, host.error.as_deref().unwrap_or(""))),
+                None,
+            )?;
+        }
+        _ => {
+            plane.watch_stall(op, stall_ms(plane), || {
+                format!(
+                    "the source {} to take the org back under {generation} (host {}{})",
+                    d.from_node,
+                    host.state.as_str(),
+                    end_out
+                        .as_ref()
+                        .map(|c| format!(", end of move {}", c.state.as_str()))
+                        .unwrap_or_default()
+                )
+            });
+        }
     }
     Ok(())
 }

@@ -26,6 +26,8 @@ pub enum CommandKind {
     Migrate,
     /// A branch destroyed on its node (see `operations::branch_expiry`).
     Destroy,
+    /// What a region's store holds of an org, asked of one of its nodes (a move's recovery).
+    Probe,
 }
 
 impl CommandKind {
@@ -41,10 +43,11 @@ impl CommandKind {
             CommandKind::EndMove => "end_move",
             CommandKind::Migrate => "migrate",
             CommandKind::Destroy => "destroy",
+            CommandKind::Probe => "probe",
         }
     }
 
-    pub const ALL: [CommandKind; 10] = [
+    pub const ALL: [CommandKind; 11] = [
         CommandKind::Host,
         CommandKind::Drop,
         CommandKind::AddUser,
@@ -55,6 +58,7 @@ impl CommandKind {
         CommandKind::EndMove,
         CommandKind::Migrate,
         CommandKind::Destroy,
+        CommandKind::Probe,
     ];
 
     pub fn parse(s: &str) -> Result<Self> {

@@ -330,7 +330,11 @@ impl Shipper<'_> {
                 "backup of {org}: hosted anew while its snapshot was read; not shipped"
             )));
         }
+        // A node that dies before its generation's first snapshot is stored, or right after
+        // (before anyone heard of it): what a move's recovery must tell apart.
+        crate::failpoints::check("node.backup.snapshot")?;
         self.up.put(&name, bytes).await?;
+        crate::failpoints::check("node.backup.snapshot.stored")?;
         self.up.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
         let shipped = Shipped {
             generation,

@@ -356,7 +356,44 @@ async fn scan_recent_packs(
     Ok(())
 }
 
+/// What a catalog holds from one generation on (a `probe`'s answer).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeldFrom {
+    /// Objects of that generation or newer; a damaged object that may hold some counts too.
+    pub objects: u64,
+    /// The newest (generation, LSN after) among them, if any.
+    pub newest: Option<(u64, u64)>,
+}
+
 impl Catalog {
+    /// What the catalog holds of `generation` or newer. A damaged object whose contents cannot
+    /// all be told counts as holding some: whoever asks must not conclude there is nothing.
+    pub fn held_from(&self, generation: u64) -> HeldFrom {
+        let mut held = HeldFrom::default();
+        let positions = self
+            .objects
+            .iter()
+            .filter(|(n, _)| n.generation >= generation)
+            .map(|(n, _)| (n.generation, n.end))
+            .chain(
+                self.damaged
+                    .iter()
+                    .flat_map(|d| &d.holds)
+                    .filter(|h| h.generation >= generation)
+                    .map(|h| (h.generation, h.end)),
+            );
+        for position in positions {
+            held.objects += 1;
+            held.newest = held.newest.max(Some(position));
+        }
+        held.objects += self
+            .damaged
+            .iter()
+            .filter(|d| !d.complete && !d.holds.iter().any(|h| h.generation >= generation))
+            .count() as u64;
+        held
+    }
+
     /// Objects in the order plans read them: by generation, then position.
     fn sort(&mut self) {
         self.objects.sort_by(|a, b| {
@@ -451,6 +488,44 @@ mod tests {
         let size = pack.len() - cut;
         let from = size.saturating_sub(index_len);
         salvage_pack_index(&pack[from..size], from as u64)
+    }
+
+    #[test]
+    fn what_is_held_from_a_generation_counts_only_it_and_newer_and_never_misses_a_damaged_object() {
+        let at = |generation: u64, start: u64, end: u64| ObjectName {
+            generation,
+            ..segment("fika", start, end)
+        };
+        let mut catalog = Catalog {
+            objects: vec![(at(1, 0, 4), 10), (at(1, 4, 9), 10), (at(3, 0, 2), 10)],
+            ..Catalog::default()
+        };
+        assert_eq!(
+            catalog.held_from(3),
+            HeldFrom {
+                objects: 1,
+                newest: Some((3, 2))
+            }
+        );
+        assert_eq!(catalog.held_from(4), HeldFrom::default());
+        // A damaged object whose contents cannot all be told may hold the generation asked.
+        catalog.damaged.push(DamagedObject {
+            key: "packs/x".to_string(),
+            reason: "checksum".to_string(),
+            time_ms: 5_000,
+            holds: vec![HeldRange::from(&at(1, 9, 12))],
+            complete: false,
+        });
+        assert_eq!(catalog.held_from(4).objects, 1);
+        assert_eq!(catalog.held_from(4).newest, None);
+        catalog.damaged[0].holds = vec![HeldRange::from(&at(4, 0, 7))];
+        assert_eq!(
+            catalog.held_from(4),
+            HeldFrom {
+                objects: 1,
+                newest: Some((4, 7))
+            }
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod plan;
 
 pub use apply::{restore, write_segments, Damaged, Restored, SegmentError};
 pub use catalog::{
-    catalog, catalog_known, catalog_with, listed, Catalog, DamagedObject, HeldRange, WireCatalog,
+    catalog, catalog_known, catalog_with, listed, Catalog, DamagedObject, HeldFrom, HeldRange,
+    WireCatalog,
 };
 pub use plan::{GenerationSummary, Known, Plan, Shortfall};
