@@ -60,8 +60,17 @@ pub enum OrgsCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// List orgs with their placement.
+    /// List orgs with their placement, by id, a page at a time.
     List {
+        /// Orgs per page (1 to 10000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Start after this org id (the last one of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        /// Every page, not only the first.
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -405,8 +414,36 @@ pub async fn orgs(command: OrgsCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        OrgsCommand::List { api } => {
-            let orgs: Vec<Value> = Client::new(&api)?.get("/orgs").await?;
+        OrgsCommand::List {
+            limit,
+            after,
+            all,
+            api,
+        } => {
+            if !(1..=10_000).contains(&limit) {
+                bail!("--limit {limit}: a page holds 1 to 10000 orgs");
+            }
+            let client = Client::new(&api)?;
+            let mut after = after.map(|a| OrgId::parse(&a)).transpose()?;
+            let mut orgs: Vec<Value> = Vec::new();
+            let more = loop {
+                let cursor = after
+                    .as_ref()
+                    .map(|a| format!("&after={a}"))
+                    .unwrap_or_default();
+                let page: Vec<Value> = client.get(&format!("/orgs?limit={limit}{cursor}")).await?;
+                let full = page.len() == limit;
+                after = page
+                    .last()
+                    .and_then(|o| o["id"].as_str())
+                    .map(OrgId::parse)
+                    .transpose()?
+                    .or(after);
+                orgs.extend(page);
+                if !full || !all {
+                    break full;
+                }
+            };
             if api.json {
                 return print_json(&Value::Array(orgs));
             }
@@ -443,6 +480,9 @@ pub async fn orgs(command: OrgsCommand) -> anyhow::Result<()> {
                 ],
                 &rows,
             );
+            if let (true, Some(last)) = (more, &after) {
+                outln!("more: hemvist orgs list --after {last} (or --all)");
+            }
             Ok(())
         }
         OrgsCommand::Show { id, api } => {

@@ -191,6 +191,69 @@ fn impossible_residency_is_refused_and_creating_twice_is_idempotent() {
 }
 
 #[test]
+fn orgs_are_listed_a_page_at_a_time_by_id_in_the_api_and_the_cli() {
+    let c = Cluster::start(&[EU_NORTH]);
+    let ids = ["alfa", "bravo", "charlie", "delta", "echo"];
+    // Created out of order: pages go by id, not by age.
+    for id in ["delta", "alfa", "echo", "charlie", "bravo"] {
+        let (status, body) = c.create_org(json!({"id": id, "name": id}));
+        assert_eq!(status, 201, "{body}");
+    }
+    let page = |query: &str| -> Vec<String> {
+        let (status, body) = c.admin("GET", &format!("/orgs{query}"), None);
+        assert_eq!(status, 200, "{query}: {body}");
+        body.as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(page(""), ids);
+    assert_eq!(page("?limit=2"), ["alfa", "bravo"]);
+    assert_eq!(page("?limit=2&after=bravo"), ["charlie", "delta"]);
+    assert_eq!(page("?limit=2&after=delta"), ["echo"]);
+    assert!(page("?after=echo").is_empty());
+    // A cursor need not be an org that exists: the page starts after it.
+    assert_eq!(page("?limit=1&after=bz"), ["charlie"]);
+    for bad in [
+        "?limit=0",
+        "?limit=10001",
+        "?limit=x",
+        "?after=Not%20An%20Id",
+        "?page=2",
+    ] {
+        let (status, body) = c.admin("GET", &format!("/orgs{bad}"), None);
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"]["kind"], "invalid_argument", "{bad}: {body}");
+    }
+
+    let (ok, out, err) = c.cli(&["orgs", "list", "--limit", "2"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("alfa") && out.contains("bravo") && !out.contains("charlie"),
+        "{out}"
+    );
+    assert!(out.contains("--after bravo"), "it says how to go on: {out}");
+    let (ok, out, err) = c.cli(&["orgs", "list", "--limit", "2", "--after", "delta"]);
+    assert!(
+        ok && out.contains("echo") && !out.contains("--after"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = c.cli(&["orgs", "list", "--limit", "2", "--all", "--json"]);
+    assert!(ok, "{err}");
+    let all: Vec<String> = serde_json::from_str::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(all, ids);
+    let (ok, _, err) = c.cli(&["orgs", "list", "--limit", "0"]);
+    assert!(!ok && err.contains("1 to 10000"), "{err}");
+}
+
+#[test]
 fn hostile_ids_and_bodies_get_clear_4xx_never_5xx() {
     let c = Cluster::start(&[EU_NORTH, US_EAST]);
     c.create_org_ready("real", json!({"region": "eu-north"}));

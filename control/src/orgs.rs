@@ -459,9 +459,15 @@ impl Plane {
         })
     }
 
-    pub fn list_orgs(&self) -> Result<Vec<OrgView>, HemvistError> {
+    /// A page of orgs by id: up to `limit` after the cursor `after` (the last id of the
+    /// previous page), so listing stays as fast at 100,000 orgs as at ten.
+    pub fn list_orgs(
+        &self,
+        after: Option<&OrgId>,
+        limit: usize,
+    ) -> Result<Vec<OrgView>, HemvistError> {
         self.store
-            .orgs()?
+            .orgs_page(after, limit)?
             .into_iter()
             .map(|o| self.view(o))
             .collect()

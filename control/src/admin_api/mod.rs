@@ -397,8 +397,42 @@ async fn nodes(State(plane): State<Arc<Plane>>) -> Result<Json<Vec<NodeView>>, A
     Ok(Json(out))
 }
 
-async fn list_orgs(State(plane): State<Arc<Plane>>) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(blocking(&plane, |c| c.list_orgs()).await?))
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrgsQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+    /// The id of the last org of the previous page.
+    #[serde(default)]
+    after: Option<String>,
+}
+
+/// `GET /orgs?[after=ID][&limit=N]`: orgs by id, a page at a time (at most 10,000; default
+/// 1,000). A page shorter than its limit is the last.
+async fn list_orgs(
+    State(plane): State<Arc<Plane>>,
+    query: Result<axum::extract::Query<OrgsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError(HemvistError::invalid(e.body_text())))?;
+    let limit = match q.limit {
+        None => 1_000,
+        Some(n @ 1..=10_000) => n,
+        Some(n) => {
+            return Err(ApiError(HemvistError::invalid(format!(
+                "limit {n}: a page holds 1 to 10000 orgs"
+            ))))
+        }
+    };
+    let after = q
+        .after
+        .as_deref()
+        .map(OrgId::parse)
+        .transpose()
+        .map_err(|e| ApiError(HemvistError::invalid(format!("after: {e}"))))?;
+    Ok(Json(
+        blocking(&plane, move |c| c.list_orgs(after.as_ref(), limit)).await?,
+    ))
 }
 
 async fn create_org(

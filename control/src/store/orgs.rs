@@ -125,6 +125,19 @@ impl Store {
         rows.map(|r| check_org(r?)).collect()
     }
 
+    /// Up to `limit` orgs by id, after `after` (a cursor: the last id of the previous page).
+    pub fn orgs_page(&self, after: Option<&OrgId>, limit: usize) -> Result<Vec<OrgRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!(
+            "{ORG_SELECT} WHERE o.id > ?1 ORDER BY o.id LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(
+            rusqlite::params![after.map_or("", |a| a.as_str()), limit as i64],
+            org_row,
+        )?;
+        rows.map(|r| check_org(r?)).collect()
+    }
+
     /// The orgs of `ids` that exist, in one query.
     pub fn orgs_by_ids(&self, ids: &[&OrgId]) -> Result<Vec<OrgRecord>> {
         let list = serde_json::to_string(&ids.iter().map(|i| i.as_str()).collect::<Vec<_>>())
