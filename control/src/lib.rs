@@ -18,6 +18,7 @@ pub mod auth;
 pub mod checkpointer;
 pub mod clock;
 pub mod config;
+pub mod dashboard;
 pub mod exports;
 pub mod geoip;
 pub mod health;
@@ -132,7 +133,7 @@ async fn serve(
 
     let api = tokio::spawn(hemvist_net::http::serve(
         api_listener,
-        admin_api::router(plane.clone()),
+        admin_api::router(plane.clone()).merge(dashboard::router(plane.clone())),
         shutdown.clone(),
     ));
 

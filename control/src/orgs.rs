@@ -473,6 +473,22 @@ impl Plane {
             .collect()
     }
 
+    /// Orgs whose id starts with `text` or whose name contains it, at most `limit` (an
+    /// operator's search box).
+    pub fn search_orgs(&self, text: &str, limit: usize) -> Result<Vec<OrgView>, HemvistError> {
+        let text: String = text
+            .trim()
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(100)
+            .collect();
+        self.store
+            .search_orgs(&text, limit)?
+            .into_iter()
+            .map(|o| self.view(o))
+            .collect()
+    }
+
     /// The org's data key, for a restore outside its node; every request is audited.
     pub fn data_key(&self, id: &str, actor: &str) -> Result<String, HemvistError> {
         let id = OrgId::parse(id)?;

@@ -138,6 +138,28 @@ impl Store {
         rows.map(|r| check_org(r?)).collect()
     }
 
+    /// Up to `limit` orgs whose id starts with `text` or whose name contains it (ASCII case
+    /// ignored), those by id first, then by id: what a search box shows while one types.
+    pub fn search_orgs(&self, text: &str, limit: usize) -> Result<Vec<OrgRecord>> {
+        let escaped: String = text
+            .chars()
+            .flat_map(|c| match c {
+                '%' | '_' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!(
+            "{ORG_SELECT} WHERE o.id LIKE ?1 ESCAPE '\\' OR o.name LIKE ?2 ESCAPE '\\'
+             ORDER BY o.id LIKE ?1 ESCAPE '\\' DESC, o.id LIMIT ?3"
+        ))?;
+        let rows = stmt.query_map(
+            rusqlite::params![format!("{escaped}%"), format!("%{escaped}%"), limit as i64],
+            org_row,
+        )?;
+        rows.map(|r| check_org(r?)).collect()
+    }
+
     /// The orgs of `ids` that exist, in one query.
     pub fn orgs_by_ids(&self, ids: &[&OrgId]) -> Result<Vec<OrgRecord>> {
         let list = serde_json::to_string(&ids.iter().map(|i| i.as_str()).collect::<Vec<_>>())

@@ -1,0 +1,689 @@
+//! The operators' dashboard at the control plane's `/` (axum + maud + htmx, served from here,
+//! nothing from a CDN): the fleet (regions' nodes, their health and lease, operations in
+//! flight, live), orgs (search as you type), one org (placement, generation, schema, backup
+//! lag, past locations, and a move that must be confirmed by typing the org's id), an
+//! operation's progress (live until it ends), and the audit log by org. An adapter like the
+//! admin API: every action is the same domain call the API makes, as the signed-in actor.
+//!
+//! Keeps true: every page needs a session (`session.rs`), every change a form carrying the
+//! session's CSRF token from this origin; the pages load nothing from anywhere else (CSP).
+
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Form, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use hemvist_proto::{HemvistError, OrgId};
+use serde::Deserialize;
+use serde_json::Value;
+
+mod pages;
+mod session;
+
+use crate::plane::Plane;
+use pages::Chrome;
+use session::{Session, Sessions};
+
+pub const HTMX_PATH: &str = "/static/htmx-2.0.11.min.js";
+/// The nodes' copy of htmx (BSD-2-Clause, `node/static/htmx-LICENSE.txt`): one file in the tree.
+static HTMX: &[u8] = include_bytes!("../../../node/static/htmx-2.0.11.min.js");
+const COOKIE: &str = "hv_ops";
+/// Org search answers at most this many rows.
+const SEARCH_ROWS: usize = 25;
+
+#[derive(Clone)]
+struct Dash {
+    plane: Arc<Plane>,
+    sessions: Arc<Sessions>,
+}
+
+pub fn router(plane: Arc<Plane>) -> Router {
+    let dash = Dash {
+        plane,
+        sessions: Arc::new(Sessions::default()),
+    };
+    Router::new()
+        .route("/", get(fleet))
+        .route("/signin", get(signin_page).post(signin))
+        .route("/signout", post(signout))
+        .route("/orgs", get(orgs))
+        .route("/orgs/search", get(org_search))
+        .route("/orgs/{id}", get(org))
+        .route("/orgs/{id}/move", post(move_org))
+        .route("/operations", get(operations))
+        .route("/operations/live", get(operations_live))
+        .route("/operations/{id}", get(operation))
+        .route("/operations/{id}/live", get(operation_live))
+        .route("/audit", get(audit))
+        .route(HTMX_PATH, get(htmx))
+        .layer(middleware::from_fn(headers))
+        .with_state(dash)
+}
+
+/// Every answer: nothing loaded from elsewhere, never framed, never cached.
+async fn headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; img-src 'self' \
+             data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+async fn htmx() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+        ],
+        HTMX,
+    )
+        .into_response()
+}
+
+/// Runs a domain call off the async threads (the store is SQLite).
+async fn blocking<T: Send + 'static>(
+    plane: &Arc<Plane>,
+    f: impl FnOnce(&Plane) -> Result<T, HemvistError> + Send + 'static,
+) -> Result<T, HemvistError> {
+    let p = plane.clone();
+    tokio::task::spawn_blocking(move || f(&p))
+        .await
+        .map_err(|e| HemvistError::internal(format!("dashboard task: {e}")))?
+}
+
+fn cookie_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_string())
+}
+
+/// The signed-in operator, or the answer that sends them to sign in.
+fn signed_in(dash: &Dash, headers: &HeaderMap) -> Result<(String, Session), Box<Response>> {
+    if let Some(found) = cookie_of(headers).and_then(|c| dash.sessions.get(&c).map(|s| (c, s))) {
+        return Ok(found);
+    }
+    if headers.contains_key("hx-request") {
+        let mut resp = StatusCode::UNAUTHORIZED.into_response();
+        resp.headers_mut()
+            .insert("hx-redirect", HeaderValue::from_static("/signin"));
+        return Err(Box::new(resp));
+    }
+    Err(Box::new(Redirect::to("/signin").into_response()))
+}
+
+/// A change must come from this origin's page, with the session's CSRF token.
+fn check_form(headers: &HeaderMap, session: &Session, csrf: &str) -> Result<(), Box<Response>> {
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|s| s != "same-origin" && s != "none");
+    let origin_ok = match (
+        headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
+        headers.get(header::HOST).and_then(|v| v.to_str().ok()),
+    ) {
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest == host),
+        _ => true,
+    };
+    if cross_site || !origin_ok || !crate::auth::tokens_equal(csrf, &session.csrf) {
+        return Err(Box::new(page(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            None,
+            pages::not_found(
+                "This form did not come from this dashboard's page (or its session changed): \
+                 nothing was done. Reload the page and try again.",
+            ),
+        )));
+    }
+    Ok(())
+}
+
+fn page(
+    status: StatusCode,
+    title: &str,
+    chrome: Option<&Chrome<'_>>,
+    body: maud::Markup,
+) -> Response {
+    (status, Html(pages::layout(title, chrome, body))).into_response()
+}
+
+fn error_page(e: &HemvistError, chrome: &Chrome<'_>) -> Response {
+    let status =
+        StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    page(status, "Error", Some(chrome), pages::not_found(&e.message))
+}
+
+async fn signin_page(State(dash): State<Dash>, headers: HeaderMap) -> Response {
+    if signed_in(&dash, &headers).is_ok() {
+        return Redirect::to("/").into_response();
+    }
+    page(StatusCode::OK, "Sign in", None, pages::signin(None))
+}
+
+#[derive(Deserialize)]
+struct SigninForm {
+    #[serde(default)]
+    token: String,
+}
+
+async fn signin(
+    State(dash): State<Dash>,
+    form: Result<Form<SigninForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let token = form.map(|Form(f)| f.token).unwrap_or_default();
+    let plane = dash.plane.clone();
+    let actor = blocking(&plane, move |p| p.authenticate(token.trim())).await;
+    let actor = match actor {
+        Ok(Some(actor)) => actor,
+        Ok(None) => {
+            dash.plane.metrics.api_unauthorized.inc();
+            return page(
+                StatusCode::UNAUTHORIZED,
+                "Sign in",
+                None,
+                pages::signin(Some("That is not a token this control plane knows.")),
+            );
+        }
+        Err(e) => {
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign in",
+                None,
+                pages::signin(Some(&e.message)),
+            )
+        }
+    };
+    let (cookie, _) = match dash.sessions.create(&actor) {
+        Ok(s) => s,
+        Err(e) => {
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign in",
+                None,
+                pages::signin(Some(&e.message)),
+            )
+        }
+    };
+    let who = actor.clone();
+    if let Err(e) = blocking(&plane, move |p| {
+        Ok(p.store
+            .audit(&who, "dashboard.signed_in", None, &serde_json::json!({}))?)
+    })
+    .await
+    {
+        tracing::warn!(error = %e, "could not audit a dashboard sign-in");
+    }
+    tracing::info!(%actor, "signed in to the dashboard");
+    let secure = if dash.plane.config.tls.is_some() {
+        "; Secure"
+    } else {
+        ""
+    };
+    let set = format!(
+        "{COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        session::SESSION_MS / 1000
+    );
+    let mut resp = Redirect::to("/").into_response();
+    if let Ok(v) = HeaderValue::from_str(&set) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn signout(
+    State(dash): State<Dash>,
+    headers: HeaderMap,
+    form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let (cookie, session) = match signed_in(&dash, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let csrf = form.map(|Form(f)| f.csrf).unwrap_or_default();
+    if let Err(r) = check_form(&headers, &session, &csrf) {
+        return *r;
+    }
+    dash.sessions.remove(&cookie);
+    let mut resp = Redirect::to("/signin").into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("hv_ops=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    resp
+}
+
+/// The open operations, then the newest finished ones, as the API shows them.
+fn operations_list(p: &Plane, finished: usize) -> Result<Vec<Value>, HemvistError> {
+    let all = p.operations()?;
+    let mut open: Vec<Value> = Vec::new();
+    let mut ended: Vec<Value> = Vec::new();
+    for op in all.iter().rev() {
+        let v = serde_json::to_value(op).map_err(|e| HemvistError::internal(e.to_string()))?;
+        if op.finished_ms.is_none() {
+            open.push(v);
+        } else if ended.len() < finished {
+            ended.push(v);
+        }
+    }
+    open.extend(ended);
+    Ok(open)
+}
+
+async fn fleet(State(dash): State<Dash>, headers: HeaderMap) -> Response {
+    let (_, s) = match signed_in(&dash, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let chrome = Chrome {
+        actor: &s.actor,
+        csrf: &s.csrf,
+    };
+    let data = blocking(&dash.plane, |p| {
+        let counts: std::collections::HashMap<_, _> =
+            p.store.tenants_per_node()?.into_iter().collect();
+        let draining = p.store.draining_nodes()?;
+        let nodes: Vec<pages::NodeRow> = p
+            .store
+            .nodes()?
+            .into_iter()
+            .map(|n| {
+                let session = p.nodes.session(&n.id);
+                pages::NodeRow {
+                    healthy: session.healthy,
+                    lease_remaining_ms: session.lease_remaining_ms,
+                    tenants: counts.get(&n.id).copied().unwrap_or(0),
+                    draining: draining.contains_key(&n.id),
+                    id: n.id.to_string(),
+                    region: n.region.to_string(),
+                    capacity: n.capacity,
+                    last_seen_ms: n.last_seen_ms,
+                    version: n.version,
+                }
+            })
+            .collect();
+        let open: Vec<Value> = operations_list(p, 0)?;
+        Ok((nodes, open))
+    })
+    .await;
+    match data {
+        Ok((nodes, open)) => page(
+            StatusCode::OK,
+            "Fleet",
+            Some(&chrome),
+            pages::fleet(&nodes, &open),
+        ),
+        Err(e) => error_page(&e, &chrome),
+    }
+}
+
+async fn operations(State(dash): State<Dash>, headers: HeaderMap) -> Response {
+    let (_, s) = match signed_in(&dash, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let chrome = Chrome {
+        actor: &s.actor,
+        csrf: &s.csrf,
+    };
+    match blocking(&dash.plane, |p| operations_list(p, 50)).await {
+        Ok(ops) => page(
+            StatusCode::OK,
+            "Operations",
+            Some(&chrome),
+            maud::html! {
+                h1 { "Operations" }
+                div hx-get="/operations/live?finished=50" hx-trigger="every 2s" hx-swap="innerHTML" {
+                    (pages::operations_table(&ops))
+                }
+            },
+        ),
+        Err(e) => error_page(&e, &chrome),
+    }
+}
+
+#[derive(Deserialize)]
+struct LiveQuery {
+    #[serde(default)]
+    finished: Option<usize>,
+}
+
+async fn operations_live(
+    State(dash): State<Dash>,
+    headers: HeaderMap,
+    q: Result<Query<LiveQuery>, QueryRejection>,
+) -> Response {
+    if let Err(r) = signed_in(&dash, &headers) {
+        return *r;
+    }
+    let finished = q.ok().and_then(|Query(q)| q.finished).unwrap_or(0).min(200);
+    match blocking(&dash.plane, move |p| operations_list(p, finished)).await {
+        Ok(ops) => Html(pages::operations_table(&ops).into_string()).into_response(),
+        Err(e) => (
+            StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            e.message,
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct SearchQuery {
+    #[serde(default)]
+    q: String,
+}
+
+async fn search(dash: &Dash, q: String) -> Result<Vec<Value>, HemvistError> {
+    blocking(&dash.plane, move |p| {
+        let found = if q.trim().is_empty() {
+            p.list_orgs(None, SEARCH_ROWS)?
+        } else {
+            p.search_orgs(&q, SEARCH_ROWS)?
+        };
+        serde_json::to_value(found)
+            .map_err(|e| HemvistError::internal(e.to_string()))
+            .map(|v| v.as_array().cloned().unwrap_or_default())
+    })
+    .await
+}
+
+async fn orgs(
+    State(dash): State<Dash>,
+    headers: HeaderMap,
+    q: Result<Query<SearchQuery>, QueryRejection>,
+) -> Response {
+    let (_, s) = match signed_in(&dash, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let chrome = Chrome {
+        actor: &s.actor,
+        csrf: &s.csrf,
+    };
+    let q = q.map(|Query(q)| q.q).unwrap_or_default();
+    match search(&dash, q.clone()).await {
+        Ok(found) => page(
+            StatusCode::OK,
+            "Orgs",
+            Some(&chrome),
+            pages::orgs(&q, pages::org_rows(&found)),
+        ),
+        Err(e) => error_page(&e, &chrome),
+    }
+}
+
+async fn org_search(
+    State(dash): State<Dash>,
+    headers: HeaderMap,
+    q: Result<Query<SearchQuery>, QueryRejection>,
+) -> Response {
+    if let Err(r) = signed_in(&dash, &headers) {
+        return *r;
+    }
+    let q = q.map(|Query(q)| q.q).unwrap_or_default();
+    match search(&dash, q).await {
+        Ok(found) => Html(pages::org_rows(&found).into_string()).into_response(),
+        Err(e) => (
+            StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            e.message,
+        )
+            .into_response(),
+    }
+}
+
+/// The org's page: its detail and the regions a move may go to (its policy's, home last).
+async fn org_page(
+    dash: &Dash,
+    id: String,
+    chrome: &Chrome<'_>,
+    status: StatusCode,
+    error: Option<&str>,
+) -> Response {
+    let shown = blocking(&dash.plane, move |p| {
+        let detail = p.show_org(&id)?;
+        let home = detail.org.home_region.clone();
+        let mut regions: Vec<String> = detail
+            .org
+            .allowed_regions
+            .iter()
+            .filter(|r| **r != home)
+            .map(|r| r.to_string())
+            .collect();
+        regions.push(home.to_string());
+        let v = serde_json::to_value(detail).map_err(|e| HemvistError::internal(e.to_string()))?;
+        Ok((v, regions))
+    })
+    .await;
+    match shown {
+        Ok((detail, regions)) => page(
+            status,
+            detail["name"].as_str().unwrap_or("Org"),
+            Some(chrome),
+            pages::org(&detail, &regions, chrome, error),
+        ),
+        Err(e) => error_page(&e, chrome),
+    }
+}
+
+async fn org(State(dash): State<Dash>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let (_, s) = match signed_in(&dash, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let chrome = Chrome {
+        actor: &s.actor,
+        csrf: &s.csrf,
+    };
+    org_page(&dash, id, &chrome, StatusCode::OK, None).await
+}
+
+#[derive(Deserialize)]
+struct MoveForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    to: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+async fn move_org(
+    State(dash): State<Dash>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    form: Result<Form<MoveForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let (_, s) = match signed_in(&dash, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let chrome = Chrome {
+        actor: &s.actor,
+        csrf: &s.csrf,
+    };
+    let Ok(Form(form)) = form else {
+        return org_page(
+            &dash,
+            id,
+            &chrome,
+            StatusCode::BAD_REQUEST,
+            Some("The move form was incomplete; nothing was done."),
+        )
+        .await;
+    };
+    if let Err(r) = check_form(&headers, &s, &form.csrf) {
+        return *r;
+    }
+    if OrgId::parse(&id).is_err() || form.confirm.trim() != id {
+        return org_page(
+            &dash,
+            id,
+            &chrome,
+            StatusCode::BAD_REQUEST,
+            Some("To confirm, type the org's id exactly; nothing was done."),
+        )
+        .await;
+    }
+    let actor = s.actor.clone();
+    let req = crate::operations::move_org::MoveRequest {
+        to: form.to,
+        node: None,
+        reason: Some("from the dashboard".to_string()),
+    };
+    let org = id.clone();
+    match blocking(&dash.plane, move |p| p.request_move(&org, req, &actor)).await {
+        Ok(op) => Redirect::to(&format!("/operations/{}", op.id)).into_response(),
+        Err(e) => {
+            let status = StatusCode::from_u16(e.kind.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let message = format!("The move was refused: {}", e.message);
+            org_page(&dash, id, &chrome, status, Some(&message)).await
+        }
+    }
+}
+
+fn operation_id(id: &str) -> Result<(), HemvistError> {
+    if id.is_empty()
+        || id.len() > 128
+        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(HemvistError::invalid(
+            "an operation id is letters, digits and '-'",
+        ));
+    }
+    Ok(())
+}
+
+async fn operation_view(dash: &Dash, id: String) -> Result<Value, HemvistError> {
+    operation_id(&id)?;
+    blocking(&dash.plane, move |p| p.operation_view(&id)).await
+}
+
+async fn operation(
+    State(dash): State<Dash>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let (_, s) = match signed_in(&dash, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let chrome = Chrome {
+        actor: &s.actor,
+        csrf: &s.csrf,
+    };
+    match operation_view(&dash, id).await {
+        Ok(view) => page(
+            StatusCode::OK,
+            "Operation",
+            Some(&chrome),
+            maud::html! {
+                h1 { "Operation " code { (view["id"].as_str().unwrap_or_default()) } }
+                (pages::operation(&view))
+            },
+        ),
+        Err(e) => error_page(&e, &chrome),
+    }
+}
+
+async fn operation_live(
+    State(dash): State<Dash>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = signed_in(&dash, &headers) {
+        return *r;
+    }
+    match operation_view(&dash, id).await {
+        Ok(view) => Html(pages::operation(&view).into_string()).into_response(),
+        Err(e) => (
+            StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            e.message,
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    #[serde(default)]
+    org: String,
+}
+
+async fn audit(
+    State(dash): State<Dash>,
+    headers: HeaderMap,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> Response {
+    let (_, s) = match signed_in(&dash, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let chrome = Chrome {
+        actor: &s.actor,
+        csrf: &s.csrf,
+    };
+    let org = q
+        .map(|Query(q)| q.org.trim().to_string())
+        .unwrap_or_default();
+    let filter = org.clone();
+    let entries = blocking(&dash.plane, move |p| {
+        let mut entries = if filter.is_empty() {
+            p.store.audit_recent(200)?
+        } else {
+            let id = OrgId::parse(&filter)?;
+            let all = p.store.audit_query(&crate::store::AuditFilter {
+                org: Some(&id),
+                since_ms: 0,
+                after_seq: 0,
+                limit: 10_000,
+            })?;
+            let skip = all.len().saturating_sub(200);
+            all.into_iter().skip(skip).collect()
+        };
+        entries.reverse();
+        Ok(entries)
+    })
+    .await;
+    match entries {
+        Ok(entries) => page(
+            StatusCode::OK,
+            "Audit",
+            Some(&chrome),
+            pages::audit(&org, &entries),
+        ),
+        Err(e) => error_page(&e, &chrome),
+    }
+}
