@@ -1,9 +1,11 @@
 //! `hemvist bench ...`: benchmarks that print one table each, to quote in notes.
 
 mod branch;
+mod dashboard;
 mod erase;
 mod export;
 mod failover;
+mod fleet;
 mod hosting;
 mod migrate;
 mod moves;
@@ -43,6 +45,9 @@ pub enum BenchCommand {
     /// The residency report (JSON, CSV, HTML) and `audit verify` for 10,000 orgs in three
     /// regions, beside reading the same rows with plain SQL.
     Report(report::ReportArgs),
+    /// The operators' view of a large fleet (100,000 orgs): `orgs list` pages and one org over
+    /// the admin API, the dashboard's org search as one types; beside plain SQL on the store.
+    Dashboard(dashboard::DashboardArgs),
     /// GDPR export of 100 MB and 1 GB tenants (SQLite and JSON lines) under a writer: time,
     /// the node's copy, writers' latency; beside VACUUM INTO and a file copy.
     Export(export::ExportArgs),
@@ -62,6 +67,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Branch(args) => branch::run(args),
         BenchCommand::Erase(args) => erase::run(args),
         BenchCommand::Report(args) => report::run(args),
+        BenchCommand::Dashboard(args) => dashboard::run(args),
         BenchCommand::Export(args) => export::run(args),
         BenchCommand::ReplicationNode(args) => replication::node::run(args),
     }

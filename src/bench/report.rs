@@ -11,10 +11,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use hemvist_control::config::{AuditConfig, CheckpointStore, LockMode};
-use hemvist_control::store::{NewOrg, NodeRecord, RegionRecord, Store, StoredResidency};
-use hemvist_control::{ControlConfig, RegionConfig};
-use hemvist_proto::{NodeId, OrgId, RegionId};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Args)]
@@ -26,8 +22,6 @@ pub struct ReportArgs {
     #[arg(long, default_value_t = 3)]
     runs: usize,
 }
-
-const REGIONS: &[(&str, &str)] = &[("eu-north", "EU"), ("eu-central", "EU"), ("us-east", "US")];
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -51,101 +45,17 @@ fn measure(args: &ReportArgs, root: &std::path::Path) -> anyhow::Result<()> {
     let dir = Dir(root);
     let data = dir.path().join("control");
     std::fs::create_dir_all(&data)?;
-    let regions: Vec<RegionConfig> = REGIONS
-        .iter()
-        .map(|(id, j)| {
-            Ok(RegionConfig {
-                id: RegionId::parse(id)?,
-                name: id.to_string(),
-                jurisdiction: j.to_string(),
-                countries: Vec::new(),
-                object_store: format!("file://{}", dir.path().join("objects").join(id).display()),
-                object_store_endpoint: None,
-                object_store_s3_region: None,
-            })
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let regions = super::fleet::regions(dir.path())?;
 
     // The fleet, straight into the store.
     let fill = Instant::now();
-    {
-        let store = Store::open(&data.join("control.db"))?;
-        let records: Vec<RegionRecord<'_>> = regions
-            .iter()
-            .map(|r| RegionRecord {
-                id: &r.id,
-                name: &r.name,
-                jurisdiction: &r.jurisdiction,
-                countries: &r.countries,
-                object_store: &r.object_store,
-            })
-            .collect();
-        store.sync_regions(&records)?;
-        for r in &regions {
-            store.upsert_node(&NodeRecord {
-                id: NodeId::parse(&format!("{}-1", r.id))?,
-                region: r.id.clone(),
-                public_url: "http://127.0.0.1:9".into(),
-                capacity: 1_000_000,
-                version: "bench".into(),
-                last_seen_ms: 0,
-            })?;
-        }
-        for i in 0..args.orgs {
-            let r = &regions[i % regions.len()];
-            store.create_org(&NewOrg {
-                id: OrgId::parse(&format!("org-{i:05}"))?,
-                name: format!("Org {i}"),
-                home_region: r.id.clone(),
-                residency: StoredResidency {
-                    jurisdictions: vec![r.jurisdiction.clone()],
-                    regions: Vec::new(),
-                },
-                placement_reason: "bench".into(),
-                node_id: NodeId::parse(&format!("{}-1", r.id))?,
-                durability: "async".into(),
-                data_key: hemvist_proto::random::hex(32)?,
-                schema_version: 1,
-                requested_by: "bench".into(),
-            })?;
-        }
-    }
+    super::fleet::fill(&data.join("control.db"), &regions, args.orgs, |i| {
+        format!("Org {i}")
+    })?;
     let fill = fill.elapsed();
 
     let token = hemvist_proto::random::hex(24)?;
-    let config = ControlConfig {
-        api_listen: "127.0.0.1:0".parse()?,
-        grpc_listen: "127.0.0.1:0".parse()?,
-        data_dir: data.clone(),
-        admin_token: token.clone(),
-        join_token: hemvist_proto::random::hex(24)?,
-        default_region: regions[0].id.clone(),
-        geoip: None,
-        lease_ttl_ms: 10_000,
-        heartbeat_interval_ms: 1_000,
-        command_retry_ms: 5_000,
-        move_stall_ms: 30_000,
-        failover_grace_ms: 60_000,
-        regions,
-        tls: None,
-        node_ca_file: None,
-        limits: Default::default(),
-        branches: Default::default(),
-        audit: AuditConfig {
-            signing_key: Some(hemvist_proto::random::hex(32)?),
-            checkpoint_interval_ms: 200,
-            checkpoints: Some(CheckpointStore {
-                url: format!("file://{}", dir.path().join("checkpoints").display()),
-                endpoint: None,
-                s3_region: "us-east-1".into(),
-                ca_file: None,
-                access_key_id: None,
-                secret_access_key: None,
-                lock: LockMode::Off,
-                lock_days: 1,
-            }),
-        },
-    };
+    let config = super::fleet::control_config(dir.path(), &data, regions, &token)?;
     let rt = tokio::runtime::Runtime::new()?;
     let shutdown = CancellationToken::new();
     let (bound, task) = rt.block_on(hemvist_control::start(config, shutdown.clone()))?;
