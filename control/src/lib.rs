@@ -2,8 +2,9 @@
 //!
 //! Read top-down; each layer imports only the layers below it:
 //! - wiring: this file ([`start`]) builds the [`Control`] and serves it.
-//! - adapters: [`admin_api`] (operators, HTTP/JSON), [`node_api`] (nodes, gRPC) and [`hub`]
-//!   (the nodes' live sessions). They translate between wire and domain types.
+//! - adapters: [`admin_api`] (operators, HTTP/JSON), [`dashboard`] (operators, HTML at `/`),
+//!   [`node_api`] (nodes, gRPC) and [`hub`] (the nodes' live sessions). They translate between
+//!   wire and domain types.
 //! - domain: [`plane`] (the shared state), [`orgs`], [`users`], [`nodes`], [`placement`],
 //!   [`residency`], [`reconciler`], [`replication`], [`audit`] (checkpoints of the audit chain) and
 //!   [`checkpointer`] (the task that writes them),

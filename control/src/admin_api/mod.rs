@@ -1,6 +1,6 @@
 //! The operator's JSON API (axum), behind a bearer token. A thin adapter over the domain
-//! ([`Plane`]): parse, call, map the error kind to an HTTP status. Every route but `/healthz`
-//! and `/metrics` needs the admin token.
+//! ([`Plane`]): parse, call, map the error kind to an HTTP status. Every route but `/healthz`,
+//! `/metrics` and `/api/v1/openapi.json` (the API described) needs the admin token.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use serde::Serialize;
 
 mod branches;
 mod export;
+mod openapi;
 mod schema;
 
 use crate::metrics::Gauges;
@@ -89,6 +90,11 @@ pub fn router(plane: Arc<Plane>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        // Outside the token's layer: a client reads what the API is before it has a token.
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async { Json(openapi::served()) }),
+        )
         .nest("/api/v1", api)
         .layer(middleware::from_fn_with_state(plane.clone(), time_request))
         .layer(DefaultBodyLimit::max(64 * 1024))

@@ -52,7 +52,9 @@ impl Plane {
             .filter(|n| self.nodes.healthy(&n.id) && !draining.contains_key(&n.id))
             .count();
         if others == 0 && !draining.contains_key(&node) {
-            return Err(HemvistError::unavailable(format!(
+            // The fleet as it is refuses it (409), as any conflict with the state of things:
+            // a retry helps only once another node of the region is up, which is not soon.
+            return Err(HemvistError::conflict(format!(
                 "region {} has no other healthy node to take {node}'s orgs; nothing was changed",
                 record.region
             )));
