@@ -26,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0012_branches.sql"),
     include_str!("migrations/0013_erasures.sql"),
     include_str!("migrations/0014_operation_parent.sql"),
+    include_str!("migrations/0015_org_lookups.sql"),
 ];
 
 pub struct Store {
