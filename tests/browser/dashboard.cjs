@@ -1,7 +1,8 @@
 // The operators' dashboard in a real browser, driven by tests/browser_dashboard.rs: headless
 // Chromium (Debian's) signs in with a named token, sees the fleet, finds an org by typing part
-// of its name, moves it (confirming with its id), watches the move's progress to its end, and
-// finds the move in the org's audit log; by keyboard where a person would use one; no console
+// of its name, moves it (confirming with its id), watches the move's progress to its end,
+// finds the move in the org's audit log, branches the org and keeps the branch alive; by
+// keyboard where a person would use one; no console
 // errors and no request beyond the control plane; screenshots at desktop and phone width.
 //
 // Input (environment): HEMVIST_CONTROL (the control plane's URL), HEMVIST_TOKEN, HEMVIST_ORG,
@@ -31,6 +32,22 @@ function env(name) {
   const v = process.env[name];
   if (!v) throw new Failure(`${name} is not set`);
   return v;
+}
+
+// Watches an operation's page until it says it has ended, which must be `done`; the phases seen.
+async function followToEnd(page, what) {
+  const phases = new Set();
+  const deadline = Date.now() + 90000;
+  for (;;) {
+    const phase = (await page.textContent('#phase')).trim();
+    phases.add(phase);
+    if (await page.getAttribute('#phase', 'data-finished') === 'true') break;
+    check(Date.now() < deadline, `${what} did not end: phases seen ${[...phases]}`);
+    await page.waitForTimeout(200);
+  }
+  const ended = (await page.textContent('#phase')).trim();
+  check(ended === 'done', `${what} ended ${ended} (seen: ${[...phases]})`);
+  return phases;
 }
 
 async function main() {
@@ -84,28 +101,19 @@ async function main() {
     check(new URL(page.url()).pathname === `/orgs/${org}`, `not on the org's page: ${page.url()}`);
 
     // A confirmation that does not name the org moves nothing.
-    await page.selectOption('select[name=to]', to);
-    await page.fill('input[name=confirm]', `${org}-not`);
-    await page.evaluate(() => document.querySelector('input[name=confirm]').removeAttribute('pattern'));
-    await Promise.all([page.waitForNavigation(), page.click('button[type=submit]:has-text("Move")')]);
+    const move = page.locator(`form[action="/orgs/${org}/move"]`);
+    await move.locator('select[name=to]').selectOption(to);
+    await move.locator('input[name=confirm]').fill(`${org}-not`);
+    await move.locator('input[name=confirm]').evaluate((e) => e.removeAttribute('pattern'));
+    await Promise.all([page.waitForNavigation(), move.locator('button[type=submit]').click()]);
     check((await page.textContent('.error')).includes('nothing was done'), 'a wrong confirmation was not refused');
     problems.length = 0; // the refusal's 400 is logged by Chromium as a console error
 
-    await page.selectOption('select[name=to]', to);
-    await page.fill('input[name=confirm]', org);
-    await Promise.all([page.waitForNavigation(), page.click('button[type=submit]:has-text("Move")')]);
+    await move.locator('select[name=to]').selectOption(to);
+    await move.locator('input[name=confirm]').fill(org);
+    await Promise.all([page.waitForNavigation(), move.locator('button[type=submit]').click()]);
     check(/^\/operations\/move-/.test(new URL(page.url()).pathname), `not on the move's page: ${page.url()}`);
-    const phases = new Set();
-    const deadline = Date.now() + 90000;
-    for (;;) {
-      const phase = (await page.textContent('#phase')).trim();
-      phases.add(phase);
-      if (await page.getAttribute('#phase', 'data-finished') === 'true') break;
-      check(Date.now() < deadline, `the move did not end: phases seen ${[...phases]}`);
-      await page.waitForTimeout(200);
-    }
-    const ended = (await page.textContent('#phase')).trim();
-    check(ended === 'done', `the move ended ${ended} (seen: ${[...phases]})`);
+    const phases = await followToEnd(page, 'the move');
     check(phases.size >= 2, `the page did not follow the move live (seen: ${[...phases]})`);
     await page.screenshot({ path: path.join(artifacts, 'dashboard-move.png'), fullPage: true });
 
@@ -114,6 +122,23 @@ async function main() {
     const rows = await page.locator('#audit tbody tr').allTextContents();
     check(rows.some((r) => r.includes('move.started') && r.includes(actor)), `no move.started by ${actor}: ${rows.slice(0, 5)}`);
     check(rows.some((r) => r.includes('move.done')), 'no move.done in the audit log');
+
+    // A branch of the org, then kept alive: each confirmed by typing the id it acts on.
+    await page.goto(`${control}/orgs/${org}`);
+    const branchForm = page.locator(`form[action="/orgs/${org}/branches"]`);
+    await branchForm.locator('input[name=name]').fill('review');
+    await branchForm.locator('input[name=confirm]').fill(org);
+    await Promise.all([page.waitForNavigation(), branchForm.locator('button[type=submit]').click()]);
+    check(/^\/operations\/branch-/.test(new URL(page.url()).pathname), `not on the branch's operation: ${page.url()}`);
+    await followToEnd(page, 'the branch');
+    await page.goto(`${control}/orgs/${org}`);
+    const branch = `${org}--review`;
+    check((await page.textContent('#branches')).includes(branch), 'the branch is not listed');
+    const keep = page.locator(`form[action="/branches/${branch}/keepalive"]`);
+    await keep.locator('input[name=confirm]').fill(branch);
+    await Promise.all([page.waitForNavigation(), keep.locator('button[type=submit]').click()]);
+    const notice = await page.textContent('.notice');
+    check(notice.includes(`Kept alive: ${branch}`), `no keepalive notice: ${notice}`);
 
     // The org's page at phone width: laid out, nothing wider than the screen.
     await page.setViewportSize({ width: 390, height: 844 });

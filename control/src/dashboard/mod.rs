@@ -25,7 +25,7 @@ mod pages;
 mod session;
 
 use crate::plane::Plane;
-use pages::Chrome;
+use pages::{Chrome, Said};
 use session::{Session, Sessions};
 
 pub const HTMX_PATH: &str = "/static/htmx-2.0.11.min.js";
@@ -54,6 +54,9 @@ pub fn router(plane: Arc<Plane>) -> Router {
         .route("/orgs/search", get(org_search))
         .route("/orgs/{id}", get(org))
         .route("/orgs/{id}/move", post(move_org))
+        .route("/orgs/{id}/branches", post(create_branch))
+        .route("/branches/{id}/keepalive", post(keepalive))
+        .route("/operations/{id}/{action}", post(operation_action))
         .route("/operations", get(operations))
         .route("/operations/live", get(operations_live))
         .route("/operations/{id}", get(operation))
@@ -463,13 +466,14 @@ async fn org_search(
     }
 }
 
-/// The org's page: its detail and the regions a move may go to (its policy's, home last).
+/// The org's page: its detail, the regions a move may go to (its policy's, home last) and its
+/// branches, with what the last action said.
 async fn org_page(
     dash: &Dash,
     id: String,
     chrome: &Chrome<'_>,
     status: StatusCode,
-    error: Option<&str>,
+    said: Said<'_>,
 ) -> Response {
     let shown = blocking(&dash.plane, move |p| {
         let detail = p.show_org(&id)?;
@@ -482,16 +486,23 @@ async fn org_page(
             .map(|r| r.to_string())
             .collect();
         regions.push(home.to_string());
+        let branches = if detail.org.id.is_branch() {
+            Vec::new()
+        } else {
+            p.list_branches(Some(detail.org.id.as_str()))?
+        };
         let v = serde_json::to_value(detail).map_err(|e| HemvistError::internal(e.to_string()))?;
-        Ok((v, regions))
+        let b =
+            serde_json::to_value(branches).map_err(|e| HemvistError::internal(e.to_string()))?;
+        Ok((v, regions, b.as_array().cloned().unwrap_or_default()))
     })
     .await;
     match shown {
-        Ok((detail, regions)) => page(
+        Ok((detail, regions, branches)) => page(
             status,
             detail["name"].as_str().unwrap_or("Org"),
             Some(chrome),
-            pages::org(&detail, &regions, chrome, error),
+            pages::org(&detail, &regions, &branches, chrome, said),
         ),
         Err(e) => error_page(&e, chrome),
     }
@@ -506,7 +517,7 @@ async fn org(State(dash): State<Dash>, headers: HeaderMap, Path(id): Path<String
         actor: &s.actor,
         csrf: &s.csrf,
     };
-    org_page(&dash, id, &chrome, StatusCode::OK, None).await
+    org_page(&dash, id, &chrome, StatusCode::OK, Said::Nothing).await
 }
 
 #[derive(Deserialize)]
@@ -539,7 +550,7 @@ async fn move_org(
             id,
             &chrome,
             StatusCode::BAD_REQUEST,
-            Some("The move form was incomplete; nothing was done."),
+            Said::Error("The move form was incomplete; nothing was done."),
         )
         .await;
     };
@@ -552,7 +563,7 @@ async fn move_org(
             id,
             &chrome,
             StatusCode::BAD_REQUEST,
-            Some("To confirm, type the org's id exactly; nothing was done."),
+            Said::Error("To confirm, type the org's id exactly; nothing was done."),
         )
         .await;
     }
@@ -569,8 +580,218 @@ async fn move_org(
             let status = StatusCode::from_u16(e.kind.http_status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let message = format!("The move was refused: {}", e.message);
-            org_page(&dash, id, &chrome, status, Some(&message)).await
+            org_page(&dash, id, &chrome, status, Said::Error(&message)).await
         }
+    }
+}
+
+#[derive(Deserialize)]
+struct BranchForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+/// A branch of the org, confirmed by typing the org's id: on to the operation making it.
+async fn create_branch(
+    State(dash): State<Dash>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    form: Result<Form<BranchForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let (_, s) = match signed_in(&dash, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let chrome = Chrome {
+        actor: &s.actor,
+        csrf: &s.csrf,
+    };
+    let Ok(Form(form)) = form else {
+        return org_page(
+            &dash,
+            id,
+            &chrome,
+            StatusCode::BAD_REQUEST,
+            Said::Error("The branch form was incomplete; nothing was done."),
+        )
+        .await;
+    };
+    if let Err(r) = check_form(&headers, &s, &form.csrf) {
+        return *r;
+    }
+    if form.confirm.trim() != id {
+        return org_page(
+            &dash,
+            id,
+            &chrome,
+            StatusCode::BAD_REQUEST,
+            Said::Error("To confirm, type the org's id exactly; nothing was done."),
+        )
+        .await;
+    }
+    let req = crate::operations::branch::BranchRequest {
+        name: form.name.trim().to_string(),
+        ttl_ms: None,
+        at_ms: None,
+        mask: None,
+        region: None,
+        users: None,
+        keepalive_on_use: false,
+    };
+    let (actor, org) = (s.actor.clone(), id.clone());
+    match blocking(&dash.plane, move |p| p.request_branch(&org, req, &actor)).await {
+        Ok(op) => Redirect::to(&format!("/operations/{}", op.id)).into_response(),
+        Err(e) => {
+            let status = StatusCode::from_u16(e.kind.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let message = format!("The branch was refused: {}", e.message);
+            org_page(&dash, id, &chrome, status, Said::Error(&message)).await
+        }
+    }
+}
+
+/// A branch kept alive for its TTL from now, confirmed by typing the branch's id.
+async fn keepalive(
+    State(dash): State<Dash>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    form: Result<Form<MoveForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let (_, s) = match signed_in(&dash, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let chrome = Chrome {
+        actor: &s.actor,
+        csrf: &s.csrf,
+    };
+    let form = form.map(|Form(f)| f).unwrap_or(MoveForm {
+        csrf: String::new(),
+        to: String::new(),
+        confirm: String::new(),
+    });
+    if let Err(r) = check_form(&headers, &s, &form.csrf) {
+        return *r;
+    }
+    let Ok(branch) = OrgId::parse(&id) else {
+        return error_page(
+            &HemvistError::invalid(format!("{id:?} is not a branch id")),
+            &chrome,
+        );
+    };
+    let parent = branch
+        .parent()
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| id.clone());
+    if form.confirm.trim() != id {
+        return org_page(
+            &dash,
+            parent,
+            &chrome,
+            StatusCode::BAD_REQUEST,
+            Said::Error("To confirm, type the branch's id exactly; nothing was done."),
+        )
+        .await;
+    }
+    let actor = s.actor.clone();
+    match blocking(&dash.plane, move |p| {
+        p.keep_branch_alive(&id, None, &actor, "asked from the dashboard")
+    })
+    .await
+    {
+        Ok(kept) => {
+            let notice = format!(
+                "Kept alive: {} now expires at {}.",
+                kept.branch.id,
+                pages::time(Some(kept.branch.expires_ms))
+            );
+            org_page(
+                &dash,
+                parent,
+                &chrome,
+                StatusCode::OK,
+                Said::Notice(&notice),
+            )
+            .await
+        }
+        Err(e) => {
+            let status = StatusCode::from_u16(e.kind.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            org_page(
+                &dash,
+                parent,
+                &chrome,
+                status,
+                Said::Error(&format!("Not kept alive: {}", e.message)),
+            )
+            .await
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ConfirmForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+/// Cancel any open operation, pause or resume a rollout: confirmed by typing its org's id (a
+/// fleet operation's own id).
+async fn operation_action(
+    State(dash): State<Dash>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    form: Result<Form<ConfirmForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let (_, s) = match signed_in(&dash, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let chrome = Chrome {
+        actor: &s.actor,
+        csrf: &s.csrf,
+    };
+    let form = form.map(|Form(f)| f).unwrap_or(ConfirmForm {
+        csrf: String::new(),
+        confirm: String::new(),
+    });
+    if let Err(r) = check_form(&headers, &s, &form.csrf) {
+        return *r;
+    }
+    if !matches!(action.as_str(), "cancel" | "pause" | "resume") {
+        return error_page(
+            &HemvistError::not_found(format!("no action {action:?}")),
+            &chrome,
+        );
+    }
+    let view = match operation_view(&dash, id.clone()).await {
+        Ok(v) => v,
+        Err(e) => return error_page(&e, &chrome),
+    };
+    let expected = view["org"].as_str().unwrap_or(&id).to_string();
+    if form.confirm.trim() != expected {
+        let why = HemvistError::invalid(format!(
+            "To confirm, type {expected} exactly; nothing was done."
+        ));
+        return error_page(&why, &chrome);
+    }
+    let actor = s.actor.clone();
+    let op = id.clone();
+    let done = blocking(&dash.plane, move |p| match action.as_str() {
+        "pause" => p.pause_rollout(&op, &actor),
+        "resume" => p.resume_rollout(&op, None, &actor),
+        _ => p.cancel_operation(&op, &actor),
+    })
+    .await;
+    match done {
+        Ok(_) => Redirect::to(&format!("/operations/{id}")).into_response(),
+        Err(e) => error_page(&e, &chrome),
     }
 }
 
@@ -612,6 +833,7 @@ async fn operation(
             maud::html! {
                 h1 { "Operation " code { (view["id"].as_str().unwrap_or_default()) } }
                 (pages::operation(&view))
+                (pages::operation_actions(&view, &chrome))
             },
         ),
         Err(e) => error_page(&e, &chrome),

@@ -224,12 +224,56 @@ pub fn org_rows(orgs: &[Value]) -> Markup {
     }
 }
 
-pub fn org(detail: &Value, regions: &[String], chrome: &Chrome<'_>, error: Option<&str>) -> Markup {
+/// What a page says above its content after an action.
+pub enum Said<'a> {
+    Nothing,
+    Notice(&'a str),
+    Error(&'a str),
+}
+
+fn said(s: &Said<'_>) -> Markup {
+    html! {
+        @match s {
+            Said::Nothing => {},
+            Said::Notice(n) => p.notice role="status" { (n) },
+            Said::Error(e) => p.error role="alert" { (e) },
+        }
+    }
+}
+
+/// A form posting to `action` that asks to type `word` (an org's id) first.
+fn confirmed(
+    action: &str,
+    word: &str,
+    button: &str,
+    chrome: &Chrome<'_>,
+    fields: Markup,
+) -> Markup {
+    html! {
+        form.card method="post" action=(action) {
+            input type="hidden" name="csrf" value=(chrome.csrf);
+            (fields)
+            label {
+                span { "Type " code { (word) } " to confirm" }
+                input name="confirm" required autocomplete="off" pattern=(regex_escape(word));
+            }
+            button type="submit" { (button) }
+        }
+    }
+}
+
+pub fn org(
+    detail: &Value,
+    regions: &[String],
+    branches: &[Value],
+    chrome: &Chrome<'_>,
+    said_now: Said<'_>,
+) -> Markup {
     let id = text(&detail["id"]);
     let busy = detail["operation"].is_object();
     html! {
         h1 { (text(&detail["name"])) " " span.muted { "(" (id) ")" } }
-        @if let Some(e) = error { p.error role="alert" { (e) } }
+        (said(&said_now))
         dl {
             dt { "Home" } dd { (text(&detail["home_region"])) " on " (text(&detail["node"])) }
             dt { "Generation" } dd { (text(&detail["generation"])) }
@@ -247,20 +291,47 @@ pub fn org(detail: &Value, regions: &[String], chrome: &Chrome<'_>, error: Optio
         @if busy {
             p.muted { "An operation owns this org; a move can start when it has ended." }
         } @else {
-            form.card method="post" action=(format!("/orgs/{id}/move")) {
-                input type="hidden" name="csrf" value=(chrome.csrf);
+            (confirmed(&format!("/orgs/{id}/move"), &id, &format!("Move {id}"), chrome, html! {
                 label {
                     "To region"
                     select name="to" required {
                         @for r in regions { option value=(r) { (r) } }
                     }
                 }
-                label {
-                    span { "Type the org's id, " code { (id) } ", to confirm" }
-                    input name="confirm" required autocomplete="off" pattern=(regex_escape(&id));
+            }))
+        }
+        @if !detail["id"].as_str().unwrap_or_default().contains("--") {
+            h2 { "Branches" }
+            @if branches.is_empty() {
+                p.muted { "None." }
+            } @else {
+                div.scroll {
+                    table #branches {
+                        thead { tr { th { "Branch" } th { "State" } th { "Region" } th { "Expires" } th { "Owner" } } }
+                        tbody {
+                            @for b in branches {
+                                tr {
+                                    td { a href=(format!("/orgs/{}", text(&b["id"]))) { (text(&b["id"])) } }
+                                    td.state { (text(&b["state"])) }
+                                    td { (text(&b["region"])) }
+                                    td { (time(b["expires_ms"].as_i64())) }
+                                    td { (text(&b["owner"])) }
+                                }
+                            }
+                        }
+                    }
                 }
-                button type="submit" { "Move " (id) }
+                @for b in branches.iter().filter(|b| b["state"] == "live" || b["state"] == "expiring") {
+                    (confirmed(&format!("/branches/{}/keepalive", text(&b["id"])), &text(&b["id"]),
+                        &format!("Keep {} alive", text(&b["id"])), chrome, html! {}))
+                }
             }
+            (confirmed(&format!("/orgs/{id}/branches"), &id, &format!("Branch {id}"), chrome, html! {
+                label {
+                    "New branch's name"
+                    input name="name" required autocomplete="off";
+                }
+            }))
         }
         h2 { "Past locations" }
         div.scroll {
@@ -280,11 +351,12 @@ pub fn org(detail: &Value, regions: &[String], chrome: &Chrome<'_>, error: Optio
     }
 }
 
-/// `id` as a pattern that matches exactly it (ids are letters, digits and '-').
+/// `id` as a pattern that matches exactly it (ids are letters, digits and '-', which needs no
+/// escape outside a class, and may not have one in a `v`-mode pattern, which browsers use).
 fn regex_escape(id: &str) -> String {
     id.chars()
         .flat_map(|c| {
-            if c.is_ascii_alphanumeric() {
+            if c.is_ascii_alphanumeric() || c == '-' {
                 vec![c]
             } else {
                 vec!['\\', c]
@@ -324,6 +396,24 @@ pub fn operation(view: &Value) -> Markup {
                     }
                 }
             }
+        }
+    }
+}
+
+/// What an operator may do to an unfinished operation: cancel it; pause or resume a rollout.
+pub fn operation_actions(view: &Value, chrome: &Chrome<'_>) -> Markup {
+    let id = text(&view["id"]);
+    let word = view["org"].as_str().map_or(id.clone(), str::to_string);
+    let rollout = view["kind"] == "rollout";
+    html! {
+        @if view["finished_ms"].is_null() {
+            h2 { "Actions" }
+            @if rollout {
+                (confirmed(&format!("/operations/{id}/pause"), &word, "Pause the rollout", chrome, html! {}))
+                (confirmed(&format!("/operations/{id}/resume"), &word, "Resume the rollout", chrome, html! {}))
+            }
+            (confirmed(&format!("/operations/{id}/cancel"), &word,
+                if rollout { "Abort the rollout" } else { "Cancel" }, chrome, html! {}))
         }
     }
 }
