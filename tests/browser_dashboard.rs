@@ -145,6 +145,26 @@ fn dashboard_pages_need_a_session_and_changes_need_its_csrf_token() {
     }
     let (_, ops) = c.admin("GET", "/operations", None);
     assert_eq!(ops, json!([]), "nothing was started");
+    // Nodes say what their disk has free; the fleet page shows it, and each node's backup lag.
+    let nodes = c.wait_for("every node's disk reported", || {
+        let (_, nodes) = c.admin("GET", "/nodes", None);
+        let all = nodes.as_array()?.clone();
+        all.iter()
+            .all(|n| n["disk_free_bytes"].as_u64().is_some_and(|f| f > 0))
+            .then_some(all)
+    });
+    assert!(nodes.iter().all(|n| n["disk_low"] == false), "{nodes:?}");
+    let fleet = http
+        .get(format!("{control}/"))
+        .header("cookie", &cookie)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        fleet.contains("Disk free") && fleet.contains("iB"),
+        "{fleet}"
+    );
     // Signed out, the cookie is worth nothing.
     let csrf = body
         .split("name=\"csrf\" value=\"")

@@ -1,9 +1,18 @@
 //! What nodes report of their tenants' requests and failures (5xx, SQLite errors), summed per
 //! org in memory since this control plane started: a rollout compares the sums of the tenants
 //! it migrated before and after their bake. Only orgs that exist are counted, so the map is
-//! bounded by the fleet.
+//! bounded by the fleet. And what each node last said of its data disk, for operators.
 
-use hemvist_proto::OrgId;
+use hemvist_proto::{NodeId, OrgId};
+
+/// A node's data disk as its last heartbeat told it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeDisk {
+    pub free_bytes: u64,
+    /// Below the node's headroom: it takes no writes until space is freed.
+    pub low: bool,
+    pub reported_ms: i64,
+}
 
 use crate::plane::Plane;
 pub use crate::plane::{HealthTotals, TenantHealth};
@@ -15,6 +24,26 @@ impl TenantHealth {
 }
 
 impl Plane {
+    /// What a heartbeat said of the node's disk (a node that measured nothing says 0 free).
+    pub fn node_disk_report(&self, node: &NodeId, free_bytes: u64, low: bool) {
+        if free_bytes == 0 && !low {
+            return;
+        }
+        let disk = NodeDisk {
+            free_bytes,
+            low,
+            reported_ms: crate::clock::now_ms(),
+        };
+        let mut disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
+        disks.insert(node.clone(), disk);
+    }
+
+    /// What `node` last said of its disk, if it said anything since this control plane started.
+    pub fn node_disk(&self, node: &NodeId) -> Option<NodeDisk> {
+        let disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
+        disks.get(node).copied()
+    }
+
     /// A heartbeat's counts for one org since the node's previous heartbeat.
     pub fn tenant_health(&self, org: OrgId, requests: u64, errors: u64) {
         let mut all = self.health.lock();

@@ -157,6 +157,7 @@ async fn handle(
     match m.body {
         Some(In::Heartbeat(h)) => {
             hub.renew(node, epoch, plane.lease());
+            plane.node_disk_report(node, h.disk_free_bytes, h.disk_low);
             let now = crate::clock::now_ms();
             let mut branches_used = Vec::new();
             for t in h.health {

@@ -107,6 +107,8 @@ pub struct Plane {
     pub(crate) schema: SchemaFiles,
     /// The tenants' requests and failures as nodes report them (see `health`).
     pub(crate) health: TenantHealth,
+    /// What each node last said of its data disk (see `health`).
+    pub(crate) disks: Mutex<HashMap<NodeId, crate::health::NodeDisk>>,
     pub store: Store,
     /// The audit chain's signer and checkpoint store, when configured.
     pub checkpoints: Option<crate::audit::Checkpoints>,
@@ -187,6 +189,7 @@ impl Plane {
         let plane = Plane {
             schema: SchemaFiles::default(),
             health: Default::default(),
+            disks: Default::default(),
             system_id,
             started_ms: crate::clock::now_ms(),
             heard: Mutex::default(),

@@ -110,6 +110,18 @@ impl Replication {
         &self.reported_lag
     }
 
+    /// The largest backup lag now among the orgs each node ships (ms; 0: all shipped).
+    pub fn lag_by_node(&self) -> HashMap<NodeId, i64> {
+        let now = now_ms();
+        let orgs = self.orgs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut lags: HashMap<NodeId, i64> = HashMap::new();
+        for v in orgs.values() {
+            let lag = lags.entry(v.node.clone()).or_default();
+            *lag = (*lag).max(v.lag_ms(now));
+        }
+        lags
+    }
+
     /// (largest lag, orgs behind by more than [`BEHIND_MS`]).
     pub fn summary(&self) -> (i64, u64) {
         let now = now_ms();

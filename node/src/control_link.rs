@@ -264,7 +264,17 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
                 let replication = replication_changes(node);
                 // Taken here: counts in a heartbeat that is then not sent are lost (one interval).
                 let health = tenant_health(node);
-                let beat = pb::Heartbeat { seq, replication, health };
+                let beat = pb::Heartbeat {
+                    seq,
+                    replication,
+                    health,
+                    // Unreadable free space (the disk's own "unknown") is not reported.
+                    disk_free_bytes: match node.disk.free_bytes() {
+                        u64::MAX => 0,
+                        free => free,
+                    },
+                    disk_low: node.disk.is_low(),
+                };
                 if tx.send(out(Out::Heartbeat(beat))).await.is_err() {
                     break Err(tonic::Status::unavailable("outbound stream closed"));
                 }

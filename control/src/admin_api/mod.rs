@@ -381,6 +381,11 @@ struct NodeView {
     tenants: u64,
     /// Since when the node is being drained (its orgs move off; it takes no new one).
     draining_since_ms: Option<i64>,
+    /// Its data disk's free bytes and whether that is below its headroom, as it last said.
+    disk_free_bytes: Option<u64>,
+    disk_low: Option<bool>,
+    /// The largest backup lag among the orgs it ships (ms), if it reported any.
+    backup_lag_ms: Option<i64>,
 }
 
 async fn nodes(State(plane): State<Arc<Plane>>) -> Result<Json<Vec<NodeView>>, ApiError> {
@@ -388,10 +393,14 @@ async fn nodes(State(plane): State<Arc<Plane>>) -> Result<Json<Vec<NodeView>>, A
         let counts: std::collections::HashMap<_, _> =
             c.store.tenants_per_node()?.into_iter().collect();
         let draining = c.store.draining_nodes()?;
+        let lags = c.replication.lag_by_node();
         Ok(c.store
             .nodes()?
             .into_iter()
             .map(|n| NodeView {
+                disk_free_bytes: c.node_disk(&n.id).map(|d| d.free_bytes),
+                disk_low: c.node_disk(&n.id).map(|d| d.low),
+                backup_lag_ms: lags.get(&n.id).copied(),
                 session: c.nodes.session(&n.id),
                 tenants: counts.get(&n.id).copied().unwrap_or(0),
                 draining_since_ms: draining.get(&n.id).copied(),

@@ -950,6 +950,9 @@ fn schemas() -> Value {
             "connected_for_ms": integer(),
             "tenants": integer(),
             "draining_since_ms": nullable(integer()),
+            "disk_free_bytes": nullable(integer()),
+            "disk_low": nullable(boolean()),
+            "backup_lag_ms": nullable(integer()),
         })),
         "Drain": record(json!({
             "node": string(),

@@ -318,6 +318,7 @@ async fn fleet(State(dash): State<Dash>, headers: HeaderMap) -> Response {
         let counts: std::collections::HashMap<_, _> =
             p.store.tenants_per_node()?.into_iter().collect();
         let draining = p.store.draining_nodes()?;
+        let lags = p.replication.lag_by_node();
         let nodes: Vec<pages::NodeRow> = p
             .store
             .nodes()?
@@ -333,6 +334,8 @@ async fn fleet(State(dash): State<Dash>, headers: HeaderMap) -> Response {
                     region: n.region.to_string(),
                     capacity: n.capacity,
                     last_seen_ms: n.last_seen_ms,
+                    disk: p.node_disk(&n.id).map(|d| (d.free_bytes, d.low)),
+                    backup_lag_ms: lags.get(&n.id).copied(),
                     version: n.version,
                 }
             })

@@ -123,6 +123,19 @@ pub struct NodeRow {
     pub draining: bool,
     pub last_seen_ms: i64,
     pub version: String,
+    /// Free bytes and below headroom, as the node last said.
+    pub disk: Option<(u64, bool)>,
+    /// The largest backup lag among its orgs (ms).
+    pub backup_lag_ms: Option<i64>,
+}
+
+fn bytes(n: u64) -> String {
+    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+    if n as f64 >= GIB {
+        format!("{:.1} GiB", n as f64 / GIB)
+    } else {
+        format!("{:.0} MiB", n as f64 / (1024.0 * 1024.0))
+    }
 }
 
 pub fn fleet(nodes: &[NodeRow], operations: &[Value]) -> Markup {
@@ -131,7 +144,7 @@ pub fn fleet(nodes: &[NodeRow], operations: &[Value]) -> Markup {
         h2 { "Nodes" }
         div.scroll {
             table #nodes {
-                thead { tr { th { "Node" } th { "Region" } th { "Health" } th { "Lease" } th { "Tenants" } th { "Last seen" } th { "Version" } } }
+                thead { tr { th { "Node" } th { "Region" } th { "Health" } th { "Lease" } th { "Tenants" } th { "Disk free" } th { "Backup lag" } th { "Last seen" } th { "Version" } } }
                 tbody {
                     @for n in nodes {
                         tr {
@@ -143,6 +156,13 @@ pub fn fleet(nodes: &[NodeRow], operations: &[Value]) -> Markup {
                             }
                             td { (n.lease_remaining_ms) " ms" }
                             td { (n.tenants) " / " (n.capacity) }
+                            td {
+                                @match n.disk {
+                                    Some((free, low)) => { (bytes(free)) @if low { " " span.bad { "below headroom" } } },
+                                    None => "—",
+                                }
+                            }
+                            td { @if let Some(l) = n.backup_lag_ms { (l) " ms" } @else { "—" } }
                             td { (time(Some(n.last_seen_ms))) }
                             td { (n.version) }
                         }
