@@ -188,3 +188,67 @@ fn dashboard_pages_need_a_session_and_changes_need_its_csrf_token() {
     let (_, audit) = c.admin("GET", "/audit", None);
     assert!(audit.to_string().contains("dashboard.signed_in"), "{audit}");
 }
+
+#[test]
+fn the_dashboard_pages_through_every_org_and_filters_the_audit_log() {
+    let c = Cluster::start(&[EU_NORTH]);
+    // More orgs than one page (25) holds.
+    for i in 0..30 {
+        let (status, body) =
+            c.create_org(json!({"id": format!("org-{i:02}"), "name": format!("Org {i}")}));
+        assert_eq!(status, 201, "{body}");
+    }
+    let http = support::http()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let control = c.control_url();
+    let resp = http
+        .post(format!("{control}/signin"))
+        .form(&[("token", support::cluster::ADMIN_TOKEN)])
+        .send()
+        .unwrap();
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let get = |path: &str| {
+        let resp = http
+            .get(format!("{control}{path}"))
+            .header("cookie", &cookie)
+            .send()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+        resp.text().unwrap()
+    };
+    let first = get("/orgs");
+    assert!(
+        first.contains("org-00") && first.contains("org-24") && !first.contains("org-25"),
+        "{first}"
+    );
+    assert!(
+        first.contains("href=\"/orgs?after=org-24\""),
+        "a next page: {first}"
+    );
+    let second = get("/orgs?after=org-24");
+    assert!(
+        second.contains("org-25") && second.contains("org-29") && !second.contains("org-24<"),
+        "{second}"
+    );
+    assert!(!second.contains("Next page"), "the last page: {second}");
+    // The audit log by action: every org's placement, and nothing else.
+    let created = get("/audit?action=org.placed");
+    assert_eq!(
+        created
+            .matches("<td class=\"action\">org.placed</td>")
+            .count(),
+        30,
+        "{created}"
+    );
+    assert!(!created.contains("dashboard.signed_in"), "{created}");
+    let one = get("/audit?org=org-07&action=org.");
+    assert_eq!(one.matches("<td class=\"action\">").count(), 1, "{one}");
+}

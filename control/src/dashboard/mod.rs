@@ -409,18 +409,32 @@ async fn operations_live(
 struct SearchQuery {
     #[serde(default)]
     q: String,
+    /// With no search text: the page of the list after this org id.
+    #[serde(default)]
+    after: Option<String>,
 }
 
-async fn search(dash: &Dash, q: String) -> Result<Vec<Value>, HemvistError> {
+/// The orgs a search finds or, with no text, a page of the list by id; and the cursor of the
+/// list's next page, if there may be one.
+async fn search(dash: &Dash, q: SearchQuery) -> Result<(Vec<Value>, Option<String>), HemvistError> {
     blocking(&dash.plane, move |p| {
-        let found = if q.trim().is_empty() {
-            p.list_orgs(None, SEARCH_ROWS)?
+        let listing = q.q.trim().is_empty();
+        let found = if listing {
+            let after = q.after.as_deref().map(OrgId::parse).transpose()?;
+            p.list_orgs(after.as_ref(), SEARCH_ROWS)?
         } else {
-            p.search_orgs(&q, SEARCH_ROWS)?
+            p.search_orgs(&q.q, SEARCH_ROWS)?
         };
-        serde_json::to_value(found)
-            .map_err(|e| HemvistError::internal(e.to_string()))
-            .map(|v| v.as_array().cloned().unwrap_or_default())
+        let next = found
+            .last()
+            .filter(|_| listing && found.len() == SEARCH_ROWS)
+            .map(|o| o.id.to_string());
+        let rows = serde_json::to_value(found)
+            .map_err(|e| HemvistError::internal(e.to_string()))?
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        Ok((rows, next))
     })
     .await
 }
@@ -438,13 +452,17 @@ async fn orgs(
         actor: &s.actor,
         csrf: &s.csrf,
     };
-    let q = q.map(|Query(q)| q.q).unwrap_or_default();
-    match search(&dash, q.clone()).await {
-        Ok(found) => page(
+    let q = q.map(|Query(q)| q).unwrap_or(SearchQuery {
+        q: String::new(),
+        after: None,
+    });
+    let text = q.q.clone();
+    match search(&dash, q).await {
+        Ok((found, next)) => page(
             StatusCode::OK,
             "Orgs",
             Some(&chrome),
-            pages::orgs(&q, pages::org_rows(&found)),
+            pages::orgs(&text, pages::org_rows(&found, next.as_deref())),
         ),
         Err(e) => error_page(&e, &chrome),
     }
@@ -458,9 +476,14 @@ async fn org_search(
     if let Err(r) = signed_in(&dash, &headers) {
         return *r;
     }
-    let q = q.map(|Query(q)| q.q).unwrap_or_default();
+    let q = q.map(|Query(q)| q).unwrap_or(SearchQuery {
+        q: String::new(),
+        after: None,
+    });
     match search(&dash, q).await {
-        Ok(found) => Html(pages::org_rows(&found).into_string()).into_response(),
+        Ok((found, next)) => {
+            Html(pages::org_rows(&found, next.as_deref()).into_string()).into_response()
+        }
         Err(e) => (
             StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             e.message,
@@ -865,6 +888,9 @@ async fn operation_live(
 struct AuditQuery {
     #[serde(default)]
     org: String,
+    /// What was done, or how it starts (`move.` for every phase of every move).
+    #[serde(default)]
+    action: String,
 }
 
 async fn audit(
@@ -880,13 +906,15 @@ async fn audit(
         actor: &s.actor,
         csrf: &s.csrf,
     };
-    let org = q
-        .map(|Query(q)| q.org.trim().to_string())
+    let (org, action) = q
+        .map(|Query(q)| (q.org.trim().to_string(), q.action.trim().to_string()))
         .unwrap_or_default();
-    let filter = org.clone();
+    let (filter, wanted) = (org.clone(), action.clone());
     let entries = blocking(&dash.plane, move |p| {
         let mut entries = if filter.is_empty() {
-            p.store.audit_recent(200)?
+            // The newest entries of the fleet, enough to find 200 of one action among them.
+            p.store
+                .audit_recent(if wanted.is_empty() { 200 } else { 10_000 })?
         } else {
             let id = OrgId::parse(&filter)?;
             let all = p.store.audit_query(&crate::store::AuditFilter {
@@ -895,10 +923,15 @@ async fn audit(
                 after_seq: 0,
                 limit: 10_000,
             })?;
-            let skip = all.len().saturating_sub(200);
-            all.into_iter().skip(skip).collect()
+            all
         };
+        entries.retain(|e| {
+            e["action"]
+                .as_str()
+                .is_some_and(|a| a.starts_with(wanted.as_str()))
+        });
         entries.reverse();
+        entries.truncate(200);
         Ok(entries)
     })
     .await;
@@ -907,7 +940,7 @@ async fn audit(
             StatusCode::OK,
             "Audit",
             Some(&chrome),
-            pages::audit(&org, &entries),
+            pages::audit(&org, &action, &entries),
         ),
         Err(e) => error_page(&e, &chrome),
     }

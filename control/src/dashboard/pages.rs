@@ -217,7 +217,7 @@ pub fn orgs(query: &str, results: Markup) -> Markup {
     }
 }
 
-pub fn org_rows(orgs: &[Value]) -> Markup {
+pub fn org_rows(orgs: &[Value], next: Option<&str>) -> Markup {
     html! {
         @if orgs.is_empty() {
             p.muted { "No org matches." }
@@ -239,6 +239,9 @@ pub fn org_rows(orgs: &[Value]) -> Markup {
                         }
                     }
                 }
+            }
+            @if let Some(after) = next {
+                p { a #next-page href=(format!("/orgs?after={after}")) { "Next page" } }
             }
         }
     }
@@ -438,12 +441,15 @@ pub fn operation_actions(view: &Value, chrome: &Chrome<'_>) -> Markup {
     }
 }
 
-pub fn audit(org: &str, entries: &[Value]) -> Markup {
+pub fn audit(org: &str, action: &str, entries: &[Value]) -> Markup {
     html! {
         h1 { "Audit log" }
         form method="get" action="/audit" {
             label for="org" { "Org " }
             input #org name="org" value=(org) placeholder="every org";
+            " "
+            label for="action" { "Action " }
+            input #action name="action" value=(action) placeholder="move. or org.placed";
             " "
             button type="submit" { "Filter" }
         }
