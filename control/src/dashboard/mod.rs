@@ -917,13 +917,12 @@ async fn audit(
                 .audit_recent(if wanted.is_empty() { 200 } else { 10_000 })?
         } else {
             let id = OrgId::parse(&filter)?;
-            let all = p.store.audit_query(&crate::store::AuditFilter {
+            p.store.audit_query(&crate::store::AuditFilter {
                 org: Some(&id),
                 since_ms: 0,
                 after_seq: 0,
                 limit: 10_000,
-            })?;
-            all
+            })?
         };
         entries.retain(|e| {
             e["action"]
