@@ -57,6 +57,10 @@ pub fn print_welcome(dev: &DevJson) {
         "  control plane  {}   (admin token in {}/dev.json)",
         dev.control_url, dev.data_dir
     );
+    println!(
+        "  dashboard      {}/   (sign in with that token)",
+        dev.control_url
+    );
     for n in &dev.nodes {
         println!(
             "  node {:<13} {}   {} ({})",
