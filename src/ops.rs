@@ -444,6 +444,11 @@ pub async fn orgs(command: OrgsCommand) -> anyhow::Result<()> {
                     break full;
                 }
             };
+            // On stderr, so a script reading the page (`--json`) reads only orgs, and hears
+            // that there are more.
+            if let (true, Some(last)) = (more, &after) {
+                eprintln!("more: hemvist orgs list --after {last} (or --all)");
+            }
             if api.json {
                 return print_json(&Value::Array(orgs));
             }
@@ -480,9 +485,6 @@ pub async fn orgs(command: OrgsCommand) -> anyhow::Result<()> {
                 ],
                 &rows,
             );
-            if let (true, Some(last)) = (more, &after) {
-                outln!("more: hemvist orgs list --after {last} (or --all)");
-            }
             Ok(())
         }
         OrgsCommand::Show { id, api } => {

@@ -165,6 +165,42 @@ fn dashboard_pages_need_a_session_and_changes_need_its_csrf_token() {
         fleet.contains("Disk free") && fleet.contains("iB"),
         "{fleet}"
     );
+    // Another site's page cannot sign a browser in.
+    let foreign = http
+        .post(format!("{control}/signin"))
+        .header("origin", "http://evil.example")
+        .form(&[("token", support::cluster::ADMIN_TOKEN)])
+        .send()
+        .unwrap();
+    assert_eq!(foreign.status().as_u16(), 403);
+    assert!(foreign.headers().get("set-cookie").is_none());
+    // A session ends with its token: revoked, its cookie opens nothing.
+    let (status, made) = c.admin("POST", "/tokens", Some(json!({"name": "ops-temp"})));
+    assert_eq!(status, 201, "{made}");
+    let temp = http
+        .post(format!("{control}/signin"))
+        .form(&[("token", made["token"].as_str().unwrap())])
+        .send()
+        .unwrap();
+    let temp_cookie = temp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let open = |cookie: &str| {
+        http.get(format!("{control}/orgs"))
+            .header("cookie", cookie)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(open(&temp_cookie), 200);
+    let (status, _) = c.admin("POST", "/tokens/ops-temp/revoke", None);
+    assert_eq!(status, 200);
+    assert_eq!(open(&temp_cookie), 303, "a revoked token's session ended");
     // Signed out, the cookie is worth nothing.
     let csrf = body
         .split("name=\"csrf\" value=\"")

@@ -233,10 +233,20 @@ fn orgs_are_listed_a_page_at_a_time_by_id_in_the_api_and_the_cli() {
         out.contains("alfa") && out.contains("bravo") && !out.contains("charlie"),
         "{out}"
     );
-    assert!(out.contains("--after bravo"), "it says how to go on: {out}");
+    assert!(err.contains("--after bravo"), "it says how to go on: {err}");
+    let (ok, out, err) = c.cli(&["orgs", "list", "--limit", "2", "--json"]);
+    assert!(ok && err.contains("--after bravo"), "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     let (ok, out, err) = c.cli(&["orgs", "list", "--limit", "2", "--after", "delta"]);
     assert!(
-        ok && out.contains("echo") && !out.contains("--after"),
+        ok && out.contains("echo") && !err.contains("--after"),
         "{out}{err}"
     );
     let (ok, out, err) = c.cli(&["orgs", "list", "--limit", "2", "--all", "--json"]);

@@ -478,7 +478,7 @@ fn a_new_home_dead_right_after_storing_its_first_snapshot_is_failed_over_from_th
     let note = ended["detail"]["note"].as_str().unwrap_or("");
     assert!(note.contains("store holds"), "{ended:#}");
     assert!(
-        ended["detail"]["probed"]["objects"].as_u64().unwrap_or(0) > 0,
+        ended["detail"]["probed"]["snapshots"].as_u64().unwrap_or(0) > 0,
         "{ended:#}"
     );
     let failover = c.wait_for("the failover", || {

@@ -38,10 +38,15 @@ impl Plane {
         disks.insert(node.clone(), disk);
     }
 
-    /// What `node` last said of its disk, if it said anything since this control plane started.
+    /// What `node` last said of its disk, if it said so within two leases (a silent node's old
+    /// report is not shown as its state).
     pub fn node_disk(&self, node: &NodeId) -> Option<NodeDisk> {
+        let fresh_from = crate::clock::now_ms() - 2 * self.config.lease_ttl_ms as i64;
         let disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
-        disks.get(node).copied()
+        disks
+            .get(node)
+            .copied()
+            .filter(|d| d.reported_ms >= fresh_from)
     }
 
     /// A heartbeat's counts for one org since the node's previous heartbeat.

@@ -371,6 +371,7 @@ impl From<pb::CommandAck> for CommandAck {
             objects: p.objects,
             newest_generation: p.newest_generation,
             newest_lsn: p.newest_lsn,
+            snapshots: p.snapshots,
         });
         let bytes = ack.tenant.as_ref().map_or(0, |t| t.bytes);
         let outcome = if ack.ok {

@@ -66,6 +66,9 @@ pub struct Probed {
     pub objects: u64,
     pub newest_generation: u64,
     pub newest_lsn: u64,
+    /// Of `objects`, the readable snapshots (a restore starts from one).
+    #[serde(default)]
+    pub snapshots: u64,
 }
 
 /// A position a move's step reported.

@@ -39,6 +39,20 @@ impl Plane {
         Ok(self.store.live_token(&digest(presented))?.map(|t| t.name))
     }
 
+    /// Whether `actor`, as [`Plane::authenticate`] named it at a sign-in, may still act: the
+    /// configured admin token always, a named token until it is revoked (a dashboard session
+    /// ends with its token).
+    pub fn actor_still_valid(&self, actor: &str) -> Result<bool, HemvistError> {
+        if actor == CONFIG_ACTOR {
+            return Ok(true);
+        }
+        Ok(self
+            .store
+            .tokens()?
+            .iter()
+            .any(|t| t.name == actor && t.revoked_ms.is_none()))
+    }
+
     /// A new named token; audited with who made it.
     pub fn create_token(&self, name: &str, actor: &str) -> Result<NewToken, HemvistError> {
         // Token names are shaped like ids so they are safe in a log line and an audit entry.

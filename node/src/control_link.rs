@@ -823,13 +823,14 @@ fn probe_store(node: &Node, p: pb::ProbeStore) -> Result<pb::ProbeReport, Hemvis
             HemvistError::unavailable(format!("probe of {org}: its store cannot be read: {e:#}"))
         })?;
     let held = catalog.held_from(generation.get());
-    tracing::info!(%org, %generation, objects = held.objects, newest = ?held.newest,
+    tracing::info!(%org, %generation, objects = held.objects, snapshots = held.snapshots, newest = ?held.newest,
         "probed the region's store");
     let (newest_generation, newest_lsn) = held.newest.unwrap_or((0, 0));
     Ok(pb::ProbeReport {
         objects: held.objects,
         newest_generation,
         newest_lsn,
+        snapshots: held.snapshots,
     })
 }
 

@@ -90,6 +90,26 @@ impl WriteGate {
         }
     }
 
+    /// Whether a write committed at `generation` and stored may be acknowledged now: this node
+    /// still holds the org at that generation, no newer one is placed, and its lease is live. A
+    /// sync write waits for the store, longer than a lease may last: one stored after the lease
+    /// ran out may have been looked for already by whoever took the org, so it is not
+    /// acknowledged (the client's retry, with its idempotency key, finds it where it went).
+    pub fn may_acknowledge(&self, org: &OrgId, generation: Generation) -> Result<(), HemvistError> {
+        let held = self.hosted.hosted(org).map(|h| h.generation);
+        let newer = self
+            .hosted
+            .placement(org)
+            .is_some_and(|p| p.generation > generation);
+        if held != Some(generation) || newer || !self.lease.is_live() {
+            return Err(HemvistError::unavailable(format!(
+                "the write to {org} is stored, but this node's lease ran out or the org moved \
+                 while it waited for the store, so it is not acknowledged here; try again"
+            )));
+        }
+        Ok(())
+    }
+
     /// The generation this node may write `org` at right now, or why it may not.
     pub fn check_now(&self, org: &OrgId) -> Result<Generation, HemvistError> {
         let Some(hosted) = self.hosted.hosted(org) else {

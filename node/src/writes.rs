@@ -73,6 +73,7 @@ impl Writer {
             // write is shipped when the store is back.
             if self.hosted.hosted(org).is_some_and(|h| h.sync) {
                 b.wait_durable(org, mark, SYNC_WAIT)?;
+                self.gate.may_acknowledge(org, generation)?;
             }
         }
         Ok(out)

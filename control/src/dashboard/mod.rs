@@ -125,10 +125,21 @@ fn cookie_of(headers: &HeaderMap) -> Option<String> {
         .map(|(_, value)| value.to_string())
 }
 
-/// The signed-in operator, or the answer that sends them to sign in.
-fn signed_in(dash: &Dash, headers: &HeaderMap) -> Result<(String, Session), Box<Response>> {
-    if let Some(found) = cookie_of(headers).and_then(|c| dash.sessions.get(&c).map(|s| (c, s))) {
-        return Ok(found);
+/// The signed-in operator, or the answer that sends them to sign in. A session whose token
+/// was revoked meanwhile ends here.
+async fn signed_in(dash: &Dash, headers: &HeaderMap) -> Result<(String, Session), Box<Response>> {
+    let found = cookie_of(headers).and_then(|c| dash.sessions.get(&c).map(|s| (c, s)));
+    if let Some((cookie, session)) = found {
+        let actor = session.actor.clone();
+        match blocking(&dash.plane, move |p| p.actor_still_valid(&actor)).await {
+            Ok(true) => return Ok((cookie, session)),
+            Ok(false) => dash.sessions.remove(&cookie),
+            Err(e) => {
+                return Err(Box::new(
+                    (StatusCode::SERVICE_UNAVAILABLE, e.message).into_response(),
+                ))
+            }
+        }
     }
     if headers.contains_key("hx-request") {
         let mut resp = StatusCode::UNAUTHORIZED.into_response();
@@ -139,9 +150,9 @@ fn signed_in(dash: &Dash, headers: &HeaderMap) -> Result<(String, Session), Box<
     Err(Box::new(Redirect::to("/signin").into_response()))
 }
 
-/// A change must come from this origin's page, with the session's CSRF token.
-fn check_form(headers: &HeaderMap, session: &Session, csrf: &str) -> Result<(), Box<Response>> {
-    let cross_site = headers
+/// Whether the request comes from a page of another site (a browser says so).
+fn cross_site(headers: &HeaderMap) -> bool {
+    let site = headers
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|s| s != "same-origin" && s != "none");
@@ -154,7 +165,12 @@ fn check_form(headers: &HeaderMap, session: &Session, csrf: &str) -> Result<(), 
             .is_some_and(|(_, rest)| rest == host),
         _ => true,
     };
-    if cross_site || !origin_ok || !crate::auth::tokens_equal(csrf, &session.csrf) {
+    site || !origin_ok
+}
+
+/// A change must come from this origin's page, with the session's CSRF token.
+fn check_form(headers: &HeaderMap, session: &Session, csrf: &str) -> Result<(), Box<Response>> {
+    if cross_site(headers) || !crate::auth::tokens_equal(csrf, &session.csrf) {
         return Err(Box::new(page(
             StatusCode::FORBIDDEN,
             "Refused",
@@ -184,7 +200,7 @@ fn error_page(e: &HemvistError, chrome: &Chrome<'_>) -> Response {
 }
 
 async fn signin_page(State(dash): State<Dash>, headers: HeaderMap) -> Response {
-    if signed_in(&dash, &headers).is_ok() {
+    if signed_in(&dash, &headers).await.is_ok() {
         return Redirect::to("/").into_response();
     }
     page(StatusCode::OK, "Sign in", None, pages::signin(None))
@@ -198,8 +214,18 @@ struct SigninForm {
 
 async fn signin(
     State(dash): State<Dash>,
+    headers: HeaderMap,
     form: Result<Form<SigninForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
+    // Another site's page may not sign a browser in (to a session of its choosing).
+    if cross_site(&headers) {
+        return page(
+            StatusCode::FORBIDDEN,
+            "Sign in",
+            None,
+            pages::signin(Some("Sign in from this dashboard's own page.")),
+        );
+    }
     let token = form.map(|Form(f)| f.token).unwrap_or_default();
     let plane = dash.plane.clone();
     let actor = blocking(&plane, move |p| p.authenticate(token.trim())).await;
@@ -271,7 +297,7 @@ async fn signout(
     headers: HeaderMap,
     form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let (cookie, session) = match signed_in(&dash, &headers) {
+    let (cookie, session) = match signed_in(&dash, &headers).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -306,7 +332,7 @@ fn operations_list(p: &Plane, finished: usize) -> Result<Vec<Value>, HemvistErro
 }
 
 async fn fleet(State(dash): State<Dash>, headers: HeaderMap) -> Response {
-    let (_, s) = match signed_in(&dash, &headers) {
+    let (_, s) = match signed_in(&dash, &headers).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -356,7 +382,7 @@ async fn fleet(State(dash): State<Dash>, headers: HeaderMap) -> Response {
 }
 
 async fn operations(State(dash): State<Dash>, headers: HeaderMap) -> Response {
-    let (_, s) = match signed_in(&dash, &headers) {
+    let (_, s) = match signed_in(&dash, &headers).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -391,7 +417,7 @@ async fn operations_live(
     headers: HeaderMap,
     q: Result<Query<LiveQuery>, QueryRejection>,
 ) -> Response {
-    if let Err(r) = signed_in(&dash, &headers) {
+    if let Err(r) = signed_in(&dash, &headers).await {
         return *r;
     }
     let finished = q.ok().and_then(|Query(q)| q.finished).unwrap_or(0).min(200);
@@ -444,7 +470,7 @@ async fn orgs(
     headers: HeaderMap,
     q: Result<Query<SearchQuery>, QueryRejection>,
 ) -> Response {
-    let (_, s) = match signed_in(&dash, &headers) {
+    let (_, s) = match signed_in(&dash, &headers).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -473,7 +499,7 @@ async fn org_search(
     headers: HeaderMap,
     q: Result<Query<SearchQuery>, QueryRejection>,
 ) -> Response {
-    if let Err(r) = signed_in(&dash, &headers) {
+    if let Err(r) = signed_in(&dash, &headers).await {
         return *r;
     }
     let q = q.map(|Query(q)| q).unwrap_or(SearchQuery {
@@ -535,7 +561,7 @@ async fn org_page(
 }
 
 async fn org(State(dash): State<Dash>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let (_, s) = match signed_in(&dash, &headers) {
+    let (_, s) = match signed_in(&dash, &headers).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -562,7 +588,7 @@ async fn move_org(
     Path(id): Path<String>,
     form: Result<Form<MoveForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let (_, s) = match signed_in(&dash, &headers) {
+    let (_, s) = match signed_in(&dash, &headers).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -628,7 +654,7 @@ async fn create_branch(
     Path(id): Path<String>,
     form: Result<Form<BranchForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let (_, s) = match signed_in(&dash, &headers) {
+    let (_, s) = match signed_in(&dash, &headers).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -687,7 +713,7 @@ async fn keepalive(
     Path(id): Path<String>,
     form: Result<Form<MoveForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let (_, s) = match signed_in(&dash, &headers) {
+    let (_, s) = match signed_in(&dash, &headers).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -775,7 +801,7 @@ async fn operation_action(
     Path((id, action)): Path<(String, String)>,
     form: Result<Form<ConfirmForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let (_, s) = match signed_in(&dash, &headers) {
+    let (_, s) = match signed_in(&dash, &headers).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -843,7 +869,7 @@ async fn operation(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let (_, s) = match signed_in(&dash, &headers) {
+    let (_, s) = match signed_in(&dash, &headers).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -871,7 +897,7 @@ async fn operation_live(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = signed_in(&dash, &headers) {
+    if let Err(r) = signed_in(&dash, &headers).await {
         return *r;
     }
     match operation_view(&dash, id).await {
@@ -898,7 +924,7 @@ async fn audit(
     headers: HeaderMap,
     q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Response {
-    let (_, s) = match signed_in(&dash, &headers) {
+    let (_, s) = match signed_in(&dash, &headers).await {
         Ok(s) => s,
         Err(r) => return *r,
     };

@@ -170,6 +170,10 @@ pub struct MoveDetail {
     /// Returning to the source: the generation it serves under again.
     #[serde(default)]
     pub return_generation: Option<Generation>,
+    /// How many times the new home was found dead (each recovery asks its own probe: an old
+    /// answer says nothing of what a home that came back and died again shipped).
+    #[serde(default)]
+    pub recoveries: u32,
 }
 
 /// An operator's request.
@@ -325,6 +329,7 @@ impl Plane {
             recovering_from: None,
             probed: None,
             return_generation: None,
+            recoveries: 0,
         };
         let op = match parent {
             None => self.begin(&org, MovePhase::Copying, actor, detail_json(&detail)?)?,
@@ -776,7 +781,7 @@ fn releasing(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistErro
     // The source keeps its copy until the new home's first backup is in its region's store
     // (reported, or found there by a probe after the new home died).
     let backed_up = first_backup_reported(plane, op, d, to_generation)
-        || d.probed.is_some_and(|p| p.objects > 0);
+        || d.probed.is_some_and(|p| p.snapshots > 0);
     if !backed_up {
         if super::failover::is_dead(plane, &d.to_node)? {
             return start_recovering(plane, op, d.clone());
@@ -907,6 +912,8 @@ fn first_backup_reported(plane: &Plane, op: &Move, d: &MoveDetail, generation: G
 /// region's store holds of it before deciding where the org goes.
 fn start_recovering(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistError> {
     d.recovering_from = Some(op.phase.as_str().to_string());
+    d.recoveries += 1;
+    d.probed = None;
     tracing::warn!(operation = %op.record.id, org = %op.org(), node = %d.to_node,
         phase = op.phase.as_str(),
         "the move's new home died before its first backup was reported; looking in its store");
@@ -928,10 +935,14 @@ fn recovering(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), Hemvist
         _ => MovePhase::Releasing,
     };
     // Back before anything was decided (only a read was asked so far): it is the owner still.
-    if plane.nodes.healthy(&d.to_node) || first_backup_reported(plane, op, &d, to_generation) {
+    // Connected at all counts: a node that reconnects gets its lease at its next heartbeat.
+    if plane.nodes.session(&d.to_node).connected
+        || first_backup_reported(plane, op, &d, to_generation)
+    {
         tracing::info!(operation = %op.record.id, node = %d.to_node,
             "the move's new home is back (or its backup was reported); the move goes on");
         d.recovering_from = None;
+        d.probed = None;
         plane.advance(op, left, Some(detail_json(&d)?))?;
         plane.wake_operations.notify_one();
         return Ok(());
@@ -954,8 +965,8 @@ fn recovering(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), Hemvist
         });
         return Ok(());
     };
-    // One step per asked node: a prober that dies is replaced by the next.
-    let name = format!("probe-{prober}");
+    // One step per recovery and asked node: a prober that dies is replaced by the next.
+    let name = format!("probe-{}-{prober}", d.recoveries);
     let probe = plane.drive_step(
         &step_of(op, &name, prober, CommandKind::Probe, to_generation, false),
         false,
@@ -995,6 +1006,20 @@ fn recovering(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), Hemvist
         return Ok(());
     };
     d.probed = Some(probed);
+    if probed.objects > 0 && probed.snapshots == 0 {
+        // Something of the new generation, but nothing a restore starts from (damaged?):
+        // neither the source's copy nor that store can be known to hold every acknowledged
+        // write. An operator decides; the source stays fenced and keeps its copy.
+        plane.watch_stall(op, 0, || {
+            format!(
+                "an operator: {}'s store holds {} object(s) of {to_generation} but no readable \
+                 snapshot of it, so neither it nor the source {}'s copy can be known to hold \
+                 every write the dead new home {} acknowledged",
+                d.to_region, probed.objects, d.from_node, d.to_node
+            )
+        });
+        return Ok(());
+    }
     if probed.objects > 0 {
         // Writes the new home acknowledged may be there alone: the org stays in its new
         // region, failed over from that store once the move has let go of it.
@@ -1005,7 +1030,18 @@ fn recovering(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), Hemvist
         return Ok(());
     }
     // Nothing of the new generation anywhere: the source's copy, at exactly the final
-    // position, is the org. It serves again under a newer generation than the dead home's.
+    // position, is the org. It serves again under a newer generation than the dead home's,
+    // if it is alive to take it back.
+    if !plane.nodes.healthy(&d.from_node) {
+        plane.watch_stall(op, stall_ms(plane), || {
+            format!(
+                "the source {} to be alive to take the org back ({}'s store holds nothing of \
+                 {to_generation}; the source's copy is the org)",
+                d.from_node, d.to_region
+            )
+        });
+        return Ok(());
+    }
     let generation = plane.store.issue_generation()?;
     d.return_generation = Some(generation);
     let reason = format!(

@@ -363,13 +363,22 @@ pub struct HeldFrom {
     pub objects: u64,
     /// The newest (generation, LSN after) among them, if any.
     pub newest: Option<(u64, u64)>,
+    /// Of them, the snapshots found whole (a restore of the generation starts from one).
+    pub snapshots: u64,
 }
 
 impl Catalog {
     /// What the catalog holds of `generation` or newer. A damaged object whose contents cannot
     /// all be told counts as holding some: whoever asks must not conclude there is nothing.
     pub fn held_from(&self, generation: u64) -> HeldFrom {
-        let mut held = HeldFrom::default();
+        let mut held = HeldFrom {
+            snapshots: self
+                .objects
+                .iter()
+                .filter(|(n, _)| n.generation >= generation && n.kind == Kind::Snapshot)
+                .count() as u64,
+            ..HeldFrom::default()
+        };
         let positions = self
             .objects
             .iter()
@@ -504,9 +513,20 @@ mod tests {
             catalog.held_from(3),
             HeldFrom {
                 objects: 1,
-                newest: Some((3, 2))
+                newest: Some((3, 2)),
+                snapshots: 0,
             }
         );
+        catalog.objects.push((
+            ObjectName {
+                kind: Kind::Snapshot,
+                ..at(3, 2, 2)
+            },
+            10,
+        ));
+        assert_eq!(catalog.held_from(3).snapshots, 1);
+        assert_eq!(catalog.held_from(1).snapshots, 1);
+        catalog.objects.pop();
         assert_eq!(catalog.held_from(4), HeldFrom::default());
         // A damaged object whose contents cannot all be told may hold the generation asked.
         catalog.damaged.push(DamagedObject {
@@ -523,7 +543,8 @@ mod tests {
             catalog.held_from(4),
             HeldFrom {
                 objects: 1,
-                newest: Some((4, 7))
+                newest: Some((4, 7)),
+                snapshots: 0,
             }
         );
     }
