@@ -165,6 +165,19 @@ fn dashboard_pages_need_a_session_and_changes_need_its_csrf_token() {
         fleet.contains("Disk free") && fleet.contains("iB"),
         "{fleet}"
     );
+    // Behind a proxy that terminates TLS and says so, the cookie is for HTTPS only.
+    let proxied = http
+        .post(format!("{control}/signin"))
+        .header("x-forwarded-proto", "https")
+        .form(&[("token", support::cluster::ADMIN_TOKEN)])
+        .send()
+        .unwrap();
+    let set_proxied = proxied.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(set_proxied.contains("; Secure"), "{set_proxied}");
+    assert!(!set.contains("Secure"), "plain HTTP here: {set}");
     // Another site's page cannot sign a browser in.
     let foreign = http
         .post(format!("{control}/signin"))

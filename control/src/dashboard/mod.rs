@@ -270,7 +270,12 @@ async fn signin(
         tracing::warn!(error = %e, "could not audit a dashboard sign-in");
     }
     tracing::info!(%actor, "signed in to the dashboard");
-    let secure = if dash.plane.config.tls.is_some() {
+    // Served over TLS here, or behind a proxy that terminates it and says so.
+    let forwarded_https = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    let secure = if dash.plane.config.tls.is_some() || forwarded_https {
         "; Secure"
     } else {
         ""
@@ -943,12 +948,8 @@ async fn audit(
                 .audit_recent(if wanted.is_empty() { 200 } else { 10_000 })?
         } else {
             let id = OrgId::parse(&filter)?;
-            p.store.audit_query(&crate::store::AuditFilter {
-                org: Some(&id),
-                since_ms: 0,
-                after_seq: 0,
-                limit: 10_000,
-            })?
+            p.store
+                .audit_recent_of(&id, if wanted.is_empty() { 200 } else { 10_000 })?
         };
         entries.retain(|e| {
             e["action"]

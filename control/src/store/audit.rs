@@ -152,6 +152,18 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// The newest `limit` records of one org, oldest first (by its index, however long its
+    /// trail).
+    pub fn audit_recent_of(&self, org: &OrgId, limit: u32) -> Result<Vec<serde_json::Value>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT seq, at_ms, actor, action, org, detail FROM
+               (SELECT * FROM audit WHERE org = ?1 ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![org.as_str(), limit], entry_json)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn audit_for_org(&self, org: &OrgId) -> Result<Vec<serde_json::Value>> {
         let conn = self.lock();
         let mut stmt = conn.prepare(
