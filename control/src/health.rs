@@ -5,17 +5,8 @@
 
 use hemvist_proto::{NodeId, OrgId};
 
-/// A node's data disk as its last heartbeat told it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NodeDisk {
-    pub free_bytes: u64,
-    /// Below the node's headroom: it takes no writes until space is freed.
-    pub low: bool,
-    pub reported_ms: i64,
-}
-
 use crate::plane::Plane;
-pub use crate::plane::{HealthTotals, TenantHealth};
+pub use crate::plane::{HealthTotals, NodeDisk, TenantHealth};
 
 impl TenantHealth {
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<OrgId, HealthTotals>> {

@@ -45,6 +45,15 @@ pub struct SchemaFiles(
 #[derive(Default)]
 pub struct TenantHealth(pub(crate) Mutex<HashMap<hemvist_proto::OrgId, HealthTotals>>);
 
+/// A node's data disk as its last heartbeat told it (see `health`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeDisk {
+    pub free_bytes: u64,
+    /// Below the node's headroom: it takes no writes until space is freed.
+    pub low: bool,
+    pub reported_ms: i64,
+}
+
 /// Requests, and those that failed on the server's side or in SQLite.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct HealthTotals {
@@ -108,7 +117,7 @@ pub struct Plane {
     /// The tenants' requests and failures as nodes report them (see `health`).
     pub(crate) health: TenantHealth,
     /// What each node last said of its data disk (see `health`).
-    pub(crate) disks: Mutex<HashMap<NodeId, crate::health::NodeDisk>>,
+    pub(crate) disks: Mutex<HashMap<NodeId, NodeDisk>>,
     pub store: Store,
     /// The audit chain's signer and checkpoint store, when configured.
     pub checkpoints: Option<crate::audit::Checkpoints>,
