@@ -193,9 +193,13 @@ fn page(
     (status, Html(pages::layout(title, chrome, body))).into_response()
 }
 
+/// The HTTP status of a domain error, as the API answers it.
+fn status_of(e: &HemvistError) -> StatusCode {
+    StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
 fn error_page(e: &HemvistError, chrome: &Chrome<'_>) -> Response {
-    let status =
-        StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = status_of(e);
     page(status, "Error", Some(chrome), pages::not_found(&e.message))
 }
 
@@ -341,10 +345,7 @@ async fn fleet(State(dash): State<Dash>, headers: HeaderMap) -> Response {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let chrome = Chrome {
-        actor: &s.actor,
-        csrf: &s.csrf,
-    };
+    let chrome = Chrome::of(&s);
     let data = blocking(&dash.plane, |p| {
         let counts: std::collections::HashMap<_, _> =
             p.store.tenants_per_node()?.into_iter().collect();
@@ -391,10 +392,7 @@ async fn operations(State(dash): State<Dash>, headers: HeaderMap) -> Response {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let chrome = Chrome {
-        actor: &s.actor,
-        csrf: &s.csrf,
-    };
+    let chrome = Chrome::of(&s);
     match blocking(&dash.plane, |p| operations_list(p, 50)).await {
         Ok(ops) => page(
             StatusCode::OK,
@@ -428,11 +426,7 @@ async fn operations_live(
     let finished = q.ok().and_then(|Query(q)| q.finished).unwrap_or(0).min(200);
     match blocking(&dash.plane, move |p| operations_list(p, finished)).await {
         Ok(ops) => Html(pages::operations_table(&ops).into_string()).into_response(),
-        Err(e) => (
-            StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            e.message,
-        )
-            .into_response(),
+        Err(e) => (status_of(&e), e.message).into_response(),
     }
 }
 
@@ -479,10 +473,7 @@ async fn orgs(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let chrome = Chrome {
-        actor: &s.actor,
-        csrf: &s.csrf,
-    };
+    let chrome = Chrome::of(&s);
     let q = q.map(|Query(q)| q).unwrap_or(SearchQuery {
         q: String::new(),
         after: None,
@@ -515,11 +506,7 @@ async fn org_search(
         Ok((found, next)) => {
             Html(pages::org_rows(&found, next.as_deref()).into_string()).into_response()
         }
-        Err(e) => (
-            StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            e.message,
-        )
-            .into_response(),
+        Err(e) => (status_of(&e), e.message).into_response(),
     }
 }
 
@@ -570,10 +557,7 @@ async fn org(State(dash): State<Dash>, headers: HeaderMap, Path(id): Path<String
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let chrome = Chrome {
-        actor: &s.actor,
-        csrf: &s.csrf,
-    };
+    let chrome = Chrome::of(&s);
     org_page(&dash, id, &chrome, StatusCode::OK, Said::Nothing).await
 }
 
@@ -597,10 +581,7 @@ async fn move_org(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let chrome = Chrome {
-        actor: &s.actor,
-        csrf: &s.csrf,
-    };
+    let chrome = Chrome::of(&s);
     let Ok(Form(form)) = form else {
         return org_page(
             &dash,
@@ -634,8 +615,7 @@ async fn move_org(
     match blocking(&dash.plane, move |p| p.request_move(&org, req, &actor)).await {
         Ok(op) => Redirect::to(&format!("/operations/{}", op.id)).into_response(),
         Err(e) => {
-            let status = StatusCode::from_u16(e.kind.http_status())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let status = status_of(&e);
             let message = format!("The move was refused: {}", e.message);
             org_page(&dash, id, &chrome, status, Said::Error(&message)).await
         }
@@ -663,10 +643,7 @@ async fn create_branch(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let chrome = Chrome {
-        actor: &s.actor,
-        csrf: &s.csrf,
-    };
+    let chrome = Chrome::of(&s);
     let Ok(Form(form)) = form else {
         return org_page(
             &dash,
@@ -703,8 +680,7 @@ async fn create_branch(
     match blocking(&dash.plane, move |p| p.request_branch(&org, req, &actor)).await {
         Ok(op) => Redirect::to(&format!("/operations/{}", op.id)).into_response(),
         Err(e) => {
-            let status = StatusCode::from_u16(e.kind.http_status())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let status = status_of(&e);
             let message = format!("The branch was refused: {}", e.message);
             org_page(&dash, id, &chrome, status, Said::Error(&message)).await
         }
@@ -716,21 +692,14 @@ async fn keepalive(
     State(dash): State<Dash>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    form: Result<Form<MoveForm>, axum::extract::rejection::FormRejection>,
+    form: Result<Form<ConfirmForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let (_, s) = match signed_in(&dash, &headers).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let chrome = Chrome {
-        actor: &s.actor,
-        csrf: &s.csrf,
-    };
-    let form = form.map(|Form(f)| f).unwrap_or(MoveForm {
-        csrf: String::new(),
-        to: String::new(),
-        confirm: String::new(),
-    });
+    let chrome = Chrome::of(&s);
+    let form = form.map(|Form(f)| f).unwrap_or_default();
     if let Err(r) = check_form(&headers, &s, &form.csrf) {
         return *r;
     }
@@ -776,8 +745,7 @@ async fn keepalive(
             .await
         }
         Err(e) => {
-            let status = StatusCode::from_u16(e.kind.http_status())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let status = status_of(&e);
             org_page(
                 &dash,
                 parent,
@@ -790,7 +758,7 @@ async fn keepalive(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 struct ConfirmForm {
     #[serde(default)]
     csrf: String,
@@ -810,14 +778,8 @@ async fn operation_action(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let chrome = Chrome {
-        actor: &s.actor,
-        csrf: &s.csrf,
-    };
-    let form = form.map(|Form(f)| f).unwrap_or(ConfirmForm {
-        csrf: String::new(),
-        confirm: String::new(),
-    });
+    let chrome = Chrome::of(&s);
+    let form = form.map(|Form(f)| f).unwrap_or_default();
     if let Err(r) = check_form(&headers, &s, &form.csrf) {
         return *r;
     }
@@ -878,10 +840,7 @@ async fn operation(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let chrome = Chrome {
-        actor: &s.actor,
-        csrf: &s.csrf,
-    };
+    let chrome = Chrome::of(&s);
     match operation_view(&dash, id).await {
         Ok(view) => page(
             StatusCode::OK,
@@ -907,11 +866,7 @@ async fn operation_live(
     }
     match operation_view(&dash, id).await {
         Ok(view) => Html(pages::operation(&view).into_string()).into_response(),
-        Err(e) => (
-            StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            e.message,
-        )
-            .into_response(),
+        Err(e) => (status_of(&e), e.message).into_response(),
     }
 }
 
@@ -933,10 +888,7 @@ async fn audit(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let chrome = Chrome {
-        actor: &s.actor,
-        csrf: &s.csrf,
-    };
+    let chrome = Chrome::of(&s);
     let (org, action) = q
         .map(|Query(q)| (q.org.trim().to_string(), q.action.trim().to_string()))
         .unwrap_or_default();

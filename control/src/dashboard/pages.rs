@@ -46,6 +46,15 @@ pub struct Chrome<'a> {
     pub csrf: &'a str,
 }
 
+impl<'a> Chrome<'a> {
+    pub fn of(session: &'a super::session::Session) -> Self {
+        Chrome {
+            actor: &session.actor,
+            csrf: &session.csrf,
+        }
+    }
+}
+
 pub fn layout(title: &str, chrome: Option<&Chrome<'_>>, body: Markup) -> String {
     html! {
         (DOCTYPE)

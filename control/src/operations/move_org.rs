@@ -410,6 +410,20 @@ fn step_of<'a>(
     }
 }
 
+/// A step its node refused is asked again (past the switch there is no way back, so a refusal
+/// is not an answer), keeping what the node said.
+fn ask_again(plane: &Plane, cmd: &CommandRecord) -> Result<(), HemvistError> {
+    plane.store.ack_command(
+        &cmd.node_id,
+        &cmd.id,
+        CommandState::Retry,
+        cmd.error_kind
+            .map(|k| (k, cmd.error.as_deref().unwrap_or(""))),
+        None,
+    )?;
+    Ok(())
+}
+
 /// Why a step failed, as its node said.
 fn refusal(cmd: &CommandRecord) -> HemvistError {
     HemvistError::new(
@@ -760,14 +774,7 @@ fn switching(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), HemvistE
             // Past the switch there is no way back to the source: keep asking, loudly.
             tracing::error!(operation = %op.record.id, error = %refusal(&host),
                 "the move's target refused to host the switched org; retrying");
-            plane.store.ack_command(
-                &d.to_node,
-                &host.id,
-                CommandState::Retry,
-                host.error_kind
-                    .map(|k| (k, host.error.as_deref().unwrap_or(""))),
-                None,
-            )?;
+            ask_again(plane, &host)?;
         }
         _ => {}
     }
@@ -993,15 +1000,7 @@ fn recovering(plane: &Plane, op: &Move, mut d: MoveDetail) -> Result<(), Hemvist
         });
         if probe.state == CommandState::Failed {
             // Nothing decided without an answer: ask again.
-            plane.store.ack_command(
-                prober,
-                &probe.id,
-                CommandState::Retry,
-                probe
-                    .error_kind
-                    .map(|k| (k, probe.error.as_deref().unwrap_or(""))),
-                None,
-            )?;
+            ask_again(plane, &probe)?;
         }
         return Ok(());
     };
@@ -1133,14 +1132,7 @@ fn returning(plane: &Plane, op: &Move, d: &MoveDetail) -> Result<(), HemvistErro
         (CommandState::Failed, _) => {
             tracing::error!(operation = %op.record.id, error = %refusal(&host),
                 "the source refused to take its org back; retrying");
-            plane.store.ack_command(
-                &d.from_node,
-                &host.id,
-                CommandState::Retry,
-                host.error_kind
-                    .map(|k| (k, host.error.as_deref().unwrap_or(""))),
-                None,
-            )?;
+            ask_again(plane, &host)?;
         }
         _ => {
             plane.watch_stall(op, stall_ms(plane), || {
