@@ -366,6 +366,13 @@ impl Incoming {
                 let restored = restore::restore(&store, &catalog, &newest, &staging, key)
                     .await
                     .map_err(unavailable)?;
+                tracing::info!(
+                    org = %req.org,
+                    downloaded = restored.downloaded,
+                    fetch_and_apply_ms = restored.fetch_and_apply.as_millis() as u64,
+                    integrity_check_ms = restored.integrity_check.as_millis() as u64,
+                    "copy staged from the source's backups"
+                );
                 failpoints::check("node.move.copied")?;
                 let s = Staged {
                     operation: req.operation.clone(),

@@ -40,8 +40,8 @@ pub use keys::{pack_key, parse_pack_key, tenant_prefix, Kind, ObjectName};
 pub use pack::{decode_pack_index, encode_pack, raw_index, scrub_pack, SCRUBBED};
 pub use segment::{encode_segment, Body, Decoded};
 pub use snapshot::{
-    encode_snapshot, open_chunk, open_chunk_into, snapshot_head, ChunkBuffers, SnapshotHead,
-    SnapshotTable, CHUNK_RAW,
+    encode_snapshot, encode_snapshot_parts, open_chunk, open_chunk_into, snapshot_head,
+    ChunkBuffers, SnapshotHead, SnapshotTable, CHUNK_RAW,
 };
 
 /// Checks the checksum, then the header against the key it was read from, then opens (with

@@ -303,9 +303,9 @@ impl Shipper<'_> {
             time_ms: now_ms(),
         };
         let key = Some(key_of(self.hosted, org)?);
-        let (bytes, page_size) = tokio::task::spawn_blocking({
+        let (parts, page_size) = tokio::task::spawn_blocking({
             let name = name.clone();
-            move || -> Result<(Vec<u8>, u32), HemvistError> {
+            move || -> Result<(Vec<Vec<u8>>, u32), HemvistError> {
                 let db = std::fs::read(&path).map_err(internal)?;
                 let page_size = if db.len() >= 18 {
                     match u16::from_be_bytes([db[16], db[17]]) {
@@ -316,7 +316,7 @@ impl Shipper<'_> {
                     4096
                 };
                 Ok((
-                    format::encode_snapshot(&name, page_size, &db, key.as_ref()),
+                    format::encode_snapshot_parts(&name, page_size, &db, key.as_ref()),
                     page_size,
                 ))
             }
@@ -333,7 +333,10 @@ impl Shipper<'_> {
         // A node that dies before its generation's first snapshot is stored, or right after
         // (before anyone heard of it): what a move's recovery must tell apart.
         crate::failpoints::check("node.backup.snapshot")?;
-        self.up.put(&name, bytes).await?;
+        let started = std::time::Instant::now();
+        let bytes: usize = parts.iter().map(Vec::len).sum();
+        self.up.put_parts(&name, parts).await?;
+        tracing::debug!(%org, generation, lsn, bytes, upload_ms = started.elapsed().as_millis() as u64, "snapshot stored");
         crate::failpoints::check("node.backup.snapshot.stored")?;
         self.up.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
         let shipped = Shipped {

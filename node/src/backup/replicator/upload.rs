@@ -37,19 +37,39 @@ impl Uploader<'_> {
     }
 
     pub async fn put_key(&self, name: &str, bytes: Vec<u8>) -> Result<(), HemvistError> {
-        self.upload(name, bytes, PutMode::Create).await
+        self.upload(name, PutPayload::from(Bytes::from(bytes)), PutMode::Create)
+            .await
+    }
+
+    /// Creates an object from its parts, sent in order as one body (no copy joins them).
+    pub async fn put_parts(
+        &self,
+        name: &ObjectName,
+        parts: Vec<Vec<u8>>,
+    ) -> Result<(), HemvistError> {
+        let payload: PutPayload = parts.into_iter().map(Bytes::from).collect();
+        self.upload(&name.key(), payload, PutMode::Create).await
     }
 
     /// Writes an object over the one its key holds: only a pack being scrubbed, with
     /// [`Uploader::pack_lock`] held since the pack was read.
     pub async fn overwrite_key(&self, name: &str, bytes: Vec<u8>) -> Result<(), HemvistError> {
-        self.upload(name, bytes, PutMode::Overwrite).await
+        self.upload(
+            name,
+            PutPayload::from(Bytes::from(bytes)),
+            PutMode::Overwrite,
+        )
+        .await
     }
 
-    async fn upload(&self, name: &str, bytes: Vec<u8>, mode: PutMode) -> Result<(), HemvistError> {
+    async fn upload(
+        &self,
+        name: &str,
+        payload: PutPayload,
+        mode: PutMode,
+    ) -> Result<(), HemvistError> {
         let key = ObjectPath::from(name);
-        let len = bytes.len() as u64;
-        let payload = PutPayload::from(Bytes::from(bytes));
+        let len = payload.content_length() as u64;
         let mut delay = Duration::from_millis(100);
         let limit = self.timeout + Duration::from_secs(len / (1024 * 1024));
         loop {
