@@ -17,8 +17,14 @@ pub struct ControlConfig {
     /// Where nodes dial in over gRPC.
     #[serde(default = "default_grpc_listen")]
     pub grpc_listen: SocketAddr,
-    /// Folder of the control plane's own SQLite store.
+    /// Folder of the control plane's own files (its SQLite store, `control.db`, unless
+    /// `store` names a database).
     pub data_dir: PathBuf,
+    /// Where the control plane's state lives when not in `data_dir`: a PostgreSQL database,
+    /// `postgres://user@host:port/dbname` (several replicas may share one). Its password, if
+    /// any, comes from the environment's `PGPASSWORD`, never from this file.
+    #[serde(default)]
+    pub store: Option<String>,
     /// Bearer token of the admin API.
     pub admin_token: String,
     /// The token a node must present to join.
@@ -243,7 +249,36 @@ impl ControlConfig {
         Ok(config)
     }
 
+    /// Where the store is: `store` if set, else `control.db` in `data_dir`.
+    pub fn store_location(&self) -> crate::store::Location {
+        match &self.store {
+            Some(s) => crate::store::Location::parse(s),
+            None => crate::store::Location::File(self.data_dir.join("control.db")),
+        }
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(s) = &self.store {
+            match crate::store::Location::parse(s) {
+                crate::store::Location::Postgres(url) => {
+                    if url.split_once("://").is_some_and(|(_, rest)| {
+                        rest.split(['/', '?']).next().is_some_and(|auth| {
+                            auth.rsplit_once('@')
+                                .is_some_and(|(user, _)| user.contains(':'))
+                        })
+                    }) {
+                        bail!(
+                            "store: the URL holds a password; give it in PGPASSWORD instead, \
+                             so no file holds it"
+                        );
+                    }
+                }
+                crate::store::Location::File(_) => bail!(
+                    "store must be a postgres://user@host:port/dbname URL (the SQLite store is \
+                     control.db in data_dir)"
+                ),
+            }
+        }
         if self.regions.is_empty() {
             bail!("no regions configured: declare at least one [[regions]]");
         }

@@ -151,8 +151,9 @@ impl Plane {
     pub fn open(config: ControlConfig, nodes: Arc<dyn NodeLink>) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("create {}", config.data_dir.display()))?;
-        let path = config.data_dir.join("control.db");
-        let store = Store::open(&path).with_context(|| format!("open {}", path.display()))?;
+        let location = config.store_location();
+        let store = Store::at(&location)
+            .with_context(|| format!("open the control store at {}", location.describe()))?;
         let regions: Vec<RegionRecord<'_>> = config
             .regions
             .iter()

@@ -202,6 +202,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         api_listen: port(0)?,
         grpc_listen: port(1)?,
         data_dir: data.join("control"),
+        store: None,
         admin_token: secrets.admin_token.clone(),
         join_token: secrets.join_token.clone(),
         default_region: RegionId::parse("eu-central")?,

@@ -280,6 +280,9 @@ impl Cluster {
             dir.path().join("control").display().to_string(),
             regions[0].id
         );
+        if let Some(url) = postgres_store() {
+            config.push_str(&format!("store = {url:?}\n"));
+        }
         if let Some(g) = geoip {
             config.push_str(&format!("geoip = {:?}\n", g.display().to_string()));
         }
@@ -887,4 +890,24 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// With `HEMVIST_TEST_POSTGRES` set (a server's URL, as `scripts/postgres start` prints it),
+/// a fresh database on it for one cluster's control plane: the suite runs on PostgreSQL.
+pub fn postgres_store() -> Option<String> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let server = std::env::var("HEMVIST_TEST_POSTGRES").ok()?;
+    let name = format!(
+        "cluster_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    );
+    Some(
+        hemvist_control::store::fresh_database(&server, &name)
+            .unwrap_or_else(|e| panic!("a database on the test PostgreSQL: {e}")),
+    )
 }

@@ -2,8 +2,8 @@
 //! Each record's hash covers the previous record's hash and every field of its own, so changing,
 //! removing or reordering any record breaks the chain from there on.
 
+use super::sql::{params, OptionalExtension, Transaction};
 use hemvist_proto::OrgId;
-use rusqlite::{params, OptionalExtension, Transaction};
 use sha2::{Digest, Sha256};
 
 use super::db::Store;
@@ -131,14 +131,14 @@ impl Store {
         let conn = self.lock();
         let mut stmt = conn.prepare(
             "SELECT seq, at_ms, actor, action, org, detail FROM audit
-             WHERE (?1 IS NULL OR org = ?1) AND at_ms >= ?2 AND seq > ?3
+             WHERE (CAST(?1 AS TEXT) IS NULL OR org = ?1) AND at_ms >= ?2 AND seq > ?3
              ORDER BY seq LIMIT ?4",
         )?;
         let rows = stmt.query_map(
             params![q.org.map(OrgId::as_str), q.since_ms, q.after_seq, q.limit],
             entry_json,
         )?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows.collect::<super::sql::Result<_>>()?)
     }
 
     /// The newest `limit` records of every org and of the fleet, oldest first.
@@ -149,7 +149,7 @@ impl Store {
                (SELECT * FROM audit ORDER BY seq DESC LIMIT ?1) ORDER BY seq",
         )?;
         let rows = stmt.query_map([limit], entry_json)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows.collect::<super::sql::Result<_>>()?)
     }
 
     /// The newest `limit` records of one org, oldest first (by its index, however long its
@@ -161,7 +161,7 @@ impl Store {
                (SELECT * FROM audit WHERE org = ?1 ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
         )?;
         let rows = stmt.query_map(params![org.as_str(), limit], entry_json)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows.collect::<super::sql::Result<_>>()?)
     }
 
     pub fn audit_for_org(&self, org: &OrgId) -> Result<Vec<serde_json::Value>> {
@@ -192,7 +192,7 @@ impl Store {
 }
 
 /// One entry as the API shows it, from a row of (seq, at_ms, actor, action, org, detail).
-fn entry_json(r: &rusqlite::Row<'_>) -> rusqlite::Result<serde_json::Value> {
+fn entry_json(r: &super::sql::Row) -> super::sql::Result<serde_json::Value> {
     let detail: String = r.get(5)?;
     let detail: serde_json::Value =
         serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail));

@@ -2,8 +2,8 @@
 //! when it lives. The branch itself is an org like any other (`orgs`, `placements`); it is made
 //! with its branch row in one transaction, and destroyed with it in another, each audited.
 
+use super::sql::{params, OptionalExtension, Row, Transaction};
 use hemvist_proto::{OrgId, RegionId};
-use rusqlite::{params, OptionalExtension, Row, Transaction};
 use serde::Serialize;
 
 use super::audit::append_audit;
@@ -55,7 +55,7 @@ const BRANCH_SELECT: &str = "SELECT id, parent, name, at_ms, region, owner, crea
     expires_ms, keepalive_on_use, users, masked, last_used_ms, destroyed_ms, destroyed_why,
     size_bytes FROM branches";
 
-fn branch_row(r: &Row<'_>) -> rusqlite::Result<Result<BranchRecord>> {
+fn branch_row(r: &Row) -> super::sql::Result<Result<BranchRecord>> {
     let id: String = r.get(0)?;
     let parent: String = r.get(1)?;
     let region: String = r.get(4)?;
@@ -165,7 +165,7 @@ impl Store {
     pub fn all_branches(&self, parent: Option<&OrgId>) -> Result<Vec<BranchRecord>> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(&format!(
-            "{BRANCH_SELECT} WHERE (?1 IS NULL OR parent = ?1) ORDER BY created_ms, id"
+            "{BRANCH_SELECT} WHERE (CAST(?1 AS TEXT) IS NULL OR parent = ?1) ORDER BY created_ms, id"
         ))?;
         let rows = stmt.query_map([parent.map(|p| p.as_str())], branch_row)?;
         rows.map(|r| r?).collect()
@@ -175,7 +175,7 @@ impl Store {
     pub fn live_branches(&self, parent: Option<&OrgId>) -> Result<Vec<BranchRecord>> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(&format!(
-            "{BRANCH_SELECT} WHERE destroyed_ms IS NULL AND (?1 IS NULL OR parent = ?1)
+            "{BRANCH_SELECT} WHERE destroyed_ms IS NULL AND (CAST(?1 AS TEXT) IS NULL OR parent = ?1)
              ORDER BY created_ms, id"
         ))?;
         let rows = stmt.query_map([parent.map(|p| p.as_str())], branch_row)?;

@@ -2,8 +2,8 @@
 //! either side the reconciler re-drives exactly what is unfinished, under the same ids. Kind and
 //! state are closed enums: a value this binary does not know is a corrupt row, never a guess.
 
+use super::sql::{params, Conn, OptionalExtension};
 use hemvist_proto::{ErrorKind, Generation, NodeId, OrgId};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::db::Store;
@@ -155,8 +155,9 @@ impl Store {
     pub fn ensure_command(&self, new: &NewCommand<'_>) -> Result<CommandRecord> {
         let conn = self.lock();
         conn.execute(
-            "INSERT OR IGNORE INTO commands (id, node_id, org, kind, generation, state, created_ms,
-               updated_ms, payload, operation) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
+            "INSERT INTO commands (id, node_id, org, kind, generation, state, created_ms,
+               updated_ms, payload, operation) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)
+             ON CONFLICT (id) DO NOTHING",
             params![
                 new.id,
                 new.node.as_str(),
@@ -304,7 +305,7 @@ type CommandRow = (
     Option<String>,
 );
 
-fn command_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CommandRow> {
+fn command_row(r: &super::sql::Row) -> super::sql::Result<CommandRow> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -322,7 +323,7 @@ fn command_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CommandRow> {
     ))
 }
 
-fn command_by_id(conn: &Connection, id: &str) -> Result<Option<CommandRecord>> {
+fn command_by_id(conn: &Conn, id: &str) -> Result<Option<CommandRecord>> {
     conn.query_row(
         &format!("{COMMAND_SELECT} WHERE id = ?1"),
         [id],
@@ -334,7 +335,7 @@ fn command_by_id(conn: &Connection, id: &str) -> Result<Option<CommandRecord>> {
 }
 
 /// Every command of `operation`, in one query (a rollout reads its own at every step).
-fn commands_by_operation(conn: &Connection, operation: &str) -> Result<Vec<CommandRecord>> {
+fn commands_by_operation(conn: &Conn, operation: &str) -> Result<Vec<CommandRecord>> {
     let mut stmt = conn.prepare_cached(&format!("{COMMAND_SELECT} WHERE operation = ?1"))?;
     let rows = stmt.query_map([operation], command_row)?;
     rows.map(|r| check_command(r?)).collect()

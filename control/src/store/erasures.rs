@@ -2,8 +2,8 @@
 //! state, data key included, deleted and its tombstone written) in one transaction with its
 //! receipt in the audit log.
 
+use super::sql::{params, OptionalExtension};
 use hemvist_proto::OrgId;
-use rusqlite::{params, OptionalExtension};
 
 use super::audit::append_audit;
 use super::db::Store;

@@ -7,10 +7,10 @@ use hemvist_proto::{ErrorKind, HemvistError};
 pub enum StoreError {
     /// Another connection holds the database; retrying later can help.
     #[error("control store: busy: {0}")]
-    Busy(rusqlite::Error),
+    Busy(super::sql::Error),
     /// A write broke a uniqueness or reference rule.
     #[error("control store: conflict: {0}")]
-    Conflict(rusqlite::Error),
+    Conflict(super::sql::Error),
     /// A write that depends on a row no longer as required (an operation's parent ended).
     #[error("control store: conflict: {0}")]
     Stale(String),
@@ -25,11 +25,11 @@ pub enum StoreError {
     #[error("apply control store migration {version}: {source}")]
     Migration {
         version: usize,
-        source: rusqlite::Error,
+        source: super::sql::Error,
     },
-    /// Any other SQLite or file error.
+    /// Any other database or file error.
     #[error("control store: {0}")]
-    Sqlite(rusqlite::Error),
+    Sqlite(super::sql::Error),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -63,21 +63,23 @@ impl StoreError {
     }
 }
 
+impl From<super::sql::Error> for StoreError {
+    fn from(e: super::sql::Error) -> Self {
+        if e.is_busy() {
+            StoreError::Busy(e)
+        } else if e.is_constraint() {
+            StoreError::Conflict(e)
+        } else if e.is_corrupt_value() {
+            StoreError::Corrupt(e.to_string())
+        } else {
+            StoreError::Sqlite(e)
+        }
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        use rusqlite::ErrorCode as C;
-        match e.sqlite_error_code() {
-            Some(C::DatabaseBusy | C::DatabaseLocked) => StoreError::Busy(e),
-            Some(C::ConstraintViolation) => StoreError::Conflict(e),
-            _ => match e {
-                rusqlite::Error::FromSqlConversionFailure(..)
-                | rusqlite::Error::InvalidColumnType(..)
-                | rusqlite::Error::IntegralValueOutOfRange(..) => {
-                    StoreError::Corrupt(e.to_string())
-                }
-                e => StoreError::Sqlite(e),
-            },
-        }
+        super::sql::Error::from(e).into()
     }
 }
 

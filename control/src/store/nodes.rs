@@ -2,8 +2,8 @@
 //! read against what the regions were when it was written; every node that ever registered
 //! stays, so placement survives a restart and a node that went away can still be shown.
 
+use super::sql::params;
 use hemvist_proto::{NodeId, RegionId};
-use rusqlite::params;
 use serde::Serialize;
 
 use super::audit::append_audit;

@@ -3,8 +3,8 @@
 //! (compare and set), in the same transaction as its audit entry, so a transition is recorded
 //! once, before its side effects, whoever races for it.
 
+use super::sql::{params, OptionalExtension, Transaction};
 use hemvist_proto::{ErrorKind, OrgId};
-use rusqlite::{params, OptionalExtension, Transaction};
 use serde::Serialize;
 
 use super::audit::append_audit;
@@ -86,7 +86,7 @@ type Row = (
     Option<String>,
 );
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+fn row(r: &super::sql::Row) -> super::sql::Result<Row> {
     Ok((
         r.get(0)?,
         r.get(1)?,

@@ -2,8 +2,8 @@
 //! and its first placement are written in one transaction, under a generation that was never
 //! issued before, with the audit record that says why it went there.
 
+use super::sql::{params, OptionalExtension, Transaction};
 use hemvist_proto::{Generation, NodeId, OrgId, RegionId};
-use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 
 use super::audit::append_audit;
@@ -132,7 +132,7 @@ impl Store {
             "{ORG_SELECT} WHERE o.id > ?1 ORDER BY o.id LIMIT ?2"
         ))?;
         let rows = stmt.query_map(
-            rusqlite::params![after.map_or("", |a| a.as_str()), limit as i64],
+            params![after.map_or("", |a| a.as_str()), limit as i64],
             org_row,
         )?;
         rows.map(|r| check_org(r?)).collect()
@@ -154,7 +154,7 @@ impl Store {
              ORDER BY o.id LIKE ?1 ESCAPE '\\' DESC, o.id LIMIT ?3"
         ))?;
         let rows = stmt.query_map(
-            rusqlite::params![format!("{escaped}%"), format!("%{escaped}%"), limit as i64],
+            params![format!("{escaped}%"), format!("%{escaped}%"), limit as i64],
             org_row,
         )?;
         rows.map(|r| check_org(r?)).collect()
@@ -194,7 +194,7 @@ impl Store {
     pub fn mark_backed_up(&self, id: &OrgId, now_ms: i64) -> Result<bool> {
         let changed = self.lock().execute(
             "UPDATE orgs SET backed_up_ms = ?2 WHERE id = ?1 AND backed_up_ms IS NULL",
-            rusqlite::params![id.as_str(), now_ms],
+            params![id.as_str(), now_ms],
         )?;
         Ok(changed > 0)
     }
@@ -290,7 +290,7 @@ type OrgRow = (
     Option<u32>,
 );
 
-fn org_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OrgRow> {
+fn org_row(r: &super::sql::Row) -> super::sql::Result<OrgRow> {
     Ok((
         r.get(0)?,
         r.get(1)?,

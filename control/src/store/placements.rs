@@ -2,8 +2,8 @@
 //! only ever grows, so a generation is never issued twice, even across restarts), the load per
 //! node, and `observed` — what each node last said it hosts, so desired can be told from actual.
 
+use super::sql::{params, Transaction};
 use hemvist_proto::{Generation, NodeId, OrgId, RegionId};
-use rusqlite::{params, Transaction};
 use serde::Serialize;
 
 use super::db::Store;

@@ -3,9 +3,9 @@
 //! new orgs start at (`system` key `schema_current`), each org's version (`orgs.schema_version`)
 //! and the orgs held back from rollouts (`schema_pins`).
 
+use super::sql::{params, OptionalExtension};
 use hemvist_proto::migration::MigrationFile;
 use hemvist_proto::OrgId;
-use rusqlite::{params, OptionalExtension};
 
 use super::audit::append_audit;
 use super::db::Store;
@@ -52,7 +52,7 @@ impl Store {
                 check: r.get(4)?,
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows.collect::<super::sql::Result<_>>()?)
     }
 
     /// Stores the files not held yet, audited, in one transaction; refuses them all (nothing

@@ -1,6 +1,6 @@
 //! The system's own facts: its id, made once with the store and never changed.
 
-use rusqlite::OptionalExtension;
+use super::sql::OptionalExtension;
 
 use super::db::Store;
 use super::error::Result;

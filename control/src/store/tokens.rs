@@ -1,7 +1,7 @@
 //! Named admin tokens, kept as their SHA-256 only: the store can tell a presented token's hash
 //! from another's, never give a token back.
 
-use rusqlite::{params, OptionalExtension};
+use super::sql::{params, OptionalExtension};
 use serde::Serialize;
 
 use super::db::Store;
@@ -15,7 +15,7 @@ pub struct TokenRecord {
     pub revoked_ms: Option<i64>,
 }
 
-fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+fn token_row(r: &super::sql::Row) -> super::sql::Result<TokenRecord> {
     Ok(TokenRecord {
         name: r.get(0)?,
         created_ms: r.get(1)?,
@@ -59,7 +59,7 @@ impl Store {
             "SELECT name, created_ms, created_by, revoked_ms FROM admin_tokens ORDER BY name",
         )?;
         let rows = stmt.query_map([], token_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows.collect::<super::sql::Result<_>>()?)
     }
 
     /// Revokes a token; whether it was live.

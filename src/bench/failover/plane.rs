@@ -92,6 +92,7 @@ impl Plane {
             api_listen: loopback,
             grpc_listen: loopback,
             data_dir: dir.join("control"),
+            store: None,
             admin_token: admin_token.clone(),
             join_token: join_token.clone(),
             default_region: RegionId::parse(REGION)?,

@@ -199,6 +199,7 @@ impl System {
             api_listen: loopback,
             grpc_listen: loopback,
             data_dir: work.join("control"),
+            store: None,
             admin_token: admin_token.clone(),
             join_token: join_token.clone(),
             default_region: RegionId::parse(REGIONS[0].0)?,
