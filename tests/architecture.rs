@@ -305,7 +305,7 @@ fn only_the_wiring_and_the_adapters_see_the_node() {
 }
 
 /// The control plane's adapters: the only modules that may speak the wire (tonic, axum, `pb`).
-const CONTROL_ADAPTERS: &[&str] = &["admin_api", "dashboard", "node_api", "hub"];
+const CONTROL_ADAPTERS: &[&str] = &["admin_api", "dashboard", "node_api", "hub", "front"];
 /// The control plane's store, which knows nothing above it.
 const CONTROL_STORE: &str = "store";
 

@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use rusqlite::{params, Connection};
+use hemvist_control::store::sql::Value as SqlValue;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use support::cluster::{Cluster, EU_NORTH};
@@ -170,12 +170,11 @@ fn every_kind_of_tampering_is_named_and_locked_checkpoints_catch_a_cut_or_a_rewr
         "every version was read: {v}"
     );
 
-    let db = Connection::open(c.dir.path().join("control/control.db")).unwrap();
-    db.busy_timeout(Duration::from_secs(10)).unwrap();
-    db.execute_batch("CREATE TEMP TABLE saved AS SELECT * FROM audit")
+    let db = c.store_conn();
+    db.execute_batch("CREATE TABLE audit_saved AS SELECT * FROM audit")
         .unwrap();
     let restore = || {
-        db.execute_batch("DELETE FROM audit; INSERT INTO audit SELECT * FROM temp.saved")
+        db.execute_batch("DELETE FROM audit; INSERT INTO audit SELECT * FROM audit_saved")
             .unwrap();
         assert_ok(&c);
     };
@@ -250,7 +249,12 @@ fn every_kind_of_tampering_is_named_and_locked_checkpoints_catch_a_cut_or_a_rewr
         );
         db.execute(
             "UPDATE audit SET detail = ?2, prev_hash = ?3, hash = ?4 WHERE seq = ?1",
-            params![seq, detail, prev, hash],
+            vec![
+                SqlValue::Int(*seq),
+                SqlValue::Text(detail.clone()),
+                SqlValue::Text(prev.clone()),
+                SqlValue::Text(hash.clone()),
+            ],
         )
         .unwrap();
         prev = hash;

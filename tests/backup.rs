@@ -635,6 +635,7 @@ fn node_in_process() -> (
         id: NodeId::parse("eu-north-1").unwrap(),
         region: RegionId::parse("eu-north").unwrap(),
         control_url: "http://127.0.0.1:9".into(),
+        control_urls: Vec::new(),
         join_token: "unused".into(),
         listen: "127.0.0.1:0".parse().unwrap(),
         public_url: None,

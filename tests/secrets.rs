@@ -291,7 +291,7 @@ fn admin_tokens_are_named_hashed_revocable_and_named_in_the_audit_log() {
     // The store keeps only a hash; the list never shows a token.
     let (_, list) = c.admin("GET", "/tokens", None);
     assert!(!list.to_string().contains(&token), "{list}");
-    let db = std::fs::read(c.dir.path().join("control/control.db")).unwrap();
+    let db = c.store_bytes();
     assert!(
         !contains(&db, token.as_bytes()),
         "the token rests in plain text"

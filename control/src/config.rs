@@ -70,6 +70,9 @@ pub struct ControlConfig {
     /// reach them.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// With a PostgreSQL `store`: this replica, one of several of which one leads.
+    #[serde(default)]
+    pub replica: ReplicaConfig,
 }
 
 /// The `[audit]` section: who signs checkpoints of the audit chain, how often, and where they
@@ -219,6 +222,40 @@ fn default_move_stall_ms() -> u64 {
 }
 fn default_failover_grace_ms() -> u64 {
     60_000
+}
+
+/// One control replica among several on one PostgreSQL store (`[replica]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaConfig {
+    /// How this replica is named in the leader lease and the logs (default: `replica`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Where the other replicas forward admin requests to this one while it leads (default:
+    /// its admin listener's address, over https with `[tls]`, else http).
+    #[serde(default)]
+    pub api_url: Option<String>,
+    /// Where nodes reach this replica's gRPC listener (default: its address, as above).
+    #[serde(default)]
+    pub grpc_url: Option<String>,
+    /// How long a leader's lease lasts unrenewed (renewed every third of it): the longest a
+    /// dead leader's work waits before another replica takes it over.
+    #[serde(default = "default_leader_ttl_ms")]
+    pub lease_ttl_ms: u64,
+}
+
+fn default_leader_ttl_ms() -> u64 {
+    5_000
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            name: None,
+            api_url: None,
+            grpc_url: None,
+            lease_ttl_ms: default_leader_ttl_ms(),
+        }
+    }
 }
 
 impl ControlConfig {

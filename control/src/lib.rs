@@ -21,9 +21,11 @@ pub mod clock;
 pub mod config;
 pub mod dashboard;
 pub mod exports;
+pub mod front;
 pub mod geoip;
 pub mod health;
 pub mod hub;
+pub mod leadership;
 pub mod link;
 pub mod metrics;
 pub mod node_api;
@@ -78,7 +80,9 @@ pub struct Bound {
     pub grpc: SocketAddr,
 }
 
-/// Binds both listeners (port 0 allowed), then serves until `shutdown` is cancelled.
+/// Binds both listeners (port 0 allowed), then serves until `shutdown` is cancelled. On a
+/// PostgreSQL store this is one replica of several: it serves as the leader once the store's
+/// lease is its own, and until then forwards to the leader (see [`leadership`], [`front`]).
 pub async fn start(
     config: ControlConfig,
     shutdown: CancellationToken,
@@ -104,47 +108,107 @@ pub async fn start(
         .await
         .with_context(|| format!("bind gRPC on {}", config.grpc_listen))?;
     let limits = config.limits.clone();
-    let control = Control::open(config, shutdown)?;
-    let metrics = &control.plane.metrics;
+    let opening = plane::Opening::default();
     let api_listener = hemvist_net::Listener::new(api_tcp, api_tls, limits.clone())
-        .with_stats(metrics.api_connections.clone());
+        .with_stats(opening.api_connections.clone());
     let grpc_listener = hemvist_net::Listener::new(grpc_tcp, grpc_tls, limits)
-        .with_stats(metrics.grpc_connections.clone());
+        .with_stats(opening.grpc_connections.clone());
     let bound = Bound {
         api: api_listener.local_addr()?,
         grpc: grpc_listener.local_addr()?,
     };
-    let handle = tokio::spawn(serve(control, api_listener, grpc_listener));
+    let candidate = match config.store_location() {
+        store::Location::Postgres(_) => {
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let r = &config.replica;
+            Some(leadership::Candidate::new(
+                &config.store_location(),
+                r.name.as_deref().unwrap_or("replica"),
+                Duration::from_millis(r.lease_ttl_ms.max(300)),
+                r.api_url
+                    .clone()
+                    .unwrap_or_else(|| format!("{scheme}://{}", bound.api)),
+                r.grpc_url
+                    .clone()
+                    .unwrap_or_else(|| format!("{scheme}://{}", bound.grpc)),
+            )?)
+        }
+        store::Location::File(_) => None,
+    };
+    let name = config
+        .replica
+        .name
+        .clone()
+        .unwrap_or_else(|| "replica".into());
+    let seen = candidate
+        .as_ref()
+        .map(|c| c.seen.clone())
+        .unwrap_or_default();
+    let front = front::Front::new(&name, seen, forwarding_client(&config)?);
+    // A single control plane opens its store before it serves anything, as it always has.
+    let (opened, candidate) = match candidate {
+        None => (Some(open_plane(config.clone(), opening).await?), None),
+        Some(c) => (None, Some((c, opening))),
+    };
+    let handle = tokio::spawn(serve(
+        config,
+        candidate,
+        opened,
+        front,
+        api_listener,
+        grpc_listener,
+        shutdown,
+    ));
     Ok((bound, handle))
 }
 
+async fn open_plane(
+    config: ControlConfig,
+    opening: plane::Opening,
+) -> anyhow::Result<(Arc<plane::Plane>, Arc<hub::Hub>)> {
+    tokio::task::spawn_blocking(move || {
+        let hub = Arc::new(hub::Hub::default());
+        plane::Plane::open_with(config, hub.clone(), opening).map(|p| (Arc::new(p), hub))
+    })
+    .await?
+}
+
+/// The client a follower forwards admin requests to the leader with.
+fn forwarding_client(config: &ControlConfig) -> anyhow::Result<reqwest::Client> {
+    hemvist_net::tls::install_crypto();
+    let mut http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(120))
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(path) = &config.node_ca_file {
+        let pem = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
+            http = http.add_root_certificate(cert);
+        }
+    }
+    Ok(http.build()?)
+}
+
 async fn serve(
-    control: Control,
+    config: ControlConfig,
+    candidate: Option<(leadership::Candidate, plane::Opening)>,
+    opened: Option<(Arc<plane::Plane>, Arc<hub::Hub>)>,
+    front: Arc<front::Front>,
     api_listener: hemvist_net::Listener,
     grpc_listener: hemvist_net::Listener,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let Control {
-        plane,
-        hub,
-        shutdown,
-    } = control;
-    let reconciler = tokio::spawn(reconciler::run(plane.clone(), shutdown.clone()));
-    let operations = tokio::spawn(operations::driver::run(plane.clone(), shutdown.clone()));
-    let checkpoints = tokio::spawn(checkpointer::run(plane.clone(), shutdown.clone()));
-
     let api = tokio::spawn(hemvist_net::http::serve(
         api_listener,
-        admin_api::router(plane.clone()).merge(dashboard::router(plane.clone())),
+        front.router(),
         shutdown.clone(),
     ));
-
     let grpc = {
-        let svc =
-            hemvist_proto::pb::node_control_server::NodeControlServer::new(node_api::NodeApi {
-                plane: plane.clone(),
-                hub: hub.clone(),
-                shutdown: shutdown.clone(),
-            });
+        let svc = hemvist_proto::pb::node_control_server::NodeControlServer::new(front.nodes());
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             tonic::transport::Server::builder()
@@ -158,15 +222,69 @@ async fn serve(
                 .await
         })
     };
+    let drain_listeners = async {
+        let _ = api.await;
+        let _ = grpc.await;
+    };
 
-    shutdown.cancelled().await;
+    // A replica leads only once the lease is its own.
+    let mut fence = None;
+    let (plane, hub) = match (opened, &candidate) {
+        (Some(opened), _) => opened,
+        (None, Some((c, _))) => {
+            let Some(token) = c.wait_for_lease(&shutdown).await else {
+                drain_listeners.await;
+                return Ok(());
+            };
+            fence = Some(token);
+            let opening = candidate.as_ref().map(|(_, o)| plane::Opening {
+                fence,
+                api_connections: o.api_connections.clone(),
+                grpc_connections: o.grpc_connections.clone(),
+            });
+            match open_plane(config.clone(), opening.unwrap_or_default()).await {
+                Ok(v) => v,
+                Err(e) => {
+                    shutdown.cancel();
+                    drain_listeners.await;
+                    return Err(e);
+                }
+            }
+        }
+        (None, None) => anyhow::bail!("a control plane with neither a store nor a lease"),
+    };
+    let reconciler = tokio::spawn(reconciler::run(plane.clone(), shutdown.clone()));
+    let operations = tokio::spawn(operations::driver::run(plane.clone(), shutdown.clone()));
+    let checkpoints = tokio::spawn(checkpointer::run(plane.clone(), shutdown.clone()));
+    front.lead(
+        admin_api::router(plane.clone()).merge(dashboard::router(plane.clone())),
+        node_api::NodeApi {
+            plane: plane.clone(),
+            hub: hub.clone(),
+            shutdown: shutdown.clone(),
+        },
+    );
+
+    let deposed = match (&candidate, fence) {
+        (Some((c, _)), Some(token)) => match c.keep(token, &shutdown).await {
+            Ok(()) => None,
+            Err(why) => {
+                tracing::error!(error = %why, "this control replica no longer leads; stopping");
+                shutdown.cancel();
+                Some(why)
+            }
+        },
+        _ => {
+            shutdown.cancelled().await;
+            None
+        }
+    };
     hub.close_all();
     let drain = async {
         let _ = reconciler.await;
         let _ = operations.await;
         let _ = checkpoints.await;
-        let _ = api.await;
-        let _ = grpc.await;
+        drain_listeners.await;
     };
     if tokio::time::timeout(Duration::from_secs(5), drain)
         .await
@@ -175,5 +293,8 @@ async fn serve(
         tracing::warn!("control plane did not drain within 5 s; stopping anyway");
     }
     tracing::info!("control plane stopped");
-    Ok(())
+    match deposed {
+        Some(why) => Err(why.into()),
+        None => Ok(()),
+    }
 }

@@ -28,7 +28,7 @@ pub struct NodeApi {
     pub shutdown: CancellationToken,
 }
 
-type OutStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
+pub type OutStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl NodeControl for NodeApi {

@@ -147,13 +147,35 @@ pub struct Plane {
     dirty: Mutex<HashSet<NodeId>>,
 }
 
+/// How a plane opens beyond its config (see [`Plane::open_with`]).
+#[derive(Default)]
+pub struct Opening {
+    /// The leader lease's token every write of the store must still hold.
+    pub fence: Option<i64>,
+    pub api_connections: Arc<hemvist_net::ListenerStats>,
+    pub grpc_connections: Arc<hemvist_net::ListenerStats>,
+}
+
 impl Plane {
     pub fn open(config: ControlConfig, nodes: Arc<dyn NodeLink>) -> anyhow::Result<Self> {
+        Self::open_with(config, nodes, Opening::default())
+    }
+
+    /// As [`Plane::open`], as one replica of several: every write fenced by the leader lease's
+    /// token, and the listeners' counters already in use.
+    pub fn open_with(
+        config: ControlConfig,
+        nodes: Arc<dyn NodeLink>,
+        opening: Opening,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("create {}", config.data_dir.display()))?;
         let location = config.store_location();
         let store = Store::at(&location)
             .with_context(|| format!("open the control store at {}", location.describe()))?;
+        if let Some(token) = opening.fence {
+            store.fence_with(token);
+        }
         let regions: Vec<RegionRecord<'_>> = config
             .regions
             .iter()
@@ -211,7 +233,11 @@ impl Plane {
             nodes,
             geoip,
             node_ca_pem,
-            metrics: Metrics::default(),
+            metrics: Metrics {
+                api_connections: opening.api_connections,
+                grpc_connections: opening.grpc_connections,
+                ..Metrics::default()
+            },
             replication: Replication::default(),
             wake_reconciler: Notify::new(),
             wake_operations: Notify::new(),

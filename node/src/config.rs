@@ -16,6 +16,10 @@ pub struct NodeConfig {
     /// The control plane's gRPC address, `https://host:port` (or `http://` on loopback, or with
     /// `insecure = true`).
     pub control_url: String,
+    /// The other control replicas' gRPC addresses, when several share one store: the node
+    /// dials them in turn until it finds the one that leads (the others say they do not).
+    #[serde(default)]
+    pub control_urls: Vec<String>,
     /// How the node checks the control plane's certificate, and proves its own (mutual TLS).
     #[serde(default)]
     pub control_tls: ControlTls,
@@ -121,20 +125,29 @@ impl NodeConfig {
         Ok(config)
     }
 
-    pub fn validate(&self) -> anyhow::Result<()> {
-        if !(self.control_url.starts_with("http://") || self.control_url.starts_with("https://")) {
-            bail!("control_url must be http(s)://host:port");
+    /// Every control address this node knows: `control_url` first, then `control_urls`.
+    pub fn control_addresses(&self) -> Vec<&str> {
+        let mut all = vec![self.control_url.as_str()];
+        for u in &self.control_urls {
+            if !all.contains(&u.as_str()) {
+                all.push(u);
+            }
         }
-        if self.control_url.starts_with("http://")
-            && !self.insecure
-            && !is_loopback(&self.control_url)
-        {
-            bail!(
-                "control_url {} is plain http:// to another machine: the join token and every \
-                 org's data key would cross the network in clear. Use https://, or set \
-                 insecure = true if the network itself is private and encrypted",
-                self.control_url
-            );
+        all
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for url in self.control_addresses() {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("control_url {url:?} must be http(s)://host:port");
+            }
+            if url.starts_with("http://") && !self.insecure && !is_loopback(url) {
+                bail!(
+                    "control_url {url} is plain http:// to another machine: the join token and \
+                     every org's data key would cross the network in clear. Use https://, or set \
+                     insecure = true if the network itself is private and encrypted"
+                );
+            }
         }
         if self.control_tls.cert.is_some() != self.control_tls.key.is_some() {
             bail!("control_tls: cert and key go together");

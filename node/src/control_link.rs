@@ -29,9 +29,17 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
     let mut backoff = MIN_BACKOFF;
+    let addresses: Vec<String> = node
+        .config
+        .control_addresses()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let mut at = 0;
     loop {
         let started = Instant::now();
-        let result = session(&node, &shutdown).await;
+        let url = addresses[at % addresses.len()].clone();
+        let result = session(&node, &url, &shutdown).await;
         node.metrics.link_up.store(0, Ordering::Relaxed);
         if shutdown.is_cancelled() {
             return;
@@ -52,7 +60,16 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
                     Some(c) if !e.message().contains(&c) => format!("{}: {c}", e.message()),
                     _ => e.message().to_string(),
                 };
-                tracing::warn!(code = ?e.code(), "control link: {why}");
+                tracing::warn!(code = ?e.code(), control = %url, "control link: {why}");
+                // Another replica next: the one a follower names as the leader, if this node
+                // knows it, else the next in the list.
+                at = addresses
+                    .iter()
+                    .position(|a| a != &url && e.message().contains(a.as_str()))
+                    .unwrap_or(at + 1);
+                if addresses.len() > 1 && e.message().contains("does not lead") {
+                    backoff = MIN_BACKOFF;
+                }
             }
         }
         if started.elapsed() > Duration::from_secs(10) {
@@ -125,26 +142,27 @@ fn state_report(node: &Node) -> pb::StateReport {
     }
 }
 
-async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), tonic::Status> {
-    let mut endpoint = tonic::transport::Endpoint::from_shared(node.config.control_url.clone())
+async fn session(
+    node: &Arc<Node>,
+    url: &str,
+    shutdown: &CancellationToken,
+) -> Result<(), tonic::Status> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| tonic::Status::invalid_argument(format!("control_url: {e}")))?
         .connect_timeout(Duration::from_secs(3))
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(10));
-    if node.config.control_url.starts_with("https://") {
+    if url.starts_with("https://") {
         let tls = control_tls(&node.config.control_tls)
             .map_err(|e| tonic::Status::invalid_argument(format!("control_tls: {e:#}")))?;
         endpoint = endpoint
             .tls_config(tls)
             .map_err(|e| tonic::Status::invalid_argument(format!("control_tls: {e}")))?;
     }
-    let channel = endpoint.connect().await.map_err(|e| {
-        tonic::Status::unavailable(format!(
-            "dial {}: {}",
-            node.config.control_url,
-            with_causes(&e)
-        ))
-    })?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("dial {url}: {}", with_causes(&e))))?;
     let mut client = NodeControlClient::new(channel);
 
     let (tx, rx) = mpsc::channel::<pb::NodeMessage>(1_024);
@@ -287,7 +305,7 @@ async fn session(node: &Arc<Node>, shutdown: &CancellationToken) -> Result<(), t
                         let every = Duration::from_millis(r.heartbeat_interval_ms.clamp(100, 60_000));
                         heartbeat = tokio::time::interval(every);
                         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                        tracing::info!(control = %node.config.control_url, "registered with the control plane");
+                        tracing::info!(control = %url, "registered with the control plane");
                         if let Some(b) = &node.backup {
                             b.report_all();
                             if !r.system_id.is_empty() {
@@ -898,6 +916,7 @@ mod tests {
             id: NodeId::parse("eu-north-1").unwrap(),
             region: RegionId::parse("eu-north").unwrap(),
             control_url: "http://127.0.0.1:1".into(),
+            control_urls: Vec::new(),
             join_token: "x".repeat(20),
             listen: "127.0.0.1:0".parse().unwrap(),
             public_url: None,

@@ -93,6 +93,7 @@ pub fn control_config(
         grpc_listen: "127.0.0.1:0".parse()?,
         data_dir: data.to_path_buf(),
         store: None,
+        replica: Default::default(),
         admin_token: admin_token.to_string(),
         join_token: hemvist_proto::random::hex(24)?,
         default_region: regions[0].id.clone(),

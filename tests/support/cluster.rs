@@ -87,6 +87,8 @@ pub struct Cluster {
     node_extra: String,
     /// Every link over TLS with these files (CA, certificate, key).
     tls: Option<TlsFiles>,
+    /// The control plane's PostgreSQL database, when the suite runs on PostgreSQL.
+    pub store_url: Option<String>,
 }
 
 /// The store the control plane names for every region.
@@ -232,6 +234,108 @@ impl Cluster {
         )
     }
 
+    /// As `start_with_backup`, with a control plane of `count` replicas on one fresh
+    /// PostgreSQL database (the test's own server if `HEMVIST_TEST_POSTGRES` names none): the
+    /// cluster's own control plane is replica `r1`, started first (so it leads); the others
+    /// are returned, not yet started. Every node knows every replica's gRPC address.
+    pub fn start_replicated(
+        regions: &[Region],
+        s3: &super::s3::S3,
+        interval_ms: u64,
+        count: usize,
+        lease_ttl_ms: u64,
+    ) -> (Cluster, Vec<Replica>) {
+        let server = postgres_server();
+        let name = format!("ha_{}_{}", std::process::id(), free_port());
+        let url = hemvist_control::store::fresh_database(&server, &name)
+            .unwrap_or_else(|e| panic!("a database on the test PostgreSQL: {e}"));
+        let others: Vec<(SocketAddr, SocketAddr)> = (1..count)
+            .map(|_| {
+                (
+                    format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+                    format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+                )
+            })
+            .collect();
+        let urls: Vec<String> = others
+            .iter()
+            .map(|(_, grpc)| format!("\"http://{grpc}\""))
+            .collect();
+        let node_extra = format!(
+            "control_urls = [{}]\n{}",
+            urls.join(", "),
+            s3.node_backup_toml(interval_ms)
+        );
+        let store = RegionStore {
+            url: format!("s3://{}/hemvist", super::s3::BUCKET),
+            endpoint: s3.endpoint.clone(),
+        };
+        let replica =
+            |n: usize| format!("\n[replica]\nname = \"r{n}\"\nlease_ttl_ms = {lease_ttl_ms}\n");
+        let c = Self::start_full_with_control(
+            regions,
+            Some(npm_geoip()),
+            &node_extra,
+            None,
+            Some(store),
+            &replica(1),
+            Some(url),
+        );
+        let text = std::fs::read_to_string(&c.control_config).unwrap();
+        let replicas = others
+            .into_iter()
+            .enumerate()
+            .map(|(i, (api, grpc))| {
+                let n = i + 2;
+                let config = c.dir.path().join(format!("control-r{n}.toml"));
+                let mine = text
+                    .replace(
+                        &format!("api_listen = \"{}\"", c.api),
+                        &format!("api_listen = \"{api}\""),
+                    )
+                    .replace(
+                        &format!("grpc_listen = \"{}\"", c.grpc),
+                        &format!("grpc_listen = \"{grpc}\""),
+                    )
+                    .replace(&replica(1), &replica(n));
+                std::fs::write(&config, mine).unwrap();
+                Replica {
+                    name: format!("r{n}"),
+                    config,
+                    api,
+                    grpc,
+                    proc: None,
+                }
+            })
+            .collect();
+        (c, replicas)
+    }
+
+    /// Starts another control replica (with extra environment: failpoints, say).
+    pub fn start_replica(&self, r: &mut Replica, env: &[(&str, &str)]) {
+        assert!(r.proc.is_none(), "replica {} already running", r.name);
+        let log = self.dir.path().join(format!("control-{}.log", r.name));
+        r.proc = Some(spawn(
+            &["control", "--config", r.config.to_str().unwrap()],
+            &log,
+            env,
+        ));
+    }
+
+    /// The cluster's own control plane's process id (replica r1), if it runs.
+    pub fn control_pid(&self) -> Option<u32> {
+        self.control.as_ref().map(|p| p.child.id())
+    }
+
+    /// The cluster's own control plane (replica r1) has exited; its exit status.
+    pub fn control_exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.control.as_mut()?.child.try_wait().ok().flatten();
+        if status.is_some() {
+            self.control = None;
+        }
+        status
+    }
+
     fn start_with(regions: &[Region], geoip: Option<PathBuf>, node_extra: &str) -> Cluster {
         Self::start_full(regions, geoip, node_extra, None)
     }
@@ -239,7 +343,7 @@ impl Cluster {
     /// Every listener (control plane and nodes) with these `[limits]` (the table's body).
     pub fn start_with_limits(regions: &[Region], limits: &str) -> Cluster {
         let table = format!("\n[limits]\n{limits}");
-        Self::start_full_with_control(regions, Some(npm_geoip()), &table, None, None, &table)
+        Self::start_full_with_control(regions, Some(npm_geoip()), &table, None, None, &table, None)
     }
 
     fn start_full(
@@ -258,7 +362,7 @@ impl Cluster {
         tls: Option<TlsFiles>,
         store: Option<RegionStore>,
     ) -> Cluster {
-        Self::start_full_with_control(regions, geoip, node_extra, tls, store, "")
+        Self::start_full_with_control(regions, geoip, node_extra, tls, store, "", None)
     }
 
     fn start_full_with_control(
@@ -268,6 +372,7 @@ impl Cluster {
         tls: Option<TlsFiles>,
         store: Option<RegionStore>,
         control_extra: &str,
+        store_url: Option<String>,
     ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("hemvist-test-")
@@ -280,7 +385,8 @@ impl Cluster {
             dir.path().join("control").display().to_string(),
             regions[0].id
         );
-        if let Some(url) = postgres_store() {
+        let store_url = store_url.or_else(postgres_store);
+        if let Some(url) = &store_url {
             config.push_str(&format!("store = {url:?}\n"));
         }
         if let Some(g) = geoip {
@@ -336,6 +442,7 @@ impl Cluster {
             starts: 0,
             node_extra: node_extra.to_string(),
             tls,
+            store_url,
         };
         cluster.start_control();
         for r in regions {
@@ -343,6 +450,53 @@ impl Cluster {
         }
         cluster.wait_nodes_healthy(regions.len());
         cluster
+    }
+
+    /// A connection to the control plane's store, whichever engine it is on (for tests that
+    /// tamper with it or look at what it holds).
+    pub fn store_conn(&self) -> hemvist_control::store::sql::Conn {
+        use hemvist_control::store::sql::Conn;
+        match &self.store_url {
+            Some(url) => Conn::postgres(url).expect("connect to the control store"),
+            None => {
+                let db = rusqlite::Connection::open(self.dir.path().join("control/control.db"))
+                    .expect("open control.db");
+                db.busy_timeout(Duration::from_secs(10)).unwrap();
+                Conn::sqlite(db)
+            }
+        }
+    }
+
+    /// Everything the control plane's store holds at rest, as bytes: the SQLite file, or on
+    /// PostgreSQL every row of every table as text.
+    pub fn store_bytes(&self) -> Vec<u8> {
+        if self.store_url.is_none() {
+            return std::fs::read(self.dir.path().join("control/control.db")).unwrap();
+        }
+        let db = self.store_conn();
+        let tables: Vec<String> = db
+            .prepare(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|t| t.unwrap())
+            .collect();
+        assert!(tables.iter().any(|t| t == "audit"), "tables: {tables:?}");
+        let mut out = Vec::new();
+        for t in tables {
+            let rows = db
+                .prepare(&format!("SELECT CAST(t.* AS TEXT) FROM {t} t"))
+                .unwrap()
+                .query_map([], |r| r.get::<_, String>(0))
+                .unwrap();
+            for r in rows {
+                out.extend_from_slice(r.unwrap().as_bytes());
+                out.push(b'\n');
+            }
+        }
+        out
     }
 
     pub fn control_url(&self) -> String {
@@ -910,4 +1064,85 @@ pub fn postgres_store() -> Option<String> {
         hemvist_control::store::fresh_database(&server, &name)
             .unwrap_or_else(|e| panic!("a database on the test PostgreSQL: {e}")),
     )
+}
+
+/// Another control replica of a replicated cluster (see `Cluster::start_replicated`).
+pub struct Replica {
+    pub name: String,
+    config: PathBuf,
+    pub api: SocketAddr,
+    pub grpc: SocketAddr,
+    proc: Option<Proc>,
+}
+
+impl Replica {
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(|p| p.child.id())
+    }
+
+    /// Whether it has exited (then forgets the process); its exit status.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.proc.as_mut()?.child.try_wait().ok().flatten();
+        if status.is_some() {
+            self.proc = None;
+        }
+        status
+    }
+
+    pub fn running(&self) -> bool {
+        self.proc.is_some()
+    }
+
+    pub fn log(&self) -> String {
+        self.proc
+            .as_ref()
+            .map(|p| std::fs::read_to_string(&p.log).unwrap_or_default())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The PostgreSQL server the tests use: `HEMVIST_TEST_POSTGRES`, or one this test process
+/// starts (`scripts/postgres`, which stops it when the process ends).
+pub fn postgres_server() -> String {
+    static SERVER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SERVER
+        .get_or_init(|| {
+            if let Ok(url) = std::env::var("HEMVIST_TEST_POSTGRES") {
+                return url;
+            }
+            let dir = std::env::temp_dir().join(format!("hemvist-test-pg-{}", std::process::id()));
+            let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres"))
+                .arg("start")
+                .arg(&dir)
+                .output()
+                .expect("run scripts/postgres");
+            assert!(
+                out.status.success(),
+                "scripts/postgres start: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .clone()
 }

@@ -146,7 +146,7 @@ impl Store {
         let conn = self.lock();
         let mut stmt = conn.prepare(
             "SELECT seq, at_ms, actor, action, org, detail FROM
-               (SELECT * FROM audit ORDER BY seq DESC LIMIT ?1) ORDER BY seq",
+               (SELECT * FROM audit ORDER BY seq DESC LIMIT ?1) AS newest ORDER BY seq",
         )?;
         let rows = stmt.query_map([limit], entry_json)?;
         Ok(rows.collect::<super::sql::Result<_>>()?)
@@ -158,7 +158,7 @@ impl Store {
         let conn = self.lock();
         let mut stmt = conn.prepare(
             "SELECT seq, at_ms, actor, action, org, detail FROM
-               (SELECT * FROM audit WHERE org = ?1 ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
+               (SELECT * FROM audit WHERE org = ?1 ORDER BY seq DESC LIMIT ?2) AS newest ORDER BY seq",
         )?;
         let rows = stmt.query_map(params![org.as_str(), limit], entry_json)?;
         Ok(rows.collect::<super::sql::Result<_>>()?)

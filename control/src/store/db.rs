@@ -27,6 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0013_erasures.sql"),
     include_str!("migrations/0014_operation_parent.sql"),
     include_str!("migrations/0015_org_lookups.sql"),
+    include_str!("migrations/0016_leader.sql"),
 ];
 
 pub struct Store {

@@ -27,6 +27,9 @@ pub enum StoreError {
         version: usize,
         source: super::sql::Error,
     },
+    /// This replica is no longer the leader: nothing it writes is accepted.
+    #[error("control store: {0}")]
+    Fenced(String),
     /// Any other database or file error.
     #[error("control store: {0}")]
     Sqlite(super::sql::Error),
@@ -53,7 +56,7 @@ impl StoreError {
 
     pub fn kind(&self) -> ErrorKind {
         match self {
-            StoreError::Busy(_) => ErrorKind::Unavailable,
+            StoreError::Busy(_) | StoreError::Fenced(_) => ErrorKind::Unavailable,
             StoreError::Conflict(_) | StoreError::Stale(_) => ErrorKind::Conflict,
             StoreError::Corrupt(_)
             | StoreError::TooNew { .. }
@@ -65,7 +68,9 @@ impl StoreError {
 
 impl From<super::sql::Error> for StoreError {
     fn from(e: super::sql::Error) -> Self {
-        if e.is_busy() {
+        if let super::sql::Error::Fenced(m) = e {
+            StoreError::Fenced(m)
+        } else if e.is_busy() {
             StoreError::Busy(e)
         } else if e.is_constraint() {
             StoreError::Conflict(e)

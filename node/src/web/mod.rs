@@ -331,6 +331,7 @@ mod tests {
             id: NodeId::parse("eu-north-1").unwrap(),
             region: RegionId::parse("eu-north").unwrap(),
             control_url: "http://127.0.0.1:1".into(),
+            control_urls: Vec::new(),
             join_token: "x".repeat(20),
             listen: "127.0.0.1:0".parse().unwrap(),
             public_url: None,

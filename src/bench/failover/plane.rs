@@ -93,6 +93,7 @@ impl Plane {
             grpc_listen: loopback,
             data_dir: dir.join("control"),
             store: None,
+            replica: Default::default(),
             admin_token: admin_token.clone(),
             join_token: join_token.clone(),
             default_region: RegionId::parse(REGION)?,

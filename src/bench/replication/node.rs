@@ -78,6 +78,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         region: RegionId::parse("eu-north")?,
         // Never dialled: this process starts no control link.
         control_url: "http://127.0.0.1:9".into(),
+        control_urls: Vec::new(),
         join_token: "bench-replication-unused".into(),
         listen: "127.0.0.1:0".parse()?,
         public_url: None,

@@ -32,6 +32,9 @@ pub enum Error {
     /// A value is not what it was read or sent as.
     #[error("{0}")]
     Value(String),
+    /// This replica no longer holds the leader's lease: its write was refused.
+    #[error("{0}")]
+    Fenced(String),
 }
 
 impl Error {
@@ -107,19 +110,104 @@ pub enum EngineKind {
 /// One connection to the store's database.
 pub struct Conn {
     engine: Engine,
+    /// The leader's token every write must still hold (see `store/leader.rs`); none on a
+    /// store that no replica leads (a single control plane).
+    fence: Option<i64>,
+    in_tx: std::cell::Cell<bool>,
+}
+
+/// The first word of a statement that changes something.
+fn writes(sql: &str) -> bool {
+    let word = sql.split_whitespace().next().unwrap_or("");
+    ["INSERT", "UPDATE", "DELETE", "REPLACE"]
+        .iter()
+        .any(|w| word.eq_ignore_ascii_case(w))
 }
 
 impl Conn {
     pub fn sqlite(conn: rusqlite::Connection) -> Conn {
         Conn {
             engine: Engine::Sqlite(conn),
+            fence: None,
+            in_tx: Default::default(),
         }
     }
 
     pub fn postgres(url: &str) -> Result<Conn> {
         Ok(Conn {
             engine: Engine::Postgres(postgres::Pg::connect(url)?),
+            fence: None,
+            in_tx: Default::default(),
         })
+    }
+
+    /// The database's own clock, in milliseconds since the epoch, as an SQL expression.
+    pub fn now_sql(&self) -> &'static str {
+        match self.kind() {
+            EngineKind::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+            EngineKind::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+        }
+    }
+
+    /// Every write from now on first checks that `token` still holds a live leader's lease.
+    pub fn fence(&mut self, token: Option<i64>) {
+        self.fence = token;
+    }
+
+    /// Inside a transaction: fails unless the fencing token still holds a live lease. On
+    /// PostgreSQL the lease row stays share-locked until the transaction ends, so no other
+    /// replica can take the lease while this one's write is in flight.
+    fn check_fence(&self) -> Result<()> {
+        let Some(token) = self.fence else {
+            return Ok(());
+        };
+        let lock = match self.kind() {
+            EngineKind::Postgres => " FOR SHARE",
+            EngineKind::Sqlite => "",
+        };
+        let now = self.now_sql();
+        let (held, live): (i64, i64) = self
+            .rows(
+                &format!(
+                    "SELECT token, CASE WHEN expires_ms > {now} THEN 1 ELSE 0 END FROM leader WHERE one = 1{lock}"
+                ),
+                Vec::new(),
+            )?
+            .first()
+            .map(|r| Ok::<_, Error>((r.get(0)?, r.get(1)?)))
+            .transpose()?
+            .unwrap_or((-1, 0));
+        if held != token {
+            return Err(Error::Fenced(format!(
+                "this control replica is no longer the leader (its token {token}, the lease's {held})"
+            )));
+        }
+        if live == 0 {
+            return Err(Error::Fenced(format!(
+                "this control replica's leader lease (token {token}) has run out"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` as its own fenced transaction when this connection is fenced and not inside
+    /// one already; as it is otherwise.
+    fn fenced<T>(&self, write: bool, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        if !write || self.fence.is_none() || self.in_tx.get() {
+            return f();
+        }
+        self.execute_batch("BEGIN")?;
+        let result = self.check_fence().and_then(|()| f());
+        match result {
+            Ok(v) => {
+                self.execute_batch("COMMIT")?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
     }
 
     pub fn kind(&self) -> EngineKind {
@@ -138,14 +226,19 @@ impl Conn {
     }
 
     fn rows(&self, sql: &str, params: Vec<Value>) -> Result<Vec<Row>> {
-        match &self.engine {
+        self.fenced(writes(sql), || match &self.engine {
             Engine::Sqlite(c) => sqlite::rows(c, sql, &params),
             Engine::Postgres(p) => p.rows(sql, params),
-        }
+        })
     }
 
     pub fn execute(&self, sql: &str, params: impl Params) -> Result<usize> {
         let params = params.values()?;
+        self.fenced(true, || self.execute_unfenced(sql, params))
+    }
+
+    /// A write that does not check the fence: only the leader lease's own.
+    pub fn execute_unfenced(&self, sql: &str, params: Vec<Value>) -> Result<usize> {
         match &self.engine {
             Engine::Sqlite(c) => sqlite::execute(c, sql, &params),
             Engine::Postgres(p) => p.execute(sql, params),
@@ -191,12 +284,17 @@ impl Conn {
         self.prepare(sql)
     }
 
+    /// Begins a transaction; on a fenced connection, it fails at once unless this replica
+    /// still leads.
     pub fn transaction(&mut self) -> Result<Transaction<'_>> {
         self.execute_batch("BEGIN")?;
-        Ok(Transaction {
+        self.in_tx.set(true);
+        let tx = Transaction {
             conn: self,
             done: false,
-        })
+        };
+        tx.check_fence()?;
+        Ok(tx)
     }
 }
 
@@ -254,6 +352,7 @@ impl Transaction<'_> {
     pub fn commit(mut self) -> Result<()> {
         self.conn.execute_batch("COMMIT")?;
         self.done = true;
+        self.conn.in_tx.set(false);
         Ok(())
     }
 }
@@ -271,6 +370,7 @@ impl Drop for Transaction<'_> {
             if let Err(e) = self.conn.execute_batch("ROLLBACK") {
                 tracing::warn!(error = %e, "control store: rollback failed");
             }
+            self.conn.in_tx.set(false);
         }
     }
 }

@@ -1,0 +1,287 @@
+//! Several control replicas on one PostgreSQL, one leader, with real processes, a real S3
+//! server and a real PostgreSQL (the test command's, or one this test starts): a leader killed
+//! mid-move and mid-rollout is replaced within its lease, and the next leader finishes both
+//! with no generation issued twice and no tenant migrated twice; followers forward the admin
+//! API; nodes find the new leader; a leader stopped past its lease wakes up unable to change
+//! anything, and stops.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::cluster::{Cluster, Replica, EU_CENTRAL, EU_NORTH};
+use support::s3::S3;
+use support::session::sign_in;
+use support::story::{acked, assert_old_home_answers, names_in, Writer};
+
+const PASSWORD: &str = "correct horse battery";
+const EMAIL: &str = "ada@acme.example";
+const INTERVAL_MS: u64 = 300;
+const LEASE_TTL_MS: u64 = 2_000;
+const FAILPOINTS: &str = "control.move.fencing=crash,control.rollout.baking=crash";
+
+fn healthz(api: std::net::SocketAddr) -> Option<String> {
+    support::http()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+        .get(format!("http://{api}/healthz"))
+        .send()
+        .ok()
+        .filter(|r| r.status() == 200)
+        .and_then(|r| r.text().ok())
+}
+
+/// Which of these admin addresses answers as the leader (`ok`, not `ok (follower; ...)`).
+fn leader_among(c: &Cluster, apis: &[std::net::SocketAddr]) -> std::net::SocketAddr {
+    c.wait_for("a leading control replica", || {
+        apis.iter()
+            .copied()
+            .find(|a| healthz(*a).is_some_and(|h| h.trim() == "ok"))
+    })
+}
+
+/// r1's admin address (the cluster's own control plane) and the others'.
+fn all_apis(r1: std::net::SocketAddr, others: &[Replica]) -> Vec<std::net::SocketAddr> {
+    let mut v = vec![r1];
+    v.extend(others.iter().map(|r| r.api));
+    v
+}
+
+/// An operation's record, through whichever replica `c` talks to; `None` while no replica
+/// leads (a follower then answers 503).
+fn operation(c: &Cluster, id: &str) -> Option<Value> {
+    let (status, op) = c.admin("GET", &format!("/operations/{id}"), None);
+    (status == 200).then_some(op)
+}
+
+fn wait_end(c: &Cluster, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(op) = operation(c, id) {
+            if !op["finished_ms"].is_null() {
+                return op;
+            }
+        }
+        assert!(Instant::now() < deadline, "operation {id} did not end");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn migrations_dir(dir: &Path) -> PathBuf {
+    let out = dir.join("migrations");
+    std::fs::create_dir_all(&out).unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for e in std::fs::read_dir(repo).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, out.join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        out.join("0006_contact_notes.sql"),
+        "ALTER TABLE contacts ADD COLUMN note TEXT;\n\
+         -- check: SELECT count(*) >= 0 FROM contacts WHERE note IS NULL\n",
+    )
+    .unwrap();
+    out
+}
+
+/// How many times a tenant file records migration `version` as applied.
+fn times_applied(file: &Path, version: u32) -> i64 {
+    let db = rusqlite::Connection::open(file).unwrap();
+    db.query_row(
+        "SELECT count(*) FROM schema_migrations WHERE version = ?1",
+        [version],
+        |r| r.get(0),
+    )
+    .unwrap_or(-1)
+}
+
+#[test]
+fn a_killed_leader_is_replaced_within_its_lease_and_the_next_finishes_its_move_and_rollout() {
+    let s3 = S3::start();
+    let (mut c, mut others) =
+        Cluster::start_replicated(&[EU_NORTH, EU_CENTRAL], &s3, INTERVAL_MS, 3, LEASE_TTL_MS);
+    c.wait_nodes_healthy(2);
+    let fail = [("HEMVIST_FAILPOINTS", FAILPOINTS)];
+    for r in &mut others {
+        c.start_replica(r, &fail);
+    }
+    // Followers answer the admin API by forwarding it to the leader (r1, started first).
+    let r1 = c.api;
+    assert_eq!(leader_among(&c, &all_apis(r1, &others)), r1);
+    let follower = healthz(others[0].api).unwrap();
+    assert!(follower.contains("follower"), "{follower}");
+    c.api = others[0].api;
+    c.create_org_ready("acme", json!({"region": "eu-north", "residency": "EU"}));
+    c.add_user("acme", EMAIL, PASSWORD);
+    let orgs: Vec<String> = (0..6).map(|i| format!("t{i}")).collect();
+    for (i, o) in orgs.iter().enumerate() {
+        let region = if i % 2 == 0 { "eu-north" } else { "eu-central" };
+        c.create_org_ready(o, json!({"region": region}));
+    }
+
+    // r1 is killed: another replica leads within its lease, and the nodes follow it.
+    let killed = Instant::now();
+    c.kill_control();
+    let apis: Vec<_> = others.iter().map(|r| r.api).collect();
+    let leader = leader_among(&c, &apis);
+    let takeover = killed.elapsed();
+    assert!(
+        takeover < Duration::from_millis(LEASE_TTL_MS * 4),
+        "takeover took {takeover:?}"
+    );
+    c.wait_nodes_healthy(2);
+    // r1 comes back as a follower (with the failpoints too).
+    c.start_control_with_env(&fail);
+
+    // A move: the leader dies as it records the fence; the next leader finishes it.
+    let front = *apis.iter().find(|a| **a != leader).unwrap();
+    c.api = front;
+    let user = sign_in(&c.node_url("eu-north"), "acme", EMAIL, PASSWORD).expect("sign in");
+    let writing = Writer::start(user, "ha");
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, op) = c.admin(
+        "POST",
+        "/orgs/acme/move",
+        Some(json!({"to": "eu-central", "reason": "test"})),
+    );
+    assert_eq!(status, 202, "{op}");
+    let id = op["id"].as_str().unwrap().to_string();
+    let crashed = others
+        .iter_mut()
+        .find(|r| r.api == leader)
+        .map(|r| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while r.exited().is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "the leader did not crash at the fence"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r.name.clone()
+        })
+        .unwrap();
+    let ended = wait_end(&c, &id);
+    std::thread::sleep(Duration::from_millis(300));
+    let answers = writing.stop();
+    assert_eq!(ended["phase"], "done", "{ended:#}");
+    assert_eq!(c.org("acme").unwrap().home_region, "eu-central");
+    assert_old_home_answers(&answers, &c.node_url("eu-central"));
+    let mut acked = acked(&answers);
+    acked.sort();
+    assert_eq!(
+        names_in(&c.tenant_file("eu-central", "acme")),
+        acked,
+        "every acknowledged write, once"
+    );
+    let second = leader_among(&c, &all_apis(r1, &others));
+    assert_ne!(second, leader, "{crashed} crashed and does not lead");
+
+    // A rollout: the leader dies entering its bake; the next finishes it.
+    c.api = *all_apis(r1, &others)
+        .iter()
+        .find(|a| **a != second && healthz(**a).is_some())
+        .unwrap();
+    let dir = migrations_dir(c.dir.path());
+    let (ok, out, err) = c.cli(&[
+        "migrate",
+        "apply",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--json",
+        "--canary",
+        "2",
+        "--bake",
+        "1s",
+    ]);
+    assert!(ok, "migrate apply: {out}{err}");
+    let rollout: Value = serde_json::from_str(out.trim()).unwrap();
+    let rid = rollout["id"].as_str().unwrap().to_string();
+    c.wait_for("the second leader crashing at the bake", || {
+        healthz(second).is_none().then_some(())
+    });
+    let ended = wait_end(&c, &rid);
+    assert_eq!(ended["phase"], "done", "{ended:#}");
+    for (i, o) in orgs.iter().enumerate() {
+        let region = if i % 2 == 0 { "eu-north" } else { "eu-central" };
+        assert_eq!(times_applied(&c.tenant_file(region, o), 6), 1, "{o}");
+    }
+    assert_eq!(times_applied(&c.tenant_file("eu-central", "acme"), 6), 1);
+
+    // No generation was issued twice, by any of the leaders.
+    let db = c.store_conn();
+    let twice: i64 = db
+        .query_row(
+            "SELECT count(*) FROM (SELECT generation FROM placement_history
+               GROUP BY generation HAVING count(*) > 1) AS twice",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(twice, 0, "a generation was issued twice");
+    let (ok, out, err) = c.cli(&["audit", "verify"]);
+    assert!(ok, "the audit chain holds across leaders: {out}{err}");
+}
+
+#[test]
+fn a_leader_stopped_past_its_lease_wakes_up_unable_to_change_anything_and_stops() {
+    let s3 = S3::start();
+    let (mut c, mut others) =
+        Cluster::start_replicated(&[EU_NORTH], &s3, INTERVAL_MS, 2, LEASE_TTL_MS);
+    c.wait_nodes_healthy(1);
+    c.start_replica(&mut others[0], &[]);
+    let r1 = c.api;
+    assert_eq!(leader_among(&c, &all_apis(r1, &others)), r1);
+    c.create_org_ready("acme", json!({"region": "eu-north"}));
+    let pid = c.control_pid().unwrap().to_string();
+    let signal = |s: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([s, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    signal("-STOP");
+    // r2 takes over once r1's lease has run out, and changes things.
+    let r2 = others[0].api;
+    assert_eq!(leader_among(&c, &[r2]), r2);
+    c.api = r2;
+    c.wait_nodes_healthy(1);
+    c.create_org_ready("globex", json!({"region": "eu-north"}));
+    let (_, before) = c.admin("GET", "/audit?limit=10000", None);
+    // r1 wakes: its lease is gone; whatever it tries is refused, and it stops.
+    signal("-CONT");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = c.control_exited() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deposed leader is still running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "a deposed leader exits with an error");
+    let log = std::fs::read_to_string(c.dir.path().join("control.log")).unwrap();
+    assert!(log.contains("no longer leads"), "{log}");
+    // It changed nothing: the audit trail is what r2 wrote, and still verifies.
+    let (_, after) = c.admin("GET", "/audit?limit=10000", None);
+    let by = |a: &Value, actor: &str| {
+        a.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["seq"].as_i64() > before.as_array().unwrap().last().unwrap()["seq"].as_i64()
+            })
+            .filter(|e| e["actor"] == actor)
+            .count()
+    };
+    assert_eq!(by(&after, "r1"), 0);
+    let (ok, out, err) = c.cli(&["audit", "verify"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(c.org("globex").unwrap().home_region, "eu-north");
+}
