@@ -17,6 +17,8 @@ use crate::client::Client;
 use demo::Locale;
 
 pub mod demo;
+mod postgres;
+mod replicas;
 pub mod tls;
 mod welcome;
 
@@ -41,6 +43,10 @@ pub struct DevArgs {
     /// file is named in dev.json as `ca_file`, and the operator verbs trust it).
     #[arg(long)]
     tls: bool,
+    /// A control plane of three replicas (separate processes) on a local PostgreSQL (Debian's
+    /// `postgresql` package), one of which leads: kill the leader and another takes over.
+    #[arg(long)]
+    ha: bool,
 }
 
 /// The GeoIP file `scripts/setup` installs (CC0, from the npm registry).
@@ -48,7 +54,7 @@ pub const DEFAULT_GEOIP: &str =
     ".deps/node_modules/@ip-location-db/geo-whois-asn-country-mmdb/geo-whois-asn-country.mmdb";
 
 #[derive(Serialize, Deserialize)]
-struct Secrets {
+pub struct Secrets {
     admin_token: String,
     join_token: String,
     /// The seed of the key that signs the audit chain's checkpoints (added later: older
@@ -242,15 +248,45 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     write_config(&data, "control.toml", &control_config)?;
 
     let shutdown = crate::shutdown_on_signal();
-    let (bound, control_task) = hemvist_control::start(control_config, shutdown.clone())
-        .await
-        .with_context(|| {
-            format!(
-                "start the control plane (is port {} free? try --port-base)",
-                args.port_base
-            )
-        })?;
+    let mut local_postgres = None;
+    let mut replicas = None;
+    let mut control_task = None;
+    let bound = if args.ha {
+        let free = |a: std::net::SocketAddr| -> anyhow::Result<std::net::SocketAddr> {
+            Ok(std::net::TcpListener::bind(a)?.local_addr()?)
+        };
+        let pg = postgres::LocalPostgres::start(&data, free(port(9)?)?.port())?;
+        let mut base = control_config.clone();
+        base.store = Some(pg.database("hemvist")?);
+        base.replica.lease_ttl_ms = 3_000;
+        let mut addrs = Vec::new();
+        for i in 0..3u16 {
+            addrs.push((free(port(2 * i)?)?, free(port(2 * i + 1)?)?));
+        }
+        let r = replicas::Replicas::start(&data, &base, &secrets, &addrs, scheme, &shutdown)?;
+        local_postgres = Some(pg);
+        replicas = Some(r);
+        hemvist_control::Bound {
+            api: addrs[0].0,
+            grpc: addrs[0].1,
+        }
+    } else {
+        let (bound, task) = hemvist_control::start(control_config, shutdown.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "start the control plane (is port {} free? try --port-base)",
+                    args.port_base
+                )
+            })?;
+        control_task = Some(task);
+        bound
+    };
     let control_url = format!("{scheme}://{}", bound.api);
+    let other_replicas: Vec<String> = replicas
+        .as_ref()
+        .map(|r| r.list.iter().skip(1).map(|(j, _)| j.grpc.clone()).collect())
+        .unwrap_or_default();
 
     let mut nodes = Vec::new();
     for (i, r) in REGIONS.iter().enumerate() {
@@ -263,7 +299,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             id: NodeId::parse(&format!("{}-1", r.id))?,
             region: RegionId::parse(r.id)?,
             control_url: format!("{scheme}://{}", bound.grpc),
-            control_urls: Vec::new(),
+            control_urls: other_replicas.clone(),
             join_token: secrets.join_token.clone(),
             listen: addr,
             public_url: Some(format!("{scheme}://{addr}")),
@@ -302,7 +338,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         &secrets.admin_token,
         tls.as_ref().map(|t| t.ca.as_path()),
     )?;
-    wait_for_nodes(&control, nodes.len(), Duration::from_secs(30)).await?;
+    // Replicas elect a leader first (a follower answers 503 until one leads).
+    wait_for_nodes(&control, nodes.len(), Duration::from_secs(60)).await?;
 
     let mut orgs = Vec::new();
     for o in ORGS {
@@ -362,6 +399,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         admin_token: secrets.admin_token.clone(),
         data_dir: data.display().to_string(),
         geoip: geoip.as_ref().map(|g| g.display().to_string()),
+        replicas: replicas.as_ref().map(|r| r.json()).unwrap_or_default(),
+        postgres: local_postgres.as_ref().map(|p| p.server_url.clone()),
         nodes: nodes
             .iter()
             .map(|(r, running)| NodeJson {
@@ -381,7 +420,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for (_, running) in nodes {
         let _ = running.task.await;
     }
-    let _ = control_task.await;
+    if let Some(task) = control_task {
+        let _ = task.await;
+    }
+    if let Some(r) = replicas {
+        r.stopped().await;
+    }
+    drop(local_postgres);
     println!("hemvist dev stopped; data kept in {}", data.display());
     Ok(())
 }

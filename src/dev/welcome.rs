@@ -14,6 +14,11 @@ pub struct DevJson {
     pub ca_file: Option<String>,
     pub data_dir: String,
     pub geoip: Option<String>,
+    /// With `--ha`: the control plane's replicas (one leads) and their PostgreSQL.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<super::replicas::ReplicaJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<String>,
     pub nodes: Vec<NodeJson>,
     pub orgs: Vec<OrgJson>,
 }
@@ -61,6 +66,18 @@ pub fn print_welcome(dev: &DevJson) {
         "  dashboard      {}/   (sign in with that token)",
         dev.control_url
     );
+    for r in &dev.replicas {
+        println!(
+            "  replica {:<10} {}   gRPC {}   pid {}",
+            r.name, r.api, r.grpc, r.pid
+        );
+    }
+    if let Some(pg) = &dev.postgres {
+        println!(
+            "  store          {pg}   (kill -9 the leading replica's pid: another takes over within 3 s; \
+             curl <replica>/healthz says which leads)"
+        );
+    }
     for n in &dev.nodes {
         println!(
             "  node {:<13} {}   {} ({})",

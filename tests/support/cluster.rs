@@ -89,6 +89,9 @@ pub struct Cluster {
     tls: Option<TlsFiles>,
     /// The control plane's PostgreSQL database, when the suite runs on PostgreSQL.
     pub store_url: Option<String>,
+    /// A single control plane on PostgreSQL: each start waits until it leads (a replica of
+    /// `start_replicated` may start as a follower).
+    wait_to_lead: bool,
 }
 
 /// The store the control plane names for every region.
@@ -385,7 +388,11 @@ impl Cluster {
             dir.path().join("control").display().to_string(),
             regions[0].id
         );
+        // A single control plane on PostgreSQL is one replica: a restart waits out its
+        // predecessor's lease, kept short here.
+        let single_on_postgres = store_url.is_none();
         let store_url = store_url.or_else(postgres_store);
+        let single_on_postgres = single_on_postgres && store_url.is_some();
         if let Some(url) = &store_url {
             config.push_str(&format!("store = {url:?}\n"));
         }
@@ -424,6 +431,9 @@ impl Cluster {
             }
         }
         config.push_str(control_extra);
+        if single_on_postgres {
+            config.push_str("\n[replica]\nlease_ttl_ms = 1000\n");
+        }
         let control_config = dir.path().join("control.toml");
         std::fs::write(&control_config, config).expect("write control config");
         let http = super::http()
@@ -443,6 +453,7 @@ impl Cluster {
             node_extra: node_extra.to_string(),
             tls,
             store_url,
+            wait_to_lead: single_on_postgres,
         };
         cluster.start_control();
         for r in regions {
@@ -552,6 +563,19 @@ impl Cluster {
         self.api = api;
         self.grpc = grpc;
         self.control = Some(p);
+        if self.wait_to_lead {
+            // On PostgreSQL it serves once it holds the lease (its predecessor's, if killed,
+            // runs out first).
+            let http = super::http()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .unwrap();
+            let url = format!("{}/healthz", self.control_url());
+            self.wait_for("the control plane to lead", || {
+                let text = http.get(&url).send().ok()?.text().ok()?;
+                (text.trim() == "ok").then_some(())
+            });
+        }
     }
 
     /// SIGKILL: no chance to clean up.
