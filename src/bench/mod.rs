@@ -7,6 +7,7 @@ mod export;
 mod failover;
 mod fleet;
 mod hosting;
+mod leader;
 mod migrate;
 mod moves;
 mod replication;
@@ -48,6 +49,9 @@ pub enum BenchCommand {
     /// The operators' view of a large fleet (100,000 orgs): `orgs list` pages and one org over
     /// the admin API, the dashboard's org search as one types; beside plain SQL on the store.
     Dashboard(dashboard::DashboardArgs),
+    /// The control plane's leader killed (three replicas on PostgreSQL), 10 times: until another
+    /// replica leads, accepts a write, and resumes operations; beside the lease's floor.
+    Leader(leader::LeaderArgs),
     /// GDPR export of 100 MB and 1 GB tenants (SQLite and JSON lines) under a writer: time,
     /// the node's copy, writers' latency; beside VACUUM INTO and a file copy.
     Export(export::ExportArgs),
@@ -69,6 +73,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Report(args) => report::run(args),
         BenchCommand::Dashboard(args) => dashboard::run(args),
         BenchCommand::Export(args) => export::run(args),
+        BenchCommand::Leader(args) => leader::run(args),
         BenchCommand::ReplicationNode(args) => replication::node::run(args),
     }
 }

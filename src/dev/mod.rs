@@ -17,8 +17,8 @@ use crate::client::Client;
 use demo::Locale;
 
 pub mod demo;
-mod postgres;
-mod replicas;
+pub(crate) mod postgres;
+pub(crate) mod replicas;
 pub mod tls;
 mod welcome;
 
@@ -61,6 +61,25 @@ pub struct Secrets {
     /// folders get one on their next start).
     #[serde(default)]
     audit_signing_key: Option<String>,
+}
+
+impl Secrets {
+    /// Fresh secrets, kept nowhere (a benchmark's).
+    pub fn new() -> anyhow::Result<Secrets> {
+        Ok(Secrets {
+            admin_token: random_token()?,
+            join_token: random_token()?,
+            audit_signing_key: Some(hemvist_proto::random::hex(32)?),
+        })
+    }
+
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    pub fn join_token(&self) -> &str {
+        &self.join_token
+    }
 }
 
 fn random_token() -> anyhow::Result<String> {

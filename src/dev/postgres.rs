@@ -14,6 +14,8 @@ pub struct LocalPostgres {
     bin: PathBuf,
     data: PathBuf,
     as_postgres: bool,
+    /// Its files (the cluster in `data/`, the server's log).
+    pub folder: PathBuf,
     /// `postgres://hemvist@127.0.0.1:PORT/postgres`.
     pub server_url: String,
 }
@@ -86,6 +88,7 @@ impl LocalPostgres {
             bin,
             data: dir.join("data"),
             as_postgres,
+            folder: dir.clone(),
             server_url: format!("postgres://hemvist@127.0.0.1:{port}/postgres"),
         };
         if as_postgres {

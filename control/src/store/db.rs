@@ -125,14 +125,20 @@ impl Store {
         let mut conn = self.lock();
         let postgres = conn.kind() == EngineKind::Postgres;
         if postgres {
-            conn.execute_batch(PG_VERSION_TABLE)?;
+            // Locked first: replicas starting together would race even to create the table.
             conn.query_row(
                 "SELECT pg_advisory_lock(?1)::text",
                 [PG_MIGRATION_LOCK],
                 |_| Ok(()),
             )?;
         }
-        let result = self.migrate_locked(&mut conn, postgres);
+        let result = if postgres {
+            conn.execute_batch(PG_VERSION_TABLE)
+                .map_err(StoreError::from)
+                .and_then(|()| self.migrate_locked(&mut conn, postgres))
+        } else {
+            self.migrate_locked(&mut conn, postgres)
+        };
         if postgres {
             conn.query_row(
                 "SELECT pg_advisory_unlock(?1)::text",
