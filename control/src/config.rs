@@ -404,6 +404,34 @@ mod config_examples {
     }
 
     #[test]
+    fn replica_example_is_valid_and_a_password_in_the_store_url_is_refused() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/control-replica.toml");
+        let config = ControlConfig::load(&path).expect("deploy/control-replica.toml loads");
+        assert!(matches!(
+            config.store_location(),
+            crate::store::Location::Postgres(_)
+        ));
+        assert_eq!(config.replica.name.as_deref(), Some("control-a"));
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "postgres://hemvist@db",
+            "postgres://hemvist:hunter2hunter2@db",
+        );
+        let with_password: ControlConfig = toml::from_str(&text).unwrap();
+        let err = with_password.validate().unwrap_err().to_string();
+        assert!(err.contains("PGPASSWORD"), "{err}");
+        assert!(
+            !err.contains("hunter2"),
+            "the password is not repeated: {err}"
+        );
+        // What a log line says of the store holds no user or password.
+        let described = crate::store::Location::parse(
+            "postgres://hemvist:hunter2@db.example:5432/hemvist?sslmode=disable",
+        )
+        .describe();
+        assert_eq!(described, "postgres://db.example:5432/hemvist");
+    }
+
+    #[test]
     fn bad_configs_are_refused_with_a_reason() {
         let base = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/control.toml"),

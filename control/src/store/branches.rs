@@ -263,7 +263,8 @@ impl Store {
         let tx = conn.transaction()?;
         for (id, at) in used {
             tx.execute(
-                "UPDATE branches SET last_used_ms = max(coalesce(last_used_ms, 0), ?2)
+                "UPDATE branches SET last_used_ms =
+                   CASE WHEN coalesce(last_used_ms, 0) > ?2 THEN last_used_ms ELSE ?2 END
                  WHERE id = ?1 AND destroyed_ms IS NULL",
                 params![id.as_str(), at],
             )?;

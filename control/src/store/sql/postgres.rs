@@ -127,6 +127,10 @@ impl Connection {
             config.application_name("hemvist-control");
         }
         config.connect_timeout(std::time::Duration::from_secs(10));
+        // NOTICEs ("already exists, skipping") are not the control plane's news.
+        if config.get_options().is_none() {
+            config.options("-c client_min_messages=warning");
+        }
         let client = config.connect(NoTls).map_err(|e| pg_error(&e))?;
         Ok(Connection {
             client,
