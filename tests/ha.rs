@@ -285,3 +285,67 @@ fn a_leader_stopped_past_its_lease_wakes_up_unable_to_change_anything_and_stops(
     assert!(ok, "{out}{err}");
     assert_eq!(c.org("globex").unwrap().home_region, "eu-north");
 }
+
+#[test]
+fn the_store_on_postgresql_over_tls_checks_the_servers_certificate() {
+    let ca = support::tls::TestCa::new();
+    let server = support::cluster::postgres_server_tls(&ca.cert, &ca.key);
+    let name = format!("tls_{}", std::process::id());
+    // The test itself speaks plain text to it (it has no PGSSLROOTCERT).
+    let plain_url =
+        hemvist_control::store::fresh_database(&format!("{server}?sslmode=disable"), &name)
+            .unwrap();
+    let url = plain_url.replace("sslmode=disable", "sslmode=require");
+    let env = vec![("PGSSLROOTCERT".to_string(), ca.ca.display().to_string())];
+    let c = Cluster::start_on_store(&[EU_NORTH], &url, &env);
+    c.wait_nodes_healthy(1);
+    c.create_org_ready("acme", json!({"region": "eu-north"}));
+    // Every connection the control plane holds is over TLS.
+    let db = hemvist_control::store::sql::Conn::postgres(&plain_url).unwrap();
+    let (tls, plain): (i64, i64) = db
+        .query_row(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+             FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid
+             WHERE a.application_name = 'hemvist-control' AND a.datname = ?1
+               AND a.pid <> pg_backend_pid()",
+            [name.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(tls >= 1 && plain == 0, "{tls} over TLS, {plain} plain");
+    drop(c);
+
+    // With other roots, the server's certificate does not check: the control plane does not
+    // start, and says why.
+    let other = support::tls::TestCa::new();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hemvist"))
+        .args(["control", "--config"])
+        .arg(write_config(&url))
+        .env("PGSSLROOTCERT", &other.ca)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("certificate"), "{err}");
+}
+
+/// A minimal control plane config on `store`.
+fn write_config(store: &str) -> PathBuf {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let path = dir.join("control.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "api_listen = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
+             admin_token = \"{}\"\njoin_token = \"{}\"\ndefault_region = \"eu-north\"\n\
+             store = {store:?}\n\
+             [[regions]]\nid = \"eu-north\"\nname = \"Stockholm\"\njurisdiction = \"EU\"\n\
+             countries = [\"SE\"]\nobject_store = \"file:///dev/null/eu-north\"\n",
+            dir.join("control").display().to_string(),
+            support::cluster::ADMIN_TOKEN,
+            "join-token-for-this-test-only"
+        ),
+    )
+    .unwrap();
+    path
+}

@@ -89,9 +89,19 @@ pub struct Cluster {
     tls: Option<TlsFiles>,
     /// The control plane's PostgreSQL database, when the suite runs on PostgreSQL.
     pub store_url: Option<String>,
+    /// Environment every start of the control plane gets (besides a start's own).
+    control_env: Vec<(String, String)>,
     /// A single control plane on PostgreSQL: each start waits until it leads (a replica of
     /// `start_replicated` may start as a follower).
     wait_to_lead: bool,
+}
+
+/// The control plane's own store, when a constructor names one (else SQLite, or the suite's
+/// PostgreSQL), and the environment its every start gets.
+#[derive(Default)]
+struct StoreSetup {
+    url: Option<String>,
+    env: Vec<(String, String)>,
 }
 
 /// The store the control plane names for every region.
@@ -237,6 +247,26 @@ impl Cluster {
         )
     }
 
+    /// A control plane on the PostgreSQL database `url`, started with `env` (each start), and
+    /// one node per region.
+    pub fn start_on_store(regions: &[Region], url: &str, env: &[(String, String)]) -> Cluster {
+        let mut c = Self::start_full_with_control(
+            regions,
+            Some(npm_geoip()),
+            "",
+            None,
+            None,
+            "\n[replica]\nlease_ttl_ms = 1000\n",
+            StoreSetup {
+                url: Some(url.to_string()),
+                env: env.to_vec(),
+            },
+        );
+        // A single control plane: a restart waits until it leads again.
+        c.wait_to_lead = true;
+        c
+    }
+
     /// As `start_with_backup`, with a control plane of `count` replicas on one fresh
     /// PostgreSQL database (the test's own server if `HEMVIST_TEST_POSTGRES` names none): the
     /// cluster's own control plane is replica `r1`, started first (so it leads); the others
@@ -282,7 +312,10 @@ impl Cluster {
             None,
             Some(store),
             &replica(1),
-            Some(url),
+            StoreSetup {
+                url: Some(url),
+                env: Vec::new(),
+            },
         );
         let text = std::fs::read_to_string(&c.control_config).unwrap();
         let replicas = others
@@ -346,7 +379,15 @@ impl Cluster {
     /// Every listener (control plane and nodes) with these `[limits]` (the table's body).
     pub fn start_with_limits(regions: &[Region], limits: &str) -> Cluster {
         let table = format!("\n[limits]\n{limits}");
-        Self::start_full_with_control(regions, Some(npm_geoip()), &table, None, None, &table, None)
+        Self::start_full_with_control(
+            regions,
+            Some(npm_geoip()),
+            &table,
+            None,
+            None,
+            &table,
+            StoreSetup::default(),
+        )
     }
 
     fn start_full(
@@ -365,7 +406,15 @@ impl Cluster {
         tls: Option<TlsFiles>,
         store: Option<RegionStore>,
     ) -> Cluster {
-        Self::start_full_with_control(regions, geoip, node_extra, tls, store, "", None)
+        Self::start_full_with_control(
+            regions,
+            geoip,
+            node_extra,
+            tls,
+            store,
+            "",
+            StoreSetup::default(),
+        )
     }
 
     fn start_full_with_control(
@@ -375,8 +424,12 @@ impl Cluster {
         tls: Option<TlsFiles>,
         store: Option<RegionStore>,
         control_extra: &str,
-        store_url: Option<String>,
+        on: StoreSetup,
     ) -> Cluster {
+        let StoreSetup {
+            url: store_url,
+            env: control_env,
+        } = on;
         let dir = tempfile::Builder::new()
             .prefix("hemvist-test-")
             .tempdir()
@@ -454,6 +507,7 @@ impl Cluster {
             tls,
             store_url,
             wait_to_lead: single_on_postgres,
+            control_env,
         };
         cluster.start_control();
         for r in regions {
@@ -540,10 +594,16 @@ impl Cluster {
     pub fn start_control_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.control.is_none(), "control plane already running");
         let log = self.log("control");
+        let mut all: Vec<(&str, &str)> = self
+            .control_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        all.extend_from_slice(env);
         let p = spawn(
             &["control", "--config", self.control_config.to_str().unwrap()],
             &log,
-            env,
+            &all,
         );
         let (api, grpc) = (addr(&p.ready, "api"), addr(&p.ready, "grpc"));
         if self.api.port() == 0 {
@@ -1149,6 +1209,35 @@ fn free_port() -> u16 {
 /// The PostgreSQL server the tests use: `HEMVIST_TEST_POSTGRES`, or one this test process
 /// starts (`scripts/postgres`, which stops it when the process ends).
 pub fn postgres_server() -> String {
+    postgres_server_with(None)
+}
+
+/// A PostgreSQL server of this test's own that also speaks TLS with `cert` and `key`.
+pub fn postgres_server_tls(cert: &Path, key: &Path) -> String {
+    postgres_server_with(Some((cert, key)))
+}
+
+fn postgres_server_with(tls: Option<(&Path, &Path)>) -> String {
+    if let Some((cert, key)) = tls {
+        let dir = std::env::temp_dir().join(format!(
+            "hemvist-test-pg-tls-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres"))
+            .arg("start")
+            .arg(&dir)
+            .arg(cert)
+            .arg(key)
+            .output()
+            .expect("run scripts/postgres");
+        assert!(
+            out.status.success(),
+            "scripts/postgres start (TLS): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return String::from_utf8_lossy(&out.stdout).trim().to_string();
+    }
     static SERVER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SERVER
         .get_or_init(|| {

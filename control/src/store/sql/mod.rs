@@ -8,6 +8,7 @@
 //! whole before the caller sees it, so a caller's closure never runs inside the engine.
 
 mod dialect;
+mod pg_tls;
 mod postgres;
 mod sqlite;
 mod value;

@@ -3,6 +3,8 @@
 //! statement is handed with its owned parameters and from which its rows come back whole.
 //! Statements are translated once ([`super::dialect`]) and prepared once per connection.
 //!
+//! TLS: `sslmode` in the URL, checked by rustls (`pg_tls`).
+//!
 //! Keeps true: the connection string is never logged or shown (it may hold a password); a
 //! lost connection fails the statement in flight (and so its transaction) and is opened
 //! again for the next one.
@@ -131,7 +133,15 @@ impl Connection {
         if config.get_options().is_none() {
             config.options("-c client_min_messages=warning");
         }
-        let client = config.connect(NoTls).map_err(|e| pg_error(&e))?;
+        let client = match config.get_ssl_mode() {
+            postgres::config::SslMode::Disable => config.connect(NoTls),
+            _ => {
+                let tls = super::pg_tls::Rustls::from_environment()
+                    .map_err(|e| Error::Gone(format!("TLS to PostgreSQL: {e:#}")))?;
+                config.connect(tls)
+            }
+        }
+        .map_err(|e| pg_error(&e))?;
         Ok(Connection {
             client,
             prepared: HashMap::new(),
