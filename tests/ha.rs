@@ -236,6 +236,37 @@ fn a_leader_stopped_past_its_lease_wakes_up_unable_to_change_anything_and_stops(
     let r1 = c.api;
     assert_eq!(leader_among(&c, &all_apis(r1, &others)), r1);
     c.create_org_ready("acme", json!({"region": "eu-north"}));
+    // The dashboard through a follower: signing in (a change, checked against its origin)
+    // and a page, both answered by the leader.
+    let r2 = others[0].api;
+    let http = support::http()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in = http
+        .post(format!("http://{r2}/signin"))
+        .header("origin", format!("http://{r2}"))
+        .form(&[("token", support::cluster::ADMIN_TOKEN)])
+        .send()
+        .unwrap();
+    assert_eq!(
+        signed_in.status().as_u16(),
+        303,
+        "sign-in through a follower"
+    );
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = http
+        .get(format!("http://{r2}/orgs/acme"))
+        .header("cookie", &cookie)
+        .send()
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
     let pid = c.control_pid().unwrap().to_string();
     let signal = |s: &str| {
         assert!(std::process::Command::new("kill")
@@ -246,7 +277,6 @@ fn a_leader_stopped_past_its_lease_wakes_up_unable_to_change_anything_and_stops(
     };
     signal("-STOP");
     // r2 takes over once r1's lease has run out, and changes things.
-    let r2 = others[0].api;
     assert_eq!(leader_among(&c, &[r2]), r2);
     c.api = r2;
     c.wait_nodes_healthy(1);
@@ -348,4 +378,82 @@ fn write_config(store: &str) -> PathBuf {
     )
     .unwrap();
     path
+}
+
+#[test]
+fn hemvist_dev_ha_runs_three_replicas_and_survives_the_leaders_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (child, dev) = support::dev::start_dev(dir.path(), &data, &["--ha"]);
+    let replicas = dev["replicas"]
+        .as_array()
+        .expect("dev.json lists the replicas")
+        .clone();
+    assert_eq!(replicas.len(), 3, "{dev:#}");
+    let apis: Vec<std::net::SocketAddr> = replicas
+        .iter()
+        .map(|r| {
+            r["api"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("http://")
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let http = support::http()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let token = dev["admin_token"].as_str().unwrap().to_string();
+    let orgs_via = |api: std::net::SocketAddr| -> Option<usize> {
+        let r = http
+            .get(format!("http://{api}/api/v1/orgs"))
+            .bearer_auth(&token)
+            .send()
+            .ok()?;
+        (r.status() == 200)
+            .then(|| r.json::<Value>().ok())??
+            .as_array()
+            .map(|a| a.len())
+    };
+    let leading = |apis: &[std::net::SocketAddr]| {
+        apis.iter()
+            .position(|a| healthz(*a).is_some_and(|h| h.trim() == "ok"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leader = loop {
+        if let Some(i) = leading(&apis) {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "no replica of dev --ha leads");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Every replica answers the API (the followers by forwarding), with the demo orgs.
+    for a in &apis {
+        assert_eq!(orgs_via(*a), Some(3), "via {a}");
+    }
+    // kill -9 of the leader: another leads, and its supervisor starts it again.
+    let pid = replicas[leader]["pid"].as_u64().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // Whoever leads next (the killed one too, once started again) is a new process.
+    std::thread::sleep(Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leading(&apis).is_none() {
+        assert!(Instant::now() < deadline, "no replica took over");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while orgs_via(apis[leader]) != Some(3) {
+        assert!(
+            Instant::now() < deadline,
+            "the killed replica did not come back as a follower"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    support::dev::stop_dev(child);
 }

@@ -92,7 +92,6 @@ fn hop_by_hop(name: &HeaderName) -> bool {
             | "upgrade"
             | "te"
             | "trailer"
-            | "host"
             | "content-length"
     )
 }
@@ -141,6 +140,7 @@ async fn front(State(front): State<Arc<Front>>, req: Request) -> Response {
     };
     let url = format!("{}{path}", lease.api_url.trim_end_matches('/'));
     let mut out = front.client.request(parts.method, &url).body(body);
+    // Host goes as the client sent it: the dashboard checks a change's Origin against it.
     for (k, v) in &parts.headers {
         if !hop_by_hop(k) {
             out = out.header(k, v);

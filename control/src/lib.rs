@@ -151,7 +151,12 @@ pub async fn start(
     let front = front::Front::new(&name, seen, forwarding_client(&config)?);
     // A single control plane opens its store before it serves anything, as it always has.
     let (opened, candidate) = match candidate {
-        None => (Some(open_plane(config.clone(), opening).await?), None),
+        None => {
+            // It leads before its listeners take a request: nothing is ever forwarded.
+            let (plane, hub) = open_plane(config.clone(), opening).await?;
+            lead(&front, &plane, &hub, &shutdown);
+            (Some((plane, hub)), None)
+        }
         Some(c) => (None, Some((c, opening))),
     };
     let handle = tokio::spawn(serve(
@@ -164,6 +169,23 @@ pub async fn start(
         shutdown,
     ));
     Ok((bound, handle))
+}
+
+/// From now on the front serves this plane (a second call changes nothing).
+fn lead(
+    front: &front::Front,
+    plane: &Arc<plane::Plane>,
+    hub: &Arc<hub::Hub>,
+    shutdown: &CancellationToken,
+) {
+    front.lead(
+        admin_api::router(plane.clone()).merge(dashboard::router(plane.clone())),
+        node_api::NodeApi {
+            plane: plane.clone(),
+            hub: hub.clone(),
+            shutdown: shutdown.clone(),
+        },
+    );
 }
 
 async fn open_plane(
@@ -256,14 +278,7 @@ async fn serve(
     let reconciler = tokio::spawn(reconciler::run(plane.clone(), shutdown.clone()));
     let operations = tokio::spawn(operations::driver::run(plane.clone(), shutdown.clone()));
     let checkpoints = tokio::spawn(checkpointer::run(plane.clone(), shutdown.clone()));
-    front.lead(
-        admin_api::router(plane.clone()).merge(dashboard::router(plane.clone())),
-        node_api::NodeApi {
-            plane: plane.clone(),
-            hub: hub.clone(),
-            shutdown: shutdown.clone(),
-        },
-    );
+    lead(&front, &plane, &hub, &shutdown);
 
     let deposed = match (&candidate, fence) {
         (Some((c, _)), Some(token)) => match c.keep(token, &shutdown).await {
