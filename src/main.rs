@@ -240,7 +240,13 @@ async fn run_control(config: PathBuf) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signal();
     let (bound, task) = hemvist_control::start(config, shutdown).await?;
     announce(serde_json::json!({"api": bound.api.to_string(), "grpc": bound.grpc.to_string()}));
-    task.await.context("control plane task")?
+    if let Err(e) = task.await.context("control plane task")? {
+        // Ends now, with the error: a replica that lost its lease must not linger while a call
+        // to an unreachable store keeps the runtime from shutting down.
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 async fn run_node(config: PathBuf) -> anyhow::Result<()> {

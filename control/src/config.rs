@@ -224,6 +224,19 @@ fn default_failover_grace_ms() -> u64 {
     60_000
 }
 
+/// Whether a URL's host is this machine (127.0.0.0/8, ::1, localhost).
+fn loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    };
+    host == "localhost" || host == "::1" || host.starts_with("127.")
+}
+
 /// One control replica among several on one PostgreSQL store (`[replica]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReplicaConfig {
@@ -294,21 +307,61 @@ impl ControlConfig {
         }
     }
 
+    /// A replica's addresses as the others and the nodes reach it: given, or its listeners'
+    /// when they are reachable at all; and never plain http to another machine (admin tokens
+    /// and cookies are forwarded to it).
+    fn check_replica_urls(&self) -> anyhow::Result<()> {
+        let r = &self.replica;
+        for (what, url, listen) in [
+            ("api_url", &r.api_url, self.api_listen),
+            ("grpc_url", &r.grpc_url, self.grpc_listen),
+        ] {
+            match url {
+                None if listen.ip().is_unspecified() => bail!(
+                    "[replica] {what} must be set: the listener is on {listen}, an address the \
+                     other replicas and the nodes cannot dial"
+                ),
+                Some(u) if !(u.starts_with("https://") || u.starts_with("http://")) => {
+                    bail!("[replica] {what} {u:?} must be http(s)://host:port")
+                }
+                Some(u) if u.starts_with("http://") && !loopback(u) => bail!(
+                    "[replica] {what} {u} is plain http:// to another machine: admin tokens and \
+                     sessions are forwarded there. Use https:// (with [tls])"
+                ),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         if let Some(s) = &self.store {
             match crate::store::Location::parse(s) {
                 crate::store::Location::Postgres(url) => {
+                    let query = url.split_once('?').map_or("", |(_, q)| q);
                     if url.split_once("://").is_some_and(|(_, rest)| {
                         rest.split(['/', '?']).next().is_some_and(|auth| {
                             auth.rsplit_once('@')
                                 .is_some_and(|(user, _)| user.contains(':'))
                         })
-                    }) {
+                    }) || query.split('&').any(|kv| kv.starts_with("password="))
+                    {
                         bail!(
                             "store: the URL holds a password; give it in PGPASSWORD instead, \
                              so no file holds it"
                         );
                     }
+                    let sslmode = query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix("sslmode="))
+                        .unwrap_or("");
+                    if !loopback(&url) && sslmode != "require" && sslmode != "disable" {
+                        bail!(
+                            "store: a database on another machine needs sslmode=require in its \
+                             URL (or sslmode=disable, to say the network itself is private)"
+                        );
+                    }
+                    self.check_replica_urls()?;
                 }
                 crate::store::Location::File(_) => bail!(
                     "store must be a postgres://user@host:port/dbname URL (the SQLite store is \
@@ -429,6 +482,30 @@ mod config_examples {
         )
         .describe();
         assert_eq!(described, "postgres://db.example:5432/hemvist");
+        let base = std::fs::read_to_string(&path).unwrap();
+        for (text, want) in [
+            (
+                base.replace("?sslmode=require", "?password=hunter2"),
+                "PGPASSWORD",
+            ),
+            (base.replace("?sslmode=require", ""), "sslmode=require"),
+            (
+                base.replace("api_url = \"https://control-a.hemvist.example:7700\"\n", ""),
+                "api_url must be set",
+            ),
+            (
+                base.replace(
+                    "https://control-a.hemvist.example:7701",
+                    "http://control-a:7701",
+                ),
+                "plain http",
+            ),
+        ] {
+            let config: ControlConfig = toml::from_str(&text).unwrap();
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(want), "{want}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 
     #[test]

@@ -152,19 +152,15 @@ async fn front(State(front): State<Arc<Front>>, req: Request) -> Response {
             let status = answer.status();
             let mut headers = HeaderMap::new();
             for (k, v) in answer.headers() {
-                if !hop_by_hop(k) {
+                if !hop_by_hop(k) || k == "content-length" {
                     headers.append(k.clone(), v.clone());
                 }
             }
-            match answer.bytes().await {
-                Ok(bytes) => {
-                    let mut r = Response::new(Body::from(bytes));
-                    *r.status_mut() = status;
-                    *r.headers_mut() = headers;
-                    r
-                }
-                Err(e) => unavailable(format!("the leader's answer broke off: {e}")),
-            }
+            // Streamed as it comes (an export may be gigabytes), never held whole.
+            let mut r = Response::new(Body::from_stream(answer.bytes_stream()));
+            *r.status_mut() = status;
+            *r.headers_mut() = headers;
+            r
         }
         Err(e) => unavailable(format!(
             "the leading control replica ({}) did not answer: {e}",

@@ -88,24 +88,29 @@ impl Candidate {
         Ok(lease)
     }
 
-    /// Waits until this replica holds the lease; its token, or `None` on shutdown.
-    pub async fn wait_for_lease(&self, shutdown: &CancellationToken) -> Option<i64> {
+    /// Waits until this replica holds the lease: its token and when the winning claim was
+    /// asked (the lease runs from about then), or `None` on shutdown.
+    pub async fn wait_for_lease(&self, shutdown: &CancellationToken) -> Option<(i64, Instant)> {
         let mut last_leader = String::new();
         loop {
-            match self.claim(None).await {
-                Ok(lease) if lease.holder == self.holder => {
+            let asked = Instant::now();
+            match tokio::time::timeout(self.ttl, self.claim(None)).await {
+                Ok(Ok(lease)) if lease.holder == self.holder => {
                     tracing::info!(holder = %self.holder, token = lease.token, "this control replica leads");
-                    return Some(lease.token);
+                    return Some((lease.token, asked));
                 }
-                Ok(lease) => {
+                Ok(Ok(lease)) => {
                     if lease.holder != last_leader {
                         tracing::info!(leader = %lease.holder, api = %lease.api_url, "following the leading control replica");
                         last_leader = lease.holder;
                     }
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!(error = %format!("{e:#}"), "leader lease: cannot read the store; retrying")
                 }
+                Err(_) => tracing::warn!(
+                    "leader lease: the store did not answer a claim in time; retrying"
+                ),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return None,
@@ -114,30 +119,44 @@ impl Candidate {
         }
     }
 
-    /// Renews the lease every third of its time to live until shutdown (then gives it up), or
-    /// until it is lost: then answers why.
-    pub async fn keep(&self, token: i64, shutdown: &CancellationToken) -> Result<(), Deposed> {
+    /// Renews the lease (won by a claim asked at `asked`) every third of its time to live
+    /// until shutdown (then gives it up), or until it is lost: then answers why. A renewal that
+    /// does not answer before the lease would run out counts as lost.
+    pub async fn keep(
+        &self,
+        token: i64,
+        asked: Instant,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Deposed> {
         // Measured from when each renewal was asked, as a node measures its own lease.
-        let mut renewed = Instant::now();
+        let mut renewed = asked;
+        let mut wait = self.ttl / 3;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     let (store, holder) = (self.store.clone(), self.holder.clone());
-                    let _ = tokio::task::spawn_blocking(move || store.resign_leadership(&holder, token)).await;
+                    let resign = tokio::task::spawn_blocking(move || store.resign_leadership(&holder, token));
+                    let _ = tokio::time::timeout(self.ttl, resign).await;
                     return Ok(());
                 }
-                _ = tokio::time::sleep(self.ttl / 3) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
-            let asked = Instant::now();
-            match self.claim(Some(token)).await {
-                Ok(lease) if lease.holder == self.holder && lease.token == token => renewed = asked,
-                Ok(lease) => return Err(Deposed::Replaced(lease.holder)),
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "leader lease: renewal failed");
-                    if renewed.elapsed() >= self.ttl {
-                        return Err(Deposed::Expired(self.ttl.as_millis()));
-                    }
+            let left = self.ttl.saturating_sub(renewed.elapsed());
+            if left.is_zero() {
+                return Err(Deposed::Expired(self.ttl.as_millis()));
+            }
+            let asking = Instant::now();
+            match tokio::time::timeout(left, self.claim(Some(token))).await {
+                Ok(Ok(lease)) if lease.holder == self.holder && lease.token == token => {
+                    renewed = asking;
+                    wait = self.ttl / 3;
                 }
+                Ok(Ok(lease)) => return Err(Deposed::Replaced(lease.holder)),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %format!("{e:#}"), "leader lease: renewal failed");
+                    wait = self.ttl / 10;
+                }
+                Err(_) => return Err(Deposed::Expired(self.ttl.as_millis())),
             }
         }
     }

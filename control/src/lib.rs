@@ -204,7 +204,8 @@ fn forwarding_client(config: &ControlConfig) -> anyhow::Result<reqwest::Client> 
     hemvist_net::tls::install_crypto();
     let mut http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(120))
+        // A silence this long, not a whole answer's time: exports stream for minutes.
+        .read_timeout(Duration::from_secs(120))
         .redirect(reqwest::redirect::Policy::none());
     if let Some(path) = &config.node_ca_file {
         let pem = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
@@ -249,22 +250,34 @@ async fn serve(
         let _ = grpc.await;
     };
 
-    // A replica leads only once the lease is its own.
-    let mut fence = None;
-    let (plane, hub) = match (opened, &candidate) {
+    // A replica leads only once the lease is its own; it keeps renewing it from then on,
+    // while it opens the plane too, and a lost lease ends the process.
+    let mut keeper = None;
+    let (plane, hub) = match (opened, candidate) {
         (Some(opened), _) => opened,
-        (None, Some((c, _))) => {
-            let Some(token) = c.wait_for_lease(&shutdown).await else {
+        (None, Some((c, o))) => {
+            let Some((token, asked)) = c.wait_for_lease(&shutdown).await else {
                 drain_listeners.await;
                 return Ok(());
             };
-            fence = Some(token);
-            let opening = candidate.as_ref().map(|(_, o)| plane::Opening {
-                fence,
+            let c = Arc::new(c);
+            keeper = Some(tokio::spawn({
+                let (c, shutdown) = (c.clone(), shutdown.clone());
+                async move {
+                    let kept = c.keep(token, asked, &shutdown).await;
+                    if let Err(why) = &kept {
+                        tracing::error!(error = %why, "this control replica no longer leads; stopping");
+                        shutdown.cancel();
+                    }
+                    kept
+                }
+            }));
+            let opening = plane::Opening {
+                fence: Some(token),
                 api_connections: o.api_connections.clone(),
                 grpc_connections: o.grpc_connections.clone(),
-            });
-            match open_plane(config.clone(), opening.unwrap_or_default()).await {
+            };
+            match open_plane(config.clone(), opening).await {
                 Ok(v) => v,
                 Err(e) => {
                     shutdown.cancel();
@@ -280,19 +293,10 @@ async fn serve(
     let checkpoints = tokio::spawn(checkpointer::run(plane.clone(), shutdown.clone()));
     lead(&front, &plane, &hub, &shutdown);
 
-    let deposed = match (&candidate, fence) {
-        (Some((c, _)), Some(token)) => match c.keep(token, &shutdown).await {
-            Ok(()) => None,
-            Err(why) => {
-                tracing::error!(error = %why, "this control replica no longer leads; stopping");
-                shutdown.cancel();
-                Some(why)
-            }
-        },
-        _ => {
-            shutdown.cancelled().await;
-            None
-        }
+    shutdown.cancelled().await;
+    let deposed = match keeper {
+        Some(k) => k.await.ok().and_then(Result::err),
+        None => None,
     };
     hub.close_all();
     let drain = async {

@@ -199,16 +199,12 @@ impl Conn {
         }
         self.execute_batch("BEGIN")?;
         let result = self.check_fence().and_then(|()| f());
-        match result {
-            Ok(v) => {
-                self.execute_batch("COMMIT")?;
-                Ok(v)
-            }
-            Err(e) => {
-                let _ = self.execute_batch("ROLLBACK");
-                Err(e)
-            }
+        let committed = result.and_then(|v| self.execute_batch("COMMIT").map(|()| v));
+        if committed.is_err() {
+            // A failed statement or COMMIT: never leave the connection inside a transaction.
+            let _ = self.execute_batch("ROLLBACK");
         }
+        committed
     }
 
     pub fn kind(&self) -> EngineKind {

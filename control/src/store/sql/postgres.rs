@@ -53,8 +53,59 @@ impl Pg {
                         return;
                     }
                 };
+                // Inside BEGIN ... COMMIT as this thread saw it; and whether the connection
+                // was lost there, so the rest of that transaction must fail, not run in
+                // autocommit on a new connection.
+                let mut in_tx = false;
+                let mut lost_in_tx = false;
                 while let Ok(job) = inbox.recv() {
+                    let batch = match &job {
+                        Job::Batch(sql, _) => sql.trim().to_ascii_uppercase(),
+                        _ => String::new(),
+                    };
+                    if lost_in_tx {
+                        if batch == "ROLLBACK" {
+                            lost_in_tx = false;
+                            in_tx = false;
+                            if let Job::Batch(_, r) = job {
+                                drop(r.send(Ok(())));
+                            }
+                            continue;
+                        }
+                        let lost = || {
+                            Error::Gone(
+                                "the connection to PostgreSQL was lost inside a transaction".into(),
+                            )
+                        };
+                        match job {
+                            Job::Rows(_, _, r) => drop(r.send(Err(lost()))),
+                            Job::Execute(_, _, r) => drop(r.send(Err(lost()))),
+                            Job::Batch(_, r) => drop(r.send(Err(lost()))),
+                        }
+                        continue;
+                    }
                     if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
+                        if in_tx {
+                            lost_in_tx = true;
+                            conn = None;
+                            let lost = || {
+                                Error::Gone(
+                                    "the connection to PostgreSQL was lost inside a transaction"
+                                        .into(),
+                                )
+                            };
+                            match job {
+                                Job::Batch(_, r) if batch == "ROLLBACK" => {
+                                    lost_in_tx = false;
+                                    in_tx = false;
+                                    drop(r.send(Ok(())));
+                                }
+                                Job::Rows(_, _, r) => drop(r.send(Err(lost()))),
+                                Job::Execute(_, _, r) => drop(r.send(Err(lost()))),
+                                Job::Batch(_, r) => drop(r.send(Err(lost()))),
+                            }
+                            continue;
+                        }
                         conn = Connection::open(&url).ok();
                     }
                     let Some(c) = conn.as_mut() else {
@@ -72,7 +123,15 @@ impl Pg {
                         Job::Execute(sql, params, reply) => {
                             drop(reply.send(c.execute(&sql, &params)))
                         }
-                        Job::Batch(sql, reply) => drop(reply.send(c.batch(&sql))),
+                        Job::Batch(sql, reply) => {
+                            let done = c.batch(&sql);
+                            match batch.as_str() {
+                                "BEGIN" => in_tx = done.is_ok(),
+                                "COMMIT" | "ROLLBACK" => in_tx = false,
+                                _ => {}
+                            }
+                            drop(reply.send(done))
+                        }
                     }
                 }
             })
@@ -129,10 +188,23 @@ impl Connection {
             config.application_name("hemvist-control");
         }
         config.connect_timeout(std::time::Duration::from_secs(10));
-        // NOTICEs ("already exists, skipping") are not the control plane's news.
+        // NOTICEs ("already exists, skipping") are not the control plane's news. A session
+        // left inside a transaction (its process frozen or cut off) is ended by the server,
+        // so the lease row it share-locked is free for the next leader; a lock is waited on
+        // for a bounded time (then the write is retried, as any busy one).
         if config.get_options().is_none() {
-            config.options("-c client_min_messages=warning");
+            config.options(
+                "-c client_min_messages=warning -c idle_in_transaction_session_timeout=5000 \
+                 -c lock_timeout=5000",
+            );
         }
+        // A dead server or network is noticed within seconds, not TCP's minutes.
+        config
+            .keepalives(true)
+            .keepalives_idle(std::time::Duration::from_secs(5))
+            .keepalives_interval(std::time::Duration::from_secs(2))
+            .keepalives_retries(3)
+            .tcp_user_timeout(std::time::Duration::from_secs(10));
         let client = match config.get_ssl_mode() {
             postgres::config::SslMode::Disable => config.connect(NoTls),
             _ => {
